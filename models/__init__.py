@@ -1,0 +1,1 @@
+"""Market and player models: device blocks and one module per market."""

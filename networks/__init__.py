@@ -1,0 +1,1 @@
+"""Distribution networks: pandapower to radial feeder, LinDistFlow, AC check, prices."""

@@ -1,0 +1,14 @@
+"""Solver layer: HiGHS through compiled arrays, infeasibility diagnosis, KKT, ADMM."""
+
+from gridmarkets.solvers.diagnose import Conflict, Diagnosis, diagnose
+from gridmarkets.solvers.highs import Solution, compile_model, record_build_time, solve
+
+__all__ = [
+    "Conflict",
+    "Diagnosis",
+    "Solution",
+    "compile_model",
+    "diagnose",
+    "record_build_time",
+    "solve",
+]

@@ -1,0 +1,341 @@
+"""The one place that talks to HiGHS.
+
+A Pyomo model is compiled to arrays with Pyomo's own ``LinearStandardFormCompiler``
+(``mixed_form``: one row per constraint bound, original orientation kept) and handed
+to ``highspy`` as a :class:`highspy.HighsLp`. Compiling to arrays is several times
+faster than Pyomo's per-constraint persistent interfaces on the models gridmarkets
+builds (benchmarks/), and it gives the row map needed to read prices back.
+
+Sign convention for prices (one place, here): ``solution.dual(c)`` is the change of
+the *cost* per unit increase of the right-hand side ``b`` of ``c``, read as Pyomo
+normalises it (``lower <= body <= upper``, constants moved to the bounds); cost is
+the objective when minimising and minus the objective when maximising. Written as
+``supply - demand == fixed demand``, a balance's dual is what one more kW of demand
+costs: the price of energy at that balance.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import highspy
+import numpy as np
+import pandas as pd
+import pyomo.environ as pyo
+from pyomo.core.base.constraint import ConstraintData, IndexedConstraint
+from pyomo.repn.plugins.standard_form import LinearStandardFormCompiler
+
+from gridmarkets.errors import (
+    InfeasibleError,
+    InputError,
+    LimitReachedError,
+    SolverOptionError,
+    UnboundedError,
+)
+
+INF = highspy.kHighsInf
+BUILD_SECONDS_ATTR = "_gridmarkets_build_seconds"
+
+_LIMIT_STATUSES = {
+    highspy.HighsModelStatus.kTimeLimit: "time_limit",
+    highspy.HighsModelStatus.kIterationLimit: "iteration_limit",
+    highspy.HighsModelStatus.kSolutionLimit: "solution_limit",
+    highspy.HighsModelStatus.kInterrupt: "interrupted",
+    highspy.HighsModelStatus.kObjectiveBound: "objective_bound",
+    highspy.HighsModelStatus.kObjectiveTarget: "objective_target",
+}
+
+
+@dataclass
+class StandardForm:
+    """A Pyomo model as HiGHS arrays, with the maps back to Pyomo components."""
+
+    lp: highspy.HighsLp
+    columns: list  # VarData per column
+    rows: list  # ConstraintData per row
+    integer: np.ndarray  # bool per column
+    maximize: bool
+    objective_offset: float
+
+    @property
+    def is_mip(self) -> bool:
+        return bool(self.integer.any())
+
+
+@dataclass
+class Solution:
+    """What a solve returns: status, objective, bound, prices, timings and size.
+
+    Attributes
+    ----------
+    status : "optimal", or the limit that stopped the solver with an incumbent
+        ("time_limit", "iteration_limit", ...); ``optimal`` says whether it is proven.
+    objective : objective value of the loaded solution (model's own sense).
+    best_bound : proven bound on the objective (MIPs); equals ``objective`` for LPs.
+    gap : relative MIP gap |objective - bound| / |objective| (0 for LPs).
+    duals_from : "lp" (the model is an LP), "fixed_integer_lp" (a MILP whose
+        integers were fixed and the LP re-solved to price it), or None (no duals: a
+        MILP stopped by a limit).
+    """
+
+    status: str
+    optimal: bool
+    objective: float
+    best_bound: float
+    gap: float
+    is_mip: bool
+    duals_from: str | None
+    build_seconds: float | None
+    translate_seconds: float
+    solve_seconds: float
+    n_variables: int
+    n_binaries: int
+    n_constraints: int
+    n_nonzeros: int
+    highs_version: str
+    _duals: dict[int, float] = field(default_factory=dict, repr=False)
+
+    def dual(self, constraint: Any) -> float | pd.Series:
+        """Price of ``constraint``: the cost of one more unit of its right-hand side.
+
+        A ``ConstraintData`` gives a float; an indexed constraint gives a Series over
+        its index. Constraints that were trivially satisfied (no variables) price at 0.
+        """
+        if self.duals_from is None:
+            raise InputError("this solution has no duals: a MILP stopped before optimality")
+        if isinstance(constraint, IndexedConstraint):
+            keys = list(constraint.keys())
+            values = [self._duals.get(id(constraint[k]), 0.0) for k in keys]
+            index = pd.MultiIndex.from_tuples(keys) if keys and isinstance(keys[0], tuple) else keys
+            return pd.Series(values, index=index, name=constraint.name)
+        if not isinstance(constraint, ConstraintData):
+            raise InputError(f"dual(): {constraint!r} is not a Pyomo constraint")
+        return self._duals.get(id(constraint), 0.0)
+
+    def summary(self) -> dict[str, Any]:
+        """The solution's facts as plain JSON-able values."""
+        return {
+            "status": self.status,
+            "optimal": self.optimal,
+            "objective": self.objective,
+            "best_bound": self.best_bound,
+            "gap": self.gap,
+            "is_mip": self.is_mip,
+            "duals_from": self.duals_from,
+            "build_seconds": self.build_seconds,
+            "translate_seconds": self.translate_seconds,
+            "solve_seconds": self.solve_seconds,
+            "variables": self.n_variables,
+            "binaries": self.n_binaries,
+            "constraints": self.n_constraints,
+            "nonzeros": self.n_nonzeros,
+            "highs_version": self.highs_version,
+        }
+
+
+def record_build_time(model: pyo.Block, seconds: float) -> None:
+    """Remember how long a builder took, so the Solution can report it."""
+    setattr(model, BUILD_SECONDS_ATTR, seconds)
+
+
+def compile_model(model: pyo.Block) -> StandardForm:
+    """Compile the active linear model to HiGHS arrays (fixed variables become data)."""
+    objectives = list(model.component_data_objects(pyo.Objective, active=True))
+    if len(objectives) != 1:
+        raise InputError(f"model {model.name} has {len(objectives)} active objectives; need 1")
+    info = LinearStandardFormCompiler().write(model, mixed_form=True, set_sense=None)
+    columns = info.columns
+    lower = np.array([-INF if v.lb is None else v.lb for v in columns], dtype=float)
+    upper = np.array([INF if v.ub is None else v.ub for v in columns], dtype=float)
+    integer = np.array([v.is_integer() for v in columns], dtype=bool)
+    rhs = np.asarray(info.rhs, dtype=float)
+    sense = np.array([r.bound_type for r in info.rows], dtype=int)
+    a = info.A.tocsc()
+
+    lp = highspy.HighsLp()
+    lp.num_col_ = len(columns)
+    lp.num_row_ = len(rhs)
+    lp.col_cost_ = info.c.toarray().ravel() if len(columns) else np.zeros(0)
+    lp.col_lower_ = lower
+    lp.col_upper_ = upper
+    lp.row_lower_ = np.where(sense >= 0, np.where(sense == 0, rhs, -INF), rhs)
+    lp.row_upper_ = np.where(sense <= 0, np.where(sense == 0, rhs, INF), rhs)
+    lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+    lp.a_matrix_.start_ = a.indptr.astype(np.int32)
+    lp.a_matrix_.index_ = a.indices.astype(np.int32)
+    lp.a_matrix_.value_ = a.data.astype(float)
+    maximize = objectives[0].sense == pyo.maximize
+    lp.sense_ = highspy.ObjSense.kMaximize if maximize else highspy.ObjSense.kMinimize
+    offset = float(info.c_offset[0]) if len(info.c_offset) else 0.0
+    lp.offset_ = offset
+    if integer.any():
+        lp.integrality_ = [
+            highspy.HighsVarType.kInteger if i else highspy.HighsVarType.kContinuous
+            for i in integer
+        ]
+    rows = [r.constraint for r in info.rows]
+    return StandardForm(lp, columns, rows, integer, maximize, offset)
+
+
+def _new_highs(options: dict[str, Any]) -> highspy.Highs:
+    highs = highspy.Highs()
+    highs.setOptionValue("output_flag", False)
+    for name, value in options.items():
+        if highs.setOptionValue(name, value) != highspy.HighsStatus.kOk:
+            raise SolverOptionError(f"HiGHS option {name}={value!r} is not accepted")
+    return highs
+
+
+def _options(time_limit, mip_gap, threads, options) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    if time_limit is not None:
+        merged["time_limit"] = float(time_limit)
+    if mip_gap is not None:
+        merged["mip_rel_gap"] = float(mip_gap)
+    if threads is not None:
+        merged["threads"] = int(threads)
+    merged.update(options or {})
+    return merged
+
+
+def _run(form: StandardForm, options: dict[str, Any]) -> highspy.Highs:
+    highs = _new_highs(options)
+    highs.passModel(form.lp)
+    highs.run()
+    return highs
+
+
+def _row_duals(form: StandardForm, highs: highspy.Highs) -> dict[int, float]:
+    """Row duals summed per constraint, in the cost-per-unit-of-rhs convention."""
+    row_dual = np.asarray(highs.getSolution().row_dual, dtype=float)
+    if form.maximize:
+        row_dual = -row_dual
+    duals: dict[int, float] = {}
+    for con, y in zip(form.rows, row_dual, strict=True):
+        duals[id(con)] = duals.get(id(con), 0.0) + float(y)
+    return duals
+
+
+def _fixed_integer_duals(form: StandardForm, x: np.ndarray, options) -> dict[int, float]:
+    """Price a MILP: fix its integers at the solution, re-solve the LP, read duals."""
+    lp = form.lp
+    fixed = np.round(x[form.integer])
+    lower = np.array(lp.col_lower_, dtype=float)
+    upper = np.array(lp.col_upper_, dtype=float)
+    lower[form.integer] = fixed
+    upper[form.integer] = fixed
+    highs = _new_highs({k: v for k, v in options.items() if k != "mip_rel_gap"})
+    highs.passModel(lp)
+    highs.changeColsIntegrality(
+        len(x),
+        np.arange(len(x), dtype=np.int32),
+        np.full(len(x), highspy.HighsVarType.kContinuous),
+    )
+    highs.changeColsBounds(len(x), np.arange(len(x), dtype=np.int32), lower, upper)
+    highs.run()
+    if highs.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+        raise InfeasibleError("the fixed-integer LP used to price the MILP did not solve")
+    return _row_duals(form, highs)
+
+
+def _raise_for_status(model, form: StandardForm, highs: highspy.Highs, status) -> None:
+    from gridmarkets.solvers.diagnose import diagnose
+
+    Status = highspy.HighsModelStatus
+    if status == Status.kInfeasible:
+        raise InfeasibleError(f"model {model.name} is infeasible", diagnose(form))
+    if status == Status.kUnboundedOrInfeasible:
+        retry = _run(form, {"presolve": "off"})
+        if retry.getModelStatus() == Status.kInfeasible:
+            raise InfeasibleError(f"model {model.name} is infeasible", diagnose(form))
+        status = Status.kUnbounded
+    if status == Status.kUnbounded:
+        raise UnboundedError(
+            f"model {model.name} is unbounded: some variable can grow without limit "
+            "while improving the objective (a missing bound, price or capacity)"
+        )
+    if status in _LIMIT_STATUSES:
+        raise LimitReachedError(
+            f"HiGHS stopped at its {_LIMIT_STATUSES[status].replace('_', ' ')} "
+            f"before finding a feasible solution of model {model.name}"
+        )
+    raise LimitReachedError(f"HiGHS ended with status {highs.modelStatusToString(status)}")
+
+
+def solve(
+    model: pyo.Block,
+    *,
+    time_limit: float | None = None,
+    mip_gap: float | None = None,
+    threads: int | None = None,
+    options: dict[str, Any] | None = None,
+) -> Solution:
+    """Solve a linear Pyomo model (LP or MILP) with HiGHS and load the solution.
+
+    Parameters
+    ----------
+    model : the Pyomo model (one active objective, linear constraints).
+    time_limit : seconds; at the limit the incumbent is loaded and returned with
+        ``status="time_limit"`` and ``optimal=False``.
+    mip_gap : relative MIP gap at which HiGHS stops (HiGHS default 1e-4).
+    threads : HiGHS threads.
+    options : any further HiGHS options by their HiGHS names.
+
+    Returns
+    -------
+    Solution, with the variable values also loaded into ``model``.
+
+    Raises
+    ------
+    InfeasibleError (with a diagnosis naming the conflicting constraints),
+    UnboundedError, LimitReachedError (a limit without incumbent),
+    SolverOptionError (an option HiGHS rejects).
+    """
+    merged = _options(time_limit, mip_gap, threads, options)
+    t0 = time.perf_counter()
+    form = compile_model(model)
+    t1 = time.perf_counter()
+    highs = _run(form, merged)
+    t2 = time.perf_counter()
+
+    status = highs.getModelStatus()
+    has_point = highs.getInfo().primal_solution_status == 2  # feasible
+    if status != highspy.HighsModelStatus.kOptimal and not (
+        status in _LIMIT_STATUSES and has_point
+    ):
+        _raise_for_status(model, form, highs, status)
+
+    x = np.asarray(highs.getSolution().col_value, dtype=float)
+    for var, value in zip(form.columns, x, strict=True):
+        var.set_value(round(value) if var.is_integer() else value, skip_validation=True)
+
+    optimal = status == highspy.HighsModelStatus.kOptimal
+    info = highs.getInfo()
+    objective = float(highs.getObjectiveValue())
+    if form.is_mip:
+        bound, gap = float(info.mip_dual_bound), float(info.mip_gap)
+        duals_from = "fixed_integer_lp" if optimal else None
+        duals = _fixed_integer_duals(form, x, merged) if optimal else {}
+    else:
+        bound, gap, duals_from = objective, 0.0, "lp"
+        duals = _row_duals(form, highs)
+    return Solution(
+        status="optimal" if optimal else _LIMIT_STATUSES[status],
+        optimal=optimal,
+        objective=objective,
+        best_bound=bound,
+        gap=gap,
+        is_mip=form.is_mip,
+        duals_from=duals_from,
+        build_seconds=getattr(model, BUILD_SECONDS_ATTR, None),
+        translate_seconds=t1 - t0,
+        solve_seconds=t2 - t1,
+        n_variables=form.lp.num_col_,
+        n_binaries=int(form.integer.sum()),
+        n_constraints=len({id(c) for c in form.rows}),
+        n_nonzeros=len(form.lp.a_matrix_.value_),
+        highs_version=highs.version(),
+        _duals=duals,
+    )
