@@ -1,0 +1,438 @@
+"""Local electricity market: pool-based social-welfare clearing.
+
+The market operator accepts block bids (buy) and offers (sell) per period to maximise
+social welfare, trading the rest with the upstream grid when there is one, subject to
+the network formulation it is given (one balance per period without a network,
+LinDistFlow with nodal balances on a feeder).
+
+Units: quantities in kW (energy = kW x period hours), prices in currency per MWh,
+welfare and payments in currency. Settlement sign: a positive ``payment`` is paid by
+the participant to the market; sellers receive (negative payments).
+
+Prices. The uniform price of a period is the dual of its balance: what one more kW of
+demand would cost. Where supply and demand meet on a vertical step the dual is not
+unique; the set of prices that support the cleared quantities is reported as
+[``price_low``, ``price_high``] (derived from which blocks are accepted, partly
+accepted or rejected) and ``price`` is its midpoint when both ends are finite (else the
+LP dual, which lies inside it). With a network, nodal prices (DLMPs) come from the
+nodal balances and are reported per bus with their decomposition; their interval is
+not analysed (``price_low = price_high = price``). Pay-as-bid settles each accepted
+block at its own price.
+
+Indivisible blocks (all-or-nothing) and minimum acceptance ratios make the clearing a
+MILP; prices then come from the LP with the acceptances fixed (done by the solve
+layer), and each participant's uplift — the loss it would make at those prices, paid
+to it so nobody trades at a loss — is reported.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import pyomo.environ as pyo
+
+from gridmarkets.errors import InputError
+from gridmarkets.results import Result
+from gridmarkets.solvers import Solution, record_build_time, solve
+
+BID_COLUMNS = ["participant", "side", "quantity_kw", "price", "period", "block", "bus"]
+_TOL_KW = 1e-6
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """The upstream grid at the feeder's root: tariffs per period and a capacity.
+
+    Prices in currency per MWh, one value or one per period; ``capacity_kw`` bounds
+    import and export each (None: unlimited).
+    """
+
+    import_price: float | Sequence[float]
+    export_price: float | Sequence[float]
+    capacity_kw: float | None = None
+
+    def per_period(self, periods: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        return _per_period(self.import_price, periods, "import_price"), _per_period(
+            self.export_price, periods, "export_price"
+        )
+
+
+def _per_period(value, periods: Sequence[int], name: str) -> np.ndarray:
+    values = np.broadcast_to(np.asarray(value, dtype=float), (len(periods),)) if np.ndim(
+        value
+    ) == 0 else np.asarray(value, dtype=float)
+    if values.shape != (len(periods),):
+        raise InputError(f"upstream.{name}: {len(values)} values for {len(periods)} periods")
+    return values
+
+
+def prepare_bids(bids: pd.DataFrame) -> pd.DataFrame:
+    """Check a bids table and fill its optional columns (period 0, block 0.., bus None)."""
+    missing = {"participant", "side", "quantity_kw", "price"} - set(bids.columns)
+    if missing:
+        raise InputError(f"bids: missing column(s) {sorted(missing)}")
+    unknown = set(bids.columns) - set(BID_COLUMNS) - {"indivisible", "min_acceptance"}
+    if unknown:
+        raise InputError(f"bids: unknown column(s) {sorted(unknown)}")
+    table = bids.reset_index(drop=True).copy()
+    table["period"] = table["period"].astype(int) if "period" in table else 0
+    if "block" not in table:
+        table["block"] = table.groupby(["participant", "side", "period"]).cumcount()
+    if "bus" not in table:
+        table["bus"] = None
+    _check_bid_values(table)
+    return table
+
+
+def _check_bid_values(table: pd.DataFrame) -> None:
+    bad_side = ~table["side"].isin(["buy", "sell"])
+    _reject(table, bad_side, "side", "must be 'buy' or 'sell'")
+    for column in ("quantity_kw", "price"):
+        as_number = pd.to_numeric(table[column], errors="coerce")
+        _reject(table, as_number.isna() | ~np.isfinite(as_number), column, "must be a number")
+        table[column] = as_number.astype(float)
+    _reject(table, table["quantity_kw"] < 0, "quantity_kw", "must not be negative")
+    _reject(table, table["period"] < 0, "period", "must not be negative")
+    duplicate = table.duplicated(["participant", "side", "period", "block"], keep=False)
+    _reject(table, duplicate, "block", "repeats (participant, side, period, block)")
+
+
+def _reject(table: pd.DataFrame, mask: pd.Series, column: str, reason: str) -> None:
+    if mask.any():
+        row = table[mask].iloc[0]
+        raise InputError(
+            f"bids row {row.name} (participant {row['participant']!r}): {column} "
+            f"{row[column]!r} {reason} ({int(mask.sum())} such row(s))"
+        )
+
+
+def build(
+    bids: pd.DataFrame,
+    *,
+    upstream: Upstream | None = None,
+    network: Any = None,
+    formulation: Any = None,
+    period_hours: float = 1.0,
+    indivisible: bool = False,
+    min_acceptance: float | None = None,
+    extra: Callable[[pyo.ConcreteModel], None] | None = None,
+) -> pyo.ConcreteModel:
+    """Build the social-welfare clearing as a Pyomo model.
+
+    Parameters
+    ----------
+    bids : table with columns participant, side, quantity_kw, price (currency/MWh) and
+        optional period, block, bus, indivisible (bool per block), min_acceptance.
+    upstream : the upstream grid; None for an islanded market.
+    network : a :class:`~gridmarkets.networks.Feeder` (LinDistFlow, nodal prices) or
+        None (one balance per period).
+    formulation : override the network formulation (e.g. ``LinDistFlow(polygon_sides=8)``).
+    indivisible : every block all-or-nothing (else per-block column ``indivisible``).
+    min_acceptance : a ratio in (0, 1]: an accepted block is accepted at least this much.
+    extra : a function called with the model before the objective is final, to add
+        user constraints.
+    """
+    started = time.perf_counter()
+    table = prepare_bids(bids)
+    from gridmarkets.networks import CopperPlate, LinDistFlow
+
+    formulation = formulation or (LinDistFlow() if network is not None else CopperPlate())
+    table = _place_bids(table, network)
+    periods = sorted(set(table["period"]) | ({0} if table.empty else set()))
+    m = pyo.ConcreteModel(name="lem")
+    m.bids = table
+    m.upstream = upstream
+    m.feeder = network
+    m.period_hours = period_hours
+    m.BIDS = pyo.Set(initialize=table.index.tolist(), doc="bid and offer blocks")
+    m.PERIODS = pyo.Set(initialize=periods, doc="market periods")
+    _add_acceptance(m, table, indivisible, min_acceptance)
+    _add_upstream(m, upstream)
+    p_kw = _injections(m, table, network)
+    m.network = pyo.Block()
+    m.handles = formulation.add(m.network, network, periods, p_kw, {}, period_hours=period_hours)
+    _add_welfare(m, table)
+    if extra is not None:
+        extra(m)
+    record_build_time(m, time.perf_counter() - started)
+    return m
+
+
+def _place_bids(table: pd.DataFrame, feeder) -> pd.DataFrame:
+    if feeder is None:
+        return table.assign(bus=None)
+    known = set(feeder.buses.index)
+    unplaced = ~table["bus"].isin(known)
+    if unplaced.any():
+        row = table[unplaced].iloc[0]
+        raise InputError(
+            f"bids row {row.name} (participant {row['participant']!r}): bus {row['bus']!r} "
+            "is not a bus of the feeder"
+        )
+    return table
+
+
+def _add_acceptance(m, table: pd.DataFrame, indivisible: bool, min_acceptance) -> None:
+    quantity = table["quantity_kw"].to_dict()
+    m.accepted_kw = pyo.Var(
+        m.BIDS,
+        bounds=lambda m, b: (0, quantity[b]),
+        doc="accepted quantity of block b: 0 <= q[b] <= quantity_kw[b]  (kW)",
+    )
+    whole = table.get("indivisible", pd.Series(False, index=table.index)).fillna(False)
+    ratio = table.get("min_acceptance", pd.Series(np.nan, index=table.index))
+    ratio = ratio.fillna(min_acceptance if min_acceptance is not None else 0.0)
+    ratio = ratio.where(~(whole.astype(bool) | indivisible), 1.0)
+    if ((ratio < 0) | (ratio > 1)).any():
+        raise InputError("min_acceptance: ratios must lie in [0, 1]")
+    integer_blocks = ratio[ratio > 0].index.tolist()
+    if not integer_blocks:
+        return
+    m.INTEGER_BIDS = pyo.Set(initialize=integer_blocks, doc="blocks with a minimum acceptance")
+    m.is_accepted = pyo.Var(m.INTEGER_BIDS, domain=pyo.Binary, doc="block b accepted (1) or not")
+    m.acceptance_upper = pyo.Constraint(
+        m.INTEGER_BIDS,
+        rule=lambda m, b: m.accepted_kw[b] <= quantity[b] * m.is_accepted[b],
+        doc="q[b] <= quantity_kw[b] u[b]  (kW)",
+    )
+    m.acceptance_lower = pyo.Constraint(
+        m.INTEGER_BIDS,
+        rule=lambda m, b: m.accepted_kw[b] >= ratio[b] * quantity[b] * m.is_accepted[b],
+        doc="q[b] >= min_acceptance[b] quantity_kw[b] u[b]  (kW)",
+    )
+
+
+def _add_upstream(m, upstream: Upstream | None) -> None:
+    if upstream is None:
+        return
+    cap = upstream.capacity_kw
+    m.import_kw = pyo.Var(m.PERIODS, bounds=(0, cap), doc="import from the upstream grid (kW)")
+    m.export_kw = pyo.Var(m.PERIODS, bounds=(0, cap), doc="export to the upstream grid (kW)")
+
+
+def _injections(m, table: pd.DataFrame, feeder) -> dict:
+    """Net injection per (bus, period): offers minus bids, plus upstream at the root."""
+    sign = np.where(table["side"] == "sell", 1.0, -1.0)
+    injection: dict[tuple, Any] = {}
+    for (bus, period), group in table.groupby(["bus", "period"], dropna=False, sort=False):
+        bus = None if pd.isna(bus) else bus
+        injection[(bus, period)] = sum(
+            s * m.accepted_kw[b] for s, b in zip(sign[group.index], group.index, strict=True)
+        )
+    if m.upstream is not None:
+        root = feeder.root if feeder is not None else None
+        for t in m.PERIODS:
+            exchange = m.import_kw[t] - m.export_kw[t]
+            injection[(root, t)] = injection.get((root, t), 0) + exchange
+    return injection
+
+
+def _add_welfare(m, table: pd.DataFrame) -> None:
+    per_kw = m.period_hours / 1000.0  # currency per MWh -> currency per kW and period
+    value = np.where(table["side"] == "buy", 1.0, -1.0) * table["price"].to_numpy() * per_kw
+    welfare = sum(v * m.accepted_kw[b] for v, b in zip(value, table.index, strict=True))
+    if m.upstream is not None:
+        imp, exp = m.upstream.per_period(list(m.PERIODS))
+        welfare += sum(
+            per_kw * (exp[k] * m.export_kw[t] - imp[k] * m.import_kw[t])
+            for k, t in enumerate(m.PERIODS)
+        )
+    m.social_welfare = pyo.Objective(
+        expr=welfare,
+        sense=pyo.maximize,
+        doc="sum_buy price q dt - sum_sell price q dt - import cost + export revenue  (currency)",
+    )
+
+
+def results(
+    m: pyo.ConcreteModel,
+    solution: Solution,
+    pricing: Literal["uniform", "pay_as_bid"] = "uniform",
+) -> Result:
+    """Tidy tables (accepted, prices, settlement, upstream) and KPIs of a cleared market."""
+    if pricing not in ("uniform", "pay_as_bid"):
+        raise InputError(f"pricing: {pricing!r} is not 'uniform' or 'pay_as_bid'")
+    accepted = _accepted_table(m)
+    upstream = _upstream_table(m)
+    prices = _prices_table(m, solution, accepted, upstream)
+    settled = _settle(accepted, prices, m, pricing)
+    settlement = _settlement_table(settled)
+    kpis = _kpis(m, solution, settled, upstream)
+    if hasattr(m, "INTEGER_BIDS"):
+        settlement = _with_uplift(settlement, settled)
+        kpis["uplift"] = float(settlement["uplift"].sum())
+    tables = {"accepted": accepted, "prices": prices, "settlement": settlement}
+    if upstream is not None:
+        tables["upstream"] = upstream
+    return Result("lem", tables, kpis, solution)
+
+
+def _accepted_table(m) -> pd.DataFrame:
+    table = m.bids
+    accepted = np.array([pyo.value(m.accepted_kw[b]) for b in table.index])
+    return pd.DataFrame(
+        {
+            "participant": table["participant"],
+            "side": table["side"],
+            "period": table["period"],
+            "block": table["block"],
+            "bus": table["bus"],
+            "offered_kw": table["quantity_kw"],
+            "bid_price": table["price"],
+            "quantity_kw": np.where(np.abs(accepted) < _TOL_KW, 0.0, accepted),
+            "fixed": _fixed_blocks(m),
+        }
+    )
+
+
+def _fixed_blocks(m) -> np.ndarray:
+    """True for blocks with a binary (their acceptance does not set the price)."""
+    fixed = np.zeros(len(m.bids), dtype=bool)
+    if hasattr(m, "INTEGER_BIDS"):
+        fixed[m.bids.index.get_indexer(list(m.INTEGER_BIDS))] = True
+    return fixed
+
+
+def _upstream_table(m) -> pd.DataFrame | None:
+    if m.upstream is None:
+        return None
+    periods = list(m.PERIODS)
+    imp, exp = m.upstream.per_period(periods)
+    return pd.DataFrame(
+        {
+            "period": periods,
+            "import_kw": [pyo.value(m.import_kw[t]) for t in periods],
+            "export_kw": [pyo.value(m.export_kw[t]) for t in periods],
+            "import_price": imp,
+            "export_price": exp,
+        }
+    )
+
+
+def _prices_table(m, solution: Solution, accepted, upstream) -> pd.DataFrame:
+    from gridmarkets.networks import nodal_prices
+
+    nodal = nodal_prices(m.handles, solution)
+    if m.feeder is not None:
+        return nodal.assign(price_low=nodal["price"], price_high=nodal["price"])
+    low, high = price_interval(accepted, upstream, m.upstream)
+    table = nodal[["period", "price"]].drop_duplicates("period").set_index("period")
+    table["price_low"] = low.reindex(table.index).fillna(-np.inf)
+    table["price_high"] = high.reindex(table.index).fillna(np.inf)
+    both = np.isfinite(table["price_low"]) & np.isfinite(table["price_high"])
+    midpoint = (table["price_low"] + table["price_high"]) / 2
+    table["dual"] = table["price"]
+    table["price"] = midpoint.where(both, table["price"])
+    return table.reset_index()
+
+
+def price_interval(
+    accepted: pd.DataFrame, upstream: pd.DataFrame | None, spec: Upstream | None
+) -> tuple[pd.Series, pd.Series]:
+    """The prices per period that support the cleared quantities (currency/MWh).
+
+    A block accepted above zero bounds the price from its side (an offer from below,
+    a bid from above); a block not fully accepted bounds it from the other side; the
+    upstream import and export act as an offer and a bid at their tariffs up to their
+    capacity. Blocks fixed by a binary are skipped: with the acceptances fixed they do
+    not set the price.
+    """
+    free = accepted[~accepted["fixed"]]
+    some = free["quantity_kw"] > _TOL_KW
+    room = free["quantity_kw"] < free["offered_kw"] - _TOL_KW
+    sell, buy = free["side"] == "sell", free["side"] == "buy"
+    lows = [free.loc[sell & some, ["period", "bid_price"]], free.loc[buy & room, ["period", "bid_price"]]]
+    highs = [free.loc[sell & room, ["period", "bid_price"]], free.loc[buy & some, ["period", "bid_price"]]]
+    if upstream is not None:
+        cap = np.inf if spec.capacity_kw is None else spec.capacity_kw
+        flows = upstream.rename(columns={"import_price": "ip", "export_price": "ep"})
+        lows += [
+            _as_bound(flows, flows["import_kw"] > _TOL_KW, "ip"),
+            _as_bound(flows, flows["export_kw"] < cap - _TOL_KW, "ep"),
+        ]
+        highs += [
+            _as_bound(flows, flows["import_kw"] < cap - _TOL_KW, "ip"),
+            _as_bound(flows, flows["export_kw"] > _TOL_KW, "ep"),
+        ]
+    low = pd.concat(lows).groupby("period")["bid_price"].max()
+    high = pd.concat(highs).groupby("period")["bid_price"].min()
+    return low, high
+
+
+def _as_bound(flows: pd.DataFrame, mask: pd.Series, column: str) -> pd.DataFrame:
+    return flows.loc[mask, ["period", column]].rename(columns={column: "bid_price"})
+
+
+def _settle(accepted, prices, m, pricing: str) -> pd.DataFrame:
+    """Each accepted block with its settlement price, energy and payment."""
+    keys = ["period"] if m.feeder is None else ["period", "bus"]
+    settled = accepted.merge(prices[[*keys, "price"]], on=keys, how="left")
+    if pricing == "pay_as_bid":
+        settled["price"] = settled["bid_price"]
+    sign = np.where(settled["side"] == "buy", 1.0, -1.0)
+    settled["energy_kwh"] = sign * settled["quantity_kw"] * m.period_hours
+    settled["payment"] = settled["energy_kwh"] * settled["price"] / 1000.0
+    value = sign * settled["quantity_kw"] * m.period_hours * settled["bid_price"] / 1000.0
+    settled["surplus"] = value - settled["payment"]  # buyers: value - paid; sellers: paid - cost
+    return settled
+
+
+def _settlement_table(settled: pd.DataFrame) -> pd.DataFrame:
+    return (
+        settled.groupby("participant", sort=False)[["energy_kwh", "payment", "surplus"]]
+        .sum()
+        .reset_index()
+    )
+
+
+def _with_uplift(settlement: pd.DataFrame, settled: pd.DataFrame) -> pd.DataFrame:
+    """Uplift: what a participant would lose at the prices, paid back to it."""
+    return settlement.assign(uplift=np.maximum(0.0, -settlement["surplus"]))
+
+
+def _kpis(m, solution: Solution, settled: pd.DataFrame, upstream) -> dict[str, float]:
+    hours = m.period_hours
+    buy, sell = settled["side"] == "buy", settled["side"] == "sell"
+    upstream_cost = 0.0
+    if upstream is not None:
+        upstream_cost = float(
+            (upstream["import_kw"] * upstream["import_price"]).sum() * hours / 1000
+            - (upstream["export_kw"] * upstream["export_price"]).sum() * hours / 1000
+        )
+    payments_in = float(settled.loc[buy, "payment"].sum())
+    payments_out = float(-settled.loc[sell, "payment"].sum())
+    unmatched = (settled["offered_kw"] - settled["quantity_kw"]) * hours
+    return {
+        "social_welfare": solution.objective,
+        "buyers_surplus": float(settled.loc[buy, "surplus"].sum()),
+        "sellers_surplus": float(settled.loc[sell, "surplus"].sum()),
+        "payments_in": payments_in,
+        "payments_out": payments_out,
+        "upstream_cost": upstream_cost,
+        "merchandising_surplus": payments_in - payments_out - upstream_cost,
+        "traded_kwh": float(settled.loc[sell, "quantity_kw"].sum() * hours),
+        "import_kwh": 0.0 if upstream is None else float(upstream["import_kw"].sum() * hours),
+        "export_kwh": 0.0 if upstream is None else float(upstream["export_kw"].sum() * hours),
+        "unserved_kwh": float(unmatched[buy].sum()),
+        "curtailed_kwh": float(unmatched[sell].sum()),
+    }
+
+
+def clear(
+    bids: pd.DataFrame,
+    *,
+    upstream: Upstream | None = None,
+    network: Any = None,
+    pricing: Literal["uniform", "pay_as_bid"] = "uniform",
+    solve_options: dict[str, Any] | None = None,
+    **build_options: Any,
+) -> Result:
+    """Build, solve and report a market clearing in one call (see :func:`build`)."""
+    m = build(bids, upstream=upstream, network=network, **build_options)
+    solution = solve(m, **(solve_options or {}))
+    return results(m, solution, pricing)

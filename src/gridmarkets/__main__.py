@@ -1,0 +1,3 @@
+from gridmarkets.cli import main
+
+main()

@@ -1,0 +1,176 @@
+"""Case files: YAML validated by pydantic.
+
+A case names its model, its network, its horizon, its participants and prices. The
+parts every model shares live here (:class:`CaseBase`, :class:`Horizon`,
+:class:`NetworkSpec`); each model's own spec subclasses :class:`CaseBase` next to its
+builder and is found through :mod:`gridmarkets.registry`. Participants are mappings
+keyed by id, so a dotted path (``prosumers.h3.battery.capacity_kwh``) names any value;
+``--set`` and sweeps use :func:`set_path`.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from gridmarkets.errors import CaseError
+
+
+class Spec(BaseModel):
+    """Base of every case-file section: unknown keys are errors, values are strict."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Horizon(Spec):
+    """The periods a case covers."""
+
+    start: dt.datetime | None = Field(
+        None, description="timestamp of period 0; SimBench profiles are read from here"
+    )
+    periods: int = Field(24, ge=1, le=35136, description="number of periods")
+    resolution_minutes: int = Field(60, ge=1, le=1440, description="length of a period")
+
+    @property
+    def period_hours(self) -> float:
+        return self.resolution_minutes / 60.0
+
+    def timestamps(self) -> list[dt.datetime] | None:
+        if self.start is None:
+            return None
+        step = dt.timedelta(minutes=self.resolution_minutes)
+        return [self.start + k * step for k in range(self.periods)]
+
+
+class NetworkSpec(Spec):
+    """Where the feeder comes from: a pandapower built-in, a SimBench code or a file."""
+
+    source: Literal["pandapower", "simbench", "file"]
+    name: str | None = Field(None, description="pandapower.networks function name")
+    code: str | None = Field(None, description="SimBench code, e.g. 1-LV-rural1--0-sw")
+    path: str | None = Field(None, description="pandapower JSON file")
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_locator(self) -> NetworkSpec:
+        key = {"pandapower": "name", "simbench": "code", "file": "path"}[self.source]
+        if getattr(self, key) is None:
+            raise ValueError(f"source {self.source!r} needs the field {key!r}")
+        return self
+
+
+class CaseBase(Spec):
+    """Fields every case has; a model's spec adds its participants and prices."""
+
+    model: str
+    name: str | None = Field(None, description="case name (default: the file's stem)")
+    description: str = ""
+    horizon: Horizon = Field(default_factory=Horizon)
+    network: NetworkSpec | None = None
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One line per problem: ``file: field.path: reason``."""
+    lines = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"{source}: {path}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, turning every failure into a CaseError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CaseError(f"{path}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise CaseError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise CaseError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def validate(data: dict[str, Any], source: str = "<case>") -> CaseBase:
+    """Validate a case mapping with the spec of the model it names."""
+    from gridmarkets.registry import case_class
+
+    if not isinstance(data, dict):
+        raise CaseError(f"{source}: expected a mapping at the top level")
+    spec = case_class(data.get("model"), source)
+    try:
+        return spec.model_validate(data)
+    except ValidationError as err:
+        raise CaseError(format_validation_error(err, source)) from None
+
+
+def load_case(path: str | Path, overrides: list[str] | None = None) -> CaseBase:
+    """Read, override (``path.to.field=value``) and validate a case file."""
+    data = read_yaml(path)
+    for item in overrides or []:
+        data = set_path(data, *parse_override(item))
+    data.setdefault("name", Path(path).stem)
+    return validate(data, str(path))
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """Split ``a.b.c=value``; the value is read as YAML (numbers, lists, null)."""
+    path, sep, raw = item.partition("=")
+    if not sep or not path.strip():
+        raise CaseError(f"--set {item!r}: expected path.to.field=value")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    return path.strip(), value
+
+
+def set_path(data: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """Return a copy of ``data`` with the value at a dotted path replaced.
+
+    Every key but the last must exist, so a typo is an error naming the path rather
+    than a new field that validation might not notice.
+    """
+    result = copy.deepcopy(data)
+    keys = path.split(".")
+    node: Any = result
+    for depth, key in enumerate(keys[:-1]):
+        node = _child(node, key, ".".join(keys[: depth + 1]))
+    last = keys[-1]
+    if isinstance(node, list):
+        node[_list_index(node, last, path)] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise CaseError(f"{path}: {'.'.join(keys[:-1])} is a value, not a section")
+    return result
+
+
+def _child(node: Any, key: str, path: str) -> Any:
+    if isinstance(node, list):
+        return node[_list_index(node, key, path)]
+    if isinstance(node, dict):
+        if key not in node:
+            raise CaseError(f"{path}: no such field in the case")
+        return node[key]
+    raise CaseError(f"{path}: cannot descend into a value")
+
+
+def _list_index(node: list, key: str, path: str) -> int:
+    if not key.lstrip("-").isdigit() or not -len(node) <= int(key) < len(node):
+        raise CaseError(f"{path}: {key!r} is not an index of a list of {len(node)}")
+    return int(key)
+
+
+def case_hash(case: CaseBase) -> str:
+    """A short, stable hash of a validated case (for provenance and caching)."""
+    text = json.dumps(case.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -1,0 +1,41 @@
+"""Which models a case file may name, and where their specs and runners live.
+
+Each model module exposes ``CaseSpec`` (a :class:`~gridmarkets.case.CaseBase` subclass
+whose ``model`` field is ``Literal[<name>]``) and
+``run_case(case, solve_options) -> Result``. Adding a model is one line here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import Annotated, Any, Union
+
+from pydantic import Field, TypeAdapter
+
+from gridmarkets.errors import CaseError
+
+MODELS: dict[str, str] = {
+    "lem": "gridmarkets.models.lem",
+}
+
+
+def model_module(name: str) -> ModuleType:
+    """The module that implements model ``name``."""
+    return importlib.import_module(MODELS[name])
+
+
+def case_class(name: Any, source: str = "<case>") -> type:
+    """The pydantic spec of model ``name``; an unknown name is a CaseError."""
+    if name not in MODELS:
+        known = ", ".join(sorted(MODELS))
+        raise CaseError(f"{source}: model: {name!r} is not one of the models ({known})")
+    return model_module(name).CaseSpec
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of a case file: one alternative per model, chosen by ``model``."""
+    specs = tuple(case_class(name) for name in sorted(MODELS))
+    union = specs[0] if len(specs) == 1 else Union[specs]  # noqa: UP007
+    adapter = TypeAdapter(Annotated[union, Field(discriminator="model")])
+    return adapter.json_schema()
