@@ -36,6 +36,9 @@ import numpy as np
 import pandas as pd
 import pyomo.environ as pyo
 
+from pydantic import Field, FiniteFloat, NonNegativeFloat, PositiveFloat, model_validator
+
+from gridmarkets.case import CaseBase, Spec
 from gridmarkets.errors import InputError
 from gridmarkets.results import Result
 from gridmarkets.solvers import Solution, record_build_time, solve
@@ -436,3 +439,120 @@ def clear(
     m = build(bids, upstream=upstream, network=network, **build_options)
     solution = solve(m, **(solve_options or {}))
     return results(m, solution, pricing)
+
+
+# --- case files -----------------------------------------------------------------------
+
+
+class BlockSpec(Spec):
+    """One block: a quantity (kW; one value, or one per period) at a price (currency/MWh)."""
+
+    quantity_kw: NonNegativeFloat | list[NonNegativeFloat]
+    price: FiniteFloat
+    indivisible: bool = False
+
+
+class ParticipantSpec(Spec):
+    """A buyer or seller with its blocks, at a bus of the feeder when there is one."""
+
+    side: Literal["buy", "sell"]
+    bus: int | None = None
+    blocks: list[BlockSpec] = Field(min_length=1)
+
+
+class ShareBlock(Spec):
+    """A share of a profile bid at one price."""
+
+    share: float = Field(gt=0, le=1)
+    price: FiniteFloat
+
+
+class ProfileBidsSpec(Spec):
+    """Bids of the feeder's own loads (buy) and static generators (sell) from their profiles.
+
+    Each load bids its consumption per period split into ``buy_blocks`` by share; each
+    generator offers its production split into ``sell_blocks``. Shares on a side must sum
+    to 1, so the whole profile is bid.
+    """
+
+    buy_blocks: list[ShareBlock] = Field(min_length=1)
+    sell_blocks: list[ShareBlock] = Field(min_length=1)
+    scale: PositiveFloat = Field(1.0, description="multiplies every profile")
+
+    @model_validator(mode="after")
+    def _shares_sum_to_one(self) -> ProfileBidsSpec:
+        for side in ("buy_blocks", "sell_blocks"):
+            total = sum(b.share for b in getattr(self, side))
+            if abs(total - 1) > 1e-9:
+                raise ValueError(f"{side}: shares sum to {total:g}, not 1")
+        return self
+
+
+class UpstreamSpec(Spec):
+    """Tariffs at the root (currency/MWh; one value or one per period) and a capacity."""
+
+    import_price: FiniteFloat | list[FiniteFloat]
+    export_price: FiniteFloat | list[FiniteFloat]
+    capacity_kw: PositiveFloat | None = None
+
+
+class CaseSpec(CaseBase):
+    """A local electricity market case (``model: lem``)."""
+
+    model: Literal["lem"]
+    pricing: Literal["uniform", "pay_as_bid"] = "uniform"
+    upstream: UpstreamSpec | None = Field(None, description="absent: an islanded market")
+    participants: dict[str, ParticipantSpec] = Field(default_factory=dict)
+    profile_bids: ProfileBidsSpec | None = None
+    indivisible: bool = False
+    min_acceptance: float | None = Field(None, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CaseSpec:
+        n = self.horizon.periods
+        if not self.participants and self.profile_bids is None:
+            raise ValueError("a market needs participants or profile_bids")
+        if self.profile_bids is not None and self.network is None:
+            raise ValueError("profile_bids: needs a network whose loads and generators bid")
+        for pid, p in self.participants.items():
+            if self.network is not None and p.bus is None:
+                raise ValueError(f"participants.{pid}.bus: required on a network")
+            for k, block in enumerate(p.blocks):
+                _check_length(block.quantity_kw, n, f"participants.{pid}.blocks.{k}.quantity_kw")
+        if self.upstream is not None:
+            _check_length(self.upstream.import_price, n, "upstream.import_price")
+            _check_length(self.upstream.export_price, n, "upstream.export_price")
+        return self
+
+
+def _check_length(value, periods: int, path: str) -> None:
+    if isinstance(value, list) and len(value) != periods:
+        raise ValueError(f"{path}: {len(value)} values for {periods} periods")
+
+
+def case_bids(case: CaseSpec, feeder=None) -> pd.DataFrame:
+    """The bids table of a case: its participants' blocks and its profile bids."""
+    periods = range(case.horizon.periods)
+    rows = [
+        {
+            "participant": pid,
+            "side": p.side,
+            "quantity_kw": q,
+            "price": block.price,
+            "period": t,
+            "block": k,
+            "bus": p.bus,
+            "indivisible": block.indivisible,
+        }
+        for pid, p in case.participants.items()
+        for k, block in enumerate(p.blocks)
+        for t, q in zip(periods, _values(block.quantity_kw, len(periods)), strict=True)
+    ]
+    table = pd.DataFrame(rows, columns=[*BID_COLUMNS, "indivisible"])
+    if case.profile_bids is not None:
+        table = pd.concat([table, profile_bids(case, feeder)], ignore_index=True)
+    return table
+
+
+def _values(value, n: int) -> list:
+    return value if isinstance(value, list) else [value] * n
