@@ -66,9 +66,11 @@ class Upstream:
 
 
 def _per_period(value, periods: Sequence[int], name: str) -> np.ndarray:
-    values = np.broadcast_to(np.asarray(value, dtype=float), (len(periods),)) if np.ndim(
-        value
-    ) == 0 else np.asarray(value, dtype=float)
+    values = (
+        np.broadcast_to(np.asarray(value, dtype=float), (len(periods),))
+        if np.ndim(value) == 0
+        else np.asarray(value, dtype=float)
+    )
     if values.shape != (len(periods),):
         raise InputError(f"upstream.{name}: {len(values)} values for {len(periods)} periods")
     return values
@@ -83,7 +85,10 @@ def prepare_bids(bids: pd.DataFrame) -> pd.DataFrame:
     if unknown:
         raise InputError(f"bids: unknown column(s) {sorted(unknown)}")
     table = bids.reset_index(drop=True).copy()
-    table["period"] = table["period"].astype(int) if "period" in table else 0
+    period = pd.to_numeric(table.get("period", 0), errors="coerce")
+    table["period"] = pd.Series(period, index=table.index).fillna(0)
+    _reject(table, table["period"] % 1 != 0, "period", "must be a whole number")
+    table["period"] = table["period"].astype(int)
     if "block" not in table:
         table["block"] = table.groupby(["participant", "side", "period"]).cumcount()
     if "bus" not in table:
@@ -349,8 +354,14 @@ def price_interval(
     some = free["quantity_kw"] > _TOL_KW
     room = free["quantity_kw"] < free["offered_kw"] - _TOL_KW
     sell, buy = free["side"] == "sell", free["side"] == "buy"
-    lows = [free.loc[sell & some, ["period", "bid_price"]], free.loc[buy & room, ["period", "bid_price"]]]
-    highs = [free.loc[sell & room, ["period", "bid_price"]], free.loc[buy & some, ["period", "bid_price"]]]
+    lows = [
+        free.loc[sell & some, ["period", "bid_price"]],
+        free.loc[buy & room, ["period", "bid_price"]],
+    ]
+    highs = [
+        free.loc[sell & room, ["period", "bid_price"]],
+        free.loc[buy & some, ["period", "bid_price"]],
+    ]
     if upstream is not None:
         cap = np.inf if spec.capacity_kw is None else spec.capacity_kw
         flows = upstream.rename(columns={"import_price": "ip", "export_price": "ep"})
@@ -556,3 +567,35 @@ def case_bids(case: CaseSpec, feeder=None) -> pd.DataFrame:
 
 def _values(value, n: int) -> list:
     return value if isinstance(value, list) else [value] * n
+
+
+def bus_injections(result: Result) -> pd.DataFrame:
+    """Participants' net injection (kW) per bus (rows) and period (columns)."""
+    accepted = result.accepted
+    sign = np.where(accepted["side"] == "sell", 1.0, -1.0)
+    return accepted.assign(p_kw=sign * accepted["quantity_kw"]).pivot_table(
+        index="bus", columns="period", values="p_kw", aggfunc="sum", fill_value=0.0
+    )
+
+
+def run_case(case: CaseSpec, solve_options: dict[str, Any]) -> Result:
+    """Clear a market case: the CLI's and the sweeps' entry point."""
+    from gridmarkets import plots
+    from gridmarkets.networks import ac_check, load
+
+    feeder = None if case.network is None else load(case.network.model_dump(exclude_none=True))
+    upstream = None if case.upstream is None else Upstream(**case.upstream.model_dump())
+    m = build(
+        case_bids(case, feeder),
+        upstream=upstream,
+        network=feeder,
+        period_hours=case.horizon.period_hours,
+        indivisible=case.indivisible,
+        min_acceptance=case.min_acceptance,
+    )
+    result = results(m, solve(m, **solve_options), case.pricing)
+    if feeder is not None:
+        injections = bus_injections(result)
+        result.ac_check = ac_check(feeder, injections, 0.0 * injections).summary()
+    result.plots = {"prices": plots.price_plot, "supply_demand": plots.supply_demand_plot}
+    return result

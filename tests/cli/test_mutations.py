@@ -42,7 +42,7 @@ PATHS = list(paths(BASE))
 REPLACEMENTS = st.one_of(
     st.none(),
     st.text(max_size=5),
-    st.integers(-10**6, 10**6),
+    st.integers(-(10**6), 10**6),
     st.floats(allow_nan=True, allow_infinity=True),
     st.lists(st.integers(-5, 5), max_size=4),
     st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),

@@ -62,8 +62,13 @@ def bids_table(periods):
         for side, items in (("sell", offers), ("buy", bids)):
             for k, (price, q) in enumerate(items):
                 rows.append(
-                    {"participant": f"{side}{k}", "side": side, "quantity_kw": q,
-                     "price": price, "period": t}
+                    {
+                        "participant": f"{side}{k}",
+                        "side": side,
+                        "quantity_kw": q,
+                        "price": price,
+                        "period": t,
+                    }
                 )
     return pd.DataFrame(rows, columns=["participant", "side", "quantity_kw", "price", "period"])
 
@@ -94,17 +99,24 @@ def test_islanded_clearing_matches_the_merit_order(periods, with_upstream):
         if with_upstream:
             sold += result.upstream.set_index("period").loc[t, "import_kw"]
         assert q_min - 1e-6 <= sold <= q_max + 1e-6
-    expected = sum(merit_order(*(
-        ([*o, (75.0, 3.0)], [*b, (25.0, 3.0)]) if with_upstream else (o, b)
-    ), strict=False)[0] for o, b in periods)
+    expected = sum(
+        merit_order(
+            *(([*o, (75.0, 3.0)], [*b, (25.0, 3.0)]) if with_upstream else (o, b)), strict=False
+        )[0]
+        for o, b in periods
+    )
     assert result.kpis["social_welfare"] == pytest.approx(expected, abs=1e-6)
 
 
 def test_vertical_crossing_reports_the_interval_and_its_midpoint():
     # supply 10 kW at 20, demand 10 kW at 60: any price in [20, 60] clears
     bids = pd.DataFrame(
-        {"participant": ["pv", "home"], "side": ["sell", "buy"],
-         "quantity_kw": [10.0, 10.0], "price": [20.0, 60.0]}
+        {
+            "participant": ["pv", "home"],
+            "side": ["sell", "buy"],
+            "quantity_kw": [10.0, 10.0],
+            "price": [20.0, 60.0],
+        }
     )
     prices = lem.clear(bids).prices
     assert prices.loc[0, ["price_low", "price_high", "price"]].tolist() == [20, 60, 40]
@@ -130,8 +142,12 @@ def test_settlements_balance(pricing):
     (its dual times the capacity, by strong duality). Pay-as-bid: the operator keeps
     the whole welfare.
     """
+    # local supply is 13 kW; 16 kW is bid above the import tariff, so the 2 kW import
+    # capacity binds and the marginal bid (250) sets the price above the tariff
+    extra_bid = {"participant": "home3", "side": "buy", "quantity_kw": 10.0, "price": 250.0}
+    bids = pd.concat([two_sided(), pd.DataFrame([extra_bid])], ignore_index=True)
     upstream = lem.Upstream(import_price=100.0, export_price=10.0, capacity_kw=2.0)
-    m = lem.build(two_sided(), upstream=upstream)
+    m = lem.build(bids, upstream=upstream)
     solution = solve(m)
     result = lem.results(m, solution, pricing)
     k = result.kpis
@@ -143,8 +159,8 @@ def test_settlements_balance(pricing):
     if pricing == "pay_as_bid":
         assert ms == pytest.approx(solution.objective)
     else:
-        price = result.prices.loc[0, "price"]
-        assert ms == pytest.approx((price - 100.0) * 2.0 / 1000)  # rent of the import cap
+        assert result.prices.loc[0, "price"] == pytest.approx(250.0)
+        assert ms == pytest.approx((250.0 - 100.0) * 2.0 / 1000)  # rent of the import cap
         total = k["buyers_surplus"] + k["sellers_surplus"] + ms
         assert total == pytest.approx(solution.objective)
 

@@ -166,7 +166,9 @@ def test_a_limit_returns_the_incumbent_unproven():
 
 def test_a_limit_without_incumbent_raises():
     with pytest.raises(LimitReachedError):
-        solve(knapsack(), options={"mip_max_nodes": 0, "presolve": "off", "mip_heuristic_effort": 0})
+        solve(
+            knapsack(), options={"mip_max_nodes": 0, "presolve": "off", "mip_heuristic_effort": 0}
+        )
 
 
 def test_unknown_option_is_an_input_error():
