@@ -1,0 +1,78 @@
+"""Run every benchmark module and write benchmarks/RESULTS.md.
+
+Usage: ``python -m benchmarks [--full] [--only NAME ...]``. Quick mode (the default)
+takes about a minute and is what CI runs as a smoke test: times are recorded, never
+asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+
+
+def modules(only: list[str] | None) -> list[str]:
+    names = sorted(p.stem for p in HERE.glob("bench_*.py"))
+    return [n for n in names if not only or n.removeprefix("bench_") in only or n in only]
+
+
+def machine() -> str:
+    import highspy
+    import pyomo
+
+    cpu = platform.processor() or platform.machine()
+    return (
+        f"{platform.platform()}, {cpu}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}, Pyomo {pyomo.version.version}, "
+        f"HiGHS {highspy.Highs().version()}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks")
+    parser.add_argument("--full", action="store_true", help="full sizes (slow)")
+    parser.add_argument("--only", nargs="*", help="benchmark names (without bench_)")
+    parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(HERE.parent))
+    sections, failed = [], []
+    for name in modules(args.only):
+        started = time.perf_counter()
+        module = importlib.import_module(f"benchmarks.{name}")
+        try:
+            rows = module.run(quick=not args.full)
+        except Exception as err:  # report every benchmark, then fail
+            failed.append(f"{name}: {type(err).__name__}: {err}")
+            continue
+        if not rows:
+            failed.append(f"{name}: wrote no rows")
+            continue
+        seconds = time.perf_counter() - started
+        doc = (module.__doc__ or "").strip()
+        table = pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3g")
+        sections.append(
+            f"## {name.removeprefix('bench_')}\n\n{doc}\n\n{table}\n\n({seconds:.0f} s)\n"
+        )
+        print(f"{name}: {len(rows)} rows in {seconds:.1f} s", flush=True)
+    mode = "full" if args.full else "quick"
+    header = (
+        f"# Benchmark results ({mode} mode)\n\nRegenerate with `python -m benchmarks"
+        f"{' --full' if args.full else ''}`.\n\nMachine: {machine()}\n\n"
+    )
+    args.out.write_text(header + "\n".join(sections))
+    for line in failed:
+        print(f"FAILED {line}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
