@@ -1,0 +1,518 @@
+"""Batch sensitivity studies: run a study's scenarios on a local pool or a Dask cluster.
+
+:func:`run` takes a study (see :mod:`gridmarkets.study`), skips the scenarios already
+in the results store, runs the others — a local process pool by default, the workers
+of a Dask distributed cluster when given a scheduler address — and returns one row per
+scenario as a DataFrame. Only the scenario's case dict travels to a worker, and only a
+plain row comes back.
+
+Results store: one SQLite file, ``DIR/study.sqlite``, table ``scenarios``, one row per
+finished scenario keyed by (case hash, solve options). SQLite because it is in the
+standard library (no extra dependency on a worker or a laptop), each row is inserted
+in its own transaction the moment its scenario finishes (an interrupted or killed
+study loses no committed row, and a torn write is rolled back, never half-stored), the
+primary key makes a re-run skip what is done, and the file is queried with plain SQL
+or ``pandas.read_sql``. Only the parent process writes, so the workers need no access
+to DIR. A Parquet dataset would need pyarrow and one file per row (or rewrites); DuckDB
+is an extra dependency for the same guarantees.
+
+Failures: a scenario without a solution (infeasible, unbounded, a limit) or one that
+raises is stored with its status and message and the study goes on. A worker process
+that dies breaks the local pool: the finished rows are kept and the unfinished
+scenarios are resubmitted to a new pool (at most :data:`POOL_STARTS` pools). A Dask
+worker that dies is handled by Dask, which reschedules its tasks; a scenario that
+still cannot finish is reported as ``lost`` in the returned frame, is not stored, and
+runs again at the next re-run.
+
+Model reuse: every scenario builds its model afresh. benchmarks/bench_batch.py measures
+what a reused model could save on the shipped LEM case (the build share of a
+scenario's wall time, and a price-only re-solve of one built model); see its docstring
+for the numbers and why the saving does not pay for mutable parameters in every model.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import multiprocessing
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import ExitStack, contextmanager
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from gridmarkets import __version__, registry
+from gridmarkets.case import validate
+from gridmarkets.errors import (
+    CaseError,
+    GridmarketsError,
+    InfeasibleError,
+    InputError,
+    LimitReachedError,
+    NoSolutionError,
+    UnboundedError,
+)
+from gridmarkets.study import Scenario, Study, load_study
+
+STORE_NAME = "study.sqlite"
+POOL_STARTS = 3
+TIMINGS = ["build_seconds", "translate_seconds", "solve_seconds", "wall_seconds"]
+PROVENANCE = ["case_hash", "gridmarkets_version", "pyomo_version", "highs_version"]
+Runner = Callable[[Any, dict[str, Any]], Any]
+
+_COLUMNS = {
+    "case_hash": "TEXT NOT NULL",
+    "solve_options": "TEXT NOT NULL",
+    "scenario": "INTEGER",
+    "parameters": "TEXT",
+    "status": "TEXT NOT NULL",
+    "message": "TEXT",
+    "objective": "REAL",
+    "gap": "REAL",
+    "kpis": "TEXT",
+    "ac_check": "TEXT",
+    **{name: "REAL" for name in TIMINGS},
+    "gridmarkets_version": "TEXT",
+    "pyomo_version": "TEXT",
+    "highs_version": "TEXT",
+    "worker": "TEXT",
+    "finished_at": "TEXT",
+}
+
+
+_NOT_KPIS = {"scenario", "status", "message", "solve_options", "worker", "finished_at"}
+_NOT_KPIS |= set(PROVENANCE)
+
+
+class WorkerError(GridmarketsError):
+    """Worker processes kept dying: the finished rows are stored, a re-run resumes."""
+
+    exit_code = 1
+
+
+# --- one scenario, on a worker ----------------------------------------------------------
+
+
+def run_scenario(
+    case: dict[str, Any], solve_options: dict[str, Any], runner: Runner | None = None
+) -> dict[str, Any]:
+    """Solve one scenario and return its row (what a worker runs).
+
+    Parameters
+    ----------
+    case : the scenario's validated case, as a plain dict.
+    solve_options : passed to the model's ``run_case``.
+    runner : replaces the model's ``run_case(case, solve_options) -> Result``.
+
+    Returns
+    -------
+    dict : status, message, objective, gap, kpis and ac_check (JSON text), timings and
+        provenance. A scenario without a solution, or one that raises, is a row too.
+    """
+    started = time.perf_counter()
+    try:
+        spec = validate(case, f"case {case.get('name')}")
+        run_case = runner or registry.model_module(spec.model).run_case
+        row = _solved_row(run_case(spec, solve_options).summary())
+    except NoSolutionError as err:
+        row = {"status": _no_solution_status(err), "message": str(err)}
+    except Exception as err:  # a crashing scenario is recorded and the study goes on
+        row = {"status": "error", "message": f"{type(err).__name__}: {err}"}
+    row["wall_seconds"] = time.perf_counter() - started
+    return {**row, **_provenance()}
+
+
+def _solved_row(summary: dict[str, Any]) -> dict[str, Any]:
+    row = {key: summary.get(key) for key in ("status", "objective", "gap", *TIMINGS[:3])}
+    row["kpis"] = json.dumps(summary.get("kpis") or {})
+    row["ac_check"] = json.dumps(summary.get("ac_check"))
+    return row
+
+
+def _no_solution_status(err: NoSolutionError) -> str:
+    for kind, status in (
+        (InfeasibleError, "infeasible"),
+        (UnboundedError, "unbounded"),
+        (LimitReachedError, "limit_reached"),
+    ):
+        if isinstance(err, kind):
+            return status
+    return "no_solution"
+
+
+def _provenance() -> dict[str, str]:
+    import pyomo.version
+
+    return {
+        "gridmarkets_version": __version__,
+        "pyomo_version": pyomo.version.version,
+        "highs_version": version("highspy"),
+        "worker": f"{socket.gethostname()}:{os.getpid()}",
+        "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+# --- the results store --------------------------------------------------------------------
+
+
+class ResultStore:
+    """The SQLite file of a study's finished scenarios (see the module docstring).
+
+    Parameters
+    ----------
+    path : the database file, or ``":memory:"`` for a study without an output folder.
+    """
+
+    def __init__(self, path: str | Path):
+        self.connection = sqlite3.connect(str(path))
+        columns = ", ".join(f"{name} {kind}" for name, kind in _COLUMNS.items())
+        with self.connection:
+            self.connection.execute("PRAGMA journal_mode=WAL")
+            self.connection.execute(
+                f"CREATE TABLE IF NOT EXISTS scenarios ({columns}, "
+                "PRIMARY KEY (case_hash, solve_options))"
+            )
+
+    def add(self, scenario: Scenario, options: str, row: dict[str, Any]) -> None:
+        """Insert one finished scenario's row, committed at once."""
+        values = {
+            **row,
+            "case_hash": scenario.case_hash,
+            "solve_options": options,
+            "scenario": scenario.index,
+            "parameters": json.dumps(scenario.values),
+        }
+        names = [name for name in _COLUMNS if name in values]
+        with self.connection:
+            self.connection.execute(
+                f"INSERT OR REPLACE INTO scenarios ({', '.join(names)}) "
+                f"VALUES ({', '.join('?' * len(names))})",
+                [values[name] for name in names],
+            )
+
+    def rows(self, options: str) -> dict[str, dict[str, Any]]:
+        """The stored rows solved with ``options``, by case hash."""
+        cursor = self.connection.execute(
+            "SELECT * FROM scenarios WHERE solve_options = ?", (options,)
+        )
+        names = [d[0] for d in cursor.description]
+        return {row[0]: dict(zip(names, row, strict=True)) for row in cursor}
+
+    def close(self) -> None:
+        """Close the database file."""
+        self.connection.close()
+
+
+# --- running a study ------------------------------------------------------------------------
+
+
+def run(
+    study: Study | str | Path,
+    *,
+    workers: int | None = None,
+    scheduler: Any = None,
+    out: str | Path | None = None,
+    progress: bool = True,
+    runner: Runner | None = None,
+) -> pd.DataFrame:
+    """Run a study's scenarios and return one row per scenario.
+
+    Parameters
+    ----------
+    study : a :class:`~gridmarkets.study.Study` or the path of a study file.
+    workers : processes of the local pool (default: the machine's cores).
+    scheduler : a Dask scheduler address (``tcp://host:port``) or a
+        ``distributed.Client``: run on that cluster instead of a local pool.
+    out : folder of the results store (``study.sqlite``, resumable) and of
+        ``plots/<kpi>.png``; None keeps the results in memory only.
+    progress : show a progress bar with ETA.
+    runner : replaces the model's ``run_case`` (a picklable function).
+
+    Returns
+    -------
+    pandas.DataFrame : scenario, one column per parameter (its dotted path), status,
+        one column per KPI, message, objective, gap, timings, ``ac_check.<item>``,
+        case hash, versions, worker and finish time.
+    """
+    if workers is not None and scheduler is not None:
+        raise InputError("workers: the Dask cluster decides its workers; give one or the other")
+    study = study if isinstance(study, Study) else load_study(study)
+    folder = None if out is None else Path(out)
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+    options = json.dumps(study.solve_options, sort_keys=True)
+    with ExitStack() as stack:
+        store = ResultStore(":memory:" if folder is None else folder / STORE_NAME)
+        stack.callback(store.close)
+        lost = _run_missing(study, store, options, workers, scheduler, progress, runner, stack)
+        frame = to_frame(study, store.rows(options), lost)
+    if folder is not None:
+        plot_kpis(frame, study, folder / "plots")
+    return frame
+
+
+def _run_missing(study, store, options, workers, scheduler, progress, runner, stack):
+    """Run the scenarios not in the store; return those lost to dying workers."""
+    done = store.rows(options)
+    todo = list({s.case_hash: s for s in study.scenarios if s.case_hash not in done}.values())
+    record = _Recorder(study, store, options)
+    for row in done.values():
+        record.check_kpis(row)
+    if not todo:
+        return {}
+    bar = stack.enter_context(_progress_bar(progress))
+    task = bar.add_task(study.name, total=len(done) + len(todo), completed=len(done))
+    record.advance = lambda: bar.advance(task)
+    executors = _executors(workers, scheduler, len(todo), stack)
+    return _execute(todo, (study.solve_options, runner), executors, record)
+
+
+class _Recorder:
+    """Stores each finished row, advances the bar, and checks the KPI names once."""
+
+    def __init__(self, study: Study, store: ResultStore, options: str):
+        self.study, self.store, self.options = study, store, options
+        self.checked = False
+        self.advance: Callable[[], None] = lambda: None
+
+    def __call__(self, scenario: Scenario, row: dict[str, Any]) -> None:
+        self.store.add(scenario, self.options, row)
+        self.advance()
+        self.check_kpis(row)
+
+    def check_kpis(self, row: dict[str, Any]) -> None:
+        """Every KPI the study asks for must be in a solved scenario's row."""
+        if self.checked or row.get("kpis") is None:
+            return
+        self.checked = True
+        known = [name for name in _flat(row) if name not in _NOT_KPIS]
+        for k, name in enumerate(self.study.spec.kpis):
+            if name not in known:
+                raise CaseError(
+                    f"{self.study.source}: kpis.{k}: {name!r} is not a KPI of model "
+                    f"{self.study.model} (known: {', '.join(known)})"
+                )
+
+
+@contextmanager
+def _progress_bar(show: bool) -> Iterator[Progress]:
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, disable=not show) as bar:
+        yield bar
+
+
+def _executors(workers, scheduler, n_todo: int, stack: ExitStack) -> Callable[[], Executor]:
+    """A function that opens a fresh executor: a local process pool or a Dask client's."""
+    if scheduler is None:
+        size = max(1, min(workers or os.cpu_count() or 1, n_todo))
+        return lambda: ProcessPoolExecutor(size, mp_context=_pool_context())
+    from distributed import Client
+
+    client = scheduler
+    if not isinstance(scheduler, Client):
+        client = stack.enter_context(Client(scheduler, set_as_default=False))
+    return lambda: client.get_executor(pure=False)
+
+
+def _pool_context() -> multiprocessing.context.BaseContext:
+    """Forkserver: workers fork from a clean server (no threads of ours, like rich's
+    refresher, are copied) that has already imported the heavy modules once."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["gridmarkets.batch", "pyomo.environ"])
+    return context
+
+
+def _execute(todo, job, executors, record) -> dict[Scenario, str]:
+    """Run every scenario, restarting a broken local pool; return the lost ones."""
+    lost: dict[Scenario, str] = {}
+    for _ in range(POOL_STARTS):
+        with executors() as executor:
+            todo, failed = _drain(executor, todo, job, record)
+        lost.update(failed)
+        if not todo:
+            return lost
+    raise WorkerError(
+        f"worker processes died {POOL_STARTS} times; the finished rows are stored; "
+        f"{len(todo)} scenario(s) did not finish (re-run to resume)"
+    )
+
+
+def _drain(executor: Executor, todo: list[Scenario], job, record):
+    """Submit, then record rows as they finish; return (unfinished, lost with reason)."""
+    futures = {executor.submit(run_scenario, s.case, *job): s for s in todo}
+    kept: set[Future] = set()
+    lost: dict[Scenario, str] = {}
+    try:
+        for future in as_completed(futures):
+            try:
+                row = future.result()
+            except BrokenProcessPool:
+                break
+            except Exception as err:  # the cluster lost it: not a result, not stored
+                lost[futures[future]] = f"{type(err).__name__}: {err}"
+                continue
+            kept.add(future)
+            record(futures[future], row)
+    except BaseException:
+        _stop(executor)
+        _keep_finished(futures, kept, record)
+        raise
+    _keep_finished(futures, kept, record)
+    unfinished = [s for f, s in futures.items() if f not in kept and s not in lost]
+    return unfinished, lost
+
+
+def _stop(executor: Executor) -> None:
+    """Cancel what has not started; let what runs finish (its row is then kept)."""
+    if isinstance(executor, ProcessPoolExecutor):
+        executor.shutdown(wait=True, cancel_futures=True)
+    else:
+        executor.shutdown(wait=False)
+
+
+def _keep_finished(futures: dict[Future, Scenario], kept: set[Future], record) -> None:
+    for future, scenario in futures.items():
+        finished = future.done() and not future.cancelled() and future.exception() is None
+        if finished and future not in kept:
+            kept.add(future)
+            record(scenario, future.result())
+
+
+# --- the table, the summary and the plots ----------------------------------------------------
+
+
+def to_frame(
+    study: Study, rows: dict[str, dict[str, Any]], lost: dict[Scenario, str] | None = None
+) -> pd.DataFrame:
+    """One row per scenario of ``study`` from the stored rows (by case hash).
+
+    A scenario neither stored nor lost has status ``not_run``.
+    """
+    lost_by_hash = {s.case_hash: reason for s, reason in (lost or {}).items()}
+    records = [_record(s, rows.get(s.case_hash), lost_by_hash) for s in study.scenarios]
+    frame = pd.DataFrame.from_records(records)
+    kpis = study.spec.kpis or _all_kpis(rows.values())
+    ac_columns = sorted({c for r in records for c in r if c.startswith("ac_check.")})
+    details = ["message", "objective", "gap", *TIMINGS, *ac_columns]
+    details += [*PROVENANCE, "worker", "finished_at"]
+    columns = ["scenario", *study.parameters, "status", *kpis]
+    return frame.reindex(columns=columns + [c for c in details if c not in kpis])
+
+
+def _record(scenario: Scenario, row: dict[str, Any] | None, lost: dict[str, str]) -> dict:
+    values = {p: v if _is_scalar(v) else json.dumps(v) for p, v in scenario.values.items()}
+    base = {"scenario": scenario.index, **values, "case_hash": scenario.case_hash}
+    if row is None:
+        reason = lost.get(scenario.case_hash)
+        status = "not_run" if reason is None else "lost"
+        return {**base, "status": status, "message": reason}
+    return {**_flat(row), **base}
+
+
+def _flat(row: dict[str, Any]) -> dict[str, Any]:
+    """A stored row with its KPIs and its AC check's scalar items as columns."""
+    flat = {k: v for k, v in row.items() if k not in ("kpis", "ac_check", "parameters")}
+    flat.update(json.loads(row.get("kpis") or "{}"))
+    ac_check = json.loads(row.get("ac_check") or "null") or {}
+    flat.update({f"ac_check.{k}": v for k, v in ac_check.items() if _is_scalar(v)})
+    return flat
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, bool | int | float | str)
+
+
+def _all_kpis(rows) -> list[str]:
+    names: dict[str, None] = {}
+    for row in rows:
+        names.update(dict.fromkeys(json.loads(row.get("kpis") or "{}")))
+    return list(names)
+
+
+def kpi_names(frame: pd.DataFrame) -> list[str]:
+    """The KPI columns of a frame made by :func:`to_frame` (between status and message)."""
+    start = frame.columns.get_loc("status") + 1
+    return list(frame.columns[start : frame.columns.get_loc("message")])
+
+
+def summary_table(frame: pd.DataFrame, study: Study) -> Table:
+    """A rich table: scenarios per status, and each KPI's min, median and max."""
+    counts = frame["status"].value_counts()
+    caption = ", ".join(f"{status}: {n}" for status, n in counts.items())
+    table = Table("KPI", title=study.name, caption=caption)
+    for column in ("min", "median", "max"):
+        table.add_column(column, justify="right")
+    for name in kpi_names(frame):
+        values = pd.to_numeric(frame[name], errors="coerce").dropna()
+        cells = [values.min(), values.median(), values.max()] if len(values) else [math.nan] * 3
+        table.add_row(name, *(f"{v:,.4g}" for v in cells))
+    return table
+
+
+def plot_kpis(frame: pd.DataFrame, study: Study, folder: str | Path) -> list[Path]:
+    """One PNG per KPI, a panel per numeric parameter: each scenario and the mean per value.
+
+    Returns
+    -------
+    list of Path : the files written, ``<folder>/<kpi>.png``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    params = [p for p in study.parameters if _numeric(frame[p]) is not None]
+    if not params:
+        return []
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    return [_plot_kpi(frame, name, params, folder) for name in kpi_names(frame)]
+
+
+def _plot_kpi(frame: pd.DataFrame, kpi: str, params: list[str], folder: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(params), figsize=(4 * len(params), 3.5), squeeze=False)
+    y = pd.to_numeric(frame[kpi], errors="coerce")
+    for ax, param in zip(axes[0], params, strict=True):
+        x = _numeric(frame[param])
+        ax.scatter(x, y, s=14, alpha=0.6)
+        means = y.groupby(x).mean()
+        if len(means) < len(x.dropna()):
+            ax.plot(means.index, means.to_numpy(), color="tab:red", lw=1, label="mean")
+            ax.legend()
+        ax.set_xlabel(param)
+        ax.set_ylabel(kpi)
+    fig.tight_layout()
+    path = folder / f"{kpi.replace('/', '_')}.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _numeric(column: pd.Series) -> pd.Series | None:
+    values = pd.to_numeric(column, errors="coerce")
+    return values if values.notna().all() else None
