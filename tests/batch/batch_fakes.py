@@ -1,17 +1,18 @@
-"""Fake model runners for the batch tests: picklable, instant, and countable.
+"""A fake model runner for the batch tests: picklable, instant, countable, trappable.
 
-Each computation appends one line (the case's price of ``chp_c``'s first block) to the
-file named by ``GRIDMARKETS_TEST_LEDGER`` once it has finished, so a test counts how
-often each scenario was computed. ``GRIDMARKETS_TEST_TRAP`` names a file: while it
-exists, the scenario whose price equals ``GRIDMARKETS_TEST_TRAP_PRICE`` removes it and
-then raises KeyboardInterrupt (``..._TRAP_MODE=interrupt``) or kills its worker process
-(``..._TRAP_MODE=exit``): the trap fires once.
+Its KPIs are simple functions of the price of ``chp_c``'s first block, so a test
+checks every row against the formula. Each finished computation appends the price to
+``ledger``, so a test counts how often each scenario was computed. While the file
+``trap`` exists, the scenario priced ``trap_price`` deletes it, then raises
+KeyboardInterrupt (``trap_mode="interrupt"``) or kills its worker process
+(``trap_mode="exit"``): the trap fires once.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from gridmarkets.errors import InfeasibleError
@@ -20,14 +21,14 @@ PRICE = "participants.chp_c.blocks.0.price"
 
 
 class FakeResult:
-    """Stands for a Result: only ``summary()`` is read by the batch runner."""
+    """Stands for a Result: the batch runner reads only ``summary()``."""
 
-    def __init__(self, kpis: dict, status: str = "optimal"):
-        self.kpis, self.status = kpis, status
+    def __init__(self, kpis: dict):
+        self.kpis = kpis
 
     def summary(self, case_name=None) -> dict:
         return {
-            "status": self.status,
+            "status": "optimal",
             "objective": self.kpis["welfare"],
             "gap": 0.0,
             "build_seconds": 0.001,
@@ -38,38 +39,45 @@ class FakeResult:
         }
 
 
-def price_of(case) -> float:
-    return case.participants["chp_c"].blocks[0].price
+@dataclass
+class LinearRunner:
+    """welfare = 1000 - price; a negative price is infeasible; price 13 crashes."""
+
+    ledger: Path | None = None
+    trap: Path | None = None
+    trap_price: float | None = None
+    trap_mode: str = "interrupt"
+    sleep: float = 0.0
+
+    def __call__(self, case, solve_options):
+        price = case.participants["chp_c"].blocks[0].price
+        self._spring_trap(price)
+        if price < 0:
+            raise InfeasibleError("model lem is infeasible (a negative price, by design)")
+        if price == 13:
+            raise RuntimeError("unlucky thirteen")
+        time.sleep(self.sleep)
+        if self.ledger is not None:
+            with open(self.ledger, "a") as f:
+                f.write(f"{price}\n")
+        return FakeResult({"welfare": 1000.0 - price, "double_price": 2.0 * price})
+
+    def _spring_trap(self, price: float) -> None:
+        if self.trap is None or price != self.trap_price:
+            return
+        try:
+            Path(self.trap).unlink()
+        except FileNotFoundError:
+            return
+        if self.trap_mode == "exit":
+            os._exit(3)
+        raise KeyboardInterrupt
 
 
-def linear_runner(case, solve_options):
-    """KPIs that are simple functions of chp_c's price: welfare = 1000 - price."""
-    price = price_of(case)
-    _spring_trap(price)
-    if price < 0:
-        raise InfeasibleError("model lem is infeasible (a negative price, by design)")
-    if price == 13:
-        raise RuntimeError("unlucky thirteen")
-    time.sleep(float(os.environ.get("GRIDMARKETS_TEST_SLEEP", "0")))
-    _ledger(price)
-    return FakeResult({"welfare": 1000.0 - price, "double_price": 2.0 * price})
-
-
-def _spring_trap(price: float) -> None:
-    trap = os.environ.get("GRIDMARKETS_TEST_TRAP")
-    if not trap or float(os.environ["GRIDMARKETS_TEST_TRAP_PRICE"]) != price:
-        return
-    try:
-        Path(trap).unlink()
-    except FileNotFoundError:
-        return
-    if os.environ.get("GRIDMARKETS_TEST_TRAP_MODE") == "exit":
-        os._exit(3)
-    raise KeyboardInterrupt
-
-
-def _ledger(price: float) -> None:
-    ledger = os.environ.get("GRIDMARKETS_TEST_LEDGER")
-    if ledger:
-        with open(ledger, "a") as f:
-            f.write(f"{price}\n")
+def ledger_counts(ledger: Path) -> dict[float, int]:
+    """How often each price was computed."""
+    counts: dict[float, int] = {}
+    if ledger.exists():
+        for line in ledger.read_text().split():
+            counts[float(line)] = counts.get(float(line), 0) + 1
+    return counts
