@@ -241,8 +241,9 @@ def run(
     workers : processes of the local pool (default: the machine's cores).
     scheduler : a Dask scheduler address (``tcp://host:port``) or a
         ``distributed.Client``: run on that cluster instead of a local pool.
-    out : folder of the results store (``study.sqlite``, resumable) and of
-        ``plots/<kpi>.png``; None keeps the results in memory only.
+    out : folder of the results store (``study.sqlite``, resumable), of the returned
+        table (``scenarios.csv``) and of ``plots/<kpi>.png``; None keeps the results in
+        memory only.
     progress : show a progress bar with ETA.
     runner : replaces the model's ``run_case`` (a picklable function).
 
@@ -265,6 +266,7 @@ def run(
         lost = _run_missing(study, store, options, workers, scheduler, progress, runner, stack)
         frame = to_frame(study, store.rows(options), lost)
     if folder is not None:
+        frame.to_csv(folder / "scenarios.csv", index=False)
         plot_kpis(frame, study, folder / "plots")
     return frame
 

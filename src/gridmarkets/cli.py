@@ -138,3 +138,35 @@ def schema() -> None:
 def main() -> None:
     """Entry point for ``python -m gridmarkets``."""
     app()
+
+
+@app.command()
+@_user_errors
+def sweep(
+    study: Annotated[Path, typer.Argument(help="study file (YAML)")],
+    workers: Annotated[
+        int | None, typer.Option(help="local worker processes [the machine's cores]")
+    ] = None,
+    scheduler: Annotated[
+        str | None, typer.Option(help="Dask scheduler address (tcp://host:port)")
+    ] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="output folder [results/<study>]")
+    ] = None,
+) -> None:
+    """Run STUDY's scenarios (resumable): write study.sqlite, scenarios.csv and plots."""
+    from gridmarkets import batch
+    from gridmarkets.study import load_study
+
+    spec = load_study(study)
+    target = out_dir or Path("results") / spec.name
+    try:
+        frame = batch.run(spec, workers=workers, scheduler=scheduler, out=target)
+    except KeyboardInterrupt:
+        err.print(f"interrupted: finished scenarios are kept in {target}/; run again to resume")
+        raise typer.Exit(130) from None
+    out.print(batch.summary_table(frame, spec))
+    out.print(f"results written to {target}/")
+    if (frame["status"] == "lost").any():
+        err.print("some scenarios were lost with their workers; run again to retry them")
+        raise typer.Exit(1)
