@@ -24,10 +24,15 @@ worker that dies is handled by Dask, which reschedules its tasks; a scenario tha
 still cannot finish is reported as ``lost`` in the returned frame, is not stored, and
 runs again at the next re-run.
 
-Model reuse: every scenario builds its model afresh. benchmarks/bench_batch.py measures
-what a reused model could save on the shipped LEM case (the build share of a
-scenario's wall time, and a price-only re-solve of one built model); see its docstring
-for the numbers and why the saving does not pay for mutable parameters in every model.
+Interruption: on Ctrl-C (or any exception in the parent) the scenarios not started are
+cancelled, those running finish and are stored, and the exception propagates. The local
+pool starts its workers from a forkserver, so a script that calls :func:`run` needs the
+usual ``if __name__ == "__main__":`` guard (notebooks and the CLI need nothing).
+
+Model reuse: every scenario builds its model afresh. A reused model (mutable
+parameters, a persistent solver) could save at most the build, since the compile to
+HiGHS arrays and the solve are paid either way; benchmarks/bench_batch.py measures the
+build's share of a scenario's wall time (``build_share``).
 """
 
 from __future__ import annotations
