@@ -34,7 +34,7 @@ def base_case(participants: int, seed: int = 0) -> dict:
     people = {}
     for k in range(participants):
         quantity = rng.uniform(0, 10, PERIODS).round(3).tolist()
-        price = float(rng.uniform(0, 300).round(2))
+        price = round(float(rng.uniform(0, 300)), 2)
         side = "sell" if k % 2 == 0 else "buy"
         people[f"p{k}"] = {"side": side, "blocks": [{"quantity_kw": quantity, "price": price}]}
     return {
