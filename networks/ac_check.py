@@ -1,0 +1,191 @@
+"""pandapower's AC power flow of the same injections, next to the linear model's answer."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from gridmarkets.errors import NetworkError
+from gridmarkets.networks.feeder import Feeder
+from gridmarkets.networks.lindistflow import (
+    OperatingPoint,
+    flow_tables,
+    injections_pu,
+    solve_linear,
+)
+
+
+def run_ac(feeder: Feeder, p_pu: np.ndarray, q_pu: np.ndarray) -> dict[str, np.ndarray]:
+    """Run pandapower's AC power flow once per period (columns) of the injections.
+
+    The net's own loads, static generators, generators and storage are switched off
+    and one static generator per bus carries the injection; the external grid is the
+    slack, so the root's entry is ignored.
+
+    Returns
+    -------
+    dict of arrays: vm_pu (buses x periods); p_pu, q_pu (series flow at each branch's
+    sending end) and loading_percent (branches x periods); losses_kw (periods).
+    """
+    import pandapower as pp
+
+    net = copy.deepcopy(feeder.net)
+    for table in ("load", "sgen", "gen", "storage"):
+        getattr(net, table)["in_service"] = False
+    buses = feeder.buses.index.to_numpy()
+    sgens = pp.create_sgens(net, buses, p_mw=0.0, q_mvar=0.0)
+    scale = feeder.s_base_kva / 1000.0
+    periods = p_pu.shape[1]
+    out = {name: np.empty((len(buses), periods)) for name in ("vm_pu",)}
+    for name in ("p_pu", "q_pu", "loading_percent"):
+        out[name] = np.empty((len(feeder.branches), periods))
+    out["losses_kw"] = np.empty(periods)
+    for t in range(periods):
+        net.sgen.loc[sgens, "p_mw"] = np.where(buses == feeder.root, 0.0, p_pu[:, t] * scale)
+        net.sgen.loc[sgens, "q_mvar"] = np.where(buses == feeder.root, 0.0, q_pu[:, t] * scale)
+        try:
+            pp.runpp(net, init="auto" if t == 0 else "results", numba=False)
+        except pp.LoadflowNotConverged as err:
+            raise NetworkError(f"AC power flow of {feeder.name} did not converge in period {t}") from err
+        _read_period(feeder, net, out, t)
+    return out
+
+
+def _read_period(feeder: Feeder, net, out: dict, t: int) -> None:
+    br = feeder.branches
+    vm = net.res_bus.loc[feeder.buses.index, "vm_pu"].to_numpy()
+    out["vm_pu"][:, t] = vm
+    scale = 1000.0 / feeder.s_base_kva
+    for kind, table, ends in (
+        ("line", net.res_line, ("from_bus", "p_from_mw", "q_from_mvar", "p_to_mw", "q_to_mvar")),
+        ("trafo", net.res_trafo, ("hv_bus", "p_hv_mw", "q_hv_mvar", "p_lv_mw", "q_lv_mvar")),
+    ):
+        rows = np.flatnonzero(br["kind"].to_numpy() == kind)
+        if not len(rows):
+            continue
+        element = br["element"].to_numpy()[rows]
+        res = table.loc[element]
+        first = (
+            getattr(net, kind).loc[element, ends[0]].map(feeder.merged).to_numpy()
+            == br["from_bus"].to_numpy()[rows]
+        )
+        p = np.where(first, res[ends[1]], res[ends[3]]) * scale
+        q = np.where(first, res[ends[2]], res[ends[4]]) * scale
+        charging = br["b_pu"].to_numpy()[rows] / 2 * vm[feeder.from_pos[rows]] ** 2
+        out["p_pu"][rows, t] = p
+        out["q_pu"][rows, t] = q + charging
+        out["loading_percent"][rows, t] = res["loading_percent"].to_numpy()
+    lines = br.loc[br["kind"] == "line", "element"]
+    trafos = br.loc[br["kind"] == "trafo", "element"]
+    losses = net.res_line.loc[lines, "pl_mw"].sum() + net.res_trafo.loc[trafos, "pl_mw"].sum()
+    out["losses_kw"][t] = losses * 1000.0
+
+
+def operating_point(feeder: Feeder, p_kw, q_kvar) -> OperatingPoint:
+    """The AC power flow's flows and voltages at these injections, to linearise losses at."""
+    p, q, _ = injections_pu(feeder, p_kw, q_kvar)
+    ac = run_ac(feeder, p, q)
+    return OperatingPoint(ac["p_pu"], ac["q_pu"], ac["vm_pu"] ** 2)
+
+
+@dataclass
+class ACCheck:
+    """The AC power flow next to the linear one, per period and element.
+
+    Attributes
+    ----------
+    buses : bus, period, v_pu_linear, v_pu_ac, error_pu, vmin_pu, vmax_pu.
+    branches : branch, period, from_bus, to_bus, kind, element, p_kw_linear, p_kw_ac,
+        loading_percent_linear, loading_percent_ac.
+    losses : period, loss_kw_linear, loss_kw_ac.
+    """
+
+    buses: pd.DataFrame
+    branches: pd.DataFrame
+    losses: pd.DataFrame
+
+    @property
+    def max_voltage_error_pu(self) -> float:
+        """max over buses and periods of |V_linear - V_ac| (pu)."""
+        return float(self.buses["error_pu"].abs().max())
+
+    @property
+    def max_loading_percent(self) -> float:
+        """Largest AC branch loading (%)."""
+        return float(self.branches["loading_percent_ac"].max())
+
+    def violations(self) -> pd.DataFrame:
+        """AC limit violations: buses outside [vmin, vmax], branches above 100 %."""
+        b = self.buses
+        low, high = b["v_pu_ac"] < b["vmin_pu"], b["v_pu_ac"] > b["vmax_pu"]
+        bad = b[low | high]
+        voltage = pd.DataFrame(
+            {
+                "element": "bus",
+                "index": bad["bus"],
+                "period": bad["period"],
+                "value": bad["v_pu_ac"],
+                "limit": np.where(low[low | high], bad["vmin_pu"], bad["vmax_pu"]),
+            }
+        )
+        over = self.branches[self.branches["loading_percent_ac"] > 100.0]
+        thermal = over.assign(element=over["kind"], index=over["element"], limit=100.0)
+        thermal = thermal.assign(value=over["loading_percent_ac"])
+        columns = ["element", "index", "period", "value", "limit"]
+        return pd.concat([voltage[columns], thermal[columns]], ignore_index=True)
+
+    def summary(self) -> dict[str, Any]:
+        """Plain JSON-able facts: largest errors and loading, and the violations."""
+        violations = self.violations()
+        return {
+            "max_voltage_error_pu": self.max_voltage_error_pu,
+            "max_loading_percent": self.max_loading_percent,
+            "loss_kw_linear": float(self.losses["loss_kw_linear"].sum()),
+            "loss_kw_ac": float(self.losses["loss_kw_ac"].sum()),
+            "violations_count": len(violations),
+            "violations": violations.head(50).to_dict(orient="records"),
+        }
+
+
+def ac_check(feeder: Feeder, p_kw, q_kvar, *, point: OperatingPoint | None = None) -> ACCheck:
+    """Compare the linear power flow of these injections with pandapower's AC one.
+
+    Parameters
+    ----------
+    feeder : the feeder.
+    p_kw, q_kvar : net injections in kW / kvar, positive into the grid, in any form
+        :func:`~gridmarkets.networks.lindistflow.injection_matrix` accepts (typically a
+        DataFrame with buses as rows and periods as columns). The root is the slack.
+    point : the linear model's loss linearisation, if it had losses on.
+
+    Returns
+    -------
+    ACCheck
+    """
+    p, q, periods = injections_pu(feeder, p_kw, q_kvar)
+    linear = solve_linear(feeder, p, q, point)
+    ac = run_ac(feeder, p, q)
+    lin_buses, lin_branches = flow_tables(feeder, periods, linear)
+    ac_buses, ac_branches = flow_tables(feeder, periods, {**linear, "p": ac["p_pu"], "q": ac["q_pu"]})
+    buses = lin_buses.rename(columns={"v_pu": "v_pu_linear"})
+    buses["v_pu_ac"] = ac["vm_pu"].ravel()
+    buses["error_pu"] = buses["v_pu_linear"] - buses["v_pu_ac"]
+    buses = buses.join(feeder.buses[["vmin_pu", "vmax_pu"]], on="bus")
+    branches = lin_branches.rename(
+        columns={"p_kw": "p_kw_linear", "loading_percent": "loading_percent_linear"}
+    ).drop(columns=["q_kvar", "loss_kw"])
+    branches["p_kw_ac"] = ac_branches["p_kw"].to_numpy()
+    branches["loading_percent_ac"] = ac["loading_percent"].ravel()
+    loss_linear = (linear["ell"] * feeder.branches["r_pu"].to_numpy()[:, None]).sum(axis=0)
+    losses = pd.DataFrame(
+        {
+            "period": periods,
+            "loss_kw_linear": loss_linear * feeder.s_base_kva,
+            "loss_kw_ac": ac["losses_kw"],
+        }
+    )
+    return ACCheck(buses.reset_index(drop=True), branches.reset_index(), losses)

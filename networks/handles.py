@@ -1,0 +1,71 @@
+"""What a network formulation hands back to the market that called it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyomo.environ as pyo
+
+from gridmarkets.networks.feeder import Feeder
+
+
+@dataclass
+class NetworkHandles:
+    """The components a network formulation added, by meaning.
+
+    Attributes
+    ----------
+    formulation : "lindistflow" or "copperplate".
+    block : the Pyomo block the components live on.
+    active_power_balance : indexed by (bus, period) (LinDistFlow) or period
+        (CopperPlate); ``net injections + inflow - outflow == 0``, so its dual is the
+        cost of one more unit of demand at the bus.
+    reactive_power_balance, voltage_sq, p_flow, q_flow, voltage_lower, voltage_upper,
+    thermal_limit : LinDistFlow's components (None for CopperPlate); flows and squared
+        voltages in per unit, ``thermal_limit`` indexed by (branch, side, period).
+    polygon : (sides x 2) array of the thermal polygon's (cos, sin) normals.
+    losses : the loss linearisation parameters (a, b, c, v0_sq) or None.
+    p_kw, q_kvar : the injections the market supplied, by (bus, period).
+    """
+
+    formulation: str
+    feeder: Feeder | None
+    periods: list
+    s_base_kva: float
+    period_hours: float
+    block: pyo.Block
+    active_power_balance: pyo.Constraint
+    reactive_power_balance: pyo.Constraint | None = None
+    voltage_sq: pyo.Var | None = None
+    p_flow: pyo.Var | None = None
+    q_flow: pyo.Var | None = None
+    voltage_lower: pyo.Constraint | None = None
+    voltage_upper: pyo.Constraint | None = None
+    thermal_limit: pyo.Constraint | None = None
+    polygon: np.ndarray | None = None
+    losses: dict[str, pyo.Param] | None = None
+    p_kw: dict = field(default_factory=dict, repr=False)
+    q_kvar: dict = field(default_factory=dict, repr=False)
+
+    def per_mwh(self) -> float:
+        """Factor from a balance dual (currency per pu and period) to currency/MWh."""
+        return 1000.0 / (self.s_base_kva * self.period_hours)
+
+    def injection_values(self) -> tuple[np.ndarray, np.ndarray]:
+        """Solved net injections (kW, kvar) as (bus x period) arrays in feeder order."""
+        row = {bus: k for k, bus in enumerate(self.feeder.buses.index)}
+        column = {t: k for k, t in enumerate(self.periods)}
+        values = []
+        for table in (self.p_kw, self.q_kvar):
+            array = np.zeros((len(row), len(column)))
+            for (bus, t), expr in table.items():
+                array[row[bus], column[t]] += pyo.value(expr)
+            values.append(array)
+        return values[0], values[1]
+
+
+def value_array(component: Any, rows: list, periods: list) -> np.ndarray:
+    """Values of a component indexed (row, period) as a (rows x periods) array."""
+    return np.array([[pyo.value(component[r, t]) for t in periods] for r in rows], dtype=float)

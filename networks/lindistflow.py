@@ -1,0 +1,499 @@
+"""LinDistFlow: the linearised branch-flow model of a radial feeder.
+
+For a branch l from bus i to bus j (away from the root), in per unit, with an off-nominal
+transformer ratio n (1 for lines) and the squared branch current linearised around an
+operating point, ``ell = a P + b Q + c`` (zero without losses)::
+
+    p_j + P_l - r ell_l - sum_{children c} P_c = 0                 (active balance)
+    q_j + Q_l - x ell_l - sum_{children c} Q_c = 0                 (reactive balance)
+    v_j = v_i / n^2 - 2 (r P_l + x Q_l) + (r^2 + x^2) ell_l         (voltage drop)
+
+where p_j, q_j are the net injections (the market's, plus shunts evaluated at the
+operating-point voltage) and v the squared voltage magnitudes. Without losses these are
+the equations of Baran and Wu's simplified DistFlow.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyomo.environ as pyo
+
+from gridmarkets.errors import NetworkError
+from gridmarkets.networks.feeder import Feeder, net_injections
+from gridmarkets.networks.handles import NetworkHandles
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """Where losses are linearised, per period (columns of every array).
+
+    Attributes
+    ----------
+    p_pu, q_pu : (branches x periods) flows at the sending end of each branch.
+    v_sq_pu : (buses x periods) squared voltages (also the voltage at which shunts
+        are evaluated).
+    """
+
+    p_pu: np.ndarray
+    q_pu: np.ndarray
+    v_sq_pu: np.ndarray
+
+    @classmethod
+    def flat(cls, feeder: Feeder, periods: int) -> OperatingPoint:
+        """No flow, every bus at the root's voltage: the lossless linearisation."""
+        n_branch, n_bus = len(feeder.branches), len(feeder.buses)
+        v = np.full((n_bus, periods), feeder.root_vm_pu**2)
+        return cls(np.zeros((n_branch, periods)), np.zeros((n_branch, periods)), v)
+
+    def current_terms(self, feeder: Feeder) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(a, b, c) of ``ell = a P + b Q + c``, the squared current linearised here."""
+        ratio = feeder.branches["ratio"].to_numpy()[:, None]
+        w = self.v_sq_pu[feeder.from_pos] / ratio**2
+        p, q = self.p_pu, self.q_pu
+        return 2 * p / w, 2 * q / w, -(p**2 + q**2) / w
+
+
+def branch_arrays(feeder: Feeder) -> dict[str, np.ndarray]:
+    """Branch parameters as column vectors (branches x 1) for broadcasting over periods."""
+    br = feeder.branches
+    r, x = br["r_pu"].to_numpy()[:, None], br["x_pu"].to_numpy()[:, None]
+    return {"r": r, "x": x, "z2": r**2 + x**2, "n2": br["ratio"].to_numpy()[:, None] ** 2}
+
+
+def solve_linear(
+    feeder: Feeder, p_pu: np.ndarray, q_pu: np.ndarray, point: OperatingPoint | None = None
+) -> dict[str, np.ndarray]:
+    """Evaluate the LinDistFlow equations for given injections (no optimisation).
+
+    Parameters
+    ----------
+    p_pu, q_pu : (buses x periods) net injections in feeder bus order, without shunts;
+        the root's entry is ignored (the root is the slack).
+    point : the losses' operating point; None evaluates the lossless equations.
+
+    Returns
+    -------
+    dict of arrays: v_sq (buses x periods), p, q, ell (branches x periods).
+    """
+    periods = p_pu.shape[1]
+    if point is None:
+        point = OperatingPoint.flat(feeder, periods)
+        a = b = c = np.zeros((len(feeder.branches), periods))
+    else:
+        a, b, c = point.current_terms(feeder)
+    v0 = point.v_sq_pu
+    shunts = feeder.buses[["g_pu", "b_pu"]].to_numpy()
+    out_p = -p_pu + shunts[:, [0]] * v0  # what each bus draws from its parent branch
+    out_q = -q_pu - shunts[:, [1]] * v0
+    k = branch_arrays(feeder)
+    n_branch = len(feeder.branches)
+    p, q, ell = (np.zeros((n_branch, periods)) for _ in range(3))
+    for branch in range(n_branch - 1, -1, -1):
+        i, j = feeder.from_pos[branch], feeder.to_pos[branch]
+        r, x = k["r"][branch], k["x"][branch]
+        slope = 1 - a[branch] * r - b[branch] * x
+        ell[branch] = (a[branch] * out_p[j] + b[branch] * out_q[j] + c[branch]) / slope
+        p[branch] = out_p[j] + r * ell[branch]
+        q[branch] = out_q[j] + x * ell[branch]
+        out_p[i] += p[branch]
+        out_q[i] += q[branch]
+    v_sq = np.empty((len(feeder.buses), periods))
+    v_sq[0] = feeder.root_vm_pu**2
+    drop = 2 * (k["r"] * p + k["x"] * q) - k["z2"] * ell
+    for branch in range(n_branch):
+        i, j = feeder.from_pos[branch], feeder.to_pos[branch]
+        v_sq[j] = v_sq[i] / k["n2"][branch] - drop[branch]
+    return {"v_sq": v_sq, "p": p, "q": q, "ell": ell}
+
+
+def injection_matrix(feeder: Feeder, values, periods: list | None = None) -> tuple[np.ndarray, list]:
+    """Injections in kW as a (buses x periods) array in feeder order.
+
+    ``values`` may be a number, a Series by bus (one period), a Series by (bus, period),
+    a DataFrame with buses as rows and periods as columns, or a dict {(bus, period): kW}.
+    Buses merged by a bus-bus switch are added to the bus they merged into.
+    """
+    if isinstance(values, dict):
+        values = pd.Series(values, dtype=float)
+    if isinstance(values, pd.Series):
+        values = values.unstack() if values.index.nlevels == 2 else values.to_frame(0)
+    if not isinstance(values, pd.DataFrame):
+        columns = periods if periods is not None else [0]
+        return np.full((len(feeder.buses), len(columns)), float(values)), list(columns)
+    unknown = [b for b in values.index if b not in feeder.merged]
+    if unknown:
+        raise NetworkError(f"injections at bus {unknown[0]}, which is not a bus of the feeder")
+    grouped = values.fillna(0.0).groupby(values.index.map(feeder.merged)).sum()
+    grouped = grouped.reindex(feeder.buses.index, fill_value=0.0)
+    if periods is not None:
+        grouped = grouped.reindex(columns=periods, fill_value=0.0)
+    return grouped.to_numpy(dtype=float), list(grouped.columns)
+
+
+def injections_pu(feeder: Feeder, p_kw, q_kvar) -> tuple[np.ndarray, np.ndarray, list]:
+    """Both injections as per-unit arrays over the same periods (defaults: the net's own)."""
+    if p_kw is None and q_kvar is None:
+        p_kw, q_kvar = net_injections(feeder)
+    p, periods = injection_matrix(feeder, 0.0 if p_kw is None else p_kw)
+    if q_kvar is None or np.isscalar(q_kvar):
+        q, _ = injection_matrix(feeder, q_kvar or 0.0, periods)
+    else:
+        q, periods_q = injection_matrix(feeder, q_kvar)
+        if len(periods_q) != len(periods) and len(periods) == 1 and np.isscalar(p_kw):
+            p, periods = injection_matrix(feeder, p_kw, periods_q)
+        q, _ = injection_matrix(feeder, q_kvar, periods)
+    return p / feeder.s_base_kva, q / feeder.s_base_kva, periods
+
+
+def flow_tables(
+    feeder: Feeder, periods: list, result: dict[str, np.ndarray]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Tidy bus and branch tables (kW, kvar, v_pu, loading_percent) from per-unit arrays."""
+    s = feeder.s_base_kva
+    n_bus, n_branch = len(feeder.buses), len(feeder.branches)
+    buses = pd.DataFrame(
+        {
+            "bus": np.repeat(feeder.buses.index.to_numpy(), len(periods)),
+            "period": np.tile(periods, n_bus),
+            "v_pu": np.sqrt(np.maximum(result["v_sq"], 0.0)).ravel(),
+        }
+    )
+    br = feeder.branches
+    p_kw, q_kvar = result["p"] * s, result["q"] * s
+    rating = br["rating_kva"].to_numpy()[:, None]
+    loss = result["ell"] * br["r_pu"].to_numpy()[:, None] * s
+    branches = pd.DataFrame(
+        {
+            "branch": np.repeat(br.index.to_numpy(), len(periods)),
+            "period": np.tile(periods, n_branch),
+            "p_kw": p_kw.ravel(),
+            "q_kvar": q_kvar.ravel(),
+            "loading_percent": (100 * np.hypot(p_kw, q_kvar) / rating).ravel(),
+            "loss_kw": loss.ravel(),
+        }
+    )
+    labels = br[["from_bus", "to_bus", "kind", "element"]]
+    return buses, labels.join(branches.set_index("branch"), how="right").rename_axis("branch")
+
+
+def linear_power_flow(
+    feeder: Feeder, p_kw=None, q_kvar=None, *, point: OperatingPoint | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Evaluate LinDistFlow for given injections, with no market on top.
+
+    Parameters
+    ----------
+    feeder : the feeder.
+    p_kw, q_kvar : net injections (positive into the grid) in kW / kvar, in any form
+        :func:`injection_matrix` accepts; a DataFrame with buses as rows and periods as
+        columns gives one solution per period. Defaults (both None): the net's own
+        loads, static generators and storage. The root is the slack: its entry is
+        ignored.
+    point : linearise losses around this operating point (None: lossless).
+
+    Returns
+    -------
+    (buses, branches) : tidy tables; buses with columns bus, period, v_pu; branches
+    indexed by branch with from_bus, to_bus, kind, element, period, p_kw, q_kvar
+    (at the sending end), loading_percent and loss_kw.
+    """
+    p, q, periods = injections_pu(feeder, p_kw, q_kvar)
+    return flow_tables(feeder, periods, solve_linear(feeder, p, q, point))
+
+
+class LinDistFlow:
+    """The LinDistFlow network formulation (see the module docstring for the equations).
+
+    Parameters
+    ----------
+    polygon_sides : sides of the regular polygon inscribed in the apparent-power circle
+        that approximates each branch's thermal limit from inside.
+    losses : linearise losses around ``point`` (see :func:`iterate_losses`).
+    point : the operating point for losses; None takes pandapower's AC power flow at
+        the net's own loads for every period.
+    upstream_reactive : let the root draw reactive power from the upstream grid at no
+        cost (a free variable ``q_upstream_kvar``); False for an islanded feeder, whose
+        reactive balance must then close within the market.
+    """
+
+    name = "lindistflow"
+
+    def __init__(
+        self,
+        polygon_sides: int = 12,
+        losses: bool = False,
+        point: OperatingPoint | None = None,
+        upstream_reactive: bool = True,
+    ):
+        if polygon_sides < 3:
+            raise NetworkError(f"polygon_sides: {polygon_sides} is below 3")
+        self.polygon_sides = polygon_sides
+        self.losses = losses
+        self.point = point
+        self.upstream_reactive = upstream_reactive
+
+    def add(
+        self,
+        block: pyo.Block,
+        feeder: Feeder,
+        periods,
+        p_kw: dict,
+        q_kvar: dict,
+        *,
+        period_hours: float = 1.0,
+    ) -> NetworkHandles:
+        """Add flows, squared voltages, balances and limits to ``block``.
+
+        Parameters
+        ----------
+        block : an empty Pyomo block of the market model.
+        feeder : the radial feeder.
+        periods : the market's periods.
+        p_kw, q_kvar : the market's net injection into the grid at (bus, period) in kW
+            and kvar, as Pyomo expressions or numbers; missing keys are 0. The upstream
+            grid, if any, is the market's injection at ``feeder.root``.
+        period_hours : length of a period, to convert duals to currency/MWh.
+
+        Returns
+        -------
+        NetworkHandles naming every component added.
+        """
+        if feeder is None:
+            raise NetworkError("LinDistFlow needs a feeder; use CopperPlate for no grid")
+        periods = list(periods)
+        _check_keys(feeder, p_kw, q_kvar)
+        _add_sets(block, feeder, periods, self.polygon_sides)
+        _add_variables(block, feeder, self.upstream_reactive)
+        point = self._point(feeder, periods)
+        losses = _add_losses(block, feeder, periods, point) if self.losses else None
+        _add_balances(block, feeder, p_kw, q_kvar, point, losses)
+        _add_voltage(block, feeder, losses)
+        polygon = _add_thermal(block, feeder, self.polygon_sides)
+        return NetworkHandles(
+            formulation=self.name,
+            feeder=feeder,
+            periods=periods,
+            s_base_kva=feeder.s_base_kva,
+            period_hours=period_hours,
+            block=block,
+            active_power_balance=block.active_power_balance,
+            reactive_power_balance=block.reactive_power_balance,
+            voltage_sq=block.v_sq_pu,
+            p_flow=block.p_flow_pu,
+            q_flow=block.q_flow_pu,
+            voltage_lower=block.voltage_lower,
+            voltage_upper=block.voltage_upper,
+            thermal_limit=block.thermal_limit,
+            polygon=polygon,
+            losses=losses,
+            p_kw=dict(p_kw),
+            q_kvar=dict(q_kvar),
+        )
+
+    def _point(self, feeder: Feeder, periods: list) -> OperatingPoint:
+        if not self.losses:
+            return OperatingPoint.flat(feeder, len(periods))
+        if self.point is not None:
+            return _fit_periods(self.point, len(periods))
+        from gridmarkets.networks.ac_check import operating_point
+
+        p, q = net_injections(feeder)
+        return _fit_periods(operating_point(feeder, p.to_frame(0), q.to_frame(0)), len(periods))
+
+
+def _fit_periods(point: OperatingPoint, periods: int) -> OperatingPoint:
+    """Repeat a one-period operating point over every period."""
+    if point.p_pu.shape[1] == periods:
+        return point
+    if point.p_pu.shape[1] != 1:
+        raise NetworkError(f"operating point has {point.p_pu.shape[1]} periods, need {periods}")
+    return OperatingPoint(*(np.repeat(a, periods, axis=1) for a in vars(point).values()))
+
+
+def _check_keys(feeder: Feeder, *tables: dict) -> None:
+    buses = feeder.buses.index
+    for table in tables:
+        for bus, _ in table:
+            if bus not in buses:
+                raise NetworkError(f"injection at bus {bus!r}, which is not a bus of the feeder")
+
+
+def _add_sets(block, feeder: Feeder, periods: list, sides: int) -> None:
+    br = feeder.branches
+    block.BUSES = pyo.Set(initialize=list(feeder.buses.index), doc="feeder buses")
+    block.BUSES_BELOW_ROOT = pyo.Set(initialize=feeder.order[1:], doc="buses except the root")
+    block.BRANCHES = pyo.Set(initialize=list(br.index), doc="branches, away from the root")
+    rated = br.index[np.isfinite(br["rating_kva"]) & (br["rating_kva"] > 0)]
+    block.RATED_BRANCHES = pyo.Set(initialize=list(rated), doc="branches with a rating")
+    block.PERIODS = pyo.Set(initialize=periods, doc="market periods")
+    block.SIDES = pyo.Set(initialize=range(sides), doc="sides of the thermal polygon")
+
+
+def _add_variables(block, feeder: Feeder, upstream_reactive: bool) -> None:
+    block.p_flow_pu = pyo.Var(
+        block.BRANCHES, block.PERIODS, doc="P[l,t]: active power into branch l at its sending end (pu)"
+    )
+    block.q_flow_pu = pyo.Var(
+        block.BRANCHES, block.PERIODS, doc="Q[l,t]: reactive power into branch l at its sending end (pu)"
+    )
+    block.v_sq_pu = pyo.Var(block.BUSES, block.PERIODS, doc="v[j,t]: squared voltage magnitude (pu^2)")
+    for t in block.PERIODS:
+        block.v_sq_pu[feeder.root, t].fix(feeder.root_vm_pu**2)
+    if upstream_reactive:
+        block.q_upstream_kvar = pyo.Var(
+            block.PERIODS, doc="reactive power drawn from the upstream grid at the root (kvar)"
+        )
+
+
+def _add_losses(block, feeder: Feeder, periods: list, point: OperatingPoint) -> dict:
+    """Mutable parameters of the linearised squared current, so a re-linearisation is cheap."""
+    a, b, c = point.current_terms(feeder)
+    names = {"a": a, "b": b, "c": c}
+    params = {}
+    for name, array in names.items():
+        param = pyo.Param(
+            block.BRANCHES,
+            block.PERIODS,
+            mutable=True,
+            initialize=_indexed(feeder.branches.index, periods, array),
+            doc=f"{name}[l,t] of ell[l,t] = a P + b Q + c, squared current linearised (pu)",
+        )
+        block.add_component(f"loss_{name}", param)
+        params[name] = param
+    block.v0_sq_pu = pyo.Param(
+        block.BUSES,
+        block.PERIODS,
+        mutable=True,
+        initialize=_indexed(feeder.buses.index, periods, point.v_sq_pu),
+        doc="operating-point squared voltage at which shunts are evaluated (pu^2)",
+    )
+    params["v0_sq"] = block.v0_sq_pu
+
+    @block.Expression(block.BRANCHES, block.PERIODS)
+    def current_sq_pu(b, k, t):
+        return b.loss_a[k, t] * b.p_flow_pu[k, t] + b.loss_b[k, t] * b.q_flow_pu[k, t] + b.loss_c[k, t]
+
+    block.current_sq_pu.doc = "ell[l,t] = a P[l,t] + b Q[l,t] + c  (pu, squared current)"
+    return params
+
+
+def _indexed(rows, periods: list, array: np.ndarray) -> dict:
+    return {(r, t): float(array[i, k]) for i, r in enumerate(rows) for k, t in enumerate(periods)}
+
+
+def _add_balances(block, feeder: Feeder, p_kw, q_kvar, point: OperatingPoint, losses) -> None:
+    s = feeder.s_base_kva
+    br = feeder.branches
+    parent = feeder.parent_branch
+    below = {bus: [parent[c] for c in kids] for bus, kids in feeder.children.items()}
+    r, x = br["r_pu"].to_dict(), br["x_pu"].to_dict()
+    g, bsh = feeder.buses["g_pu"].to_dict(), feeder.buses["b_pu"].to_dict()
+    column = {t: k for k, t in enumerate(block.PERIODS)}
+    row = {bus: k for k, bus in enumerate(feeder.buses.index)}
+    v0 = point.v_sq_pu
+    ell = block.current_sq_pu if losses else None
+    up_q = getattr(block, "q_upstream_kvar", None)
+
+    def active(b, j, t):
+        v = v0[row[j], column[t]]
+        expr = p_kw.get((j, t), 0) / s - g[j] * v - sum(b.p_flow_pu[k, t] for k in below[j])
+        if j != feeder.root:
+            k = parent[j]
+            expr += b.p_flow_pu[k, t] - (r[k] * ell[k, t] if ell is not None else 0)
+        return expr == 0
+
+    def reactive(b, j, t):
+        v = v0[row[j], column[t]]
+        expr = q_kvar.get((j, t), 0) / s + bsh[j] * v - sum(b.q_flow_pu[k, t] for k in below[j])
+        if j != feeder.root:
+            k = parent[j]
+            expr += b.q_flow_pu[k, t] - (x[k] * ell[k, t] if ell is not None else 0)
+        elif up_q is not None:
+            expr += up_q[t] / s
+        return expr == 0
+
+    block.active_power_balance = pyo.Constraint(
+        block.BUSES,
+        block.PERIODS,
+        rule=active,
+        doc="p[j,t]/S - g v0 + P[in] - r ell[in] - sum P[out] = 0  (pu); dual: price of demand",
+    )
+    block.reactive_power_balance = pyo.Constraint(
+        block.BUSES,
+        block.PERIODS,
+        rule=reactive,
+        doc="q[j,t]/S + b v0 + Q[in] - x ell[in] - sum Q[out] = 0  (pu)",
+    )
+
+
+def _add_voltage(block, feeder: Feeder, losses) -> None:
+    k = branch_arrays(feeder)
+    br = feeder.branches
+    frm, to = br["from_bus"].to_dict(), br["to_bus"].to_dict()
+    r, x = dict(enumerate(k["r"][:, 0])), dict(enumerate(k["x"][:, 0]))
+    z2, n2 = dict(enumerate(k["z2"][:, 0])), dict(enumerate(k["n2"][:, 0]))
+    ell = block.current_sq_pu if losses else None
+
+    def drop(b, line, t):
+        expr = b.v_sq_pu[to[line], t] - b.v_sq_pu[frm[line], t] / n2[line]
+        expr += 2 * (r[line] * b.p_flow_pu[line, t] + x[line] * b.q_flow_pu[line, t])
+        if ell is not None:
+            expr -= z2[line] * ell[line, t]
+        return expr == 0
+
+    block.voltage_drop = pyo.Constraint(
+        block.BRANCHES,
+        block.PERIODS,
+        rule=drop,
+        doc="v[j,t] = v[i,t]/n^2 - 2 (r P[l,t] + x Q[l,t]) + (r^2 + x^2) ell[l,t]  (pu^2)",
+    )
+    vmin = (feeder.buses["vmin_pu"] ** 2).to_dict()
+    vmax = (feeder.buses["vmax_pu"] ** 2).to_dict()
+    block.voltage_lower = pyo.Constraint(
+        block.BUSES_BELOW_ROOT,
+        block.PERIODS,
+        rule=lambda b, j, t: b.v_sq_pu[j, t] >= vmin[j],
+        doc="v[j,t] >= vmin_pu[j]^2  (pu^2)",
+    )
+    block.voltage_upper = pyo.Constraint(
+        block.BUSES_BELOW_ROOT,
+        block.PERIODS,
+        rule=lambda b, j, t: b.v_sq_pu[j, t] <= vmax[j],
+        doc="v[j,t] <= vmax_pu[j]^2  (pu^2)",
+    )
+
+
+def _add_thermal(block, feeder: Feeder, sides: int) -> np.ndarray:
+    angles = 2 * math.pi * np.arange(sides) / sides
+    polygon = np.column_stack([np.cos(angles), np.sin(angles)])
+    cap = (feeder.branches["rating_kva"] / feeder.s_base_kva * math.cos(math.pi / sides)).to_dict()
+    cos, sin = polygon[:, 0].tolist(), polygon[:, 1].tolist()
+
+    def limit(b, line, side, t):
+        flow = cos[side] * b.p_flow_pu[line, t] + sin[side] * b.q_flow_pu[line, t]
+        return flow <= cap[line]
+
+    block.thermal_limit = pyo.Constraint(
+        block.RATED_BRANCHES,
+        block.SIDES,
+        block.PERIODS,
+        rule=limit,
+        doc="cos(2 pi k/N) P[l,t] + sin(2 pi k/N) Q[l,t] <= S_l cos(pi/N)  (pu): polygon "
+        "inscribed in the apparent-power circle",
+    )
+    return polygon
+
+
+def linear_operating_point(feeder: Feeder, p_kw=None, q_kvar=None) -> OperatingPoint:
+    """The lossless LinDistFlow solution as an operating point (no AC power flow needed).
+
+    Linearising losses around it captures most of what the lossless model leaves out
+    (the losses and the (r^2 + x^2) ell term of heavily loaded transformers).
+    """
+    p, q, _ = injections_pu(feeder, p_kw, q_kvar)
+    flat = solve_linear(feeder, p, q)
+    return OperatingPoint(flat["p"], flat["q"], flat["v_sq"])
