@@ -54,6 +54,7 @@ def sweep(folder: Path, participants: int, scenarios: int):
         "base": "base.yaml",
         "parameters": {"upstream.import_price": {"values": prices}},
         "kpis": ["social_welfare", "import_kwh"],
+        "solve_options": {"threads": 1},  # one HiGHS thread per worker process
     }
     return make_study(data, source="bench_batch", root=folder)
 
