@@ -1,5 +1,7 @@
 """Distribution networks: pandapower to radial feeder, LinDistFlow, AC check, prices."""
 
+from gridmarkets.networks.ac_check import ACCheck, ac_check, operating_point
+from gridmarkets.networks.copperplate import CopperPlate
 from gridmarkets.networks.feeder import (
     Feeder,
     available_networks,
@@ -8,12 +10,30 @@ from gridmarkets.networks.feeder import (
     load,
     net_injections,
 )
+from gridmarkets.networks.handles import NetworkHandles
+from gridmarkets.networks.lindistflow import (
+    LinDistFlow,
+    OperatingPoint,
+    linear_operating_point,
+    linear_power_flow,
+)
+from gridmarkets.networks.prices import nodal_prices
 
 __all__ = [
+    "ACCheck",
+    "CopperPlate",
     "Feeder",
+    "LinDistFlow",
+    "NetworkHandles",
+    "OperatingPoint",
+    "ac_check",
     "available_networks",
     "feeder_from_net",
     "feeder_profiles",
+    "linear_operating_point",
+    "linear_power_flow",
     "load",
     "net_injections",
+    "nodal_prices",
+    "operating_point",
 ]

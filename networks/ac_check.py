@@ -50,7 +50,9 @@ def run_ac(feeder: Feeder, p_pu: np.ndarray, q_pu: np.ndarray) -> dict[str, np.n
         try:
             pp.runpp(net, init="auto" if t == 0 else "results", numba=False)
         except pp.LoadflowNotConverged as err:
-            raise NetworkError(f"AC power flow of {feeder.name} did not converge in period {t}") from err
+            raise NetworkError(
+                f"AC power flow of {feeder.name} did not converge in period {t}"
+            ) from err
         _read_period(feeder, net, out, t)
     return out
 
@@ -170,7 +172,9 @@ def ac_check(feeder: Feeder, p_kw, q_kvar, *, point: OperatingPoint | None = Non
     linear = solve_linear(feeder, p, q, point)
     ac = run_ac(feeder, p, q)
     lin_buses, lin_branches = flow_tables(feeder, periods, linear)
-    ac_buses, ac_branches = flow_tables(feeder, periods, {**linear, "p": ac["p_pu"], "q": ac["q_pu"]})
+    ac_buses, ac_branches = flow_tables(
+        feeder, periods, {**linear, "p": ac["p_pu"], "q": ac["q_pu"]}
+    )
     buses = lin_buses.rename(columns={"v_pu": "v_pu_linear"})
     buses["v_pu_ac"] = ac["vm_pu"].ravel()
     buses["error_pu"] = buses["v_pu_linear"] - buses["v_pu_ac"]

@@ -252,7 +252,9 @@ def _merge_map(net) -> dict[int, int]:
     graph = nx.Graph()
     graph.add_nodes_from(buses)
     graph.add_edges_from(
-        (a, b) for a, b in zip(ties["bus"], ties["element"], strict=True) if a in graph and b in graph
+        (a, b)
+        for a, b in zip(ties["bus"], ties["element"], strict=True)
+        if a in graph and b in graph
     )
     return {bus: min(group) for group in nx.connected_components(graph) for bus in group}
 
@@ -485,7 +487,9 @@ def net_injections(feeder: Feeder) -> tuple[pd.Series, pd.Series]:
             continue
         at = frame["bus"].map(feeder.merged).to_numpy()
         scale = frame["scaling"].to_numpy(dtype=float) * 1000.0 * sign
-        p = p.add(pd.Series(frame["p_mw"].to_numpy() * scale, at).groupby(level=0).sum(), fill_value=0)
+        p = p.add(
+            pd.Series(frame["p_mw"].to_numpy() * scale, at).groupby(level=0).sum(), fill_value=0
+        )
         if "q_mvar" in frame and table != "gen":
             q_values = frame["q_mvar"].to_numpy() * scale
             q = q.add(pd.Series(q_values, at).groupby(level=0).sum(), fill_value=0)

@@ -110,7 +110,9 @@ def solve_linear(
     return {"v_sq": v_sq, "p": p, "q": q, "ell": ell}
 
 
-def injection_matrix(feeder: Feeder, values, periods: list | None = None) -> tuple[np.ndarray, list]:
+def injection_matrix(
+    feeder: Feeder, values, periods: list | None = None
+) -> tuple[np.ndarray, list]:
     """Injections in kW as a (buses x periods) array in feeder order.
 
     ``values`` may be a number, a Series by bus (one period), a Series by (bus, period),
@@ -335,12 +337,18 @@ def _add_sets(block, feeder: Feeder, periods: list, sides: int) -> None:
 
 def _add_variables(block, feeder: Feeder, upstream_reactive: bool) -> None:
     block.p_flow_pu = pyo.Var(
-        block.BRANCHES, block.PERIODS, doc="P[l,t]: active power into branch l at its sending end (pu)"
+        block.BRANCHES,
+        block.PERIODS,
+        doc="P[l,t]: active power into branch l at its sending end (pu)",
     )
     block.q_flow_pu = pyo.Var(
-        block.BRANCHES, block.PERIODS, doc="Q[l,t]: reactive power into branch l at its sending end (pu)"
+        block.BRANCHES,
+        block.PERIODS,
+        doc="Q[l,t]: reactive power into branch l at its sending end (pu)",
     )
-    block.v_sq_pu = pyo.Var(block.BUSES, block.PERIODS, doc="v[j,t]: squared voltage magnitude (pu^2)")
+    block.v_sq_pu = pyo.Var(
+        block.BUSES, block.PERIODS, doc="v[j,t]: squared voltage magnitude (pu^2)"
+    )
     for t in block.PERIODS:
         block.v_sq_pu[feeder.root, t].fix(feeder.root_vm_pu**2)
     if upstream_reactive:
@@ -375,7 +383,9 @@ def _add_losses(block, feeder: Feeder, periods: list, point: OperatingPoint) -> 
 
     @block.Expression(block.BRANCHES, block.PERIODS)
     def current_sq_pu(b, k, t):
-        return b.loss_a[k, t] * b.p_flow_pu[k, t] + b.loss_b[k, t] * b.q_flow_pu[k, t] + b.loss_c[k, t]
+        return (
+            b.loss_a[k, t] * b.p_flow_pu[k, t] + b.loss_b[k, t] * b.q_flow_pu[k, t] + b.loss_c[k, t]
+        )
 
     block.current_sq_pu.doc = "ell[l,t] = a P[l,t] + b Q[l,t] + c  (pu, squared current)"
     return params

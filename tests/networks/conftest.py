@@ -1,0 +1,88 @@
+"""Feeders loaded once per session, and a tiny welfare-maximising market to clear on them."""
+
+from __future__ import annotations
+
+import pandapower as pp
+import pyomo.environ as pyo
+import pytest
+
+from gridmarkets.networks import feeder_from_net, load, nodal_prices
+from gridmarkets.solvers import solve
+
+
+@pytest.fixture(scope="session")
+def case33():
+    return load("case33bw")
+
+
+@pytest.fixture(scope="session")
+def cigre_mv():
+    return load("cigre_mv")
+
+
+@pytest.fixture(scope="session")
+def simbench_lv():
+    return load("1-LV-rural1--0-sw")
+
+
+@pytest.fixture(scope="session")
+def small_net():
+    """20 kV: root 0 - 1 - 2 - 3 (a long chain to a big buyer) and 1 - 4 (a weak line to a seller)."""
+    net = pp.create_empty_network(sn_mva=1.0)
+    buses = [pp.create_bus(net, vn_kv=20.0, min_vm_pu=0.95, max_vm_pu=1.05) for _ in range(5)]
+    pp.create_ext_grid(net, buses[0], vm_pu=1.0)
+    for a, b, max_i_ka in ((0, 1, 0.4), (1, 2, 0.4), (2, 3, 0.4), (1, 4, 0.03)):
+        pp.create_line_from_parameters(
+            net,
+            buses[a],
+            buses[b],
+            length_km=5.0,
+            r_ohm_per_km=0.4,
+            x_ohm_per_km=0.4,
+            c_nf_per_km=0.0,
+            max_i_ka=max_i_ka,
+        )
+    return net
+
+
+@pytest.fixture(scope="session")
+def small_feeder(small_net):
+    return feeder_from_net(small_net, name="small")
+
+
+@pytest.fixture(scope="session")
+def clear_market():
+    """The market clearing below, as a fixture."""
+    return clear
+
+
+def clear(feeder, formulation, offers, bids, *, periods=(0, 1), extra_demand=None):
+    """Maximise welfare: offers and bids are (bus, price per MWh, kW); import at the root.
+
+    Returns (model, handles, solution, prices).
+    """
+    m = pyo.ConcreteModel()
+    m.T = pyo.Set(initialize=list(periods))
+    m.sell = pyo.Var(range(len(offers)), m.T, bounds=lambda m, k, t: (0, offers[k][2]))
+    m.buy = pyo.Var(range(len(bids)), m.T, bounds=lambda m, k, t: (0, bids[k][2]))
+    m.imp = pyo.Var(m.T, bounds=(0, 5000.0))
+    root = feeder.root if feeder is not None else None
+    p_kw: dict = {}
+    for t in m.T:
+        p_kw[(root, t)] = m.imp[t]
+        for k, (bus, _, _) in enumerate(offers):
+            p_kw[(bus, t)] = p_kw.get((bus, t), 0) + m.sell[k, t]
+        for k, (bus, _, _) in enumerate(bids):
+            p_kw[(bus, t)] = p_kw.get((bus, t), 0) - m.buy[k, t]
+    for (bus, t), kw in (extra_demand or {}).items():
+        p_kw[(bus, t)] = p_kw.get((bus, t), 0) - kw
+    m.net = pyo.Block()
+    handles = formulation.add(m.net, feeder, list(periods), p_kw, {})
+    welfare = sum(
+        price / 1000 * m.buy[k, t] for k, (_, price, _) in enumerate(bids) for t in m.T
+    ) - sum(price / 1000 * m.sell[k, t] for k, (_, price, _) in enumerate(offers) for t in m.T)
+    m.welfare = pyo.Objective(
+        expr=welfare - sum(50 / 1000 * m.imp[t] for t in m.T), sense=pyo.maximize
+    )
+    solution = solve(m)
+    return m, handles, solution, nodal_prices(handles, solution)
