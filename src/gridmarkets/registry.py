@@ -17,6 +17,7 @@ from gridmarkets.errors import CaseError
 
 MODELS: dict[str, str] = {
     "lem": "gridmarkets.models.lem",
+    "prosumer": "gridmarkets.models.prosumer",
 }
 
 

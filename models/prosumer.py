@@ -1,0 +1,571 @@
+"""Prosumer energy management: schedule a home's devices against prices or alone.
+
+One home, or many independent homes in one model (one block each, no coupling), each
+with an inflexible load and optional PV, battery, EV, shiftable appliances and heat
+pump (the device blocks of :mod:`gridmarkets.models.assets`).
+
+Grid-connected (``mode="grid"``): the home imports at ``import_price`` and exports at
+``export_price`` (currency per MWh, one value or one per period) within optional limits,
+and pays an optional demand charge per kW of its peak import over the horizon.
+Islanded (``mode="islanded"``): no grid; PV may always be curtailed and the inflexible
+load may be shed at the value of lost load; the ``grid`` table and the KPIs report the
+shed power per period.
+
+Every home has an energy balance per period, written with the inflexible load on the
+right-hand side so its dual is what one more kW of demand would cost the home::
+
+    p_import[t] - p_export[t] + p_shed[t] + sum_devices p_net[t] = 0   (kW)
+
+Signs follow :mod:`gridmarkets.models.assets`: device power is positive into the home's
+bus; ``p_kw`` of the ``grid`` device in the ``power`` table is import minus export.
+
+Objectives: ``"cost"`` (energy bill, demand charge, device costs, lost load),
+``"self_sufficiency"`` (energy not supplied by the home itself: imported plus shed, kWh)
+or a weighted mix ``{"cost": 1.0, "self_sufficiency": 50.0}`` (the second weight in
+currency per kWh).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import pyomo.environ as pyo
+from pydantic import Field, NonNegativeFloat, PositiveFloat, model_validator
+
+from gridmarkets.case import CaseBase, Spec
+from gridmarkets.errors import InputError
+from gridmarkets.models import assets
+from gridmarkets.models.assets import (
+    ApplianceSpec,
+    BatterySpec,
+    EVSpec,
+    HeatPumpSpec,
+    Profile,
+    PVSpec,
+)
+from gridmarkets.results import Result
+from gridmarkets.solvers import Solution, record_build_time, solve
+
+Objective = Literal["cost", "self_sufficiency"] | dict[str, float]
+OBJECTIVE_TERMS = ("cost", "self_sufficiency")
+
+
+class ProsumerSpec(Spec):
+    """One home: its load, its devices and its connection to the grid."""
+
+    bus: int | None = Field(None, description="feeder bus (pandapower index), on a network")
+    load_kw: Profile = Field(0.0, description="inflexible demand per period (kW)")
+    pv: PVSpec | None = None
+    battery: BatterySpec | None = None
+    ev: EVSpec | None = None
+    appliances: dict[str, ApplianceSpec] = Field(default_factory=dict)
+    heat_pump: HeatPumpSpec | None = None
+    import_limit_kw: NonNegativeFloat | None = Field(None, description="connection limit")
+    export_limit_kw: NonNegativeFloat | None = Field(None, description="feed-in limit")
+    demand_charge_per_kw: NonNegativeFloat = Field(
+        0.0, description="currency per kW of the horizon's peak import"
+    )
+
+
+class PricesSpec(Spec):
+    """Grid tariff, currency per MWh: a number, one value per period, or a CSV column."""
+
+    import_price: Profile
+    export_price: Profile = 0.0
+
+
+class CaseSpec(CaseBase):
+    """A prosumer EMS case (``model: prosumer``): one or more independent homes."""
+
+    model: Literal["prosumer"]
+    mode: Literal["grid", "islanded"] = "grid"
+    objective: Objective = "cost"
+    prices: PricesSpec | None = Field(None, description="required when mode is grid")
+    value_of_lost_load_per_mwh: PositiveFloat = 10_000.0
+    prosumers: dict[str, ProsumerSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CaseSpec:
+        n = self.horizon.periods
+        if self.mode == "grid" and self.prices is None:
+            raise ValueError("prices: required when mode is 'grid'")
+        if self.prices is not None:
+            for name in ("import_price", "export_price"):
+                value = getattr(self.prices, name)
+                if isinstance(value, list) and len(value) != n:
+                    raise ValueError(f"prices.{name}: {len(value)} values for {n} periods")
+        for pid, home in self.prosumers.items():
+            _check_home(home, n, f"prosumers.{pid}")
+        return self
+
+
+def _check_home(home: ProsumerSpec, periods: int, path: str) -> None:
+    for name, value in (("load_kw", home.load_kw), ("pv.profile_kw", _pv_profile(home))):
+        if isinstance(value, list) and len(value) != periods:
+            raise ValueError(f"{path}.{name}: {len(value)} values for {periods} periods")
+    for name, appliance in home.appliances.items():
+        if appliance.earliest_start + len(appliance.profile_kw) > periods:
+            raise ValueError(f"{path}.appliances.{name}: its run does not fit in the horizon")
+    if home.ev is not None and home.ev.stays[-1].departure > periods:
+        raise ValueError(f"{path}.ev.stays: departure after the horizon's {periods} periods")
+
+
+def _pv_profile(home: ProsumerSpec):
+    return None if home.pv is None else home.pv.profile_kw
+
+
+# --- build ------------------------------------------------------------------------------
+
+
+def build(
+    prosumers: ProsumerSpec | Mapping[str, ProsumerSpec] | Sequence[ProsumerSpec],
+    prices: PricesSpec | None = None,
+    *,
+    periods: int = 24,
+    period_hours: float = 1.0,
+    mode: Literal["grid", "islanded"] = "grid",
+    objective: Objective = "cost",
+    value_of_lost_load_per_mwh: float = 10_000.0,
+    timestamps: Sequence[Any] | None = None,
+    extra: Callable[[pyo.ConcreteModel], None] | None = None,
+) -> pyo.ConcreteModel:
+    """Build the EMS of one or many independent homes as a Pyomo model.
+
+    Parameters
+    ----------
+    prosumers : one home, a mapping id -> home, or a list (ids "0", "1", ...).
+    prices : the grid tariff (currency/MWh); required when ``mode`` is "grid".
+    periods, period_hours : the horizon.
+    mode : "grid" (import and export) or "islanded" (curtail and shed).
+    objective : "cost", "self_sufficiency" or weights ``{"cost": w, "self_sufficiency": w}``.
+    value_of_lost_load_per_mwh : the cost of shed load (islanded).
+    timestamps : one per period, copied into the result tables.
+    extra : called with the model before it is returned, to add user constraints
+        (``model.home[id]`` holds each home's devices and balance).
+
+    Returns
+    -------
+    The model: ``model.home[id].energy_balance[t]``, ``model.objective``.
+    """
+    started = time.perf_counter()
+    homes = _as_mapping(prosumers)
+    weights = _objective_weights(objective)
+    m = pyo.ConcreteModel(name="prosumer")
+    m.PERIODS = pyo.RangeSet(0, periods - 1, doc="periods")
+    m.PROSUMERS = pyo.Set(initialize=list(homes), doc="homes")
+    m.specs, m.mode, m.period_hours = homes, mode, period_hours
+    m.timestamps = timestamps
+    _add_prices(m, prices, mode)
+    m.home = pyo.Block(m.PROSUMERS, doc="one home's devices, grid connection and balance")
+    for pid, spec in homes.items():
+        add_home(m.home[pid], spec, m, value_of_lost_load_per_mwh)
+    m.objective = pyo.Objective(
+        expr=sum(
+            weights["cost"] * b.cost + weights["self_sufficiency"] * b.unsupplied_kwh
+            for b in m.home.values()
+        ),
+        sense=pyo.minimize,
+        doc="w_cost sum_h cost[h] + w_ss sum_h (import + shed)[h]  (currency)",
+    )
+    if extra is not None:
+        extra(m)
+    record_build_time(m, time.perf_counter() - started)
+    return m
+
+
+def _as_mapping(prosumers) -> dict[str, ProsumerSpec]:
+    if isinstance(prosumers, ProsumerSpec):
+        return {"home": prosumers}
+    if isinstance(prosumers, Mapping):
+        return {str(k): v for k, v in prosumers.items()}
+    return {str(k): v for k, v in enumerate(prosumers)}
+
+
+def _objective_weights(objective: Objective) -> dict[str, float]:
+    if isinstance(objective, str):
+        if objective not in OBJECTIVE_TERMS:
+            raise InputError(f"objective: {objective!r} is not one of {OBJECTIVE_TERMS}")
+        return {term: float(term == objective) for term in OBJECTIVE_TERMS}
+    unknown = set(objective) - set(OBJECTIVE_TERMS)
+    if unknown:
+        raise InputError(f"objective: unknown term(s) {sorted(unknown)}; use {OBJECTIVE_TERMS}")
+    return {term: float(objective.get(term, 0.0)) for term in OBJECTIVE_TERMS}
+
+
+def _add_prices(m: pyo.ConcreteModel, prices: PricesSpec | None, mode: str) -> None:
+    """Mutable tariff parameters (so bid curves re-solve without rebuilding)."""
+    if mode == "grid" and prices is None:
+        raise InputError("prices: required when mode is 'grid'")
+    n = len(m.PERIODS)
+    dt = m.period_hours
+    buy = assets.profile_values(prices.import_price if prices else 0.0, n, dt, "import_price")
+    sell = assets.profile_values(prices.export_price if prices else 0.0, n, dt, "export_price")
+    above = np.flatnonzero(sell > buy + 1e-9)
+    if above.size:
+        raise InputError(
+            f"prices.export_price: above import_price in period {above[0]}; a home would buy "
+            "to resell, which this model does not prevent"
+        )
+    m.import_price_per_mwh = pyo.Param(
+        m.PERIODS, initialize=dict(enumerate(buy)), mutable=True, doc="currency/MWh"
+    )
+    m.export_price_per_mwh = pyo.Param(
+        m.PERIODS, initialize=dict(enumerate(sell)), mutable=True, doc="currency/MWh"
+    )
+
+
+DEVICES = {
+    "pv": assets.add_pv,
+    "battery": assets.add_battery,
+    "ev": assets.add_ev,
+    "heat_pump": assets.add_heat_pump,
+}
+
+
+def add_home(b: pyo.Block, spec: ProsumerSpec, m: pyo.ConcreteModel, voll: float) -> None:
+    """One home: devices, grid connection, energy balance and cost, on block ``b``."""
+    periods, dt = list(m.PERIODS), m.period_hours
+    b.load = pyo.Block(doc="inflexible load")
+    net = {"load": assets.add_load(b.load, spec.load_kw, periods, dt)}
+    for name, add in DEVICES.items():
+        device = getattr(spec, name)
+        if device is not None:
+            if name == "pv" and m.mode == "islanded":
+                device = device.model_copy(update={"curtailable": True})
+            b.add_component(name, pyo.Block(doc=name))
+            net[name] = add(getattr(b, name), device, periods, dt)
+    b.APPLIANCES = pyo.Set(initialize=list(spec.appliances), doc="shiftable appliances")
+    b.appliance = pyo.Block(b.APPLIANCES, doc="one shiftable appliance")
+    for name, appliance in spec.appliances.items():
+        net[f"appliance:{name}"] = assets.add_appliance(b.appliance[name], appliance, periods, dt)
+    b.devices = net
+    _add_connection(b, spec, m)
+    b.energy_balance = pyo.Constraint(
+        m.PERIODS,
+        rule=lambda b, t: (
+            b.p_import_kw[t] - b.p_export_kw[t] + b.p_shed_kw[t] + sum(p[t] for p in net.values())
+            == 0
+        ),
+        doc="p_import[t] - p_export[t] + p_shed[t] + sum_devices p_net[t] = 0  (kW)",
+    )
+    _add_cost(b, spec, m, voll)
+
+
+def _add_connection(b: pyo.Block, spec: ProsumerSpec, m: pyo.ConcreteModel) -> None:
+    """Import, export and shed power; the grid ones fixed to 0 when islanded."""
+    grid = m.mode == "grid"
+    b.p_import_kw = pyo.Var(
+        m.PERIODS, bounds=(0.0, spec.import_limit_kw), doc="import: 0 <= p <= limit  (kW)"
+    )
+    b.p_export_kw = pyo.Var(
+        m.PERIODS, bounds=(0.0, spec.export_limit_kw), doc="export: 0 <= p <= limit  (kW)"
+    )
+    b.p_shed_kw = pyo.Var(
+        m.PERIODS,
+        bounds=lambda b, t: (0.0, b.load.load_kw[t] if not grid else 0.0),
+        doc="shed inflexible load (islanded): 0 <= p_shed[t] <= load[t]  (kW)",
+    )
+    if not grid:
+        for t in m.PERIODS:
+            b.p_import_kw[t].fix(0.0)
+            b.p_export_kw[t].fix(0.0)
+
+
+def _add_cost(b: pyo.Block, spec: ProsumerSpec, m: pyo.ConcreteModel, voll: float) -> None:
+    dt = m.period_hours
+    b.energy_cost = pyo.Expression(
+        expr=sum(
+            (
+                m.import_price_per_mwh[t] * b.p_import_kw[t]
+                - m.export_price_per_mwh[t] * b.p_export_kw[t]
+            )
+            * dt
+            / 1000.0
+            for t in m.PERIODS
+        ),
+        doc="sum_t (c_import[t] p_import[t] - c_export[t] p_export[t]) dt / 1000  (currency)",
+    )
+    b.p_peak_import_kw = pyo.Var(bounds=(0.0, None), doc="peak import over the horizon (kW)")
+    b.peak_import = pyo.Constraint(
+        m.PERIODS,
+        rule=lambda b, t: b.p_peak_import_kw >= b.p_import_kw[t],
+        doc="p_peak >= p_import[t]  (kW)",
+    )
+    b.demand_charge = pyo.Expression(
+        expr=spec.demand_charge_per_kw * b.p_peak_import_kw,
+        doc="demand_charge * p_peak  (currency)",
+    )
+    b.shed_kwh = pyo.Expression(expr=dt * sum(b.p_shed_kw.values()), doc="sum_t p_shed dt (kWh)")
+    b.import_kwh = pyo.Expression(expr=dt * sum(b.p_import_kw.values()), doc="(kWh)")
+    b.unsupplied_kwh = pyo.Expression(expr=b.import_kwh + b.shed_kwh, doc="import + shed (kWh)")
+    b.device_cost = pyo.Expression(
+        expr=sum(blk.cost for blk in _device_blocks(b)), doc="sum of device costs (currency)"
+    )
+    b.cost = pyo.Expression(
+        expr=b.energy_cost + b.demand_charge + b.device_cost + voll * b.shed_kwh / 1000.0,
+        doc="energy + demand charge + devices + voll * shed / 1000  (currency)",
+    )
+
+
+def _device_blocks(b: pyo.Block) -> list[pyo.Block]:
+    names = ["load", *(n for n in DEVICES if hasattr(b, n))]
+    return [getattr(b, n) for n in names] + list(b.appliance.values())
+
+
+# --- results ----------------------------------------------------------------------------
+
+
+def results(model: pyo.ConcreteModel, solution: Solution) -> Result:
+    """Tidy tables and KPIs of a solved EMS.
+
+    Tables
+    ------
+    power : prosumer, period, device, p_kw — every device's injection into the home's bus
+        and the ``grid`` (import - export) and ``shed`` rows; they sum to 0 per period.
+    grid : prosumer, period, import_kw, export_kw, shed_kw, curtailed_kw, load_kw,
+        import_price, export_price, energy_cost and (where duals exist) marginal_price,
+        the dual of the energy balance in currency/MWh.
+    storage : prosumer, device, period, p_charge_kw, p_discharge_kw, soc_kwh.
+    appliances : prosumer, appliance, start_period, end_period (exclusive), energy_kwh.
+    thermal : prosumer, period, p_kw, temperature_c, t_outdoor_c.
+    prosumers : one row of KPIs per home.
+    """
+    tables = {
+        "power": _power_table(model),
+        "grid": _grid_table(model, solution),
+        "storage": _storage_table(model),
+        "appliances": _appliance_table(model),
+        "thermal": _thermal_table(model),
+    }
+    tables["prosumers"] = _kpi_table(model, tables["grid"], tables["power"])
+    if model.timestamps is not None:
+        stamps = dict(enumerate(model.timestamps))
+        for table in tables.values():
+            if "period" in table:
+                table.insert(2, "timestamp", table["period"].map(stamps))
+    kpis = _totals(tables["prosumers"])
+    plots = {"schedule": schedule_plot, "soc": soc_plot, "prices": price_plot}
+    return Result("prosumer", tables, kpis, solution, plots=plots)
+
+
+def _value(component) -> float:
+    return float(pyo.value(component))
+
+
+def _power_table(m: pyo.ConcreteModel) -> pd.DataFrame:
+    rows = []
+    for pid, b in m.home.items():
+        series = {name: p for name, p in b.devices.items()}
+        for t in m.PERIODS:
+            grid = _value(b.p_import_kw[t]) - _value(b.p_export_kw[t])
+            rows += [(pid, t, name, _value(p[t])) for name, p in series.items()]
+            rows += [(pid, t, "grid", grid), (pid, t, "shed", _value(b.p_shed_kw[t]))]
+    return pd.DataFrame(rows, columns=["prosumer", "period", "device", "p_kw"])
+
+
+def _grid_table(m: pyo.ConcreteModel, solution: Solution) -> pd.DataFrame:
+    rows = []
+    for pid, b in m.home.items():
+        for t in m.PERIODS:
+            rows.append(
+                {
+                    "prosumer": pid,
+                    "period": t,
+                    "import_kw": _value(b.p_import_kw[t]),
+                    "export_kw": _value(b.p_export_kw[t]),
+                    "shed_kw": _value(b.p_shed_kw[t]),
+                    "curtailed_kw": _value(b.pv.p_curtail_kw[t]) if hasattr(b, "pv") else 0.0,
+                    "load_kw": _value(b.load.load_kw[t]),
+                    "import_price": _value(m.import_price_per_mwh[t]),
+                    "export_price": _value(m.export_price_per_mwh[t]),
+                }
+            )
+    table = pd.DataFrame(rows)
+    table["energy_cost"] = (
+        (table["import_kw"] * table["import_price"] - table["export_kw"] * table["export_price"])
+        * m.period_hours
+        / 1000.0
+    )
+    if solution.duals_from is not None:
+        duals = [solution.dual(b.energy_balance[t]) for b in m.home.values() for t in m.PERIODS]
+        table["marginal_price"] = np.asarray(duals) * 1000.0 / m.period_hours
+    return table
+
+
+def _storage_table(m: pyo.ConcreteModel) -> pd.DataFrame:
+    rows = []
+    for pid, b in m.home.items():
+        for name in ("battery", "ev"):
+            if not hasattr(b, name):
+                continue
+            dev = getattr(b, name)
+            for t in m.PERIODS:
+                soc = _value(dev.soc_kwh[t]) if t in dev.soc_kwh else np.nan
+                charge, discharge = _value(dev.p_charge_kw[t]), _value(dev.p_discharge_kw[t])
+                rows.append((pid, name, t, charge, discharge, soc))
+    columns = ["prosumer", "device", "period", "p_charge_kw", "p_discharge_kw", "soc_kwh"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _appliance_table(m: pyo.ConcreteModel) -> pd.DataFrame:
+    rows = []
+    for pid, b in m.home.items():
+        for name in b.APPLIANCES:
+            dev, spec = b.appliance[name], m.specs[pid].appliances[name]
+            start = max(dev.STARTS, key=lambda s, dev=dev: _value(dev.start[s]))
+            energy = sum(spec.profile_kw) * m.period_hours
+            rows.append((pid, name, start, start + len(spec.profile_kw), energy))
+    columns = ["prosumer", "appliance", "start_period", "end_period", "energy_kwh"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _thermal_table(m: pyo.ConcreteModel) -> pd.DataFrame:
+    rows = [
+        (
+            pid,
+            t,
+            _value(b.heat_pump.p_kw[t]),
+            _value(b.heat_pump.temperature_c[t]),
+            _value(b.heat_pump.t_outdoor_c[t]),
+        )
+        for pid, b in m.home.items()
+        if hasattr(b, "heat_pump")
+        for t in m.PERIODS
+    ]
+    columns = ["prosumer", "period", "p_kw", "temperature_c", "t_outdoor_c"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _kpi_table(m: pyo.ConcreteModel, grid: pd.DataFrame, power: pd.DataFrame) -> pd.DataFrame:
+    dt = m.period_hours
+    consumed = power[power["p_kw"] < 0].groupby("prosumer")["p_kw"].sum() * -dt
+    rows = []
+    for pid, b in m.home.items():
+        g = grid[grid["prosumer"] == pid]
+        unsupplied = (g["import_kw"].sum() + g["shed_kw"].sum()) * dt
+        demand = consumed.get(pid, 0.0)
+        rows.append(
+            {
+                "prosumer": pid,
+                "cost": _value(b.cost),
+                "energy_cost": _value(b.energy_cost),
+                "demand_charge": _value(b.demand_charge),
+                "device_cost": _value(b.device_cost),
+                "import_kwh": g["import_kw"].sum() * dt,
+                "export_kwh": g["export_kw"].sum() * dt,
+                "shed_kwh": g["shed_kw"].sum() * dt,
+                "curtailed_kwh": g["curtailed_kw"].sum() * dt,
+                "consumption_kwh": demand,
+                "self_sufficiency": 1.0 - unsupplied / demand if demand > 0 else 1.0,
+                "peak_import_kw": g["import_kw"].max(),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _totals(per_home: pd.DataFrame) -> dict[str, float]:
+    sums = per_home.drop(columns=["prosumer", "self_sufficiency", "peak_import_kw"]).sum()
+    kpis = {k: float(v) for k, v in sums.items()}
+    demand = kpis["consumption_kwh"]
+    unsupplied = kpis["import_kwh"] + kpis["shed_kwh"]
+    kpis["self_sufficiency"] = 1.0 - unsupplied / demand if demand > 0 else 1.0
+    kpis["prosumers"] = len(per_home)
+    return kpis
+
+
+# --- one call, case runner --------------------------------------------------------------
+
+
+def schedule(
+    prosumers: ProsumerSpec | Mapping[str, ProsumerSpec] | Sequence[ProsumerSpec],
+    prices: PricesSpec | None = None,
+    *,
+    solve_options: Mapping[str, Any] | None = None,
+    **build_options: Any,
+) -> Result:
+    """Build, solve and report in one call: :func:`build` then :func:`results`.
+
+    ``build_options`` are :func:`build`'s keyword arguments; ``solve_options`` are
+    :func:`gridmarkets.solvers.solve`'s.
+    """
+    model = build(prosumers, prices, **build_options)
+    return results(model, solve(model, **dict(solve_options or {})))
+
+
+def case_options(case: CaseSpec) -> dict[str, Any]:
+    """:func:`build`'s keyword arguments for a case."""
+    return {
+        "periods": case.horizon.periods,
+        "period_hours": case.horizon.period_hours,
+        "mode": case.mode,
+        "objective": case.objective,
+        "value_of_lost_load_per_mwh": case.value_of_lost_load_per_mwh,
+        "timestamps": case.horizon.timestamps(),
+    }
+
+
+def run_case(case: CaseSpec, solve_options: dict[str, Any]) -> Result:
+    """Schedule a prosumer case: the CLI's and the sweeps' entry point."""
+    return schedule(case.prosumers, case.prices, solve_options=solve_options, **case_options(case))
+
+
+# --- plots ------------------------------------------------------------------------------
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def schedule_plot(result: Result, path: Path) -> None:
+    """Stacked device power per period, summed over homes (positive = into the bus)."""
+    import matplotlib.pyplot as plt
+
+    wide = result.power.pivot_table(index="period", columns="device", values="p_kw", aggfunc="sum")
+    fig, ax = plt.subplots(figsize=(9, 4))
+    for sign in (1, -1):
+        part = wide.clip(lower=0) if sign > 0 else wide.clip(upper=0)
+        part = part.loc[:, part.abs().sum() > 1e-9]
+        if not part.empty:
+            ax.stackplot(part.index, part.T.to_numpy(), labels=part.columns, step="post")
+    ax.axhline(0, color="black", lw=0.6)
+    ax.set_xlabel("period")
+    ax.set_ylabel("power into the home's bus (kW)")
+    ax.legend(fontsize=7, ncol=4, loc="upper left")
+    _save(fig, path)
+
+
+def soc_plot(result: Result, path: Path) -> None:
+    """State of charge of every battery and EV."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 3.5))
+    for (pid, device), group in result.storage.groupby(["prosumer", "device"]):
+        ax.plot(group["period"], group["soc_kwh"], label=f"{pid} {device}")
+    ax.set_xlabel("period")
+    ax.set_ylabel("state of charge (kWh)")
+    if len(result.storage):
+        ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def price_plot(result: Result, path: Path) -> None:
+    """Import and export prices per period."""
+    import matplotlib.pyplot as plt
+
+    first = result.grid[result.grid["prosumer"] == result.grid["prosumer"].iloc[0]]
+    fig, ax = plt.subplots(figsize=(9, 3))
+    ax.step(first["period"], first["import_price"], where="post", label="import")
+    ax.step(first["period"], first["export_price"], where="post", label="export")
+    ax.set_xlabel("period")
+    ax.set_ylabel("price (currency/MWh)")
+    ax.legend()
+    _save(fig, path)
