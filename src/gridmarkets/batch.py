@@ -31,8 +31,13 @@ usual ``if __name__ == "__main__":`` guard (notebooks and the CLI need nothing).
 
 Model reuse: every scenario builds its model afresh. A reused model (mutable
 parameters, a persistent solver) could save at most the build, since the compile to
-HiGHS arrays and the solve are paid either way; benchmarks/bench_batch.py measures the
-build's share of a scenario's wall time (``build_share``).
+HiGHS arrays and the solve are paid either way. benchmarks/bench_batch.py measures
+that share: for the LEM it is large (about 0.6-0.7 of a scenario's wall time at
+200-400 participants), so reuse would be measurably faster; but it takes a builder
+whose prices and quantities are mutable Pyomo parameters plus an ``update(model, case)``
+per model, which belongs to each model module, not here. Until a model offers that,
+``run_case`` per scenario keeps every scenario independent of the others (a worker can
+die without corrupting a shared model) and is what runs.
 """
 
 from __future__ import annotations
