@@ -1,0 +1,98 @@
+"""Iterate the loss linearisation: solve, run AC at the solution, re-linearise, repeat."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyomo.environ as pyo
+
+from gridmarkets.errors import NetworkError
+from gridmarkets.networks.ac_check import run_ac
+from gridmarkets.networks.handles import NetworkHandles, value_array
+from gridmarkets.networks.lindistflow import OperatingPoint
+
+
+@dataclass
+class LossIteration:
+    """The last solution and one row per iteration.
+
+    Attributes
+    ----------
+    solution : the Solution of the last solve (its values are loaded in the model).
+    iterations : iteration, max_voltage_error_pu, loss_kw_linear, loss_kw_ac.
+    converged : the voltage error fell to the tolerance.
+    """
+
+    solution: Any
+    iterations: pd.DataFrame
+    converged: bool
+
+
+def iterate_losses(
+    model: pyo.Block,
+    handles: NetworkHandles,
+    *,
+    tolerance_pu: float = 1e-3,
+    max_iterations: int = 10,
+    solve_options: dict[str, Any] | None = None,
+) -> LossIteration:
+    """Solve, and re-linearise losses at the AC power flow of the solution until they agree.
+
+    Parameters
+    ----------
+    model : the market model holding a LinDistFlow built with ``losses=True``.
+    handles : what that LinDistFlow's ``add`` returned.
+    tolerance_pu : stop when max |V_linear - V_ac| over buses and periods is below it.
+    max_iterations : solves at most.
+    solve_options : passed to :func:`gridmarkets.solvers.solve`.
+
+    Returns
+    -------
+    LossIteration
+    """
+    from gridmarkets.solvers import solve
+
+    if handles.losses is None:
+        raise NetworkError("iterate_losses needs a LinDistFlow built with losses=True")
+    feeder = handles.feeder
+    rows = []
+    for iteration in range(1, max_iterations + 1):
+        solution = solve(model, **(solve_options or {}))
+        p_kw, q_kvar = handles.injection_values()
+        ac = run_ac(feeder, p_kw / feeder.s_base_kva, q_kvar / feeder.s_base_kva)
+        rows.append({"iteration": iteration, **_compare(handles, ac)})
+        if rows[-1]["max_voltage_error_pu"] <= tolerance_pu:
+            break
+        _relinearise(handles, OperatingPoint(ac["p_pu"], ac["q_pu"], ac["vm_pu"] ** 2))
+    table = pd.DataFrame(rows)
+    return LossIteration(solution, table, bool(table["max_voltage_error_pu"].iloc[-1] <= tolerance_pu))
+
+
+def _compare(handles: NetworkHandles, ac: dict) -> dict[str, float]:
+    feeder, periods = handles.feeder, handles.periods
+    buses, branches = list(feeder.buses.index), list(feeder.branches.index)
+    v = np.sqrt(value_array(handles.voltage_sq, buses, periods))
+    ell = value_array(handles.block.current_sq_pu, branches, periods)
+    r = feeder.branches["r_pu"].to_numpy()[:, None]
+    return {
+        "max_voltage_error_pu": float(np.abs(v - ac["vm_pu"]).max()),
+        "loss_kw_linear": float((r * ell).sum() * feeder.s_base_kva),
+        "loss_kw_ac": float(ac["losses_kw"].sum()),
+    }
+
+
+def _relinearise(handles: NetworkHandles, point: OperatingPoint) -> None:
+    feeder, periods = handles.feeder, handles.periods
+    a, b, c = point.current_terms(feeder)
+    for name, array in (("a", a), ("b", b), ("c", c)):
+        _set(handles.losses[name], feeder.branches.index, periods, array)
+    _set(handles.losses["v0_sq"], feeder.buses.index, periods, point.v_sq_pu)
+
+
+def _set(param: pyo.Param, rows, periods: list, array: np.ndarray) -> None:
+    for i, row in enumerate(rows):
+        for k, t in enumerate(periods):
+            param[row, t] = float(array[i, k])
