@@ -43,8 +43,11 @@ def stored_prices(out: Path) -> list[float]:
 def wait_for_rows(out: Path, n: int, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if (out / batch.STORE_NAME).exists() and len(stored_prices(out)) >= n:
-            return
+        try:
+            if len(stored_prices(out)) >= n:
+                return
+        except sqlite3.OperationalError:  # the file exists before its table does
+            pass
         time.sleep(0.05)
     raise TimeoutError(f"fewer than {n} rows after {timeout} s")
 
