@@ -17,6 +17,8 @@ from gridmarkets.networks.lindistflow import (
     linear_operating_point,
     linear_power_flow,
 )
+from gridmarkets.networks.losses import LossIteration, iterate_losses
+from gridmarkets.networks.plot import plot_feeder
 from gridmarkets.networks.prices import nodal_prices
 
 __all__ = [
@@ -24,16 +26,19 @@ __all__ = [
     "CopperPlate",
     "Feeder",
     "LinDistFlow",
+    "LossIteration",
     "NetworkHandles",
     "OperatingPoint",
     "ac_check",
     "available_networks",
     "feeder_from_net",
     "feeder_profiles",
+    "iterate_losses",
     "linear_operating_point",
     "linear_power_flow",
     "load",
     "net_injections",
     "nodal_prices",
     "operating_point",
+    "plot_feeder",
 ]
