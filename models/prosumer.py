@@ -348,7 +348,7 @@ def results(model: pyo.ConcreteModel, solution: Solution) -> Result:
         for table in tables.values():
             if "period" in table:
                 table.insert(2, "timestamp", table["period"].map(stamps))
-    kpis = _totals(tables["prosumers"])
+    kpis = _totals(tables["prosumers"], tables["grid"])
     plots = {"schedule": schedule_plot, "soc": soc_plot, "prices": price_plot}
     return Result("prosumer", tables, kpis, solution, plots=plots)
 
@@ -468,12 +468,14 @@ def _kpi_table(m: pyo.ConcreteModel, grid: pd.DataFrame, power: pd.DataFrame) ->
     return pd.DataFrame(rows)
 
 
-def _totals(per_home: pd.DataFrame) -> dict[str, float]:
+def _totals(per_home: pd.DataFrame, grid: pd.DataFrame) -> dict[str, float]:
+    """Sums over homes; the peak is the homes' coincident peak import."""
     sums = per_home.drop(columns=["prosumer", "self_sufficiency", "peak_import_kw"]).sum()
     kpis = {k: float(v) for k, v in sums.items()}
     demand = kpis["consumption_kwh"]
     unsupplied = kpis["import_kwh"] + kpis["shed_kwh"]
     kpis["self_sufficiency"] = 1.0 - unsupplied / demand if demand > 0 else 1.0
+    kpis["peak_import_kw"] = float(grid.groupby("period")["import_kw"].sum().max())
     kpis["prosumers"] = len(per_home)
     return kpis
 
