@@ -102,8 +102,9 @@ def test_demand_charge_flattens_the_peak():
     without = prosumer.schedule(home, prices, periods=4)
     with_charge = prosumer.schedule(flat, prices, periods=4)
     assert without.kpis["peak_import_kw"] == pytest.approx(5.0)
-    assert with_charge.prosumers["peak_import_kw"].iloc[0] == pytest.approx(2.0)  # 8 kWh / 4 h
-    assert with_charge.kpis["demand_charge"] == pytest.approx(20.0)
+    # the battery starts empty: the 7 kWh of periods 0..2 set the least peak, 7 / 3 kW
+    assert with_charge.prosumers["peak_import_kw"].iloc[0] == pytest.approx(7 / 3)
+    assert with_charge.kpis["demand_charge"] == pytest.approx(10.0 * 7 / 3)
 
 
 def test_extra_hook_adds_user_constraints():
