@@ -22,4 +22,4 @@ def test_plot_by_voltage_and_by_loading(case33, simbench_lv):
     loading = pd.Series(range(len(simbench_lv.branches)), dtype=float)
     ax = plot_feeder(simbench_lv, loading, on="branch", label="loading_percent")
     assert len(ax.collections[0].get_paths()) == len(simbench_lv.branches)
-    assert ax.collections[0].get_array() is not None
+    assert len({tuple(c) for c in ax.collections[0].get_edgecolor()}) > 1
