@@ -68,7 +68,9 @@ def iterate_losses(
             break
         _relinearise(handles, OperatingPoint(ac["p_pu"], ac["q_pu"], ac["vm_pu"] ** 2))
     table = pd.DataFrame(rows)
-    return LossIteration(solution, table, bool(table["max_voltage_error_pu"].iloc[-1] <= tolerance_pu))
+    return LossIteration(
+        solution, table, bool(table["max_voltage_error_pu"].iloc[-1] <= tolerance_pu)
+    )
 
 
 def _compare(handles: NetworkHandles, ac: dict) -> dict[str, float]:

@@ -41,7 +41,9 @@ def plot_feeder(
     node_color = values.reindex(feeder.buses.index).to_numpy() if on_buses else "tab:blue"
     edge_color = values.reindex(feeder.branches.index).to_numpy() if on_branches else "grey"
     edges = list(zip(feeder.branches["from_bus"], feeder.branches["to_bus"], strict=True))
-    drawn = nx.draw_networkx_edges(graph, pos, edgelist=edges, edge_color=edge_color, ax=ax, width=2)
+    drawn = nx.draw_networkx_edges(
+        graph, pos, edgelist=edges, edge_color=edge_color, ax=ax, width=2
+    )
     nodes = nx.draw_networkx_nodes(graph, pos, node_color=node_color, node_size=30, ax=ax)
     nx.draw_networkx_nodes(graph, pos, nodelist=[feeder.root], node_shape="s", node_size=80, ax=ax)
     if values is not None:

@@ -27,7 +27,7 @@ def simbench_lv():
 
 @pytest.fixture(scope="session")
 def small_net():
-    """20 kV: root 0 - 1 - 2 - 3 (a long chain to a big buyer) and 1 - 4 (a weak line to a seller)."""
+    """20 kV: root 0 - 1 - 2 - 3 (long chain to a big buyer), 1 - 4 (weak line to a seller)."""
     net = pp.create_empty_network(sn_mva=1.0)
     buses = [pp.create_bus(net, vn_kv=20.0, min_vm_pu=0.95, max_vm_pu=1.05) for _ in range(5)]
     pp.create_ext_grid(net, buses[0], vm_pu=1.0)

@@ -62,7 +62,9 @@ def test_violations_match_pandapower_at_the_nets_own_loads(cigre_mv):
     net = copy.deepcopy(cigre_mv.net)
     pp.runpp(net, numba=False)
     low = (net.res_bus["vm_pu"] < cigre_mv.buses["vmin_pu"].reindex(net.bus.index)).sum()
-    over = (net.res_line["loading_percent"] > 100).sum() + (net.res_trafo["loading_percent"] > 100).sum()
+    over = (net.res_line["loading_percent"] > 100).sum() + (
+        net.res_trafo["loading_percent"] > 100
+    ).sum()
     assert summary["violations_count"] == low + over > 0
     assert summary["max_loading_percent"] == pytest.approx(
         max(net.res_line["loading_percent"].max(), net.res_trafo["loading_percent"].max())

@@ -6,11 +6,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
+import pandas as pd
+import pytest
 
-from gridmarkets.networks import linear_power_flow  # noqa: E402
-from gridmarkets.networks.plot import plot_feeder  # noqa: E402
+from gridmarkets.networks import linear_power_flow
+from gridmarkets.networks.plot import plot_feeder
 
 pytestmark = pytest.mark.unit
 
