@@ -571,3 +571,69 @@ def price_plot(result: Result, path: Path) -> None:
     ax.set_ylabel("price (currency/MWh)")
     ax.legend()
     _save(fig, path)
+
+
+# --- bid curves -------------------------------------------------------------------------
+
+BID_COLUMNS = ["participant", "side", "quantity_kw", "price", "period", "block", "bus"]
+
+
+def bid_curves(
+    home: ProsumerSpec,
+    prices: PricesSpec,
+    ladder: Sequence[float],
+    *,
+    participant: str = "home",
+    solve_options: Mapping[str, Any] | None = None,
+    **build_options: Any,
+) -> pd.DataFrame:
+    """A home's bids and offers per period for a local market, in the LEM bids format.
+
+    For each period and each price ``p`` of the ladder the EMS is re-solved with that
+    period's import and export price set to ``p`` (the other periods keep ``prices``);
+    the net import ``q(p)`` it chooses is read. The demand curve ``max(q, 0)`` becomes
+    buy blocks and the supply curve ``max(-q, 0)`` sell blocks, so that at a market
+    price on the ladder the accepted blocks sum to the EMS's own choice. ``q`` is made
+    non-increasing in ``p`` first (a MILP may not be monotone).
+
+    Parameters
+    ----------
+    home : the prosumer.
+    prices : the tariff the home expects in the other periods (currency/MWh).
+    ladder : the prices tried (currency/MWh).
+    participant : the id written in the table; its ``bus`` column is ``home.bus``.
+    build_options : :func:`build`'s keyword arguments (periods, period_hours, ...).
+
+    Returns
+    -------
+    DataFrame with columns participant, side, quantity_kw, price, period, block, bus.
+    """
+    ladder = sorted(float(p) for p in ladder)
+    model = build({participant: home}, prices, **build_options)
+    b = model.home[participant]
+    rows = []
+    for t in model.PERIODS:
+        saved = (pyo.value(model.import_price_per_mwh[t]), pyo.value(model.export_price_per_mwh[t]))
+        net = []
+        for price in ladder:
+            model.import_price_per_mwh[t] = model.export_price_per_mwh[t] = price
+            solve(model, **dict(solve_options or {}))
+            net.append(pyo.value(b.p_import_kw[t]) - pyo.value(b.p_export_kw[t]))
+        model.import_price_per_mwh[t], model.export_price_per_mwh[t] = saved
+        rows += _curve_blocks(ladder, np.minimum.accumulate(net), t)
+    table = pd.DataFrame(rows, columns=["side", "quantity_kw", "price", "period"])
+    table.insert(0, "participant", participant)
+    table["block"] = table.groupby(["side", "period"]).cumcount()
+    table["bus"] = home.bus
+    return table[BID_COLUMNS]
+
+
+def _curve_blocks(ladder: list[float], net_kw: np.ndarray, period: int) -> list[tuple]:
+    """Step blocks (side, quantity, price, period) of one period's net-import curve."""
+    demand = np.append(np.clip(net_kw, 0, None), 0.0)
+    supply = np.insert(np.clip(-net_kw, 0, None), 0, 0.0)
+    blocks = []
+    for k, price in enumerate(ladder):
+        blocks.append(("buy", demand[k] - demand[k + 1], price, period))
+        blocks.append(("sell", supply[k + 1] - supply[k], price, period))
+    return [block for block in blocks if block[1] > 1e-9]

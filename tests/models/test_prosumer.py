@@ -139,3 +139,55 @@ def test_case_files_run_and_balance(name):
         assert result.kpis["shed_kwh"] == pytest.approx(result.grid["shed_kw"].sum())
     else:
         assert np.isclose(result.kpis["shed_kwh"], 0.0)
+
+
+def test_bid_curves_step_at_the_batterys_cost():
+    # 2 kW of load; a full 1 kWh battery discharges only when the price beats its
+    # 50/MWh degradation cost: net import is 2 kW below 50 and 1 kW above.
+    battery = BatterySpec(
+        capacity_kwh=1,
+        p_charge_max_kw=1,
+        eta_discharge=1.0,
+        soc_initial_kwh=1,
+        soc_final_kwh=0,
+        degradation_cost_per_mwh=50,
+    )
+    home = ProsumerSpec(load_kw=2.0, battery=battery, bus=7)
+    bids = prosumer.bid_curves(
+        home, PricesSpec(import_price=0.0), [100, 0, 40, 60], participant="h", periods=1
+    )
+    assert list(bids.columns) == [
+        "participant",
+        "side",
+        "quantity_kw",
+        "price",
+        "period",
+        "block",
+        "bus",
+    ]
+    assert bids[["side", "quantity_kw", "price"]].values.tolist() == [
+        ["buy", 1.0, 40.0],
+        ["buy", 1.0, 100.0],
+    ]
+    assert set(bids["bus"]) == {7} and set(bids["participant"]) == {"h"}
+
+
+def test_bid_curves_accept_what_the_ems_would_choose():
+    battery = BatterySpec(capacity_kwh=4, p_charge_max_kw=2, soc_initial_kwh=2)
+    home = ProsumerSpec(load_kw=[1, 0.5, 1], pv=PVSpec(profile_kw=[0, 3, 0]), battery=battery)
+    base = PricesSpec(import_price=[200, 100, 300], export_price=[200, 100, 300])
+    ladder = [0, 150, 250, 400]
+    bids = prosumer.bid_curves(home, base, ladder, periods=3)
+    for t in range(3):
+        for price in ladder:
+            tried = [200, 100, 300]
+            tried[t] = price
+            own = prosumer.schedule(
+                home, PricesSpec(import_price=tried, export_price=tried), periods=3
+            )
+            row = own.grid.iloc[t]
+            period = bids[bids["period"] == t]
+            bought = period[(period["side"] == "buy") & (period["price"] >= price)]
+            sold = period[(period["side"] == "sell") & (period["price"] <= price)]
+            accepted = bought["quantity_kw"].sum() - sold["quantity_kw"].sum()
+            assert accepted == pytest.approx(row["import_kw"] - row["export_kw"], abs=1e-6)
