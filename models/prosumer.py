@@ -101,6 +101,8 @@ class CaseSpec(CaseBase):
                     raise ValueError(f"prices.{name}: {len(value)} values for {n} periods")
         for pid, home in self.prosumers.items():
             _check_home(home, n, f"prosumers.{pid}")
+            if self.network is not None and home.bus is None:
+                raise ValueError(f"prosumers.{pid}.bus: required on a network")
         return self
 
 
@@ -376,6 +378,7 @@ def _grid_table(m: pyo.ConcreteModel, solution: Solution) -> pd.DataFrame:
                 {
                     "prosumer": pid,
                     "period": t,
+                    "bus": m.specs[pid].bus,
                     "import_kw": _value(b.p_import_kw[t]),
                     "export_kw": _value(b.p_export_kw[t]),
                     "shed_kw": _value(b.p_shed_kw[t]),
@@ -512,8 +515,34 @@ def case_options(case: CaseSpec) -> dict[str, Any]:
 
 
 def run_case(case: CaseSpec, solve_options: dict[str, Any]) -> Result:
-    """Schedule a prosumer case: the CLI's and the sweeps' entry point."""
-    return schedule(case.prosumers, case.prices, solve_options=solve_options, **case_options(case))
+    """Schedule a prosumer case: the CLI's and the sweeps' entry point.
+
+    With a network, the homes are scheduled independently (uncoordinated) and their
+    injections are then run through the AC check (LinDistFlow against pandapower), so
+    the result's ``ac_check`` shows what the schedules do to the feeder.
+    """
+    result = schedule(
+        case.prosumers, case.prices, solve_options=solve_options, **case_options(case)
+    )
+    if case.network is not None:
+        from gridmarkets.networks import ac_check, load
+
+        feeder = load(case.network.model_dump(exclude_none=True))
+        injections = bus_injections(result)
+        result.ac_check = ac_check(feeder, injections, 0.0 * injections).summary()
+    return result
+
+
+def bus_injections(result: Result) -> pd.DataFrame:
+    """The homes' net injection into the grid (export - import, kW) per bus and period.
+
+    Rows are buses, columns periods; homes without a bus are left out. Reactive power
+    is not modelled (unity power factor).
+    """
+    grid = result.grid.dropna(subset=["bus"])
+    return grid.assign(p_kw=grid["export_kw"] - grid["import_kw"]).pivot_table(
+        index="bus", columns="period", values="p_kw", aggfunc="sum", fill_value=0.0
+    )
 
 
 # --- plots ------------------------------------------------------------------------------

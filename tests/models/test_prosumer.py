@@ -191,3 +191,28 @@ def test_bid_curves_accept_what_the_ems_would_choose():
             sold = period[(period["side"] == "sell") & (period["price"] <= price)]
             accepted = bought["quantity_kw"].sum() - sold["quantity_kw"].sum()
             assert accepted == pytest.approx(row["import_kw"] - row["export_kw"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_feeder_case_through_the_cli_reports_the_ac_check(tmp_path):
+    # Through the CLI in a subprocess: its written tables must balance, and the homes'
+    # injections reach pandapower's AC power flow.
+    import json
+    import subprocess
+
+    import pandas as pd
+
+    out = tmp_path / "out"
+    done = subprocess.run(
+        ["gridmarkets", "solve", str(CASES / "prosumer_feeder.yaml"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ac_check"]["max_voltage_error_pu"] < 0.01
+    assert summary["ac_check"]["loss_kw_ac"] > 0
+    power = pd.read_csv(out / "power.csv")
+    assert power.groupby(["prosumer", "period"])["p_kw"].sum().abs().max() < 1e-6
+    assert set(pd.read_csv(out / "grid.csv")["bus"]) == {4, 7, 9, 11, 12, 13}
