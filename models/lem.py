@@ -35,7 +35,6 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import pyomo.environ as pyo
-
 from pydantic import Field, FiniteFloat, NonNegativeFloat, PositiveFloat, model_validator
 
 from gridmarkets.case import CaseBase, Spec
@@ -174,15 +173,14 @@ def build(
 def _place_bids(table: pd.DataFrame, feeder) -> pd.DataFrame:
     if feeder is None:
         return table.assign(bus=None)
-    known = set(feeder.buses.index)
-    unplaced = ~table["bus"].isin(known)
+    unplaced = ~table["bus"].isin(list(feeder.merged))
     if unplaced.any():
         row = table[unplaced].iloc[0]
         raise InputError(
             f"bids row {row.name} (participant {row['participant']!r}): bus {row['bus']!r} "
             "is not a bus of the feeder"
         )
-    return table
+    return table.assign(bus=table["bus"].map(feeder.merged))
 
 
 def _add_acceptance(m, table: pd.DataFrame, indivisible: bool, min_acceptance) -> None:
@@ -192,7 +190,8 @@ def _add_acceptance(m, table: pd.DataFrame, indivisible: bool, min_acceptance) -
         bounds=lambda m, b: (0, quantity[b]),
         doc="accepted quantity of block b: 0 <= q[b] <= quantity_kw[b]  (kW)",
     )
-    whole = table.get("indivisible", pd.Series(False, index=table.index)).fillna(False)
+    whole = table.get("indivisible", pd.Series(False, index=table.index))
+    whole = whole.astype("boolean").fillna(False).astype(bool)
     ratio = table.get("min_acceptance", pd.Series(np.nan, index=table.index))
     ratio = ratio.fillna(min_acceptance if min_acceptance is not None else 0.0)
     ratio = ratio.where(~(whole.astype(bool) | indivisible), 1.0)
@@ -428,6 +427,8 @@ def _kpis(m, solution: Solution, settled: pd.DataFrame, upstream) -> dict[str, f
         "payments_in": payments_in,
         "payments_out": payments_out,
         "upstream_cost": upstream_cost,
+        # what the operator keeps: congestion rents, minus what the network itself
+        # consumes (transformer no-load losses) at the prices
         "merchandising_surplus": payments_in - payments_out - upstream_cost,
         "traded_kwh": float(settled.loc[sell, "quantity_kw"].sum() * hours),
         "import_kwh": 0.0 if upstream is None else float(upstream["import_kw"].sum() * hours),
@@ -559,10 +560,50 @@ def case_bids(case: CaseSpec, feeder=None) -> pd.DataFrame:
         for k, block in enumerate(p.blocks)
         for t, q in zip(periods, _values(block.quantity_kw, len(periods)), strict=True)
     ]
-    table = pd.DataFrame(rows, columns=[*BID_COLUMNS, "indivisible"])
+    tables = [pd.DataFrame(rows, columns=[*BID_COLUMNS, "indivisible"])] if rows else []
     if case.profile_bids is not None:
-        table = pd.concat([table, profile_bids(case, feeder)], ignore_index=True)
-    return table
+        tables.append(profile_bids(case, feeder).assign(indivisible=False))
+    return pd.concat(tables, ignore_index=True)
+
+
+def profile_bids(case: CaseSpec, feeder) -> pd.DataFrame:
+    """Bids of the feeder's loads and offers of its generators from their profiles.
+
+    One buyer ``load_<bus>`` and one seller ``pv_<bus>`` per bus that has loads or
+    static generators; SimBench's yearly 15-minute profiles are read from the horizon's
+    start (1 January 00:00 when it has none).
+    """
+    from gridmarkets.networks import feeder_profiles
+
+    spec, horizon = case.profile_bids, case.horizon
+    start = 0
+    if horizon.start is not None:
+        new_year = horizon.start.replace(month=1, day=1, hour=0, minute=0, second=0)
+        start = int((horizon.start - new_year).total_seconds() // 900)
+    profiles = feeder_profiles(feeder, start, horizon.periods, horizon.resolution_minutes)
+    sides = (
+        ("buy", "load", "load_p_kw", spec.buy_blocks),
+        ("sell", "pv", "sgen_p_kw", spec.sell_blocks),
+    )
+    frames = []
+    for side, prefix, column, blocks in sides:
+        present = profiles.groupby("bus")[column].transform("max") > 0
+        rows = profiles[present]
+        for k, block in enumerate(blocks):
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "participant": prefix + "_" + rows["bus"].astype(str),
+                        "side": side,
+                        "quantity_kw": rows[column].clip(lower=0) * block.share * spec.scale,
+                        "price": block.price,
+                        "period": rows["period"],
+                        "block": k,
+                        "bus": rows["bus"],
+                    }
+                )
+            )
+    return pd.concat(frames, ignore_index=True)
 
 
 def _values(value, n: int) -> list:

@@ -14,6 +14,7 @@ import copy
 import datetime as dt
 import hashlib
 import json
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -74,6 +75,11 @@ class CaseBase(Spec):
     description: str = ""
     horizon: Horizon = Field(default_factory=Horizon)
     network: NetworkSpec | None = None
+
+
+def shipped_cases_dir() -> Path:
+    """The folder of the case files that ship with gridmarkets (package gridmarkets.data)."""
+    return Path(str(resources.files("gridmarkets.data") / "cases"))
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:

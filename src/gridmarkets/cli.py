@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import sys
 from functools import wraps
-from importlib import resources
 from pathlib import Path
 from typing import Annotated
 
@@ -18,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gridmarkets import registry, results
-from gridmarkets.case import load_case, read_yaml
+from gridmarkets.case import load_case, read_yaml, shipped_cases_dir
 from gridmarkets.errors import GridmarketsError
 
 app = typer.Typer(
@@ -39,15 +38,11 @@ def _user_errors(command):
         try:
             return command(*args, **kwargs)
         except GridmarketsError as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False, markup=False)
+            err.print("[bold red]error:[/]", end=" ")
+            err.print(str(e), highlight=False, markup=False, soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
 
     return run
-
-
-def shipped_cases_dir() -> Path:
-    """The folder of the case files that ship with gridmarkets."""
-    return Path(str(resources.files("gridmarkets.data") / "cases"))
 
 
 def resolve_case_path(case: str) -> Path:

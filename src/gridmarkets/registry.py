@@ -28,7 +28,7 @@ def model_module(name: str) -> ModuleType:
 
 def case_class(name: Any, source: str = "<case>") -> type:
     """The pydantic spec of model ``name``; an unknown name is a CaseError."""
-    if name not in MODELS:
+    if not isinstance(name, str) or name not in MODELS:
         known = ", ".join(sorted(MODELS))
         raise CaseError(f"{source}: model: {name!r} is not one of the models ({known})")
     return model_module(name).CaseSpec

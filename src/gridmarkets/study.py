@@ -30,7 +30,6 @@ from __future__ import annotations
 import itertools
 import json
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,6 +42,7 @@ from gridmarkets.case import (
     format_validation_error,
     read_yaml,
     set_path,
+    shipped_cases_dir,
     validate,
 )
 from gridmarkets.errors import CaseError
@@ -174,14 +174,6 @@ def resolve_base(base: str, root: Path, source: str) -> Path:
     if shipped.is_file() and Path(base).parent == Path("."):
         return shipped
     raise CaseError(f"{source}: base: {base!r} is neither a case file nor a shipped case")
-
-
-def shipped_cases_dir() -> Path:
-    """The folder of the case files that ship with gridmarkets."""
-    try:
-        return Path(str(resources.files("gridmarkets.data") / "cases"))
-    except ModuleNotFoundError:  # an editable install cannot import data/ without __init__
-        return Path(__file__).resolve().parents[2] / "data" / "cases"
 
 
 def _check_design(spec: StudySpec, source: str) -> None:

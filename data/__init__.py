@@ -1,0 +1,1 @@
+"""Shipped case files (cases/*.yaml), studies (studies/*.yaml) and small profiles."""
