@@ -18,6 +18,7 @@ import numpy as np
 from gridmarkets.solvers.highs import INF, StandardForm
 
 _TOL = 1e-7
+_SHOWN = 4  # members listed per family in a report
 _BOUND_NAMES = {
     int(highspy.IisBoundStatus.kIisBoundStatusLower): "lower",
     int(highspy.IisBoundStatus.kIisBoundStatusUpper): "upper",
@@ -60,8 +61,14 @@ class Diagnosis:
         )
         if not self.conflicts:
             return f"diagnosis ({how}): no conflicting set could be isolated"
-        lines = [f"conflicting constraints, by {how}:"]
-        lines += [f"  - {c.name} [{c.family}]: {c.detail}" for c in self.conflicts]
+        lines = [f"conflicting constraints, by {how}, by family:"]
+        for family in self.families:
+            members = [c for c in self.conflicts if c.family == family]
+            shown = ", ".join(
+                c.name + (f" ({c.detail})" if c.detail else "") for c in members[:_SHOWN]
+            )
+            more = f", and {len(members) - _SHOWN} more" if len(members) > _SHOWN else ""
+            lines.append(f"  - {family} [{len(members)}]: {shown}{more}")
         return "\n".join(lines)
 
 
@@ -84,7 +91,7 @@ def _from_iis(form: StandardForm) -> Diagnosis | None:
     status, iis = highs.getIis()
     if status != highspy.HighsStatus.kOk or not iis.valid_ or not len(iis.row_index_):
         return None
-    conflicts = [_row_conflict(form.rows[i], "in the IIS") for i in iis.row_index_]
+    conflicts = [_row_conflict(form.rows[i], "") for i in iis.row_index_]
     seen = set()
     conflicts = [c for c in conflicts if not (c.name in seen or seen.add(c.name))]
     for j, bound in zip(iis.col_index_, iis.col_bound_, strict=True):

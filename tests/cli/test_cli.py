@@ -111,3 +111,27 @@ def test_schema_is_json_with_every_model():
     schema = json.loads(run.stdout)
     text = json.dumps(schema)
     assert '"lem"' in text and "participants" in text
+
+
+def test_an_infeasible_market_exits_1_naming_the_conflicting_constraints(tmp_path):
+    """Bus 5 asks for at least 1.02 pu while the root is held at 1.0 pu and nobody can
+    inject power to lift it: no clearing satisfies the voltage limit."""
+    import pandapower
+    import pandapower.networks as pn
+
+    net = pn.case33bw()
+    net.bus.loc[5, "min_vm_pu"] = 1.02
+    pandapower.to_json(net, str(tmp_path / "net.json"))
+    case = {
+        "model": "lem",
+        "horizon": {"periods": 1},
+        "network": {"source": "file", "path": str(tmp_path / "net.json")},
+        "participants": {
+            "shop": {"side": "buy", "bus": 5, "blocks": [{"quantity_kw": 10, "price": 90}]}
+        },
+    }
+    run = gridmarkets("solve", write_case(tmp_path, case), "--out", tmp_path / "out")
+    assert run.returncode == 1, run.stderr
+    assert "infeasible" in run.stderr
+    assert "voltage_lower[5,0]" in run.stderr
+    assert "Traceback" not in run.stderr
