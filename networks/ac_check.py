@@ -146,8 +146,8 @@ class ACCheck:
         return {
             "max_voltage_error_pu": self.max_voltage_error_pu,
             "max_loading_percent": self.max_loading_percent,
-            "loss_kw_linear": float(self.losses["loss_kw_linear"].sum()),
-            "loss_kw_ac": float(self.losses["loss_kw_ac"].sum()),
+            "mean_loss_kw_linear": float(self.losses["loss_kw_linear"].mean()),
+            "mean_loss_kw_ac": float(self.losses["loss_kw_ac"].mean()),
             "violations_count": len(violations),
             "violations": violations.head(50).to_dict(orient="records"),
         }

@@ -212,7 +212,7 @@ def test_feeder_case_through_the_cli_reports_the_ac_check(tmp_path):
     assert done.returncode == 0, done.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["ac_check"]["max_voltage_error_pu"] < 0.01
-    assert summary["ac_check"]["loss_kw_ac"] > 0
+    assert summary["ac_check"]["mean_loss_kw_ac"] > 0
     power = pd.read_csv(out / "power.csv")
     assert power.groupby(["prosumer", "period"])["p_kw"].sum().abs().max() < 1e-6
     assert set(pd.read_csv(out / "grid.csv")["bus"]) == {4, 7, 9, 11, 12, 13}
