@@ -24,6 +24,7 @@ import functools
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -50,7 +51,21 @@ class CsvProfile(Spec):
     start_row: NonNegativeInt = Field(0, description="first row of the file used")
 
 
-Profile = float | list[float] | CsvProfile
+class FeederProfile(Spec):
+    """The SimBench profile of the feeder's loads or static generators at a home's bus.
+
+    Resolved by :func:`gridmarkets.models.prosumer.resolve_feeder_profiles` from the
+    case's network and ``horizon.start`` (the 15-minute step of the year), then scaled.
+    """
+
+    feeder: Literal["load", "sgen"] = Field(
+        description="the bus's summed SimBench load or static-generator power"
+    )
+    scale: float = Field(1.0, description="factor applied to every value")
+    bus: int | None = Field(None, description="the bus read (default: the home's bus)")
+
+
+Profile = float | list[float] | CsvProfile | FeederProfile
 
 
 def profile_values(
@@ -67,6 +82,11 @@ def profile_values(
     """
     if isinstance(profile, CsvProfile):
         return _csv_values(profile, periods, period_hours, path)
+    if isinstance(profile, FeederProfile):
+        raise InputError(
+            f"{path}: a feeder profile needs a case with a SimBench network "
+            "(see prosumer.resolve_feeder_profiles)"
+        )
     values = np.asarray(profile, dtype=float)
     if values.ndim == 0:
         return np.full(periods, float(values))
@@ -423,26 +443,57 @@ class ApplianceSpec(Spec):
             )
         return self
 
-    def starts(self, periods: Sequence[int]) -> list[int]:
-        """The feasible start periods within ``periods``."""
-        end = periods[-1] + 1 if self.latest_end is None else min(self.latest_end, periods[-1] + 1)
+    def starts(self, periods: Sequence[int], open_end: bool = False) -> list[int]:
+        """The feasible start periods within ``periods``.
+
+        With ``open_end`` the horizon goes on after ``periods`` (a rolling window): a run
+        may start in the last periods and finish after them.
+        """
+        horizon_end = periods[-1] + 1
+        last = self.latest_end if self.latest_end is not None else horizon_end
+        if not open_end:
+            last = min(last, horizon_end)
         first = max(self.earliest_start, periods[0])
-        return list(range(first, end - len(self.profile_kw) + 1))
+        return list(range(first, min(last - len(self.profile_kw), horizon_end - 1) + 1))
+
+    def must_start(self, periods: Sequence[int], open_end: bool = False) -> bool:
+        """Whether the run has to start within ``periods`` (always, unless ``open_end``)."""
+        if not open_end:
+            return True
+        return self.latest_end is not None and self.latest_end - len(self.profile_kw) <= periods[-1]
 
 
 def add_appliance(
-    block: pyo.Block, spec: ApplianceSpec, periods: Sequence[int], period_hours: float
+    block: pyo.Block,
+    spec: ApplianceSpec,
+    periods: Sequence[int],
+    period_hours: float,
+    open_end: bool = False,
 ):
-    """A shiftable appliance: one binary per feasible start, exactly one chosen."""
-    starts = spec.starts(periods)
-    if not starts:
+    """A shiftable appliance: one binary per feasible start, exactly one chosen.
+
+    With ``open_end`` (a rolling window of a longer horizon) the run may also start
+    after ``periods`` unless its latest start lies within them, and a run started near
+    the end contributes only its periods within ``periods``.
+    """
+    starts = spec.starts(periods, open_end)
+    must = spec.must_start(periods, open_end)
+    if not starts and (must or not open_end):
         raise InputError(
             f"appliance: no start fits its window within periods {periods[0]}..{periods[-1]}"
         )
     profile = spec.profile_kw
     block.STARTS = pyo.Set(initialize=starts, doc="feasible start periods")
     block.start = pyo.Var(block.STARTS, domain=pyo.Binary, doc="1 if the run starts at s")
-    block.runs_once = pyo.Constraint(expr=sum(block.start.values()) == 1, doc="sum_s start[s] = 1")
+    if must:
+        block.runs_once = pyo.Constraint(
+            expr=sum(block.start.values()) == 1, doc="sum_s start[s] = 1"
+        )
+    elif starts:
+        block.runs_once = pyo.Constraint(
+            expr=sum(block.start.values()) <= 1,
+            doc="sum_s start[s] <= 1 (it may start after the window)",
+        )
     block.p_net_kw = pyo.Expression(
         periods,
         rule=lambda b, t: (
@@ -510,3 +561,60 @@ def add_heat_pump(
     )
     _set_cost(block, 0.0, "a heat pump has no operating cost of its own")
     return block.p_net_kw
+
+
+# --- feasibility pre-checks -------------------------------------------------------------
+# Each raises InputError naming the field when no schedule can satisfy the device alone,
+# so a case fails with the reason instead of an "infeasible" from the solver.
+
+
+def check_battery(spec: BatterySpec, periods: int, period_hours: float, path: str) -> None:
+    """The final SoC must be reachable from the initial one at full charging power."""
+    final = spec.soc_initial_kwh if spec.soc_final_kwh is None else spec.soc_final_kwh
+    hours = periods * period_hours
+    most = spec.soc_initial_kwh + spec.eta_charge * spec.p_charge_max_kw * hours
+    if final > most + 1e-9:
+        raise InputError(
+            f"{path}.soc_final_kwh: {final:g} kWh cannot be reached from {spec.soc_initial_kwh:g}"
+            f" kWh in {hours:g} h at {spec.p_charge_max_kw:g} kW (eta_charge {spec.eta_charge:g})"
+        )
+
+
+def check_ev(spec: EVSpec, periods: int, period_hours: float, path: str) -> None:
+    """Every stay's energy must be chargeable in its stay; departures within the horizon."""
+    for k, stay in enumerate(spec.stays):
+        field = f"{path}.stays.{k}"
+        if stay.departure > periods:
+            raise InputError(
+                f"{field}.departure: {stay.departure} is after the horizon's {periods} periods"
+            )
+        needed = stay.soc_departure_kwh - stay.soc_arrival_kwh
+        hours = (stay.departure - stay.arrival) * period_hours
+        if needed > spec.eta_charge * spec.p_charge_max_kw * hours + 1e-9:
+            raise InputError(
+                f"{field}.soc_departure_kwh: {needed:g} kWh cannot be charged in {hours:g} h at "
+                f"{spec.p_charge_max_kw:g} kW (eta_charge {spec.eta_charge:g})"
+            )
+
+
+def check_heat_pump(spec: HeatPumpSpec, outdoor_c: np.ndarray, period_hours: float, path: str):
+    """The comfort band must be reachable in every period: heating at full power keeps the
+    room warm enough and not heating keeps it cool enough (the reachable temperatures of
+    the first-order model form an interval, propagated forward exactly)."""
+    decay = math.exp(-period_hours / (spec.resistance_k_per_kw * spec.capacitance_kwh_per_k))
+    gain = spec.resistance_k_per_kw * spec.cop * spec.p_max_kw
+    low = high = spec.t_initial_c
+    for t, outdoor in enumerate(outdoor_c):
+        high = decay * high + (1 - decay) * (outdoor + gain)
+        low = decay * low + (1 - decay) * outdoor
+        if high < spec.t_min_c - 1e-9:
+            raise InputError(
+                f"{path}.p_max_kw: {spec.p_max_kw:g} kW cannot keep the room at t_min_c "
+                f"{spec.t_min_c:g} in period {t} (it reaches {high:.2f} deg C at most)"
+            )
+        if low > spec.t_max_c + 1e-9:
+            raise InputError(
+                f"{path}.t_max_c: the room stays above {spec.t_max_c:g} deg C in period {t} "
+                f"even without heating ({low:.2f} deg C)"
+            )
+        low, high = max(low, spec.t_min_c), min(high, spec.t_max_c)

@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -44,12 +45,17 @@ from gridmarkets.models.assets import (
     ApplianceSpec,
     BatterySpec,
     EVSpec,
+    FeederProfile,
     HeatPumpSpec,
     Profile,
     PVSpec,
+    StaySpec,
 )
 from gridmarkets.results import Result
 from gridmarkets.solvers import Solution, record_build_time, solve
+
+if TYPE_CHECKING:
+    from gridmarkets.networks import Feeder
 
 Objective = Literal["cost", "self_sufficiency"] | dict[str, float]
 OBJECTIVE_TERMS = ("cost", "self_sufficiency")
@@ -85,6 +91,11 @@ class CaseSpec(CaseBase):
     model: Literal["prosumer"]
     mode: Literal["grid", "islanded"] = "grid"
     objective: Objective = "cost"
+    coordination: Literal["none", "lindistflow"] = Field(
+        "none",
+        description="on a network: 'none' schedules every home alone (then checks the "
+        "feeder); 'lindistflow' schedules them together within the feeder's limits",
+    )
     prices: PricesSpec | None = Field(None, description="required when mode is grid")
     value_of_lost_load_per_mwh: PositiveFloat = 10_000.0
     prosumers: dict[str, ProsumerSpec] = Field(min_length=1)
@@ -99,22 +110,60 @@ class CaseSpec(CaseBase):
                 value = getattr(self.prices, name)
                 if isinstance(value, list) and len(value) != n:
                     raise ValueError(f"prices.{name}: {len(value)} values for {n} periods")
+        if self.coordination != "none" and self.network is None:
+            raise ValueError(f"coordination: {self.coordination!r} needs a network")
         for pid, home in self.prosumers.items():
-            _check_home(home, n, f"prosumers.{pid}")
+            _check_home(home, n, self.horizon.period_hours, f"prosumers.{pid}")
             if self.network is not None and home.bus is None:
                 raise ValueError(f"prosumers.{pid}.bus: required on a network")
+            if self.network is None and _feeder_profiles(home):
+                raise ValueError(f"prosumers.{pid}: a feeder profile needs a network")
         return self
 
 
-def _check_home(home: ProsumerSpec, periods: int, path: str) -> None:
+def _check_home(home: ProsumerSpec, periods: int, period_hours: float, path: str) -> None:
+    """Checks that need no profile values: lengths, windows, reachable energies."""
     for name, value in (("load_kw", home.load_kw), ("pv.profile_kw", _pv_profile(home))):
         if isinstance(value, list) and len(value) != periods:
             raise ValueError(f"{path}.{name}: {len(value)} values for {periods} periods")
     for name, appliance in home.appliances.items():
         if appliance.earliest_start + len(appliance.profile_kw) > periods:
             raise ValueError(f"{path}.appliances.{name}: its run does not fit in the horizon")
-    if home.ev is not None and home.ev.stays[-1].departure > periods:
-        raise ValueError(f"{path}.ev.stays: departure after the horizon's {periods} periods")
+        if appliance.latest_end is not None and appliance.latest_end > periods:
+            raise ValueError(
+                f"{path}.appliances.{name}.latest_end: {appliance.latest_end} is after the "
+                f"horizon's {periods} periods"
+            )
+    if home.ev is not None:
+        assets.check_ev(home.ev, periods, period_hours, f"{path}.ev")
+    if home.battery is not None:
+        assets.check_battery(home.battery, periods, period_hours, f"{path}.battery")
+
+
+def _check_supply(b: pyo.Block, spec: ProsumerSpec, m: pyo.ConcreteModel, path: str) -> None:
+    """Checks on profile values: the heat pump's comfort band, and an import limit that
+    cannot cover the load even with PV and every storage discharging at full power."""
+    dt = m.period_hours
+    if spec.heat_pump is not None:
+        outdoor = np.array([pyo.value(b.heat_pump.t_outdoor_c[t]) for t in m.PERIODS])
+        assets.check_heat_pump(spec.heat_pump, outdoor, dt, f"{path}.heat_pump")
+    if m.mode != "grid" or spec.import_limit_kw is None:
+        return
+    plugged = spec.ev.plugged(list(m.PERIODS)) if spec.ev is not None and spec.ev.v2g else {}
+    for t in m.PERIODS:
+        load = pyo.value(b.load.load_kw[t])
+        pv = pyo.value(b.pv.available_kw[t]) if hasattr(b, "pv") else 0.0
+        storage = spec.battery.p_discharge_max if spec.battery is not None else 0.0
+        storage += spec.ev.p_discharge_max_kw if t in plugged else 0.0
+        if load - pv - storage > spec.import_limit_kw + 1e-9:
+            raise InputError(
+                f"{path}.import_limit_kw: {spec.import_limit_kw:g} kW cannot cover the load of "
+                f"{load:g} kW in period {t} (PV {pv:g} kW, storage {storage:g} kW)"
+            )
+
+
+def _feeder_profiles(home: ProsumerSpec) -> bool:
+    return isinstance(home.load_kw, FeederProfile) or isinstance(_pv_profile(home), FeederProfile)
 
 
 def _pv_profile(home: ProsumerSpec):
@@ -134,9 +183,12 @@ def build(
     objective: Objective = "cost",
     value_of_lost_load_per_mwh: float = 10_000.0,
     timestamps: Sequence[Any] | None = None,
+    network: Feeder | None = None,
+    formulation: Any = None,
+    open_end: bool = False,
     extra: Callable[[pyo.ConcreteModel], None] | None = None,
 ) -> pyo.ConcreteModel:
-    """Build the EMS of one or many independent homes as a Pyomo model.
+    """Build the EMS of one or many homes as a Pyomo model.
 
     Parameters
     ----------
@@ -147,12 +199,20 @@ def build(
     objective : "cost", "self_sufficiency" or weights ``{"cost": w, "self_sufficiency": w}``.
     value_of_lost_load_per_mwh : the cost of shed load (islanded).
     timestamps : one per period, copied into the result tables.
+    network : a feeder to schedule the homes on together (coordinated): their net
+        injections at their buses and the upstream grid's supply at the root
+        (``model.p_upstream_kw``, free) go through ``formulation``, so the feeder's
+        voltage and thermal limits bind. None: every home is independent.
+    formulation : the network formulation (default ``LinDistFlow()``).
+    open_end : the horizon goes on after the last period (a rolling window):
+        appliances may start after it or run past it.
     extra : called with the model before it is returned, to add user constraints
         (``model.home[id]`` holds each home's devices and balance).
 
     Returns
     -------
-    The model: ``model.home[id].energy_balance[t]``, ``model.objective``.
+    The model: ``model.home[id].energy_balance[t]``, ``model.objective`` and, on a
+    network, ``model.network_handles`` (see :class:`~gridmarkets.networks.NetworkHandles`).
     """
     started = time.perf_counter()
     homes = _as_mapping(prosumers)
@@ -161,11 +221,14 @@ def build(
     m.PERIODS = pyo.RangeSet(0, periods - 1, doc="periods")
     m.PROSUMERS = pyo.Set(initialize=list(homes), doc="homes")
     m.specs, m.mode, m.period_hours = homes, mode, period_hours
-    m.timestamps = timestamps
+    m.timestamps, m.open_end, m.network_handles = timestamps, open_end, None
     _add_prices(m, prices, mode)
     m.home = pyo.Block(m.PROSUMERS, doc="one home's devices, grid connection and balance")
     for pid, spec in homes.items():
         add_home(m.home[pid], spec, m, value_of_lost_load_per_mwh)
+        _check_supply(m.home[pid], spec, m, f"prosumers.{pid}")
+    if network is not None:
+        add_network(m, network, formulation)
     m.objective = pyo.Objective(
         expr=sum(
             weights["cost"] * b.cost + weights["self_sufficiency"] * b.unsupplied_kwh
@@ -244,7 +307,9 @@ def add_home(b: pyo.Block, spec: ProsumerSpec, m: pyo.ConcreteModel, voll: float
     b.APPLIANCES = pyo.Set(initialize=list(spec.appliances), doc="shiftable appliances")
     b.appliance = pyo.Block(b.APPLIANCES, doc="one shiftable appliance")
     for name, appliance in spec.appliances.items():
-        net[f"appliance:{name}"] = assets.add_appliance(b.appliance[name], appliance, periods, dt)
+        net[f"appliance:{name}"] = assets.add_appliance(
+            b.appliance[name], appliance, periods, dt, open_end=m.open_end
+        )
     b.devices = net
     _add_connection(b, spec, m)
     b.energy_balance = pyo.Constraint(
@@ -311,6 +376,37 @@ def _add_cost(b: pyo.Block, spec: ProsumerSpec, m: pyo.ConcreteModel, voll: floa
     b.cost = pyo.Expression(
         expr=b.energy_cost + b.demand_charge + b.device_cost + voll * b.shed_kwh / 1000.0,
         doc="energy + demand charge + devices + voll * shed / 1000  (currency)",
+    )
+
+
+def add_network(m: pyo.ConcreteModel, feeder: Feeder, formulation: Any = None) -> None:
+    """Couple the homes through a feeder: ``m.network`` holds the formulation's flows.
+
+    The injection at bus j in period t is the homes' export minus import there, plus at
+    the root the upstream grid's supply::
+
+        p[j,t] = sum_{h at j} (p_export[h,t] - p_import[h,t]) + [j = root] p_upstream[t]
+
+    Reactive power is not modelled (unity power factor at the homes).
+    """
+    from gridmarkets.networks import LinDistFlow
+
+    formulation = LinDistFlow() if formulation is None else formulation
+    m.p_upstream_kw = pyo.Var(
+        m.PERIODS, doc="power the upstream grid injects at the feeder's root (kW)"
+    )
+    if m.mode != "grid":
+        m.p_upstream_kw.fix(0.0)
+    p_kw = {(feeder.root, t): m.p_upstream_kw[t] for t in m.PERIODS}
+    for pid, b in m.home.items():
+        bus = feeder.merged.get(m.specs[pid].bus)
+        if bus is None:
+            raise InputError(f"prosumers.{pid}.bus: {m.specs[pid].bus} is not a bus of the feeder")
+        for t in m.PERIODS:
+            p_kw[bus, t] = p_kw.get((bus, t), 0) + b.p_export_kw[t] - b.p_import_kw[t]
+    m.network = pyo.Block(doc="the feeder's power flow, limits and balances")
+    m.network_handles = formulation.add(
+        m.network, feeder, list(m.PERIODS), p_kw, {}, period_hours=m.period_hours
     )
 
 
@@ -666,3 +762,273 @@ def _curve_blocks(ladder: list[float], net_kw: np.ndarray, period: int) -> list[
         blocks.append(("buy", demand[k] - demand[k + 1], price, period))
         blocks.append(("sell", supply[k + 1] - supply[k], price, period))
     return [block for block in blocks if block[1] > 1e-9]
+
+
+# --- rolling horizon (model-predictive control) -----------------------------------------
+
+
+@dataclass
+class _State:
+    """What a re-plan pins: the realised state at the end of the last period."""
+
+    battery_soc_kwh: float | None = None
+    ev_soc_kwh: float | None = None
+    temperature_c: float | None = None
+    peak_import_kw: float = 0.0
+    starts: dict[str, int] = field(default_factory=dict)
+
+
+def rolling_horizon(
+    home: ProsumerSpec,
+    prices: PricesSpec,
+    forecast: Mapping[str, Sequence[float]] | pd.DataFrame,
+    actual: Mapping[str, Sequence[float]] | pd.DataFrame,
+    window: int,
+    *,
+    period_hours: float = 1.0,
+    timestamps: Sequence[Any] | None = None,
+    perfect_foresight: bool = True,
+    solve_options: Mapping[str, Any] | None = None,
+) -> Result:
+    """Operate one home model-predictively: re-plan every period over a moving window.
+
+    In period t the EMS knows the current period's load and PV (``actual``) and sees
+    ``forecast`` for periods t+1 .. t+window-1; it solves that window with the realised
+    state pinned (battery SoC, an EV's energy so far in its stay, the indoor temperature,
+    an appliance already running — its remaining profile continues — and the peak import
+    so far for the demand charge), carries out period t's decisions and moves on. A
+    window ending before the horizon keeps the battery's final-SoC target at its end,
+    asks an EV only for the energy it could not charge after the window at full power,
+    and lets appliances start after it.
+
+    Parameters
+    ----------
+    home : the home; its own ``load_kw`` and ``pv.profile_kw`` are replaced by the
+        columns ``load_kw`` and ``pv_kw`` (available PV power) of the profiles.
+    prices : the tariff (known ahead, currency/MWh).
+    forecast, actual : DataFrames (or mappings) with one row per period of the horizon.
+    window : periods per plan (1 = myopic).
+    period_hours, timestamps : the horizon's resolution and timestamps.
+    perfect_foresight : also schedule the whole horizon knowing ``actual`` (the KPI
+        ``cost_perfect_foresight``).
+
+    Returns
+    -------
+    Result of the realised schedule (:func:`results`'s tables over the whole horizon,
+    evaluated with the actual profiles) plus ``rolling`` (period, load and PV forecast
+    and actual, the plan's window cost, solve seconds) and the KPIs ``cost``,
+    ``cost_perfect_foresight``, ``regret`` (= cost - cost with perfect foresight),
+    ``regret_percent``, ``replans`` and ``replan_seconds``.
+    """
+    forecast, actual = _profile_frame(forecast, "forecast"), _profile_frame(actual, "actual")
+    n = len(actual)
+    if len(forecast) != n:
+        raise InputError(f"forecast: {len(forecast)} periods, actual has {n}")
+    if window < 1:
+        raise InputError(f"window: {window} is below 1")
+    if home.pv is not None and "pv_kw" not in actual:
+        raise InputError("actual.pv_kw: required for a home with PV (and in forecast)")
+    known = _with_profiles(home, actual["load_kw"], actual.get("pv_kw"))
+    _check_home(known, n, period_hours, "home")
+    buy = assets.profile_values(prices.import_price, n, period_hours, "prices.import_price")
+    sell = assets.profile_values(prices.export_price, n, period_hours, "prices.export_price")
+    outdoor = _outdoor(home, n, period_hours)
+    state = _State(
+        battery_soc_kwh=home.battery.soc_initial_kwh if home.battery else None,
+        temperature_c=home.heat_pump.t_initial_c if home.heat_pump else None,
+    )
+    decisions: dict[str, dict[int, float]] = {}
+    log = []
+    options = dict(solve_options or {})
+    for t in range(n):
+        end = min(n, t + window)
+        seen = {
+            col: np.r_[actual[col].iloc[t], forecast[col].iloc[t + 1 : end]]
+            for col in actual.columns
+        }
+        plan_home = _window_home(home, state, seen, outdoor[t:end], t, end, n, period_hours)
+        plan_prices = PricesSpec(import_price=list(buy[t:end]), export_price=list(sell[t:end]))
+        model = build(
+            {"home": plan_home},
+            plan_prices,
+            periods=end - t,
+            period_hours=period_hours,
+            open_end=end < n,
+            extra=_pin_peak(state.peak_import_kw),
+        )
+        solution = solve(model, **options)
+        _carry_out(model.home["home"], plan_home, state, decisions, t)
+        log.append((t, solution.objective, solution.solve_seconds))
+    for name, start in state.starts.items():
+        decisions[f"appliance:{name}"] = start
+    realised = _realise(known, prices, decisions, n, period_hours, timestamps, options)
+    realised.tables["rolling"] = _rolling_table(log, forecast, actual)
+    kpis = realised.kpis
+    kpis["replans"] = n
+    kpis["replan_seconds"] = float(sum(row[2] for row in log))
+    if perfect_foresight:
+        best = schedule(known, prices, periods=n, period_hours=period_hours, solve_options=options)
+        kpis["cost_perfect_foresight"] = best.kpis["cost"]
+        kpis["regret"] = kpis["cost"] - best.kpis["cost"]
+        scale = abs(best.kpis["cost"])
+        kpis["regret_percent"] = 100 * kpis["regret"] / scale if scale > 0 else float("nan")
+    return realised
+
+
+def _profile_frame(profiles, name: str) -> pd.DataFrame:
+    frame = pd.DataFrame({k: np.asarray(v, dtype=float) for k, v in dict(profiles).items()})
+    if "load_kw" not in frame:
+        raise InputError(f"{name}.load_kw: missing (one value per period)")
+    unknown = set(frame.columns) - {"load_kw", "pv_kw"}
+    if unknown:
+        raise InputError(f"{name}: unknown column(s) {sorted(unknown)}; use load_kw, pv_kw")
+    return frame.reset_index(drop=True)
+
+
+def _with_profiles(home: ProsumerSpec, load, pv) -> ProsumerSpec:
+    update: dict[str, Any] = {"load_kw": [float(v) for v in load]}
+    if home.pv is not None:
+        update["pv"] = home.pv.model_copy(update={"profile_kw": [float(v) for v in pv]})
+    return home.model_copy(update=update)
+
+
+def _outdoor(home: ProsumerSpec, n: int, period_hours: float) -> np.ndarray:
+    if home.heat_pump is None:
+        return np.zeros(n)
+    return assets.profile_values(
+        home.heat_pump.t_outdoor_c, n, period_hours, "heat_pump.t_outdoor_c"
+    )
+
+
+def _pin_peak(peak_kw: float) -> Callable[[pyo.ConcreteModel], None]:
+    def pin(m: pyo.ConcreteModel) -> None:
+        m.home["home"].p_peak_import_kw.setlb(peak_kw)
+
+    return pin
+
+
+def _window_home(
+    home: ProsumerSpec,
+    state: _State,
+    seen: Mapping[str, np.ndarray],
+    outdoor: np.ndarray,
+    t: int,
+    end: int,
+    n: int,
+    dt: float,
+) -> ProsumerSpec:
+    """The home as the plan of periods t .. end-1 sees it, renumbered from 0."""
+    update: dict[str, Any] = {}
+    planned = _with_profiles(home, seen["load_kw"], seen.get("pv_kw"))
+    if home.battery is not None:
+        b = home.battery
+        final = b.soc_initial_kwh if b.soc_final_kwh is None else b.soc_final_kwh
+        soc = float(np.clip(state.battery_soc_kwh, b.soc_min_kwh, b.soc_max))
+        update["battery"] = b.model_copy(update={"soc_initial_kwh": soc, "soc_final_kwh": final})
+    if home.ev is not None:
+        update["ev"] = _window_ev(home.ev, state.ev_soc_kwh, t, end, dt)
+    if home.heat_pump is not None:
+        update["heat_pump"] = home.heat_pump.model_copy(
+            update={"t_initial_c": state.temperature_c, "t_outdoor_c": list(outdoor)}
+        )
+    update["appliances"] = _window_appliances(home.appliances, state.starts, t, end, n)
+    return planned.model_copy(update=update)
+
+
+def _window_ev(ev: EVSpec, soc_now: float | None, t: int, end: int, dt: float) -> EVSpec | None:
+    """The EV's stays that overlap the window; one under way starts from its energy now;
+    one leaving after the window needs only what full power after it cannot add."""
+    stays = []
+    for stay in ev.stays:
+        if stay.departure <= t or stay.arrival >= end:
+            continue
+        arrival = stay.soc_arrival_kwh if stay.arrival >= t else float(soc_now)
+        after = ev.eta_charge * ev.p_charge_max_kw * dt * max(0, stay.departure - end)
+        stays.append(
+            StaySpec(
+                arrival=max(stay.arrival - t, 0),
+                departure=min(stay.departure, end) - t,
+                soc_arrival_kwh=float(np.clip(arrival, 0.0, ev.capacity_kwh)),
+                soc_departure_kwh=max(0.0, stay.soc_departure_kwh - after),
+            )
+        )
+    return ev.model_copy(update={"stays": stays}) if stays else None
+
+
+def _window_appliances(
+    appliances: Mapping[str, ApplianceSpec], starts: Mapping[str, int], t: int, end: int, n: int
+) -> dict[str, ApplianceSpec]:
+    """Appliances still to run or running, renumbered from the window's first period.
+
+    A running appliance becomes its remaining profile, which must start at once.
+    """
+    out = {}
+    for name, spec in appliances.items():
+        length = len(spec.profile_kw)
+        if name in starts:
+            done = t - starts[name]
+            if done < length:
+                rest = spec.profile_kw[done:]
+                out[name] = ApplianceSpec(profile_kw=rest, earliest_start=0, latest_end=len(rest))
+            continue
+        earliest = max(spec.earliest_start - t, 0)
+        if earliest >= end - t:
+            continue
+        latest_end = (n if spec.latest_end is None else spec.latest_end) - t
+        out[name] = ApplianceSpec(
+            profile_kw=spec.profile_kw, earliest_start=earliest, latest_end=latest_end
+        )
+    return out
+
+
+def _carry_out(b: pyo.Block, plan: ProsumerSpec, state: _State, decisions: dict, t: int) -> None:
+    """Record the plan's first period as period t's decisions and advance the state."""
+
+    def keep(name: str, value: float) -> None:
+        decisions.setdefault(name, {})[t] = float(value)
+
+    if hasattr(b, "pv"):
+        keep("pv.p_curtail_kw", pyo.value(b.pv.p_curtail_kw[0]))
+    if hasattr(b, "battery"):
+        keep("battery.p_charge_kw", pyo.value(b.battery.p_charge_kw[0]))
+        keep("battery.p_discharge_kw", pyo.value(b.battery.p_discharge_kw[0]))
+        state.battery_soc_kwh = pyo.value(b.battery.soc_kwh[0])
+    if hasattr(b, "ev"):
+        keep("ev.p_charge_kw", pyo.value(b.ev.p_charge_kw[0]))
+        keep("ev.p_discharge_kw", pyo.value(b.ev.p_discharge_kw[0]))
+        state.ev_soc_kwh = pyo.value(b.ev.soc_kwh[0]) if 0 in b.ev.PLUGGED else None
+    if hasattr(b, "heat_pump"):
+        keep("heat_pump.p_kw", pyo.value(b.heat_pump.p_kw[0]))
+        state.temperature_c = pyo.value(b.heat_pump.temperature_c[0])
+    for name in b.APPLIANCES:
+        dev = b.appliance[name]
+        if name not in state.starts and 0 in dev.STARTS and pyo.value(dev.start[0]) > 0.5:
+            state.starts[name] = t
+    state.peak_import_kw = max(state.peak_import_kw, pyo.value(b.p_import_kw[0]))
+
+
+def _realise(known, prices, decisions, n, dt, timestamps, options) -> Result:
+    """The realised schedule over the whole horizon with the actual profiles: the full
+    model with every carried-out decision fixed, so the tables and the cost are those
+    of :func:`results`."""
+    model = build(known, prices, periods=n, period_hours=dt, timestamps=timestamps)
+    b = model.home["home"]
+    for name, values in decisions.items():
+        if name.startswith("appliance:"):
+            dev = b.appliance[name.split(":", 1)[1]]
+            for s in dev.STARTS:
+                dev.start[s].fix(int(s == values))
+            continue
+        device, var = name.split(".")
+        component = getattr(getattr(b, device), var)
+        for t, value in values.items():
+            component[t].fix(value if value > 1e-9 else 0.0)
+    return results(model, solve(model, **options))
+
+
+def _rolling_table(log, forecast: pd.DataFrame, actual: pd.DataFrame) -> pd.DataFrame:
+    table = pd.DataFrame(log, columns=["period", "plan_cost", "solve_seconds"])
+    for col in actual.columns:
+        table[f"{col}_forecast"] = forecast[col].to_numpy()
+        table[f"{col}_actual"] = actual[col].to_numpy()
+    return table
