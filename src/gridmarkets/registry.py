@@ -17,6 +17,7 @@ from gridmarkets.errors import CaseError
 
 MODELS: dict[str, str] = {
     "lem": "gridmarkets.models.lem",
+    "community": "gridmarkets.models.community",
     "prosumer": "gridmarkets.models.prosumer",
 }
 

@@ -1,0 +1,928 @@
+"""Energy communities: members, shared assets, a community manager and a fair split.
+
+Members are prosumers (:class:`~gridmarkets.models.prosumer.ProsumerSpec`, built by
+:func:`~gridmarkets.models.prosumer.add_home`); their meters exchange with the
+community's internal bus instead of the grid. Shared assets (PV, a battery) belong to
+owners in shares. The community manager schedules the shared assets and the members'
+flexible devices for the community's goal; the community trades with the upstream
+grid at one point of connection with a capacity, or is islanded (then load may be
+shed at the value of lost load and PV curtailed).
+
+Internal balance, copper plate (no network), per period ``t``::
+
+    p_grid_import[t] - p_grid_export[t] + sum_shared p_net[a, t]
+        + sum_members (p_export[i, t] - p_import[i, t]) = 0          (kW)
+
+so its dual is what one more kW of demand inside the community costs: the internal
+price (currency/MWh in the ``exchange`` table). With a feeder the balance is
+LinDistFlow's nodal balance (members and shared assets at their buses, the point of
+connection at the feeder's root).
+
+Objectives: ``"cost"`` (grid energy, demand charge at the connection, device costs,
+lost load, currency), ``"self_sufficiency"`` (energy not supplied within the
+community: grid import plus shed, kWh), ``"emissions"`` (grid import times the grid's
+carbon intensity, kg; exports earn no credit) or weights ``{"cost": 1, "emissions":
+0.1}`` (weights of the non-cost terms in currency per kWh and per kg).
+
+Coalitions. The same builder models any coalition ``S`` of members: the members of
+``S``, every shared asset scaled by the shares its owners in ``S`` hold, and the
+connection capacity scaled by the connection shares of ``S`` (equal shares unless
+given). ``S = {i}`` is member ``i`` alone with its shares; its optimum is its
+stand-alone bill. Scaling keeps the cost game subadditive when the model is an LP
+(each coalition could run the sum of its parts' schedules); binaries (non-relaxed
+batteries, appliances, EV minimum power) can break that in rare cases, and
+:func:`split` reports the community value so it shows.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import pyomo.environ as pyo
+from pydantic import Field, NonNegativeFloat, PositiveFloat, model_validator
+
+from gridmarkets.case import CaseBase, Spec
+from gridmarkets.errors import InputError
+from gridmarkets.models import allocation, assets, prosumer
+from gridmarkets.models.assets import BatterySpec, Profile, PVSpec
+from gridmarkets.models.prosumer import PricesSpec, ProsumerSpec
+from gridmarkets.results import Result
+from gridmarkets.solvers import Solution, record_build_time, solve
+
+Objective = Literal["cost", "self_sufficiency", "emissions"] | dict[str, float]
+OBJECTIVE_TERMS = ("cost", "self_sufficiency", "emissions")
+BID_COLUMNS = ["participant", "side", "quantity_kw", "price", "period", "block", "bus"]
+METHODS = ("shapley", "nucleolus", "proportional", "equal")
+
+
+class SharedAssetSpec(Spec):
+    """A shared asset: PV and/or a battery at one bus, owned by members in shares.
+
+    ``owners`` maps member ids to shares; they must sum to 1. Empty: every member owns
+    an equal share.
+    """
+
+    bus: int | None = Field(None, description="feeder bus (pandapower index), on a network")
+    pv: PVSpec | None = None
+    battery: BatterySpec | None = None
+    owners: dict[str, NonNegativeFloat] = Field(default_factory=dict, description="shares")
+
+    @model_validator(mode="after")
+    def _something(self) -> SharedAssetSpec:
+        if self.pv is None and self.battery is None:
+            raise ValueError("a shared asset needs pv or battery")
+        if self.owners and abs(sum(self.owners.values()) - 1.0) > 1e-6:
+            raise ValueError(f"owners: shares sum to {sum(self.owners.values()):g}, not 1")
+        return self
+
+
+class ConnectionSpec(Spec):
+    """The community's point of connection to the upstream grid."""
+
+    capacity_kw: PositiveFloat | None = Field(None, description="import and export limit each")
+    demand_charge_per_kw: NonNegativeFloat = Field(
+        0.0, description="currency per kW of the horizon's peak import"
+    )
+    shares: dict[str, NonNegativeFloat] = Field(
+        default_factory=dict,
+        description="members' shares of the capacity (sum 1; empty: equal shares)",
+    )
+
+    @model_validator(mode="after")
+    def _sum(self) -> ConnectionSpec:
+        if self.shares and abs(sum(self.shares.values()) - 1.0) > 1e-6:
+            raise ValueError(f"shares: sum to {sum(self.shares.values()):g}, not 1")
+        return self
+
+
+# --- coalitions -------------------------------------------------------------------------
+
+
+def shares_of(owners: Mapping[str, float], members: Sequence[str]) -> dict[str, float]:
+    """Owners' shares, equal among ``members`` when ``owners`` is empty."""
+    if not owners:
+        return {m: 1.0 / len(members) for m in members}
+    unknown = set(owners) - set(members)
+    if unknown:
+        raise InputError(f"owners: {sorted(unknown)} are not members")
+    return {m: float(owners.get(m, 0.0)) for m in members}
+
+
+def scaled_asset(
+    asset: SharedAssetSpec, factor: float, periods: int, period_hours: float
+) -> SharedAssetSpec | None:
+    """A shared asset scaled to the shares ``factor`` a coalition holds (None at 0)."""
+    if factor <= 1e-12:
+        return None
+    if factor >= 1 - 1e-12:
+        return asset
+    pv = battery = None
+    if asset.pv is not None:
+        profile = assets.profile_values(asset.pv.profile_kw, periods, period_hours, "pv")
+        pv = asset.pv.model_copy(update={"profile_kw": list(factor * profile)})
+    if asset.battery is not None:
+        b = asset.battery
+        fields = ("capacity_kwh", "p_charge_max_kw", "p_discharge_max_kw", "soc_min_kwh")
+        fields += ("soc_max_kwh", "soc_initial_kwh", "soc_final_kwh")
+        battery = b.model_copy(
+            update={f: None if getattr(b, f) is None else factor * getattr(b, f) for f in fields}
+        )
+    return asset.model_copy(update={"pv": pv, "battery": battery, "owners": {}})
+
+
+# --- build ------------------------------------------------------------------------------
+
+
+def build(
+    members: Mapping[str, ProsumerSpec],
+    shared: Mapping[str, SharedAssetSpec] | None = None,
+    prices: PricesSpec | None = None,
+    *,
+    periods: int = 24,
+    period_hours: float = 1.0,
+    mode: Literal["grid", "islanded"] = "grid",
+    objective: Objective = "cost",
+    connection: ConnectionSpec | None = None,
+    carbon_kg_per_mwh: Profile = 0.0,
+    feeder=None,
+    coalition: Iterable[str] | None = None,
+    value_of_lost_load_per_mwh: float = 10_000.0,
+    timestamps: Sequence[Any] | None = None,
+    extra: Callable[[pyo.ConcreteModel], None] | None = None,
+) -> pyo.ConcreteModel:
+    """Build the community manager's scheduling problem as a Pyomo model.
+
+    Parameters
+    ----------
+    members : member id -> prosumer (load and devices; ``bus`` on a network).
+    shared : asset id -> shared asset (PV and/or battery with owners' shares).
+    prices : the tariff at the point of connection (currency/MWh); required when grid.
+    periods, period_hours : the horizon.
+    mode : "grid" (trades at the point of connection) or "islanded".
+    objective : "cost", "self_sufficiency", "emissions" or a dict of weights.
+    connection : capacity, demand charge and capacity shares of the point of connection.
+    carbon_kg_per_mwh : the grid's carbon intensity per period (kg CO2 per MWh imported).
+    feeder : a :class:`~gridmarkets.networks.Feeder` for the internal network
+        (LinDistFlow); None: copper plate.
+    coalition : the members modelled (default: all); shared assets and the connection
+        capacity are scaled by the shares they hold.
+    value_of_lost_load_per_mwh : the cost of shed load (islanded).
+    timestamps : one per period, copied into the result tables.
+    extra : called with the model before it is returned, for user constraints.
+
+    Returns
+    -------
+    The model: ``model.home[i]`` (members), ``model.shared[a]``, ``model.balance``
+    (copper plate) or ``model.handles`` (LinDistFlow), ``model.objective``.
+    """
+    started = time.perf_counter()
+    everyone = [str(k) for k in members]
+    inside = everyone if coalition is None else [str(k) for k in coalition]
+    unknown = set(inside) - set(everyone)
+    if unknown or not inside:
+        raise InputError(f"coalition: {sorted(unknown) or 'empty'} is not a set of members")
+    weights = _objective_weights(objective)
+    m = pyo.ConcreteModel(name="community")
+    m.PERIODS = pyo.RangeSet(0, periods - 1, doc="periods")
+    m.MEMBERS = pyo.Set(initialize=inside, doc="members in the coalition")
+    m.specs = {i: members[i] for i in inside}
+    m.mode, m.period_hours, m.timestamps, m.feeder = mode, period_hours, timestamps, feeder
+    _add_tariff(m, prices, mode, carbon_kg_per_mwh)
+    m.home = pyo.Block(m.MEMBERS, doc="a member's devices and its meter to the community bus")
+    for i in inside:
+        prosumer.add_home(m.home[i], m.specs[i], m, value_of_lost_load_per_mwh)
+        if mode == "islanded":  # the meter still trades inside the community
+            m.home[i].p_import_kw.unfix()
+            m.home[i].p_export_kw.unfix()
+    m.shared_specs = _coalition_assets(shared or {}, everyone, inside, periods, period_hours)
+    _add_shared(m)
+    _add_connection(m, connection or ConnectionSpec(), everyone, inside)
+    _add_balance(m, feeder)
+    _add_objective(m, weights, value_of_lost_load_per_mwh)
+    if extra is not None:
+        extra(m)
+    record_build_time(m, time.perf_counter() - started)
+    return m
+
+
+def _objective_weights(objective: Objective) -> dict[str, float]:
+    if isinstance(objective, str):
+        if objective not in OBJECTIVE_TERMS:
+            raise InputError(f"objective: {objective!r} is not one of {OBJECTIVE_TERMS}")
+        return {term: float(term == objective) for term in OBJECTIVE_TERMS}
+    unknown = set(objective) - set(OBJECTIVE_TERMS)
+    if unknown:
+        raise InputError(f"objective: unknown term(s) {sorted(unknown)}; use {OBJECTIVE_TERMS}")
+    return {term: float(objective.get(term, 0.0)) for term in OBJECTIVE_TERMS}
+
+
+def _add_tariff(m, prices: PricesSpec | None, mode: str, carbon: Profile) -> None:
+    """Tariff and carbon intensity as mutable parameters (bid curves re-solve)."""
+    if mode == "grid" and prices is None:
+        raise InputError("prices: required when mode is 'grid'")
+    n, dt = len(m.PERIODS), m.period_hours
+    buy = assets.profile_values(prices.import_price if prices else 0.0, n, dt, "import_price")
+    sell = assets.profile_values(prices.export_price if prices else 0.0, n, dt, "export_price")
+    if (sell > buy + 1e-9).any():
+        raise InputError("prices.export_price: above import_price in some period")
+    intensity = assets.profile_values(carbon, n, dt, "carbon_kg_per_mwh")
+    m.import_price_per_mwh = pyo.Param(
+        m.PERIODS, initialize=dict(enumerate(buy)), mutable=True, doc="currency/MWh"
+    )
+    m.export_price_per_mwh = pyo.Param(
+        m.PERIODS, initialize=dict(enumerate(sell)), mutable=True, doc="currency/MWh"
+    )
+    m.carbon_kg_per_mwh = pyo.Param(
+        m.PERIODS, initialize=dict(enumerate(intensity)), mutable=True, doc="kg CO2/MWh"
+    )
+
+
+def _coalition_assets(shared, everyone, inside, periods, period_hours) -> dict:
+    scaled = {}
+    for aid, asset in shared.items():
+        shares = shares_of(asset.owners, everyone)
+        factor = sum(shares[i] for i in inside)
+        spec = scaled_asset(asset, factor, periods, period_hours)
+        if spec is not None:
+            scaled[str(aid)] = spec
+    return scaled
+
+
+def _add_shared(m) -> None:
+    """Shared assets: PV and battery device blocks, their net power and costs."""
+    m.SHARED = pyo.Set(initialize=list(m.shared_specs), doc="shared assets")
+    m.shared = pyo.Block(m.SHARED, doc="one shared asset")
+    periods, dt = list(m.PERIODS), m.period_hours
+    for aid, spec in m.shared_specs.items():
+        b = m.shared[aid]
+        net = {}
+        for name, add in (("pv", assets.add_pv), ("battery", assets.add_battery)):
+            device = getattr(spec, name)
+            if device is not None:
+                if name == "pv" and m.mode == "islanded":
+                    device = device.model_copy(update={"curtailable": True})
+                b.add_component(name, pyo.Block(doc=f"shared {name}"))
+                net[name] = add(getattr(b, name), device, periods, dt)
+        b.devices = net
+        b.p_net_kw = pyo.Expression(
+            m.PERIODS,
+            rule=lambda b, t, net=net: sum(p[t] for p in net.values()),
+            doc="p_net[a, t] = sum_devices p_net[t]  (kW, into the community bus)",
+        )
+        b.cost = pyo.Expression(
+            expr=sum(getattr(b, n).cost for n in net), doc="sum of device costs (currency)"
+        )
+
+
+def _add_connection(m, connection: ConnectionSpec, everyone, inside) -> None:
+    """Import and export at the point of connection, within the coalition's capacity."""
+    capacity = connection.capacity_kw
+    if capacity is not None:
+        shares = shares_of(connection.shares, everyone)
+        capacity *= sum(shares[i] for i in inside)
+    m.connection_kw = capacity
+    m.p_grid_import_kw = pyo.Var(
+        m.PERIODS, bounds=(0.0, capacity), doc="import at the connection: 0 <= p <= cap  (kW)"
+    )
+    m.p_grid_export_kw = pyo.Var(
+        m.PERIODS, bounds=(0.0, capacity), doc="export at the connection: 0 <= p <= cap  (kW)"
+    )
+    if m.mode == "islanded":
+        m.p_grid_import_kw.fix(0.0)
+        m.p_grid_export_kw.fix(0.0)
+    m.p_peak_import_kw = pyo.Var(bounds=(0.0, None), doc="peak import over the horizon (kW)")
+    m.peak_import = pyo.Constraint(
+        m.PERIODS,
+        rule=lambda m, t: m.p_peak_import_kw >= m.p_grid_import_kw[t],
+        doc="p_peak >= p_grid_import[t]  (kW)",
+    )
+    m.demand_charge = pyo.Expression(
+        expr=connection.demand_charge_per_kw * m.p_peak_import_kw,
+        doc="demand_charge * p_peak  (currency)",
+    )
+
+
+def _member_injection(m, i, t):
+    return m.home[i].p_export_kw[t] - m.home[i].p_import_kw[t]
+
+
+def _add_balance(m, feeder) -> None:
+    """The community bus (copper plate) or the feeder's nodal balances (LinDistFlow)."""
+    if feeder is None:
+        m.balance = pyo.Constraint(
+            m.PERIODS,
+            rule=lambda m, t: (
+                m.p_grid_import_kw[t]
+                - m.p_grid_export_kw[t]
+                + sum(m.shared[a].p_net_kw[t] for a in m.SHARED)
+                + sum(_member_injection(m, i, t) for i in m.MEMBERS)
+                == 0
+            ),
+            doc="p_grid_import[t] - p_grid_export[t] + sum_a p_net[a, t] "
+            "+ sum_i (p_export[i, t] - p_import[i, t]) = 0  (kW)",
+        )
+        m.handles = None
+        return
+    from gridmarkets.networks import LinDistFlow
+
+    p_kw: dict = {}
+    for t in m.PERIODS:
+        root = feeder.root
+        p_kw[root, t] = m.p_grid_import_kw[t] - m.p_grid_export_kw[t]
+        for i in m.MEMBERS:
+            bus = _bus(m.specs[i].bus, feeder, f"members.{i}.bus")
+            p_kw[bus, t] = p_kw.get((bus, t), 0.0) + _member_injection(m, i, t)
+        for a in m.SHARED:
+            bus = _bus(m.shared_specs[a].bus, feeder, f"shared.{a}.bus")
+            p_kw[bus, t] = p_kw.get((bus, t), 0.0) + m.shared[a].p_net_kw[t]
+    m.network = pyo.Block(doc="the internal network (LinDistFlow)")
+    formulation = LinDistFlow(upstream_reactive=m.mode == "grid")
+    m.handles = formulation.add(
+        m.network, feeder, list(m.PERIODS), p_kw, {}, period_hours=m.period_hours
+    )
+    m.balance = m.handles.active_power_balance
+
+
+def _bus(bus, feeder, path: str):
+    if bus is None:
+        raise InputError(f"{path}: required on a network")
+    if bus not in feeder.merged:
+        raise InputError(f"{path}: {bus} is not a bus of the feeder")
+    return feeder.merged[bus]
+
+
+def _add_objective(m, weights: dict[str, float], voll: float) -> None:
+    dt = m.period_hours
+    m.grid_cost = pyo.Expression(
+        expr=sum(
+            (
+                m.import_price_per_mwh[t] * m.p_grid_import_kw[t]
+                - m.export_price_per_mwh[t] * m.p_grid_export_kw[t]
+            )
+            * dt
+            / 1000.0
+            for t in m.PERIODS
+        ),
+        doc="sum_t (c_import[t] p_grid_import[t] - c_export[t] p_grid_export[t]) dt / 1000"
+        "  (currency)",
+    )
+    m.device_cost = pyo.Expression(
+        expr=sum(m.home[i].device_cost for i in m.MEMBERS) + sum(b.cost for b in m.shared.values()),
+        doc="sum_i device_cost[i] + sum_a cost[a]  (currency)",
+    )
+    m.shed_kwh = pyo.Expression(
+        expr=sum(m.home[i].shed_kwh for i in m.MEMBERS), doc="sum_i shed[i]  (kWh)"
+    )
+    m.cost = pyo.Expression(
+        expr=m.grid_cost + m.demand_charge + m.device_cost + voll * m.shed_kwh / 1000.0,
+        doc="grid + demand charge + devices + voll * shed / 1000  (currency)",
+    )
+    m.unsupplied_kwh = pyo.Expression(
+        expr=dt * sum(m.p_grid_import_kw.values()) + m.shed_kwh,
+        doc="sum_t p_grid_import[t] dt + shed  (kWh)",
+    )
+    m.emissions_kg = pyo.Expression(
+        expr=sum(m.carbon_kg_per_mwh[t] * m.p_grid_import_kw[t] * dt / 1000.0 for t in m.PERIODS),
+        doc="sum_t carbon[t] p_grid_import[t] dt / 1000  (kg CO2)",
+    )
+    m.objective = pyo.Objective(
+        expr=weights["cost"] * m.cost
+        + weights["self_sufficiency"] * m.unsupplied_kwh
+        + weights["emissions"] * m.emissions_kg,
+        sense=pyo.minimize,
+        doc="w_cost cost + w_ss (import + shed) + w_em emissions",
+    )
+
+
+# --- results ----------------------------------------------------------------------------
+
+
+def results(model: pyo.ConcreteModel, solution: Solution) -> Result:
+    """Tidy tables and KPIs of a solved community.
+
+    Tables
+    ------
+    power, storage, appliances, thermal : the members' devices, as in
+        :func:`gridmarkets.models.prosumer.results` with the column ``member``.
+    meters : member, period, bus, import_kw and export_kw (from and to the community
+        bus), shed_kw, curtailed_kw, load_kw.
+    shared : asset, device, period, p_kw (into the community bus), p_charge_kw,
+        p_discharge_kw, soc_kwh, curtailed_kw.
+    exchange : period, grid_import_kw, grid_export_kw, members_import_kw,
+        members_export_kw, shared_kw, import_price, export_price, carbon_kg_per_mwh and
+        (where duals exist) internal_price, the dual of the community balance
+        (currency/MWh; on a feeder, the root's nodal price).
+    members : one row per member: consumption_kwh, generation_kwh, import_kwh,
+        export_kwh (at its meter), shed_kwh, device_cost.
+    """
+    tables = _member_tables(model, solution)
+    tables["shared"] = _shared_table(model)
+    tables["exchange"] = _exchange_table(model, solution, tables["meters"], tables["shared"])
+    tables["members"] = _members_table(model, tables["power"], tables["meters"])
+    if model.timestamps is not None:
+        stamps = dict(enumerate(model.timestamps))
+        for name in ("shared", "exchange"):
+            tables[name].insert(1, "timestamp", tables[name]["period"].map(stamps))
+    kpis = _kpis(model, tables)
+    plots = {"exchange": exchange_plot, "shared": shared_plot}
+    return Result("community", tables, kpis, solution, plots=plots)
+
+
+def _value(component) -> float:
+    return float(pyo.value(component))
+
+
+def _member_tables(m, solution: Solution) -> dict[str, pd.DataFrame]:
+    homes = prosumer.results(m, solution).tables
+    tables = {}
+    for name in ("power", "grid", "storage", "appliances", "thermal"):
+        table = homes[name].rename(columns={"prosumer": "member"})
+        drop = ["import_price", "export_price", "energy_cost", "marginal_price"]
+        tables["meters" if name == "grid" else name] = table.drop(
+            columns=[c for c in drop if c in table], errors="ignore"
+        )
+    return tables
+
+
+def _shared_table(m) -> pd.DataFrame:
+    rows = []
+    for aid, b in m.shared.items():
+        for name in b.devices:
+            dev = getattr(b, name)
+            for t in m.PERIODS:
+                battery = name == "battery"
+                rows.append(
+                    {
+                        "asset": aid,
+                        "device": name,
+                        "period": t,
+                        "p_kw": _value(dev.p_net_kw[t]),
+                        "p_charge_kw": _value(dev.p_charge_kw[t]) if battery else 0.0,
+                        "p_discharge_kw": _value(dev.p_discharge_kw[t]) if battery else 0.0,
+                        "soc_kwh": _value(dev.soc_kwh[t]) if battery else np.nan,
+                        "curtailed_kw": 0.0 if battery else _value(dev.p_curtail_kw[t]),
+                    }
+                )
+    columns = ["asset", "device", "period", "p_kw", "p_charge_kw", "p_discharge_kw"]
+    return pd.DataFrame(rows, columns=[*columns, "soc_kwh", "curtailed_kw"])
+
+
+def _exchange_table(m, solution: Solution, meters, shared) -> pd.DataFrame:
+    periods = list(m.PERIODS)
+    per_period = meters.groupby("period")[["import_kw", "export_kw"]].sum()
+    per_period = per_period.reindex(periods, fill_value=0.0)
+    shared_kw = shared.groupby("period")["p_kw"].sum().reindex(periods, fill_value=0.0)
+    table = pd.DataFrame(
+        {
+            "period": periods,
+            "grid_import_kw": [_value(m.p_grid_import_kw[t]) for t in periods],
+            "grid_export_kw": [_value(m.p_grid_export_kw[t]) for t in periods],
+            "members_import_kw": per_period["import_kw"].to_numpy(),
+            "members_export_kw": per_period["export_kw"].to_numpy(),
+            "shared_kw": shared_kw.to_numpy(),
+            "import_price": [_value(m.import_price_per_mwh[t]) for t in periods],
+            "export_price": [_value(m.export_price_per_mwh[t]) for t in periods],
+            "carbon_kg_per_mwh": [_value(m.carbon_kg_per_mwh[t]) for t in periods],
+        }
+    )
+    if solution.duals_from is not None:
+        if m.handles is None:
+            duals = [solution.dual(m.balance[t]) for t in periods]
+            factor = 1000.0 / m.period_hours
+        else:
+            duals = [solution.dual(m.balance[m.feeder.root, t]) for t in periods]
+            factor = m.handles.per_mwh()
+        table["internal_price"] = np.asarray(duals) * factor
+    return table
+
+
+def _members_table(m, power: pd.DataFrame, meters: pd.DataFrame) -> pd.DataFrame:
+    dt = m.period_hours
+    devices = power[~power["device"].isin(["grid", "shed", "battery"])]
+    consumed = devices[devices["p_kw"] < 0].groupby("member")["p_kw"].sum() * -dt
+    generated = power[power["device"] == "pv"].groupby("member")["p_kw"].sum() * dt
+    flows = meters.groupby("member")[["import_kw", "export_kw", "shed_kw"]].sum() * dt
+    rows = []
+    for i in m.MEMBERS:
+        rows.append(
+            {
+                "member": i,
+                "consumption_kwh": float(consumed.get(i, 0.0)),
+                "generation_kwh": float(generated.get(i, 0.0)),
+                "import_kwh": float(flows.loc[i, "import_kw"]),
+                "export_kwh": float(flows.loc[i, "export_kw"]),
+                "shed_kwh": float(flows.loc[i, "shed_kw"]),
+                "device_cost": _value(m.home[i].device_cost),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _kpis(m, tables: dict[str, pd.DataFrame]) -> dict[str, float]:
+    """Totals, and the self-sufficiency and self-consumption ratios.
+
+    self_sufficiency = 1 - (grid import + shed) / consumption;
+    self_consumption = 1 - grid export / local generation (members' and shared PV).
+    """
+    dt = m.period_hours
+    exchange, members, shared = tables["exchange"], tables["members"], tables["shared"]
+    consumption = members["consumption_kwh"].sum()
+    generation = members["generation_kwh"].sum()
+    generation += shared.loc[shared["device"] == "pv", "p_kw"].sum() * dt
+    imported = exchange["grid_import_kw"].sum() * dt
+    exported = exchange["grid_export_kw"].sum() * dt
+    shed = members["shed_kwh"].sum()
+    kpis = {
+        "cost": _value(m.cost),
+        "objective": _value(m.objective),
+        "grid_cost": _value(m.grid_cost),
+        "demand_charge": _value(m.demand_charge),
+        "device_cost": _value(m.device_cost),
+        "emissions_kg": _value(m.emissions_kg),
+        "import_kwh": imported,
+        "export_kwh": exported,
+        "shed_kwh": shed,
+        "consumption_kwh": consumption,
+        "generation_kwh": generation,
+        "self_sufficiency": 1.0 - (imported + shed) / consumption if consumption > 0 else 1.0,
+        "self_consumption": 1.0 - exported / generation if generation > 0 else 1.0,
+        "peak_import_kw": float(exchange["grid_import_kw"].max()),
+        "members": len(members),
+    }
+    return {k: float(v) for k, v in kpis.items()}
+
+
+# --- plots ------------------------------------------------------------------------------
+
+
+def exchange_plot(result: Result, path) -> None:
+    """Grid exchange, members' net meter flow and shared assets per period."""
+    import matplotlib.pyplot as plt
+
+    x = result.exchange
+    fig, ax = plt.subplots(figsize=(9, 4))
+    ax.step(x["period"], x["grid_import_kw"] - x["grid_export_kw"], where="post", label="grid")
+    members = x["members_import_kw"] - x["members_export_kw"]
+    ax.step(x["period"], members, where="post", label="members' net import")
+    ax.step(x["period"], x["shared_kw"], where="post", label="shared assets")
+    ax.axhline(0, color="black", lw=0.6)
+    ax.set_xlabel("period")
+    ax.set_ylabel("kW")
+    ax.legend(fontsize=8)
+    prosumer._save(fig, path)
+
+
+def shared_plot(result: Result, path) -> None:
+    """State of charge of the shared batteries and output of the shared PV."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 3.5))
+    for (aid, device), g in result.shared.groupby(["asset", "device"]):
+        y = g["soc_kwh"] if device == "battery" else g["p_kw"]
+        ax.plot(g["period"], y, label=f"{aid} {device} ({'kWh' if device == 'battery' else 'kW'})")
+    ax.set_xlabel("period")
+    if len(result.shared):
+        ax.legend(fontsize=7)
+    prosumer._save(fig, path)
+
+
+# --- one call ---------------------------------------------------------------------------
+
+
+def schedule(
+    members: Mapping[str, ProsumerSpec],
+    shared: Mapping[str, SharedAssetSpec] | None = None,
+    prices: PricesSpec | None = None,
+    *,
+    solve_options: Mapping[str, Any] | None = None,
+    **build_options: Any,
+) -> Result:
+    """Build, solve and report in one call: :func:`build` then :func:`results`."""
+    model = build(members, shared, prices, **build_options)
+    return results(model, solve(model, **dict(solve_options or {})))
+
+
+# --- the cooperative game ---------------------------------------------------------------
+
+
+def coalition_value(
+    members: Mapping[str, ProsumerSpec],
+    shared: Mapping[str, SharedAssetSpec] | None,
+    prices: PricesSpec | None,
+    coalition: Iterable[str],
+    solve_options: Mapping[str, Any] | None = None,
+    build_options: Mapping[str, Any] | None = None,
+) -> float:
+    """The optimal objective of one coalition operating alone (its characteristic value)."""
+    model = build(members, shared, prices, coalition=sorted(coalition), **dict(build_options or {}))
+    return float(solve(model, **dict(solve_options or {})).objective)
+
+
+class CommunityGame(allocation.CostGame):
+    """The community's cost game: ``cost(S)`` is coalition ``S``'s optimal objective.
+
+    Parameters
+    ----------
+    members, shared, prices : as in :func:`build`.
+    workers : processes used by :meth:`evaluate_many` (1: solve in this process).
+    solve_options, build_options : passed to every coalition's solve and build.
+    """
+
+    def __init__(
+        self,
+        members: Mapping[str, ProsumerSpec],
+        shared: Mapping[str, SharedAssetSpec] | None = None,
+        prices: PricesSpec | None = None,
+        *,
+        workers: int = 1,
+        solve_options: Mapping[str, Any] | None = None,
+        build_options: Mapping[str, Any] | None = None,
+    ):
+        self._args = (
+            dict(members),
+            dict(shared or {}),
+            prices,
+            dict(solve_options or {}),
+            dict(build_options or {}),
+        )
+        self.workers = workers
+        super().__init__(list(members), self._solve)
+
+    def _solve(self, coalition: frozenset) -> float:
+        members, shared, prices, solve_options, build_options = self._args
+        return coalition_value(members, shared, prices, coalition, solve_options, build_options)
+
+    def evaluate_many(self, coalitions: Iterable[frozenset]) -> dict[frozenset, float]:
+        """Solve the coalitions not yet known, in parallel when ``workers > 1``."""
+        todo = [frozenset(c) for c in coalitions if frozenset(c) not in self.values]
+        if self.workers > 1 and len(todo) > 1:
+            import multiprocessing
+
+            context = multiprocessing.get_context("forkserver")
+            with ProcessPoolExecutor(self.workers, mp_context=context) as pool:
+                chunk = max(1, len(todo) // (4 * self.workers))
+                values = pool.map(
+                    _solve_coalition, [(self._args, c) for c in todo], chunksize=chunk
+                )
+                self.values.update(zip(todo, values, strict=True))
+        return {c: self(c) for c in coalitions}
+
+    def evaluate_all(self) -> dict[frozenset, float]:
+        """cost(S) for every coalition, solved in parallel when ``workers > 1``."""
+        return self.evaluate_many(self.coalitions())
+
+
+def _solve_coalition(job) -> float:
+    (members, shared, prices, solve_options, build_options), coalition = job
+    options = {"threads": 1, **solve_options}
+    return coalition_value(members, shared, prices, coalition, options, build_options)
+
+
+@dataclass
+class Split:
+    """How a community splits its cost, and whether the split is stable.
+
+    Attributes
+    ----------
+    table : one row per member: standalone_cost (its bill alone, with its shares),
+        then one column per rule (its bill in the community), ``shapley_stderr`` when
+        sampled, and ``savings_<rule>`` (stand-alone minus community bill).
+    core : the core check of each rule's allocation (None where the game was sampled).
+    value : the community value, sum of stand-alone costs minus the community's cost.
+    game : the cost game, with every coalition solved so far in ``game.values``.
+    """
+
+    table: pd.DataFrame
+    core: dict[str, allocation.CoreCheck | None]
+    value: float
+    game: allocation.CostGame
+
+
+def split(
+    game: allocation.CostGame,
+    methods: Sequence[str] = METHODS,
+    *,
+    weights: Mapping[str, float] | None = None,
+    exact_up_to: int = 12,
+    samples: int = 200,
+    seed: int | None = 0,
+) -> Split:
+    """Split the community's cost with several rules; check each against the core.
+
+    Parameters
+    ----------
+    game : a :class:`CommunityGame` (or any cost game).
+    methods : among "shapley", "nucleolus", "proportional", "equal".
+    weights : the proportional rule's weights (default: equal weights).
+    exact_up_to : the exact Shapley value and the core check up to this many members;
+        above, the Shapley value is sampled and the nucleolus and core are skipped.
+    samples, seed : permutation sampling above ``exact_up_to``.
+    """
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        raise InputError(f"methods: {sorted(unknown)} are not among {METHODS}")
+    players = game.players
+    exact = len(players) <= exact_up_to
+    if exact and hasattr(game, "evaluate_all"):
+        game.evaluate_all()
+    standalone = pd.Series({p: game({p}) for p in players})
+    table = pd.DataFrame({"member": players, "standalone_cost": standalone.to_numpy()})
+    rules: dict[str, pd.Series] = {}
+    for method in methods:
+        if method == "shapley" and not exact:
+            sampled = allocation.shapley_sampled(game, samples=samples, seed=seed)
+            rules["shapley"] = sampled.value
+            table["shapley_stderr"] = sampled.stderr.to_numpy()
+        elif method == "shapley":
+            rules["shapley"] = allocation.shapley(game)
+        elif method == "nucleolus" and exact:
+            rules["nucleolus"] = allocation.nucleolus(game)
+        elif method == "proportional":
+            rules["proportional"] = allocation.proportional(
+                game, weights or dict.fromkeys(players, 1)
+            )
+        elif method == "equal":
+            rules["equal"] = allocation.equal(game)
+    for name, x in rules.items():
+        table[name] = x.reindex(players).to_numpy()
+        table[f"savings_{name}"] = table["standalone_cost"] - table[name]
+    core = {name: allocation.core_check(x, game) if exact else None for name, x in rules.items()}
+    value = float(standalone.sum() - game(game.grand))
+    return Split(table, core, value, game)
+
+
+# --- the community in a market ----------------------------------------------------------
+
+
+def exchange_bids(result: Result, participant: str = "community", bus=None) -> pd.DataFrame:
+    """The community's scheduled exchange as bids and offers for a local market.
+
+    Per period, a net import becomes a buy bid at the import price (what the community
+    would otherwise pay) and a net export a sell offer at the export price (what it
+    would otherwise earn), in the LEM bids format (participant, side, quantity_kw,
+    price, period, block, bus) that :func:`gridmarkets.models.lem.clear` accepts.
+    """
+    x = result.exchange
+    net = x["grid_import_kw"] - x["grid_export_kw"]
+    buy = x.assign(side="buy", quantity_kw=net.clip(lower=0), price=x["import_price"])
+    sell = x.assign(side="sell", quantity_kw=(-net).clip(lower=0), price=x["export_price"])
+    bids = pd.concat([buy, sell], ignore_index=True)
+    bids = bids[bids["quantity_kw"] > 1e-9].sort_values(["period", "side"], ignore_index=True)
+    bids["participant"], bids["block"], bids["bus"] = participant, 0, bus
+    return bids[BID_COLUMNS]
+
+
+# --- case files -------------------------------------------------------------------------
+
+
+class AllocationSpec(Spec):
+    """How the case splits the community's cost among its members."""
+
+    methods: list[Literal["shapley", "nucleolus", "proportional", "equal"]] = Field(
+        default_factory=lambda: list(METHODS)
+    )
+    proportional_to: Literal["consumption", "shares", "equal"] = Field(
+        "consumption",
+        description="the proportional rule's weight: consumption in the community's "
+        "schedule, the mean of the members' shares of the shared assets, or equal",
+    )
+    exact_up_to: int = Field(12, ge=1, le=16, description="exact Shapley up to this size")
+    samples: int = Field(200, ge=2, description="permutations when sampled")
+    seed: int | None = 0
+    workers: int = Field(1, ge=1, description="processes solving coalitions")
+
+
+class CaseSpec(CaseBase):
+    """An energy community case (``model: community``)."""
+
+    model: Literal["community"]
+    mode: Literal["grid", "islanded"] = "grid"
+    objective: Objective = "cost"
+    prices: PricesSpec | None = Field(None, description="tariff at the point of connection")
+    connection: ConnectionSpec = Field(default_factory=ConnectionSpec)
+    carbon_kg_per_mwh: Profile = Field(0.0, description="grid carbon intensity per period")
+    value_of_lost_load_per_mwh: PositiveFloat = 10_000.0
+    members: dict[str, ProsumerSpec] = Field(min_length=1)
+    shared: dict[str, SharedAssetSpec] = Field(default_factory=dict)
+    allocation: AllocationSpec | None = Field(None, description="split the cost (optional)")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CaseSpec:
+        n = self.horizon.periods
+        if self.mode == "grid" and self.prices is None:
+            raise ValueError("prices: required when mode is 'grid'")
+        for name in ("import_price", "export_price"):
+            value = getattr(self.prices, name) if self.prices else None
+            if isinstance(value, list) and len(value) != n:
+                raise ValueError(f"prices.{name}: {len(value)} values for {n} periods")
+        for mid, home in self.members.items():
+            prosumer._check_home(home, n, f"members.{mid}")
+            if self.network is not None and home.bus is None:
+                raise ValueError(f"members.{mid}.bus: required on a network")
+        for aid, asset in self.shared.items():
+            unknown = set(asset.owners) - set(self.members)
+            if unknown:
+                raise ValueError(f"shared.{aid}.owners: {sorted(unknown)} are not members")
+            if self.network is not None and asset.bus is None:
+                raise ValueError(f"shared.{aid}.bus: required on a network")
+        unknown = set(self.connection.shares) - set(self.members)
+        if unknown:
+            raise ValueError(f"connection.shares: {sorted(unknown)} are not members")
+        return self
+
+
+def case_options(case: CaseSpec, feeder=None) -> dict[str, Any]:
+    """:func:`build`'s keyword arguments for a case."""
+    return {
+        "periods": case.horizon.periods,
+        "period_hours": case.horizon.period_hours,
+        "mode": case.mode,
+        "objective": case.objective,
+        "connection": case.connection,
+        "carbon_kg_per_mwh": case.carbon_kg_per_mwh,
+        "feeder": feeder,
+        "value_of_lost_load_per_mwh": case.value_of_lost_load_per_mwh,
+        "timestamps": case.horizon.timestamps(),
+    }
+
+
+def run_case(case: CaseSpec, solve_options: dict[str, Any]) -> Result:
+    """Schedule a community case and, if asked, split its cost.
+
+    With ``allocation`` the result gains the table ``allocation`` (one row per member:
+    stand-alone bill, bill under each rule, savings) and the KPIs ``community_value``
+    and ``in_core_<rule>`` (1 or 0). With a network, the schedule is checked with
+    pandapower's AC power flow (``result.ac_check``).
+    """
+    feeder = None
+    if case.network is not None:
+        from gridmarkets.networks import load
+
+        feeder = load(case.network.model_dump(exclude_none=True))
+    options = case_options(case, feeder)
+    result = schedule(
+        case.members, case.shared, case.prices, solve_options=solve_options, **options
+    )
+    if feeder is not None:
+        from gridmarkets.networks import ac_check
+
+        injections = bus_injections(result, case)
+        result.ac_check = ac_check(feeder, injections, 0.0 * injections).summary()
+    if case.allocation is not None:
+        _add_allocation(result, case, options, solve_options)
+    return result
+
+
+def _add_allocation(result: Result, case: CaseSpec, options, solve_options) -> None:
+    spec = case.allocation
+    build_options = {k: v for k, v in options.items() if k != "timestamps"}
+    game = CommunityGame(
+        case.members,
+        case.shared,
+        case.prices,
+        workers=spec.workers,
+        solve_options=solve_options,
+        build_options=build_options,
+    )
+    game.values[game.grand] = result.kpis["objective"]
+    weights = _proportional_weights(case, result, spec.proportional_to)
+    outcome = split(
+        game,
+        spec.methods,
+        weights=weights,
+        exact_up_to=spec.exact_up_to,
+        samples=spec.samples,
+        seed=spec.seed,
+    )
+    result.tables["allocation"] = outcome.table
+    result.kpis["community_value"] = outcome.value
+    result.kpis["coalitions_solved"] = len(game.values) - 1
+    for name, check in outcome.core.items():
+        if check is not None:
+            result.kpis[f"in_core_{name}"] = float(check.in_core)
+
+
+def _proportional_weights(case: CaseSpec, result: Result, rule: str) -> dict[str, float]:
+    if rule == "consumption":
+        return dict(zip(result.members["member"], result.members["consumption_kwh"], strict=True))
+    if rule == "shares" and case.shared:
+        everyone = list(case.members)
+        shares = [shares_of(a.owners, everyone) for a in case.shared.values()]
+        return {i: float(np.mean([s[i] for s in shares])) for i in everyone}
+    return dict.fromkeys(case.members, 1.0)
+
+
+def bus_injections(result: Result, case: CaseSpec) -> pd.DataFrame:
+    """Members' and shared assets' injections into the feeder (kW), buses x periods."""
+    meters = result.meters.assign(p_kw=result.meters["export_kw"] - result.meters["import_kw"])
+    shared = result.shared.assign(bus=result.shared["asset"].map(lambda a: case.shared[a].bus))
+    both = pd.concat([meters[["bus", "period", "p_kw"]], shared[["bus", "period", "p_kw"]]])
+    return both.dropna(subset=["bus"]).pivot_table(
+        index="bus", columns="period", values="p_kw", aggfunc="sum", fill_value=0.0
+    )
