@@ -113,7 +113,7 @@ class CaseSpec(CaseBase):
         if self.coordination != "none" and self.network is None:
             raise ValueError(f"coordination: {self.coordination!r} needs a network")
         for pid, home in self.prosumers.items():
-            _check_home(home, n, self.horizon.period_hours, f"prosumers.{pid}")
+            _check_home(home, n, f"prosumers.{pid}", self.horizon.period_hours)
             if self.network is not None and home.bus is None:
                 raise ValueError(f"prosumers.{pid}.bus: required on a network")
             if self.network is None and _feeder_profiles(home):
@@ -121,8 +121,11 @@ class CaseSpec(CaseBase):
         return self
 
 
-def _check_home(home: ProsumerSpec, periods: int, period_hours: float, path: str) -> None:
-    """Checks that need no profile values: lengths, windows, reachable energies."""
+def _check_home(
+    home: ProsumerSpec, periods: int, path: str, period_hours: float | None = None
+) -> None:
+    """Checks that need no profile values: lengths, windows and (given the resolution)
+    reachable energies."""
     for name, value in (("load_kw", home.load_kw), ("pv.profile_kw", _pv_profile(home))):
         if isinstance(value, list) and len(value) != periods:
             raise ValueError(f"{path}.{name}: {len(value)} values for {periods} periods")
@@ -134,6 +137,10 @@ def _check_home(home: ProsumerSpec, periods: int, period_hours: float, path: str
                 f"{path}.appliances.{name}.latest_end: {appliance.latest_end} is after the "
                 f"horizon's {periods} periods"
             )
+    if period_hours is None:
+        if home.ev is not None and home.ev.stays[-1].departure > periods:
+            raise ValueError(f"{path}.ev.stays: departure after the horizon's {periods} periods")
+        return
     if home.ev is not None:
         assets.check_ev(home.ev, periods, period_hours, f"{path}.ev")
     if home.battery is not None:
@@ -308,7 +315,7 @@ def add_home(b: pyo.Block, spec: ProsumerSpec, m: pyo.ConcreteModel, voll: float
     b.appliance = pyo.Block(b.APPLIANCES, doc="one shiftable appliance")
     for name, appliance in spec.appliances.items():
         net[f"appliance:{name}"] = assets.add_appliance(
-            b.appliance[name], appliance, periods, dt, open_end=m.open_end
+            b.appliance[name], appliance, periods, dt, open_end=getattr(m, "open_end", False)
         )
     b.devices = net
     _add_connection(b, spec, m)
@@ -829,7 +836,7 @@ def rolling_horizon(
     if home.pv is not None and "pv_kw" not in actual:
         raise InputError("actual.pv_kw: required for a home with PV (and in forecast)")
     known = _with_profiles(home, actual["load_kw"], actual.get("pv_kw"))
-    _check_home(known, n, period_hours, "home")
+    _check_home(known, n, "home", period_hours)
     buy = assets.profile_values(prices.import_price, n, period_hours, "prices.import_price")
     sell = assets.profile_values(prices.export_price, n, period_hours, "prices.export_price")
     outdoor = _outdoor(home, n, period_hours)
