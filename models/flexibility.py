@@ -1,0 +1,1009 @@
+"""Local flexibility market: the DSO and the TSO buy flexibility from one pool of offers.
+
+Buyers. The DSO needs the feeder's limits respected: :func:`dso_needs` runs a baseline
+injection schedule through LinDistFlow and pandapower's AC power flow and lists every
+branch above its rating and every bus outside its voltage band, with the linear bound
+that keeps the AC value inside the limit (the baseline's linearisation error taken
+off). The TSO needs reserve capacity per product and period; the products' rules
+(direction, activation time, duration, price cap) are read from
+``gridmarkets/data/products/tso_products.yaml`` (:func:`load_products`), which cites
+the published specification of each rule and marks the illustrative defaults.
+
+Sellers. An offers table (:data:`OFFER_COLUMNS`): a seller at a bus offers, per period,
+a quantity of one product in one direction at a capacity price (currency per MW per
+hour) and an activation price (currency per MWh). Products are the TSO's (``fcr_n``,
+``fcr_d_up``, ...), ``dso`` (active power for the DSO: ``up`` injects more, ``down``
+less) and ``reactive`` (kvar for the DSO: ``up`` injects, ``down`` absorbs; the
+quantity column holds kvar). An optional resources table bounds what one seller can
+deliver over all its offers per period: its upward and downward headroom and its
+inverter's apparent power around its baseline point. :func:`offers_from_prosumer`
+derives both tables from a prosumer's baseline EMS schedule and devices.
+
+Pool clearing (:func:`build`, :func:`clear`). Least procurement cost::
+
+    min  sum_o dt/1000 (capacity_price[o] + activation_price[o] [o is the DSO's]) x[o]
+         + dt/1000 shortfall_price sum_{k,t} shortfall[k,t]
+    s.t. sum_{o in k,t} x[o] + shortfall[k,t] >= requirement[k,t]      (TSO, per product)
+         LinDistFlow limits in every scenario s of {dispatch, tso_up, tso_down}
+         the DSO's needs (tightened linear limits) in every scenario
+         resource headroom and apparent power of every seller in every scenario
+
+The ``dispatch`` scenario is the baseline plus the DSO's activated offers; ``tso_up``
+adds every accepted upward (and symmetric) TSO reserve fully activated, ``tso_down``
+every downward one; so activating the TSO's reserves in either direction keeps the
+distribution grid within its limits. The DSO's offers are activated (paid capacity
+and activation); the TSO's are reserved (the clearing pays capacity; activation is
+settled at the activation price when it happens). Without a network only the TSO's
+requirements bind and the clearing is a merit order per product.
+
+Pricing: ``pay_as_bid`` pays each accepted offer its own price; ``uniform`` pays, per
+product, direction and period, the highest price accepted (capacity price for the
+TSO's products, capacity plus activation for the DSO's). The dual of each TSO
+requirement is reported as its ``marginal_price`` (with a network it includes the
+cost the grid adds).
+
+Bilateral mode (:func:`bilateral`): the DSO alone buys from the buses whose
+sensitivity to a need is at least ``min_sensitivity`` (the share of a kW that reaches
+the congested branch, or the voltage change per kW or kvar), pay-as-bid, each need
+met through its linearised sensitivity; :func:`compare` sets its cost beside the pool.
+
+Units: kW, kvar, currency per MWh (capacity: per MW and hour), currency.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from importlib import resources as package_resources
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import pyomo.environ as pyo
+import yaml
+
+from gridmarkets.errors import InputError
+from gridmarkets.results import Result
+from gridmarkets.solvers import Solution, record_build_time, solve
+
+DSO_PRODUCT = "dso"
+REACTIVE_PRODUCT = "reactive"
+DSO_PRODUCTS = (DSO_PRODUCT, REACTIVE_PRODUCT)
+OFFER_COLUMNS = [
+    "seller",
+    "bus",
+    "period",
+    "product",
+    "direction",
+    "quantity_kw",
+    "capacity_price",
+    "activation_price",
+]
+RESOURCE_COLUMNS = [
+    "seller",
+    "period",
+    "p_baseline_kw",
+    "q_baseline_kvar",
+    "up_kw",
+    "down_kw",
+    "s_max_kva",
+]
+SCENARIOS = ("dispatch", "tso_up", "tso_down")
+_TOL = 1e-6
+
+
+# --- TSO products -----------------------------------------------------------------------
+
+
+def products_path() -> Path:
+    """The shipped TSO product rules (``gridmarkets/data/products/tso_products.yaml``)."""
+    return Path(str(package_resources.files("gridmarkets.data") / "products" / "tso_products.yaml"))
+
+
+def load_products(path: str | Path | None = None) -> pd.DataFrame:
+    """The TSO products' rules as a table indexed by product.
+
+    Parameters
+    ----------
+    path : a YAML file in the format of the shipped one (None: the shipped one).
+
+    Returns
+    -------
+    DataFrame with columns name, direction (up, down, symmetric), activation_time_s,
+    duration_min, price_cap_per_mwh (capacity, currency per MW and hour),
+    requirement_kw, min_bid_mw, sources (list) and illustrative (list of the fields
+    that are illustrative defaults, not published values).
+    """
+    path = Path(path) if path is not None else products_path()
+    data = yaml.safe_load(path.read_text())
+    table = pd.DataFrame.from_dict(data, orient="index").rename_axis("product")
+    bad = ~table["direction"].isin(["up", "down", "symmetric"])
+    if bad.any():
+        raise InputError(f"{path}: {table.index[bad][0]}.direction must be up, down or symmetric")
+    return table
+
+
+def tso_requirements(
+    products: pd.DataFrame,
+    periods: list[int],
+    requirement_kw: Mapping[str, float | list[float]] | None = None,
+) -> pd.DataFrame:
+    """The TSO's required capacity per product and period (kW).
+
+    Parameters
+    ----------
+    products : :func:`load_products`' table.
+    periods : the market's periods.
+    requirement_kw : per product a number or one value per period; None takes each
+        product's ``requirement_kw`` from the products table.
+
+    Returns
+    -------
+    DataFrame with columns product, period, requirement_kw (rows with 0 left out).
+    """
+    wanted = requirement_kw if requirement_kw is not None else products["requirement_kw"]
+    rows = []
+    for product, value in dict(wanted).items():
+        if product not in products.index:
+            raise InputError(
+                f"tso requirement: {product!r} is not a product ({list(products.index)})"
+            )
+        values = value if isinstance(value, list | tuple) else [value] * len(periods)
+        if len(values) != len(periods):
+            raise InputError(
+                f"tso requirement {product}: {len(values)} values, {len(periods)} periods"
+            )
+        rows += [(product, t, float(v)) for t, v in zip(periods, values, strict=True) if v > 0]
+    return pd.DataFrame(rows, columns=["product", "period", "requirement_kw"])
+
+
+# --- the DSO's needs --------------------------------------------------------------------
+
+
+def dso_needs(
+    feeder,
+    baseline_p_kw: pd.DataFrame,
+    baseline_q_kvar: pd.DataFrame | None = None,
+    *,
+    loading_margin_percent: float = 2.0,
+    voltage_margin_pu: float = 0.002,
+) -> pd.DataFrame:
+    """What the DSO must fix in a baseline schedule: its AC and linear limit violations.
+
+    Parameters
+    ----------
+    feeder : the :class:`~gridmarkets.networks.Feeder`.
+    baseline_p_kw, baseline_q_kvar : the baseline net injections (kW, kvar; buses as
+        rows, periods as columns; positive into the grid).
+    loading_margin_percent, voltage_margin_pu : how far inside the limit the AC value
+        is aimed at, to absorb the linearisation error's change after activation.
+
+    Returns
+    -------
+    DataFrame, one row per violated element and period, with columns element
+    ("branch" or "bus"), index (feeder branch index or bus), period, limit_kind
+    ("thermal", "voltage_upper", "voltage_lower"), value_linear, value_ac (loading in %
+    or voltage in pu), limit, excess (how far the AC value lies beyond the limit) and
+    target_linear: the bound on the linear value that puts the AC value at the limit
+    less the margin (thermal: scaled by linear/AC loading; voltage: shifted by the AC
+    minus linear difference).
+    """
+    from gridmarkets.networks import ac_check
+
+    q = baseline_q_kvar if baseline_q_kvar is not None else 0.0 * baseline_p_kw
+    check = ac_check(feeder, baseline_p_kw, q)
+    return needs_from_check(check, loading_margin_percent, voltage_margin_pu)
+
+
+def needs_from_check(check, loading_margin_percent: float = 2.0, voltage_margin_pu: float = 0.002):
+    """The needs table of :func:`dso_needs` from an existing :class:`ACCheck`."""
+    br = check.branches
+    over = br[(br["loading_percent_ac"] > 100.0) | (br["loading_percent_linear"] > 100.0)]
+    ratio = over["loading_percent_linear"] / over["loading_percent_ac"].clip(lower=1e-9)
+    thermal = pd.DataFrame(
+        {
+            "element": "branch",
+            "index": over["branch"],
+            "period": over["period"],
+            "limit_kind": "thermal",
+            "value_linear": over["loading_percent_linear"],
+            "value_ac": over["loading_percent_ac"],
+            "limit": 100.0,
+            "excess": over["loading_percent_ac"] - 100.0,
+            "target_linear": (100.0 - loading_margin_percent) * ratio.clip(upper=1.0),
+        }
+    )
+    frames = [thermal]
+    b = check.buses
+    shift = b["v_pu_ac"] - b["v_pu_linear"]
+    for kind, column, sign in (
+        ("voltage_upper", "vmax_pu", 1.0),
+        ("voltage_lower", "vmin_pu", -1.0),
+    ):
+        bad = b[
+            (sign * (b["v_pu_ac"] - b[column]) > 0) | (sign * (b["v_pu_linear"] - b[column]) > 0)
+        ]
+        frames.append(
+            pd.DataFrame(
+                {
+                    "element": "bus",
+                    "index": bad["bus"],
+                    "period": bad["period"],
+                    "limit_kind": kind,
+                    "value_linear": bad["v_pu_linear"],
+                    "value_ac": bad["v_pu_ac"],
+                    "limit": bad[column],
+                    "excess": sign * (bad["v_pu_ac"] - bad[column]),
+                    "target_linear": bad[column]
+                    - sign * voltage_margin_pu
+                    - np.maximum(sign * shift[bad.index], 0.0) * sign,
+                }
+            )
+        )
+    frames = [f for f in frames if not f.empty]
+    if not frames:
+        return pd.DataFrame(columns=list(thermal.columns))
+    return pd.concat(frames, ignore_index=True)
+
+
+# --- offers ---------------------------------------------------------------------------
+
+
+def prepare_offers(offers: pd.DataFrame, products: pd.DataFrame) -> pd.DataFrame:
+    """Check an offers table; fill activation_price (0) and period (0) where missing."""
+    table = offers.reset_index(drop=True).copy()
+    table["period"] = table.get("period", 0)
+    table["activation_price"] = table.get("activation_price", 0.0)
+    missing = set(OFFER_COLUMNS) - set(table.columns)
+    if missing:
+        raise InputError(f"offers: missing column(s) {sorted(missing)}")
+    known = set(products.index) | set(DSO_PRODUCTS)
+    _reject(table, ~table["product"].isin(known), "product", f"is not one of {sorted(known)}")
+    symmetric = table["product"].map(products["direction"]).eq("symmetric")
+    allowed = table["direction"].isin(["up", "down"]) | (
+        symmetric & table["direction"].eq("symmetric")
+    )
+    _reject(table, ~allowed, "direction", "must be up or down (symmetric for symmetric products)")
+    for column in ("quantity_kw", "capacity_price", "activation_price"):
+        table[column] = pd.to_numeric(table[column], errors="coerce")
+        _reject(table, ~np.isfinite(table[column]), column, "must be a number")
+    _reject(table, table["quantity_kw"] < 0, "quantity_kw", "must not be negative")
+    table["period"] = table["period"].astype(int)
+    return table[OFFER_COLUMNS]
+
+
+def _reject(table: pd.DataFrame, mask: pd.Series, column: str, reason: str) -> None:
+    if mask.any():
+        row = table[mask].iloc[0]
+        raise InputError(
+            f"offers row {row.name} (seller {row['seller']!r}): {column} {row[column]!r} "
+            f"{reason} ({int(mask.sum())} such row(s))"
+        )
+
+
+def _direction_signs(table: pd.DataFrame, products: pd.DataFrame) -> pd.DataFrame:
+    """Per offer its injection sign in each scenario (0: not active there)."""
+    tso = ~table["product"].isin(DSO_PRODUCTS)
+    active_dso = table["product"].eq(DSO_PRODUCT)
+    up = np.where(table["direction"].isin(["up", "symmetric"]), 1.0, 0.0)
+    down = np.where(table["direction"].isin(["down", "symmetric"]), 1.0, 0.0)
+    dso_sign = np.where(active_dso, up - down, 0.0)
+    return pd.DataFrame(
+        {
+            "dispatch": dso_sign,
+            "tso_up": dso_sign + np.where(tso, up, 0.0),
+            "tso_down": dso_sign - np.where(tso, down, 0.0),
+        },
+        index=table.index,
+    )
+
+
+def offers_from_prosumer(
+    result: Result,
+    prosumers: Mapping[str, Any],
+    prices: Mapping[str, tuple[float, float]],
+    *,
+    products: pd.DataFrame | None = None,
+    inverter_kva: Mapping[str, float] | None = None,
+    period_hours: float = 1.0,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Offers and resources of homes from their baseline EMS schedule and devices.
+
+    What a home can still move around its schedule, per period: PV may be curtailed
+    (down) by what it produces and raised (up) by what it curtails; a battery may
+    discharge up to its rating and charge up to its rating, each only as long as its
+    state of charge sustains the product's duration; a plugged-in EV may stop charging
+    (up) or charge at its rating (down). Reactive power is offered within
+    ``inverter_kva`` around the PV's scheduled output.
+
+    Parameters
+    ----------
+    result : the :func:`gridmarkets.models.prosumer.schedule` result of the homes.
+    prosumers : the homes' :class:`~gridmarkets.models.prosumer.ProsumerSpec` by id
+        (each with a ``bus``).
+    prices : per product offered ``(capacity_price, activation_price)``; each home
+        offers its whole headroom to each product (the resources table keeps the sum
+        within the headroom).
+    products : the TSO products (for durations); None: the shipped ones.
+    inverter_kva : apparent-power rating of each home's inverter (kVA); homes left out
+        offer no reactive power.
+    period_hours : length of a period (hours).
+
+    Returns
+    -------
+    (offers, resources) : tables in the formats of :data:`OFFER_COLUMNS` and
+    :data:`RESOURCE_COLUMNS`.
+    """
+    products = load_products() if products is None else products
+    power = result.power.pivot_table(
+        index=["prosumer", "period"], columns="device", values="p_kw", aggfunc="sum"
+    ).fillna(0.0)
+    storage = result.storage.set_index(["prosumer", "device", "period"])
+    curtailed = result.grid.set_index(["prosumer", "period"])["curtailed_kw"]
+    offers, resources = [], []
+    for pid, spec in prosumers.items():
+        for t in sorted(power.loc[pid].index):
+            row = power.loc[(pid, t)]
+            up, down = _headroom(spec, row, float(curtailed.get((pid, t), 0.0)), t)
+            duration = {k: _duration_hours(k, products, period_hours) for k in prices}
+            energy = _energy_room(spec, storage, pid, t)
+            s_max = (inverter_kva or {}).get(pid, np.nan)
+            p0 = float(row.get("pv", 0.0))
+            resources.append((pid, t, p0, 0.0, up, down, s_max))
+            for product, (cap_price, act_price) in prices.items():
+                reactive = product == REACTIVE_PRODUCT
+                if reactive and not np.isfinite(s_max):
+                    continue
+                q_room = math.sqrt(max(s_max**2 - p0**2, 0.0)) if reactive else None
+                for direction, room in (("up", up), ("down", down)):
+                    hours = duration[product]
+                    room = q_room if reactive else min(room, energy[direction] / hours)
+                    if room > _TOL:
+                        offers.append(
+                            (pid, spec.bus, t, product, direction, room, cap_price, act_price)
+                        )
+    return (
+        pd.DataFrame(offers, columns=OFFER_COLUMNS),
+        pd.DataFrame(resources, columns=RESOURCE_COLUMNS),
+    )
+
+
+def _duration_hours(product: str, products: pd.DataFrame, period_hours: float) -> float:
+    if product in products.index:
+        return float(products.at[product, "duration_min"]) / 60.0
+    return period_hours
+
+
+def _headroom(spec, row: pd.Series, curtailed: float, t: int) -> tuple[float, float]:
+    """Upward and downward headroom of a home's devices around its schedule (kW)."""
+    up = down = 0.0
+    if spec.pv is not None:
+        up, down = up + curtailed, down + float(row.get("pv", 0.0))
+    if spec.battery is not None:
+        p = float(row.get("battery", 0.0))
+        up += spec.battery.p_discharge_max - p
+        down += p + spec.battery.p_charge_max_kw
+    if spec.ev is not None and t in spec.ev.plugged([t]):
+        charge = -float(row.get("ev", 0.0))
+        up += charge
+        down += spec.ev.p_charge_max_kw - charge
+    return max(up, 0.0), max(down, 0.0)
+
+
+def _energy_room(spec, storage: pd.DataFrame, pid: str, t: int) -> dict[str, float]:
+    """Energy a home can still deliver (up) or absorb (down) from its battery (kWh)."""
+    if spec.battery is None:
+        return {"up": np.inf, "down": np.inf}
+    soc = float(storage.loc[(pid, "battery", t), "soc_kwh"])
+    b = spec.battery
+    return {
+        "up": (soc - b.soc_min_kwh) * b.eta_discharge + (np.inf if spec.pv else 0.0),
+        "down": (b.soc_max - soc) / b.eta_charge + (np.inf if spec.pv else 0.0),
+    }
+
+
+# --- pool clearing ---------------------------------------------------------------------
+
+
+def build(
+    offers: pd.DataFrame,
+    *,
+    products: pd.DataFrame | None = None,
+    requirements: pd.DataFrame | None = None,
+    network: Any = None,
+    baseline_p_kw: pd.DataFrame | None = None,
+    baseline_q_kvar: pd.DataFrame | None = None,
+    needs: pd.DataFrame | None = None,
+    resources: pd.DataFrame | None = None,
+    period_hours: float = 1.0,
+    formulation: Any = None,
+    shortfall_price: float = 10_000.0,
+    extra: Callable[[pyo.ConcreteModel], None] | None = None,
+) -> pyo.ConcreteModel:
+    """Build the pool clearing (see the module docstring for the problem).
+
+    Parameters
+    ----------
+    offers : table of :data:`OFFER_COLUMNS` (see :func:`prepare_offers`).
+    products : the TSO products (:func:`load_products`; None: the shipped ones).
+    requirements : product, period, requirement_kw (:func:`tso_requirements`); None:
+        no TSO requirement.
+    network : a :class:`~gridmarkets.networks.Feeder`, or None (no grid: TSO only).
+    baseline_p_kw, baseline_q_kvar : the baseline injections (buses x periods) the
+        offers move; required with a network.
+    needs : :func:`dso_needs`' table: tightened limits per element and period.
+    resources : table of :data:`RESOURCE_COLUMNS` limiting each seller per period.
+    formulation : the network formulation (default ``LinDistFlow()``).
+    shortfall_price : cost of a kW of TSO requirement left unmet (currency per MW and
+        hour), so an unmet requirement shows as a shortfall instead of infeasibility.
+    extra : called with the model before it is returned, to add user constraints.
+
+    Returns
+    -------
+    The Pyomo model (minimises ``procurement_cost``).
+    """
+    started = time.perf_counter()
+    products = load_products() if products is None else products
+    table = prepare_offers(offers, products)
+    requirements = requirements if requirements is not None else tso_requirements(products, [], {})
+    m = pyo.ConcreteModel(name="flexibility")
+    m.offers, m.products, m.requirements = table, products, requirements.reset_index(drop=True)
+    m.feeder, m.period_hours = network, period_hours
+    m.signs = _direction_signs(table, products)
+    periods = sorted(set(table["period"]) | set(m.requirements["period"]) | _columns(baseline_p_kw))
+    m.PERIODS = pyo.Set(initialize=periods, doc="market periods")
+    _add_acceptance(m, table, products)
+    _add_requirements(m)
+    m.SCENARIOS = pyo.Set(initialize=_scenarios(m.signs), doc="dispatch and TSO activations")
+    _add_resources(m, resources)
+    if network is not None:
+        _add_network(m, network, baseline_p_kw, baseline_q_kvar, formulation)
+        _add_needs(m, needs if needs is not None else pd.DataFrame())
+    _add_cost(m, shortfall_price)
+    if extra is not None:
+        extra(m)
+    record_build_time(m, time.perf_counter() - started)
+    return m
+
+
+def _columns(frame) -> set:
+    return set() if frame is None else {int(c) for c in frame.columns}
+
+
+def _scenarios(signs: pd.DataFrame) -> list[str]:
+    return ["dispatch"] + [
+        s for s in ("tso_up", "tso_down") if (signs[s] != signs["dispatch"]).any()
+    ]
+
+
+def _add_acceptance(m, table: pd.DataFrame, products: pd.DataFrame) -> None:
+    cap = table["product"].map(products["price_cap_per_mwh"]).fillna(np.inf)
+    m.offers["above_cap"] = table["capacity_price"] > cap + _TOL
+    quantity = table["quantity_kw"].where(~m.offers["above_cap"], 0.0).to_dict()
+    m.OFFERS = pyo.Set(initialize=table.index.tolist(), doc="offers")
+    m.accepted_kw = pyo.Var(
+        m.OFFERS,
+        bounds=lambda m, o: (0.0, quantity[o]),
+        doc="x[o]: accepted quantity, 0 <= x[o] <= quantity_kw[o] (0 above the price cap)  "
+        "(kW, kvar for reactive offers)",
+    )
+
+
+def _add_requirements(m) -> None:
+    req = m.requirements
+    keys = list(zip(req["product"], req["period"], strict=True))
+    value = dict(zip(keys, req["requirement_kw"], strict=True))
+    m.REQUIREMENTS = pyo.Set(initialize=keys, dimen=2, doc="(product, period) the TSO asks for")
+    m.shortfall_kw = pyo.Var(m.REQUIREMENTS, bounds=(0, None), doc="unmet requirement (kW)")
+    groups = m.offers.groupby(["product", "period"]).groups
+
+    def rule(m, k, t):
+        offered = sum(m.accepted_kw[o] for o in groups.get((k, t), []))
+        return offered + m.shortfall_kw[k, t] >= value[k, t]
+
+    m.tso_requirement = pyo.Constraint(
+        m.REQUIREMENTS,
+        rule=rule,
+        doc="sum_{o in k,t} x[o] + shortfall[k,t] >= requirement_kw[k,t]  (kW); dual: "
+        "marginal cost of reserve",
+    )
+
+
+def _seller_delta(m, rows: pd.Index, scenario: str, reactive: bool):
+    """Change of a group of offers' injection in a scenario (kW or kvar expression)."""
+    products = m.offers.loc[rows, "product"]
+    if reactive:
+        sign = np.where(m.offers.loc[rows, "direction"].eq("up"), 1.0, -1.0)
+        keep = products.eq(REACTIVE_PRODUCT).to_numpy()
+    else:
+        sign = m.signs.loc[rows, scenario].to_numpy()
+        keep = ~products.eq(REACTIVE_PRODUCT).to_numpy()
+    return sum(s * m.accepted_kw[o] for s, o, k in zip(sign, rows, keep, strict=True) if k and s)
+
+
+def _add_resources(m, resources: pd.DataFrame | None) -> None:
+    table = pd.DataFrame(columns=RESOURCE_COLUMNS) if resources is None else resources
+    table = table.set_index(["seller", "period"])
+    groups = m.offers.groupby(["seller", "period"]).groups
+    keys = [k for k in table.index if k in groups]
+    m.RESOURCES = pyo.Set(initialize=keys, dimen=2, doc="(seller, period) with limits")
+    off = m.offers
+    active = ~off["product"].eq(REACTIVE_PRODUCT)
+
+    def headroom(direction: str):
+        def rule(m, s, t):
+            limit = table.at[(s, t), f"{direction}_kw"]
+            rows = [
+                o
+                for o in groups[s, t]
+                if active[o] and off.at[o, "direction"] in (direction, "symmetric")
+            ]
+            if not rows or not np.isfinite(limit):
+                return pyo.Constraint.Skip
+            return sum(m.accepted_kw[o] for o in rows) <= limit
+
+        return rule
+
+    m.headroom_up = pyo.Constraint(
+        m.RESOURCES, rule=headroom("up"), doc="sum_{o up or symmetric} x[o] <= up_kw[s,t]  (kW)"
+    )
+    m.headroom_down = pyo.Constraint(
+        m.RESOURCES,
+        rule=headroom("down"),
+        doc="sum_{o down or symmetric} x[o] <= down_kw[s,t]  (kW)",
+    )
+    sides = 16
+    m.INVERTER_SIDES = pyo.Set(initialize=range(sides), doc="sides of the inverter polygon")
+    angle = 2 * math.pi / sides
+
+    def apparent(m, s, t, k, scenario):
+        p0, q0, s_max = table.loc[(s, t), ["p_baseline_kw", "q_baseline_kvar", "s_max_kva"]]
+        if not np.isfinite(s_max):
+            return pyo.Constraint.Skip
+        p = p0 + _seller_delta(m, groups[s, t], scenario, False)
+        q = q0 + _seller_delta(m, groups[s, t], scenario, True)
+        if isinstance(p, float) and isinstance(q, float):
+            return pyo.Constraint.Skip
+        return math.cos(k * angle) * p + math.sin(k * angle) * q <= s_max
+
+    m.inverter_rating = pyo.Constraint(
+        m.RESOURCES,
+        m.INVERTER_SIDES,
+        m.SCENARIOS,
+        rule=apparent,
+        doc="cos(2 pi k/16) (p0 + dp[s]) + sin(2 pi k/16) (q0 + dq) <= s_max_kva  (kW): "
+        "polygon around the inverter's apparent-power circle, in every scenario s",
+    )
+
+
+def _bus_dict(feeder, frame: pd.DataFrame | None, periods: list) -> dict:
+    if frame is None:
+        return {}
+    grouped = frame.groupby(frame.index.map(feeder.merged)).sum()
+    return {
+        (bus, t): float(grouped.at[bus, t])
+        for bus in grouped.index
+        for t in periods
+        if t in grouped.columns and bus != feeder.root
+    }
+
+
+def _add_network(m, feeder, baseline_p, baseline_q, formulation) -> None:
+    from gridmarkets.networks import LinDistFlow
+
+    if baseline_p is None:
+        raise InputError("baseline_p_kw: required with a network (the schedule the offers move)")
+    unknown = ~m.offers["bus"].isin(list(feeder.merged))
+    if unknown.any():
+        row = m.offers[unknown].iloc[0]
+        raise InputError(
+            f"offers: bus {row['bus']!r} of seller {row['seller']!r} is not on the feeder"
+        )
+    formulation = formulation or LinDistFlow()
+    periods = list(m.PERIODS)
+    m.baseline_p, m.baseline_q = (
+        _bus_dict(feeder, baseline_p, periods),
+        _bus_dict(feeder, baseline_q, periods),
+    )
+    m.p_root_kw = pyo.Var(m.SCENARIOS, m.PERIODS, doc="exchange with the upstream grid (kW)")
+    m.network = pyo.Block(m.SCENARIOS, doc="one LinDistFlow per scenario")
+    groups = (
+        m.offers.assign(bus=m.offers["bus"].map(feeder.merged)).groupby(["bus", "period"]).groups
+    )
+    m.handles = {}
+    for s in m.SCENARIOS:
+        p_kw, q_kvar = dict(m.baseline_p), dict(m.baseline_q)
+        for (bus, t), rows in groups.items():
+            p_kw[bus, t] = p_kw.get((bus, t), 0.0) + _seller_delta(m, rows, s, False)
+            q_kvar[bus, t] = q_kvar.get((bus, t), 0.0) + _seller_delta(m, rows, s, True)
+        for t in periods:
+            p_kw[feeder.root, t] = m.p_root_kw[s, t]
+        m.handles[s] = formulation.add(
+            m.network[s], feeder, periods, p_kw, q_kvar, period_hours=m.period_hours
+        )
+
+
+def _add_needs(m, needs: pd.DataFrame) -> None:
+    needs = needs[needs["period"].isin(list(m.PERIODS))] if len(needs) else needs
+    m.needs = needs.reset_index(drop=True)
+    thermal = m.needs.index[m.needs["limit_kind"].eq("thermal")] if len(needs) else []
+    voltage = m.needs.index[m.needs["limit_kind"].ne("thermal")] if len(needs) else []
+    m.THERMAL_NEEDS = pyo.Set(initialize=list(thermal), doc="branch needs (rows of needs)")
+    m.VOLTAGE_NEEDS = pyo.Set(initialize=list(voltage), doc="bus needs (rows of needs)")
+    first = m.handles["dispatch"]
+    sides = len(first.polygon)
+    m.NEED_SIDES = pyo.Set(initialize=range(sides), doc="sides of the thermal polygon")
+    cos, sin = first.polygon[:, 0], first.polygon[:, 1]
+    rating = m.feeder.branches["rating_kva"] / m.feeder.s_base_kva * math.cos(math.pi / sides)
+
+    def thermal_rule(m, n, k, s):
+        row = m.needs.loc[n]
+        h = m.handles[s]
+        line, t = int(row["index"]), int(row["period"])
+        flow = cos[k] * h.p_flow[line, t] + sin[k] * h.q_flow[line, t]
+        return flow <= rating[line] * row["target_linear"] / 100.0
+
+    def voltage_rule(m, n, s):
+        row = m.needs.loc[n]
+        v = m.handles[s].voltage_sq[int(row["index"]), int(row["period"])]
+        bound = row["target_linear"] ** 2
+        return v <= bound if row["limit_kind"] == "voltage_upper" else v >= bound
+
+    m.need_thermal = pyo.Constraint(
+        m.THERMAL_NEEDS,
+        m.NEED_SIDES,
+        m.SCENARIOS,
+        rule=thermal_rule,
+        doc="cos_k P[l,t] + sin_k Q[l,t] <= S_l cos(pi/N) target_linear[n]/100  (pu): the "
+        "DSO's need n, tightened by the baseline's linearisation error",
+    )
+    m.need_voltage = pyo.Constraint(
+        m.VOLTAGE_NEEDS,
+        m.SCENARIOS,
+        rule=voltage_rule,
+        doc="v[j,t] <= target_linear[n]^2 (upper) or >= target_linear[n]^2 (lower)  (pu^2)",
+    )
+
+
+def _bid_price(table: pd.DataFrame) -> pd.Series:
+    """Price per MW and hour an offer costs the clearing: capacity (+ activation for the DSO)."""
+    dso = table["product"].isin(DSO_PRODUCTS)
+    return table["capacity_price"] + np.where(dso, table["activation_price"], 0.0)
+
+
+def _add_cost(m, shortfall_price: float) -> None:
+    per_kw = m.period_hours / 1000.0
+    price = _bid_price(m.offers).to_dict()
+    cost = sum(per_kw * price[o] * m.accepted_kw[o] for o in m.OFFERS)
+    cost += sum(per_kw * shortfall_price * m.shortfall_kw[r] for r in m.REQUIREMENTS)
+    m.procurement_cost = pyo.Objective(
+        expr=cost,
+        sense=pyo.minimize,
+        doc="sum_o dt/1000 (capacity_price + activation_price [DSO]) x[o] + dt/1000 "
+        "shortfall_price sum shortfall  (currency)",
+    )
+
+
+# --- results -------------------------------------------------------------------------
+
+
+def results(
+    m: pyo.ConcreteModel,
+    solution: Solution,
+    pricing: Literal["pay_as_bid", "uniform"] = "pay_as_bid",
+    *,
+    ac: bool = True,
+) -> Result:
+    """Tidy tables and KPIs of a solved clearing.
+
+    Tables
+    ------
+    accepted : every offer with accepted_kw, above_cap, buyer ("dso" or "tso"),
+        bid_price, price (settlement, currency per MW and hour) and payment (currency,
+        paid by the buyer to the seller).
+    prices : product, direction, period, price (highest accepted bid_price), and for
+        TSO products requirement_kw, procured_kw, shortfall_kw and marginal_price (the
+        requirement's dual, currency per MW and hour).
+    sellers : seller, accepted_kw, revenue, cost (at their bids), profit.
+    needs : the DSO's needs with ``binding`` (a positive dual on its constraint).
+    injections : bus, period, scenario, p_kw, q_kvar (baseline plus activation).
+
+    With a network and ``ac``, ``result.ac_check`` holds pandapower's AC check of the
+    baseline (``before``) and of every scenario (``dispatch`` = after the DSO's
+    activation, ``tso_up``, ``tso_down``).
+    """
+    if pricing not in ("pay_as_bid", "uniform"):
+        raise InputError(f"pricing: {pricing!r} is not 'pay_as_bid' or 'uniform'")
+    accepted = _accepted_table(m)
+    prices = _prices_table(m, solution, accepted)
+    accepted = _settle(m, accepted, prices, pricing)
+    tables = {"accepted": accepted, "prices": prices, "sellers": _sellers_table(accepted)}
+    if m.feeder is not None:
+        tables["needs"] = _needs_table(m, solution)
+        tables["injections"] = _injections_table(m)
+    kpis = _kpis(m, solution, accepted, prices)
+    result = Result("flexibility", tables, kpis, solution)
+    if m.feeder is not None and ac:
+        result.ac_check = _ac_checks(m, tables["injections"], kpis)
+    return result
+
+
+def _accepted_table(m) -> pd.DataFrame:
+    table = m.offers.copy()
+    x = np.array([pyo.value(m.accepted_kw[o]) for o in table.index], dtype=float)
+    table["accepted_kw"] = np.where(np.abs(x) < _TOL, 0.0, x)
+    table["buyer"] = np.where(table["product"].isin(DSO_PRODUCTS), "dso", "tso")
+    table["bid_price"] = _bid_price(table)
+    return table
+
+
+def _prices_table(m, solution: Solution, accepted: pd.DataFrame) -> pd.DataFrame:
+    taken = accepted[accepted["accepted_kw"] > _TOL]
+    keys = ["product", "direction", "period"]
+    prices = taken.groupby(keys)["bid_price"].max().rename("price").reset_index()
+    req = m.requirements.copy()
+    if len(req):
+        req["direction"] = req["product"].map(m.products["direction"])
+        procured = accepted.groupby(["product", "period"])["accepted_kw"].sum()
+        index = list(zip(req["product"], req["period"], strict=True))
+        req["procured_kw"] = procured.reindex(index).fillna(0.0).to_numpy()
+        req["shortfall_kw"] = [pyo.value(m.shortfall_kw[k]) for k in index]
+        duals = [solution.dual(m.tso_requirement[k]) for k in index]
+        req["marginal_price"] = np.asarray(duals) * 1000.0 / m.period_hours
+        prices = prices.merge(req, on=keys, how="outer")
+    return prices.sort_values(keys).reset_index(drop=True)
+
+
+def _settle(m, accepted: pd.DataFrame, prices: pd.DataFrame, pricing: str) -> pd.DataFrame:
+    keys = ["product", "direction", "period"]
+    settled = accepted.merge(prices[[*keys, "price"]], on=keys, how="left")
+    if pricing == "pay_as_bid":
+        settled["price"] = settled["bid_price"]
+    settled["price"] = settled["price"].where(settled["accepted_kw"] > 0, 0.0)
+    settled["payment"] = settled["price"] * settled["accepted_kw"] * m.period_hours / 1000.0
+    settled["cost"] = settled["bid_price"] * settled["accepted_kw"] * m.period_hours / 1000.0
+    return settled
+
+
+def _sellers_table(settled: pd.DataFrame) -> pd.DataFrame:
+    table = settled.groupby("seller", sort=False)[["accepted_kw", "payment", "cost"]].sum()
+    table = table.rename(columns={"payment": "revenue"})
+    table["profit"] = table["revenue"] - table["cost"]
+    return table.reset_index()
+
+
+def _needs_table(m, solution: Solution) -> pd.DataFrame:
+    needs = m.needs.copy()
+    if needs.empty:
+        return needs.assign(binding=pd.Series(dtype=bool))
+    binding = []
+    for n, row in needs.iterrows():
+        if row["limit_kind"] == "thermal":
+            cons = [m.need_thermal[n, k, s] for k in m.NEED_SIDES for s in m.SCENARIOS]
+        else:
+            cons = [m.need_voltage[n, s] for s in m.SCENARIOS]
+        binding.append(any(abs(solution.dual(c)) > 1e-9 for c in cons))
+    return needs.assign(binding=binding)
+
+
+def _injections_table(m) -> pd.DataFrame:
+    rows = []
+    for s, h in m.handles.items():
+        p, q = h.injection_values()
+        for i, bus in enumerate(m.feeder.buses.index):
+            for k, t in enumerate(h.periods):
+                rows.append((bus, t, s, p[i, k], q[i, k]))
+    return pd.DataFrame(rows, columns=["bus", "period", "scenario", "p_kw", "q_kvar"])
+
+
+def _ac_checks(m, injections: pd.DataFrame, kpis: dict) -> dict[str, Any]:
+    from gridmarkets.networks import ac_check
+
+    periods = list(m.PERIODS)
+    base_p = _frame(m.baseline_p, m.feeder, periods)
+    checks = {"before": ac_check(m.feeder, base_p, _frame(m.baseline_q, m.feeder, periods))}
+    for s, group in injections.groupby("scenario", sort=False):
+        p = group.pivot(index="bus", columns="period", values="p_kw")
+        q = group.pivot(index="bus", columns="period", values="q_kvar")
+        checks[s] = ac_check(m.feeder, p, q)
+    for name, check in checks.items():
+        kpis[f"violations_{name}"] = len(check.violations())
+    m.ac_checks = checks
+    return {name: check.summary() for name, check in checks.items()}
+
+
+def _frame(values: dict, feeder, periods: list) -> pd.DataFrame:
+    frame = pd.DataFrame(0.0, index=feeder.buses.index, columns=periods)
+    for (bus, t), v in values.items():
+        frame.at[bus, t] += v
+    return frame
+
+
+def _kpis(m, solution: Solution, settled: pd.DataFrame, prices: pd.DataFrame) -> dict:
+    by_buyer = settled.groupby("buyer")["payment"].sum()
+    shortfall = float(prices["shortfall_kw"].sum()) if "shortfall_kw" in prices else 0.0
+    return {
+        "procurement_cost": solution.objective,
+        "dso_cost": float(by_buyer.get("dso", 0.0)),
+        "tso_cost": float(by_buyer.get("tso", 0.0)),
+        "sellers_revenue": float(settled["payment"].sum()),
+        "sellers_profit": float((settled["payment"] - settled["cost"]).sum()),
+        "accepted_offers": int((settled["accepted_kw"] > 0).sum()),
+        "shortfall_kw": shortfall,
+    }
+
+
+def clear(
+    offers: pd.DataFrame,
+    *,
+    pricing: Literal["pay_as_bid", "uniform"] = "pay_as_bid",
+    solve_options: Mapping[str, Any] | None = None,
+    ac: bool = True,
+    **build_options: Any,
+) -> Result:
+    """Build, solve and report a pool clearing in one call (see :func:`build`)."""
+    m = build(offers, **build_options)
+    return results(m, solve(m, **dict(solve_options or {})), pricing, ac=ac)
+
+
+# --- bilateral mode ------------------------------------------------------------------
+
+
+def sensitivities(feeder, needs: pd.DataFrame, offers: pd.DataFrame) -> pd.DataFrame:
+    """Relief of each DSO offer on each need, per kW (kvar) accepted, lossless LinDistFlow.
+
+    Thermal need on branch l: the share of a kW at the offer's bus that flows through
+    l (1 below l, else 0), signed so that relief is positive (a down offer relieves
+    reverse flow). Voltage need at bus i: dV/dp = R_common / S_base (dV/dq with
+    X_common) in pu per kW, signed the same way.
+
+    Returns
+    -------
+    DataFrame with columns need (row of ``needs``), offer (row of ``offers``) and
+    sensitivity (relief per kW: % loading for thermal needs, pu for voltage needs).
+    """
+    base = feeder.s_base_kva
+    br = feeder.branches
+    paths = {b: set(feeder.path_to_root(b)) for b in feeder.buses.index}
+    dso = offers[offers["product"].isin(DSO_PRODUCTS)]
+    rows = []
+    for n, need in needs.iterrows():
+        candidates = dso[dso["period"] == need["period"]]
+        for o, offer in candidates.iterrows():
+            bus = feeder.merged.get(offer["bus"], offer["bus"])
+            sign = 1.0 if offer["direction"] == "up" else -1.0
+            if need["limit_kind"] == "thermal":
+                line = int(need["index"])
+                through = line in paths[bus] and offer["product"] == DSO_PRODUCT
+                flow_sign = need.get("flow_sign", -1.0)
+                value = (sign * flow_sign * 100.0 / br.at[line, "rating_kva"]) if through else 0.0
+            else:
+                common = paths[bus] & paths[int(need["index"])]
+                column = "r_pu" if offer["product"] == DSO_PRODUCT else "x_pu"
+                dv = br.loc[list(common), column].sum() / base
+                value = -sign * dv if need["limit_kind"] == "voltage_upper" else sign * dv
+            if value > 0:
+                rows.append((n, o, value))
+    return pd.DataFrame(rows, columns=["need", "offer", "sensitivity"])
+
+
+def bilateral(
+    feeder,
+    offers: pd.DataFrame,
+    needs: pd.DataFrame,
+    baseline_p_kw: pd.DataFrame,
+    baseline_q_kvar: pd.DataFrame | None = None,
+    *,
+    products: pd.DataFrame | None = None,
+    min_sensitivity: float = 0.0,
+    period_hours: float = 1.0,
+    solve_options: Mapping[str, Any] | None = None,
+    ac: bool = True,
+) -> Result:
+    """The DSO buys directly from the buses that relieve its needs, pay-as-bid.
+
+    Each need (from :func:`dso_needs`) asks for a relief: the excess of its linear
+    value over its target; each DSO offer relieves it by its sensitivity per kW
+    (:func:`sensitivities`); offers below ``min_sensitivity`` are not asked. The DSO
+    accepts the cheapest set that covers every need (a small LP, no TSO, no full
+    network model) and pays each its bid.
+
+    Returns
+    -------
+    Result ("flexibility") with the tables of :func:`results` (accepted, prices,
+    sellers, needs, injections) and, with ``ac``, the AC checks ``before`` and
+    ``dispatch`` (after activation).
+    """
+    products = load_products() if products is None else products
+    table = prepare_offers(offers, products)
+    needs = _with_flow_sign(feeder, needs.reset_index(drop=True), baseline_p_kw, baseline_q_kvar)
+    sens = sensitivities(feeder, needs, table)
+    sens = sens[sens["sensitivity"] >= min_sensitivity]
+    m = build(
+        table.iloc[sorted(set(sens["offer"]))] if len(sens) else table.iloc[:0],
+        products=products,
+        period_hours=period_hours,
+    )
+    m.feeder = None
+    relief = (needs["value_linear"] - needs["target_linear"]).abs()
+    m.NEEDS = pyo.Set(initialize=list(needs.index), doc="the DSO's needs")
+    by_need = sens.groupby("need")
+
+    def rule(m, n):
+        if n not in by_need.groups:
+            return pyo.Constraint.Infeasible if relief[n] > _TOL else pyo.Constraint.Skip
+        group = by_need.get_group(n)
+        return (
+            sum(
+                v * m.accepted_kw[o]
+                for o, v in zip(group["offer"], group["sensitivity"], strict=True)
+            )
+            >= relief[n]
+        )
+
+    m.relief = pyo.Constraint(
+        m.NEEDS, rule=rule, doc="sum_o sensitivity[n,o] x[o] >= |value_linear - target_linear|[n]"
+    )
+    result = results(m, solve(m, **dict(solve_options or {})), "pay_as_bid")
+    result.tables["needs"] = needs
+    if ac:
+        from gridmarkets.networks import ac_check
+
+        p, q = _activated(feeder, result.accepted, baseline_p_kw, baseline_q_kvar)
+        checks = {
+            "before": ac_check(feeder, baseline_p_kw, _q_or_zero(baseline_q_kvar, baseline_p_kw)),
+            "dispatch": ac_check(feeder, p, q),
+        }
+        result.ac_check = {name: c.summary() for name, c in checks.items()}
+        for name, c in checks.items():
+            result.kpis[f"violations_{name}"] = len(c.violations())
+    return result
+
+
+def _q_or_zero(q, p):
+    return q if q is not None else 0.0 * p
+
+
+def _with_flow_sign(feeder, needs, baseline_p, baseline_q) -> pd.DataFrame:
+    from gridmarkets.networks import linear_power_flow
+
+    _, branches = linear_power_flow(feeder, baseline_p, _q_or_zero(baseline_q, baseline_p))
+    flows = branches.reset_index().set_index(["branch", "period"])["p_kw"]
+    thermal = needs["limit_kind"].eq("thermal")
+    keys = list(zip(needs["index"].astype(int), needs["period"].astype(int), strict=True))
+    sign = [np.sign(flows.get(k, 1.0)) if th else 0.0 for k, th in zip(keys, thermal, strict=True)]
+    return needs.assign(flow_sign=sign)
+
+
+def _activated(feeder, accepted: pd.DataFrame, baseline_p, baseline_q):
+    """Baseline injections plus the DSO's accepted offers (kW and kvar frames)."""
+    p = baseline_p.copy().astype(float)
+    q = _q_or_zero(baseline_q, baseline_p).copy().astype(float)
+    for _, row in accepted[accepted["accepted_kw"] > 0].iterrows():
+        sign = 1.0 if row["direction"] == "up" else -1.0
+        target = q if row["product"] == REACTIVE_PRODUCT else p
+        bus, t = row["bus"], row["period"]
+        if bus not in target.index:
+            target.loc[bus] = 0.0
+        target.at[bus, t] += sign * row["accepted_kw"]
+    return p, q
+
+
+def compare(pool: Result, bilateral_result: Result) -> pd.DataFrame:
+    """The DSO's cost, accepted flexibility and AC violations in the two modes."""
+    rows = []
+    for name, result in (("pool", pool), ("bilateral", bilateral_result)):
+        acc = result.accepted
+        dso = acc[acc["buyer"] == "dso"]
+        rows.append(
+            {
+                "mode": name,
+                "dso_cost": result.kpis["dso_cost"],
+                "dso_accepted_kw": float(dso["accepted_kw"].sum()),
+                "violations_before": result.kpis.get("violations_before"),
+                "violations_after": result.kpis.get("violations_dispatch"),
+            }
+        )
+    return pd.DataFrame(rows)
