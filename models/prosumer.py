@@ -620,20 +620,90 @@ def case_options(case: CaseSpec) -> dict[str, Any]:
 def run_case(case: CaseSpec, solve_options: dict[str, Any]) -> Result:
     """Schedule a prosumer case: the CLI's and the sweeps' entry point.
 
-    With a network, the homes are scheduled independently (uncoordinated) and their
-    injections are then run through the AC check (LinDistFlow against pandapower), so
-    the result's ``ac_check`` shows what the schedules do to the feeder.
+    With a network, feeder profiles are read for the horizon's dates first. Uncoordinated
+    (``coordination: none``) the homes are scheduled independently; coordinated
+    (``lindistflow``) together within the feeder's LinDistFlow limits, and the KPI
+    ``cost_uncoordinated`` is the independent schedules' cost. Either way the homes'
+    injections are run through the AC check (LinDistFlow against pandapower), so the
+    result's ``ac_check`` shows what the schedules do to the feeder.
     """
-    result = schedule(
-        case.prosumers, case.prices, solve_options=solve_options, **case_options(case)
-    )
-    if case.network is not None:
-        from gridmarkets.networks import ac_check, load
+    if case.network is None:
+        return schedule(
+            case.prosumers, case.prices, solve_options=solve_options, **case_options(case)
+        )
+    from gridmarkets.networks import ac_check, load
 
-        feeder = load(case.network.model_dump(exclude_none=True))
-        injections = bus_injections(result)
-        result.ac_check = ac_check(feeder, injections, 0.0 * injections).summary()
+    feeder = load(case.network.model_dump(exclude_none=True))
+    homes = resolve_feeder_profiles(case.prosumers, feeder, case.horizon)
+    options = case_options(case)
+    result = schedule(homes, case.prices, solve_options=solve_options, **options)
+    if case.coordination == "lindistflow":
+        alone = result.kpis["cost"]
+        result = schedule(
+            homes, case.prices, solve_options=solve_options, network=feeder, **options
+        )
+        result.kpis["cost_uncoordinated"] = alone
+    injections = bus_injections(result)
+    result.ac_check = ac_check(feeder, injections, 0.0 * injections).summary()
     return result
+
+
+def start_step(start: Any) -> int:
+    """The 15-minute step of the year of a timestamp (0 for None): SimBench's row."""
+    if start is None:
+        return 0
+    new_year = start.replace(month=1, day=1, hour=0, minute=0, second=0, microsecond=0)
+    return int((start - new_year).total_seconds() // 900)
+
+
+def resolve_feeder_profiles(
+    prosumers: Mapping[str, ProsumerSpec], feeder: Feeder, horizon: Any
+) -> dict[str, ProsumerSpec]:
+    """Replace every :class:`~gridmarkets.models.assets.FeederProfile` by its values.
+
+    The SimBench profiles of the feeder's loads (``feeder: load``) or static generators
+    (``feeder: sgen``) summed at the profile's bus (default the home's bus) are read
+    from ``horizon.start``'s 15-minute step of the year, averaged to
+    ``horizon.resolution_minutes`` and multiplied by the profile's ``scale``.
+
+    Parameters
+    ----------
+    prosumers : id -> home.
+    feeder : a feeder loaded from a SimBench code.
+    horizon : the case's horizon (``start``, ``periods``, ``resolution_minutes``).
+    """
+    if not any(_feeder_profiles(home) for home in prosumers.values()):
+        return dict(prosumers)
+    from gridmarkets.networks import feeder_profiles
+
+    table = feeder_profiles(
+        feeder, start_step(horizon.start), horizon.periods, horizon.resolution_minutes
+    )
+    by_bus = {bus: frame.sort_values("period") for bus, frame in table.groupby("bus")}
+    out = {}
+    for pid, home in prosumers.items():
+        update: dict[str, Any] = {}
+        if isinstance(home.load_kw, FeederProfile):
+            path = f"prosumers.{pid}.load_kw"
+            update["load_kw"] = _bus_profile(by_bus, feeder, home.load_kw, home.bus, path)
+        if home.pv is not None and isinstance(home.pv.profile_kw, FeederProfile):
+            path = f"prosumers.{pid}.pv.profile_kw"
+            values = _bus_profile(by_bus, feeder, home.pv.profile_kw, home.bus, path)
+            update["pv"] = home.pv.model_copy(update={"profile_kw": values})
+        out[pid] = home.model_copy(update=update)
+    return out
+
+
+def _bus_profile(by_bus, feeder: Feeder, profile: FeederProfile, bus, path: str) -> list[float]:
+    bus = profile.bus if profile.bus is not None else bus
+    column = f"{profile.feeder}_p_kw"
+    target = feeder.merged.get(bus, bus)
+    elements = feeder.net[profile.feeder]
+    present = {feeder.merged.get(b, b) for b in elements.loc[elements["in_service"], "bus"]}
+    frame = by_bus.get(target)
+    if frame is None or target not in present:
+        raise InputError(f"{path}: bus {bus} has no SimBench {profile.feeder} profile")
+    return [float(v) * profile.scale for v in frame[column]]
 
 
 def bus_injections(result: Result) -> pd.DataFrame:
