@@ -933,16 +933,19 @@ def rolling_horizon(
             open_end=end < n,
             extra=_pin_peak(state.peak_import_kw),
         )
+        pinned = _pinned(model.home["home"], state, t)
         solution = solve(model, **options)
         _carry_out(model.home["home"], plan_home, state, decisions, t)
-        log.append((t, solution.objective, solution.solve_seconds))
+        log.append(
+            {**pinned, "plan_cost": solution.objective, "solve_seconds": solution.solve_seconds}
+        )
     for name, start in state.starts.items():
         decisions[f"appliance:{name}"] = start
     realised = _realise(known, prices, decisions, n, period_hours, timestamps, options)
     realised.tables["rolling"] = _rolling_table(log, forecast, actual)
     kpis = realised.kpis
     kpis["replans"] = n
-    kpis["replan_seconds"] = float(sum(row[2] for row in log))
+    kpis["replan_seconds"] = float(sum(row["solve_seconds"] for row in log))
     if perfect_foresight:
         best = schedule(known, prices, periods=n, period_hours=period_hours, solve_options=options)
         kpis["cost_perfect_foresight"] = best.kpis["cost"]
@@ -1103,8 +1106,22 @@ def _realise(known, prices, decisions, n, dt, timestamps, options) -> Result:
     return results(model, solve(model, **options))
 
 
+def _pinned(b: pyo.Block, state: _State, t: int) -> dict[str, Any]:
+    """The state a plan starts from (NaN where the device is absent or away)."""
+    plugged = hasattr(b, "ev") and 0 in b.ev.PLUGGED and state.ev_soc_kwh is not None
+    running = [name for name in b.APPLIANCES if name in state.starts]
+    return {
+        "period": t,
+        "battery_soc_start_kwh": state.battery_soc_kwh if hasattr(b, "battery") else np.nan,
+        "ev_soc_start_kwh": state.ev_soc_kwh if plugged else np.nan,
+        "temperature_start_c": state.temperature_c if hasattr(b, "heat_pump") else np.nan,
+        "peak_import_start_kw": state.peak_import_kw,
+        "running": ",".join(running),
+    }
+
+
 def _rolling_table(log, forecast: pd.DataFrame, actual: pd.DataFrame) -> pd.DataFrame:
-    table = pd.DataFrame(log, columns=["period", "plan_cost", "solve_seconds"])
+    table = pd.DataFrame(log)
     for col in actual.columns:
         table[f"{col}_forecast"] = forecast[col].to_numpy()
         table[f"{col}_actual"] = actual[col].to_numpy()
