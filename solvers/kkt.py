@@ -137,7 +137,8 @@ def reformulate(
     big_m : a number (the bound of every multiplier, and of every slack bounds do not
         bound), or a mapping ``{constraint or var or its indexed parent: M}`` where M is
         a number (both sides) or ``(M_primal, M_dual)``; a given value overrides the one
-        derived from bounds.
+        derived from bounds. Scalar components are not hashable: key a mapping that
+        names them with a ``pyomo.common.collections.ComponentMap``.
 
     Returns
     -------
@@ -592,7 +593,10 @@ def _check(follower: Follower, tol: float) -> FollowerCheck:
             x.fix(x.value)
         kkt.deactivate()
         follower.objective.activate()
-        solve(follower.block)
+        if follower._rows:
+            solve(follower.block)
+        else:  # bounds only (HiGHS reports an empty model): each y at its cheaper bound
+            _solve_box(follower)
         optimum = float(pyo.value(follower.cost))
     finally:
         follower.objective.deactivate()
@@ -602,6 +606,16 @@ def _check(follower: Follower, tol: float) -> FollowerCheck:
         for v, val in snapshot.items():
             v.set_value(val, skip_validation=True)
     return FollowerCheck(follower.block.name, value, optimum, value - optimum, at_bound)
+
+
+def _solve_box(follower: Follower) -> None:
+    for y in follower.variables:
+        c, q = follower._gradient[id(y)]
+        slope = c + pyo.value(q)
+        bound = y.lb if slope > 0 else y.ub if slope < 0 else (y.lb if y.has_lb() else y.ub)
+        if bound is None:
+            raise KKTError(f"follower {follower.block.name} is unbounded in {y.name}")
+        y.set_value(bound)
 
 
 def _sides_at_bound(follower: Follower, tol: float) -> list[str]:
