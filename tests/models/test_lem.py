@@ -207,3 +207,50 @@ def test_unserved_and_curtailed_energy_are_reported():
     assert result.kpis["unserved_kwh"] == pytest.approx(offered["buy"] - traded["buy"])
     assert result.kpis["curtailed_kwh"] == pytest.approx(offered["sell"] - traded["sell"])
     assert np.isclose(traded["buy"], traded["sell"])
+
+
+@pytest.mark.parametrize("ladder_price", [40.0, 120.0, 260.0])
+def test_the_market_accepts_the_prosumer_ems_bid_curves(ladder_price):
+    """A home's bid curve cleared against one seller just below a ladder price buys
+    what the home's own EMS would import at that price (a separate EMS solve)."""
+    seller_price = ladder_price - 1.0
+    from gridmarkets.models import prosumer
+    from gridmarkets.models.assets import BatterySpec
+    from gridmarkets.models.prosumer import PricesSpec, ProsumerSpec
+
+    home = ProsumerSpec(
+        load_kw=[1.0, 3.0],
+        battery=BatterySpec(
+            capacity_kwh=4,
+            p_charge_max_kw=2,
+            soc_initial_kwh=2,
+            soc_final_kwh=0,
+            eta_charge=1.0,
+            eta_discharge=1.0,
+        ),
+    )
+    ladder = [40.0, 120.0, 260.0]
+    tariff = PricesSpec(import_price=[120.0, 120.0], export_price=[120.0, 120.0])
+    options = {"periods": 2, "period_hours": 1.0}
+    bids = prosumer.bid_curves(home, tariff, ladder, participant="home", **options)
+    seller = pd.DataFrame(
+        [
+            {
+                "participant": "grid",
+                "side": "sell",
+                "quantity_kw": 50.0,
+                "price": seller_price,
+                "period": 1,
+            }
+        ]
+    )
+    period_1 = bids[bids["period"] == 1]
+    result = lem.clear(pd.concat([period_1, seller], ignore_index=True))
+    home_rows = result.accepted[result.accepted["participant"] == "home"]
+    sign = np.where(home_rows["side"] == "buy", 1.0, -1.0)
+    bought = float((sign * home_rows["quantity_kw"]).sum())
+    at_price = PricesSpec(import_price=[120.0, ladder_price], export_price=[120.0, ladder_price])
+    ems = prosumer.schedule(home, at_price, **options)
+    grid = ems.grid.set_index("period")
+    expected = grid.loc[1, "import_kw"] - grid.loc[1, "export_kw"]
+    assert bought == pytest.approx(expected, abs=1e-6)
