@@ -264,10 +264,10 @@ def prepare_offers(offers: pd.DataFrame, products: pd.DataFrame) -> pd.DataFrame
     known = set(products.index) | set(DSO_PRODUCTS)
     _reject(table, ~table["product"].isin(known), "product", f"is not one of {sorted(known)}")
     symmetric = table["product"].map(products["direction"]).eq("symmetric")
-    allowed = table["direction"].isin(["up", "down"]) | (
-        symmetric & table["direction"].eq("symmetric")
+    allowed = np.where(
+        symmetric, table["direction"].eq("symmetric"), table["direction"].isin(["up", "down"])
     )
-    _reject(table, ~allowed, "direction", "must be up or down (symmetric for symmetric products)")
+    _reject(table, ~allowed, "direction", "must be symmetric for symmetric products, else up/down")
     for column in ("quantity_kw", "capacity_price", "activation_price"):
         table[column] = pd.to_numeric(table[column], errors="coerce")
         _reject(table, ~np.isfinite(table[column]), column, "must be a number")
@@ -354,22 +354,34 @@ def offers_from_prosumer(
             s_max = (inverter_kva or {}).get(pid, np.nan)
             p0 = float(row.get("pv", 0.0))
             resources.append((pid, t, p0, 0.0, up, down, s_max))
+            rooms = {"up": up, "down": down}
             for product, (cap_price, act_price) in prices.items():
-                reactive = product == REACTIVE_PRODUCT
-                if reactive and not np.isfinite(s_max):
-                    continue
-                q_room = math.sqrt(max(s_max**2 - p0**2, 0.0)) if reactive else None
-                for direction, room in (("up", up), ("down", down)):
-                    hours = duration[product]
-                    room = q_room if reactive else min(room, energy[direction] / hours)
-                    if room > _TOL:
-                        offers.append(
-                            (pid, spec.bus, t, product, direction, room, cap_price, act_price)
-                        )
+                for direction, room in _product_rooms(
+                    product, products, rooms, energy, duration[product], s_max, p0
+                ):
+                    offers.append(
+                        (pid, spec.bus, t, product, direction, room, cap_price, act_price)
+                    )
     return (
         pd.DataFrame(offers, columns=OFFER_COLUMNS),
         pd.DataFrame(resources, columns=RESOURCE_COLUMNS),
     )
+
+
+def _product_rooms(product, products, rooms, energy, hours, s_max, p0) -> list[tuple]:
+    """(direction, kW) a home can offer to one product: power and energy headroom."""
+    if product == REACTIVE_PRODUCT:
+        if not np.isfinite(s_max):
+            return []
+        q_room = math.sqrt(max(s_max**2 - p0**2, 0.0))
+        return [("up", q_room), ("down", q_room)]
+    room = {d: min(rooms[d], energy[d] / hours) for d in ("up", "down")}
+    kind = products.at[product, "direction"] if product in products.index else "both"
+    if kind == "symmetric":
+        offered = [("symmetric", min(room.values()))]
+    else:
+        offered = [(d, room[d]) for d in ("up", "down") if kind in (d, "both")]
+    return [(d, q) for d, q in offered if q > _TOL]
 
 
 def _duration_hours(product: str, products: pd.DataFrame, period_hours: float) -> float:
