@@ -47,6 +47,7 @@ from pyomo.common.collections import ComponentMap, ComponentSet
 from pyomo.contrib.fbbt.fbbt import compute_bounds_on_expr, fbbt
 from pyomo.core.base.constraint import ConstraintData
 from pyomo.core.base.var import VarData
+from pyomo.core.expr.visitor import identify_variables
 from pyomo.repn.standard_repn import generate_standard_repn
 
 from gridmarkets.errors import InputError
@@ -258,6 +259,12 @@ def _analyse(block: pyo.Block, allowed: ComponentSet | None) -> Follower:
     own = ComponentSet(
         v for v in block.component_data_objects(pyo.Var, descend_into=True) if not v.fixed
     )
+    discrete = [v.name for v in own if not v.is_continuous()]
+    if discrete:
+        raise KKTError(
+            f"follower {block.name}: {discrete[0]} is integer; the follower must be an LP "
+            "(use the continuous form of its devices, e.g. a relaxed battery)"
+        )
     follower = Follower(block, objectives[0], [], [])
     leader = ComponentSet()
     for con in block.component_data_objects(pyo.Constraint, active=True, descend_into=True):
@@ -268,6 +275,8 @@ def _analyse(block: pyo.Block, allowed: ComponentSet | None) -> Follower:
     follower.variables = [v for v in own if v in used or v.has_lb() or v.has_ub()]
     for y in follower.variables:
         follower._gradient.setdefault(id(y), (0.0, 0))
+    for expr in [objectives[0].expr] + [row[0].body for row in follower._rows]:
+        leader.update(v for v in identify_variables(expr, include_fixed=False) if v not in own)
     if allowed is not None:
         for x in leader:
             if x not in allowed:

@@ -1,0 +1,498 @@
+"""The aggregator's two-level problem: incentives above, the prosumers' own EMS below.
+
+An aggregator holds a commitment — a reference net injection of its portfolio at its
+connection, per period (kW, positive into the grid), e.g. from a wholesale bid or a
+flexibility contract. It cannot switch its prosumers' devices; it offers a per-period
+*incentive* ``pi[t]`` (currency/MWh) paid on every home's net injection above its
+baseline — its own schedule without incentives — and each home then schedules its
+battery, EV, heat pump and PV curtailment to minimise its own cost at the offered
+incentive (the prosumer EMS, devices in continuous form).
+
+Upper level (the aggregator, minimising, currency)::
+
+    sum_h income[h]                                  incentives paid
+  + c_dev * sum_t (dev_up[t] + dev_down[t]) dt/1000  deviation from the commitment
+  + w_fair * (max_h gain[h] - min_h gain[h])          spread of the prosumers' gains
+  s.t. sum_h p_net[h,t] - commitment[t] = dev_up[t] - dev_down[t]
+       LinDistFlow limits of the feeder (when a network is given)
+       pi_min <= pi[t] <= pi_max, or pi[t] from a menu of levels (binaries)
+
+with ``income[h] = sum_t pi[t] (p_net[h,t] - baseline[h,t]) dt/1000`` and ``gain[h] =
+standalone[h] - cost[h] + income[h]``. A home can always keep its baseline (no income,
+no change of cost), so every gain is >= 0, and the bilevel cost is never below the
+full-control cost with the same deviation.
+
+Lower level (each home ``h``): ``min cost_h(y) - income[h]`` over its devices — the
+prosumer model's ``add_home``. :func:`gridmarkets.solvers.kkt.reformulate` replaces
+each home's problem by its KKT conditions; ``income[h]`` (leader price x follower
+quantity) and ``cost[h]`` are linear through the follower's strong duality
+(:func:`gridmarkets.solvers.kkt.bilinear_cost`). :func:`results` re-solves every home at
+the incentives found (:func:`gridmarkets.solvers.kkt.verify`) and reports the gaps.
+
+``control="full"`` is the single-level comparison: the aggregator schedules the devices
+itself and reimburses each home's extra cost over its stand-alone schedule, so its
+cost is ``sum_h (cost[h] - standalone[h]) + deviation penalty``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import pyomo.environ as pyo
+from pydantic import Field, NonNegativeFloat, PositiveFloat, model_validator
+
+from gridmarkets.case import CaseBase, Spec
+from gridmarkets.errors import InputError
+from gridmarkets.models import assets, prosumer
+from gridmarkets.models.prosumer import PricesSpec, ProsumerSpec
+from gridmarkets.results import Result
+from gridmarkets.solvers import Solution, kkt, record_build_time, solve
+
+Control = Literal["incentive", "full"]
+
+
+class IncentiveSpec(Spec):
+    """The incentive the aggregator may offer, currency/MWh of net injection."""
+
+    min_per_mwh: float = Field(0.0, description="lowest incentive (continuous form)")
+    max_per_mwh: float = Field(100.0, description="highest incentive (continuous form)")
+    levels: list[float] | None = Field(
+        None, description="a menu of incentive levels; one is chosen per period (binaries)"
+    )
+
+    @model_validator(mode="after")
+    def _order(self) -> IncentiveSpec:
+        if self.levels is None and self.min_per_mwh > self.max_per_mwh:
+            raise ValueError(f"min_per_mwh: {self.min_per_mwh} is above max_per_mwh")
+        if self.levels is not None and not self.levels:
+            raise ValueError("levels: give at least one level")
+        return self
+
+
+# --- build ------------------------------------------------------------------------------
+
+
+def build(
+    prosumers: Mapping[str, ProsumerSpec] | Sequence[ProsumerSpec],
+    prices: PricesSpec,
+    commitment_kw: assets.Profile,
+    *,
+    periods: int = 24,
+    period_hours: float = 1.0,
+    control: Control = "incentive",
+    incentive: IncentiveSpec | None = None,
+    deviation_penalty_per_mwh: float = 500.0,
+    fairness_weight: float = 0.0,
+    network: Any = None,
+    method: kkt.Method = "bigm",
+    big_m: float = 10.0,
+    extra: Callable[[pyo.ConcreteModel], None] | None = None,
+) -> pyo.ConcreteModel:
+    """Build the aggregator's problem as one Pyomo model (a MILP when bilevel).
+
+    Parameters
+    ----------
+    prosumers : the homes (mapping id -> spec, or a list); every home needs
+        ``import_limit_kw`` and ``export_limit_kw`` (they bound the big-Ms), no shiftable
+        appliances and no EV minimum charging power (the followers are LPs); batteries
+        are used in their relaxed, continuous form.
+    prices : the homes' grid tariff (currency/MWh).
+    commitment_kw : the portfolio's committed net injection per period (kW).
+    periods, period_hours : the horizon.
+    control : "incentive" (bilevel) or "full" (the aggregator schedules the devices).
+    incentive : the incentive's range or menu of levels (default 0..100 currency/MWh).
+    deviation_penalty_per_mwh : cost of each MWh off the commitment, either way.
+    fairness_weight : weight of the spread between the best- and worst-off home's gain.
+    network : a :class:`~gridmarkets.networks.Feeder`: LinDistFlow limits; homes need a bus.
+    method : "bigm", or "strong_duality" (incentive levels only: exact with binaries).
+    big_m : bound on the followers' multipliers (currency per kW and period);
+        :func:`results` reports any multiplier at it.
+    extra : called with the model at the end, to add user constraints.
+
+    Returns
+    -------
+    The model: ``model.home[h]`` (each follower), ``model.incentive_per_mwh[t]``,
+    ``model.leader_cost`` and ``model.followers`` (the KKT handles when bilevel).
+    """
+    started = time.perf_counter()
+    homes = _followers_specs(prosumers)
+    incentive = incentive or IncentiveSpec()
+    if method == "strong_duality" and incentive.levels is None:
+        raise InputError(
+            "method: strong_duality needs incentive.levels (a continuous incentive times "
+            "a home's power is not linear); use bigm"
+        )
+    m = pyo.ConcreteModel(name="aggregator")
+    m.PERIODS = pyo.RangeSet(0, periods - 1, doc="periods")
+    m.PROSUMERS = pyo.Set(initialize=list(homes), doc="homes")
+    m.specs, m.mode, m.period_hours, m.control = homes, "grid", period_hours, control
+    m.standalone_cost, baseline = _standalone(homes, prices, periods, period_hours)
+    m.baseline_kw = pyo.Param(
+        m.PROSUMERS, m.PERIODS, initialize=baseline, doc="stand-alone net injection (kW)"
+    )
+    prosumer._add_prices(m, prices, "grid")
+    commitment = assets.profile_values(commitment_kw, periods, period_hours, "commitment_kw")
+    m.commitment_kw = pyo.Param(
+        m.PERIODS, initialize=dict(enumerate(commitment)), doc="committed net injection (kW)"
+    )
+    if control == "incentive":
+        _add_incentive(m, incentive)
+    m.home = pyo.Block(m.PROSUMERS, doc="one home: devices, connection, balance, cost")
+    for h, spec in homes.items():
+        _add_follower(m, m.home[h], spec)
+    _add_portfolio(m, deviation_penalty_per_mwh)
+    if network is not None:
+        _add_network(m, network)
+    if control == "incentive":
+        m.followers = kkt.reformulate(m, [m.home[h] for h in homes], method=method, big_m=big_m)
+        _add_bilevel_cost(m, fairness_weight)
+    else:
+        m.followers = []
+        _add_full_control_cost(m)
+    if extra is not None:
+        extra(m)
+    record_build_time(m, time.perf_counter() - started)
+    return m
+
+
+def _followers_specs(prosumers) -> dict[str, ProsumerSpec]:
+    homes = prosumer._as_mapping(prosumers)
+    for h, spec in homes.items():
+        for name in ("import_limit_kw", "export_limit_kw"):
+            if getattr(spec, name) is None:
+                raise InputError(f"prosumers.{h}.{name}: required by the aggregator")
+        if spec.appliances:
+            raise InputError(
+                f"prosumers.{h}.appliances: shiftable appliances are integer; an aggregator's "
+                "follower must be an LP"
+            )
+        if spec.ev is not None and spec.ev.p_charge_min_kw > 0:
+            raise InputError(f"prosumers.{h}.ev.p_charge_min_kw: must be 0 for a follower")
+        if spec.battery is not None and not spec.battery.relaxed:
+            battery = spec.battery.model_copy(update={"relaxed": True})
+            homes[h] = spec.model_copy(update={"battery": battery})
+    return homes
+
+
+def _standalone(homes, prices, periods: int, period_hours: float) -> tuple[dict, dict]:
+    """Each home's cost and net injection on its own EMS schedule without incentives."""
+    ems = prosumer.build(homes, prices, periods=periods, period_hours=period_hours)
+    solve(ems)
+    costs = {h: float(pyo.value(ems.home[h].cost)) for h in homes}
+    net = {
+        (h, t): float(pyo.value(ems.home[h].p_export_kw[t] - ems.home[h].p_import_kw[t]))
+        for h in homes
+        for t in range(periods)
+    }
+    return costs, net
+
+
+def _add_incentive(m: pyo.ConcreteModel, incentive: IncentiveSpec) -> None:
+    if incentive.levels is None:
+        m.incentive_per_mwh = pyo.Var(
+            m.PERIODS,
+            bounds=(incentive.min_per_mwh, incentive.max_per_mwh),
+            doc="incentive on net injection: pi_min <= pi[t] <= pi_max  (currency/MWh)",
+        )
+        return
+    m.LEVELS = pyo.RangeSet(0, len(incentive.levels) - 1, doc="incentive levels")
+    m.level_per_mwh = pyo.Param(
+        m.LEVELS, initialize=dict(enumerate(incentive.levels)), doc="menu (currency/MWh)"
+    )
+    m.level_chosen = pyo.Var(m.PERIODS, m.LEVELS, domain=pyo.Binary, doc="z[t,k] = 1: level k")
+    m.one_level = pyo.Constraint(
+        m.PERIODS,
+        rule=lambda m, t: sum(m.level_chosen[t, k] for k in m.LEVELS) == 1,
+        doc="sum_k z[t,k] = 1",
+    )
+    m.incentive_per_mwh = pyo.Expression(
+        m.PERIODS,
+        rule=lambda m, t: sum(m.level_per_mwh[k] * m.level_chosen[t, k] for k in m.LEVELS),
+        doc="pi[t] = sum_k level[k] z[t,k]  (currency/MWh)",
+    )
+
+
+def _add_follower(m: pyo.ConcreteModel, b: pyo.Block, spec: ProsumerSpec) -> None:
+    """One home's EMS as a follower block: the prosumer model's home plus the incentive."""
+    prosumer.add_home(b, spec, m, 10_000.0)
+    b.p_peak_import_kw.setub(spec.import_limit_kw)  # bounded for the big-Ms; never binding
+    dt = m.period_hours
+    b.p_net_kw = pyo.Expression(
+        m.PERIODS,
+        rule=lambda b, t: b.p_export_kw[t] - b.p_import_kw[t],
+        doc="p_net[t] = p_export[t] - p_import[t]  (kW, into the grid)",
+    )
+    if m.control == "incentive":
+        b.income = pyo.Expression(
+            expr=sum(
+                m.incentive_per_mwh[t] * (b.p_net_kw[t] - m.baseline_kw[b.index(), t])
+                for t in m.PERIODS
+            )
+            * dt
+            / 1000.0,
+            doc="income = sum_t pi[t] (p_net[t] - baseline[t]) dt / 1000  (currency)",
+        )
+        b.objective = pyo.Objective(
+            expr=b.cost - b.income, doc="min cost - income  (currency): the home's EMS"
+        )
+
+
+def _add_portfolio(m: pyo.ConcreteModel, penalty_per_mwh: float) -> None:
+    m.p_portfolio_kw = pyo.Expression(
+        m.PERIODS,
+        rule=lambda m, t: sum(m.home[h].p_net_kw[t] for h in m.PROSUMERS),
+        doc="P[t] = sum_h p_net[h,t]  (kW)",
+    )
+    m.deviation_up_kw = pyo.Var(m.PERIODS, bounds=(0, None), doc="P above commitment (kW)")
+    m.deviation_down_kw = pyo.Var(m.PERIODS, bounds=(0, None), doc="P below commitment (kW)")
+    m.commitment_balance = pyo.Constraint(
+        m.PERIODS,
+        rule=lambda m, t: (
+            m.p_portfolio_kw[t] - m.commitment_kw[t]
+            == m.deviation_up_kw[t] - m.deviation_down_kw[t]
+        ),
+        doc="P[t] - commitment[t] = dev_up[t] - dev_down[t]  (kW)",
+    )
+    m.deviation_cost = pyo.Expression(
+        expr=penalty_per_mwh
+        * m.period_hours
+        / 1000.0
+        * sum(m.deviation_up_kw[t] + m.deviation_down_kw[t] for t in m.PERIODS),
+        doc="c_dev sum_t (dev_up + dev_down)[t] dt / 1000  (currency)",
+    )
+
+
+def _add_network(m: pyo.ConcreteModel, feeder) -> None:
+    """LinDistFlow limits on the homes' injections; the upstream grid at the root."""
+    from gridmarkets.networks import LinDistFlow
+
+    cap = sum(s.import_limit_kw + s.export_limit_kw for s in m.specs.values())
+    m.p_upstream_kw = pyo.Var(
+        m.PERIODS, bounds=(-cap, cap), doc="injection from the upstream grid at the root (kW)"
+    )
+    p_kw: dict = {}
+    for h, spec in m.specs.items():
+        if spec.bus is None:
+            raise InputError(f"prosumers.{h}.bus: required on a network")
+        for t in m.PERIODS:
+            p_kw[(spec.bus, t)] = p_kw.get((spec.bus, t), 0) + m.home[h].p_net_kw[t]
+    for t in m.PERIODS:
+        p_kw[(feeder.root, t)] = p_kw.get((feeder.root, t), 0) + m.p_upstream_kw[t]
+    m.network = pyo.Block(doc="LinDistFlow of the feeder: the leader's network limits")
+    m.feeder = feeder
+    m.handles = LinDistFlow().add(
+        m.network, feeder, list(m.PERIODS), p_kw, {}, period_hours=m.period_hours
+    )
+
+
+def _add_bilevel_cost(m: pyo.ConcreteModel, fairness_weight: float) -> None:
+    followers = dict(zip(m.PROSUMERS, m.followers, strict=True))
+    m.incentive_paid = pyo.Expression(
+        m.PROSUMERS,
+        rule=lambda m, h: (
+            -kkt.bilinear_cost(followers[h])
+            - sum(m.incentive_per_mwh[t] * m.baseline_kw[h, t] for t in m.PERIODS)
+            * m.period_hours
+            / 1000.0
+        ),
+        doc="income[h] = sum_t pi[t] (p_net - baseline)[h,t] dt/1000; pi p_net by strong "
+        "duality  (currency)",
+    )
+    m.gain = pyo.Expression(
+        m.PROSUMERS,
+        rule=lambda m, h: (
+            m.standalone_cost[h]
+            - followers[h].dual_objective
+            - sum(m.incentive_per_mwh[t] * m.baseline_kw[h, t] for t in m.PERIODS)
+            * m.period_hours
+            / 1000.0
+        ),
+        doc="gain[h] = standalone[h] - (cost - income)[h]; the follower's optimal value is "
+        "its LP dual objective plus the baseline term  (currency)",
+    )
+    m.gain_max = pyo.Var(doc="best-off home's gain (currency)")
+    m.gain_min = pyo.Var(doc="worst-off home's gain (currency)")
+    m.gain_below_max = pyo.Constraint(
+        m.PROSUMERS, rule=lambda m, h: m.gain[h] <= m.gain_max, doc="gain[h] <= gain_max"
+    )
+    m.gain_above_min = pyo.Constraint(
+        m.PROSUMERS, rule=lambda m, h: m.gain[h] >= m.gain_min, doc="gain[h] >= gain_min"
+    )
+    m.leader_cost = pyo.Objective(
+        expr=sum(m.incentive_paid.values())
+        + m.deviation_cost
+        + fairness_weight * (m.gain_max - m.gain_min),
+        doc="sum_h income[h] + deviation cost + w_fair (gain_max - gain_min)  (currency)",
+    )
+
+
+def _add_full_control_cost(m: pyo.ConcreteModel) -> None:
+    m.incentive_paid = pyo.Expression(
+        m.PROSUMERS,
+        rule=lambda m, h: m.home[h].cost - m.standalone_cost[h],
+        doc="compensation[h] = cost[h] - standalone[h]  (currency)",
+    )
+    m.leader_cost = pyo.Objective(
+        expr=sum(m.incentive_paid.values()) + m.deviation_cost,
+        doc="sum_h (cost[h] - standalone[h]) + deviation cost  (currency)",
+    )
+
+
+# --- results ----------------------------------------------------------------------------
+
+
+def results(model: pyo.ConcreteModel, solution: Solution) -> Result:
+    """Tables and KPIs of a solved aggregator model, with the followers verified.
+
+    Tables
+    ------
+    incentives : period, incentive_per_mwh (empty under full control).
+    portfolio : period, commitment_kw, p_net_kw, deviation_kw.
+    power : prosumer, period, import_kw, export_kw, p_net_kw.
+    prosumers : prosumer, standalone_cost, cost, incentive_paid, gain.
+    verify : prosumer, value, optimum, gap, at_bound — each home re-solved alone at the
+        incentives found (bilevel only).
+    """
+    m = model
+    checks = kkt.verify(m) if m.followers else []
+    tables = {
+        "incentives": _incentive_table(m),
+        "portfolio": _portfolio_table(m),
+        "power": _power_table(m),
+        "prosumers": _prosumer_table(m),
+        "verify": pd.DataFrame(
+            [(c.name, c.value, c.optimum, c.gap, "; ".join(c.at_bound)) for c in checks],
+            columns=["prosumer", "value", "optimum", "gap", "at_bound"],
+        ),
+    }
+    kpis = {
+        "leader_cost": float(pyo.value(m.leader_cost)),
+        "incentive_paid": float(sum(pyo.value(e) for e in m.incentive_paid.values())),
+        "deviation_cost": float(pyo.value(m.deviation_cost)),
+        "deviation_kwh": float(tables["portfolio"]["deviation_kw"].abs().sum() * m.period_hours),
+        "max_follower_gap": max((abs(c.gap) for c in checks), default=0.0),
+        "multipliers_at_big_m": int(sum(len(c.at_bound) for c in checks)),
+    }
+    return Result("aggregator", tables, kpis, solution)
+
+
+def _incentive_table(m) -> pd.DataFrame:
+    if m.control != "incentive":
+        return pd.DataFrame(columns=["period", "incentive_per_mwh"])
+    return pd.DataFrame(
+        [(t, float(pyo.value(m.incentive_per_mwh[t]))) for t in m.PERIODS],
+        columns=["period", "incentive_per_mwh"],
+    )
+
+
+def _portfolio_table(m) -> pd.DataFrame:
+    rows = []
+    for t in m.PERIODS:
+        net = float(pyo.value(m.p_portfolio_kw[t]))
+        commit = float(pyo.value(m.commitment_kw[t]))
+        rows.append((t, commit, net, net - commit))
+    return pd.DataFrame(rows, columns=["period", "commitment_kw", "p_net_kw", "deviation_kw"])
+
+
+def _power_table(m) -> pd.DataFrame:
+    rows = [
+        (
+            h,
+            t,
+            float(pyo.value(m.home[h].p_import_kw[t])),
+            float(pyo.value(m.home[h].p_export_kw[t])),
+        )
+        for h in m.PROSUMERS
+        for t in m.PERIODS
+    ]
+    table = pd.DataFrame(rows, columns=["prosumer", "period", "import_kw", "export_kw"])
+    table["p_net_kw"] = table["export_kw"] - table["import_kw"]
+    return table
+
+
+def _prosumer_table(m) -> pd.DataFrame:
+    rows = []
+    for h in m.PROSUMERS:
+        cost = float(pyo.value(m.home[h].cost))
+        paid = float(pyo.value(m.incentive_paid[h]))
+        rows.append((h, m.standalone_cost[h], cost, paid, m.standalone_cost[h] - cost + paid))
+    return pd.DataFrame(
+        rows, columns=["prosumer", "standalone_cost", "cost", "incentive_paid", "gain"]
+    )
+
+
+def schedule(
+    prosumers: Mapping[str, ProsumerSpec] | Sequence[ProsumerSpec],
+    prices: PricesSpec,
+    commitment_kw: assets.Profile,
+    *,
+    solve_options: Mapping[str, Any] | None = None,
+    **build_options: Any,
+) -> Result:
+    """Build, solve and report in one call: :func:`build`, then :func:`results`.
+
+    ``build_options`` are :func:`build`'s keyword arguments; ``solve_options`` are
+    :func:`gridmarkets.solvers.solve`'s.
+    """
+    model = build(prosumers, prices, commitment_kw, **build_options)
+    return results(model, solve(model, **dict(solve_options or {})))
+
+
+# --- case files -------------------------------------------------------------------------
+
+
+class CaseSpec(CaseBase):
+    """An aggregator case (``model: aggregator``): homes, tariff, commitment, incentive."""
+
+    model: Literal["aggregator"]
+    control: Control = "incentive"
+    method: Literal["bigm", "strong_duality"] = "bigm"
+    prices: PricesSpec
+    commitment_kw: assets.Profile = Field(description="committed net injection (kW)")
+    incentive: IncentiveSpec = Field(default_factory=IncentiveSpec)
+    deviation_penalty_per_mwh: NonNegativeFloat = 500.0
+    fairness_weight: NonNegativeFloat = 0.0
+    big_m: PositiveFloat = Field(10.0, description="bound on the followers' multipliers")
+    prosumers: dict[str, ProsumerSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CaseSpec:
+        n = self.horizon.periods
+        if isinstance(self.commitment_kw, list) and len(self.commitment_kw) != n:
+            raise ValueError(f"commitment_kw: {len(self.commitment_kw)} values for {n} periods")
+        for h, home in self.prosumers.items():
+            prosumer._check_home(home, n, f"prosumers.{h}")
+            if self.network is not None and home.bus is None:
+                raise ValueError(f"prosumers.{h}.bus: required on a network")
+        return self
+
+
+def run_case(case: CaseSpec, solve_options: dict[str, Any]) -> Result:
+    """Solve an aggregator case: the CLI's and the sweeps' entry point."""
+    from gridmarkets.networks import load
+
+    feeder = None if case.network is None else load(case.network.model_dump(exclude_none=True))
+    return schedule(
+        case.prosumers,
+        case.prices,
+        case.commitment_kw,
+        periods=case.horizon.periods,
+        period_hours=case.horizon.period_hours,
+        control=case.control,
+        incentive=case.incentive,
+        deviation_penalty_per_mwh=case.deviation_penalty_per_mwh,
+        fairness_weight=case.fairness_weight,
+        network=feeder,
+        method=case.method,
+        big_m=case.big_m,
+        solve_options=solve_options,
+    )
+
+
+def level_grid(levels: Sequence[float], periods: int) -> np.ndarray:
+    """Every incentive schedule over a menu of levels: (len(levels)**periods x periods)."""
+    return np.array(np.meshgrid(*[levels] * periods, indexing="ij")).reshape(periods, -1).T
