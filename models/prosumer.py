@@ -625,7 +625,8 @@ def run_case(case: CaseSpec, solve_options: dict[str, Any]) -> Result:
     (``lindistflow``) together within the feeder's LinDistFlow limits, and the KPI
     ``cost_uncoordinated`` is the independent schedules' cost. Either way the homes'
     injections are run through the AC check (LinDistFlow against pandapower), so the
-    result's ``ac_check`` shows what the schedules do to the feeder.
+    result's ``ac_check`` shows what the schedules do to the feeder (coordinated, it
+    holds the uncoordinated schedules' check under ``uncoordinated``).
     """
     if case.network is None:
         return schedule(
@@ -637,14 +638,19 @@ def run_case(case: CaseSpec, solve_options: dict[str, Any]) -> Result:
     homes = resolve_feeder_profiles(case.prosumers, feeder, case.horizon)
     options = case_options(case)
     result = schedule(homes, case.prices, solve_options=solve_options, **options)
+    injections = bus_injections(result)
+    result.ac_check = ac_check(feeder, injections, 0.0 * injections).summary()
     if case.coordination == "lindistflow":
-        alone = result.kpis["cost"]
+        alone = result
         result = schedule(
             homes, case.prices, solve_options=solve_options, network=feeder, **options
         )
-        result.kpis["cost_uncoordinated"] = alone
-    injections = bus_injections(result)
-    result.ac_check = ac_check(feeder, injections, 0.0 * injections).summary()
+        result.kpis["cost_uncoordinated"] = alone.kpis["cost"]
+        injections = bus_injections(result)
+        result.ac_check = {
+            **ac_check(feeder, injections, 0.0 * injections).summary(),
+            "uncoordinated": alone.ac_check,
+        }
     return result
 
 
