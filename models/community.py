@@ -179,7 +179,8 @@ def build(
     Returns
     -------
     The model: ``model.home[i]`` (members), ``model.shared[a]``, ``model.balance``
-    (copper plate) or ``model.handles`` (LinDistFlow), ``model.objective``.
+    (copper plate) or ``model.handles`` (LinDistFlow's handles; ``model.handles`` is
+    None on a copper plate), ``model.objective``.
     """
     started = time.perf_counter()
     everyone = [str(k) for k in members]
@@ -346,7 +347,6 @@ def _add_balance(m, feeder) -> None:
     m.handles = formulation.add(
         m.network, feeder, list(m.PERIODS), p_kw, {}, period_hours=m.period_hours
     )
-    m.balance = m.handles.active_power_balance
 
 
 def _bus(bus, feeder, path: str):
@@ -496,7 +496,8 @@ def _exchange_table(m, solution: Solution, meters, shared) -> pd.DataFrame:
             duals = [solution.dual(m.balance[t]) for t in periods]
             factor = 1000.0 / m.period_hours
         else:
-            duals = [solution.dual(m.balance[m.feeder.root, t]) for t in periods]
+            balance = m.handles.active_power_balance
+            duals = [solution.dual(balance[m.feeder.root, t]) for t in periods]
             factor = m.handles.per_mwh()
         table["internal_price"] = np.asarray(duals) * factor
     return table
