@@ -16,6 +16,7 @@ from pydantic import Field, TypeAdapter
 from gridmarkets.errors import CaseError
 
 MODELS: dict[str, str] = {
+    "aggregator": "gridmarkets.models.aggregator",
     "flexibility": "gridmarkets.models.flexibility",
     "lem": "gridmarkets.models.lem",
     "community": "gridmarkets.models.community",
