@@ -27,6 +27,7 @@ to it so nobody trades at a loss — is reported.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,11 +37,13 @@ import numpy as np
 import pandas as pd
 import pyomo.environ as pyo
 from pydantic import Field, FiniteFloat, NonNegativeFloat, PositiveFloat, model_validator
+from pyomo.core.expr.numeric_expr import LinearExpression, MonomialTermExpression
 
 from gridmarkets.case import CaseBase, Spec
 from gridmarkets.errors import InputError
 from gridmarkets.results import Result
 from gridmarkets.solvers import Solution, record_build_time, solve
+from gridmarkets.solvers.highs import gc_paused
 
 BID_COLUMNS = ["participant", "side", "quantity_kw", "price", "period", "block", "bus"]
 _TOL_KW = 1e-6
@@ -183,6 +186,7 @@ def _place_bids(table: pd.DataFrame, feeder) -> pd.DataFrame:
     return table.assign(bus=table["bus"].map(feeder.merged))
 
 
+@gc_paused()
 def _add_acceptance(m, table: pd.DataFrame, indivisible: bool, min_acceptance) -> None:
     quantity = table["quantity_kw"].to_dict()
     m.accepted_kw = pyo.Var(
@@ -222,35 +226,46 @@ def _add_upstream(m, upstream: Upstream | None) -> None:
     m.export_kw = pyo.Var(m.PERIODS, bounds=(0, cap), doc="export to the upstream grid (kW)")
 
 
+@gc_paused()
 def _injections(m, table: pd.DataFrame, feeder) -> dict:
-    """Net injection per (bus, period): offers minus bids, plus upstream at the root."""
-    sign = np.where(table["side"] == "sell", 1.0, -1.0)
-    injection: dict[tuple, Any] = {}
-    for (bus, period), group in table.groupby(["bus", "period"], dropna=False, sort=False):
-        bus = None if pd.isna(bus) else bus
-        injection[(bus, period)] = sum(
-            s * m.accepted_kw[b] for s, b in zip(sign[group.index], group.index, strict=True)
-        )
+    """Net injection per (bus, period): offers minus bids, plus upstream at the root.
+
+    Each is a LinearExpression built from its terms (not summed term by term): the
+    market has one term per block, a hundred thousand on the largest benchmark.
+    """
+    sign = np.where(table["side"] == "sell", 1.0, -1.0).tolist()
+    terms = list(map(MonomialTermExpression, zip(sign, m.accepted_kw.values(), strict=True)))
+    groups = table.groupby(["bus", "period"], dropna=False, sort=False).indices
+    injection: dict[tuple, Any] = {
+        (None if pd.isna(bus) else bus, period): LinearExpression([terms[k] for k in rows])
+        for (bus, period), rows in groups.items()
+    }
     if m.upstream is not None:
         root = feeder.root if feeder is not None else None
         for t in m.PERIODS:
-            exchange = m.import_kw[t] - m.export_kw[t]
-            injection[(root, t)] = injection.get((root, t), 0) + exchange
+            before = injection.get((root, t))
+            exchange = [
+                MonomialTermExpression((1.0, m.import_kw[t])),
+                MonomialTermExpression((-1.0, m.export_kw[t])),
+            ]
+            injection[(root, t)] = LinearExpression(
+                [*(() if before is None else before.args), *exchange]
+            )
     return injection
 
 
+@gc_paused()
 def _add_welfare(m, table: pd.DataFrame) -> None:
     per_kw = m.period_hours / 1000.0  # currency per MWh -> currency per kW and period
     value = np.where(table["side"] == "buy", 1.0, -1.0) * table["price"].to_numpy() * per_kw
-    welfare = sum(v * m.accepted_kw[b] for v, b in zip(value, table.index, strict=True))
+    pairs = zip(value.tolist(), m.accepted_kw.values(), strict=True)
     if m.upstream is not None:
         imp, exp = m.upstream.per_period(list(m.PERIODS))
-        welfare += sum(
-            per_kw * (exp[k] * m.export_kw[t] - imp[k] * m.import_kw[t])
-            for k, t in enumerate(m.PERIODS)
-        )
+        export = zip((per_kw * exp).tolist(), m.export_kw.values(), strict=True)
+        cost = zip((-per_kw * imp).tolist(), m.import_kw.values(), strict=True)
+        pairs = itertools.chain(pairs, export, cost)
     m.social_welfare = pyo.Objective(
-        expr=welfare,
+        expr=LinearExpression(list(map(MonomialTermExpression, pairs))),
         sense=pyo.maximize,
         doc="sum_buy price q dt - sum_sell price q dt - import cost + export revenue  (currency)",
     )

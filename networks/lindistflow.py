@@ -15,16 +15,22 @@ the equations of Baran and Wu's simplified DistFlow.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import pyomo.environ as pyo
+from pyomo.common.numeric_types import native_numeric_types
+from pyomo.core.base.var import VarData
+from pyomo.core.expr.numeric_expr import LinearExpression, MonomialTermExpression
+from pyomo.core.expr.relational_expr import EqualityExpression, InequalityExpression
 
 from gridmarkets.errors import NetworkError
 from gridmarkets.networks.feeder import Feeder, net_injections
 from gridmarkets.networks.handles import NetworkHandles
+from gridmarkets.solvers.highs import gc_paused
 
 
 @dataclass(frozen=True)
@@ -238,6 +244,7 @@ class LinDistFlow:
         self.point = point
         self.upstream_reactive = upstream_reactive
 
+    @gc_paused()
     def add(
         self,
         block: pyo.Block,
@@ -395,104 +402,226 @@ def _indexed(rows, periods: list, array: np.ndarray) -> dict:
     return {(r, t): float(array[i, k]) for i, r in enumerate(rows) for k, t in enumerate(periods)}
 
 
+def _var_array(var: pyo.Var, shape: tuple[int, ...]) -> np.ndarray:
+    """The data of a variable indexed (rows, periods) as an object array, in index order."""
+    array = np.empty(len(var), dtype=object)
+    array[:] = list(var.values())
+    return array.reshape(shape)
+
+
+def _linear_rows(n_rows: int, rows, coefs, variables, constants=None) -> list:
+    """One LinearExpression per row from COO terms (row, coefficient, variable).
+
+    Built from arrays rather than by operator overloading: the families of LinDistFlow
+    have a few terms per row and hundreds of thousands of rows.
+    """
+    rows, coefs, variables = (np.asarray(a).ravel() for a in (rows, coefs, variables))
+    order = np.argsort(rows, kind="stable")
+    terms = list(
+        map(MonomialTermExpression, zip(coefs[order].tolist(), variables[order], strict=True))
+    )
+    ends = np.cumsum(np.bincount(rows, minlength=n_rows)).tolist()
+    starts = [0, *ends[:-1]]
+    if constants is None:
+        return [LinearExpression(terms[a:b]) for a, b in zip(starts, ends, strict=True)]
+    return [
+        LinearExpression([c, *terms[a:b]] if c else terms[a:b])
+        for a, b, c in zip(starts, ends, np.ravel(constants).tolist(), strict=True)
+    ]
+
+
+def _with_injections(rows: list, injections: list, scale: float) -> list:
+    """Add each row's market injection (any Pyomo expression or number), times ``scale``."""
+    out = []
+    for row, injection in zip(rows, injections, strict=True):
+        terms = _linear_terms(injection, scale)
+        if terms is None:
+            out.append(row + injection * scale)
+        else:
+            out.append(LinearExpression(terms + list(row.args)) if terms else row)
+    return out
+
+
+def _linear_terms(expr, scale: float) -> list | None:
+    """``scale * expr`` as LinearExpression arguments, or None when it is not that simple."""
+    if expr.__class__ in native_numeric_types:
+        return [expr * scale] if expr else []
+    if isinstance(expr, VarData):
+        return [MonomialTermExpression((scale, expr))]
+    if expr.__class__ is MonomialTermExpression and expr.args[0].__class__ in native_numeric_types:
+        return [MonomialTermExpression((expr.args[0] * scale, expr.args[1]))]
+    if expr.__class__ is LinearExpression:
+        terms = [_linear_terms(arg, scale) for arg in expr.args]
+        return None if any(t is None for t in terms) else [a for t in terms for a in t]
+    return None
+
+
+def _constraint(block, name: str, sets: tuple, relations: list, doc: str) -> None:
+    """An indexed constraint over ``sets`` from prebuilt relations, in index order."""
+    by_key = dict(zip(_keys(*sets), relations, strict=True))
+    rule = by_key.__getitem__  # a function rule: Pyomo validates the keys of a dict rule
+    block.add_component(name, pyo.Constraint(*sets, rule=lambda _, *key: rule(key), doc=doc))
+
+
+def _equal_zero(rows: list) -> list:
+    return [EqualityExpression((row, 0)) for row in rows]
+
+
+def _keys(*sets) -> list:
+    return list(itertools.product(*(list(s) for s in sets)))
+
+
 def _add_balances(block, feeder: Feeder, p_kw, q_kvar, point: OperatingPoint, losses) -> None:
     s = feeder.s_base_kva
-    br = feeder.branches
-    parent = feeder.parent_branch
-    below = {bus: [parent[c] for c in kids] for bus, kids in feeder.children.items()}
-    r, x = br["r_pu"].to_dict(), br["x_pu"].to_dict()
-    g, bsh = feeder.buses["g_pu"].to_dict(), feeder.buses["b_pu"].to_dict()
-    column = {t: k for k, t in enumerate(block.PERIODS)}
-    row = {bus: k for k, bus in enumerate(feeder.buses.index)}
+    periods = list(block.PERIODS)
+    n_bus, n_br, n_t = len(feeder.buses), len(feeder.branches), len(periods)
+    keys = _keys(feeder.buses.index, periods)
+    shunts = feeder.buses[["g_pu", "b_pu"]].to_numpy() * 1.0
     v0 = point.v_sq_pu
-    ell = block.current_sq_pu if losses else None
     up_q = getattr(block, "q_upstream_kvar", None)
-
-    def active(b, j, t):
-        v = v0[row[j], column[t]]
-        expr = p_kw.get((j, t), 0) / s - g[j] * v - sum(b.p_flow_pu[k, t] for k in below[j])
-        if j != feeder.root:
-            k = parent[j]
-            expr += b.p_flow_pu[k, t] - (r[k] * ell[k, t] if ell is not None else 0)
-        return expr == 0
-
-    def reactive(b, j, t):
-        v = v0[row[j], column[t]]
-        expr = q_kvar.get((j, t), 0) / s + bsh[j] * v - sum(b.q_flow_pu[k, t] for k in below[j])
-        if j != feeder.root:
-            k = parent[j]
-            expr += b.q_flow_pu[k, t] - (x[k] * ell[k, t] if ell is not None else 0)
-        elif up_q is not None:
-            expr += up_q[t] / s
-        return expr == 0
-
-    block.active_power_balance = pyo.Constraint(
-        block.BUSES,
-        block.PERIODS,
-        rule=active,
-        doc="p[j,t]/S - g v0 + P[in] - r ell[in] - sum P[out] = 0  (pu); dual: price of demand",
+    families = (
+        ("active", block.p_flow_pu, p_kw, -shunts[:, [0]] * v0, "r_pu", None),
+        ("reactive", block.q_flow_pu, q_kvar, shunts[:, [1]] * v0, "x_pu", up_q),
     )
-    block.reactive_power_balance = pyo.Constraint(
-        block.BUSES,
-        block.PERIODS,
-        rule=reactive,
-        doc="q[j,t]/S + b v0 + Q[in] - x ell[in] - sum Q[out] = 0  (pu)",
+    built = {}
+    for name, flow, injections, constant, impedance, upstream in families:
+        flows = _var_array(flow, (n_br, n_t))
+        balance = np.arange(n_bus * n_t).reshape(n_bus, n_t)
+        rows = [balance[feeder.to_pos], balance[feeder.from_pos]]
+        coefs = [np.ones((n_br, n_t)), -np.ones((n_br, n_t))]
+        variables = [flows, flows]
+        if upstream is not None:
+            root = feeder.buses.index.get_loc(feeder.root)
+            rows.append(balance[root])
+            coefs.append(np.full(n_t, 1 / s))
+            variables.append(_var_array(upstream, (n_t,)))
+        lhs = _linear_rows(
+            n_bus * n_t,
+            np.concatenate([r.ravel() for r in rows]),
+            np.concatenate([c.ravel() for c in coefs]),
+            np.concatenate([v.ravel() for v in variables]),
+            constant,
+        )
+        lhs = _with_injections(lhs, [injections.get(key, 0) for key in keys], 1 / s)
+        if losses:
+            lhs = _minus_losses(block, feeder, lhs, keys, impedance)
+        built[name] = _equal_zero(lhs)
+    _constraint(
+        block,
+        "active_power_balance",
+        (block.BUSES, block.PERIODS),
+        built["active"],
+        "p[j,t]/S - g v0 + P[in] - r ell[in] - sum P[out] = 0  (pu); dual: price of demand",
     )
+    _constraint(
+        block,
+        "reactive_power_balance",
+        (block.BUSES, block.PERIODS),
+        built["reactive"],
+        "q[j,t]/S + b v0 + Q[in] - x ell[in] - sum Q[out] = 0  (pu)",
+    )
+
+
+def _minus_losses(block, feeder: Feeder, lhs: list, keys: list, impedance: str) -> list:
+    """Subtract r ell (or x ell) of the branch feeding each bus (parametric: kept symbolic)."""
+    parent = feeder.parent_branch
+    z = feeder.branches[impedance].to_dict()
+    ell = block.current_sq_pu
+    return [
+        row - z[parent[j]] * ell[parent[j], t] if j != feeder.root else row
+        for row, (j, t) in zip(lhs, keys, strict=True)
+    ]
 
 
 def _add_voltage(block, feeder: Feeder, losses) -> None:
     k = branch_arrays(feeder)
-    br = feeder.branches
-    frm, to = br["from_bus"].to_dict(), br["to_bus"].to_dict()
-    r, x = dict(enumerate(k["r"][:, 0])), dict(enumerate(k["x"][:, 0]))
-    z2, n2 = dict(enumerate(k["z2"][:, 0])), dict(enumerate(k["n2"][:, 0]))
-    ell = block.current_sq_pu if losses else None
-
-    def drop(b, line, t):
-        expr = b.v_sq_pu[to[line], t] - b.v_sq_pu[frm[line], t] / n2[line]
-        expr += 2 * (r[line] * b.p_flow_pu[line, t] + x[line] * b.q_flow_pu[line, t])
-        if ell is not None:
-            expr -= z2[line] * ell[line, t]
-        return expr == 0
-
-    block.voltage_drop = pyo.Constraint(
-        block.BRANCHES,
-        block.PERIODS,
-        rule=drop,
-        doc="v[j,t] = v[i,t]/n^2 - 2 (r P[l,t] + x Q[l,t]) + (r^2 + x^2) ell[l,t]  (pu^2)",
+    periods = list(block.PERIODS)
+    n_br, n_t = len(feeder.branches), len(periods)
+    v = _var_array(block.v_sq_pu, (len(feeder.buses), n_t))
+    drop = np.arange(n_br * n_t).reshape(n_br, n_t)
+    ones = np.ones((n_br, n_t))
+    lhs = _linear_rows(
+        n_br * n_t,
+        np.concatenate([drop.ravel()] * 4),
+        np.concatenate([ones, -ones / k["n2"], 2 * k["r"] * ones, 2 * k["x"] * ones], axis=None),
+        np.concatenate(
+            [
+                v[feeder.to_pos],
+                v[feeder.from_pos],
+                _var_array(block.p_flow_pu, (n_br, n_t)),
+                _var_array(block.q_flow_pu, (n_br, n_t)),
+            ],
+            axis=None,
+        ),
     )
-    vmin = (feeder.buses["vmin_pu"] ** 2).to_dict()
-    vmax = (feeder.buses["vmax_pu"] ** 2).to_dict()
-    block.voltage_lower = pyo.Constraint(
-        block.BUSES_BELOW_ROOT,
-        block.PERIODS,
-        rule=lambda b, j, t: b.v_sq_pu[j, t] >= vmin[j],
-        doc="v[j,t] >= vmin_pu[j]^2  (pu^2)",
+    keys = _keys(block.BRANCHES, block.PERIODS)
+    if losses:
+        z2 = dict(zip(feeder.branches.index, k["z2"][:, 0], strict=True))
+        lhs = [
+            row - z2[line] * block.current_sq_pu[line, t]
+            for row, (line, t) in zip(lhs, keys, strict=True)
+        ]
+    _constraint(
+        block,
+        "voltage_drop",
+        (block.BRANCHES, block.PERIODS),
+        _equal_zero(lhs),
+        "v[j,t] = v[i,t]/n^2 - 2 (r P[l,t] + x Q[l,t]) + (r^2 + x^2) ell[l,t]  (pu^2)",
     )
-    block.voltage_upper = pyo.Constraint(
-        block.BUSES_BELOW_ROOT,
-        block.PERIODS,
-        rule=lambda b, j, t: b.v_sq_pu[j, t] <= vmax[j],
-        doc="v[j,t] <= vmax_pu[j]^2  (pu^2)",
+    _add_voltage_limits(block, feeder, v[feeder.to_pos])
+
+
+def _add_voltage_limits(block, feeder: Feeder, v: np.ndarray) -> None:
+    """Bounds on the squared voltages below the root (``v`` in ``feeder.order[1:]`` order)."""
+    buses = feeder.buses.loc[feeder.order[1:]]
+    n_t = v.shape[1]
+    vmin = np.repeat(buses["vmin_pu"].to_numpy() ** 2, n_t).tolist()
+    vmax = np.repeat(buses["vmax_pu"].to_numpy() ** 2, n_t).tolist()
+    cells = v.ravel().tolist()
+    _constraint(
+        block,
+        "voltage_lower",
+        (block.BUSES_BELOW_ROOT, block.PERIODS),
+        [InequalityExpression((lo, var), False) for lo, var in zip(vmin, cells, strict=True)],
+        "v[j,t] >= vmin_pu[j]^2  (pu^2)",
+    )
+    _constraint(
+        block,
+        "voltage_upper",
+        (block.BUSES_BELOW_ROOT, block.PERIODS),
+        [InequalityExpression((var, hi), False) for var, hi in zip(cells, vmax, strict=True)],
+        "v[j,t] <= vmax_pu[j]^2  (pu^2)",
     )
 
 
 def _add_thermal(block, feeder: Feeder, sides: int) -> np.ndarray:
     angles = 2 * math.pi * np.arange(sides) / sides
     polygon = np.column_stack([np.cos(angles), np.sin(angles)])
-    cap = (feeder.branches["rating_kva"] / feeder.s_base_kva * math.cos(math.pi / sides)).to_dict()
-    cos, sin = polygon[:, 0].tolist(), polygon[:, 1].tolist()
-
-    def limit(b, line, side, t):
-        flow = cos[side] * b.p_flow_pu[line, t] + sin[side] * b.q_flow_pu[line, t]
-        return flow <= cap[line]
-
-    block.thermal_limit = pyo.Constraint(
-        block.RATED_BRANCHES,
-        block.SIDES,
-        block.PERIODS,
-        rule=limit,
-        doc="cos(2 pi k/N) P[l,t] + sin(2 pi k/N) Q[l,t] <= S_l cos(pi/N)  (pu): polygon "
+    br = feeder.branches
+    periods = list(block.PERIODS)
+    n_t = len(periods)
+    rated = np.flatnonzero(np.isfinite(br["rating_kva"]) & (br["rating_kva"] > 0))
+    shape = (len(rated), sides, n_t)
+    rows = np.arange(math.prod(shape)).reshape(shape)
+    flows = [_var_array(f, (len(br), n_t))[rated] for f in (block.p_flow_pu, block.q_flow_pu)]
+    terms = []
+    for k, flow in enumerate(flows):
+        used = polygon[:, k] != 0  # sin 0 = 0: no Q term on the first side
+        terms.append((rows[:, used], polygon[used, k][None, :, None], flow[:, None, :]))
+    lhs = _linear_rows(
+        rows.size,
+        np.concatenate([np.broadcast_to(r, r.shape).ravel() for r, _, _ in terms]),
+        np.concatenate([np.broadcast_to(c, r.shape).ravel() for r, c, _ in terms]),
+        np.concatenate([np.broadcast_to(f, r.shape).ravel() for r, _, f in terms]),
+    )
+    cap = br["rating_kva"].to_numpy()[rated] / feeder.s_base_kva * math.cos(math.pi / sides)
+    upper = np.broadcast_to(cap[:, None, None], shape).ravel().tolist()
+    _constraint(
+        block,
+        "thermal_limit",
+        (block.RATED_BRANCHES, block.SIDES, block.PERIODS),
+        [InequalityExpression((row, hi), False) for row, hi in zip(lhs, upper, strict=True)],
+        "cos(2 pi k/N) P[l,t] + sin(2 pi k/N) Q[l,t] <= S_l cos(pi/N)  (pu): polygon "
         "inscribed in the apparent-power circle",
     )
     return polygon
