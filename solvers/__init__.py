@@ -2,6 +2,7 @@
 
 from gridmarkets.solvers.diagnose import Conflict, Diagnosis, diagnose
 from gridmarkets.solvers.highs import Solution, compile_model, record_build_time, solve
+from gridmarkets.solvers.kkt import reformulate, verify
 
 __all__ = [
     "Conflict",
@@ -10,5 +11,7 @@ __all__ = [
     "compile_model",
     "diagnose",
     "record_build_time",
+    "reformulate",
     "solve",
+    "verify",
 ]
