@@ -1084,11 +1084,16 @@ class CaseSpec(CaseBase):
         n = self.horizon.periods
         if self.network is None or self.network.source != "simbench":
             raise ValueError("network: a flexibility case needs a SimBench network (profiles)")
+        known = set(load_products().index)
         for name, value in self.tso_requirements.items():
+            if name not in known:
+                raise ValueError(f"tso_requirements.{name}: not a product ({sorted(known)})")
             if isinstance(value, list) and len(value) != n:
                 raise ValueError(f"tso_requirements.{name}: {len(value)} values for {n} periods")
         for sid, seller in self.sellers.items():
             for k, offer in enumerate(seller.offers):
+                if offer.product not in known | set(DSO_PRODUCTS):
+                    raise ValueError(f"sellers.{sid}.offers.{k}.product: {offer.product!r} unknown")
                 q = offer.quantity_kw
                 if isinstance(q, list) and len(q) != n:
                     raise ValueError(f"sellers.{sid}.offers.{k}.quantity_kw: {len(q)} values")

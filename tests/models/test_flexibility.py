@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pandapower as pp
@@ -80,6 +81,28 @@ def test_products_activate_in_the_order_of_the_reserve_hierarchy():
     t = PRODUCTS["activation_time_s"]
     assert t["ffr"] < t["fcr_d_up"] < t["fcr_n"] < t["afrr_up"] < t["mfrr_up"]
     assert t["fcr_d_up"] == t["fcr_d_down"] and t["afrr_up"] == t["afrr_down"]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        ("tso_requirements.fcr_x", 5.0, "tso_requirements.fcr_x: not a product"),
+        ("sellers.battery_9.offers.0.product", "fcrd", "offers.0.product: 'fcrd' unknown"),
+        ("tso_requirements.fcr_d_up", [1.0, 2.0], "2 values for 4 periods"),
+    ],
+)
+def test_case_errors_name_the_field(path, value, message):
+    from gridmarkets.case import read_yaml, set_path, validate
+    from gridmarkets.errors import CaseError
+
+    data = read_yaml(shipped_cases_dir() / "flexibility_lv_noon.yaml")
+    if path.startswith("tso_requirements.fcr_x"):
+        data["tso_requirements"]["fcr_x"] = value
+    else:
+        data = set_path(data, path, value)
+    with pytest.raises(CaseError, match=re.escape(message)):
+        validate(data, "case.yaml")
 
 
 # --- TSO only, no network: a merit order per product ------------------------------------
