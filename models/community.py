@@ -114,28 +114,6 @@ def shares_of(owners: Mapping[str, float], members: Sequence[str]) -> dict[str, 
     return {m: float(owners.get(m, 0.0)) for m in members}
 
 
-def scaled_asset(
-    asset: SharedAssetSpec, factor: float, periods: int, period_hours: float
-) -> SharedAssetSpec | None:
-    """A shared asset scaled to the shares ``factor`` a coalition holds (None at 0)."""
-    if factor <= 1e-12:
-        return None
-    if factor >= 1 - 1e-12:
-        return asset
-    pv = battery = None
-    if asset.pv is not None:
-        profile = assets.profile_values(asset.pv.profile_kw, periods, period_hours, "pv")
-        pv = asset.pv.model_copy(update={"profile_kw": list(factor * profile)})
-    if asset.battery is not None:
-        b = asset.battery
-        fields = ("capacity_kwh", "p_charge_max_kw", "p_discharge_max_kw", "soc_min_kwh")
-        fields += ("soc_max_kwh", "soc_initial_kwh", "soc_final_kwh")
-        battery = b.model_copy(
-            update={f: None if getattr(b, f) is None else factor * getattr(b, f) for f in fields}
-        )
-    return asset.model_copy(update={"pv": pv, "battery": battery, "owners": {}})
-
-
 # --- build ------------------------------------------------------------------------------
 
 
@@ -195,15 +173,16 @@ def build(
     m.specs = {i: members[i] for i in inside}
     m.mode, m.period_hours, m.timestamps, m.feeder = mode, period_hours, timestamps, feeder
     _add_tariff(m, prices, mode, carbon_kg_per_mwh)
+    m.in_coalition = pyo.Param(
+        m.MEMBERS, initialize=1.0, mutable=True, doc="1 if the member is in the coalition"
+    )
     m.home = pyo.Block(m.MEMBERS, doc="a member's devices and its meter to the community bus")
     for i in inside:
         prosumer.add_home(m.home[i], m.specs[i], m, value_of_lost_load_per_mwh)
-        if mode == "islanded":  # the meter still trades inside the community
-            m.home[i].p_import_kw.unfix()
-            m.home[i].p_export_kw.unfix()
-    m.shared_specs = _coalition_assets(shared or {}, everyone, inside, periods, period_hours)
+    m.everyone, m.shared_specs = everyone, {str(a): spec for a, spec in (shared or {}).items()}
     _add_shared(m)
-    _add_connection(m, connection or ConnectionSpec(), everyone, inside)
+    _add_connection(m, connection or ConnectionSpec())
+    set_coalition(m, inside)
     _add_balance(m, feeder)
     _add_objective(m, weights, value_of_lost_load_per_mwh)
     if extra is not None:
@@ -244,20 +223,48 @@ def _add_tariff(m, prices: PricesSpec | None, mode: str, carbon: Profile) -> Non
     )
 
 
-def _coalition_assets(shared, everyone, inside, periods, period_hours) -> dict:
-    scaled = {}
-    for aid, asset in shared.items():
-        shares = shares_of(asset.owners, everyone)
-        factor = sum(shares[i] for i in inside)
-        spec = scaled_asset(asset, factor, periods, period_hours)
-        if spec is not None:
-            scaled[str(aid)] = spec
-    return scaled
+def set_coalition(m: pyo.ConcreteModel, coalition: Iterable[str]) -> None:
+    """Make a built model describe coalition ``S`` (the members it was built with, or fewer).
+
+    Members outside ``S`` are deactivated with their meters fixed at 0 and leave the
+    objective; every shared asset's factor becomes the share its owners in ``S`` hold
+    and the connection capacity the coalition's share of it. A battery or PV plant
+    scaled by ``f`` is ``f`` times the full asset's schedule (its constraints are
+    linear and homogeneous in power, energy and initial state), so scaling the full
+    asset's injection and cost by the factor is exact; one model then serves every
+    coalition without a rebuild.
+    """
+    inside = {str(i) for i in coalition}
+    unknown = inside - set(m.MEMBERS)
+    if unknown or not inside:
+        raise InputError(f"coalition: {sorted(unknown) or 'empty'} is not a set of members")
+    for i in m.MEMBERS:
+        home, member = m.home[i], i in inside
+        m.in_coalition[i] = float(member)
+        if member:
+            home.activate()
+        else:
+            home.deactivate()
+        for t in m.PERIODS:  # islanded or not, a member's meter trades inside
+            for var in (home.p_import_kw[t], home.p_export_kw[t]):
+                if member:
+                    var.unfix()
+                else:
+                    var.fix(0.0)
+    for a, spec in m.shared_specs.items():
+        shares = shares_of(spec.owners, m.everyone)
+        m.shared_factor[a] = sum(shares[i] for i in inside)
+    shares = shares_of(m.connection.shares, m.everyone)
+    m.connection_factor = sum(shares[i] for i in inside)
+    m.coalition = frozenset(inside)
 
 
 def _add_shared(m) -> None:
     """Shared assets: PV and battery device blocks, their net power and costs."""
     m.SHARED = pyo.Set(initialize=list(m.shared_specs), doc="shared assets")
+    m.shared_factor = pyo.Param(
+        m.SHARED, initialize=1.0, mutable=True, doc="share of the asset the coalition owns"
+    )
     m.shared = pyo.Block(m.SHARED, doc="one shared asset")
     periods, dt = list(m.PERIODS), m.period_hours
     for aid, spec in m.shared_specs.items():
@@ -271,28 +278,31 @@ def _add_shared(m) -> None:
                 b.add_component(name, pyo.Block(doc=f"shared {name}"))
                 net[name] = add(getattr(b, name), device, periods, dt)
         b.devices = net
+        factor = m.shared_factor[aid]
         b.p_net_kw = pyo.Expression(
             m.PERIODS,
-            rule=lambda b, t, net=net: sum(p[t] for p in net.values()),
-            doc="p_net[a, t] = sum_devices p_net[t]  (kW, into the community bus)",
+            rule=lambda b, t, net=net, f=factor: f * sum(p[t] for p in net.values()),
+            doc="p_net[a, t] = f[a] sum_devices p_net[t]  (kW, into the community bus)",
         )
         b.cost = pyo.Expression(
-            expr=sum(getattr(b, n).cost for n in net), doc="sum of device costs (currency)"
+            expr=factor * sum(getattr(b, n).cost for n in net),
+            doc="f[a] sum of device costs (currency)",
         )
 
 
-def _add_connection(m, connection: ConnectionSpec, everyone, inside) -> None:
+def _add_connection(m, connection: ConnectionSpec) -> None:
     """Import and export at the point of connection, within the coalition's capacity."""
+    m.connection = connection
+    m.connection_factor = pyo.Param(
+        initialize=1.0, mutable=True, doc="share of the connection the coalition holds"
+    )
     capacity = connection.capacity_kw
-    if capacity is not None:
-        shares = shares_of(connection.shares, everyone)
-        capacity *= sum(shares[i] for i in inside)
-    m.connection_kw = capacity
+    upper = None if capacity is None else capacity * m.connection_factor
     m.p_grid_import_kw = pyo.Var(
-        m.PERIODS, bounds=(0.0, capacity), doc="import at the connection: 0 <= p <= cap  (kW)"
+        m.PERIODS, bounds=(0.0, upper), doc="import at the connection: 0 <= p <= f cap  (kW)"
     )
     m.p_grid_export_kw = pyo.Var(
-        m.PERIODS, bounds=(0.0, capacity), doc="export at the connection: 0 <= p <= cap  (kW)"
+        m.PERIODS, bounds=(0.0, upper), doc="export at the connection: 0 <= p <= f cap  (kW)"
     )
     if m.mode == "islanded":
         m.p_grid_import_kw.fix(0.0)
@@ -373,11 +383,13 @@ def _add_objective(m, weights: dict[str, float], voll: float) -> None:
         "  (currency)",
     )
     m.device_cost = pyo.Expression(
-        expr=sum(m.home[i].device_cost for i in m.MEMBERS) + sum(b.cost for b in m.shared.values()),
-        doc="sum_i device_cost[i] + sum_a cost[a]  (currency)",
+        expr=sum(m.in_coalition[i] * m.home[i].device_cost for i in m.MEMBERS)
+        + sum(b.cost for b in m.shared.values()),
+        doc="sum_i in[i] device_cost[i] + sum_a cost[a]  (currency)",
     )
     m.shed_kwh = pyo.Expression(
-        expr=sum(m.home[i].shed_kwh for i in m.MEMBERS), doc="sum_i shed[i]  (kWh)"
+        expr=sum(m.in_coalition[i] * m.home[i].shed_kwh for i in m.MEMBERS),
+        doc="sum_i in[i] shed[i]  (kWh)",
     )
     m.cost = pyo.Expression(
         expr=m.grid_cost + m.demand_charge + m.device_cost + voll * m.shed_kwh / 1000.0,
@@ -453,6 +465,7 @@ def _member_tables(m, solution: Solution) -> dict[str, pd.DataFrame]:
 def _shared_table(m) -> pd.DataFrame:
     rows = []
     for aid, b in m.shared.items():
+        f = _value(m.shared_factor[aid])  # the coalition's part of the full asset
         for name in b.devices:
             dev = getattr(b, name)
             for t in m.PERIODS:
@@ -462,11 +475,11 @@ def _shared_table(m) -> pd.DataFrame:
                         "asset": aid,
                         "device": name,
                         "period": t,
-                        "p_kw": _value(dev.p_net_kw[t]),
-                        "p_charge_kw": _value(dev.p_charge_kw[t]) if battery else 0.0,
-                        "p_discharge_kw": _value(dev.p_discharge_kw[t]) if battery else 0.0,
-                        "soc_kwh": _value(dev.soc_kwh[t]) if battery else np.nan,
-                        "curtailed_kw": 0.0 if battery else _value(dev.p_curtail_kw[t]),
+                        "p_kw": f * _value(dev.p_net_kw[t]),
+                        "p_charge_kw": f * _value(dev.p_charge_kw[t]) if battery else 0.0,
+                        "p_discharge_kw": f * _value(dev.p_discharge_kw[t]) if battery else 0.0,
+                        "soc_kwh": f * _value(dev.soc_kwh[t]) if battery else np.nan,
+                        "curtailed_kw": 0.0 if battery else f * _value(dev.p_curtail_kw[t]),
                     }
                 )
     columns = ["asset", "device", "period", "p_kw", "p_charge_kw", "p_discharge_kw"]
@@ -628,11 +641,15 @@ def coalition_value(
 class CommunityGame(allocation.CostGame):
     """The community's cost game: ``cost(S)`` is coalition ``S``'s optimal objective.
 
+    One model of the whole community is built once (per worker) and re-solved for
+    every coalition after :func:`set_coalition`; only the compile to HiGHS arrays and
+    the solve are paid per coalition.
+
     Parameters
     ----------
     members, shared, prices : as in :func:`build`.
     workers : processes used by :meth:`evaluate_many` (1: solve in this process).
-    solve_options, build_options : passed to every coalition's solve and build.
+    solve_options, build_options : passed to every coalition's solve and to the build.
     """
 
     def __init__(
@@ -646,43 +663,57 @@ class CommunityGame(allocation.CostGame):
         build_options: Mapping[str, Any] | None = None,
     ):
         self._args = (
-            dict(members),
+            {str(k): v for k, v in members.items()},
             dict(shared or {}),
             prices,
             dict(solve_options or {}),
-            dict(build_options or {}),
+            {k: v for k, v in dict(build_options or {}).items() if k != "timestamps"},
         )
         self.workers = workers
-        super().__init__(list(members), self._solve)
+        self._model: pyo.ConcreteModel | None = None
+        super().__init__(list(self._args[0]), self._solve)
 
     def _solve(self, coalition: frozenset) -> float:
-        members, shared, prices, solve_options, build_options = self._args
-        return coalition_value(members, shared, prices, coalition, solve_options, build_options)
+        if self._model is None:
+            self._model = _game_model(self._args)
+        return _coalition_objective(self._model, coalition, self._args[3])
 
     def evaluate_many(self, coalitions: Iterable[frozenset]) -> dict[frozenset, float]:
-        """Solve the coalitions not yet known, in parallel when ``workers > 1``."""
-        todo = [frozenset(c) for c in coalitions if frozenset(c) not in self.values]
+        """Solve the coalitions not yet known, in ``workers`` processes when above 1."""
+        coalitions = [frozenset(c) for c in coalitions]
+        todo = [c for c in coalitions if c not in self.values]
         if self.workers > 1 and len(todo) > 1:
             import multiprocessing
 
             context = multiprocessing.get_context("forkserver")
+            chunks = [todo[k :: self.workers] for k in range(self.workers)]
             with ProcessPoolExecutor(self.workers, mp_context=context) as pool:
-                chunk = max(1, len(todo) // (4 * self.workers))
-                values = pool.map(
-                    _solve_coalition, [(self._args, c) for c in todo], chunksize=chunk
-                )
-                self.values.update(zip(todo, values, strict=True))
+                for chunk, values in zip(
+                    chunks, pool.map(_solve_chunk, [(self._args, c) for c in chunks]), strict=True
+                ):
+                    self.values.update(zip(chunk, values, strict=True))
         return {c: self(c) for c in coalitions}
 
     def evaluate_all(self) -> dict[frozenset, float]:
-        """cost(S) for every coalition, solved in parallel when ``workers > 1``."""
+        """cost(S) for every coalition, in ``workers`` processes when above 1."""
         return self.evaluate_many(self.coalitions())
 
 
-def _solve_coalition(job) -> float:
-    (members, shared, prices, solve_options, build_options), coalition = job
-    options = {"threads": 1, **solve_options}
-    return coalition_value(members, shared, prices, coalition, options, build_options)
+def _game_model(args) -> pyo.ConcreteModel:
+    members, shared, prices, _, build_options = args
+    return build(members, shared, prices, **build_options)
+
+
+def _coalition_objective(model, coalition, solve_options) -> float:
+    set_coalition(model, coalition)
+    return float(solve(model, **dict(solve_options)).objective)
+
+
+def _solve_chunk(job) -> list[float]:
+    args, chunk = job
+    model = _game_model(args)
+    options = {"threads": 1, **args[3]}
+    return [_coalition_objective(model, c, options) for c in chunk]
 
 
 @dataclass

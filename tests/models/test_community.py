@@ -85,6 +85,28 @@ def test_a_member_alone_pays_what_the_prosumer_ems_charges():
     assert alone == pytest.approx(ems.kpis["cost"], abs=TOL)
 
 
+def test_one_reused_model_gives_every_coalition_what_a_fresh_build_gives():
+    members, shared = small_community()
+    game = game_of(members, shared)
+    for coalition in game.coalitions():
+        fresh = community.coalition_value(
+            members, shared, PRICES, coalition, build_options={"periods": 6}
+        )
+        assert game(coalition) == pytest.approx(fresh, abs=TOL), coalition
+
+
+def test_a_share_of_a_shared_battery_is_a_battery_of_that_size():
+    battery = BatterySpec(capacity_kwh=8, p_charge_max_kw=4, soc_initial_kwh=2, relaxed=True)
+    half = BatterySpec(capacity_kwh=4, p_charge_max_kw=2, soc_initial_kwh=1, relaxed=True)
+    home = ProsumerSpec(load_kw=EVENING, pv=PVSpec(profile_kw=SUN))
+    shared = {"battery": SharedAssetSpec(battery=battery, owners={"a": 0.5, "b": 0.5})}
+    alone = community.coalition_value(
+        {"a": home, "b": home}, shared, PRICES, ["a"], build_options={"periods": 6}
+    )
+    with_half = home.model_copy(update={"battery": half})
+    assert alone == pytest.approx(prosumer.schedule(with_half, PRICES, periods=6).kpis["cost"])
+
+
 def test_community_value_is_never_negative_and_the_game_is_subadditive():
     members, shared = small_community()
     game = game_of(members, shared)
