@@ -37,7 +37,8 @@ settled at the activation price when it happens). Without a network only the TSO
 requirements bind and the clearing is a merit order per product.
 
 Pricing: ``pay_as_bid`` pays each accepted offer its own price; ``uniform`` pays, per
-product, direction and period, the highest price accepted (capacity price for the
+product, direction, period and zone (the buses behind the same binding thermal limits,
+:func:`zones`), the highest price accepted (capacity price for the
 TSO's products, capacity plus activation for the DSO's). The dual of each TSO
 requirement is reported as its ``marginal_price`` (with a network it includes the
 cost the grid adds).
@@ -715,11 +716,12 @@ def results(
     Tables
     ------
     accepted : every offer with accepted_kw, above_cap, buyer ("dso" or "tso"),
-        bid_price, price (settlement, currency per MW and hour) and payment (currency,
-        paid by the buyer to the seller).
-    prices : product, direction, period, price (highest accepted bid_price), and for
-        TSO products requirement_kw, procured_kw, shortfall_kw and marginal_price (the
-        requirement's dual, currency per MW and hour).
+        bid_price, zone (:func:`zones`), price (settlement, currency per MW and hour)
+        and payment (currency, paid by the buyer to the seller).
+    prices : product, direction, period, zone, price (the highest accepted
+        bid_price: the uniform price, per zone where binding limits separate them).
+    requirements : product, period, requirement_kw, procured_kw, shortfall_kw and
+        marginal_price (the requirement's dual, currency per MW and hour).
     sellers : seller, accepted_kw, revenue, cost (at their bids), profit.
     needs : the DSO's needs with ``binding`` (a positive dual on its constraint).
     injections : bus, period, scenario, p_kw, q_kvar (baseline plus activation).
@@ -730,14 +732,19 @@ def results(
     """
     if pricing not in ("pay_as_bid", "uniform"):
         raise InputError(f"pricing: {pricing!r} is not 'pay_as_bid' or 'uniform'")
-    accepted = _accepted_table(m)
-    prices = _prices_table(m, solution, accepted)
+    accepted = _accepted_table(m).assign(zone=zones(m, solution))
+    prices = _prices_table(accepted)
     accepted = _settle(m, accepted, prices, pricing)
-    tables = {"accepted": accepted, "prices": prices, "sellers": _sellers_table(accepted)}
+    tables = {
+        "accepted": accepted,
+        "prices": prices,
+        "requirements": _requirements_table(m, solution, accepted),
+        "sellers": _sellers_table(accepted),
+    }
     if m.feeder is not None:
         tables["needs"] = _needs_table(m, solution)
         tables["injections"] = _injections_table(m)
-    kpis = _kpis(m, solution, accepted, prices)
+    kpis = _kpis(m, solution, accepted, tables["requirements"])
     result = Result("flexibility", tables, kpis, solution)
     if m.feeder is not None and ac:
         result.ac_check = _ac_checks(m, tables["injections"], kpis)
@@ -753,26 +760,59 @@ def _accepted_table(m) -> pd.DataFrame:
     return table
 
 
-def _prices_table(m, solution: Solution, accepted: pd.DataFrame) -> pd.DataFrame:
+PRICE_KEYS = ["product", "direction", "period", "zone"]
+
+
+def zones(m, solution: Solution) -> pd.DataFrame:
+    """The zone of every offer: the binding thermal limits between its bus and the root.
+
+    A branch binds in a period when its LinDistFlow thermal limit or a DSO need on it
+    has a non-zero dual in any scenario; buses behind the same binding branches form
+    a zone ("-": no binding branch on the way to the root, or no network).
+
+    Returns
+    -------
+    Series of zone labels ("3" or "0,5": feeder branch indices) by offer.
+    """
+    if m.feeder is None:
+        return pd.Series("-", index=m.offers.index, name="zone")
+    binding: dict[int, set] = {t: set() for t in m.PERIODS}
+    for h in m.handles.values():
+        duals = solution.dual(h.thermal_limit)
+        for line, _, t in duals.index[duals.abs() > 1e-9]:
+            binding[t].add(line)
+    if len(m.THERMAL_NEEDS):
+        duals = solution.dual(m.need_thermal)
+        for n in {k[0] for k in duals.index[duals.abs() > 1e-9]}:
+            binding[int(m.needs.at[n, "period"])].add(int(m.needs.at[n, "index"]))
+    labels = []
+    for bus, t in zip(m.offers["bus"], m.offers["period"], strict=True):
+        path = set(m.feeder.path_to_root(m.feeder.merged.get(bus, bus)))
+        labels.append(",".join(str(k) for k in sorted(path & binding[t])) or "-")
+    return pd.Series(labels, index=m.offers.index, name="zone")
+
+
+def _prices_table(accepted: pd.DataFrame) -> pd.DataFrame:
+    """Highest accepted bid per product, direction, period and zone (currency/MWh)."""
     taken = accepted[accepted["accepted_kw"] > _TOL]
-    keys = ["product", "direction", "period"]
-    prices = taken.groupby(keys)["bid_price"].max().rename("price").reset_index()
+    prices = taken.groupby(PRICE_KEYS)["bid_price"].max().rename("price").reset_index()
+    return prices.sort_values(PRICE_KEYS).reset_index(drop=True)
+
+
+def _requirements_table(m, solution: Solution, accepted: pd.DataFrame) -> pd.DataFrame:
+    """Each TSO requirement with what was procured, the shortfall and its dual."""
     req = m.requirements.copy()
-    if len(req):
-        req["direction"] = req["product"].map(m.products["direction"])
-        procured = accepted.groupby(["product", "period"])["accepted_kw"].sum()
-        index = list(zip(req["product"], req["period"], strict=True))
-        req["procured_kw"] = procured.reindex(index).fillna(0.0).to_numpy()
-        req["shortfall_kw"] = [pyo.value(m.shortfall_kw[k]) for k in index]
-        duals = [solution.dual(m.tso_requirement[k]) for k in index]
-        req["marginal_price"] = np.asarray(duals) * 1000.0 / m.period_hours
-        prices = prices.merge(req, on=keys, how="outer")
-    return prices.sort_values(keys).reset_index(drop=True)
+    procured = accepted.groupby(["product", "period"])["accepted_kw"].sum()
+    index = list(zip(req["product"], req["period"], strict=True))
+    req["procured_kw"] = procured.reindex(index).fillna(0.0).to_numpy() if index else []
+    req["shortfall_kw"] = [pyo.value(m.shortfall_kw[k]) for k in index]
+    duals = [solution.dual(m.tso_requirement[k]) for k in index]
+    req["marginal_price"] = np.asarray(duals, dtype=float) * 1000.0 / m.period_hours
+    return req
 
 
 def _settle(m, accepted: pd.DataFrame, prices: pd.DataFrame, pricing: str) -> pd.DataFrame:
-    keys = ["product", "direction", "period"]
-    settled = accepted.merge(prices[[*keys, "price"]], on=keys, how="left")
+    settled = accepted.merge(prices, on=PRICE_KEYS, how="left")
     if pricing == "pay_as_bid":
         settled["price"] = settled["bid_price"]
     settled["price"] = settled["price"].where(settled["accepted_kw"] > 0, 0.0)
@@ -835,9 +875,9 @@ def _frame(values: dict, feeder, periods: list) -> pd.DataFrame:
     return frame
 
 
-def _kpis(m, solution: Solution, settled: pd.DataFrame, prices: pd.DataFrame) -> dict:
+def _kpis(m, solution: Solution, settled: pd.DataFrame, requirements: pd.DataFrame) -> dict:
     by_buyer = settled.groupby("buyer")["payment"].sum()
-    shortfall = float(prices["shortfall_kw"].sum()) if "shortfall_kw" in prices else 0.0
+    shortfall = float(requirements["shortfall_kw"].sum())
     return {
         "procurement_cost": solution.objective,
         "dso_cost": float(by_buyer.get("dso", 0.0)),

@@ -155,7 +155,8 @@ def test_uniform_price_is_the_marginal_offer_and_pays_at_least_the_bids():
     bid = fx.clear(offers, requirements=req, pricing="pay_as_bid")
     price = uniform.prices.set_index("product").loc["fcr_d_up"]
     assert price["price"] == 25.0  # b is partly accepted: it sets the price
-    assert price["marginal_price"] == pytest.approx(25.0)  # and the LP dual agrees
+    dual = uniform.requirements.set_index("product").at["fcr_d_up", "marginal_price"]
+    assert dual == pytest.approx(25.0)  # and the LP dual agrees
     assert uniform.kpis["tso_cost"] == pytest.approx(15.0 * 25.0 / 1000)
     assert bid.kpis["tso_cost"] == pytest.approx((10 * 10.0 + 5 * 25.0) / 1000)
 
@@ -226,6 +227,33 @@ def test_tso_offer_whose_activation_would_overload_the_weak_spur_is_not_accepted
     assert pooled.kpis["violations_tso_up"] == 0
 
 
+def test_uniform_prices_are_set_per_zone_where_the_spur_is_congested(weak_spur):
+    """The spur has room for 40 kW of FCR-D activation: its cheap offer fills it and
+    sets the spur zone's price; the rest comes from bus 2, whose offer sets the price
+    of the unconstrained zone. Without zones the spur's seller would be paid 20."""
+    rating = weak_spur.branches.set_index("to_bus").at[3, "rating_kva"]
+    edge = rating * math.cos(math.pi / 12)
+    baseline = pd.DataFrame({0: [0.0, 0.0, -400.0, edge - 40.0]}, index=weak_spur.buses.index)
+    offers = offers_table(
+        [
+            ("spur_battery", 3, 0, "fcr_d_up", "up", 200.0, 5.0, 0.0),
+            ("home_2", 2, 0, "fcr_d_up", "up", 200.0, 20.0, 0.0),
+        ]
+    )
+    req = fx.tso_requirements(PRODUCTS, [0], {"fcr_d_up": 150.0})
+    result = fx.clear(
+        offers, requirements=req, network=weak_spur, baseline_p_kw=baseline, pricing="uniform"
+    )
+    acc = result.accepted.set_index("seller")
+    spur_line = weak_spur.parent_branch[3]
+    assert acc.at["spur_battery", "accepted_kw"] == pytest.approx(40.0, abs=1e-6)
+    assert acc.at["spur_battery", "zone"] == str(spur_line)
+    assert acc.at["home_2", "zone"] == "-"
+    assert acc.at["spur_battery", "price"] == 5.0 and acc.at["home_2", "price"] == 20.0
+    dual = result.requirements.at[0, "marginal_price"]
+    assert dual == pytest.approx(20.0)  # the system's marginal offer
+
+
 def test_dso_activation_removes_the_baselines_violations_in_ac(noon_case):
     _, result = noon_case
     before = result.ac_check["before"]
@@ -238,7 +266,7 @@ def test_dso_activation_removes_the_baselines_violations_in_ac(noon_case):
 def test_activating_the_tso_reserve_keeps_the_feeder_within_its_limits(noon_case):
     case, result = noon_case
     assert result.ac_check["tso_up"]["violations_count"] == 0
-    req = result.prices.dropna(subset=["requirement_kw"])
+    req = result.requirements
     np.testing.assert_allclose(req["procured_kw"], case.tso_requirements["fcr_d_up"])
 
 
@@ -250,7 +278,7 @@ def test_fcr_d_costs_the_curtailment_it_needs_where_the_transformer_is_congested
     congested = set(result.needs["period"])
     ev_price = case.sellers["ev_aggregator_13"].offers[0].capacity_price
     curtail = case.pv_offers.curtailment_price
-    req = result.prices.dropna(subset=["requirement_kw"]).set_index("period")
+    req = result.requirements.set_index("period")
     for t, row in req.iterrows():
         expected = ev_price + (curtail if t in congested else 0.0)
         assert row["marginal_price"] == pytest.approx(expected, abs=1e-6)
