@@ -379,3 +379,17 @@ def test_battery_offers_are_limited_by_the_energy_each_product_lasts():
     assert first[("fcr_d_up", "up")] == pytest.approx(5.0)
     assert ("fcr_d_up", "down") not in first.index
     assert resources.set_index("period").at[0, "up_kw"] == pytest.approx(5.0)
+
+
+def test_written_results_balance_buyers_payments_with_sellers_revenue(noon_case, tmp_path):
+    import json
+
+    from gridmarkets.results import write
+
+    _, result = noon_case
+    out = write(result, tmp_path, "flexibility_lv_noon")
+    kpis = json.loads((out / "summary.json").read_text())["kpis"]
+    assert kpis["dso_cost"] + kpis["tso_cost"] == pytest.approx(kpis["sellers_revenue"])
+    sellers = pd.read_csv(out / "sellers.csv")
+    assert sellers["revenue"].sum() == pytest.approx(kpis["sellers_revenue"])
+    assert (out / "plots" / "accepted.png").stat().st_size > 0
