@@ -349,17 +349,16 @@ def offers_from_prosumer(
     for pid, spec in prosumers.items():
         for t in sorted(power.loc[pid].index):
             row = power.loc[(pid, t)]
-            up, down = _headroom(spec, row, float(curtailed.get((pid, t), 0.0)), t)
-            duration = {k: _duration_hours(k, products, period_hours) for k in prices}
+            free, stored = _headroom(spec, row, float(curtailed.get((pid, t), 0.0)), t)
             energy = _energy_room(spec, storage, pid, t)
             s_max = (inverter_kva or {}).get(pid, np.nan)
             p0 = float(row.get("pv", 0.0))
-            resources.append((pid, t, p0, 0.0, up, down, s_max))
-            rooms = {"up": up, "down": down}
+            total = {d: free[d] + stored[d] for d in ("up", "down")}
+            resources.append((pid, t, p0, 0.0, total["up"], total["down"], s_max))
             for product, (cap_price, act_price) in prices.items():
-                for direction, room in _product_rooms(
-                    product, products, rooms, energy, duration[product], s_max, p0
-                ):
+                hours = _duration_hours(product, products, period_hours)
+                rooms = {d: free[d] + min(stored[d], energy[d] / hours) for d in free}
+                for direction, room in _product_rooms(product, products, rooms, s_max, p0):
                     offers.append(
                         (pid, spec.bus, t, product, direction, room, cap_price, act_price)
                     )
@@ -369,14 +368,13 @@ def offers_from_prosumer(
     )
 
 
-def _product_rooms(product, products, rooms, energy, hours, s_max, p0) -> list[tuple]:
-    """(direction, kW) a home can offer to one product: power and energy headroom."""
+def _product_rooms(product, products, room, s_max, p0) -> list[tuple]:
+    """(direction, kW) a home can offer to one product from its headroom ``room``."""
     if product == REACTIVE_PRODUCT:
         if not np.isfinite(s_max):
             return []
         q_room = math.sqrt(max(s_max**2 - p0**2, 0.0))
         return [("up", q_room), ("down", q_room)]
-    room = {d: min(rooms[d], energy[d] / hours) for d in ("up", "down")}
     kind = products.at[product, "direction"] if product in products.index else "both"
     if kind == "symmetric":
         offered = [("symmetric", min(room.values()))]
@@ -391,31 +389,36 @@ def _duration_hours(product: str, products: pd.DataFrame, period_hours: float) -
     return period_hours
 
 
-def _headroom(spec, row: pd.Series, curtailed: float, t: int) -> tuple[float, float]:
-    """Upward and downward headroom of a home's devices around its schedule (kW)."""
-    up = down = 0.0
+def _headroom(spec, row: pd.Series, curtailed: float, t: int) -> tuple[dict, dict]:
+    """Headroom around a home's schedule (kW): of its devices without an energy limit
+    within the period (PV, EV) and of its battery, whose energy limits it further."""
+    free, stored = {"up": 0.0, "down": 0.0}, {"up": 0.0, "down": 0.0}
     if spec.pv is not None:
-        up, down = up + curtailed, down + float(row.get("pv", 0.0))
-    if spec.battery is not None:
-        p = float(row.get("battery", 0.0))
-        up += spec.battery.p_discharge_max - p
-        down += p + spec.battery.p_charge_max_kw
+        free["up"] += curtailed
+        free["down"] += float(row.get("pv", 0.0))
     if spec.ev is not None and t in spec.ev.plugged([t]):
         charge = -float(row.get("ev", 0.0))
-        up += charge
-        down += spec.ev.p_charge_max_kw - charge
-    return max(up, 0.0), max(down, 0.0)
+        free["up"] += charge
+        free["down"] += spec.ev.p_charge_max_kw - charge
+    if spec.battery is not None:
+        p = float(row.get("battery", 0.0))
+        stored["up"] = max(spec.battery.p_discharge_max - p, 0.0)
+        stored["down"] = max(p + spec.battery.p_charge_max_kw, 0.0)
+    return free, stored
 
 
 def _energy_room(spec, storage: pd.DataFrame, pid: str, t: int) -> dict[str, float]:
-    """Energy a home can still deliver (up) or absorb (down) from its battery (kWh)."""
+    """Energy the battery can still deliver (up) or absorb (down) in period t (kWh),
+    from the lower (upper) of its state of charge before and after the period."""
     if spec.battery is None:
         return {"up": np.inf, "down": np.inf}
-    soc = float(storage.loc[(pid, "battery", t), "soc_kwh"])
     b = spec.battery
+    after = float(storage.loc[(pid, "battery", t), "soc_kwh"])
+    key = (pid, "battery", t - 1)
+    before = float(storage.loc[key, "soc_kwh"]) if key in storage.index else b.soc_initial_kwh
     return {
-        "up": (soc - b.soc_min_kwh) * b.eta_discharge + (np.inf if spec.pv else 0.0),
-        "down": (b.soc_max - soc) / b.eta_charge + (np.inf if spec.pv else 0.0),
+        "up": (min(before, after) - b.soc_min_kwh) * b.eta_discharge,
+        "down": (b.soc_max - max(before, after)) / b.eta_charge,
     }
 
 

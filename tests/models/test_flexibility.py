@@ -381,6 +381,24 @@ def test_battery_offers_are_limited_by_the_energy_each_product_lasts():
     assert resources.set_index("period").at[0, "up_kw"] == pytest.approx(5.0)
 
 
+def test_pv_adds_curtailment_but_no_energy_to_the_battery():
+    """PV producing 3 kW may be curtailed by 3 kW (down) at any duration; it does not
+    let the battery sustain FCR-N upwards for longer than its 4.75 kWh allow."""
+    battery = BatterySpec(
+        capacity_kwh=10.0, p_charge_max_kw=5.0, soc_initial_kwh=5.0, degradation_cost_per_mwh=10.0
+    )
+    home = ProsumerSpec(bus=3, load_kw=1.0, battery=battery, pv={"profile_kw": 3.0})
+    prices = PricesSpec(import_price=200.0, export_price=50.0)
+    baseline = schedule({"h": home}, prices, periods=2)
+    assert baseline.storage["p_charge_kw"].max() == pytest.approx(0.0, abs=1e-6)
+    offers, _ = fx.offers_from_prosumer(
+        baseline, {"h": home}, {"fcr_n": (20.0, 0.0), "fcr_d_down": (30.0, 0.0)}
+    )
+    first = offers[offers["period"] == 0].set_index(["product", "direction"])["quantity_kw"]
+    assert first[("fcr_n", "symmetric")] == pytest.approx(4.75)  # min(4.75 up, 3 + 5 down)
+    assert first[("fcr_d_down", "down")] == pytest.approx(3.0 + 5.0)
+
+
 def test_written_results_balance_buyers_payments_with_sellers_revenue(noon_case, tmp_path):
     import json
 
