@@ -253,10 +253,24 @@ def set_coalition(m: pyo.ConcreteModel, coalition: Iterable[str]) -> None:
                     var.fix(0.0)
     for a, spec in m.shared_specs.items():
         shares = shares_of(spec.owners, m.everyone)
-        m.shared_factor[a] = sum(shares[i] for i in inside)
+        m.shared_factor[a] = factor = sum(shares[i] for i in inside)
+        _idle(m.shared[a], factor == 0)
     shares = shares_of(m.connection.shares, m.everyone)
     m.connection_factor = sum(shares[i] for i in inside)
     m.coalition = frozenset(inside)
+
+
+def _idle(block: pyo.Block, idle: bool) -> None:
+    """Switch off an asset the coalition has no share of: its variables fixed at 0."""
+    if idle:
+        block.deactivate()
+    else:
+        block.activate()
+    for var in block.component_data_objects(pyo.Var, descend_into=True):
+        if idle:
+            var.fix(0.0)
+        else:
+            var.unfix()
 
 
 def _add_shared(m) -> None:

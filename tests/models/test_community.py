@@ -200,6 +200,15 @@ def test_islanded_community_serves_a_neighbour_from_shared_pv():
     assert game(game.grand) == pytest.approx(10.0 * 2)
 
 
+def test_a_coalition_without_a_share_of_an_asset_reports_it_idle():
+    members, shared = small_community()
+    result = community.schedule(members, shared, PRICES, periods=6, coalition=["sunny"])
+    pv = result.shared[result.shared["asset"] == "pv"]
+    assert len(pv) == 6 and (pv["p_kw"] == 0).all()
+    battery = result.shared[result.shared["asset"] == "battery"]
+    assert battery["soc_kwh"].max() <= 6 / 4 + TOL  # a quarter of the shared battery
+
+
 def test_connection_capacity_binds_and_is_shared_among_coalitions():
     members = {"a": ProsumerSpec(load_kw=3.0), "b": ProsumerSpec(load_kw=3.0)}
     shared = {"battery": SharedAssetSpec(battery=BatterySpec(capacity_kwh=20, p_charge_max_kw=10))}
