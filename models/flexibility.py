@@ -200,8 +200,20 @@ def dso_needs(
     return needs_from_check(check, loading_margin_percent, voltage_margin_pu)
 
 
-def needs_from_check(check, loading_margin_percent: float = 2.0, voltage_margin_pu: float = 0.002):
-    """The needs table of :func:`dso_needs` from an existing :class:`ACCheck`."""
+def needs_from_check(
+    check, loading_margin_percent: float = 2.0, voltage_margin_pu: float = 0.002
+) -> pd.DataFrame:
+    """The needs table of :func:`dso_needs` from an existing AC check.
+
+    Parameters
+    ----------
+    check : a :class:`~gridmarkets.networks.ACCheck` of the baseline.
+    loading_margin_percent, voltage_margin_pu : as in :func:`dso_needs`.
+
+    Returns
+    -------
+    DataFrame in :func:`dso_needs`' format.
+    """
     br = check.branches
     over = br[(br["loading_percent_ac"] > 100.0) | (br["loading_percent_linear"] > 100.0)]
     ratio = over["loading_percent_linear"] / over["loading_percent_ac"].clip(lower=1e-9)
@@ -1005,7 +1017,8 @@ def bilateral(
     sens = sens.assign(offer=sens["offer"].map({o: k for k, o in enumerate(chosen)}))
     m = build(table.loc[chosen], products=products, period_hours=period_hours)
     m.feeder = None
-    relief = (needs["value_linear"] - needs["target_linear"]).abs()
+    sign = np.where(needs["limit_kind"].eq("voltage_lower"), -1.0, 1.0)
+    relief = (sign * (needs["value_linear"] - needs["target_linear"])).clip(lower=0.0)
     m.NEEDS = pyo.Set(initialize=list(needs.index), doc="the DSO's needs")
     by_need = sens.groupby("need")
 
