@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from gridmarkets import registry
 from gridmarkets.case import load_case
 from gridmarkets.errors import CaseError, InputError
 from gridmarkets.models import allocation, community, lem, prosumer
@@ -283,6 +284,19 @@ def test_case_files_run_with_allocation():
     assert table["shapley"].sum() == pytest.approx(result.kpis["objective"], abs=1e-5)
     assert result.kpis["community_value"] >= -TOL
     assert result.kpis["in_core_nucleolus"] == 1.0
+
+
+def test_islanded_case_splits_the_energy_not_served():
+    case = load_case(CASES / "community_islanded.yaml")
+    assert registry.case_class("community") is community.CaseSpec
+    result = community.run_case(case, {})
+    assert result.kpis["import_kwh"] == 0 and result.kpis["export_kwh"] == 0
+    assert result.kpis["objective"] == pytest.approx(result.kpis["shed_kwh"])
+    table = result.allocation.set_index("member")
+    assert table["nucleolus"].sum() == pytest.approx(result.kpis["shed_kwh"], abs=1e-5)
+    assert result.kpis["community_value"] == pytest.approx(
+        table["standalone_cost"].sum() - result.kpis["shed_kwh"], abs=1e-6
+    )
 
 
 def test_case_errors_name_the_field():
