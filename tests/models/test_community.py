@@ -315,3 +315,25 @@ def test_case_errors_name_the_field():
         validate(data)
     with pytest.raises(InputError, match="coalition"):
         community.build({"a": ProsumerSpec(load_kw=1.0)}, None, PRICES, periods=6, coalition=["b"])
+
+
+def test_on_a_feeder_with_slack_limits_the_community_pays_the_copper_plate_cost():
+    from gridmarkets.networks import load
+
+    feeder = load({"source": "pandapower", "name": "case33bw"})
+    members, shared = small_community()
+    buses = {"sunny": 5, "evening": 12, "storage": 20, "plain": 30}
+    members = {i: spec.model_copy(update={"bus": buses[i]}) for i, spec in members.items()}
+    shared = {a: spec.model_copy(update={"bus": 16}) for a, spec in shared.items()}
+    plate = community.schedule(members, shared, PRICES, periods=6)
+    grid = community.schedule(members, shared, PRICES, periods=6, feeder=feeder)
+    assert grid.kpis["cost"] == pytest.approx(plate.kpis["cost"], abs=1e-6)
+    # the root's nodal price is the internal price: the tariff while importing
+    importing = grid.exchange["grid_import_kw"] > TOL
+    np.testing.assert_allclose(
+        grid.exchange.loc[importing, "internal_price"],
+        grid.exchange.loc[importing, "import_price"],
+        rtol=1e-6,
+    )
+    with pytest.raises(InputError, match="members.sunny.bus"):
+        community.build(small_community()[0], None, PRICES, periods=6, feeder=feeder)
