@@ -30,7 +30,7 @@ from pyomo.core.expr.relational_expr import EqualityExpression, InequalityExpres
 from gridmarkets.errors import NetworkError
 from gridmarkets.networks.feeder import Feeder, net_injections
 from gridmarkets.networks.handles import NetworkHandles
-from gridmarkets.solvers.highs import gc_paused
+from gridmarkets.solvers.highs import LinearRows, gc_paused, record_rows
 
 
 @dataclass(frozen=True)
@@ -409,164 +409,224 @@ def _var_array(var: pyo.Var, shape: tuple[int, ...]) -> np.ndarray:
     return array.reshape(shape)
 
 
-def _linear_rows(n_rows: int, rows, coefs, variables, constants=None) -> list:
-    """One LinearExpression per row from COO terms (row, coefficient, variable).
+@dataclass
+class _Rows:
+    """A family of rows as COO terms: row k is ``constants[k] + sum coefs * variables``.
 
-    Built from arrays rather than by operator overloading: the families of LinDistFlow
-    have a few terms per row and hundreds of thousands of rows.
+    LinDistFlow's families have a few terms per row and up to hundreds of thousands of
+    rows, so they are written from arrays (not by operator overloading) and recorded
+    for the solve layer, which then reads the arrays instead of the expressions.
     """
-    rows, coefs, variables = (np.asarray(a).ravel() for a in (rows, coefs, variables))
-    order = np.argsort(rows, kind="stable")
-    terms = list(
-        map(MonomialTermExpression, zip(coefs[order].tolist(), variables[order], strict=True))
-    )
-    ends = np.cumsum(np.bincount(rows, minlength=n_rows)).tolist()
-    starts = [0, *ends[:-1]]
-    if constants is None:
-        return [LinearExpression(terms[a:b]) for a, b in zip(starts, ends, strict=True)]
-    return [
-        LinearExpression([c, *terms[a:b]] if c else terms[a:b])
-        for a, b, c in zip(starts, ends, np.ravel(constants).tolist(), strict=True)
-    ]
+
+    n: int
+    rows: np.ndarray
+    coefs: np.ndarray
+    variables: np.ndarray
+    constants: np.ndarray
+
+    @classmethod
+    def of(cls, n: int, parts: list[tuple], constants=0.0) -> _Rows:
+        """Rows from (rows, coefs, variables) parts, each broadcast to a common shape."""
+        arrays = [np.broadcast_arrays(r, c, v) for r, c, v in parts]
+        rows, coefs, variables = (np.concatenate([a[i].ravel() for a in arrays]) for i in range(3))
+        constants = np.broadcast_to(np.asarray(constants, dtype=float), (n,)).ravel()
+        return cls(n, rows.astype(np.int64), coefs.astype(float), variables, constants)
+
+    def expressions(self) -> list:
+        """One LinearExpression per row (its constant first, when not zero)."""
+        order = np.argsort(self.rows, kind="stable")
+        pairs = zip(self.coefs[order].tolist(), self.variables[order], strict=True)
+        terms = list(map(MonomialTermExpression, pairs))
+        ends = np.cumsum(np.bincount(self.rows, minlength=self.n)).tolist()
+        spans = zip([0, *ends[:-1]], ends, self.constants.tolist(), strict=True)
+        return [LinearExpression([c, *terms[a:b]] if c else terms[a:b]) for a, b, c in spans]
+
+    def recorded(self, relations: list, lower, upper) -> LinearRows:
+        """The arrays the solve layer reads, with bounds on ``sum coefs * variables``."""
+        ids = np.fromiter(map(id, self.variables), dtype=np.int64, count=len(self.variables))
+        _, first, columns = np.unique(ids, return_index=True, return_inverse=True)
+        return LinearRows(
+            relations,
+            self.rows,
+            columns.ravel(),
+            self.coefs,
+            self.variables[first].tolist(),
+            np.broadcast_to(lower, (self.n,)) - self.constants,
+            np.broadcast_to(upper, (self.n,)) - self.constants,
+        )
 
 
-def _with_injections(rows: list, injections: list, scale: float) -> list:
-    """Add each row's market injection (any Pyomo expression or number), times ``scale``."""
-    out = []
-    for row, injection in zip(rows, injections, strict=True):
-        terms = _linear_terms(injection, scale)
-        if terms is None:
-            out.append(row + injection * scale)
-        else:
-            out.append(LinearExpression(terms + list(row.args)) if terms else row)
-    return out
+def _add_family(block, name: str, sets: tuple, rows: _Rows, sense: str, rhs, doc: str, extra=None):
+    """Add ``rows <sense> rhs`` over ``sets`` (in index order) as constraint ``name``.
 
-
-def _linear_terms(expr, scale: float) -> list | None:
-    """``scale * expr`` as LinearExpression arguments, or None when it is not that simple."""
-    if expr.__class__ in native_numeric_types:
-        return [expr * scale] if expr else []
-    if isinstance(expr, VarData):
-        return [MonomialTermExpression((scale, expr))]
-    if expr.__class__ is MonomialTermExpression and expr.args[0].__class__ in native_numeric_types:
-        return [MonomialTermExpression((expr.args[0] * scale, expr.args[1]))]
-    if expr.__class__ is LinearExpression:
-        terms = [_linear_terms(arg, scale) for arg in expr.args]
-        return None if any(t is None for t in terms) else [a for t in terms for a in t]
-    return None
-
-
-def _constraint(block, name: str, sets: tuple, relations: list, doc: str) -> None:
-    """An indexed constraint over ``sets`` from prebuilt relations, in index order."""
+    ``extra`` holds per-row Pyomo expressions (or None) added symbolically: loss terms
+    with mutable parameters, market injections that are not plain linear expressions.
+    Without them the rows' arrays are recorded for the solve layer.
+    """
+    lhs = rows.expressions()
+    if extra is not None:
+        lhs = [row if e is None else row + e for row, e in zip(lhs, extra, strict=True)]
+    bound = np.broadcast_to(np.asarray(rhs, dtype=float), (rows.n,))
+    if sense == "==":
+        relations = [EqualityExpression((r, b)) for r, b in zip(lhs, bound.tolist(), strict=True)]
+        lower, upper = bound, bound
+    elif sense == "<=":
+        pairs = zip(lhs, bound.tolist(), strict=True)
+        relations = [InequalityExpression((r, b), False) for r, b in pairs]
+        lower, upper = -np.inf, bound
+    else:
+        pairs = zip(bound.tolist(), lhs, strict=True)
+        relations = [InequalityExpression((b, r), False) for b, r in pairs]
+        lower, upper = bound, np.inf
     by_key = dict(zip(_keys(*sets), relations, strict=True))
     rule = by_key.__getitem__  # a function rule: Pyomo validates the keys of a dict rule
-    block.add_component(name, pyo.Constraint(*sets, rule=lambda _, *key: rule(key), doc=doc))
-
-
-def _equal_zero(rows: list) -> list:
-    return [EqualityExpression((row, 0)) for row in rows]
+    constraint = pyo.Constraint(*sets, rule=lambda _, *key: rule(key), doc=doc)
+    block.add_component(name, constraint)
+    if extra is None:
+        record_rows(constraint, rows.recorded(relations, lower, upper))
 
 
 def _keys(*sets) -> list:
     return list(itertools.product(*(list(s) for s in sets)))
 
 
+def _linear_pairs(expr) -> tuple[float, list] | None:
+    """(constant, [(coefficient, variable), ...]) of a linear expression with numeric
+    coefficients; None for anything else (it is then kept symbolic)."""
+    if expr.__class__ in native_numeric_types:
+        return float(expr), []
+    if isinstance(expr, VarData):
+        return 0.0, [(1.0, expr)]
+    if expr.__class__ is MonomialTermExpression:
+        coef, var = expr.args
+        numeric = coef.__class__ in native_numeric_types and isinstance(var, VarData)
+        return (0.0, [(coef, var)]) if numeric else None
+    if expr.__class__ is not LinearExpression:
+        return None
+    constant, pairs = 0.0, []
+    for arg in expr.args:
+        part = _linear_pairs(arg)
+        if part is None:
+            return None
+        constant += part[0]
+        pairs += part[1]
+    return constant, pairs
+
+
+def _injection_terms(injections: list, scale: float) -> tuple[tuple, np.ndarray, list]:
+    """The market's injections (one per row) as COO terms, constants and symbolic rest."""
+    rows, coefs, variables = [], [], []
+    constants = np.zeros(len(injections))
+    extra: list = [None] * len(injections)
+    for k, expr in enumerate(injections):
+        part = _linear_pairs(expr)
+        if part is None:
+            extra[k] = expr * scale
+            continue
+        constants[k] = part[0] * scale
+        rows += [k] * len(part[1])
+        coefs += [c for c, _ in part[1]]
+        variables += [v for _, v in part[1]]
+    terms = (np.array(rows, dtype=np.int64), np.array(coefs) * scale, _objects(variables))
+    return terms, constants, extra
+
+
+def _objects(items: list) -> np.ndarray:
+    array = np.empty(len(items), dtype=object)
+    array[:] = items
+    return array
+
+
+def _merge_extra(*extras) -> list | None:
+    """Per-row sums of symbolic extras (None where a row has none); None if no row has any."""
+    present = [e for e in extras if e is not None]
+    if not present:
+        return None
+    merged = []
+    for items in zip(*present, strict=True):
+        terms = [e for e in items if e is not None]
+        merged.append(None if not terms else terms[0] if len(terms) == 1 else sum(terms))
+    return merged if any(e is not None for e in merged) else None
+
+
 def _add_balances(block, feeder: Feeder, p_kw, q_kvar, point: OperatingPoint, losses) -> None:
     s = feeder.s_base_kva
-    periods = list(block.PERIODS)
-    n_bus, n_br, n_t = len(feeder.buses), len(feeder.branches), len(periods)
-    keys = _keys(feeder.buses.index, periods)
+    n_bus, n_br, n_t = len(feeder.buses), len(feeder.branches), len(block.PERIODS)
+    keys = _keys(block.BUSES, block.PERIODS)
     shunts = feeder.buses[["g_pu", "b_pu"]].to_numpy() * 1.0
-    v0 = point.v_sq_pu
+    balance = np.arange(n_bus * n_t).reshape(n_bus, n_t)
+    root = feeder.buses.index.get_loc(feeder.root)
     up_q = getattr(block, "q_upstream_kvar", None)
     families = (
-        ("active", block.p_flow_pu, p_kw, -shunts[:, [0]] * v0, "r_pu", None),
-        ("reactive", block.q_flow_pu, q_kvar, shunts[:, [1]] * v0, "x_pu", up_q),
+        ("active", block.p_flow_pu, p_kw, -shunts[:, [0]], "r_pu", None),
+        ("reactive", block.q_flow_pu, q_kvar, shunts[:, [1]], "x_pu", up_q),
     )
-    built = {}
-    for name, flow, injections, constant, impedance, upstream in families:
+    for name, flow, injections, shunt, impedance, upstream in families:
         flows = _var_array(flow, (n_br, n_t))
-        balance = np.arange(n_bus * n_t).reshape(n_bus, n_t)
-        rows = [balance[feeder.to_pos], balance[feeder.from_pos]]
-        coefs = [np.ones((n_br, n_t)), -np.ones((n_br, n_t))]
-        variables = [flows, flows]
+        terms, constants, extra = _injection_terms([injections.get(k, 0) for k in keys], 1 / s)
+        parts = [
+            terms,
+            (balance[feeder.to_pos], 1.0, flows),
+            (balance[feeder.from_pos], -1.0, flows),
+        ]
         if upstream is not None:
-            root = feeder.buses.index.get_loc(feeder.root)
-            rows.append(balance[root])
-            coefs.append(np.full(n_t, 1 / s))
-            variables.append(_var_array(upstream, (n_t,)))
-        lhs = _linear_rows(
-            n_bus * n_t,
-            np.concatenate([r.ravel() for r in rows]),
-            np.concatenate([c.ravel() for c in coefs]),
-            np.concatenate([v.ravel() for v in variables]),
-            constant,
+            parts.append((balance[root], 1 / s, _var_array(upstream, (n_t,))))
+        rows = _Rows.of(n_bus * n_t, parts, constants + (shunt * point.v_sq_pu).ravel())
+        loss = _loss_terms(block, feeder, keys, impedance) if losses else None
+        _add_family(
+            block,
+            f"{name}_power_balance",
+            (block.BUSES, block.PERIODS),
+            rows,
+            "==",
+            0.0,
+            _BALANCE_DOCS[name],
+            _merge_extra(extra, loss),
         )
-        lhs = _with_injections(lhs, [injections.get(key, 0) for key in keys], 1 / s)
-        if losses:
-            lhs = _minus_losses(block, feeder, lhs, keys, impedance)
-        built[name] = _equal_zero(lhs)
-    _constraint(
-        block,
-        "active_power_balance",
-        (block.BUSES, block.PERIODS),
-        built["active"],
-        "p[j,t]/S - g v0 + P[in] - r ell[in] - sum P[out] = 0  (pu); dual: price of demand",
-    )
-    _constraint(
-        block,
-        "reactive_power_balance",
-        (block.BUSES, block.PERIODS),
-        built["reactive"],
-        "q[j,t]/S + b v0 + Q[in] - x ell[in] - sum Q[out] = 0  (pu)",
-    )
 
 
-def _minus_losses(block, feeder: Feeder, lhs: list, keys: list, impedance: str) -> list:
-    """Subtract r ell (or x ell) of the branch feeding each bus (parametric: kept symbolic)."""
+_BALANCE_DOCS = {
+    "active": "p[j,t]/S - g v0 + P[in] - r ell[in] - sum P[out] = 0  (pu); dual: price of demand",
+    "reactive": "q[j,t]/S + b v0 + Q[in] - x ell[in] - sum Q[out] = 0  (pu)",
+}
+
+
+def _loss_terms(block, feeder: Feeder, keys: list, impedance: str) -> list:
+    """-r ell (or -x ell) of the branch feeding each bus (mutable parameters: symbolic)."""
     parent = feeder.parent_branch
     z = feeder.branches[impedance].to_dict()
     ell = block.current_sq_pu
-    return [
-        row - z[parent[j]] * ell[parent[j], t] if j != feeder.root else row
-        for row, (j, t) in zip(lhs, keys, strict=True)
-    ]
+    return [None if j == feeder.root else -z[parent[j]] * ell[parent[j], t] for j, t in keys]
 
 
 def _add_voltage(block, feeder: Feeder, losses) -> None:
     k = branch_arrays(feeder)
-    periods = list(block.PERIODS)
-    n_br, n_t = len(feeder.branches), len(periods)
+    n_br, n_t = len(feeder.branches), len(block.PERIODS)
     v = _var_array(block.v_sq_pu, (len(feeder.buses), n_t))
     drop = np.arange(n_br * n_t).reshape(n_br, n_t)
-    ones = np.ones((n_br, n_t))
-    lhs = _linear_rows(
+    rows = _Rows.of(
         n_br * n_t,
-        np.concatenate([drop.ravel()] * 4),
-        np.concatenate([ones, -ones / k["n2"], 2 * k["r"] * ones, 2 * k["x"] * ones], axis=None),
-        np.concatenate(
-            [
-                v[feeder.to_pos],
-                v[feeder.from_pos],
-                _var_array(block.p_flow_pu, (n_br, n_t)),
-                _var_array(block.q_flow_pu, (n_br, n_t)),
-            ],
-            axis=None,
-        ),
+        [
+            (drop, 1.0, v[feeder.to_pos]),
+            (drop, -1 / k["n2"], v[feeder.from_pos]),
+            (drop, 2 * k["r"], _var_array(block.p_flow_pu, (n_br, n_t))),
+            (drop, 2 * k["x"], _var_array(block.q_flow_pu, (n_br, n_t))),
+        ],
     )
-    keys = _keys(block.BRANCHES, block.PERIODS)
+    extra = None
     if losses:
         z2 = dict(zip(feeder.branches.index, k["z2"][:, 0], strict=True))
-        lhs = [
-            row - z2[line] * block.current_sq_pu[line, t]
-            for row, (line, t) in zip(lhs, keys, strict=True)
-        ]
-    _constraint(
+        keys = _keys(block.BRANCHES, block.PERIODS)
+        extra = [-z2[line] * block.current_sq_pu[line, t] for line, t in keys]
+    _add_family(
         block,
         "voltage_drop",
         (block.BRANCHES, block.PERIODS),
-        _equal_zero(lhs),
+        rows,
+        "==",
+        0.0,
         "v[j,t] = v[i,t]/n^2 - 2 (r P[l,t] + x Q[l,t]) + (r^2 + x^2) ell[l,t]  (pu^2)",
+        extra,
     )
     _add_voltage_limits(block, feeder, v[feeder.to_pos])
 
@@ -574,53 +634,37 @@ def _add_voltage(block, feeder: Feeder, losses) -> None:
 def _add_voltage_limits(block, feeder: Feeder, v: np.ndarray) -> None:
     """Bounds on the squared voltages below the root (``v`` in ``feeder.order[1:]`` order)."""
     buses = feeder.buses.loc[feeder.order[1:]]
-    n_t = v.shape[1]
-    vmin = np.repeat(buses["vmin_pu"].to_numpy() ** 2, n_t).tolist()
-    vmax = np.repeat(buses["vmax_pu"].to_numpy() ** 2, n_t).tolist()
-    cells = v.ravel().tolist()
-    _constraint(
-        block,
-        "voltage_lower",
-        (block.BUSES_BELOW_ROOT, block.PERIODS),
-        [InequalityExpression((lo, var), False) for lo, var in zip(vmin, cells, strict=True)],
-        "v[j,t] >= vmin_pu[j]^2  (pu^2)",
-    )
-    _constraint(
-        block,
-        "voltage_upper",
-        (block.BUSES_BELOW_ROOT, block.PERIODS),
-        [InequalityExpression((var, hi), False) for var, hi in zip(cells, vmax, strict=True)],
-        "v[j,t] <= vmax_pu[j]^2  (pu^2)",
-    )
+    rows = _Rows.of(v.size, [(np.arange(v.size), 1.0, v.ravel())])
+    sets = (block.BUSES_BELOW_ROOT, block.PERIODS)
+    for name, sense, column, doc in (
+        ("voltage_lower", ">=", "vmin_pu", "v[j,t] >= vmin_pu[j]^2  (pu^2)"),
+        ("voltage_upper", "<=", "vmax_pu", "v[j,t] <= vmax_pu[j]^2  (pu^2)"),
+    ):
+        limit = np.repeat(buses[column].to_numpy() ** 2, v.shape[1])
+        _add_family(block, name, sets, rows, sense, limit, doc)
 
 
 def _add_thermal(block, feeder: Feeder, sides: int) -> np.ndarray:
     angles = 2 * math.pi * np.arange(sides) / sides
     polygon = np.column_stack([np.cos(angles), np.sin(angles)])
     br = feeder.branches
-    periods = list(block.PERIODS)
-    n_t = len(periods)
+    n_t = len(block.PERIODS)
     rated = np.flatnonzero(np.isfinite(br["rating_kva"]) & (br["rating_kva"] > 0))
     shape = (len(rated), sides, n_t)
-    rows = np.arange(math.prod(shape)).reshape(shape)
-    flows = [_var_array(f, (len(br), n_t))[rated] for f in (block.p_flow_pu, block.q_flow_pu)]
-    terms = []
-    for k, flow in enumerate(flows):
+    index = np.arange(math.prod(shape)).reshape(shape)
+    parts = []
+    for k, flow in enumerate((block.p_flow_pu, block.q_flow_pu)):
         used = polygon[:, k] != 0  # sin 0 = 0: no Q term on the first side
-        terms.append((rows[:, used], polygon[used, k][None, :, None], flow[:, None, :]))
-    lhs = _linear_rows(
-        rows.size,
-        np.concatenate([np.broadcast_to(r, r.shape).ravel() for r, _, _ in terms]),
-        np.concatenate([np.broadcast_to(c, r.shape).ravel() for r, c, _ in terms]),
-        np.concatenate([np.broadcast_to(f, r.shape).ravel() for r, _, f in terms]),
-    )
+        flows = _var_array(flow, (len(br), n_t))[rated][:, None, :]
+        parts.append((index[:, used], polygon[used, k][None, :, None], flows))
     cap = br["rating_kva"].to_numpy()[rated] / feeder.s_base_kva * math.cos(math.pi / sides)
-    upper = np.broadcast_to(cap[:, None, None], shape).ravel().tolist()
-    _constraint(
+    _add_family(
         block,
         "thermal_limit",
         (block.RATED_BRANCHES, block.SIDES, block.PERIODS),
-        [InequalityExpression((row, hi), False) for row, hi in zip(lhs, upper, strict=True)],
+        _Rows.of(index.size, parts),
+        "<=",
+        np.broadcast_to(cap[:, None, None], shape).ravel(),
         "cos(2 pi k/N) P[l,t] + sin(2 pi k/N) Q[l,t] <= S_l cos(pi/N)  (pu): polygon "
         "inscribed in the apparent-power circle",
     )

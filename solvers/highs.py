@@ -17,6 +17,7 @@ costs: the price of energy at that balance.
 from __future__ import annotations
 
 import gc
+import operator
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +28,7 @@ import highspy
 import numpy as np
 import pandas as pd
 import pyomo.environ as pyo
+import scipy.sparse as sp
 from pyomo.core.base.constraint import ConstraintData, IndexedConstraint
 from pyomo.repn.plugins.standard_form import LinearStandardFormCompiler
 
@@ -39,7 +41,10 @@ from gridmarkets.errors import (
 )
 
 INF = highspy.kHighsInf
+_EXPR, _ACTIVE = operator.attrgetter("_expr"), operator.attrgetter("active")
+_FIXED, _BOUNDS = operator.attrgetter("fixed"), operator.attrgetter("bounds")
 BUILD_SECONDS_ATTR = "_gridmarkets_build_seconds"
+ROWS_ATTR = "_gridmarkets_rows"
 
 _LIMIT_STATUSES = {
     highspy.HighsModelStatus.kTimeLimit: "time_limit",
@@ -65,6 +70,45 @@ class StandardForm:
     @property
     def is_mip(self) -> bool:
         return bool(self.integer.any())
+
+
+@dataclass(frozen=True)
+class LinearRows:
+    """An indexed constraint's rows as arrays, recorded by the builder that wrote them.
+
+    ``relations[k]`` is the relational expression of the constraint's k-th data (in its
+    index order) and reads ``lower[k] <= sum of values * variables in row k <= upper[k]``
+    (COO entries ``rows``, ``columns`` into ``variables``, ``values``; constant
+    coefficients only). The solve layer uses the arrays instead of walking the
+    expressions as long as every row still holds its recorded expression and is active.
+    """
+
+    relations: list
+    rows: np.ndarray
+    columns: np.ndarray
+    values: np.ndarray
+    variables: list
+    lower: np.ndarray
+    upper: np.ndarray
+
+
+def record_rows(constraint: IndexedConstraint, rows: LinearRows) -> None:
+    """Let :func:`compile_model` read ``constraint`` from arrays (see :class:`LinearRows`)."""
+    setattr(constraint, ROWS_ATTR, rows)
+
+
+def _recorded_rows(model: pyo.Block) -> dict[IndexedConstraint, LinearRows]:
+    """Active constraints whose recorded arrays still describe every one of their rows."""
+    found = {}
+    for constraint in model.component_objects(pyo.Constraint, active=True, descend_into=True):
+        rows = getattr(constraint, ROWS_ATTR, None)
+        if rows is None or len(constraint) != len(rows.relations):
+            continue
+        datas = list(constraint.values())
+        same = map(operator.is_, map(_EXPR, datas), rows.relations)
+        if all(same) and all(map(_ACTIVE, datas)):
+            found[constraint] = rows
+    return found
 
 
 @dataclass
@@ -163,27 +207,54 @@ def record_build_time(model: pyo.Block, seconds: float) -> None:
 
 @gc_paused()
 def compile_model(model: pyo.Block) -> StandardForm:
-    """Compile the active linear model to HiGHS arrays (fixed variables become data)."""
+    """Compile the active linear model to HiGHS arrays (fixed variables become data).
+
+    Constraints whose builder recorded their rows as arrays (:func:`record_rows`) are
+    taken from the arrays; the rest of the model goes through Pyomo's
+    ``LinearStandardFormCompiler``.
+    """
     objectives = list(model.component_data_objects(pyo.Objective, active=True))
     if len(objectives) != 1:
         raise InputError(f"model {model.name} has {len(objectives)} active objectives; need 1")
-    info = LinearStandardFormCompiler().write(model, mixed_form=True, set_sense=None)
-    columns = info.columns
-    lower = np.array([-INF if v.lb is None else v.lb for v in columns], dtype=float)
-    upper = np.array([INF if v.ub is None else v.ub for v in columns], dtype=float)
-    integer = np.array([v.is_integer() for v in columns], dtype=bool)
+    recorded = _recorded_rows(model)
+    # hide them from the compiler by the component's own flag: (de)activate() would
+    # visit every row, and the rows' own flags must stay as the user set them
+    for constraint in recorded:
+        constraint._active = False
+    try:
+        info = LinearStandardFormCompiler().write(model, mixed_form=True, set_sense=None)
+    finally:
+        for constraint in recorded:
+            constraint._active = True
     rhs = np.asarray(info.rhs, dtype=float)
     sense = np.array([r.bound_type for r in info.rows], dtype=int)
-    a = info.A.tocsc()
+    parts = _Parts(
+        columns=list(info.columns),
+        position={id(v): k for k, v in enumerate(info.columns)},
+        entries=[info.A.tocoo()],
+        row_lower=[np.where(sense >= 0, np.where(sense == 0, rhs, -INF), rhs)],
+        row_upper=[np.where(sense <= 0, np.where(sense == 0, rhs, INF), rhs)],
+        rows=[r.constraint for r in info.rows],
+    )
+    for constraint, rows in recorded.items():
+        parts.add(constraint, rows)
+    columns = parts.columns
+    bounds = np.array(list(map(_BOUNDS, columns)), dtype=float).reshape(len(columns), 2)
+    lower = np.nan_to_num(bounds[:, 0], nan=-INF)  # None (no bound) became nan
+    upper = np.nan_to_num(bounds[:, 1], nan=INF)
+    integer = np.array([v.is_integer() for v in columns], dtype=bool)
+    cost = np.zeros(len(columns))
+    cost[: info.c.shape[1]] = info.c.toarray().ravel() if info.c.shape[1] else 0.0
+    a = parts.matrix()
 
     lp = highspy.HighsLp()
     lp.num_col_ = len(columns)
-    lp.num_row_ = len(rhs)
-    lp.col_cost_ = info.c.toarray().ravel() if len(columns) else np.zeros(0)
+    lp.num_row_ = a.shape[0]
+    lp.col_cost_ = cost
     lp.col_lower_ = lower
     lp.col_upper_ = upper
-    lp.row_lower_ = np.where(sense >= 0, np.where(sense == 0, rhs, -INF), rhs)
-    lp.row_upper_ = np.where(sense <= 0, np.where(sense == 0, rhs, INF), rhs)
+    lp.row_lower_ = np.concatenate(parts.row_lower)
+    lp.row_upper_ = np.concatenate(parts.row_upper)
     lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
     lp.a_matrix_.start_ = a.indptr.astype(np.int32)
     lp.a_matrix_.index_ = a.indices.astype(np.int32)
@@ -197,8 +268,50 @@ def compile_model(model: pyo.Block) -> StandardForm:
             highspy.HighsVarType.kInteger if i else highspy.HighsVarType.kContinuous
             for i in integer
         ]
-    rows = [r.constraint for r in info.rows]
-    return StandardForm(lp, columns, rows, integer, maximize, offset)
+    return StandardForm(lp, columns, parts.rows, integer, maximize, offset)
+
+
+@dataclass
+class _Parts:
+    """Columns, COO blocks, row bounds and row owners gathered for one HighsLp."""
+
+    columns: list
+    position: dict[int, int]
+    entries: list
+    row_lower: list
+    row_upper: list
+    rows: list
+
+    def add(self, constraint: IndexedConstraint, rows: LinearRows) -> None:
+        """Append a recorded constraint: new columns, its rows, fixed variables as data."""
+        fixed = np.fromiter(map(_FIXED, rows.variables), dtype=bool, count=len(rows.variables))
+        value = np.zeros(len(fixed))
+        value[fixed] = [rows.variables[k].value for k in np.flatnonzero(fixed)]
+        shift = np.bincount(
+            rows.rows, weights=rows.values * value[rows.columns], minlength=len(rows.lower)
+        )
+        position = self.position
+        for var, is_fixed in zip(rows.variables, fixed.tolist(), strict=True):
+            if not is_fixed and id(var) not in position:
+                position[id(var)] = len(self.columns)
+                self.columns.append(var)
+        where = np.fromiter((position.get(i, -1) for i in map(id, rows.variables)), dtype=np.int64)
+        keep = ~fixed[rows.columns]
+        first = sum(len(lower) for lower in self.row_lower)
+        self.entries.append((first + rows.rows[keep], where[rows.columns[keep]], rows.values[keep]))
+        self.row_lower.append(rows.lower - shift)
+        self.row_upper.append(rows.upper - shift)
+        self.rows.extend(constraint.values())
+
+    def matrix(self) -> sp.csc_array:
+        """All entries as one column-wise matrix."""
+        base = self.entries[0]
+        rows = [base.row, *(e[0] for e in self.entries[1:])]
+        cols = [base.col, *(e[1] for e in self.entries[1:])]
+        values = [base.data, *(e[2] for e in self.entries[1:])]
+        shape = (sum(len(lower) for lower in self.row_lower), len(self.columns))
+        data = (np.concatenate(values), (np.concatenate(rows), np.concatenate(cols)))
+        return sp.csc_array(data, shape=shape)
 
 
 def _new_highs(options: dict[str, Any]) -> highspy.Highs:
