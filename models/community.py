@@ -824,6 +824,54 @@ def exchange_bids(result: Result, participant: str = "community", bus=None) -> p
     return bids[BID_COLUMNS]
 
 
+def bid_curves(
+    model: pyo.ConcreteModel,
+    ladder: Sequence[float],
+    *,
+    participant: str = "community",
+    bus=None,
+    solve_options: Mapping[str, Any] | None = None,
+) -> pd.DataFrame:
+    """The community's price-responsive bids and offers per period, in the LEM format.
+
+    For each period and each price ``p`` of the ladder the built ``model`` is re-solved
+    with that period's import and export price set to ``p`` (other periods keep their
+    tariff); the net import ``q(p)`` at the point of connection is read. The demand
+    curve ``max(q, 0)`` becomes buy blocks and the supply curve ``max(-q, 0)`` sell
+    blocks (as :func:`gridmarkets.models.prosumer.bid_curves` does for one home), so at
+    a market price on the ladder the accepted blocks sum to the community's own choice.
+
+    Parameters
+    ----------
+    model : a community model from :func:`build` (grid-connected).
+    ladder : the prices tried (currency/MWh).
+    participant, bus : written in the table (``bus``: where the LEM places the bids).
+    solve_options : :func:`gridmarkets.solvers.solve`'s keyword arguments.
+
+    Returns
+    -------
+    DataFrame with columns participant, side, quantity_kw, price, period, block, bus.
+    """
+    if model.mode != "grid":
+        raise InputError("bid_curves: an islanded community does not trade")
+    ladder = sorted(float(p) for p in ladder)
+    rows = []
+    for t in model.PERIODS:
+        saved = (_value(model.import_price_per_mwh[t]), _value(model.export_price_per_mwh[t]))
+        net = []
+        for price in ladder:
+            model.import_price_per_mwh[t] = model.export_price_per_mwh[t] = price
+            solve(model, **dict(solve_options or {}))
+            net.append(_value(model.p_grid_import_kw[t]) - _value(model.p_grid_export_kw[t]))
+        model.import_price_per_mwh[t], model.export_price_per_mwh[t] = saved
+        rows += prosumer._curve_blocks(ladder, np.minimum.accumulate(net), t)
+    table = pd.DataFrame(rows, columns=["side", "quantity_kw", "price", "period"])
+    table.insert(0, "participant", participant)
+    table["block"] = table.groupby(["side", "period"]).cumcount()
+    table["bus"] = bus
+    return table[BID_COLUMNS]
+
+
 # --- case files -------------------------------------------------------------------------
 
 

@@ -337,3 +337,27 @@ def test_on_a_feeder_with_slack_limits_the_community_pays_the_copper_plate_cost(
     )
     with pytest.raises(InputError, match="members.sunny.bus"):
         community.build(small_community()[0], None, PRICES, periods=6, feeder=feeder)
+
+
+def test_bid_curves_accept_what_the_community_would_choose():
+    members, shared = small_community()
+    tariff = [200, 200, 300, 300, 400, 400]
+    base = PricesSpec(import_price=tariff, export_price=tariff)
+    ladder = [0, 150, 250, 350, 500]
+    model = community.build(members, shared, base, periods=6)
+    bids = community.bid_curves(model, ladder, participant="ec")
+    assert set(bids["participant"]) == {"ec"} and list(bids.columns) == community.BID_COLUMNS
+    for t in (0, 3, 5):
+        for price in ladder:
+            tried = list(tariff)
+            tried[t] = price
+            own = community.schedule(
+                members, shared, PricesSpec(import_price=tried, export_price=tried), periods=6
+            )
+            row = own.exchange.iloc[t]
+            period = bids[bids["period"] == t]
+            bought = period[(period["side"] == "buy") & (period["price"] >= price)]
+            sold = period[(period["side"] == "sell") & (period["price"] <= price)]
+            accepted = bought["quantity_kw"].sum() - sold["quantity_kw"].sum()
+            expected = row["grid_import_kw"] - row["grid_export_kw"]
+            assert accepted == pytest.approx(expected, abs=1e-6), (t, price)
