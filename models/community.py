@@ -31,7 +31,24 @@ given). ``S = {i}`` is member ``i`` alone with its shares; its optimum is its
 stand-alone bill. Scaling keeps the cost game subadditive when the model is an LP
 (each coalition could run the sum of its parts' schedules); binaries (non-relaxed
 batteries, appliances, EV minimum power) can break that in rare cases, and
-:func:`split` reports the community value so it shows.
+:func:`split` reports the community value so it shows. The game's value is the
+objective: currency for ``"cost"``, kWh or kg for the other objectives.
+
+Inside the community a member's meter keeps its ``import_limit_kw`` and
+``export_limit_kw`` but not its tariff or ``demand_charge_per_kw``: the community pays
+the grid at the connection, and members pay their share of the split.
+
+Solving coalitions. :class:`CommunityGame` builds one model of the whole community
+and re-solves it per coalition (:func:`set_coalition` switches members and shared
+assets on and off through mutable parameters and fixed variables); measured in
+benchmarks/bench_community.py it is about 2.5-3.5 times faster than a fresh build per
+coalition, since the build is more than half of a coalition's time. ``workers > 1``
+spreads the coalitions over processes, one model per process; it pays only on a
+machine with idle cores.
+
+In a market the community is one player: :func:`exchange_bids` turns its schedule
+into bids at its tariff, :func:`bid_curves` its price response into block bids, both
+in the bids format of :mod:`gridmarkets.models.lem`.
 """
 
 from __future__ import annotations
