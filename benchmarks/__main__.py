@@ -1,8 +1,9 @@
 """Run every benchmark module and write benchmarks/RESULTS.md.
 
 Usage: ``python -m benchmarks [--full] [--only NAME ...]``. Quick mode (the default)
-takes about a minute and is what CI runs as a smoke test: times are recorded, never
-asserted.
+takes a minute or two and is what CI runs as a smoke test: times are recorded, never
+asserted. A module with a ``plot(rows, path)`` function also gets its scaling plot
+(``RESULTS-<name>.png`` next to RESULTS.md).
 """
 
 from __future__ import annotations
@@ -59,9 +60,13 @@ def main(argv: list[str] | None = None) -> int:
         seconds = time.perf_counter() - started
         doc = (module.__doc__ or "").strip()
         table = pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3g")
-        sections.append(
-            f"## {name.removeprefix('bench_')}\n\n{doc}\n\n{table}\n\n({seconds:.0f} s)\n"
-        )
+        short = name.removeprefix("bench_")
+        figure = ""
+        if hasattr(module, "plot"):
+            png = f"{args.out.stem}-{short}.png"
+            module.plot(rows, args.out.parent / png)
+            figure = f"![{short} scaling]({png})\n\n"
+        sections.append(f"## {short}\n\n{doc}\n\n{table}\n\n{figure}({seconds:.0f} s)\n")
         print(f"{name}: {len(rows)} rows in {seconds:.1f} s", flush=True)
     mode = "full" if args.full else "quick"
     header = (

@@ -20,6 +20,7 @@ import time
 import tracemalloc
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import highspy
 import numpy as np
@@ -360,6 +361,20 @@ def run(quick: bool = True) -> list[dict]:
     feeder = load(FEEDER)
     rows += [compare(feeder_bids(feeder, n, 96), feeder) for n in grid]
     return rows
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Total seconds against participants (x 96 periods), per builder and network."""
+    from benchmarks.plotting import scaling_plot
+
+    table = pd.DataFrame(rows)
+    series = {}
+    for network, part in table.groupby("network"):
+        x = part["participants"]
+        series[f"gridmarkets, {network}"] = (x, part["total_s"])
+        series[f"raw highspy, {network}"] = (x, part["highspy_total_s"])
+        series[f"linopy, {network}"] = (x, part["linopy_total_s"])
+    scaling_plot(series, "participants (x 96 periods)", "total seconds", path)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Each row builds the network block alone, with a constant injection per bus and period
 (the market's expressions would add their own cost). Build time should grow linearly in
-buses x periods.
+buses x periods. Build seconds from a plain run, peak memory from a second, traced run.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandapower as pp
+import pandas as pd
 import pyomo.environ as pyo
 
 
@@ -38,17 +39,23 @@ def synthetic_net(buses: int, seed: int = 0):
     return net
 
 
-def time_build(feeder, periods: int) -> dict:
-    """Seconds and peak MiB to add LinDistFlow to an empty model."""
+def build(feeder, periods: int) -> float:
+    """Seconds to add LinDistFlow to an empty model."""
     from gridmarkets.networks import LinDistFlow
 
     p_kw = {(bus, t): -20.0 for bus in feeder.buses.index for t in range(periods)}
-    tracemalloc.start()
     started = time.perf_counter()
     model = pyo.ConcreteModel()
     model.net = pyo.Block()
     LinDistFlow().add(model.net, feeder, range(periods), p_kw, {})
-    seconds = time.perf_counter() - started
+    return time.perf_counter() - started
+
+
+def time_build(feeder, periods: int) -> dict:
+    """Build seconds from a plain run, peak MiB from a second, traced run."""
+    seconds = build(feeder, periods)
+    tracemalloc.start()
+    build(feeder, periods)
     peak = tracemalloc.get_traced_memory()[1] / 2**20
     tracemalloc.stop()
     return {
@@ -73,8 +80,15 @@ def run(quick: bool = True) -> list[dict]:
     return [time_build(feeder, periods) for feeder in feeders]
 
 
+def plot(rows: list[dict], path: Path) -> None:
+    """Build seconds against buses x periods."""
+    from benchmarks.plotting import scaling_plot
+
+    table = pd.DataFrame(rows)
+    series = {"LinDistFlow build": (table["bus_periods"], table["build_s"])}
+    scaling_plot(series, "buses x periods", "build seconds", path)
+
+
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import pandas as pd
-
     print(pd.DataFrame(run(quick="--full" not in sys.argv)).to_string(index=False))
