@@ -75,7 +75,7 @@ def solve_in_fresh_process(lp: highspy.HighsLp, options: dict) -> dict:
 
 
 def run(quick: bool = True) -> list[dict]:
-    participants, periods = (100, 24) if quick else (1000, 96)
+    participants, periods = (50, 12) if quick else (1000, 96)
     feeder = load(FEEDER)
     bids = feeder_bids(feeder, participants, periods)
     upstream = lem.Upstream(IMPORT_PRICE, EXPORT_PRICE, CAPACITY_KW)

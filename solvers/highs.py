@@ -17,6 +17,7 @@ costs: the price of energy at that balance.
 from __future__ import annotations
 
 import gc
+import itertools
 import operator
 import time
 from collections.abc import Iterator
@@ -290,12 +291,12 @@ class _Parts:
         shift = np.bincount(
             rows.rows, weights=rows.values * value[rows.columns], minlength=len(rows.lower)
         )
-        position = self.position
-        for var, is_fixed in zip(rows.variables, fixed.tolist(), strict=True):
-            if not is_fixed and id(var) not in position:
-                position[id(var)] = len(self.columns)
+        position, ids = self.position, list(map(id, rows.variables))
+        for var, key, is_fixed in zip(rows.variables, ids, fixed.tolist(), strict=True):
+            if not is_fixed and key not in position:
+                position[key] = len(self.columns)
                 self.columns.append(var)
-        where = np.fromiter((position.get(i, -1) for i in map(id, rows.variables)), dtype=np.int64)
+        where = np.array(list(map(position.get, ids, itertools.repeat(-1))), dtype=np.int64)
         keep = ~fixed[rows.columns]
         first = sum(len(lower) for lower in self.row_lower)
         self.entries.append((first + rows.rows[keep], where[rows.columns[keep]], rows.values[keep]))
