@@ -20,6 +20,7 @@ MODELS: dict[str, str] = {
     "flexibility": "gridmarkets.models.flexibility",
     "lem": "gridmarkets.models.lem",
     "community": "gridmarkets.models.community",
+    "p2p": "gridmarkets.models.p2p",
     "prosumer": "gridmarkets.models.prosumer",
 }
 

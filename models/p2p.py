@@ -1,0 +1,1092 @@
+"""Peer-to-peer trading: full P2P, community-based and hybrid, central or by ADMM.
+
+Peers are sellers, buyers or both, with block offers and bids per period in the bids
+table of :mod:`gridmarkets.models.lem` (``participant`` is the peer). They trade
+bilaterally along the edges of a trading graph, and trade what they cannot match with
+the upstream grid at import and export prices (each peer has its own connection).
+
+Architectures (the three of the seed chapter):
+
+- ``full``: every peer trades with its partners on the graph (complete by default,
+  ``"neighbours"`` — peers at the same or adjacent buses of the feeder —, or a list).
+- ``community``: each peer trades only with its community's manager (an agent
+  ``community:<name>`` with no energy of its own), and managers trade with each other.
+- ``hybrid``: both: peers trade on the graph and with their community's manager.
+
+The clearing is one LP (welfare maximisation). For every agent ``i`` (peer or manager),
+ordered pair (i, j) and period t, with ``trade_kw[i,j,t] = sell_kw - buy_kw`` what i
+sells to j (negative: buys)::
+
+    sum_sell q - sum_buy q + import - export - sum_j trade_kw[i,j,t] = 0    (balance, kW)
+    trade_kw[i,j,t] + trade_kw[j,i,t] = 0                               (reciprocity)
+    welfare = sum_buy price q dt - sum_sell price q dt - import cost + export revenue
+              - sum_(i,j) cost_ij (sell_kw + buy_kw) dt - gamma/2 (sell_kw^2 + buy_kw^2) dt
+
+The dual of a reciprocity constraint is the bilateral price of the pair (what one more
+kW that the pair must deliver would cost): buyers pay it to sellers. ``cost_ij``
+(currency/MWh, >= 0) is peer i's preference cost of trading with j — distance, lower for
+green energy or neighbours — (:func:`hop_costs` derives one from the feeder). An LP's
+bilateral trades are rarely unique (many pairs may carry the same energy at the same
+welfare); ``quadratic`` (gamma > 0, (currency/MWh)/kW) adds a tiny strictly convex
+term that selects the unique spread-out solution (solved as a QP by HiGHS), which the
+distributed solution (``method="admm"``, :func:`gridmarkets.solvers.admm.consensus_admm`)
+is compared with.
+
+DSO supervision: with ``network=feeder`` the peers' injections are constrained by
+LinDistFlow (network-aware clearing; the trades table then carries the network charge
+per trade, the difference of the buyer's and seller's nodal prices); or the market clears
+without it and :func:`dso_check` names the trades whose transactions overload a branch
+and how much each must be cut.
+
+Units: kW, kWh, currency/MWh; a positive payment is paid by the peer.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import pyomo.environ as pyo
+from pydantic import Field, FiniteFloat, NonNegativeFloat, PositiveFloat, model_validator
+
+from gridmarkets.case import CaseBase, Spec
+from gridmarkets.errors import InputError
+from gridmarkets.models.lem import Upstream, prepare_bids
+from gridmarkets.results import Result
+from gridmarkets.solvers import Solution, record_build_time, solve
+
+Architecture = Literal["full", "community", "hybrid"]
+MANAGER_PREFIX = "community:"
+_TOL_KW = 1e-6
+
+
+# --- the market's data ----------------------------------------------------------------
+
+
+@dataclass
+class Market:
+    """A P2P market's data, prepared once for the LP, ADMM and the result tables.
+
+    Attributes
+    ----------
+    bids : the prepared bids table (see :func:`gridmarkets.models.lem.prepare_bids`).
+    peers, managers : agent ids; ``agents = peers + managers``.
+    periods : sorted periods.
+    pairs : ordered trading pairs (both directions of every edge).
+    cost : preference cost per ordered pair (currency/MWh).
+    bus, community : per peer (None when not given).
+    upstream : tariffs and per-peer connection capacity, or None (no grid).
+    feeder : the feeder for network-aware clearing, or None.
+    """
+
+    bids: pd.DataFrame
+    peers: list[str]
+    managers: list[str]
+    periods: list[int]
+    pairs: list[tuple[str, str]]
+    cost: dict[tuple[str, str], float]
+    bus: dict[str, Any]
+    community: dict[str, Any]
+    upstream: Upstream | None
+    feeder: Any
+    period_hours: float
+    quadratic: float
+    architecture: str
+
+    @property
+    def agents(self) -> list[str]:
+        return self.peers + self.managers
+
+    @property
+    def edges(self) -> list[tuple[str, str]]:
+        """Unordered pairs, each once (the first of its two directions)."""
+        seen, edges = set(), []
+        for i, j in self.pairs:
+            if (j, i) not in seen:
+                seen.add((i, j))
+                edges.append((i, j))
+        return edges
+
+    def tariffs(self) -> tuple[np.ndarray, np.ndarray]:
+        """Import and export prices per period (currency/MWh)."""
+        return self.upstream.per_period(self.periods)
+
+
+def trading_graph(
+    peers: Sequence[str],
+    graph: str | Sequence[Sequence[str]] = "complete",
+    *,
+    bus: dict[str, Any] | None = None,
+    feeder: Any = None,
+) -> list[tuple[str, str]]:
+    """The undirected trading edges among peers.
+
+    Parameters
+    ----------
+    peers : peer ids.
+    graph : ``"complete"`` (every pair), ``"neighbours"`` (peers at the same bus or at
+        buses joined by a branch of ``feeder``), or a list of ``[peer, peer]`` pairs.
+    bus : bus per peer (for ``"neighbours"``).
+    feeder : the feeder (for ``"neighbours"``).
+
+    Returns
+    -------
+    Sorted list of pairs ``(a, b)`` with ``a < b``.
+    """
+    if isinstance(graph, str):
+        if graph == "complete":
+            return list(itertools.combinations(sorted(peers), 2))
+        if graph == "neighbours":
+            return _neighbours(peers, bus or {}, feeder)
+        raise InputError(f"graph: {graph!r} is not 'complete', 'neighbours' or a list of pairs")
+    known, edges = set(peers), set()
+    for k, pair in enumerate(graph):
+        if len(pair) != 2 or pair[0] == pair[1]:
+            raise InputError(f"graph[{k}]: {list(pair)!r} is not a pair of two peers")
+        for peer in pair:
+            if peer not in known:
+                raise InputError(f"graph[{k}]: {peer!r} is not a peer")
+        edges.add(tuple(sorted(pair)))
+    return sorted(edges)
+
+
+def _neighbours(peers, bus: dict, feeder) -> list[tuple[str, str]]:
+    if feeder is None or any(bus.get(p) is None for p in peers):
+        raise InputError("graph 'neighbours' needs a feeder and a bus for every peer")
+    at = {p: feeder.merged.get(bus[p], bus[p]) for p in peers}
+    adjacent = set(zip(feeder.branches["from_bus"], feeder.branches["to_bus"], strict=True))
+    return [
+        (a, b)
+        for a, b in itertools.combinations(sorted(peers), 2)
+        if at[a] == at[b] or (at[a], at[b]) in adjacent or (at[b], at[a]) in adjacent
+    ]
+
+
+def hop_costs(
+    bus: dict[str, Any], feeder: Any, per_hop: float, pairs: Sequence[tuple[str, str]]
+) -> pd.DataFrame:
+    """Distance preferences: ``per_hop`` currency/MWh per branch between two peers' buses.
+
+    Returns a preferences table (peer, partner, cost) for both directions of each pair.
+    """
+    rows = []
+    for a, b in pairs:
+        path_a = feeder.path_to_root(feeder.merged.get(bus[a], bus[a]))
+        path_b = feeder.path_to_root(feeder.merged.get(bus[b], bus[b]))
+        hops = len(set(path_a) ^ set(path_b))
+        rows += [(a, b, per_hop * hops), (b, a, per_hop * hops)]
+    return pd.DataFrame(rows, columns=["peer", "partner", "cost"])
+
+
+def prepare(
+    bids: pd.DataFrame,
+    *,
+    architecture: Architecture = "full",
+    graph: str | Sequence[Sequence[str]] = "complete",
+    communities: dict[str, str] | None = None,
+    preferences: pd.DataFrame | None = None,
+    upstream: Upstream | None = None,
+    network: Any = None,
+    period_hours: float = 1.0,
+    quadratic: float = 0.0,
+) -> Market:
+    """Check the inputs and gather them as a :class:`Market` (see :func:`build`)."""
+    table = prepare_bids(bids)
+    peers = list(dict.fromkeys(table["participant"].astype(str)))
+    table["participant"] = table["participant"].astype(str)
+    bus = table.groupby("participant")["bus"].first().to_dict()
+    community = {p: (communities or {}).get(p) for p in peers}
+    if architecture not in ("full", "community", "hybrid"):
+        raise InputError(f"architecture: {architecture!r} is not full, community or hybrid")
+    if quadratic < 0:
+        raise InputError(f"quadratic: {quadratic} is negative")
+    periods = sorted(set(table["period"])) or [0]
+    if upstream is not None:
+        imp, exp = upstream.per_period(periods)
+        if np.any(exp > imp):
+            raise InputError("upstream: export_price above import_price (unbounded arbitrage)")
+    edges = (
+        [] if architecture == "community" else trading_graph(peers, graph, bus=bus, feeder=network)
+    )
+    managers: list[str] = []
+    if architecture != "full":
+        edges, managers = _with_managers(edges, peers, community)
+    pairs = [e for a, b in edges for e in ((a, b), (b, a))]
+    return Market(
+        bids=table,
+        peers=peers,
+        managers=managers,
+        periods=periods,
+        pairs=pairs,
+        cost=_pair_costs(pairs, preferences),
+        bus=bus,
+        community=community,
+        upstream=upstream,
+        feeder=network,
+        period_hours=period_hours,
+        quadratic=quadratic,
+        architecture=architecture,
+    )
+
+
+def _with_managers(edges, peers, community) -> tuple[list, list[str]]:
+    missing = [p for p in peers if community[p] is None]
+    if missing:
+        raise InputError(f"communities: peer {missing[0]!r} has no community")
+    managers = sorted({MANAGER_PREFIX + str(c) for c in community.values()})
+    links = [(p, MANAGER_PREFIX + str(community[p])) for p in peers]
+    return [*edges, *links, *itertools.combinations(managers, 2)], managers
+
+
+def _pair_costs(pairs, preferences: pd.DataFrame | None) -> dict[tuple[str, str], float]:
+    cost = dict.fromkeys(pairs, 0.0)
+    if preferences is None or len(preferences) == 0:
+        return cost
+    missing = {"peer", "partner", "cost"} - set(preferences.columns)
+    if missing:
+        raise InputError(f"preferences: missing column(s) {sorted(missing)}")
+    for k, row in preferences.reset_index(drop=True).iterrows():
+        key = (str(row["peer"]), str(row["partner"]))
+        if key not in cost:
+            raise InputError(f"preferences row {k}: {key[0]!r} does not trade with {key[1]!r}")
+        if not row["cost"] >= 0:
+            raise InputError(f"preferences row {k}: cost {row['cost']!r} must be >= 0")
+        cost[key] = float(row["cost"])
+    return cost
+
+
+# --- the central LP -------------------------------------------------------------------
+
+
+def build(
+    bids: pd.DataFrame,
+    *,
+    architecture: Architecture = "full",
+    graph: str | Sequence[Sequence[str]] = "complete",
+    communities: dict[str, str] | None = None,
+    preferences: pd.DataFrame | None = None,
+    upstream: Upstream | None = None,
+    network: Any = None,
+    formulation: Any = None,
+    period_hours: float = 1.0,
+    quadratic: float = 0.0,
+    extra: Callable[[pyo.ConcreteModel], None] | None = None,
+) -> pyo.ConcreteModel:
+    """Build the central P2P clearing as a Pyomo model (see the module docstring).
+
+    Parameters
+    ----------
+    bids : the LEM bids table; ``participant`` is the peer, ``bus`` its bus.
+    architecture : ``"full"``, ``"community"`` or ``"hybrid"``.
+    graph : ``"complete"``, ``"neighbours"`` or a list of peer pairs.
+    communities : community per peer (``community`` and ``hybrid``).
+    preferences : table peer, partner, cost (currency/MWh, >= 0) per ordered pair.
+    upstream : import/export tariffs; ``capacity_kw`` bounds each peer's import and
+        export. None: no grid.
+    network : a Feeder: the peers' injections are constrained by LinDistFlow.
+    formulation : override the network formulation.
+    period_hours : length of a period (h).
+    quadratic : gamma of the tie-breaking term ((currency/MWh)/kW); > 0 makes a QP.
+    extra : called with the model before it is returned, to add user constraints.
+
+    Returns
+    -------
+    pyomo ConcreteModel with ``m.market`` (the :class:`Market`).
+    """
+    started = time.perf_counter()
+    market = prepare(
+        bids,
+        architecture=architecture,
+        graph=graph,
+        communities=communities,
+        preferences=preferences,
+        upstream=upstream,
+        network=network,
+        period_hours=period_hours,
+        quadratic=quadratic,
+    )
+    m = pyo.ConcreteModel(name="p2p")
+    m.market = market
+    _add_sets(m, market)
+    _add_blocks(m, market)
+    _add_upstream(m, market)
+    _add_trades(m, market)
+    _add_balances(m, market)
+    _add_network(m, market, formulation)
+    _add_welfare(m, market)
+    if extra is not None:
+        extra(m)
+    record_build_time(m, time.perf_counter() - started)
+    return m
+
+
+def _add_sets(m, market: Market) -> None:
+    m.PEERS = pyo.Set(initialize=market.peers, doc="peers")
+    m.AGENTS = pyo.Set(initialize=market.agents, doc="peers and community managers")
+    m.PERIODS = pyo.Set(initialize=market.periods, doc="market periods")
+    m.BIDS = pyo.Set(initialize=market.bids.index.tolist(), doc="bid and offer blocks")
+    m.PAIRS = pyo.Set(initialize=market.pairs, dimen=2, doc="ordered trading pairs (i, j)")
+    m.EDGES = pyo.Set(initialize=market.edges, dimen=2, doc="trading edges, once each")
+
+
+def _add_blocks(m, market: Market) -> None:
+    quantity = market.bids["quantity_kw"].to_dict()
+    m.accepted_kw = pyo.Var(
+        m.BIDS,
+        bounds=lambda m, b: (0, quantity[b]),
+        doc="accepted quantity of block b: 0 <= q[b] <= quantity_kw[b]  (kW)",
+    )
+
+
+def _add_upstream(m, market: Market) -> None:
+    if market.upstream is None:
+        return
+    cap = market.upstream.capacity_kw
+    m.import_kw = pyo.Var(
+        m.PEERS, m.PERIODS, bounds=(0, cap), doc="0 <= import[i,t] <= capacity_kw  (kW)"
+    )
+    m.export_kw = pyo.Var(
+        m.PEERS, m.PERIODS, bounds=(0, cap), doc="0 <= export[i,t] <= capacity_kw  (kW)"
+    )
+
+
+def _add_trades(m, market: Market) -> None:
+    m.sell_kw = pyo.Var(
+        m.PAIRS, m.PERIODS, bounds=(0, None), doc="what i sells to j, i's side: >= 0  (kW)"
+    )
+    m.buy_kw = pyo.Var(
+        m.PAIRS, m.PERIODS, bounds=(0, None), doc="what i buys from j, i's side: >= 0  (kW)"
+    )
+    m.trade_kw = pyo.Expression(
+        m.PAIRS,
+        m.PERIODS,
+        rule=lambda m, i, j, t: m.sell_kw[i, j, t] - m.buy_kw[i, j, t],
+        doc="trade[i,j,t] = sell[i,j,t] - buy[i,j,t]: net sold by i to j  (kW)",
+    )
+    m.reciprocity = pyo.Constraint(
+        m.EDGES,
+        m.PERIODS,
+        rule=lambda m, i, j, t: m.trade_kw[i, j, t] + m.trade_kw[j, i, t] == 0,
+        doc="trade[i,j,t] + trade[j,i,t] = 0  (kW); dual: bilateral price of (i, j)",
+    )
+
+
+def _add_balances(m, market: Market) -> None:
+    table = market.bids
+    sign = np.where(table["side"] == "sell", 1.0, -1.0)
+    blocks: dict[tuple, list] = {}
+    for b, peer, t, s in zip(table.index, table["participant"], table["period"], sign, strict=True):
+        blocks.setdefault((peer, t), []).append(s * m.accepted_kw[b])
+    partners: dict[str, list[str]] = {a: [] for a in market.agents}
+    for i, j in market.pairs:
+        partners[i].append(j)
+    m.net_kw = pyo.Expression(
+        m.AGENTS,
+        m.PERIODS,
+        rule=lambda m, i, t: sum(blocks.get((i, t), [])),
+        doc="net[i,t] = sum_sell q - sum_buy q: the agent's own injection  (kW)",
+    )
+
+    def balance(m, i, t):
+        grid = 0
+        if market.upstream is not None and i not in market.managers:
+            grid = m.import_kw[i, t] - m.export_kw[i, t]
+        return m.net_kw[i, t] + grid - sum(m.trade_kw[i, j, t] for j in partners[i]) == 0
+
+    m.energy_balance = pyo.Constraint(
+        m.AGENTS,
+        m.PERIODS,
+        rule=balance,
+        doc="net[i,t] + import[i,t] - export[i,t] - sum_j trade[i,j,t] = 0  (kW); "
+        "dual: the agent's marginal value of energy",
+    )
+
+
+def _add_network(m, market: Market, formulation) -> None:
+    if market.feeder is None:
+        return
+    from gridmarkets.networks import LinDistFlow
+
+    feeder = market.feeder
+    unplaced = [p for p in market.peers if market.bus.get(p) not in feeder.merged]
+    if unplaced:
+        raise InputError(f"peer {unplaced[0]!r}: bus {market.bus.get(unplaced[0])!r} not on feeder")
+    p_kw: dict[tuple, Any] = {}
+    for peer in market.peers:
+        bus = feeder.merged[market.bus[peer]]
+        for t in market.periods:
+            p_kw[(bus, t)] = p_kw.get((bus, t), 0) + m.net_kw[peer, t]
+    if market.upstream is not None:
+        for t in market.periods:
+            exchange = sum(m.import_kw[i, t] - m.export_kw[i, t] for i in market.peers)
+            p_kw[(feeder.root, t)] = p_kw.get((feeder.root, t), 0) + exchange
+    m.network = pyo.Block()
+    formulation = formulation or LinDistFlow()
+    m.handles = formulation.add(
+        m.network, feeder, market.periods, p_kw, {}, period_hours=market.period_hours
+    )
+
+
+def _add_welfare(m, market: Market) -> None:
+    per_kw = market.period_hours / 1000.0
+    table = market.bids
+    value = np.where(table["side"] == "buy", 1.0, -1.0) * table["price"].to_numpy() * per_kw
+    welfare = sum(v * m.accepted_kw[b] for v, b in zip(value, table.index, strict=True))
+    if market.upstream is not None:
+        imp, exp = market.tariffs()
+        welfare += sum(
+            per_kw * (exp[k] * m.export_kw[i, t] - imp[k] * m.import_kw[i, t])
+            for i in market.peers
+            for k, t in enumerate(market.periods)
+        )
+    welfare -= sum(
+        per_kw * market.cost[i, j] * (m.sell_kw[i, j, t] + m.buy_kw[i, j, t])
+        for i, j in market.pairs
+        for t in market.periods
+        if market.cost[i, j] > 0
+    )
+    if market.quadratic > 0:
+        welfare -= sum(
+            per_kw * market.quadratic / 2 * (m.sell_kw[i, j, t] ** 2 + m.buy_kw[i, j, t] ** 2)
+            for i, j in market.pairs
+            for t in market.periods
+        )
+    m.social_welfare = pyo.Objective(
+        expr=welfare,
+        sense=pyo.maximize,
+        doc="sum_buy price q dt - sum_sell price q dt - import cost + export revenue "
+        "- sum cost_ij (sell + buy) dt - gamma/2 (sell^2 + buy^2) dt  (currency)",
+    )
+
+
+# --- outcomes and result tables -------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    """A cleared market's values, from the LP or from ADMM.
+
+    Attributes
+    ----------
+    accepted_kw : per bids row.
+    import_kw, export_kw : (peers x periods).
+    trade_kw : (pairs x periods): what ``pairs[p][0]`` sells to ``pairs[p][1]``, as its
+        seller reports it.
+    price : (pairs x periods) bilateral price of the pair (currency/MWh).
+    balance_price : (agents x periods) each agent's marginal value of energy (currency/MWh).
+    """
+
+    accepted_kw: np.ndarray
+    import_kw: np.ndarray
+    export_kw: np.ndarray
+    trade_kw: np.ndarray
+    price: np.ndarray
+    balance_price: np.ndarray
+
+
+def central_outcome(m: pyo.ConcreteModel, solution: Solution) -> Outcome:
+    """Read an :class:`Outcome` from a solved central model (prices from the duals)."""
+    market: Market = m.market
+    periods = market.periods
+    per_mwh = 1000.0 / market.period_hours
+    accepted = np.array([pyo.value(m.accepted_kw[b]) for b in market.bids.index])
+    zeros = np.zeros((len(market.peers), len(periods)))
+    imp = exp = zeros
+    if market.upstream is not None:
+        imp = np.array([[pyo.value(m.import_kw[i, t]) for t in periods] for i in market.peers])
+        exp = np.array([[pyo.value(m.export_kw[i, t]) for t in periods] for i in market.peers])
+    trade = np.array([[pyo.value(m.trade_kw[i, j, t]) for t in periods] for i, j in market.pairs])
+    edge_price = {
+        (i, j): [per_mwh * solution.dual(m.reciprocity[i, j, t]) for t in periods]
+        for i, j in market.edges
+    }
+    price = np.array([edge_price.get((i, j), edge_price.get((j, i))) for i, j in market.pairs])
+    balance = np.array(
+        [[per_mwh * solution.dual(m.energy_balance[a, t]) for t in periods] for a in market.agents]
+    )
+    shape = (len(market.pairs), len(periods))
+    return Outcome(
+        accepted,
+        imp,
+        exp,
+        trade.reshape(shape),
+        price.reshape(shape),
+        balance.reshape(len(market.agents), len(periods)),
+    )
+
+
+def trades_table(market: Market, outcome: Outcome) -> pd.DataFrame:
+    """One row per trade: seller, buyer, period, quantity_kw (both sides' views), price.
+
+    ``sold_kw`` is what the seller reports selling, ``bought_kw`` what the buyer reports
+    buying; reciprocity makes them equal. ``payment`` is paid by the buyer to the seller.
+    """
+    position = {pair: k for k, pair in enumerate(market.pairs)}
+    rows = []
+    for p, (i, j) in enumerate(market.pairs):
+        back = position[(j, i)]
+        for k, t in enumerate(market.periods):
+            sold = outcome.trade_kw[p, k]
+            if sold > _TOL_KW:
+                rows.append((i, j, t, sold, sold, -outcome.trade_kw[back, k], outcome.price[p, k]))
+    columns = ["seller", "buyer", "period", "quantity_kw", "sold_kw", "bought_kw", "price"]
+    table = pd.DataFrame(rows, columns=columns)
+    table["energy_kwh"] = table["quantity_kw"] * market.period_hours
+    table["payment"] = table["energy_kwh"] * table["price"] / 1000.0
+    table["seller_bus"] = table["seller"].map(market.bus)
+    table["buyer_bus"] = table["buyer"].map(market.bus)
+    return table
+
+
+def peers_table(market: Market, outcome: Outcome) -> pd.DataFrame:
+    """Per agent: energy (kWh), grid trade, P2P trade and its payments, costs, surplus.
+
+    ``value`` is the value of consumption minus the cost of production at the agent's
+    bid prices; ``surplus = value - trade_payment - grid_cost - preference_cost``
+    (currency); the surpluses add up to the social welfare.
+    """
+    dt, table = market.period_hours, market.bids
+    sign = np.where(table["side"] == "sell", 1.0, -1.0)
+    acc = pd.DataFrame(
+        {
+            "peer": table["participant"],
+            "produced_kwh": np.where(sign > 0, outcome.accepted_kw, 0) * dt,
+            "consumed_kwh": np.where(sign < 0, outcome.accepted_kw, 0) * dt,
+            "value": -sign * table["price"].to_numpy() * outcome.accepted_kw * dt / 1000,
+        }
+    )
+    out = acc.groupby("peer").sum().reindex(market.agents).fillna(0.0)
+    x, price = outcome.trade_kw, outcome.price
+    owner = [i for i, _ in market.pairs]
+    cost = np.array([market.cost[p] for p in market.pairs])[:, None]
+    per_pair = pd.DataFrame(
+        {
+            "peer": owner,
+            "sold_kwh": np.clip(x, 0, None).sum(axis=1) * dt,
+            "bought_kwh": np.clip(-x, 0, None).sum(axis=1) * dt,
+            "trade_payment": -(x * price).sum(axis=1) * dt / 1000,
+            "preference_cost": (cost * np.abs(x) + market.quadratic / 2 * x**2).sum(axis=1)
+            * dt
+            / 1000,
+        }
+    )
+    out = out.join(per_pair.groupby("peer").sum()).fillna(0.0)
+    out = out.join(_grid_columns(market, outcome)).fillna(0.0)
+    out["surplus"] = out["value"] - out["trade_payment"] - out["grid_cost"] - out["preference_cost"]
+    out.insert(0, "community", [market.community.get(a) for a in market.agents])
+    out.insert(0, "bus", [market.bus.get(a) for a in market.agents])
+    return out.rename_axis("peer").reset_index()
+
+
+def _grid_columns(market: Market, outcome: Outcome) -> pd.DataFrame:
+    dt = market.period_hours
+    frame = pd.DataFrame(index=market.peers)
+    frame["import_kwh"] = outcome.import_kw.sum(axis=1) * dt
+    frame["export_kwh"] = outcome.export_kw.sum(axis=1) * dt
+    if market.upstream is None:
+        frame["grid_cost"] = 0.0
+        return frame
+    imp, exp = market.tariffs()
+    frame["grid_cost"] = (outcome.import_kw @ imp - outcome.export_kw @ exp) * dt / 1000
+    return frame
+
+
+def upstream_table(market: Market, outcome: Outcome) -> pd.DataFrame:
+    """Import and export with the upstream grid per period (all peers), with tariffs."""
+    imp, exp = market.tariffs()
+    return pd.DataFrame(
+        {
+            "period": market.periods,
+            "import_kw": outcome.import_kw.sum(axis=0),
+            "export_kw": outcome.export_kw.sum(axis=0),
+            "import_price": imp,
+            "export_price": exp,
+        }
+    )
+
+
+def injections_table(market: Market, outcome: Outcome) -> pd.DataFrame:
+    """Each peer's physical net injection (kW, positive into the grid) per period."""
+    table = market.bids
+    sign = np.where(table["side"] == "sell", 1.0, -1.0)
+    net = table.assign(p_kw=sign * outcome.accepted_kw)
+    net = net.groupby(["participant", "period"], as_index=False)["p_kw"].sum()
+    net = net.rename(columns={"participant": "peer"})
+    return net.assign(bus=net["peer"].map(market.bus))[["peer", "bus", "period", "p_kw"]]
+
+
+def grid_only(market: Market) -> pd.DataFrame:
+    """Each peer's surplus trading only with the grid: the same LP with no trading edges."""
+    m = build(
+        market.bids,
+        graph=[],
+        upstream=market.upstream,
+        period_hours=market.period_hours,
+    )
+    outcome = central_outcome(m, solve(m))
+    table = peers_table(m.market, outcome)
+    return table.set_index("peer")["surplus"].rename("baseline_surplus")
+
+
+def tables(market: Market, outcome: Outcome, welfare: float) -> tuple[dict, dict]:
+    """The result tables and KPIs of an outcome (central or ADMM)."""
+    trades = trades_table(market, outcome)
+    peers = peers_table(market, outcome)
+    peers = peers.join(grid_only(market), on="peer")
+    peers["baseline_surplus"] = peers["baseline_surplus"].fillna(0.0)
+    peers["gain"] = peers["surplus"] - peers["baseline_surplus"]
+    out = {"trades": trades, "peers": peers, "injections": injections_table(market, outcome)}
+    if market.upstream is not None:
+        out["upstream"] = upstream_table(market, outcome)
+    is_peer = peers["peer"].isin(market.peers)
+    p2p_trades = trades[trades["seller"].isin(market.peers)]
+    consumed = float(peers["consumed_kwh"].sum())
+    kpis = {
+        "social_welfare": welfare,
+        "baseline_welfare": float(peers.loc[is_peer, "baseline_surplus"].sum()),
+        "traded_kwh": float(p2p_trades["energy_kwh"].sum()),
+        "import_kwh": float(peers["import_kwh"].sum()),
+        "export_kwh": float(peers["export_kwh"].sum()),
+        "p2p_share": float(p2p_trades["energy_kwh"].sum() / consumed) if consumed else 0.0,
+        "min_gain": float(peers.loc[is_peer, "gain"].min()),
+        "trades": len(trades),
+    }
+    kpis["gain_vs_grid"] = kpis["social_welfare"] - kpis["baseline_welfare"]
+    return out, kpis
+
+
+def results(m: pyo.ConcreteModel, solution: Solution) -> Result:
+    """Tidy tables (trades, peers, injections, upstream) and KPIs of the central clearing."""
+    market: Market = m.market
+    out, kpis = tables(market, central_outcome(m, solution), solution.objective)
+    if market.feeder is not None:
+        out["trades"] = _with_network_charge(m, solution, out["trades"])
+    return Result("p2p", out, kpis, solution)
+
+
+def _with_network_charge(m, solution: Solution, trades: pd.DataFrame) -> pd.DataFrame:
+    """Network charge per trade: buyer's nodal price minus seller's (currency/MWh)."""
+    from gridmarkets.networks import nodal_prices
+
+    feeder = m.market.feeder
+    nodal = nodal_prices(m.handles, solution).set_index(["bus", "period"])["price"]
+
+    def at(bus_column: str) -> np.ndarray:
+        keys = zip(trades[bus_column].map(feeder.merged), trades["period"], strict=True)
+        return np.array([nodal.get(key, np.nan) for key in keys])
+
+    return trades.assign(network_charge=at("buyer_bus") - at("seller_bus"))
+
+
+# --- distributed: consensus ADMM ------------------------------------------------------
+
+
+def exchange_problem(market: Market):
+    """The market as an :class:`~gridmarkets.solvers.admm.ExchangeProblem`."""
+    from gridmarkets.solvers.admm import ExchangeProblem
+
+    index = {a: k for k, a in enumerate(market.agents)}
+    period = {t: k for k, t in enumerate(market.periods)}
+    n_t, table = len(market.periods), market.bids
+    unit = table["participant"].map(index).to_numpy() * n_t + table["period"].map(period)
+    units, supply = [unit.to_numpy()], [(table["side"] == "sell").to_numpy()]
+    thresholds, quantities = [table["price"].to_numpy()], [table["quantity_kw"].to_numpy()]
+    if market.upstream is not None:
+        imp, exp = market.tariffs()
+        cap = market.upstream.capacity_kw or np.inf
+        grid_units = np.array([index[p] * n_t + k for p in market.peers for k in range(n_t)])
+        for is_supply, tariff in ((True, imp), (False, exp)):
+            units.append(grid_units)
+            supply.append(np.full(grid_units.size, is_supply))
+            thresholds.append(np.tile(tariff, len(market.peers)))
+            quantities.append(np.full(grid_units.size, float(cap)))
+    return ExchangeProblem(
+        n_agents=len(market.agents),
+        n_periods=n_t,
+        item_unit=np.concatenate(units).astype(int),
+        item_supply=np.concatenate(supply).astype(bool),
+        item_threshold=np.concatenate(thresholds).astype(float),
+        item_quantity_kw=np.concatenate(quantities).astype(float),
+        pair_from=np.array([index[i] for i, _ in market.pairs], dtype=int),
+        pair_to=np.array([index[j] for _, j in market.pairs], dtype=int),
+        pair_cost=np.array([market.cost[p] for p in market.pairs], dtype=float),
+        quadratic=market.quadratic,
+    )
+
+
+def admm_outcome(market: Market, run) -> Outcome:
+    """An :class:`Outcome` from an ADMM run (consensus trades, which are reciprocal)."""
+    n_bids, n_t = len(market.bids), len(market.periods)
+    taken = run.taken_kw
+    grid = taken[n_bids:]
+    n_peers = len(market.peers)
+    if market.upstream is None:
+        imp = exp = np.zeros((n_peers, n_t))
+    else:
+        imp = grid[: n_peers * n_t].reshape(n_peers, n_t)
+        exp = grid[n_peers * n_t :].reshape(n_peers, n_t)
+    return Outcome(taken[:n_bids], imp, exp, run.trade_kw, run.price, run.balance_price)
+
+
+def welfare_of(market: Market, outcome: Outcome) -> float:
+    """Social welfare of an outcome (currency), the LP's objective evaluated."""
+    peers = peers_table(market, outcome)
+    return float((peers["value"] - peers["grid_cost"] - peers["preference_cost"]).sum())
+
+
+def clear_admm(bids: pd.DataFrame, *, admm: dict[str, Any] | None = None, **options: Any) -> Result:
+    """Clear the P2P market by consensus ADMM (each agent solves only its own problem).
+
+    Parameters
+    ----------
+    bids : as for :func:`build`.
+    admm : options of :func:`gridmarkets.solvers.admm.consensus_admm` (rho,
+        max_iterations, eps_abs, eps_rel, adapt_rho).
+    options : the market options of :func:`build` except ``network`` (ADMM clears
+        without the network; check it with :func:`dso_check`).
+
+    Returns
+    -------
+    Result with the tables of the central clearing plus ``admm_log`` (one row per
+    iteration); KPIs add ``iterations`` and ``converged``.
+    """
+    from gridmarkets.solvers.admm import consensus_admm
+
+    if options.get("network") is not None:
+        raise InputError("method admm: network-aware clearing is central only; use dso_check")
+    market = prepare(bids, **options)
+    run = consensus_admm(exchange_problem(market), **(admm or {}))
+    outcome = admm_outcome(market, run)
+    welfare = welfare_of(market, outcome)
+    out, kpis = tables(market, outcome, welfare)
+    out["admm_log"] = run.log
+    kpis.update(iterations=run.iterations, converged=float(run.converged))
+    kpis["max_balance_residual_kw"] = _balance_residual(market, outcome)
+    solution = Solution(
+        status="optimal" if run.converged else "iteration_limit",
+        optimal=run.converged,
+        objective=welfare,
+        best_bound=welfare,
+        gap=0.0,
+        is_mip=False,
+        duals_from=None,
+        build_seconds=None,
+        translate_seconds=0.0,
+        solve_seconds=run.seconds,
+        n_variables=int(run.trade_kw.size + len(run.taken_kw)),
+        n_binaries=0,
+        n_constraints=0,
+        n_nonzeros=0,
+        highs_version="admm",
+    )
+    return Result("p2p", out, kpis, solution)
+
+
+def _balance_residual(market: Market, outcome: Outcome) -> float:
+    """Largest |own net + grid - sum of consensus trades| over agents and periods (kW)."""
+    inj = injections_table(market, outcome).pivot_table(
+        index="peer", columns="period", values="p_kw", aggfunc="sum"
+    )
+    net = inj.reindex(index=market.agents, columns=market.periods).fillna(0.0).to_numpy()
+    net[: len(market.peers)] += outcome.import_kw - outcome.export_kw
+    owner = np.array([market.agents.index(i) for i, _ in market.pairs], dtype=int)
+    sold = np.zeros_like(net)
+    np.add.at(sold, owner, outcome.trade_kw)
+    return float(np.abs(net - sold).max()) if net.size else 0.0
+
+
+# --- one call, and the DSO's check ----------------------------------------------------
+
+
+def clear(
+    bids: pd.DataFrame,
+    *,
+    method: Literal["central", "admm"] = "central",
+    solve_options: dict[str, Any] | None = None,
+    admm: dict[str, Any] | None = None,
+    **build_options: Any,
+) -> Result:
+    """Build, solve and report a P2P clearing in one call (see :func:`build`).
+
+    ``method="admm"`` runs :func:`clear_admm` instead of the central LP/QP.
+    """
+    if method == "admm":
+        return clear_admm(bids, admm=admm, **build_options)
+    if method != "central":
+        raise InputError(f"method: {method!r} is not 'central' or 'admm'")
+    m = build(bids, **build_options)
+    if m.market.quadratic > 0:
+        from gridmarkets.solvers.admm import solve_quadratic
+
+        solution = solve_quadratic(m, (solve_options or {}).get("options"))
+    else:
+        solution = solve(m, **(solve_options or {}))
+    return results(m, solution)
+
+
+def branch_flows(feeder: Any, injections: pd.DataFrame) -> pd.DataFrame:
+    """Lossless active flows (kW, away from the root) per branch and period.
+
+    The flow into a branch's receiving end is everything withdrawn below it:
+    ``P_l = -sum_{buses below l} p_kw`` (LinDistFlow without losses).
+    """
+    below = _buses_below(feeder)
+    at = injections.assign(bus=injections["bus"].map(feeder.merged))
+    per_bus = at.pivot_table(index="bus", columns="period", values="p_kw", aggfunc="sum")
+    rows = []
+    for branch, buses in below.items():
+        flow = -per_bus.reindex(list(buses)).fillna(0.0).sum(axis=0)
+        for t, value in flow.items():
+            rows.append((branch, t, float(value), float(feeder.branches.at[branch, "rating_kva"])))
+    return pd.DataFrame(rows, columns=["branch", "period", "p_kw", "rating_kva"])
+
+
+def _buses_below(feeder) -> dict[int, set]:
+    below: dict[int, set] = {}
+    for branch in reversed(feeder.branches.index):
+        to_bus = feeder.branches.at[branch, "to_bus"]
+        subtree = {to_bus}
+        for child in feeder.children[to_bus]:
+            subtree |= below[feeder.parent_branch[child]]
+        below[branch] = subtree
+    return below
+
+
+def dso_check(result: Result, feeder: Any, *, max_rounds: int = 20) -> pd.DataFrame:
+    """Clear-then-check: the trades whose transactions overload a branch, and their cuts.
+
+    The flows of the cleared injections are computed with lossless LinDistFlow. A trade
+    is a transaction from the seller's bus to the buyer's: it adds its quantity to the
+    flow of every branch on the path between them, in the direction seller -> buyer.
+    For every branch and period above its rating, the trades that cross it in the
+    direction of the overload are cut in proportion to their quantity until the
+    overload is gone (cutting a trade removes it from both ends: the seller produces
+    and the buyer takes that much less); rounds repeat until no branch is overloaded.
+
+    Parameters
+    ----------
+    result : a P2P result cleared without the network (its ``trades`` and ``injections``).
+    feeder : the feeder the peers' buses are on.
+    max_rounds : rounds of cuts at most.
+
+    Returns
+    -------
+    One row per offending trade: seller, buyer, period, seller_bus, buyer_bus, branch
+    (the first overloaded branch it crosses), quantity_kw, cut_kw, remaining_kw. Empty
+    when the trades respect every rating.
+    """
+    below = _buses_below(feeder)
+    trades = result.trades.copy()
+    trades["cut_kw"] = 0.0
+    trades["branch"] = pd.NA
+    injections = result.injections.copy()
+    for _ in range(max_rounds):
+        flows = branch_flows(feeder, injections)
+        over = flows[flows["p_kw"].abs() > flows["rating_kva"] * (1 + 1e-9)]
+        if over.empty:
+            break
+        for row in over.itertuples():
+            _cut_branch(trades, row, below[row.branch], feeder)
+        injections = _after_cuts(result.injections, trades)
+    offending = trades[trades["cut_kw"] > _TOL_KW]
+    columns = ["seller", "buyer", "period", "seller_bus", "buyer_bus", "branch", "quantity_kw"]
+    return (
+        offending[columns]
+        .assign(
+            cut_kw=offending["cut_kw"],
+            remaining_kw=offending["quantity_kw"] - offending["cut_kw"],
+        )
+        .reset_index(drop=True)
+    )
+
+
+def _cut_branch(trades: pd.DataFrame, row, subtree: set, feeder) -> None:
+    """Cut the trades crossing one overloaded branch in the overload's direction."""
+    seller_in = trades["seller_bus"].map(feeder.merged).isin(subtree)
+    buyer_in = trades["buyer_bus"].map(feeder.merged).isin(subtree)
+    upward = row.p_kw < 0  # flow towards the root: sellers below, buyers above
+    crossing = (seller_in & ~buyer_in) if upward else (buyer_in & ~seller_in)
+    crossing &= trades["period"] == row.period
+    left = trades.loc[crossing, "quantity_kw"] - trades.loc[crossing, "cut_kw"]
+    if left.sum() <= 0:
+        return
+    overload = abs(row.p_kw) - row.rating_kva
+    share = min(1.0, overload / left.sum())
+    trades.loc[crossing, "cut_kw"] += share * left
+    trades.loc[crossing & trades["branch"].isna(), "branch"] = row.branch
+
+
+def _after_cuts(injections: pd.DataFrame, trades: pd.DataFrame) -> pd.DataFrame:
+    cut = trades[trades["cut_kw"] > 0]
+    changes = pd.concat(
+        [
+            pd.DataFrame(
+                {"bus": cut["seller_bus"], "period": cut["period"], "p_kw": -cut["cut_kw"]}
+            ),
+            pd.DataFrame({"bus": cut["buyer_bus"], "period": cut["period"], "p_kw": cut["cut_kw"]}),
+        ]
+    )
+    return pd.concat([injections[["bus", "period", "p_kw"]], changes], ignore_index=True)
+
+
+# --- case files -----------------------------------------------------------------------
+
+
+class PeerBlockSpec(Spec):
+    """One block of a peer: buy or sell a quantity (kW; one value or one per period)."""
+
+    side: Literal["buy", "sell"]
+    quantity_kw: NonNegativeFloat | list[NonNegativeFloat]
+    price: FiniteFloat
+
+
+class PeerSpec(Spec):
+    """A peer: its blocks, its bus on the feeder and its community."""
+
+    bus: int | None = None
+    community: str | None = None
+    blocks: list[PeerBlockSpec] = Field(min_length=1)
+
+
+class PreferenceSpec(Spec):
+    """Peer's preference cost of trading with partner (currency/MWh, >= 0)."""
+
+    peer: str
+    partner: str
+    cost: NonNegativeFloat
+
+
+class UpstreamSpec(Spec):
+    """Tariffs (currency/MWh; one value or one per period) and per-peer capacity (kW)."""
+
+    import_price: FiniteFloat | list[FiniteFloat]
+    export_price: FiniteFloat | list[FiniteFloat]
+    capacity_kw: PositiveFloat | None = None
+
+
+class ADMMSpec(Spec):
+    """Options of the consensus ADMM."""
+
+    rho: PositiveFloat = 1.0
+    max_iterations: int = Field(5000, ge=1)
+    eps_abs: PositiveFloat = 1e-5
+    eps_rel: PositiveFloat = 1e-5
+
+
+class CaseSpec(CaseBase):
+    """A peer-to-peer trading case (``model: p2p``)."""
+
+    model: Literal["p2p"]
+    architecture: Literal["full", "community", "hybrid"] = "full"
+    graph: Literal["complete", "neighbours"] | list[list[str]] = "complete"
+    method: Literal["central", "admm"] = "central"
+    dso: Literal["none", "network_aware", "check"] = Field(
+        "none", description="network_aware: LinDistFlow in the clearing; check: clear then check"
+    )
+    quadratic: NonNegativeFloat = 0.0
+    hop_cost: NonNegativeFloat = Field(0.0, description="currency/MWh per branch between peers")
+    upstream: UpstreamSpec | None = None
+    peers: dict[str, PeerSpec] = Field(min_length=2)
+    preferences: list[PreferenceSpec] = Field(default_factory=list)
+    admm: ADMMSpec = Field(default_factory=ADMMSpec)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CaseSpec:
+        n = self.horizon.periods
+        for pid, p in self.peers.items():
+            for k, block in enumerate(p.blocks):
+                q = block.quantity_kw
+                if isinstance(q, list) and len(q) != n:
+                    raise ValueError(f"peers.{pid}.blocks.{k}.quantity_kw: {len(q)} values for {n}")
+            if self.network is not None and p.bus is None:
+                raise ValueError(f"peers.{pid}.bus: required on a network")
+            if self.architecture != "full" and p.community is None:
+                raise ValueError(f"peers.{pid}.community: required by {self.architecture}")
+        if self.dso != "none" and self.network is None:
+            raise ValueError(f"dso: {self.dso} needs a network")
+        if self.dso == "network_aware" and self.method == "admm":
+            raise ValueError("dso: network_aware clearing is central only (method: central)")
+        if (self.hop_cost > 0 or self.graph == "neighbours") and self.network is None:
+            raise ValueError("hop_cost and graph 'neighbours' need a network")
+        return self
+
+
+def case_bids(case: CaseSpec) -> pd.DataFrame:
+    """The bids table of a case's peers (one row per block and period)."""
+    n = case.horizon.periods
+    rows = [
+        {
+            "participant": pid,
+            "side": block.side,
+            "quantity_kw": q,
+            "price": block.price,
+            "period": t,
+            "block": k,
+            "bus": p.bus,
+        }
+        for pid, p in case.peers.items()
+        for k, block in enumerate(p.blocks)
+        for t, q in enumerate(
+            block.quantity_kw if isinstance(block.quantity_kw, list) else [block.quantity_kw] * n
+        )
+    ]
+    return pd.DataFrame(rows)
+
+
+def run_case(case: CaseSpec, solve_options: dict[str, Any]) -> Result:
+    """Clear a P2P case: the CLI's and the sweeps' entry point."""
+    from gridmarkets.networks import ac_check, load
+
+    feeder = None if case.network is None else load(case.network.model_dump(exclude_none=True))
+    bids = case_bids(case)
+    options: dict[str, Any] = {
+        "architecture": case.architecture,
+        "graph": case.graph,
+        "communities": {pid: p.community for pid, p in case.peers.items()},
+        "upstream": None if case.upstream is None else Upstream(**case.upstream.model_dump()),
+        "period_hours": case.horizon.period_hours,
+        "quadratic": case.quadratic,
+        "preferences": _case_preferences(case, feeder),
+    }
+    if case.graph == "neighbours":
+        options["graph"] = trading_graph(
+            list(case.peers),
+            "neighbours",
+            bus={k: p.bus for k, p in case.peers.items()},
+            feeder=feeder,
+        )
+    if case.dso == "network_aware":
+        options["network"] = feeder
+    result = clear(
+        bids,
+        method=case.method,
+        solve_options=solve_options,
+        admm=case.admm.model_dump(),
+        **options,
+    )
+    if feeder is not None:
+        injections = result.injections.pivot_table(
+            index="bus", columns="period", values="p_kw", aggfunc="sum", fill_value=0.0
+        )
+        result.ac_check = ac_check(feeder, injections, 0.0 * injections).summary()
+    if case.dso == "check":
+        result.tables["dso_cuts"] = dso_check(result, feeder)
+        result.kpis["dso_cut_kw"] = float(result.tables["dso_cuts"]["cut_kw"].sum())
+    return result
+
+
+def _case_preferences(case: CaseSpec, feeder) -> pd.DataFrame | None:
+    table = pd.DataFrame(
+        [p.model_dump() for p in case.preferences], columns=["peer", "partner", "cost"]
+    )
+    if case.hop_cost > 0 and case.architecture != "community":
+        bus = {k: p.bus for k, p in case.peers.items()}
+        graph = trading_graph(list(case.peers), case.graph, bus=bus, feeder=feeder)
+        hops = hop_costs(bus, feeder, case.hop_cost, graph)
+        table = pd.concat([hops, table]).drop_duplicates(["peer", "partner"], keep="last")
+    return table if len(table) else None

@@ -1,0 +1,365 @@
+"""Consensus ADMM for bilateral exchange, and the central QP it is checked against.
+
+The problem (the peer-to-peer market of :mod:`gridmarkets.models.p2p`, and any market
+of agents that trade bilaterally and otherwise only face their own price-quantity
+steps): for every agent ``i`` and period ``t``, minimise over its own decisions
+
+    sum_items side * threshold * taken  +  sum_j (kappa_ij |x_ij| + gamma/2 x_ij^2)
+    s.t.  sum_supply taken - sum_demand taken = sum_j x_ij        (energy balance, kW)
+          0 <= taken <= quantity                                  (kW)
+
+where ``x_ij`` is what i sells to j (negative: buys), supply items (sell blocks, grid
+import) cost their threshold and demand items (buy blocks, grid export) earn theirs
+(currency/MWh). The agents are coupled only by reciprocity, ``x_ij + x_ji = 0``.
+
+Consensus ADMM (Boyd et al. 2011, section 7; the P2P form of Sorin, Bobo and Pinson,
+IEEE TPWRS 34(2) 2019) copies every trade into a consensus variable ``z`` with
+``z_ij = -z_ji`` and iterates
+
+    x^{k+1}_i = argmin local_i(x_i) + rho/2 sum_j (x_ij - z_ij^k + u_ij^k)^2   (per agent)
+    z^{k+1}_ij = (x_ij^{k+1} - x_ji^{k+1}) / 2                                   (exchange)
+    u^{k+1}_ij = u_ij^k + (x_ij^{k+1} + x_ji^{k+1}) / 2                          (prices)
+
+Each agent's step is solved exactly in closed form: for a multiplier ``mu`` of its
+energy balance every trade is a soft threshold, ``x_ij = S(rho a_ij - mu, kappa_ij) /
+(gamma + rho)``, and every item is taken when its threshold is on the right side of
+``mu``; the balance is monotone in ``mu``, found by bisection for all agents and
+periods at once (numpy), and items whose threshold is ``mu`` close the balance. The
+bilateral price of the trade i -> j is ``-rho u_ij`` (currency/MWh); ``z`` is
+reciprocal exactly, and the stopping test is Boyd's on the primal residual
+``||x - z||`` and the dual residual ``rho ||z^{k+1} - z^k||``, with residual balancing
+of ``rho``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import highspy
+import numpy as np
+import pandas as pd
+import pyomo.environ as pyo
+from pyomo.repn import generate_standard_repn
+
+from gridmarkets.errors import InputError, LimitReachedError
+from gridmarkets.solvers.highs import BUILD_SECONDS_ATTR, Solution, compile_model
+
+_BISECTIONS = 60
+
+
+@dataclass
+class ExchangeProblem:
+    """Every agent's local problem as flat arrays (see the module docstring).
+
+    A *unit* is one agent in one period, numbered ``agent * n_periods + period``.
+
+    Attributes
+    ----------
+    n_agents, n_periods : sizes.
+    item_unit : (items,) unit of each price-quantity step.
+    item_supply : (items,) True for supply (taken when the balance price is above
+        its threshold), False for demand (taken when below).
+    item_threshold : (items,) price of the step (currency/MWh).
+    item_quantity_kw : (items,) size of the step (kW); ``inf`` for an unlimited grid.
+    pair_from, pair_to : (pairs,) agents of each ordered trading pair; both
+        directions of every edge are present.
+    pair_cost : (pairs,) ``kappa``: what ``pair_from`` pays per MWh traded with
+        ``pair_to`` in either direction (currency/MWh, >= 0).
+    quadratic : ``gamma``: the strictly convex trade term ((currency/MWh)/kW, >= 0).
+    """
+
+    n_agents: int
+    n_periods: int
+    item_unit: np.ndarray
+    item_supply: np.ndarray
+    item_threshold: np.ndarray
+    item_quantity_kw: np.ndarray
+    pair_from: np.ndarray
+    pair_to: np.ndarray
+    pair_cost: np.ndarray
+    quadratic: float = 0.0
+    reverse: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        position = {
+            (a, b): k for k, (a, b) in enumerate(zip(self.pair_from, self.pair_to, strict=True))
+        }
+        missing = [(a, b) for a, b in position if (b, a) not in position]
+        if missing:
+            raise InputError(f"ADMM pairs: {missing[0]} has no reverse pair")
+        if (self.pair_cost < 0).any() or self.quadratic < 0:
+            raise InputError("ADMM pair costs and the quadratic term must not be negative")
+        self.reverse = np.array([position[(b, a)] for a, b in position], dtype=int)
+
+    @property
+    def n_units(self) -> int:
+        return self.n_agents * self.n_periods
+
+
+@dataclass
+class ADMMResult:
+    """What :func:`consensus_admm` returns.
+
+    Attributes
+    ----------
+    trade_kw : (pairs x periods) consensus trades ``z`` (what ``pair_from`` sells to
+        ``pair_to``), reciprocal exactly: ``trade_kw[p] == -trade_kw[reverse[p]]``.
+    proposal_kw : (pairs x periods) the agents' last own proposals ``x``.
+    price : (pairs x periods) bilateral prices ``-rho u`` (currency/MWh).
+    taken_kw : (items,) the items' taken quantities at the last local step.
+    balance_price : (agents x periods) each agent's balance multiplier (currency/MWh).
+    log : one row per iteration: iteration, primal_residual, dual_residual,
+        primal_tolerance, dual_tolerance, rho (kW, kW-scaled and (currency/MWh)/kW).
+    converged, iterations, seconds : how it ended.
+    """
+
+    trade_kw: np.ndarray
+    proposal_kw: np.ndarray
+    price: np.ndarray
+    taken_kw: np.ndarray
+    balance_price: np.ndarray
+    log: pd.DataFrame
+    converged: bool
+    iterations: int
+    seconds: float
+
+
+def _soft(w: np.ndarray, kappa: np.ndarray) -> np.ndarray:
+    return np.sign(w) * np.maximum(np.abs(w) - kappa, 0.0)
+
+
+class _LocalSolver:
+    """The agents' exact local steps, vectorised over every (agent, period) unit."""
+
+    def __init__(self, problem: ExchangeProblem):
+        self.p = problem
+        t = np.arange(problem.n_periods)
+        self.pair_unit = problem.pair_from[:, None] * problem.n_periods + t[None, :]
+        self.unlimited = ~np.isfinite(problem.item_quantity_kw)
+        self.finite_q = np.where(self.unlimited, 0.0, problem.item_quantity_kw)
+        self.sign = np.where(problem.item_supply, -1.0, 1.0)  # contribution to g when taken
+        self.cost = problem.pair_cost[:, None]
+
+    def _trades(self, mu: np.ndarray, a: np.ndarray, rho: float) -> np.ndarray:
+        w = rho * a - mu[self.pair_unit]
+        return _soft(w, self.cost) / (self.p.quadratic + rho)
+
+    def _items(self, mu: np.ndarray) -> np.ndarray:
+        """Balance contribution of the items strictly decided at ``mu`` (per unit)."""
+        p = self.p
+        m = mu[p.item_unit]
+        taken = np.where(p.item_supply, m > p.item_threshold, m < p.item_threshold)
+        return np.bincount(p.item_unit, self.sign * self.finite_q * taken, p.n_units)
+
+    def _balance(self, mu, a, rho) -> np.ndarray:
+        x = self._trades(mu, a, rho)
+        return np.bincount(self.pair_unit.ravel(), x.ravel(), self.p.n_units) + self._items(mu)
+
+    def _bracket(self, a: np.ndarray, rho: float) -> tuple[np.ndarray, np.ndarray]:
+        p, n = self.p, self.p.n_units
+        w = rho * a
+        lo = np.full(n, np.inf)
+        hi = np.full(n, -np.inf)
+        np.minimum.at(lo, self.pair_unit.ravel(), (w - self.cost).ravel())
+        np.maximum.at(hi, self.pair_unit.ravel(), (w + self.cost).ravel())
+        np.minimum.at(lo, p.item_unit, p.item_threshold)
+        np.maximum.at(hi, p.item_unit, p.item_threshold)
+        lo = np.where(np.isfinite(lo), lo - 1.0, 0.0)
+        hi = np.where(np.isfinite(hi), hi + 1.0, 0.0)
+        for supply, bound in ((True, hi), (False, lo)):  # an unlimited grid caps mu
+            mask = self.unlimited & (p.item_supply == supply)
+            reducer = np.minimum if supply else np.maximum
+            reducer.at(bound, p.item_unit[mask], p.item_threshold[mask])
+        return lo, hi
+
+    def solve(self, a: np.ndarray, rho: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Trades (pairs x periods), taken items and balance multipliers per unit."""
+        p = self.p
+        lo, hi = self._bracket(a, rho)
+        for _ in range(_BISECTIONS):
+            mid = 0.5 * (lo + hi)
+            positive = self._balance(mid, a, rho) > 0
+            lo, hi = np.where(positive, mid, lo), np.where(positive, hi, mid)
+        mu = 0.5 * (lo + hi)
+        x = self._trades(mu, a, rho)
+        m = mu[p.item_unit]
+        tol = 1e-9 * (1.0 + np.abs(m)) + (hi - lo)[p.item_unit]
+        flex = np.abs(p.item_threshold - m) <= tol
+        firm = np.where(p.item_supply, m > p.item_threshold, m < p.item_threshold) & ~flex
+        taken = np.where(firm, self.finite_q, 0.0)
+        residual = np.bincount(self.pair_unit.ravel(), x.ravel(), p.n_units)
+        residual += np.bincount(p.item_unit, self.sign * taken, p.n_units)
+        taken += self._fill(flex, residual)
+        return x, taken, mu
+
+    def _fill(self, flex: np.ndarray, residual: np.ndarray) -> np.ndarray:
+        """Share each unit's residual among its flexible items on the side that closes it."""
+        p = self.p
+        need = residual[p.item_unit]  # > 0: supply must rise (or demand fall)
+        useful = flex & np.where(p.item_supply, need > 0, need < 0)
+        unlimited = useful & self.unlimited
+        has_unlimited = np.bincount(p.item_unit, unlimited, p.n_units) > 0
+        room = np.where(useful & ~self.unlimited, self.finite_q, 0.0)
+        total = np.bincount(p.item_unit, room, p.n_units)
+        share = np.where(total[p.item_unit] > 0, room / np.maximum(total[p.item_unit], 1e-300), 0)
+        amount = np.minimum(np.abs(need), total[p.item_unit]) * share
+        return np.where(has_unlimited[p.item_unit], np.where(unlimited, np.abs(need), 0), amount)
+
+
+def consensus_admm(
+    problem: ExchangeProblem,
+    *,
+    rho: float = 1.0,
+    max_iterations: int = 5000,
+    eps_abs: float = 1e-5,
+    eps_rel: float = 1e-5,
+    adapt_rho: bool = True,
+) -> ADMMResult:
+    """Solve an :class:`ExchangeProblem` by consensus ADMM (see the module docstring).
+
+    Parameters
+    ----------
+    problem : the agents' local problems and their trading pairs.
+    rho : initial penalty ((currency/MWh)/kW).
+    max_iterations : stop here when not converged (``converged=False``).
+    eps_abs, eps_rel : Boyd's stopping tolerances: stop when
+        ``||x - z|| <= eps_abs sqrt(n) + eps_rel max(||x||, ||z||)`` and
+        ``rho ||z - z_prev|| <= eps_abs sqrt(n) + eps_rel ||rho u||``.
+    adapt_rho : residual balancing (double or halve ``rho`` when one residual exceeds
+        ten times the other, rescaling ``u``).
+
+    Returns
+    -------
+    ADMMResult
+    """
+    started = time.perf_counter()
+    local = _LocalSolver(problem)
+    shape = (len(problem.pair_from), problem.n_periods)
+    z, u = np.zeros(shape), np.zeros(shape)
+    rev = problem.reverse
+    sqrt_n = np.sqrt(max(z.size, 1))
+    rows: list[dict[str, float]] = []
+    converged = False
+    x = taken = mu = None
+    for k in range(1, max_iterations + 1):
+        x, taken, mu = local.solve(z - u, rho)
+        z_new = 0.5 * (x - x[rev])
+        u = u + 0.5 * (x + x[rev])
+        primal = float(np.linalg.norm(x - z_new))
+        dual = rho * float(np.linalg.norm(z_new - z))
+        primal_tol = eps_abs * sqrt_n + eps_rel * max(np.linalg.norm(x), np.linalg.norm(z_new))
+        dual_tol = eps_abs * sqrt_n + eps_rel * rho * float(np.linalg.norm(u))
+        rows.append(
+            {
+                "iteration": k,
+                "primal_residual": primal,
+                "dual_residual": dual,
+                "primal_tolerance": primal_tol,
+                "dual_tolerance": dual_tol,
+                "rho": rho,
+            }
+        )
+        z = z_new
+        if primal <= primal_tol and dual <= dual_tol:
+            converged = True
+            break
+        if adapt_rho and k % 10 == 0:
+            if primal > 10 * dual:
+                rho, u = 2 * rho, u / 2
+            elif dual > 10 * primal:
+                rho, u = rho / 2, 2 * u
+    return ADMMResult(
+        trade_kw=z,
+        proposal_kw=x,
+        price=-rho * u,
+        taken_kw=taken,
+        balance_price=mu.reshape(problem.n_agents, problem.n_periods),
+        log=pd.DataFrame(rows),
+        converged=converged,
+        iterations=len(rows),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def solve_quadratic(model: pyo.Block, options: dict[str, Any] | None = None) -> Solution:
+    """Solve a Pyomo model with a separable quadratic objective and linear constraints.
+
+    The objective's linear part is compiled like any LP (:func:`compile_model`) and its
+    diagonal quadratic part handed to HiGHS as the Hessian; the problem is solved as
+    the minimisation of its cost (minus the objective when maximising), so duals keep
+    the convention of :func:`gridmarkets.solvers.solve`. Used for the central
+    reference of :func:`consensus_admm` when its quadratic term is on.
+
+    Parameters
+    ----------
+    model : the model (one active objective; quadratic terms only ``c x_k^2``).
+    options : HiGHS options by their HiGHS names.
+
+    Returns
+    -------
+    Solution (``objective`` in the model's own sense), values loaded into ``model``.
+    """
+    (objective,) = model.component_data_objects(pyo.Objective, active=True)
+    repn = generate_standard_repn(objective.expr, compute_values=True, quadratic=True)
+    sign = -1.0 if objective.sense == pyo.maximize else 1.0
+    linear = sum(c * v for c, v in zip(repn.linear_coefs, repn.linear_vars, strict=True))
+    t0 = time.perf_counter()
+    objective.deactivate()
+    model._linear_cost = pyo.Objective(expr=sign * (linear + repn.constant))
+    try:
+        form = compile_model(model)
+    finally:
+        model.del_component(model._linear_cost)
+        objective.activate()
+    hessian = np.zeros(form.lp.num_col_)
+    column = {id(v): k for k, v in enumerate(form.columns)}
+    for (v1, v2), c in zip(repn.quadratic_vars, repn.quadratic_coefs, strict=True):
+        if v1 is not v2:
+            raise InputError("solve_quadratic: only diagonal quadratic terms are supported")
+        hessian[column[id(v1)]] += 2.0 * sign * c
+    highs = highspy.Highs()
+    highs.setOptionValue("output_flag", False)
+    for name, value in (options or {}).items():
+        highs.setOptionValue(name, value)
+    highs.passModel(form.lp)
+    nonzero = np.flatnonzero(hessian)
+    h = highspy.HighsHessian()
+    h.dim_ = form.lp.num_col_
+    h.format_ = highspy.HessianFormat.kTriangular
+    h.start_ = np.searchsorted(nonzero, np.arange(h.dim_ + 1)).astype(np.int32)
+    h.index_ = nonzero.astype(np.int32)
+    h.value_ = hessian[nonzero]
+    highs.passHessian(h)
+    t1 = time.perf_counter()
+    highs.run()
+    t2 = time.perf_counter()
+    if highs.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+        status = highs.modelStatusToString(highs.getModelStatus())
+        raise LimitReachedError(f"HiGHS QP of model {model.name} ended with status {status}")
+    solution = highs.getSolution()
+    for var, value in zip(form.columns, solution.col_value, strict=True):
+        var.set_value(value, skip_validation=True)
+    duals: dict[int, float] = {}
+    for con, y in zip(form.rows, solution.row_dual, strict=True):
+        duals[id(con)] = duals.get(id(con), 0.0) + float(y)
+    value = sign * float(highs.getObjectiveValue())
+    return Solution(
+        status="optimal",
+        optimal=True,
+        objective=value,
+        best_bound=value,
+        gap=0.0,
+        is_mip=False,
+        duals_from="lp",
+        build_seconds=getattr(model, BUILD_SECONDS_ATTR, None),
+        translate_seconds=t1 - t0,
+        solve_seconds=t2 - t1,
+        n_variables=form.lp.num_col_,
+        n_binaries=0,
+        n_constraints=len({id(c) for c in form.rows}),
+        n_nonzeros=len(form.lp.a_matrix_.value_),
+        highs_version=highs.version(),
+        _duals=duals,
+    )
