@@ -348,10 +348,10 @@ def _row_duals(form: StandardForm, highs: highspy.Highs) -> dict[int, float]:
     row_dual = np.asarray(highs.getSolution().row_dual, dtype=float)
     if form.maximize:
         row_dual = -row_dual
-    duals: dict[int, float] = {}
-    for con, y in zip(form.rows, row_dual, strict=True):
-        duals[id(con)] = duals.get(id(con), 0.0) + float(y)
-    return duals
+    ids = np.fromiter(map(id, form.rows), dtype=np.int64, count=len(form.rows))
+    owners, row_owner = np.unique(ids, return_inverse=True)
+    sums = np.bincount(row_owner.ravel(), weights=row_dual, minlength=len(owners))
+    return dict(zip(owners.tolist(), sums.tolist(), strict=True))
 
 
 def _fixed_integer_duals(form: StandardForm, x: np.ndarray, options) -> dict[int, float]:
@@ -444,8 +444,9 @@ def solve(
         _raise_for_status(model, form, highs, status)
 
     x = np.asarray(highs.getSolution().col_value, dtype=float)
-    for var, value in zip(form.columns, x, strict=True):
-        var.set_value(round(value) if var.is_integer() else value, skip_validation=True)
+    values = np.where(form.integer, np.round(x), x).tolist()
+    for var, value in zip(form.columns, values, strict=True):
+        var.set_value(value, skip_validation=True)
 
     optimal = status == highspy.HighsModelStatus.kOptimal
     info = highs.getInfo()
