@@ -10,7 +10,14 @@ from test_assets import assert_balanced, bill
 
 from gridmarkets.errors import InputError
 from gridmarkets.models import prosumer
-from gridmarkets.models.assets import ApplianceSpec, BatterySpec, EVSpec, PVSpec, StaySpec
+from gridmarkets.models.assets import (
+    ApplianceSpec,
+    BatterySpec,
+    EVSpec,
+    HeatPumpSpec,
+    PVSpec,
+    StaySpec,
+)
 from gridmarkets.models.prosumer import PricesSpec, ProsumerSpec
 
 pytestmark = pytest.mark.solve
@@ -40,6 +47,15 @@ def full_home(**update) -> ProsumerSpec:
             "washer": ApplianceSpec(profile_kw=[2.0, 1.0, 0.5, 1.5], earliest_start=2),
             "dryer": ApplianceSpec(profile_kw=[2.5, 2.5], earliest_start=6, latest_end=14),
         },
+        heat_pump=HeatPumpSpec(
+            p_max_kw=3.0,
+            capacitance_kwh_per_k=3.0,
+            resistance_k_per_kw=6.0,
+            t_outdoor_c=[2.0 + 0.5 * t for t in range(N)],
+            t_initial_c=20.5,
+            t_min_c=20.0,
+            t_max_c=23.0,
+        ),
         demand_charge_per_kw=2.0,
     )
     return home.model_copy(update=update)
@@ -85,6 +101,12 @@ def test_replans_pin_the_realised_state():
     battery = storage[storage["device"] == "battery"]["soc_kwh"].to_numpy()
     # every plan starts from the SoC realised at the end of the previous period
     np.testing.assert_allclose(plans["battery_soc_start_kwh"], np.r_[1.0, battery[:-1]], atol=TOL)
+    temperature = rolling.thermal["temperature_c"].to_numpy()
+    np.testing.assert_allclose(
+        plans["temperature_start_c"], np.r_[20.5, temperature[:-1]], atol=TOL
+    )
+    peak = np.maximum.accumulate(rolling.grid["import_kw"].to_numpy())
+    np.testing.assert_allclose(plans["peak_import_start_kw"], np.r_[0.0, peak[:-1]], atol=TOL)
     # the EV: pinned at its energy so far within a stay, charged only when plugged,
     # and it leaves with what each stay needs
     ev = storage[storage["device"] == "ev"].set_index("period")
