@@ -85,6 +85,20 @@ class PricesSpec(Spec):
     export_price: Profile = 0.0
 
 
+class RollingSpec(Spec):
+    """Model-predictive operation of a single home (see :func:`rolling_horizon`).
+
+    The home's own ``load_kw`` and ``pv.profile_kw`` are what actually happens; the
+    EMS plans with these forecasts (e.g. last week's rows of the same CSV).
+    """
+
+    window: int = Field(ge=1, description="periods per plan")
+    forecast_load_kw: Profile = Field(description="load forecast per period (kW)")
+    forecast_pv_kw: Profile | None = Field(
+        None, description="available PV forecast per period (kW); required with PV"
+    )
+
+
 class CaseSpec(CaseBase):
     """A prosumer EMS case (``model: prosumer``): one or more independent homes."""
 
@@ -99,10 +113,19 @@ class CaseSpec(CaseBase):
     prices: PricesSpec | None = Field(None, description="required when mode is grid")
     value_of_lost_load_per_mwh: PositiveFloat = 10_000.0
     prosumers: dict[str, ProsumerSpec] = Field(min_length=1)
+    rolling: RollingSpec | None = Field(
+        None, description="operate the (single, grid-connected) home model-predictively"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> CaseSpec:
         n = self.horizon.periods
+        if self.rolling is not None:
+            if len(self.prosumers) != 1 or self.mode != "grid" or self.network is not None:
+                raise ValueError("rolling: needs one grid-connected home and no network")
+            home = next(iter(self.prosumers.values()))
+            if home.pv is not None and self.rolling.forecast_pv_kw is None:
+                raise ValueError("rolling.forecast_pv_kw: required for a home with PV")
         if self.mode == "grid" and self.prices is None:
             raise ValueError("prices: required when mode is 'grid'")
         if self.prices is not None:
@@ -628,6 +651,8 @@ def run_case(case: CaseSpec, solve_options: dict[str, Any]) -> Result:
     result's ``ac_check`` shows what the schedules do to the feeder (coordinated, it
     holds the uncoordinated schedules' check under ``uncoordinated``).
     """
+    if case.rolling is not None:
+        return run_rolling(case, solve_options)
     if case.network is None:
         return schedule(
             case.prosumers, case.prices, solve_options=solve_options, **case_options(case)
@@ -651,6 +676,36 @@ def run_case(case: CaseSpec, solve_options: dict[str, Any]) -> Result:
             **ac_check(feeder, injections, 0.0 * injections).summary(),
             "uncoordinated": alone.ac_check,
         }
+    return result
+
+
+def run_rolling(case: CaseSpec, solve_options: dict[str, Any]) -> Result:
+    """A case's single home operated by :func:`rolling_horizon` with its forecasts."""
+    ((pid, home),) = case.prosumers.items()
+    n, dt = case.horizon.periods, case.horizon.period_hours
+    spec = case.rolling
+
+    def values(profile, path: str) -> np.ndarray:
+        return assets.profile_values(profile, n, dt, path)
+
+    actual = {"load_kw": values(home.load_kw, f"prosumers.{pid}.load_kw")}
+    forecast = {"load_kw": values(spec.forecast_load_kw, "rolling.forecast_load_kw")}
+    if home.pv is not None:
+        actual["pv_kw"] = values(home.pv.profile_kw, f"prosumers.{pid}.pv.profile_kw")
+        forecast["pv_kw"] = values(spec.forecast_pv_kw, "rolling.forecast_pv_kw")
+    result = rolling_horizon(
+        home,
+        case.prices,
+        forecast,
+        actual,
+        spec.window,
+        period_hours=dt,
+        timestamps=case.horizon.timestamps(),
+        solve_options=solve_options,
+    )
+    for table in result.tables.values():
+        if "prosumer" in table:
+            table["prosumer"] = pid
     return result
 
 

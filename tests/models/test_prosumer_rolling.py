@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from test_assets import assert_balanced, bill
 
-from gridmarkets.errors import InputError
+from gridmarkets.case import validate
+from gridmarkets.errors import CaseError, InputError
 from gridmarkets.models import prosumer
 from gridmarkets.models.assets import (
     ApplianceSpec,
@@ -137,3 +138,44 @@ def test_profiles_are_checked():
         prosumer.rolling_horizon(
             ProsumerSpec(), PRICES, {"load_kw": LOAD[:3]}, {"load_kw": LOAD}, window=2
         )
+
+
+def rolling_case(**rolling):
+    return {
+        "model": "prosumer",
+        "horizon": {"periods": N},
+        "prices": {"import_price": PRICE, "export_price": 60},
+        "rolling": {"window": 4, "forecast_load_kw": list(LOAD[::-1]), **rolling},
+        "prosumers": {
+            "h1": {
+                "load_kw": list(LOAD),
+                "battery": {"capacity_kwh": 4, "p_charge_max_kw": 2, "soc_initial_kwh": 1},
+            }
+        },
+    }
+
+
+def test_a_rolling_case_runs_its_home_with_its_forecast():
+    case = validate(rolling_case(), "case.yaml")
+    result = prosumer.run_case(case, {})
+    assert_balanced(result)
+    assert set(result.grid["prosumer"]) == {"h1"}
+    np.testing.assert_allclose(result.rolling["load_kw_forecast"], LOAD[::-1])
+    reference = prosumer.schedule(
+        ProsumerSpec(load_kw=list(LOAD), battery=case.prosumers["h1"].battery),
+        PRICES,
+        periods=N,
+    )
+    assert result.kpis["cost_perfect_foresight"] == pytest.approx(reference.kpis["cost"])
+
+
+@pytest.mark.unit
+def test_a_rolling_case_needs_one_home_and_a_pv_forecast():
+    two = rolling_case()
+    two["prosumers"]["h2"] = {"load_kw": 1.0}
+    with pytest.raises(CaseError, match="rolling: needs one grid-connected home"):
+        validate(two, "case.yaml")
+    pv = rolling_case()
+    pv["prosumers"]["h1"]["pv"] = {"profile_kw": list(PV)}
+    with pytest.raises(CaseError, match="rolling.forecast_pv_kw: required"):
+        validate(pv, "case.yaml")
