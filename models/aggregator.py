@@ -48,6 +48,7 @@ from pydantic import Field, NonNegativeFloat, PositiveFloat, model_validator
 from gridmarkets.case import CaseBase, Spec
 from gridmarkets.errors import InputError
 from gridmarkets.models import assets, prosumer
+from gridmarkets.models.assets import BatterySpec, PVSpec
 from gridmarkets.models.prosumer import PricesSpec, ProsumerSpec
 from gridmarkets.results import Result
 from gridmarkets.solvers import Solution, kkt, record_build_time, solve
@@ -101,7 +102,8 @@ def build(
         appliances and no EV minimum charging power (the followers are LPs); batteries
         are used in their relaxed, continuous form.
     prices : the homes' grid tariff (currency/MWh).
-    commitment_kw : the portfolio's committed net injection per period (kW).
+    commitment_kw : the portfolio's committed net injection per period (kW); NaN where
+        the commitment does not cover the period.
     periods, period_hours : the horizon.
     control : "incentive" (bilevel) or "full" (the aggregator schedules the devices).
     incentive : the incentive's range or menu of levels (default 0..100 currency/MWh).
@@ -136,8 +138,14 @@ def build(
     )
     prosumer._add_prices(m, prices, "grid")
     commitment = assets.profile_values(commitment_kw, periods, period_hours, "commitment_kw")
+    m.COMMITTED = pyo.Set(
+        initialize=[t for t in range(periods) if np.isfinite(commitment[t])],
+        doc="periods the commitment covers (NaN: none)",
+    )
     m.commitment_kw = pyo.Param(
-        m.PERIODS, initialize=dict(enumerate(commitment)), doc="committed net injection (kW)"
+        m.COMMITTED,
+        initialize={t: commitment[t] for t in m.COMMITTED},
+        doc="committed net injection (kW)",
     )
     if control == "incentive":
         _add_incentive(m, incentive)
@@ -247,10 +255,10 @@ def _add_portfolio(m: pyo.ConcreteModel, penalty_per_mwh: float) -> None:
         rule=lambda m, t: sum(m.home[h].p_net_kw[t] for h in m.PROSUMERS),
         doc="P[t] = sum_h p_net[h,t]  (kW)",
     )
-    m.deviation_up_kw = pyo.Var(m.PERIODS, bounds=(0, None), doc="P above commitment (kW)")
-    m.deviation_down_kw = pyo.Var(m.PERIODS, bounds=(0, None), doc="P below commitment (kW)")
+    m.deviation_up_kw = pyo.Var(m.COMMITTED, bounds=(0, None), doc="P above commitment (kW)")
+    m.deviation_down_kw = pyo.Var(m.COMMITTED, bounds=(0, None), doc="P below commitment (kW)")
     m.commitment_balance = pyo.Constraint(
-        m.PERIODS,
+        m.COMMITTED,
         rule=lambda m, t: (
             m.p_portfolio_kw[t] - m.commitment_kw[t]
             == m.deviation_up_kw[t] - m.deviation_down_kw[t]
@@ -261,7 +269,7 @@ def _add_portfolio(m: pyo.ConcreteModel, penalty_per_mwh: float) -> None:
         expr=penalty_per_mwh
         * m.period_hours
         / 1000.0
-        * sum(m.deviation_up_kw[t] + m.deviation_down_kw[t] for t in m.PERIODS),
+        * sum(m.deviation_up_kw[t] + m.deviation_down_kw[t] for t in m.COMMITTED),
         doc="c_dev sum_t (dev_up + dev_down)[t] dt / 1000  (currency)",
     )
 
@@ -393,7 +401,7 @@ def _portfolio_table(m) -> pd.DataFrame:
     rows = []
     for t in m.PERIODS:
         net = float(pyo.value(m.p_portfolio_kw[t]))
-        commit = float(pyo.value(m.commitment_kw[t]))
+        commit = float(pyo.value(m.commitment_kw[t])) if t in m.COMMITTED else np.nan
         rows.append((t, commit, net, net - commit))
     return pd.DataFrame(rows, columns=["period", "commitment_kw", "p_net_kw", "deviation_kw"])
 
@@ -496,3 +504,52 @@ def run_case(case: CaseSpec, solve_options: dict[str, Any]) -> Result:
 def level_grid(levels: Sequence[float], periods: int) -> np.ndarray:
     """Every incentive schedule over a menu of levels: (len(levels)**periods x periods)."""
     return np.array(np.meshgrid(*[levels] * periods, indexing="ij")).reshape(periods, -1).T
+
+
+def example_portfolio(
+    homes: int, periods: int = 24, seed: int = 0
+) -> tuple[dict[str, ProsumerSpec], PricesSpec, np.ndarray]:
+    """A synthetic hourly portfolio for notebooks and benchmarks.
+
+    Homes with an evening-peaked load, PV on two in three and a relaxed battery (larger
+    than the home's own evening needs) on every other, a time-of-use tariff, and a
+    commitment covering the evening only (17:00-21:00, NaN elsewhere) that asks the
+    portfolio to export 1 kW per home instead of its stand-alone import.
+
+    Parameters
+    ----------
+    homes : number of homes.
+    periods : hourly periods (the day repeats).
+    seed : random seed of the loads and sizes.
+
+    Returns
+    -------
+    (homes by id, tariff, commitment_kw per period).
+    """
+    rng = np.random.default_rng(seed)
+    hour = np.arange(periods) % 24
+    shape = 0.4 + 0.6 * np.exp(-((hour - 19) ** 2) / 6.0) + 0.3 * np.exp(-((hour - 8) ** 2) / 4.0)
+    sun = np.clip(np.sin((hour - 6) / 12 * np.pi), 0, None)
+    specs = {}
+    for k in range(homes):
+        load = np.round(shape * rng.uniform(1.5, 3.5), 3)
+        pv = PVSpec(profile_kw=list(np.round(sun * rng.uniform(3, 6), 3))) if k % 3 else None
+        battery = (
+            BatterySpec(
+                capacity_kwh=float(rng.choice([10.0, 12.5, 15.0])),
+                p_charge_max_kw=5.0,
+                soc_initial_kwh=2.0,
+                degradation_cost_per_mwh=10.0,
+                relaxed=True,
+            )
+            if k % 2 == 0
+            else None
+        )
+        specs[f"h{k:02d}"] = ProsumerSpec(
+            load_kw=list(load), pv=pv, battery=battery, import_limit_kw=15, export_limit_kw=15
+        )
+    price = [420.0 if 17 <= h < 21 else 300.0 if 6 <= h < 22 else 220.0 for h in hour]
+    prices = PricesSpec(import_price=price, export_price=80.0)
+    evening = (hour >= 17) & (hour < 21)
+    commitment = np.where(evening, float(homes), np.nan)
+    return specs, prices, commitment

@@ -107,6 +107,7 @@ class Follower:
     dual_objective: Any = None
     method: str = "bigm"
     _rhs_has_leader: bool = False
+    _in_products: ComponentSet = field(default_factory=ComponentSet, repr=False)
     _gradient: dict = field(default_factory=dict, repr=False)
     _rows: list = field(default_factory=list, repr=False)
 
@@ -524,11 +525,13 @@ def _add_strong_duality(follower: Follower, big_m: BigM, bounds: _SlackBounds) -
     k.product_envelope = pyo.ConstraintList(
         doc="zL x <= w <= zU x;  z - zU (1 - x) <= w <= z - zL (1 - x)"
     )
-    for side in follower.sides:
-        side.m_dual = _given_m(big_m, side.component)[1]
-    bounds_of = ComponentMap((s.multiplier, (0.0, s.m_dual)) for s in follower.sides)
+    given = ComponentMap((s.multiplier, _given_m(big_m, s.component)[1]) for s in follower.sides)
+    bounds_of = ComponentMap((y, (0.0, m)) for y, m in given.items())
     primal = _linearise(follower, follower.cost, bounds_of, bounds)
     dual = _linearise(follower, follower.dual_objective, bounds_of, bounds)
+    for side in follower.sides:  # only multipliers in a product are bounded by their M
+        if side.multiplier in follower._in_products:
+            side.m_dual = given[side.multiplier]
     k.strong_duality = pyo.Constraint(
         expr=primal <= dual, doc="sum_j (c_j + q_j.x) y_j <= sum_i dual_i rhs_i(x)"
     )
@@ -565,6 +568,7 @@ def _product(follower, x, z, bounds_of: ComponentMap, bounds: _SlackBounds):
             f"follower {follower.block.name}: {z.name} needs finite bounds to linearise "
             f"{x.name} * {z.name}; bound it or pass big_m"
         )
+    follower._in_products.add(z)
     w = k.product.add()
     k.product_envelope.add(w >= lo * x)
     k.product_envelope.add(w <= hi * x)
@@ -598,8 +602,9 @@ def _check(follower: Follower, tol: float) -> FollowerCheck:
     leader_fixed = [x for x in follower.leader_variables if not x.fixed]
     kkt = follower.block.kkt
     try:
-        for x in leader_fixed:
-            x.fix(x.value)
+        for x in leader_fixed:  # at its value, clipped into its bounds (solver round-off)
+            at = x.value if x.lb is None else max(x.value, x.lb)
+            x.fix(at if x.ub is None else min(at, x.ub))
         kkt.deactivate()
         follower.objective.activate()
         if follower._rows:
