@@ -462,6 +462,11 @@ def results(model: pyo.ConcreteModel, solution: Solution) -> Result:
     appliances : prosumer, appliance, start_period, end_period (exclusive), energy_kwh.
     thermal : prosumer, period, p_kw, temperature_c, t_outdoor_c.
     prosumers : one row of KPIs per home.
+    feeder_prices : on a network, the DLMPs of :func:`gridmarkets.networks.nodal_prices`
+        (bus, period, price and its parts, currency/MWh). The homes pay their tariffs
+        and the upstream supply has no price of its own, so these are the shadow costs
+        of the feeder's limits: what one more kW of other demand at a bus would cost
+        the homes.
     """
     tables = {
         "power": _power_table(model),
@@ -471,6 +476,10 @@ def results(model: pyo.ConcreteModel, solution: Solution) -> Result:
         "thermal": _thermal_table(model),
     }
     tables["prosumers"] = _kpi_table(model, tables["grid"], tables["power"])
+    if model.network_handles is not None and solution.duals_from is not None:
+        from gridmarkets.networks import nodal_prices
+
+        tables["feeder_prices"] = nodal_prices(model.network_handles, solution)
     if model.timestamps is not None:
         stamps = dict(enumerate(model.timestamps))
         for table in tables.values():

@@ -81,6 +81,13 @@ def test_coordination_keeps_the_line_within_its_rating_at_a_cost(weak_feeder):
     assert together.kpis["cost"] == pytest.approx(load_cost + ev_cost, rel=1e-6)
     upstream = together.grid.groupby("period")["import_kw"].sum()
     assert upstream.max() == pytest.approx(cap, rel=1e-6)
+    # the feeder's shadow prices: one more kW of demand below line 0 in a congested hour
+    # displaces 1 kW of EV charging from 100 to 200 (100/MWh); nothing elsewhere
+    prices = together.feeder_prices.set_index(["bus", "period"])
+    for (bus, t), row in prices.iterrows():
+        expected = 100.0 if bus != 0 and t in (2, 3) else 0.0
+        assert row["price"] == pytest.approx(expected, abs=1e-6)
+        assert row["congestion"] == pytest.approx(expected, abs=1e-6)
 
 
 @pytest.mark.solve
