@@ -22,15 +22,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import pyomo.environ as pyo
-from pyomo.common.numeric_types import native_numeric_types
-from pyomo.core.base.var import VarData
 from pyomo.core.expr.numeric_expr import LinearExpression, MonomialTermExpression
 from pyomo.core.expr.relational_expr import EqualityExpression, InequalityExpression
 
 from gridmarkets.errors import NetworkError
 from gridmarkets.networks.feeder import Feeder, net_injections
 from gridmarkets.networks.handles import NetworkHandles
-from gridmarkets.solvers.highs import LinearRows, gc_paused, record_rows
+from gridmarkets.solvers.highs import LinearRows, gc_paused, linear_pairs, record_rows
 
 
 @dataclass(frozen=True)
@@ -490,36 +488,13 @@ def _keys(*sets) -> list:
     return list(itertools.product(*(list(s) for s in sets)))
 
 
-def _linear_pairs(expr) -> tuple[float, list] | None:
-    """(constant, [(coefficient, variable), ...]) of a linear expression with numeric
-    coefficients; None for anything else (it is then kept symbolic)."""
-    if expr.__class__ in native_numeric_types:
-        return float(expr), []
-    if isinstance(expr, VarData):
-        return 0.0, [(1.0, expr)]
-    if expr.__class__ is MonomialTermExpression:
-        coef, var = expr.args
-        numeric = coef.__class__ in native_numeric_types and isinstance(var, VarData)
-        return (0.0, [(coef, var)]) if numeric else None
-    if expr.__class__ is not LinearExpression:
-        return None
-    constant, pairs = 0.0, []
-    for arg in expr.args:
-        part = _linear_pairs(arg)
-        if part is None:
-            return None
-        constant += part[0]
-        pairs += part[1]
-    return constant, pairs
-
-
 def _injection_terms(injections: list, scale: float) -> tuple[tuple, np.ndarray, list]:
     """The market's injections (one per row) as COO terms, constants and symbolic rest."""
     rows, coefs, variables = [], [], []
     constants = np.zeros(len(injections))
     extra: list = [None] * len(injections)
     for k, expr in enumerate(injections):
-        part = _linear_pairs(expr)
+        part = linear_pairs(expr)
         if part is None:
             extra[k] = expr * scale
             continue

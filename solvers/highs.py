@@ -30,7 +30,10 @@ import numpy as np
 import pandas as pd
 import pyomo.environ as pyo
 import scipy.sparse as sp
+from pyomo.common.numeric_types import native_numeric_types
 from pyomo.core.base.constraint import ConstraintData, IndexedConstraint
+from pyomo.core.base.var import VarData
+from pyomo.core.expr.numeric_expr import LinearExpression, MonomialTermExpression
 from pyomo.repn.plugins.standard_form import LinearStandardFormCompiler
 
 from gridmarkets.errors import (
@@ -96,6 +99,30 @@ class LinearRows:
 def record_rows(constraint: IndexedConstraint, rows: LinearRows) -> None:
     """Let :func:`compile_model` read ``constraint`` from arrays (see :class:`LinearRows`)."""
     setattr(constraint, ROWS_ATTR, rows)
+
+
+def linear_pairs(expr: Any) -> tuple[float, list] | None:
+    """(constant, [(coefficient, variable), ...]) of a linear expression with numeric
+    coefficients, read from its LinearExpression / monomial structure without a walk;
+    None for anything else (Pyomo's compiler then handles it)."""
+    if expr.__class__ in native_numeric_types:
+        return float(expr), []
+    if isinstance(expr, VarData):
+        return 0.0, [(1.0, expr)]
+    if expr.__class__ is MonomialTermExpression:
+        coef, var = expr.args
+        numeric = coef.__class__ in native_numeric_types and isinstance(var, VarData)
+        return (0.0, [(coef, var)]) if numeric else None
+    if expr.__class__ is not LinearExpression:
+        return None
+    constant, pairs = 0.0, []
+    for arg in expr.args:
+        part = linear_pairs(arg)
+        if part is None:
+            return None
+        constant += part[0]
+        pairs += part[1]
+    return constant, pairs
 
 
 def _recorded_rows(model: pyo.Block) -> dict[IndexedConstraint, LinearRows]:
@@ -218,15 +245,17 @@ def compile_model(model: pyo.Block) -> StandardForm:
     if len(objectives) != 1:
         raise InputError(f"model {model.name} has {len(objectives)} active objectives; need 1")
     recorded = _recorded_rows(model)
-    # hide them from the compiler by the component's own flag: (de)activate() would
+    objective = linear_pairs(objectives[0].expr)
+    # hide them from the compiler by the components' own flags: (de)activate() would
     # visit every row, and the rows' own flags must stay as the user set them
-    for constraint in recorded:
-        constraint._active = False
+    hidden = [*recorded, *([objectives[0]] if objective is not None else [])]
+    for component in hidden:
+        component._active = False
     try:
         info = LinearStandardFormCompiler().write(model, mixed_form=True, set_sense=None)
     finally:
-        for constraint in recorded:
-            constraint._active = True
+        for component in hidden:
+            component._active = True
     rhs = np.asarray(info.rhs, dtype=float)
     sense = np.array([r.bound_type for r in info.rows], dtype=int)
     parts = _Parts(
@@ -239,13 +268,17 @@ def compile_model(model: pyo.Block) -> StandardForm:
     )
     for constraint, rows in recorded.items():
         parts.add(constraint, rows)
+    if objective is None:
+        cost = info.c.toarray()[0] if info.c.shape[0] else np.zeros(len(info.columns))
+        offset = float(info.c_offset[0]) if len(info.c_offset) else 0.0
+    else:
+        cost, offset = parts.objective(*objective)
     columns = parts.columns
     bounds = np.array(list(map(_BOUNDS, columns)), dtype=float).reshape(len(columns), 2)
     lower = np.nan_to_num(bounds[:, 0], nan=-INF)  # None (no bound) became nan
     upper = np.nan_to_num(bounds[:, 1], nan=INF)
     integer = np.array([v.is_integer() for v in columns], dtype=bool)
-    cost = np.zeros(len(columns))
-    cost[: info.c.shape[1]] = info.c.toarray().ravel() if info.c.shape[1] else 0.0
+    cost = np.concatenate([cost, np.zeros(len(columns) - len(cost))])
     a = parts.matrix()
 
     lp = highspy.HighsLp()
@@ -262,7 +295,6 @@ def compile_model(model: pyo.Block) -> StandardForm:
     lp.a_matrix_.value_ = a.data.astype(float)
     maximize = objectives[0].sense == pyo.maximize
     lp.sense_ = highspy.ObjSense.kMaximize if maximize else highspy.ObjSense.kMinimize
-    offset = float(info.c_offset[0]) if len(info.c_offset) else 0.0
     lp.offset_ = offset
     if integer.any():
         lp.integrality_ = [
@@ -303,6 +335,20 @@ class _Parts:
         self.row_lower.append(rows.lower - shift)
         self.row_upper.append(rows.upper - shift)
         self.rows.extend(constraint.values())
+
+    def objective(self, constant: float, pairs: list) -> tuple[np.ndarray, float]:
+        """Cost per column and offset of a linear objective (fixed variables as data)."""
+        for _, var in pairs:
+            if not var.fixed and id(var) not in self.position:
+                self.position[id(var)] = len(self.columns)
+                self.columns.append(var)
+        cost = np.zeros(len(self.columns))
+        for coef, var in pairs:
+            if var.fixed:
+                constant += coef * var.value
+            else:
+                cost[self.position[id(var)]] += coef
+        return cost, constant
 
     def matrix(self) -> sp.csc_array:
         """All entries as one column-wise matrix."""
