@@ -19,6 +19,14 @@ right-hand side so its dual is what one more kW of demand would cost the home::
 Signs follow :mod:`gridmarkets.models.assets`: device power is positive into the home's
 bus; ``p_kw`` of the ``grid`` device in the ``power`` table is import minus export.
 
+On a feeder (``build(..., network=feeder)``) the homes are scheduled together (a DSO's
+or aggregator's coordinated schedule): their net injections and the upstream grid's
+supply at the root go through LinDistFlow, so its voltage and thermal limits bind;
+without it they are independent and the AC check shows what their uncoordinated
+schedules do to the feeder. :func:`rolling_horizon` operates a home model-predictively
+(re-plans every period over a moving window with its realised state pinned) and
+reports its cost against perfect foresight.
+
 Objectives: ``"cost"`` (energy bill, demand charge, device costs, lost load),
 ``"self_sufficiency"`` (energy not supplied by the home itself: imported plus shed, kWh)
 or a weighted mix ``{"cost": 1.0, "self_sufficiency": 50.0}`` (the second weight in
