@@ -13,7 +13,9 @@ built and compiled (it re-scanned the growing model again and again: two to four
 the build time). Pyomo's LinearStandardFormCompiler walked every row (1.3 s); LinDistFlow
 now records each family's rows as arrays next to the constraint, and the solve layer
 reads those arrays for every family whose rows are intact (each row still holds the
-expression it was built with and is active), compiling only the rest with Pyomo.
+expression it was built with and is active), reads a linear objective straight from
+its LinearExpression, and compiles only the rest with Pyomo. Reading the duals back
+and loading the solution are numpy passes instead of per-row Python loops.
 
 What is left: creating the Pyomo objects themselves — a ConstraintData, a relational
 expression, a LinearExpression and its monomials for each of the 225,408 rows, and a
