@@ -224,3 +224,25 @@ def test_case_file_runs_through_the_registry():
     result = model_module("aggregator").run_case(case, {})
     assert result.kpis["max_follower_gap"] < 1e-7
     assert set(result.tables) >= {"incentives", "portfolio", "prosumers", "verify"}
+
+
+def test_on_a_feeder_the_network_is_a_leader_constraint(solved):
+    from gridmarkets.networks import load
+
+    feeder = load("1-LV-rural1--0-sw")
+    buses = dict(zip(homes(), [7, 9, 13], strict=True))
+    placed = {h: s.model_copy(update={"bus": buses[h]}) for h, s in homes().items()}
+    m = aggregator.build(
+        placed,
+        PRICES,
+        COMMITMENT,
+        periods=PERIODS,
+        incentive=aggregator.IncentiveSpec(levels=LEVELS),
+        deviation_penalty_per_mwh=PENALTY,
+        fairness_weight=FAIRNESS,
+        network=feeder,
+    )
+    result = aggregator.results(m, solve(m))
+    assert result.kpis["max_follower_gap"] < 1e-7
+    # network limits are leader constraints: they can only raise the leader's cost
+    assert result.kpis["leader_cost"] >= solved[2].kpis["leader_cost"] - 1e-7
