@@ -484,10 +484,11 @@ def results(model: pyo.ConcreteModel, solution: Solution) -> Result:
         "thermal": _thermal_table(model),
     }
     tables["prosumers"] = _kpi_table(model, tables["grid"], tables["power"])
-    if model.network_handles is not None and solution.duals_from is not None:
+    handles = getattr(model, "network_handles", None)  # None for models built elsewhere
+    if handles is not None and solution.duals_from is not None:
         from gridmarkets.networks import nodal_prices
 
-        tables["feeder_prices"] = nodal_prices(model.network_handles, solution)
+        tables["feeder_prices"] = nodal_prices(handles, solution)
     if model.timestamps is not None:
         stamps = dict(enumerate(model.timestamps))
         for table in tables.values():
