@@ -20,6 +20,8 @@ IEEE TPWRS 34(2) 2019) copies every trade into a consensus variable ``z`` with
     z^{k+1}_ij = (x_ij^{k+1} - x_ji^{k+1}) / 2                                   (exchange)
     u^{k+1}_ij = u_ij^k + (x_ij^{k+1} + x_ji^{k+1}) / 2                          (prices)
 
+(with over-relaxation, ``alpha x + (1 - alpha) z^k`` in place of ``x`` in the last two)
+
 Each agent's step is solved exactly in closed form: for a multiplier ``mu`` of its
 energy balance every trade is a soft threshold, ``x_ij = S(rho a_ij - mu, kappa_ij) /
 (gamma + rho)``, and every item is taken when its threshold is on the right side of
@@ -46,7 +48,9 @@ from pyomo.repn import generate_standard_repn
 from gridmarkets.errors import InputError, LimitReachedError
 from gridmarkets.solvers.highs import BUILD_SECONDS_ATTR, Solution, compile_model
 
-_BISECTIONS = 60
+_BISECTIONS = 80
+_WARM = 0.5  # currency/MWh either side of the previous multiplier
+_MU_TOL = 1e-9  # currency/MWh
 
 
 @dataclass
@@ -174,11 +178,23 @@ class _LocalSolver:
             reducer.at(bound, p.item_unit[mask], p.item_threshold[mask])
         return lo, hi
 
-    def solve(self, a: np.ndarray, rho: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Trades (pairs x periods), taken items and balance multipliers per unit."""
+    def solve(
+        self, a: np.ndarray, rho: float, guess: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Trades (pairs x periods), taken items and balance multipliers per unit.
+
+        ``guess`` (the previous multipliers) narrows the bisection's bracket where it
+        still brackets the root.
+        """
         p = self.p
         lo, hi = self._bracket(a, rho)
+        if guess is not None:
+            near_lo, near_hi = np.maximum(lo, guess - _WARM), np.minimum(hi, guess + _WARM)
+            ok = (self._balance(near_lo, a, rho) >= 0) & (self._balance(near_hi, a, rho) <= 0)
+            lo, hi = np.where(ok, near_lo, lo), np.where(ok, near_hi, hi)
         for _ in range(_BISECTIONS):
+            if np.max(hi - lo, initial=0.0) <= _MU_TOL:
+                break
             mid = 0.5 * (lo + hi)
             positive = self._balance(mid, a, rho) > 0
             lo, hi = np.where(positive, mid, lo), np.where(positive, hi, mid)
@@ -216,6 +232,7 @@ def consensus_admm(
     eps_abs: float = 1e-5,
     eps_rel: float = 1e-5,
     adapt_rho: bool = True,
+    relaxation: float = 1.6,
 ) -> ADMMResult:
     """Solve an :class:`ExchangeProblem` by consensus ADMM (see the module docstring).
 
@@ -229,6 +246,8 @@ def consensus_admm(
         ``rho ||z - z_prev|| <= eps_abs sqrt(n) + eps_rel ||rho u||``.
     adapt_rho : residual balancing (double or halve ``rho`` when one residual exceeds
         ten times the other, rescaling ``u``).
+    relaxation : over-relaxation ``alpha`` in [1, 2) (Boyd et al. 2011, section 3.4.3):
+        the exchange and price steps use ``alpha x + (1 - alpha) z``.
 
     Returns
     -------
@@ -244,9 +263,10 @@ def consensus_admm(
     converged = False
     x = taken = mu = None
     for k in range(1, max_iterations + 1):
-        x, taken, mu = local.solve(z - u, rho)
-        z_new = 0.5 * (x - x[rev])
-        u = u + 0.5 * (x + x[rev])
+        x, taken, mu = local.solve(z - u, rho, mu)
+        relaxed = relaxation * x + (1.0 - relaxation) * z
+        z_new = 0.5 * (relaxed - relaxed[rev])
+        u = u + 0.5 * (relaxed + relaxed[rev])
         primal = float(np.linalg.norm(x - z_new))
         dual = rho * float(np.linalg.norm(z_new - z))
         primal_tol = eps_abs * sqrt_n + eps_rel * max(np.linalg.norm(x), np.linalg.norm(z_new))
