@@ -76,9 +76,16 @@ def _row_conflict(con, detail: str) -> Conflict:
     return Conflict(con.name, con.parent_component().name, "constraint", detail)
 
 
-def _from_iis(form: StandardForm) -> Diagnosis | None:
+def _highs(options: dict) -> highspy.Highs:
     highs = highspy.Highs()
     highs.setOptionValue("output_flag", False)
+    for name, value in options.items():
+        highs.setOptionValue(name, value)
+    return highs
+
+
+def _from_iis(form: StandardForm, options: dict) -> Diagnosis | None:
+    highs = _highs(options)
     highs.setOptionValue("iis_strategy", int(highspy.IisStrategy.kIisStrategyIrreducible))
     highs.passModel(form.lp)
     if form.is_mip:
@@ -105,11 +112,10 @@ def _from_iis(form: StandardForm) -> Diagnosis | None:
     return Diagnosis("iis", tuple(conflicts))
 
 
-def _from_elastic(form: StandardForm) -> Diagnosis:
+def _from_elastic(form: StandardForm, options: dict) -> Diagnosis:
     lp = form.lp
     n, m = lp.num_col_, lp.num_row_
-    highs = highspy.Highs()
-    highs.setOptionValue("output_flag", False)
+    highs = _highs(options)
     highs.passModel(lp)
     highs.changeObjectiveSense(highspy.ObjSense.kMinimize)
     highs.changeColsCost(n, np.arange(n, dtype=np.int32), np.zeros(n))
@@ -139,6 +145,10 @@ def _from_elastic(form: StandardForm) -> Diagnosis:
     return Diagnosis("elastic", tuple(conflicts))
 
 
-def diagnose(form: StandardForm) -> Diagnosis:
-    """Name the constraints of an infeasible compiled model that conflict."""
-    return _from_iis(form) or _from_elastic(form)
+def diagnose(form: StandardForm, options: dict | None = None) -> Diagnosis:
+    """Name the constraints of an infeasible compiled model that conflict.
+
+    ``options`` are HiGHS options for the diagnosing solves (e.g. the caller's
+    ``time_limit``, so a diagnosis never outlasts the solve it explains).
+    """
+    return _from_iis(form, options or {}) or _from_elastic(form, options or {})

@@ -428,16 +428,17 @@ def _fixed_integer_duals(form: StandardForm, x: np.ndarray, options) -> dict[int
     return _row_duals(form, highs)
 
 
-def _raise_for_status(model, form: StandardForm, highs: highspy.Highs, status) -> None:
+def _raise_for_status(model, form: StandardForm, highs: highspy.Highs, status, options) -> None:
     from gridmarkets.solvers.diagnose import diagnose
 
     Status = highspy.HighsModelStatus
+    limit = {k: v for k, v in options.items() if k == "time_limit"}  # the diagnosis obeys it
     if status == Status.kInfeasible:
-        raise InfeasibleError(f"model {model.name} is infeasible", diagnose(form))
+        raise InfeasibleError(f"model {model.name} is infeasible", diagnose(form, limit))
     if status == Status.kUnboundedOrInfeasible:
-        retry = _run(form, {"presolve": "off"})
+        retry = _run(form, {**limit, "presolve": "off"})
         if retry.getModelStatus() == Status.kInfeasible:
-            raise InfeasibleError(f"model {model.name} is infeasible", diagnose(form))
+            raise InfeasibleError(f"model {model.name} is infeasible", diagnose(form, limit))
         status = Status.kUnbounded
     if status == Status.kUnbounded:
         raise UnboundedError(
@@ -489,11 +490,13 @@ def solve(
     t2 = time.perf_counter()
 
     status = highs.getModelStatus()
+    if status == highspy.HighsModelStatus.kModelEmpty:  # every variable fixed: nothing to do
+        status = highspy.HighsModelStatus.kOptimal
     has_point = highs.getInfo().primal_solution_status == 2  # feasible
     if status != highspy.HighsModelStatus.kOptimal and not (
         status in _LIMIT_STATUSES and has_point
     ):
-        _raise_for_status(model, form, highs, status)
+        _raise_for_status(model, form, highs, status, merged)
 
     x = np.asarray(highs.getSolution().col_value, dtype=float)
     values = np.where(form.integer, np.round(x), x).tolist()
@@ -502,7 +505,8 @@ def solve(
 
     optimal = status == highspy.HighsModelStatus.kOptimal
     info = highs.getInfo()
-    objective = float(highs.getObjectiveValue())
+    # from the loaded point: HiGHS leaves the offset out of an empty model's objective
+    objective = float(np.dot(form.lp.col_cost_, x)) + form.objective_offset
     if form.is_mip:
         bound, gap = float(info.mip_dual_bound), float(info.mip_gap)
         duals_from = "fixed_integer_lp" if optimal else None

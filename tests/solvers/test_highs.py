@@ -174,3 +174,13 @@ def test_a_limit_without_incumbent_raises():
 def test_unknown_option_is_an_input_error():
     with pytest.raises(SolverOptionError, match="no_such_option"):
         solve(two_bid_market(), options={"no_such_option": 1})
+
+
+def test_a_model_whose_variables_are_all_fixed_solves():
+    m = pyo.ConcreteModel()
+    m.x = pyo.Var(bounds=(0, 5))
+    m.x.fix(2)
+    m.obj = pyo.Objective(expr=3 * m.x + 1)
+    sol = solve(m)
+    assert sol.status == "optimal"
+    assert sol.objective == pytest.approx(7)
