@@ -652,7 +652,7 @@ def tables(market: Market, outcome: Outcome, welfare: float) -> tuple[dict, dict
         "traded_kwh": float(p2p_trades["energy_kwh"].sum()),
         "import_kwh": float(peers["import_kwh"].sum()),
         "export_kwh": float(peers["export_kwh"].sum()),
-        "p2p_share": float(p2p_trades["energy_kwh"].sum() / consumed) if consumed else 0.0,
+        "self_sufficiency": 1.0 - float(peers["import_kwh"].sum()) / consumed if consumed else 0.0,
         "min_gain": float(peers.loc[is_peer, "gain"].min()),
         "trades": len(trades),
     }
