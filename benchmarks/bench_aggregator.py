@@ -69,8 +69,6 @@ def run_one(homes: int, periods: int, form: str, time_limit: float) -> dict:
 
 
 def run(quick: bool = True) -> list[dict]:
-    sizes = (
-        [(3, 4), (5, 8)] if quick else [(3, 4), (5, 24), (10, 24), (20, 24), (40, 24)]
-    )
+    sizes = [(3, 4), (5, 8)] if quick else [(3, 4), (5, 24), (10, 24), (20, 24), (40, 24)]
     time_limit = 10.0 if quick else 300.0
     return [run_one(h, t, form, time_limit) for h, t in sizes for form in FORMS]
