@@ -390,7 +390,13 @@ def _options(time_limit, mip_gap, threads, options) -> dict[str, Any]:
 
 def _run(form: StandardForm, options: dict[str, Any]) -> highspy.Highs:
     highs = _new_highs(options)
-    highs.passModel(form.lp)
+    if highs.passModel(form.lp) == highspy.HighsStatus.kError:
+        largest = np.abs(np.asarray(form.lp.a_matrix_.value_, dtype=float)).max(initial=0.0)
+        raise InputError(
+            "HiGHS rejected the model: a coefficient or bound is out of its range "
+            f"(largest |coefficient| {largest:.3g}; HiGHS reads 1e15 and above as infinite) "
+            "- look for an impossibly large quantity, price or capacity"
+        )
     highs.run()
     return highs
 
@@ -490,7 +496,7 @@ def solve(
     t2 = time.perf_counter()
 
     status = highs.getModelStatus()
-    if status == highspy.HighsModelStatus.kModelEmpty:  # every variable fixed: nothing to do
+    if status == highspy.HighsModelStatus.kModelEmpty and not form.lp.num_col_:  # all fixed
         status = highspy.HighsModelStatus.kOptimal
     has_point = highs.getInfo().primal_solution_status == 2  # feasible
     if status != highspy.HighsModelStatus.kOptimal and not (

@@ -184,3 +184,15 @@ def test_a_model_whose_variables_are_all_fixed_solves():
     sol = solve(m)
     assert sol.status == "optimal"
     assert sol.objective == pytest.approx(7)
+
+
+def test_a_coefficient_highs_reads_as_infinite_is_an_input_error():
+    from gridmarkets.errors import InputError
+
+    m = pyo.ConcreteModel()
+    m.u = pyo.Var(domain=pyo.Binary)
+    m.x = pyo.Var(bounds=(0, None))
+    m.cap = pyo.Constraint(expr=m.x <= 1e16 * m.u)
+    m.obj = pyo.Objective(expr=m.x - m.u, sense=pyo.maximize)
+    with pytest.raises(InputError, match="out of its range"):
+        solve(m)
