@@ -107,7 +107,9 @@ def cases() -> None:
     table = Table("case", "model", "description")
     for path in sorted(shipped_cases_dir().glob("*.yaml")):
         data = read_yaml(path)
-        table.add_row(path.stem, str(data.get("model", "?")), str(data.get("description", "")))
+        first = " ".join(str(data.get("description", "")).split()).split(". ")[0]
+        line = first if len(first) <= 70 else first[:69] + "…"
+        table.add_row(path.stem, str(data.get("model", "?")), line)
     out.print(table)
 
 
