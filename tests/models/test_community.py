@@ -361,3 +361,22 @@ def test_bid_curves_accept_what_the_community_would_choose():
             accepted = bought["quantity_kw"].sum() - sold["quantity_kw"].sum()
             expected = row["grid_import_kw"] - row["grid_export_kw"]
             assert accepted == pytest.approx(expected, abs=1e-6), (t, price)
+
+
+def test_exchange_bids_trade_in_the_p2p_market():
+    """The community as one peer: a P2P clearing against counterparts that undercut
+    the grid trades exactly its exchange, reciprocally."""
+    from gridmarkets.models import p2p
+
+    members, shared = small_community()
+    result = community.schedule(members, shared, PRICES, periods=6)
+    bids = community.exchange_bids(result, participant="ec")
+    other = [
+        {"participant": "peer", "side": "sell" if side == "buy" else "buy", "quantity_kw": 50.0}
+        | {"price": 10.0 if side == "buy" else 900.0, "period": t}
+        for side, t in zip(bids["side"], bids["period"], strict=True)
+    ]
+    cleared = p2p.clear(pd.concat([bids, pd.DataFrame(other)], ignore_index=True))
+    trades = cleared.trades
+    with_ec = trades[(trades["seller"] == "ec") | (trades["buyer"] == "ec")]
+    assert with_ec["quantity_kw"].sum() == pytest.approx(bids["quantity_kw"].sum(), rel=1e-6)
