@@ -401,15 +401,7 @@ def _bus(bus, feeder, path: str):
 def _add_objective(m, weights: dict[str, float], voll: float) -> None:
     dt = m.period_hours
     m.grid_cost = pyo.Expression(
-        expr=sum(
-            (
-                m.import_price_per_mwh[t] * m.p_grid_import_kw[t]
-                - m.export_price_per_mwh[t] * m.p_grid_export_kw[t]
-            )
-            * dt
-            / 1000.0
-            for t in m.PERIODS
-        ),
+        expr=prosumer.tariff_cost(m, m.p_grid_import_kw, m.p_grid_export_kw),
         doc="sum_t (c_import[t] p_grid_import[t] - c_export[t] p_grid_export[t]) dt / 1000"
         "  (currency)",
     )

@@ -381,18 +381,22 @@ def _add_connection(b: pyo.Block, spec: ProsumerSpec, m: pyo.ConcreteModel) -> N
             b.p_export_kw[t].fix(0.0)
 
 
+def tariff_cost(m: pyo.ConcreteModel, import_kw: pyo.Var, export_kw: pyo.Var):
+    """Energy bill at the model's tariffs: sum_t (c_import p_import - c_export p_export) dt
+    / 1000 (currency; prices in currency/MWh, power in kW)."""
+    dt = m.period_hours
+    return sum(
+        (m.import_price_per_mwh[t] * import_kw[t] - m.export_price_per_mwh[t] * export_kw[t])
+        * dt
+        / 1000.0
+        for t in m.PERIODS
+    )
+
+
 def _add_cost(b: pyo.Block, spec: ProsumerSpec, m: pyo.ConcreteModel, voll: float) -> None:
     dt = m.period_hours
     b.energy_cost = pyo.Expression(
-        expr=sum(
-            (
-                m.import_price_per_mwh[t] * b.p_import_kw[t]
-                - m.export_price_per_mwh[t] * b.p_export_kw[t]
-            )
-            * dt
-            / 1000.0
-            for t in m.PERIODS
-        ),
+        expr=tariff_cost(m, b.p_import_kw, b.p_export_kw),
         doc="sum_t (c_import[t] p_import[t] - c_export[t] p_export[t]) dt / 1000  (currency)",
     )
     b.p_peak_import_kw = pyo.Var(bounds=(0.0, None), doc="peak import over the horizon (kW)")
