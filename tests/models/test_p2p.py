@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-import pandapower as pp
 import pandas as pd
 import pytest
+from radial import radial_net
 
 from gridmarkets.errors import InputError
 from gridmarkets.models import p2p
@@ -178,20 +178,8 @@ def test_admm_matches_the_central_lp(n, periods, graph_degree):
 
 def overload_feeder():
     """20 kV: root 0 - 1 - 2 (buyers), 1 - 3 over a weak line (about 1 MVA) to a PV park."""
-    net = pp.create_empty_network(sn_mva=1.0)
-    buses = [pp.create_bus(net, vn_kv=20.0, min_vm_pu=0.9, max_vm_pu=1.1) for _ in range(4)]
-    pp.create_ext_grid(net, buses[0], vm_pu=1.0)
-    for a, b, max_i_ka in ((0, 1, 0.4), (1, 2, 0.4), (1, 3, 0.03)):
-        pp.create_line_from_parameters(
-            net,
-            buses[a],
-            buses[b],
-            length_km=2.0,
-            r_ohm_per_km=0.2,
-            x_ohm_per_km=0.2,
-            c_nf_per_km=0.0,
-            max_i_ka=max_i_ka,
-        )
+    lines = [(0, 1, 0.4), (1, 2, 0.4), (1, 3, 0.03)]
+    net = radial_net(20.0, lines, length_km=2.0, r_ohm_per_km=0.2, x_ohm_per_km=0.2)
     return feeder_from_net(net, name="overload")
 
 

@@ -6,9 +6,9 @@ import math
 from pathlib import Path
 
 import numpy as np
-import pandapower as pp
 import pandas as pd
 import pytest
+from radial import radial_net
 from test_assets import assert_balanced
 
 from gridmarkets.case import Horizon, load_case
@@ -27,20 +27,8 @@ EV_NEED_KWH = 20.0
 @pytest.fixture(scope="module")
 def weak_feeder():
     """0.4 kV: root 0 - 1 (a 45 A line), then 1 - 2 and 1 - 3 (100 A lines)."""
-    net = pp.create_empty_network(sn_mva=0.1)
-    buses = [pp.create_bus(net, vn_kv=0.4, min_vm_pu=0.9, max_vm_pu=1.1) for _ in range(4)]
-    pp.create_ext_grid(net, buses[0], vm_pu=1.0)
-    for a, b, amps in ((0, 1, 0.045), (1, 2, 0.1), (1, 3, 0.1)):
-        pp.create_line_from_parameters(
-            net,
-            buses[a],
-            buses[b],
-            length_km=0.1,
-            r_ohm_per_km=0.2,
-            x_ohm_per_km=0.08,
-            c_nf_per_km=0.0,
-            max_i_ka=amps,
-        )
+    lines = [(0, 1, 0.045), (1, 2, 0.1), (1, 3, 0.1)]
+    net = radial_net(0.4, lines, length_km=0.1, r_ohm_per_km=0.2, x_ohm_per_km=0.08, sn_mva=0.1)
     return feeder_from_net(net, name="weak")
 
 

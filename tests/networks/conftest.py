@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import pandapower as pp
 import pyomo.environ as pyo
 import pytest
+from radial import radial_net
 
 from gridmarkets.networks import feeder_from_net, load, nodal_prices
 from gridmarkets.solvers import solve
@@ -28,21 +28,10 @@ def simbench_lv():
 @pytest.fixture(scope="session")
 def small_net():
     """20 kV: root 0 - 1 - 2 - 3 (long chain to a big buyer), 1 - 4 (weak line to a seller)."""
-    net = pp.create_empty_network(sn_mva=1.0)
-    buses = [pp.create_bus(net, vn_kv=20.0, min_vm_pu=0.95, max_vm_pu=1.05) for _ in range(5)]
-    pp.create_ext_grid(net, buses[0], vm_pu=1.0)
-    for a, b, max_i_ka in ((0, 1, 0.4), (1, 2, 0.4), (2, 3, 0.4), (1, 4, 0.03)):
-        pp.create_line_from_parameters(
-            net,
-            buses[a],
-            buses[b],
-            length_km=5.0,
-            r_ohm_per_km=0.4,
-            x_ohm_per_km=0.4,
-            c_nf_per_km=0.0,
-            max_i_ka=max_i_ka,
-        )
-    return net
+    lines = [(0, 1, 0.4), (1, 2, 0.4), (2, 3, 0.4), (1, 4, 0.03)]
+    return radial_net(
+        20.0, lines, length_km=5.0, r_ohm_per_km=0.4, x_ohm_per_km=0.4, vmin_pu=0.95, vmax_pu=1.05
+    )
 
 
 @pytest.fixture(scope="session")
