@@ -28,6 +28,7 @@ to it so nobody trades at a loss — is reported.
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ from gridmarkets.errors import InputError
 from gridmarkets.results import Result
 from gridmarkets.solvers import Solution, record_build_time, solve
 from gridmarkets.solvers.highs import gc_paused
+from gridmarkets.solvers.persistent import PersistentLP
 
 BID_COLUMNS = ["participant", "side", "quantity_kw", "price", "period", "block", "bus"]
 _TOL_KW = 1e-6
@@ -254,8 +256,16 @@ def _injections(m, table: pd.DataFrame, feeder) -> dict:
     return injection
 
 
-@gc_paused()
 def _add_welfare(m, table: pd.DataFrame) -> None:
+    m.social_welfare = pyo.Objective(
+        expr=_welfare(m, table),
+        sense=pyo.maximize,
+        doc="sum_buy price q dt - sum_sell price q dt - import cost + export revenue  (currency)",
+    )
+
+
+@gc_paused()
+def _welfare(m, table: pd.DataFrame) -> LinearExpression:
     per_kw = m.period_hours / 1000.0  # currency per MWh -> currency per kW and period
     value = np.where(table["side"] == "buy", 1.0, -1.0) * table["price"].to_numpy() * per_kw
     pairs = zip(value.tolist(), m.accepted_kw.values(), strict=True)
@@ -264,11 +274,50 @@ def _add_welfare(m, table: pd.DataFrame) -> None:
         export = zip((per_kw * exp).tolist(), m.export_kw.values(), strict=True)
         cost = zip((-per_kw * imp).tolist(), m.import_kw.values(), strict=True)
         pairs = itertools.chain(pairs, export, cost)
-    m.social_welfare = pyo.Objective(
-        expr=LinearExpression(list(map(MonomialTermExpression, pairs))),
-        sense=pyo.maximize,
-        doc="sum_buy price q dt - sum_sell price q dt - import cost + export revenue  (currency)",
-    )
+    return LinearExpression(list(map(MonomialTermExpression, pairs)))
+
+
+def update(m: pyo.ConcreteModel, bids: pd.DataFrame, *, upstream: Upstream | None = None) -> None:
+    """Give a market built by :func:`build` new block quantities and prices and new
+    upstream tariffs, in place: only the acceptance bounds and the objective change.
+
+    Parameters
+    ----------
+    m : the model :func:`build` returned (constraints added by its ``extra`` stay).
+    bids : the same blocks as the model's (participant, side, period, block, bus and
+        every other column but quantity_kw and price, in the same order).
+    upstream : as the model's: present or absent alike, with the same capacity.
+
+    Raises
+    ------
+    InputError : anything else differs (build the model again), or a block with a
+        minimum acceptance changes its quantity (a coefficient of its constraints).
+    The model is left unchanged when the update is refused.
+    """
+    started = time.perf_counter()
+    table = _place_bids(prepare_bids(bids), m.feeder)
+    data = ["quantity_kw", "price"]
+    if not table.drop(columns=data).equals(m.bids.drop(columns=data)):
+        raise InputError("bids: not the blocks the market was built with; build it again")
+    _check_same_upstream(m, upstream)
+    if hasattr(m, "INTEGER_BIDS"):
+        moved = table["quantity_kw"].ne(m.bids["quantity_kw"])[list(m.INTEGER_BIDS)]
+        if moved.any():
+            raise InputError("bids: a block with a minimum acceptance changes its quantity")
+    for var, quantity in zip(m.accepted_kw.values(), table["quantity_kw"].tolist(), strict=True):
+        var.setub(quantity)
+    m.bids, m.upstream = table, upstream
+    m.social_welfare.set_value(_welfare(m, table))
+    record_build_time(m, time.perf_counter() - started)
+
+
+def _check_same_upstream(m, upstream: Upstream | None) -> None:
+    if (upstream is None) != (m.upstream is None):
+        raise InputError("upstream: present in one market and not the other; build it again")
+    if upstream is not None:
+        if upstream.capacity_kw != m.upstream.capacity_kw:
+            raise InputError("upstream.capacity_kw: changed; build the market again")
+        upstream.per_period(list(m.PERIODS))  # one tariff per period, or an InputError
 
 
 def results(
@@ -636,22 +685,99 @@ def bus_injections(result: Result) -> pd.DataFrame:
 
 def run_case(case: CaseSpec, solve_options: dict[str, Any]) -> Result:
     """Clear a market case: the CLI's and the sweeps' entry point."""
-    from gridmarkets import plots
-    from gridmarkets.networks import ac_check, load
+    feeder = _case_feeder(case)
+    bids, upstream = _case_market(case, feeder)
+    m = build(bids, upstream=upstream, network=feeder, **_build_options(case))
+    return _checked(results(m, solve(m, **solve_options), case.pricing), feeder)
 
-    feeder = None if case.network is None else load(case.network.model_dump(exclude_none=True))
+
+def _case_feeder(case: CaseSpec):
+    from gridmarkets.networks import load
+
+    return None if case.network is None else load(case.network.model_dump(exclude_none=True))
+
+
+def _case_market(case: CaseSpec, feeder) -> tuple[pd.DataFrame, Upstream | None]:
     upstream = None if case.upstream is None else Upstream(**case.upstream.model_dump())
-    m = build(
-        case_bids(case, feeder),
-        upstream=upstream,
-        network=feeder,
-        period_hours=case.horizon.period_hours,
-        indivisible=case.indivisible,
-        min_acceptance=case.min_acceptance,
-    )
-    result = results(m, solve(m, **solve_options), case.pricing)
+    return case_bids(case, feeder), upstream
+
+
+def _build_options(case: CaseSpec) -> dict[str, Any]:
+    return {
+        "period_hours": case.horizon.period_hours,
+        "indivisible": case.indivisible,
+        "min_acceptance": case.min_acceptance,
+    }
+
+
+def _checked(result: Result, feeder) -> Result:
+    """The result with pandapower's AC check of its injections (on a feeder) and plots."""
+    from gridmarkets import plots
+    from gridmarkets.networks import ac_check
+
     if feeder is not None:
         injections = bus_injections(result)
         result.ac_check = ac_check(feeder, injections, 0.0 * injections).summary()
     result.plots = {"prices": plots.price_plot, "supply_demand": plots.supply_demand_plot}
     return result
+
+
+def structure_key(case: CaseSpec) -> str:
+    """The case without the data :func:`update` can change: blocks' prices and
+    quantities and the upstream tariffs. Cases with equal keys build the same model."""
+    data = case.model_dump(mode="json")
+    for participant in data["participants"].values():
+        for block in participant["blocks"]:
+            del block["price"], block["quantity_kw"]
+    if data["upstream"] is not None:
+        del data["upstream"]["import_price"], data["upstream"]["export_price"]
+    return json.dumps(data, sort_keys=True)
+
+
+class ReusingRunner:
+    """:func:`run_case` that keeps, between calls, what the next case can reuse.
+
+    - The Feeder, while the network is the same: loading a SimBench feeder is most of
+      a small market's time on a feeder.
+    - The built LP compiled to HiGHS arrays, while the next case differs only in data
+      (:func:`structure_key` is equal): :func:`update` changes the model in place and a
+      :class:`~gridmarkets.solvers.persistent.PersistentLP` solves it from the same
+      arrays, so the answer is the one :func:`run_case` gets. A MILP market
+      (indivisible blocks, minimum acceptances) is built for every case.
+
+    Not thread-safe: one per worker thread. After a call that raises, nothing but the
+    Feeder is kept. ``reused`` says whether the last call reused a built model.
+    """
+
+    def __init__(self) -> None:
+        self.reused = False
+        self._network: tuple[str, Any] | None = None
+        self._market: tuple[str, PersistentLP] | None = None
+
+    def __call__(self, case: CaseSpec, solve_options: dict[str, Any]) -> Result:
+        key = structure_key(case)
+        lp = self._kept(key)
+        self.reused = lp is not None
+        feeder = self._feeder(case)
+        bids, upstream = _case_market(case, feeder)
+        if lp is not None:
+            update(lp.model, bids, upstream=upstream)
+        else:
+            m = build(bids, upstream=upstream, network=feeder, **_build_options(case))
+            if hasattr(m, "INTEGER_BIDS"):  # a MILP: built for every case
+                return _checked(results(m, solve(m, **solve_options), case.pricing), feeder)
+            lp = PersistentLP(m)
+        result = results(lp.model, lp.solve(**solve_options), case.pricing)
+        self._market = (key, lp)
+        return _checked(result, feeder)
+
+    def _kept(self, key: str) -> PersistentLP | None:
+        """The kept LP if it was built for ``key``; forgotten until this call succeeds."""
+        kept, self._market = self._market, None
+        return kept[1] if kept is not None and kept[0] == key else None
+
+    def _feeder(self, case: CaseSpec):
+        key = None if case.network is None else case.network.model_dump_json()
+        if self._network is None or self._network[0] != key:
+            self._network = (key, _case_feeder(case))
+        return self._network[1]

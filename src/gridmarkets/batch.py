@@ -29,15 +29,18 @@ cancelled, those running finish and are stored, and the exception propagates. Th
 pool starts its workers from a forkserver, so a script that calls :func:`run` needs the
 usual ``if __name__ == "__main__":`` guard (notebooks and the CLI need nothing).
 
-Model reuse: every scenario builds its model afresh. A reused model (mutable
-parameters, a persistent solver) could save at most the build, since the compile to
-HiGHS arrays and the solve are paid either way. benchmarks/bench_batch.py measures
-that share: for the LEM it is large (about 0.6-0.7 of a scenario's wall time at
-200-400 participants), so reuse would be measurably faster; but it takes a builder
-whose prices and quantities are mutable Pyomo parameters plus an ``update(model, case)``
-per model, which belongs to each model module, not here. Until a model offers that,
-``run_case`` per scenario keeps every scenario independent of the others (a worker can
-die without corrupting a shared model) and is what runs.
+Model reuse (the study's ``reuse``, on by default): a model module may offer a
+``ReusingRunner``, a ``run_case`` that keeps between calls what the next case can
+reuse; each worker thread keeps one per model (the LEM's keeps the loaded Feeder and
+the built LP compiled to HiGHS arrays, updated in place when a scenario changes only
+bid prices and quantities or the upstream tariffs — see
+:class:`gridmarkets.models.lem.ReusingRunner`). Whether a scenario may reuse is decided
+by the runner from the case itself, by comparing it with the case the kept model was
+built from with those data fields left out, not from what the study says it sweeps; a
+structural change rebuilds. The answer is the one a rebuild gets (the same arrays,
+solved cold), so a row does not depend on which worker ran it or after what; the row's
+``reused`` says whether the model was reused. ``reuse: false`` runs ``run_case`` for
+every scenario.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ import multiprocessing
 import os
 import socket
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
@@ -100,6 +104,7 @@ _COLUMNS = {
     "kpis": "TEXT",
     "ac_check": "TEXT",
     **{name: "REAL" for name in TIMINGS},
+    "reused": "INTEGER",
     "gridmarkets_version": "TEXT",
     "pyomo_version": "TEXT",
     "highs_version": "TEXT",
@@ -122,7 +127,10 @@ class WorkerError(GridmarketsError):
 
 
 def run_scenario(
-    case: dict[str, Any], solve_options: dict[str, Any], runner: Runner | None = None
+    case: dict[str, Any],
+    solve_options: dict[str, Any],
+    runner: Runner | None = None,
+    reuse: bool = False,
 ) -> dict[str, Any]:
     """Solve one scenario and return its row (what a worker runs).
 
@@ -131,23 +139,41 @@ def run_scenario(
     case : the scenario's validated case, as a plain dict.
     solve_options : passed to the model's ``run_case``.
     runner : replaces the model's ``run_case(case, solve_options) -> Result``.
+    reuse : run the model's ``ReusingRunner`` kept by this thread, where it has one.
 
     Returns
     -------
-    dict : status, message, objective, gap, kpis and ac_check (JSON text), timings and
-        provenance. A scenario without a solution, or one that raises, is a row too.
+    dict : status, message, objective, gap, kpis and ac_check (JSON text), timings,
+        whether the model was reused, and provenance. A scenario without a solution,
+        or one that raises, is a row too.
     """
     started = time.perf_counter()
+    run_case = runner
     try:
         spec = validate(case, f"case {case.get('name')}")
-        run_case = runner or registry.model_module(spec.model).run_case
+        run_case = runner or _model_runner(spec.model, reuse)
         row = _solved_row(run_case(spec, solve_options).summary())
     except NoSolutionError as err:
         row = {"status": _no_solution_status(err), "message": str(err)}
     except Exception as err:  # a crashing scenario is recorded and the study goes on
         row = {"status": "error", "message": f"{type(err).__name__}: {err}"}
     row["wall_seconds"] = time.perf_counter() - started
+    row["reused"] = bool(getattr(run_case, "reused", False))
     return {**row, **_provenance()}
+
+
+_kept = threading.local()
+
+
+def _model_runner(model: str, reuse: bool) -> Runner:
+    """The model's ``run_case``, or with ``reuse`` this thread's ``ReusingRunner`` of it."""
+    module = registry.model_module(model)
+    if not reuse or not hasattr(module, "ReusingRunner"):
+        return module.run_case
+    runners = _kept.__dict__.setdefault("runners", {})
+    if model not in runners:
+        runners[model] = module.ReusingRunner()
+    return runners[model]
 
 
 def _solved_row(summary: dict[str, Any]) -> dict[str, Any]:
@@ -200,6 +226,9 @@ class ResultStore:
                 f"CREATE TABLE IF NOT EXISTS scenarios ({columns}, "
                 "PRIMARY KEY (case_hash, solve_options))"
             )
+            known = {row[1] for row in self.connection.execute("PRAGMA table_info(scenarios)")}
+            for name in _COLUMNS.keys() - known:  # a store written by an older gridmarkets
+                self.connection.execute(f"ALTER TABLE scenarios ADD COLUMN {name} {_COLUMNS[name]}")
 
     def add(self, scenario: Scenario, options: str, row: dict[str, Any]) -> None:
         """Insert one finished scenario's row, committed at once."""
@@ -242,6 +271,7 @@ def run(
     out: str | Path | None = None,
     progress: bool = True,
     runner: Runner | None = None,
+    reuse: bool | None = None,
 ) -> pd.DataFrame:
     """Run a study's scenarios and return one row per scenario.
 
@@ -256,12 +286,14 @@ def run(
         memory only.
     progress : show a progress bar with ETA.
     runner : replaces the model's ``run_case`` (a picklable function).
+    reuse : keep built models between scenarios that change only data (see the
+        module); None takes the study's ``reuse``.
 
     Returns
     -------
     pandas.DataFrame : scenario, one column per parameter (its dotted path), status,
-        one column per KPI, message, objective, gap, timings, ``ac_check.<item>``,
-        case hash, versions, worker and finish time.
+        one column per KPI, message, objective, gap, timings, ``reused``,
+        ``ac_check.<item>``, case hash, versions, worker and finish time.
     """
     if workers is not None and scheduler is not None:
         raise InputError("workers: the Dask cluster decides its workers; give one or the other")
@@ -273,7 +305,8 @@ def run(
     with ExitStack() as stack:
         store = ResultStore(":memory:" if folder is None else folder / STORE_NAME)
         stack.callback(store.close)
-        lost = _run_missing(study, store, options, workers, scheduler, progress, runner, stack)
+        job = (study.solve_options, runner, study.spec.reuse if reuse is None else reuse)
+        lost = _run_missing(study, store, options, workers, scheduler, progress, job, stack)
         frame = to_frame(study, store.rows(options), lost)
     if folder is not None:
         frame.to_csv(folder / "scenarios.csv", index=False)
@@ -281,7 +314,7 @@ def run(
     return frame
 
 
-def _run_missing(study, store, options, workers, scheduler, progress, runner, stack):
+def _run_missing(study, store, options, workers, scheduler, progress, job, stack):
     """Run the scenarios not in the store; return those lost to dying workers."""
     done = store.rows(options)
     todo = list({s.case_hash: s for s in study.scenarios if s.case_hash not in done}.values())
@@ -294,7 +327,7 @@ def _run_missing(study, store, options, workers, scheduler, progress, runner, st
     task = bar.add_task(study.name, total=len(done) + len(todo), completed=len(done))
     record.advance = lambda: bar.advance(task)
     executors = _executors(workers, scheduler, len(todo), stack)
-    return _execute(todo, (study.solve_options, runner), executors, record)
+    return _execute(todo, job, executors, record)
 
 
 class _Recorder:
@@ -430,7 +463,7 @@ def to_frame(
     frame = pd.DataFrame.from_records(records)
     kpis = study.spec.kpis or _all_kpis(rows.values())
     ac_columns = sorted({c for r in records for c in r if c.startswith("ac_check.")})
-    details = ["message", "objective", "gap", *TIMINGS, *ac_columns]
+    details = ["message", "objective", "gap", *TIMINGS, "reused", *ac_columns]
     details += [*PROVENANCE, "worker", "finished_at"]
     columns = ["scenario", *study.parameters, "status", *kpis]
     return frame.reindex(columns=columns + [c for c in details if c not in kpis])

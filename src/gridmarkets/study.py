@@ -14,12 +14,16 @@ A study is YAML validated by pydantic, like a case file::
       participants.home_1.blocks.0.quantity_kw: {range: [0.5, 3.0], num: 6}
     kpis: [social_welfare, traded_kwh]  # default: every KPI of the model
     solve_options: {time_limit: 60}
+    reuse: true                       # default; false builds every scenario's model afresh
 
 ``grid`` runs the product of the parameters' values, ``zip`` runs them side by side
 (equal lengths), ``random`` draws ``samples`` points uniformly and ``latin_hypercube``
 draws a Latin hypercube of ``samples`` points (scipy's ``qmc.LatinHypercube``). A
 ``range: [low, high]`` is ``num`` evenly spaced values for grid and zip and a uniform
 interval for the sampling designs; a ``values`` list is sampled by index.
+
+``reuse`` lets a worker keep what consecutive scenarios share where the model offers
+it (see :mod:`gridmarkets.batch`); the results are the same either way.
 
 Every scenario is validated as a case when the study is loaded, so a value that makes
 a case invalid is reported before anything runs, naming the scenario and its values.
@@ -88,6 +92,9 @@ class StudySpec(Spec):
     parameters: dict[str, ParameterSpec] = Field(min_length=1)
     kpis: list[str] = Field(default_factory=list, description="default: every KPI")
     solve_options: SolveOptions = Field(default_factory=SolveOptions)
+    reuse: bool = Field(
+        True, description="a worker keeps the built model for scenarios that change only data"
+    )
 
 
 @dataclass(frozen=True, eq=False)
