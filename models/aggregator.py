@@ -1,33 +1,44 @@
 """The aggregator's two-level problem: incentives above, the prosumers' own EMS below.
 
-An aggregator holds a commitment — a reference net injection of its portfolio at its
-connection, per period (kW, positive into the grid), e.g. from a wholesale bid or a
-flexibility contract. It cannot switch its prosumers' devices; it offers a per-period
-*incentive* ``pi[t]`` (currency/MWh) paid on every home's net injection above its
-baseline — its own schedule without incentives — and each home then schedules its
-battery, EV, heat pump and PV curtailment to minimise its own cost at the offered
-incentive (the prosumer EMS, devices in continuous form).
+An aggregator holds a commitment — a reference exchange schedule of its portfolio at
+its connection, active (kW) and reactive (kvar) per period, positive into the grid,
+e.g. from a wholesale bid or a flexibility contract. It cannot switch its prosumers'
+devices; it offers an *incentive* ``pi[g]`` (currency/MWh) per tariff group ``g``
+(each period its own group by default; or e.g. peak, shoulder, off-peak) paid on every
+home's net injection above its baseline — its own schedule without incentives — and
+each home then schedules its battery, EV, heat pump and PV curtailment to minimise its
+own cost at the offered incentive (the prosumer EMS, devices in continuous form).
+
+Reactive power: a home's load draws ``q_load = tan(acos(pf)) load`` at a fixed power
+factor; a PV inverter rated ``S`` kVA may inject or draw ``q`` within ``p_pv^2 + q^2 <=
+S^2`` (the inscribed 12-gon through (S, 0) and (0, +-S)). Reactive power costs a home
+nothing, so its inverter's ``q`` is any value the home is indifferent about — the
+optimistic bilevel convention lets the aggregator pick it, and the portfolio's ``Q[t]``
+is a result of the homes' PV output and ratings.
 
 Upper level (the aggregator, minimising, currency)::
 
-    sum_h income[h]                                  incentives paid
-  + c_dev * sum_t (dev_up[t] + dev_down[t]) dt/1000  deviation from the commitment
-  + w_fair * (max_h gain[h] - min_h gain[h])          spread of the prosumers' gains
-  s.t. sum_h p_net[h,t] - commitment[t] = dev_up[t] - dev_down[t]
-       LinDistFlow limits of the feeder (when a network is given)
-       pi_min <= pi[t] <= pi_max, or pi[t] from a menu of levels (binaries)
+    sum_h income[h]                                       incentives paid
+  + c_dev * sum_t (dev_up + dev_down)[t] dt/1000          active deviation
+  + c_dev_q * sum_t (dev_q_up + dev_q_down)[t] dt/1000    reactive deviation
+  + w_fair * (max_h gain[h] - min_h gain[h])               spread of the prosumers' gains
+  s.t. sum_h p_net[h,t] - commitment_p[t] = dev_up[t] - dev_down[t]
+       sum_h q_net[h,t] - commitment_q[t] = dev_q_up[t] - dev_q_down[t]
+       LinDistFlow limits of the feeder, P and Q (when a network is given)
+       pi_min <= pi[g] <= pi_max, or pi[g] from a menu of levels (binaries)
 
-with ``income[h] = sum_t pi[t] (p_net[h,t] - baseline[h,t]) dt/1000`` and ``gain[h] =
-standalone[h] - cost[h] + income[h]``. A home can always keep its baseline (no income,
-no change of cost), so every gain is >= 0, and the bilevel cost is never below the
-full-control cost with the same deviation.
+with ``pi[t] = pi[g(t)]``, ``income[h] = sum_t pi[t] (p_net[h,t] - baseline[h,t])
+dt/1000`` and ``gain[h] = standalone[h] - cost[h] + income[h]``. A home can always keep
+its baseline (no income, no change of cost), so every gain is >= 0, and the bilevel cost
+is never below the full-control cost with the same deviation.
 
 Lower level (each home ``h``): ``min cost_h(y) - income[h]`` over its devices — the
-prosumer model's ``add_home``. :func:`gridmarkets.solvers.kkt.reformulate` replaces
-each home's problem by its KKT conditions; ``income[h]`` (leader price x follower
-quantity) and ``cost[h]`` are linear through the follower's strong duality
-(:func:`gridmarkets.solvers.kkt.bilinear_cost`). :func:`results` re-solves every home at
-the incentives found (:func:`gridmarkets.solvers.kkt.verify`) and reports the gaps.
+prosumer model's ``add_home`` plus its inverter's capability. :func:`gridmarkets.solvers
+.kkt.reformulate` replaces each home's problem by its KKT conditions; ``income[h]``
+(leader price x follower quantity) and ``cost[h]`` are linear through the follower's
+strong duality (:func:`gridmarkets.solvers.kkt.bilinear_cost`). :func:`results`
+re-solves every home at the incentives found (:func:`gridmarkets.solvers.kkt.verify`)
+and reports the gaps.
 
 ``control="full"`` is the single-level comparison: the aggregator schedules the devices
 itself and reimburses each home's extra cost over its stand-alone schedule, so its
@@ -36,6 +47,7 @@ cost is ``sum_h (cost[h] - standalone[h]) + deviation penalty``.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
@@ -62,7 +74,12 @@ class IncentiveSpec(Spec):
     min_per_mwh: float = Field(0.0, description="lowest incentive (continuous form)")
     max_per_mwh: float = Field(100.0, description="highest incentive (continuous form)")
     levels: list[float] | None = Field(
-        None, description="a menu of incentive levels; one is chosen per period (binaries)"
+        None, description="a menu of incentive levels; one is chosen per group (binaries)"
+    )
+    groups: list[str] | None = Field(
+        None,
+        description="tariff group of each period (e.g. off-peak, peak): one incentive per "
+        "group instead of one per period",
     )
 
     @model_validator(mode="after")
@@ -74,6 +91,29 @@ class IncentiveSpec(Spec):
         return self
 
 
+class ReactiveSpec(Spec):
+    """A home's reactive power: its load's at a fixed power factor, its PV inverter's free."""
+
+    load_power_factor: float = Field(
+        1.0, gt=0.0, le=1.0, description="lagging power factor of the inflexible load"
+    )
+    inverter_kva: PositiveFloat | None = Field(
+        None,
+        description="apparent-power rating of the PV inverter (kVA); its reactive power is "
+        "chosen within p^2 + q^2 <= S^2; at least the PV's largest available power",
+    )
+
+
+class HomeSpec(ProsumerSpec):
+    """A home of the aggregator's portfolio: a prosumer with its reactive capability."""
+
+    reactive: ReactiveSpec = Field(default_factory=ReactiveSpec)
+
+
+# normals of the capability polygon's sides on p >= 0: the 12-gon with vertices every 30 deg
+CAPABILITY_ANGLES_DEG = (-75.0, -45.0, -15.0, 15.0, 45.0, 75.0)
+
+
 # --- build ------------------------------------------------------------------------------
 
 
@@ -82,11 +122,13 @@ def build(
     prices: PricesSpec,
     commitment_kw: assets.Profile,
     *,
+    commitment_kvar: assets.Profile | None = None,
     periods: int = 24,
     period_hours: float = 1.0,
     control: Control = "incentive",
     incentive: IncentiveSpec | None = None,
     deviation_penalty_per_mwh: float = 500.0,
+    reactive_penalty_per_mvarh: float | None = None,
     fairness_weight: float = 0.0,
     network: Any = None,
     method: kkt.Method = "bigm",
@@ -100,14 +142,20 @@ def build(
     prosumers : the homes (mapping id -> spec, or a list); every home needs
         ``import_limit_kw`` and ``export_limit_kw`` (they bound the big-Ms), no shiftable
         appliances and no EV minimum charging power (the followers are LPs); batteries
-        are used in their relaxed, continuous form.
+        are used in their relaxed, continuous form. A :class:`HomeSpec` adds the home's
+        reactive capability (default: unity power factor, no inverter reactive power).
     prices : the homes' grid tariff (currency/MWh).
     commitment_kw : the portfolio's committed net injection per period (kW); NaN where
         the commitment does not cover the period.
+    commitment_kvar : the committed reactive injection per period (kvar); None or NaN
+        where there is none.
     periods, period_hours : the horizon.
     control : "incentive" (bilevel) or "full" (the aggregator schedules the devices).
-    incentive : the incentive's range or menu of levels (default 0..100 currency/MWh).
-    deviation_penalty_per_mwh : cost of each MWh off the commitment, either way.
+    incentive : the incentive's range or menu of levels, per period or per tariff group
+        (default 0..100 currency/MWh per period).
+    deviation_penalty_per_mwh : cost of each MWh off the active commitment, either way.
+    reactive_penalty_per_mvarh : cost of each Mvarh off the reactive commitment (default:
+        the active one).
     fairness_weight : weight of the spread between the best- and worst-off home's gain.
     network : a :class:`~gridmarkets.networks.Feeder`: LinDistFlow limits; homes need a bus.
     method : "bigm", or "strong_duality" (incentive levels only: exact with binaries).
@@ -121,7 +169,7 @@ def build(
     ``model.leader_cost`` and ``model.followers`` (the KKT handles when bilevel).
     """
     started = time.perf_counter()
-    homes = _followers_specs(prosumers)
+    homes = _followers_specs(prosumers, periods, period_hours)
     incentive = incentive or IncentiveSpec()
     if method == "strong_duality" and incentive.levels is None:
         raise InputError(
@@ -137,22 +185,18 @@ def build(
         m.PROSUMERS, m.PERIODS, initialize=baseline, doc="stand-alone net injection (kW)"
     )
     prosumer._add_prices(m, prices, "grid")
-    commitment = assets.profile_values(commitment_kw, periods, period_hours, "commitment_kw")
-    m.COMMITTED = pyo.Set(
-        initialize=[t for t in range(periods) if np.isfinite(commitment[t])],
-        doc="periods the commitment covers (NaN: none)",
-    )
-    m.commitment_kw = pyo.Param(
-        m.COMMITTED,
-        initialize={t: commitment[t] for t in m.COMMITTED},
-        doc="committed net injection (kW)",
-    )
+    _add_commitment(m, commitment_kw, commitment_kvar)
     if control == "incentive":
         _add_incentive(m, incentive)
     m.home = pyo.Block(m.PROSUMERS, doc="one home: devices, connection, balance, cost")
     for h, spec in homes.items():
         _add_follower(m, m.home[h], spec)
-    _add_portfolio(m, deviation_penalty_per_mwh)
+    reactive_penalty = (
+        deviation_penalty_per_mwh
+        if reactive_penalty_per_mvarh is None
+        else reactive_penalty_per_mvarh
+    )
+    _add_portfolio(m, deviation_penalty_per_mwh, reactive_penalty)
     if network is not None:
         _add_network(m, network)
     if control == "incentive":
@@ -167,8 +211,11 @@ def build(
     return m
 
 
-def _followers_specs(prosumers) -> dict[str, ProsumerSpec]:
-    homes = prosumer._as_mapping(prosumers)
+def _followers_specs(prosumers, periods: int, period_hours: float) -> dict[str, HomeSpec]:
+    homes = {
+        h: spec if isinstance(spec, HomeSpec) else HomeSpec(**dict(spec))
+        for h, spec in prosumer._as_mapping(prosumers).items()
+    }
     for h, spec in homes.items():
         for name in ("import_limit_kw", "export_limit_kw"):
             if getattr(spec, name) is None:
@@ -180,10 +227,24 @@ def _followers_specs(prosumers) -> dict[str, ProsumerSpec]:
             )
         if spec.ev is not None and spec.ev.p_charge_min_kw > 0:
             raise InputError(f"prosumers.{h}.ev.p_charge_min_kw: must be 0 for a follower")
+        _check_inverter(spec, periods, period_hours, f"prosumers.{h}.reactive.inverter_kva")
         if spec.battery is not None and not spec.battery.relaxed:
             battery = spec.battery.model_copy(update={"relaxed": True})
             homes[h] = spec.model_copy(update={"battery": battery})
     return homes
+
+
+def _check_inverter(spec: HomeSpec, periods: int, period_hours: float, path: str) -> None:
+    """The inverter must carry the PV's full power at unity power factor, so that the
+    stand-alone schedule (which ignores the rating) stays feasible."""
+    s = spec.reactive.inverter_kva
+    if s is None:
+        return
+    if spec.pv is None:
+        raise InputError(f"{path}: the home has no PV")
+    peak = float(assets.profile_values(spec.pv.profile_kw, periods, period_hours).max())
+    if peak > s + 1e-9:
+        raise InputError(f"{path}: {s:g} kVA is below the PV's available {peak:g} kW")
 
 
 def _standalone(homes, prices, periods: int, period_hours: float) -> tuple[dict, dict]:
@@ -199,35 +260,74 @@ def _standalone(homes, prices, periods: int, period_hours: float) -> tuple[dict,
     return costs, net
 
 
+def _add_commitment(m: pyo.ConcreteModel, commitment_kw, commitment_kvar) -> None:
+    """The committed exchange at the connection, active and reactive; NaN: not covered."""
+    n, dt = len(m.PERIODS), m.period_hours
+    p = assets.profile_values(commitment_kw, n, dt, "commitment_kw")
+    q = assets.profile_values(
+        np.nan if commitment_kvar is None else commitment_kvar, n, dt, "commitment_kvar"
+    )
+    m.COMMITTED = pyo.Set(
+        initialize=[t for t in range(n) if np.isfinite(p[t])],
+        doc="periods the active commitment covers (NaN: none)",
+    )
+    m.commitment_kw = pyo.Param(
+        m.COMMITTED, initialize={t: p[t] for t in m.COMMITTED}, doc="committed P (kW)"
+    )
+    m.COMMITTED_Q = pyo.Set(
+        initialize=[t for t in range(n) if np.isfinite(q[t])],
+        doc="periods the reactive commitment covers (NaN: none)",
+    )
+    m.commitment_kvar = pyo.Param(
+        m.COMMITTED_Q, initialize={t: q[t] for t in m.COMMITTED_Q}, doc="committed Q (kvar)"
+    )
+
+
 def _add_incentive(m: pyo.ConcreteModel, incentive: IncentiveSpec) -> None:
+    """One incentive per tariff group (per period when no groups are given)."""
+    groups = list(m.PERIODS) if incentive.groups is None else incentive.groups
+    if len(groups) != len(m.PERIODS):
+        raise InputError(f"incentive.groups: {len(groups)} values for {len(m.PERIODS)} periods")
+    m.GROUPS = pyo.Set(initialize=list(dict.fromkeys(groups)), doc="tariff groups")
+    m.group_of = dict(zip(m.PERIODS, groups, strict=True))
     if incentive.levels is None:
-        m.incentive_per_mwh = pyo.Var(
-            m.PERIODS,
+        m.group_incentive_per_mwh = pyo.Var(
+            m.GROUPS,
             bounds=(incentive.min_per_mwh, incentive.max_per_mwh),
-            doc="incentive on net injection: pi_min <= pi[t] <= pi_max  (currency/MWh)",
+            doc="incentive of a group: pi_min <= pi[g] <= pi_max  (currency/MWh)",
         )
-        return
-    m.LEVELS = pyo.RangeSet(0, len(incentive.levels) - 1, doc="incentive levels")
-    m.level_per_mwh = pyo.Param(
-        m.LEVELS, initialize=dict(enumerate(incentive.levels)), doc="menu (currency/MWh)"
-    )
-    m.level_chosen = pyo.Var(m.PERIODS, m.LEVELS, domain=pyo.Binary, doc="z[t,k] = 1: level k")
-    m.one_level = pyo.Constraint(
-        m.PERIODS,
-        rule=lambda m, t: sum(m.level_chosen[t, k] for k in m.LEVELS) == 1,
-        doc="sum_k z[t,k] = 1",
-    )
+    else:
+        _add_levels(m, incentive.levels)
     m.incentive_per_mwh = pyo.Expression(
         m.PERIODS,
-        rule=lambda m, t: sum(m.level_per_mwh[k] * m.level_chosen[t, k] for k in m.LEVELS),
-        doc="pi[t] = sum_k level[k] z[t,k]  (currency/MWh)",
+        rule=lambda m, t: m.group_incentive_per_mwh[m.group_of[t]],
+        doc="pi[t] = pi[g(t)], the incentive of the period's group  (currency/MWh)",
     )
 
 
-def _add_follower(m: pyo.ConcreteModel, b: pyo.Block, spec: ProsumerSpec) -> None:
+def _add_levels(m: pyo.ConcreteModel, levels: Sequence[float]) -> None:
+    m.LEVELS = pyo.RangeSet(0, len(levels) - 1, doc="incentive levels")
+    m.level_per_mwh = pyo.Param(
+        m.LEVELS, initialize=dict(enumerate(levels)), doc="menu (currency/MWh)"
+    )
+    m.level_chosen = pyo.Var(m.GROUPS, m.LEVELS, domain=pyo.Binary, doc="z[g,k] = 1: level k")
+    m.one_level = pyo.Constraint(
+        m.GROUPS,
+        rule=lambda m, g: sum(m.level_chosen[g, k] for k in m.LEVELS) == 1,
+        doc="sum_k z[g,k] = 1",
+    )
+    m.group_incentive_per_mwh = pyo.Expression(
+        m.GROUPS,
+        rule=lambda m, g: sum(m.level_per_mwh[k] * m.level_chosen[g, k] for k in m.LEVELS),
+        doc="pi[g] = sum_k level[k] z[g,k]  (currency/MWh)",
+    )
+
+
+def _add_follower(m: pyo.ConcreteModel, b: pyo.Block, spec: HomeSpec) -> None:
     """One home's EMS as a follower block: the prosumer model's home plus the incentive."""
     prosumer.add_home(b, spec, m, 10_000.0)
     b.p_peak_import_kw.setub(spec.import_limit_kw)  # bounded for the big-Ms; never binding
+    _add_reactive(m, b, spec.reactive)
     dt = m.period_hours
     b.p_net_kw = pyo.Expression(
         m.PERIODS,
@@ -249,11 +349,55 @@ def _add_follower(m: pyo.ConcreteModel, b: pyo.Block, spec: ProsumerSpec) -> Non
         )
 
 
-def _add_portfolio(m: pyo.ConcreteModel, penalty_per_mwh: float) -> None:
+def _add_reactive(m: pyo.ConcreteModel, b: pyo.Block, spec: ReactiveSpec) -> None:
+    """The home's reactive injection: its load's, drawn at a fixed power factor, plus its
+    PV inverter's, free (no cost to the home) within the inverter's rating."""
+    tan_phi = math.tan(math.acos(spec.load_power_factor))
+    b.q_load_kvar = pyo.Expression(
+        m.PERIODS,
+        rule=lambda b, t: tan_phi * b.load.load_kw[t],
+        doc="q_load[t] = tan(acos(pf)) load[t]  (kvar, drawn)",
+    )
+    s = spec.inverter_kva
+    if s is None:
+        b.q_net_kvar = pyo.Expression(
+            m.PERIODS,
+            rule=lambda b, t: -b.q_load_kvar[t],
+            doc="q_net[t] = -q_load[t]  (kvar, into the grid; no inverter reactive power)",
+        )
+        return
+    b.q_inverter_kvar = pyo.Var(
+        m.PERIODS, bounds=(-s, s), doc="PV inverter's reactive injection: -S <= q[t] <= S (kvar)"
+    )
+    angles = np.deg2rad(CAPABILITY_ANGLES_DEG)
+    b.CAPABILITY_SIDES = pyo.RangeSet(0, len(angles) - 1, doc="polygon sides")
+    b.inverter_capability = pyo.Constraint(
+        m.PERIODS,
+        b.CAPABILITY_SIDES,
+        rule=lambda b, t, k: (
+            math.cos(angles[k]) * b.pv.p_net_kw[t] + math.sin(angles[k]) * b.q_inverter_kvar[t]
+            <= s * math.cos(math.pi / 12)
+        ),
+        doc="cos(a_k) p_pv[t] + sin(a_k) q[t] <= S cos(15 deg), a_k = -75, -45, ..., 75 "
+        "deg: the half 12-gon inside p^2 + q^2 <= S^2, vertices every 30 deg (kW, kvar)",
+    )
+    b.q_net_kvar = pyo.Expression(
+        m.PERIODS,
+        rule=lambda b, t: b.q_inverter_kvar[t] - b.q_load_kvar[t],
+        doc="q_net[t] = q_inverter[t] - q_load[t]  (kvar, into the grid)",
+    )
+
+
+def _add_portfolio(m: pyo.ConcreteModel, penalty_per_mwh: float, penalty_per_mvarh: float) -> None:
     m.p_portfolio_kw = pyo.Expression(
         m.PERIODS,
         rule=lambda m, t: sum(m.home[h].p_net_kw[t] for h in m.PROSUMERS),
         doc="P[t] = sum_h p_net[h,t]  (kW)",
+    )
+    m.q_portfolio_kvar = pyo.Expression(
+        m.PERIODS,
+        rule=lambda m, t: sum(m.home[h].q_net_kvar[t] for h in m.PROSUMERS),
+        doc="Q[t] = sum_h q_net[h,t]  (kvar)",
     )
     m.deviation_up_kw = pyo.Var(m.COMMITTED, bounds=(0, None), doc="P above commitment (kW)")
     m.deviation_down_kw = pyo.Var(m.COMMITTED, bounds=(0, None), doc="P below commitment (kW)")
@@ -265,12 +409,26 @@ def _add_portfolio(m: pyo.ConcreteModel, penalty_per_mwh: float) -> None:
         ),
         doc="P[t] - commitment[t] = dev_up[t] - dev_down[t]  (kW)",
     )
+    m.deviation_up_kvar = pyo.Var(m.COMMITTED_Q, bounds=(0, None), doc="Q above (kvar)")
+    m.deviation_down_kvar = pyo.Var(m.COMMITTED_Q, bounds=(0, None), doc="Q below (kvar)")
+    m.reactive_commitment_balance = pyo.Constraint(
+        m.COMMITTED_Q,
+        rule=lambda m, t: (
+            m.q_portfolio_kvar[t] - m.commitment_kvar[t]
+            == m.deviation_up_kvar[t] - m.deviation_down_kvar[t]
+        ),
+        doc="Q[t] - commitment_q[t] = dev_q_up[t] - dev_q_down[t]  (kvar)",
+    )
+    dt = m.period_hours / 1000.0
     m.deviation_cost = pyo.Expression(
         expr=penalty_per_mwh
-        * m.period_hours
-        / 1000.0
-        * sum(m.deviation_up_kw[t] + m.deviation_down_kw[t] for t in m.COMMITTED),
-        doc="c_dev sum_t (dev_up + dev_down)[t] dt / 1000  (currency)",
+        * dt
+        * sum(m.deviation_up_kw[t] + m.deviation_down_kw[t] for t in m.COMMITTED)
+        + penalty_per_mvarh
+        * dt
+        * sum(m.deviation_up_kvar[t] + m.deviation_down_kvar[t] for t in m.COMMITTED_Q),
+        doc="c_dev sum_t (dev_up + dev_down)[t] dt / 1000 + c_dev_q sum_t (dev_q_up + "
+        "dev_q_down)[t] dt / 1000  (currency)",
     )
 
 
@@ -282,18 +440,21 @@ def _add_network(m: pyo.ConcreteModel, feeder) -> None:
     m.p_upstream_kw = pyo.Var(
         m.PERIODS, bounds=(-cap, cap), doc="injection from the upstream grid at the root (kW)"
     )
-    p_kw: dict = {}
+    p_kw: dict = {(feeder.root, t): m.p_upstream_kw[t] for t in m.PERIODS}
+    q_kvar: dict = {}
     for h, spec in m.specs.items():
         if spec.bus is None:
             raise InputError(f"prosumers.{h}.bus: required on a network")
+        bus = feeder.merged.get(spec.bus)
+        if bus is None:
+            raise InputError(f"prosumers.{h}.bus: {spec.bus} is not a bus of the feeder")
         for t in m.PERIODS:
-            p_kw[(spec.bus, t)] = p_kw.get((spec.bus, t), 0) + m.home[h].p_net_kw[t]
-    for t in m.PERIODS:
-        p_kw[(feeder.root, t)] = p_kw.get((feeder.root, t), 0) + m.p_upstream_kw[t]
+            p_kw[bus, t] = p_kw.get((bus, t), 0) + m.home[h].p_net_kw[t]
+            q_kvar[bus, t] = q_kvar.get((bus, t), 0) + m.home[h].q_net_kvar[t]
     m.network = pyo.Block(doc="LinDistFlow of the feeder: the leader's network limits")
     m.feeder = feeder
     m.handles = LinDistFlow().add(
-        m.network, feeder, list(m.PERIODS), p_kw, {}, period_hours=m.period_hours
+        m.network, feeder, list(m.PERIODS), p_kw, q_kvar, period_hours=m.period_hours
     )
 
 
@@ -358,9 +519,10 @@ def results(model: pyo.ConcreteModel, solution: Solution) -> Result:
 
     Tables
     ------
-    incentives : period, incentive_per_mwh (empty under full control).
-    portfolio : period, commitment_kw, p_net_kw, deviation_kw.
-    power : prosumer, period, import_kw, export_kw, p_net_kw.
+    incentives : period, group, incentive_per_mwh (empty under full control).
+    portfolio : period, commitment_kw, p_net_kw, deviation_kw, commitment_kvar,
+        q_net_kvar, deviation_kvar (NaN commitment and deviation where none).
+    power : prosumer, period, import_kw, export_kw, p_net_kw, q_kvar.
     prosumers : prosumer, standalone_cost, cost, incentive_paid, gain.
     verify : prosumer, value, optimum, gap, at_bound — each home re-solved alone at the
         incentives found (bilevel only).
@@ -382,6 +544,9 @@ def results(model: pyo.ConcreteModel, solution: Solution) -> Result:
         "incentive_paid": float(sum(pyo.value(e) for e in m.incentive_paid.values())),
         "deviation_cost": float(pyo.value(m.deviation_cost)),
         "deviation_kwh": float(tables["portfolio"]["deviation_kw"].abs().sum() * m.period_hours),
+        "deviation_kvarh": float(
+            tables["portfolio"]["deviation_kvar"].abs().sum() * m.period_hours
+        ),
         "max_follower_gap": max((abs(c.gap) for c in checks), default=0.0),
         "multipliers_at_big_m": int(sum(len(c.at_bound) for c in checks)),
     }
@@ -390,20 +555,24 @@ def results(model: pyo.ConcreteModel, solution: Solution) -> Result:
 
 def _incentive_table(m) -> pd.DataFrame:
     if m.control != "incentive":
-        return pd.DataFrame(columns=["period", "incentive_per_mwh"])
+        return pd.DataFrame(columns=["period", "group", "incentive_per_mwh"])
     return pd.DataFrame(
-        [(t, float(pyo.value(m.incentive_per_mwh[t]))) for t in m.PERIODS],
-        columns=["period", "incentive_per_mwh"],
+        [(t, m.group_of[t], float(pyo.value(m.incentive_per_mwh[t]))) for t in m.PERIODS],
+        columns=["period", "group", "incentive_per_mwh"],
     )
 
 
 def _portfolio_table(m) -> pd.DataFrame:
     rows = []
     for t in m.PERIODS:
-        net = float(pyo.value(m.p_portfolio_kw[t]))
-        commit = float(pyo.value(m.commitment_kw[t])) if t in m.COMMITTED else np.nan
-        rows.append((t, commit, net, net - commit))
-    return pd.DataFrame(rows, columns=["period", "commitment_kw", "p_net_kw", "deviation_kw"])
+        p = float(pyo.value(m.p_portfolio_kw[t]))
+        q = float(pyo.value(m.q_portfolio_kvar[t]))
+        p_ref = float(pyo.value(m.commitment_kw[t])) if t in m.COMMITTED else np.nan
+        q_ref = float(pyo.value(m.commitment_kvar[t])) if t in m.COMMITTED_Q else np.nan
+        rows.append((t, p_ref, p, p - p_ref, q_ref, q, q - q_ref))
+    columns = ["period", "commitment_kw", "p_net_kw", "deviation_kw"]
+    columns += ["commitment_kvar", "q_net_kvar", "deviation_kvar"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def _power_table(m) -> pd.DataFrame:
@@ -413,12 +582,13 @@ def _power_table(m) -> pd.DataFrame:
             t,
             float(pyo.value(m.home[h].p_import_kw[t])),
             float(pyo.value(m.home[h].p_export_kw[t])),
+            float(pyo.value(m.home[h].q_net_kvar[t])),
         )
         for h in m.PROSUMERS
         for t in m.PERIODS
     ]
-    table = pd.DataFrame(rows, columns=["prosumer", "period", "import_kw", "export_kw"])
-    table["p_net_kw"] = table["export_kw"] - table["import_kw"]
+    table = pd.DataFrame(rows, columns=["prosumer", "period", "import_kw", "export_kw", "q_kvar"])
+    table.insert(4, "p_net_kw", table["export_kw"] - table["import_kw"])
     return table
 
 
@@ -461,17 +631,28 @@ class CaseSpec(CaseBase):
     method: Literal["bigm", "strong_duality"] = "bigm"
     prices: PricesSpec
     commitment_kw: assets.Profile = Field(description="committed net injection (kW)")
+    commitment_kvar: assets.Profile | None = Field(
+        None, description="committed reactive injection (kvar); null or NaN: none"
+    )
     incentive: IncentiveSpec = Field(default_factory=IncentiveSpec)
     deviation_penalty_per_mwh: NonNegativeFloat = 500.0
+    reactive_penalty_per_mvarh: NonNegativeFloat | None = Field(
+        None, description="cost of a Mvarh off the reactive commitment (default: the MWh one)"
+    )
     fairness_weight: NonNegativeFloat = 0.0
     big_m: PositiveFloat = Field(10.0, description="bound on the followers' multipliers")
-    prosumers: dict[str, ProsumerSpec] = Field(min_length=1)
+    prosumers: dict[str, HomeSpec] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _consistent(self) -> CaseSpec:
         n = self.horizon.periods
-        if isinstance(self.commitment_kw, list) and len(self.commitment_kw) != n:
-            raise ValueError(f"commitment_kw: {len(self.commitment_kw)} values for {n} periods")
+        for name in ("commitment_kw", "commitment_kvar"):
+            values = getattr(self, name)
+            if isinstance(values, list) and len(values) != n:
+                raise ValueError(f"{name}: {len(values)} values for {n} periods")
+        groups = self.incentive.groups
+        if groups is not None and len(groups) != n:
+            raise ValueError(f"incentive.groups: {len(groups)} values for {n} periods")
         for h, home in self.prosumers.items():
             prosumer._check_home(home, n, f"prosumers.{h}")
             if self.network is not None and home.bus is None:
@@ -488,11 +669,13 @@ def run_case(case: CaseSpec, solve_options: dict[str, Any]) -> Result:
         case.prosumers,
         case.prices,
         case.commitment_kw,
+        commitment_kvar=case.commitment_kvar,
         periods=case.horizon.periods,
         period_hours=case.horizon.period_hours,
         control=case.control,
         incentive=case.incentive,
         deviation_penalty_per_mwh=case.deviation_penalty_per_mwh,
+        reactive_penalty_per_mvarh=case.reactive_penalty_per_mvarh,
         fairness_weight=case.fairness_weight,
         network=feeder,
         method=case.method,
