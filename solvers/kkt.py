@@ -28,7 +28,9 @@ model when the bounds alone give none; every such M is valid for any feasible po
 the single-level model. A multiplier has no primal source of bounds, so ``M_dual`` comes
 from ``big_m``. Where no finite M exists and none is given, :class:`KKTError` names the
 constraint. :func:`verify` re-solves each follower at the leader's decision and lists
-the multipliers and slacks sitting at their M (a sign an M was too small).
+the multipliers and slacks sitting at their M (a sign an M was too small); a too-small
+M that cuts off a leader decision far from the solution found is invisible to it, and
+to any check at one point (see :func:`verify`).
 
 Dual map: ``follower.dual[c]`` is an expression equal to ``d(cost)/d(rhs)`` of follower
 constraint ``c``, in the sign convention of :meth:`gridmarkets.solvers.Solution.dual`
@@ -197,6 +199,30 @@ def verify(model: pyo.Block, lower=None, *, tol: float = 1e-6) -> list[FollowerC
     The leader's values are fixed, each follower's original objective is restored and
     its LP solved with :func:`gridmarkets.solvers.solve`; the model's values and the
     reformulation are left as they were.
+
+    What it certifies, at the solution found and per follower:
+
+    - ``gap``: whether the follower's response is its own optimum at the leader's
+      decision. A multiplier bound ``M_dual`` can never make it positive (a point of
+      the KKT system with ``lam <= M_dual`` is a KKT point of the LP, hence optimal);
+      a given ``M_primal`` too small can (``slack <= M_primal`` removed the follower's
+      better responses), and so can solver tolerances. Ms derived from bounds or FBBT
+      hold for every feasible point and remove nothing.
+    - ``at_bound``: the multipliers at their ``M_dual`` and the slacks at a given
+      ``M_primal``. An M that is reached restricts the single-level model at this
+      point; a larger one may let the leader do better.
+
+    What it cannot see: a too-small M also removes every *other* leader decision whose
+    follower needs a multiplier above ``M_dual`` (or a slack above a given
+    ``M_primal``). When the solution found needs none near its M, every check passes —
+    the point is bilevel feasible, its followers optimal — although a better leader
+    decision was cut off (``tests/solvers/test_kkt.py`` builds such a case with a
+    binary leader). No check at one point can: deciding whether a big-M is valid for
+    all leader decisions is as hard as the bilevel problem itself (Kleinert, Labbé,
+    Plein & Schmidt (2020), There's no free lunch: on the hardness of choosing a
+    correct big-M in bilevel optimization, Operations Research 68(6), 1716-1721).
+    Derive ``M_dual`` from the follower's economics (its largest marginal cost), or
+    re-solve with a larger M and compare the leader's objective.
 
     Parameters
     ----------

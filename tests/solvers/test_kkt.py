@@ -107,6 +107,38 @@ def test_too_small_primal_m_is_flagged_by_verify():
     assert not check.ok and any("given M_primal" in s for s in check.at_bound)
 
 
+def two_choices() -> pyo.ConcreteModel:
+    """Leader x = 4 z, z binary; follower min y s.t. y >= x, 4 y >= 2, 0 <= y <= 10.
+
+    z = 1: y = 4 with multiplier 1 on y >= x; F = -x + 0.5 y = -2 (the optimum).
+    z = 0: y = 0.5 with multiplier 0.25 on 4 y >= 2; F = 0.25.
+    """
+    m = pyo.ConcreteModel()
+    m.z = pyo.Var(domain=pyo.Binary)
+    m.f = pyo.Block()
+    m.f.y = pyo.Var(bounds=(0, 10))
+    m.f.above_x = pyo.Constraint(expr=m.f.y >= 4 * m.z)
+    m.f.floor = pyo.Constraint(expr=4 * m.f.y >= 2)
+    m.f.objective = pyo.Objective(expr=m.f.y)
+    m.objective = pyo.Objective(expr=-4 * m.z + 0.5 * m.f.y)
+    return m
+
+
+def test_a_too_small_dual_m_that_cuts_off_a_distant_optimum_passes_verify():
+    # documents verify's limit (see its docstring): with M = 0.5 the leader's optimum
+    # z = 1 needs a multiplier of 1 and is cut off; the point found, z = 0, needs only
+    # 0.25 — its follower is optimal and no multiplier is at M, so every check passes
+    m = two_choices()
+    reformulate(m, m.f, big_m=0.5)
+    assert solve(m).objective == pytest.approx(0.25)
+    assert verify(m)[0].ok
+    # the remedy the docstring gives: a larger M finds the better leader decision
+    m = two_choices()
+    reformulate(m, m.f, big_m=5.0)
+    assert solve(m).objective == pytest.approx(-2.0)
+    assert verify(m)[0].ok
+
+
 def test_strong_duality_with_a_binary_expanded_leader_matches_bigm():
     # Moore & Bard (1990) Example 1 with x = sum_k 2^k b_k, b binary: max F = 18
     p = PROBLEMS["moore_bard_1990_integer_leader"]
