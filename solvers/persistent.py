@@ -14,6 +14,12 @@ per HiGHS run, but on a degenerate market (a bid and an offer at the same price)
 lands on another optimal vertex than a cold solve, so a sweep's rows would depend on
 the order its scenarios reach a worker (benchmarks/bench_batch.py).
 
+The column order of a compile is not a function of the model alone: the first model
+built on a newly loaded Feeder compiles its columns in another order than later builds
+on the same Feeder. Where a market is degenerate (its prices not unique), two compiles
+may therefore report different prices from the set of supporting prices, with or
+without reuse; where they are unique, the answers agree to the last digits.
+
 Only a proven optimum is answered here. Any other outcome (infeasible, unbounded, a
 limit) is handed to :func:`~gridmarkets.solvers.highs.solve` on the model itself,
 which compiles it afresh and raises with its diagnosis, so a failing scenario reads
