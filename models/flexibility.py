@@ -663,9 +663,11 @@ def _add_needs(m, needs: pd.DataFrame) -> None:
     m.THERMAL_NEEDS = pyo.Set(initialize=list(thermal), doc="branch needs (rows of needs)")
     m.VOLTAGE_NEEDS = pyo.Set(initialize=list(voltage), doc="bus needs (rows of needs)")
     first = m.handles["dispatch"]
-    sides = len(first.polygon)
-    m.NEED_SIDES = pyo.Set(initialize=range(sides), doc="sides of the thermal polygon")
+    m.NEED_DIRECTIONS = pyo.Set(
+        initialize=range(len(first.polygon)), doc="directions of the thermal polygon's sides"
+    )
     cos, sin = first.polygon[:, 0], first.polygon[:, 1]
+    sides = first.polygon_sides
     rating = m.feeder.branches["rating_kva"] / m.feeder.s_base_kva * math.cos(math.pi / sides)
 
     def thermal_rule(m, n, k, s):
@@ -673,7 +675,8 @@ def _add_needs(m, needs: pd.DataFrame) -> None:
         h = m.handles[s]
         line, t = int(row["index"]), int(row["period"])
         flow = cos[k] * h.p_flow[line, t] + sin[k] * h.q_flow[line, t]
-        return flow <= rating[line] * row["target_linear"] / 100.0
+        cap = rating[line] * row["target_linear"] / 100.0
+        return (-cap, flow, cap)
 
     def voltage_rule(m, n, s):
         row = m.needs.loc[n]
@@ -683,10 +686,10 @@ def _add_needs(m, needs: pd.DataFrame) -> None:
 
     m.need_thermal = pyo.Constraint(
         m.THERMAL_NEEDS,
-        m.NEED_SIDES,
+        m.NEED_DIRECTIONS,
         m.SCENARIOS,
         rule=thermal_rule,
-        doc="cos_k P[l,t] + sin_k Q[l,t] <= S_l cos(pi/N) target_linear[n]/100  (pu): the "
+        doc="|cos_k P[l,t] + sin_k Q[l,t]| <= S_l cos(pi/N) target_linear[n]/100  (pu): the "
         "DSO's need n, tightened by the baseline's linearisation error",
     )
     m.need_voltage = pyo.Constraint(
@@ -850,7 +853,7 @@ def _needs_table(m, solution: Solution) -> pd.DataFrame:
     binding = []
     for n, row in needs.iterrows():
         if row["limit_kind"] == "thermal":
-            cons = [m.need_thermal[n, k, s] for k in m.NEED_SIDES for s in m.SCENARIOS]
+            cons = [m.need_thermal[n, k, s] for k in m.NEED_DIRECTIONS for s in m.SCENARIOS]
         else:
             cons = [m.need_voltage[n, s] for s in m.SCENARIOS]
         binding.append(any(abs(solution.dual(c)) > 1e-9 for c in cons))

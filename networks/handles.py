@@ -22,10 +22,13 @@ class NetworkHandles:
     active_power_balance : indexed by (bus, period) (LinDistFlow) or period
         (CopperPlate); ``net injections + inflow - outflow == 0``, so its dual is the
         cost of one more unit of demand at the bus.
-    reactive_power_balance, voltage_sq, p_flow, q_flow, voltage_lower, voltage_upper,
-    thermal_limit : LinDistFlow's components (None for CopperPlate); flows and squared
-        voltages in per unit, ``thermal_limit`` indexed by (branch, side, period).
-    polygon : (sides x 2) array of the thermal polygon's (cos, sin) normals.
+    reactive_power_balance, voltage_sq, p_flow, q_flow, voltage_limit, thermal_limit :
+        LinDistFlow's components (None for CopperPlate); flows and squared voltages in
+        per unit; ``voltage_limit`` (bus, period) and ``thermal_limit`` (branch,
+        direction, period) are ranged rows, so the sign of a dual says which side binds.
+    polygon : (sides/2 x 2) array of the (cos, sin) normals of the thermal polygon's
+        pairs of opposite sides (direction k of ``thermal_limit``).
+    polygon_sides : the polygon's number of sides N (its rows are S cos(pi/N) out).
     losses : the loss linearisation parameters (a, b, c, v0_sq) or None.
     p_kw, q_kvar : the injections the market supplied, by (bus, period).
     """
@@ -41,10 +44,10 @@ class NetworkHandles:
     voltage_sq: pyo.Var | None = None
     p_flow: pyo.Var | None = None
     q_flow: pyo.Var | None = None
-    voltage_lower: pyo.Constraint | None = None
-    voltage_upper: pyo.Constraint | None = None
+    voltage_limit: pyo.Constraint | None = None
     thermal_limit: pyo.Constraint | None = None
     polygon: np.ndarray | None = None
+    polygon_sides: int | None = None
     losses: dict[str, pyo.Param] | None = None
     p_kw: dict = field(default_factory=dict, repr=False)
     q_kvar: dict = field(default_factory=dict, repr=False)

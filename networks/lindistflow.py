@@ -22,13 +22,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import pyomo.environ as pyo
-from pyomo.core.expr.numeric_expr import LinearExpression, MonomialTermExpression
-from pyomo.core.expr.relational_expr import EqualityExpression, InequalityExpression
 
 from gridmarkets.errors import NetworkError
 from gridmarkets.networks.feeder import Feeder, net_injections
 from gridmarkets.networks.handles import NetworkHandles
-from gridmarkets.solvers.highs import LinearRows, gc_paused, linear_pairs, record_rows
+from gridmarkets.solvers.arrays import ArrayConstraint, RowArrays, relation
+from gridmarkets.solvers.highs import gc_paused, linear_pairs
 
 
 @dataclass(frozen=True)
@@ -217,7 +216,7 @@ class LinDistFlow:
     Parameters
     ----------
     polygon_sides : sides of the regular polygon inscribed in the apparent-power circle
-        that approximates each branch's thermal limit from inside.
+        that approximates each branch's thermal limit from inside (even, at least 4).
     losses : linearise losses around ``point`` (see :func:`iterate_losses`).
     point : the operating point for losses; None takes pandapower's AC power flow at
         the net's own loads for every period.
@@ -235,8 +234,11 @@ class LinDistFlow:
         point: OperatingPoint | None = None,
         upstream_reactive: bool = True,
     ):
-        if polygon_sides < 3:
-            raise NetworkError(f"polygon_sides: {polygon_sides} is below 3")
+        if polygon_sides < 4 or polygon_sides % 2:
+            raise NetworkError(
+                f"polygon_sides: {polygon_sides} must be an even number of at least 4 "
+                "(opposite sides share one ranged row)"
+            )
         self.polygon_sides = polygon_sides
         self.losses = losses
         self.point = point
@@ -292,10 +294,10 @@ class LinDistFlow:
             voltage_sq=block.v_sq_pu,
             p_flow=block.p_flow_pu,
             q_flow=block.q_flow_pu,
-            voltage_lower=block.voltage_lower,
-            voltage_upper=block.voltage_upper,
+            voltage_limit=block.voltage_limit,
             thermal_limit=block.thermal_limit,
             polygon=polygon,
+            polygon_sides=self.polygon_sides,
             losses=losses,
             p_kw=dict(p_kw),
             q_kvar=dict(q_kvar),
@@ -337,7 +339,9 @@ def _add_sets(block, feeder: Feeder, periods: list, sides: int) -> None:
     rated = br.index[np.isfinite(br["rating_kva"]) & (br["rating_kva"] > 0)]
     block.RATED_BRANCHES = pyo.Set(initialize=list(rated), doc="branches with a rating")
     block.PERIODS = pyo.Set(initialize=periods, doc="market periods")
-    block.SIDES = pyo.Set(initialize=range(sides), doc="sides of the thermal polygon")
+    block.DIRECTIONS = pyo.Set(
+        initialize=range(sides // 2), doc="directions of the thermal polygon's pairs of sides"
+    )
 
 
 def _add_variables(block, feeder: Feeder, upstream_reactive: bool) -> None:
@@ -412,8 +416,7 @@ class _Rows:
     """A family of rows as COO terms: row k is ``constants[k] + sum coefs * variables``.
 
     LinDistFlow's families have a few terms per row and up to hundreds of thousands of
-    rows, so they are written from arrays (not by operator overloading) and recorded
-    for the solve layer, which then reads the arrays instead of the expressions.
+    rows, so they are written from arrays (not by operator overloading).
     """
 
     n: int
@@ -430,58 +433,33 @@ class _Rows:
         constants = np.broadcast_to(np.asarray(constants, dtype=float), (n,)).ravel()
         return cls(n, rows.astype(np.int64), coefs.astype(float), variables, constants)
 
-    def expressions(self) -> list:
-        """One LinearExpression per row (its constant first, when not zero)."""
-        order = np.argsort(self.rows, kind="stable")
-        pairs = zip(self.coefs[order].tolist(), self.variables[order], strict=True)
-        terms = list(map(MonomialTermExpression, pairs))
-        ends = np.cumsum(np.bincount(self.rows, minlength=self.n)).tolist()
-        spans = zip([0, *ends[:-1]], ends, self.constants.tolist(), strict=True)
-        return [LinearExpression([c, *terms[a:b]] if c else terms[a:b]) for a, b, c in spans]
-
-    def recorded(self, relations: list, lower, upper) -> LinearRows:
-        """The arrays the solve layer reads, with bounds on ``sum coefs * variables``."""
-        ids = np.fromiter(map(id, self.variables), dtype=np.int64, count=len(self.variables))
-        _, first, columns = np.unique(ids, return_index=True, return_inverse=True)
-        return LinearRows(
-            relations,
-            self.rows,
-            columns.ravel(),
-            self.coefs,
-            self.variables[first].tolist(),
-            np.broadcast_to(lower, (self.n,)) - self.constants,
-            np.broadcast_to(upper, (self.n,)) - self.constants,
-        )
+    def arrays(self, lower, upper) -> RowArrays:
+        """``lower <= rows <= upper`` with the constants moved into the bounds."""
+        bounds = (np.broadcast_to(b, (self.n,)) - self.constants for b in (lower, upper))
+        return RowArrays.from_coo(self.n, self.rows, self.coefs, self.variables, *bounds)
 
 
-def _add_family(block, name: str, sets: tuple, rows: _Rows, sense: str, rhs, doc: str, extra=None):
-    """Add ``rows <sense> rhs`` over ``sets`` (in index order) as constraint ``name``.
+def _add_family(block, name: str, sets: tuple, rows: _Rows, lower, upper, doc: str, extra=None):
+    """Add ``lower <= rows <= upper`` over ``sets`` (in index order) as constraint ``name``.
 
     ``extra`` holds per-row Pyomo expressions (or None) added symbolically: loss terms
     with mutable parameters, market injections that are not plain linear expressions.
-    Without them the rows' arrays are recorded for the solve layer.
+    Without them the family is an :class:`ArrayConstraint`, read by the solve layer from
+    its arrays.
     """
-    lhs = rows.expressions()
-    if extra is not None:
-        lhs = [row if e is None else row + e for row, e in zip(lhs, extra, strict=True)]
-    bound = np.broadcast_to(np.asarray(rhs, dtype=float), (rows.n,))
-    if sense == "==":
-        relations = [EqualityExpression((r, b)) for r, b in zip(lhs, bound.tolist(), strict=True)]
-        lower, upper = bound, bound
-    elif sense == "<=":
-        pairs = zip(lhs, bound.tolist(), strict=True)
-        relations = [InequalityExpression((r, b), False) for r, b in pairs]
-        lower, upper = -np.inf, bound
-    else:
-        pairs = zip(bound.tolist(), lhs, strict=True)
-        relations = [InequalityExpression((b, r), False) for b, r in pairs]
-        lower, upper = bound, np.inf
-    by_key = dict(zip(_keys(*sets), relations, strict=True))
-    rule = by_key.__getitem__  # a function rule: Pyomo validates the keys of a dict rule
-    constraint = pyo.Constraint(*sets, rule=lambda _, *key: rule(key), doc=doc)
-    block.add_component(name, constraint)
+    arrays = rows.arrays(lower, upper)
     if extra is None:
-        record_rows(constraint, rows.recorded(relations, lower, upper))
+        block.add_component(name, ArrayConstraint(*sets, arrays=arrays, doc=doc))
+        return
+
+    def symbolic(k: int, more):
+        lower, upper = arrays.bounds(k)
+        body = arrays.body(k)
+        return relation(lower, body if more is None else body + more, upper)
+
+    keys = _keys(*sets)
+    relations = {key: symbolic(k, e) for k, (key, e) in enumerate(zip(keys, extra, strict=True))}
+    block.add_component(name, pyo.Constraint(*sets, rule=lambda _, *key: relations[key], doc=doc))
 
 
 def _keys(*sets) -> list:
@@ -553,7 +531,7 @@ def _add_balances(block, feeder: Feeder, p_kw, q_kvar, point: OperatingPoint, lo
             f"{name}_power_balance",
             (block.BUSES, block.PERIODS),
             rows,
-            "==",
+            0.0,
             0.0,
             _BALANCE_DOCS[name],
             _merge_extra(extra, loss),
@@ -598,7 +576,7 @@ def _add_voltage(block, feeder: Feeder, losses) -> None:
         "voltage_drop",
         (block.BRANCHES, block.PERIODS),
         rows,
-        "==",
+        0.0,
         0.0,
         "v[j,t] = v[i,t]/n^2 - 2 (r P[l,t] + x Q[l,t]) + (r^2 + x^2) ell[l,t]  (pu^2)",
         extra,
@@ -609,41 +587,50 @@ def _add_voltage(block, feeder: Feeder, losses) -> None:
 def _add_voltage_limits(block, feeder: Feeder, v: np.ndarray) -> None:
     """Bounds on the squared voltages below the root (``v`` in ``feeder.order[1:]`` order)."""
     buses = feeder.buses.loc[feeder.order[1:]]
-    rows = _Rows.of(v.size, [(np.arange(v.size), 1.0, v.ravel())])
-    sets = (block.BUSES_BELOW_ROOT, block.PERIODS)
-    for name, sense, column, doc in (
-        ("voltage_lower", ">=", "vmin_pu", "v[j,t] >= vmin_pu[j]^2  (pu^2)"),
-        ("voltage_upper", "<=", "vmax_pu", "v[j,t] <= vmax_pu[j]^2  (pu^2)"),
-    ):
-        limit = np.repeat(buses[column].to_numpy() ** 2, v.shape[1])
-        _add_family(block, name, sets, rows, sense, limit, doc)
+    lower, upper = (np.repeat(buses[c].to_numpy() ** 2, v.shape[1]) for c in ("vmin_pu", "vmax_pu"))
+    _add_family(
+        block,
+        "voltage_limit",
+        (block.BUSES_BELOW_ROOT, block.PERIODS),
+        _Rows.of(v.size, [(np.arange(v.size), 1.0, v.ravel())]),
+        lower,
+        upper,
+        "vmin_pu[j]^2 <= v[j,t] <= vmax_pu[j]^2  (pu^2)",
+    )
+
+
+def polygon_directions(sides: int) -> np.ndarray:
+    """(sides/2 x 2) normals (cos, sin) of a regular polygon's pairs of opposite sides."""
+    angles = 2 * math.pi * np.arange(sides // 2) / sides
+    return np.column_stack([np.cos(angles), np.sin(angles)])
 
 
 def _add_thermal(block, feeder: Feeder, sides: int) -> np.ndarray:
-    angles = 2 * math.pi * np.arange(sides) / sides
-    polygon = np.column_stack([np.cos(angles), np.sin(angles)])
+    directions = polygon_directions(sides)
     br = feeder.branches
     n_t = len(block.PERIODS)
     rated = np.flatnonzero(np.isfinite(br["rating_kva"]) & (br["rating_kva"] > 0))
-    shape = (len(rated), sides, n_t)
+    shape = (len(rated), len(directions), n_t)
     index = np.arange(math.prod(shape)).reshape(shape)
     parts = []
     for k, flow in enumerate((block.p_flow_pu, block.q_flow_pu)):
-        used = polygon[:, k] != 0  # sin 0 = 0: no Q term on the first side
+        used = directions[:, k] != 0  # sin 0 = 0: no Q term in the first direction
         flows = _var_array(flow, (len(br), n_t))[rated][:, None, :]
-        parts.append((index[:, used], polygon[used, k][None, :, None], flows))
+        parts.append((index[:, used], directions[used, k][None, :, None], flows))
     cap = br["rating_kva"].to_numpy()[rated] / feeder.s_base_kva * math.cos(math.pi / sides)
+    cap = np.broadcast_to(cap[:, None, None], shape).ravel()
     _add_family(
         block,
         "thermal_limit",
-        (block.RATED_BRANCHES, block.SIDES, block.PERIODS),
+        (block.RATED_BRANCHES, block.DIRECTIONS, block.PERIODS),
         _Rows.of(index.size, parts),
-        "<=",
-        np.broadcast_to(cap[:, None, None], shape).ravel(),
-        "cos(2 pi k/N) P[l,t] + sin(2 pi k/N) Q[l,t] <= S_l cos(pi/N)  (pu): polygon "
-        "inscribed in the apparent-power circle",
+        -cap,
+        cap,
+        "-S_l cos(pi/N) <= cos(2 pi k/N) P[l,t] + sin(2 pi k/N) Q[l,t] <= S_l cos(pi/N)  (pu): "
+        "the N-sided polygon inscribed in the apparent-power circle, one pair of opposite "
+        "sides per direction k < N/2",
     )
-    return polygon
+    return directions
 
 
 def linear_operating_point(feeder: Feeder, p_kw=None, q_kvar=None) -> OperatingPoint:

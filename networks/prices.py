@@ -72,8 +72,7 @@ def _lindistflow_prices(handles: NetworkHandles, solution) -> pd.DataFrame:
     buses, branches = list(feeder.buses.index), list(feeder.branches.index)
     lam = _duals(solution, handles.active_power_balance, buses, periods)
     kap = _duals(solution, handles.reactive_power_balance, buses, periods)
-    limits = _duals(solution, handles.voltage_lower, buses, periods)
-    limits += _duals(solution, handles.voltage_upper, buses, periods)
+    limits = _duals(solution, handles.voltage_limit, buses, periods)
     mu_p, mu_q = _thermal(handles, solution, branches, periods)
     a, b = _loss_slopes(handles, branches, periods)
     zero_b, zero_n = np.zeros((len(buses), len(periods))), np.zeros((len(branches), len(periods)))
@@ -95,11 +94,13 @@ def _lindistflow_prices(handles: NetworkHandles, solution) -> pd.DataFrame:
 
 
 def _thermal(handles: NetworkHandles, solution, branches: list, periods: list):
-    """Thermal duals projected on P and Q: sum_k cos_k mu_lk and sum_k sin_k mu_lk."""
-    sides = len(handles.polygon)
+    """Thermal duals projected on P and Q: sum_k cos_k mu_lk and sum_k sin_k mu_lk (a
+    ranged row's dual is signed by the side that binds, so one sum covers both sides)."""
+    directions = len(handles.polygon)
     series = solution.dual(handles.thermal_limit)
-    index = pd.MultiIndex.from_product([branches, range(sides), periods])
-    mu = series.reindex(index).fillna(0.0).to_numpy().reshape(len(branches), sides, len(periods))
+    index = pd.MultiIndex.from_product([branches, range(directions), periods])
+    shape = (len(branches), directions, len(periods))
+    mu = series.reindex(index).fillna(0.0).to_numpy().reshape(shape)
     cos, sin = handles.polygon[:, 0], handles.polygon[:, 1]
     return np.einsum("lkt,k->lt", mu, cos), np.einsum("lkt,k->lt", mu, sin)
 

@@ -43,12 +43,12 @@ from gridmarkets.errors import (
     SolverOptionError,
     UnboundedError,
 )
+from gridmarkets.solvers.arrays import RowArrays, array_constraints, array_rows
 
 INF = highspy.kHighsInf
-_EXPR, _ACTIVE = operator.attrgetter("_expr"), operator.attrgetter("active")
 _FIXED, _BOUNDS = operator.attrgetter("fixed"), operator.attrgetter("bounds")
+_ARGS = operator.attrgetter("args")
 BUILD_SECONDS_ATTR = "_gridmarkets_build_seconds"
-ROWS_ATTR = "_gridmarkets_rows"
 
 _LIMIT_STATUSES = {
     highspy.HighsModelStatus.kTimeLimit: "time_limit",
@@ -76,31 +76,6 @@ class StandardForm:
         return bool(self.integer.any())
 
 
-@dataclass(frozen=True)
-class LinearRows:
-    """An indexed constraint's rows as arrays, recorded by the builder that wrote them.
-
-    ``relations[k]`` is the relational expression of the constraint's k-th data (in its
-    index order) and reads ``lower[k] <= sum of values * variables in row k <= upper[k]``
-    (COO entries ``rows``, ``columns`` into ``variables``, ``values``; constant
-    coefficients only). The solve layer uses the arrays instead of walking the
-    expressions as long as every row still holds its recorded expression and is active.
-    """
-
-    relations: list
-    rows: np.ndarray
-    columns: np.ndarray
-    values: np.ndarray
-    variables: list
-    lower: np.ndarray
-    upper: np.ndarray
-
-
-def record_rows(constraint: IndexedConstraint, rows: LinearRows) -> None:
-    """Let :func:`compile_model` read ``constraint`` from arrays (see :class:`LinearRows`)."""
-    setattr(constraint, ROWS_ATTR, rows)
-
-
 def linear_pairs(expr: Any) -> tuple[float, list] | None:
     """(constant, [(coefficient, variable), ...]) of a linear expression with numeric
     coefficients, read from its LinearExpression / monomial structure without a walk;
@@ -115,6 +90,9 @@ def linear_pairs(expr: Any) -> tuple[float, list] | None:
         return (0.0, [(coef, var)]) if numeric else None
     if expr.__class__ is not LinearExpression:
         return None
+    monomials = _monomials(expr.args)
+    if monomials is not None:
+        return 0.0, monomials
     constant, pairs = 0.0, []
     for arg in expr.args:
         part = linear_pairs(arg)
@@ -125,18 +103,19 @@ def linear_pairs(expr: Any) -> tuple[float, list] | None:
     return constant, pairs
 
 
-def _recorded_rows(model: pyo.Block) -> dict[IndexedConstraint, LinearRows]:
-    """Active constraints whose recorded arrays still describe every one of their rows."""
-    found = {}
-    for constraint in model.component_objects(pyo.Constraint, active=True, descend_into=True):
-        rows = getattr(constraint, ROWS_ATTR, None)
-        if rows is None or len(constraint) != len(rows.relations):
-            continue
-        datas = list(constraint.values())
-        same = map(operator.is_, map(_EXPR, datas), rows.relations)
-        if all(same) and all(map(_ACTIVE, datas)):
-            found[constraint] = rows
-    return found
+def _monomials(args: list) -> list | None:
+    """The (coefficient, variable) pairs of a sum of numeric monomials, read in bulk (the
+    objectives and injections of large markets); None if any term is something else."""
+    if set(map(type, args)) != {MonomialTermExpression}:
+        return None
+    pairs = list(map(_ARGS, args))
+    coefs, variables = zip(*pairs, strict=True)
+    numeric = set(map(type, coefs)) <= native_numeric_types
+    return (
+        pairs
+        if numeric and all(issubclass(t, VarData) for t in set(map(type, variables)))
+        else None
+    )
 
 
 @dataclass
@@ -182,7 +161,7 @@ class Solution:
             raise InputError("this solution has no duals: a MILP stopped before optimality")
         if isinstance(constraint, IndexedConstraint):
             keys = list(constraint.keys())
-            values = [self._duals.get(id(constraint[k]), 0.0) for k in keys]
+            values = [self._duals.get(id(data), 0.0) for data in constraint.values()]
             index = pd.MultiIndex.from_tuples(keys) if keys and isinstance(keys[0], tuple) else keys
             return pd.Series(values, index=index, name=constraint.name)
         if not isinstance(constraint, ConstraintData):
@@ -243,25 +222,17 @@ def record_build_time(model: pyo.Block, seconds: float) -> None:
 def compile_model(model: pyo.Block) -> StandardForm:
     """Compile the active linear model to HiGHS arrays (fixed variables become data).
 
-    Constraints whose builder recorded their rows as arrays (:func:`record_rows`) are
-    taken from the arrays; the rest of the model goes through Pyomo's
-    ``LinearStandardFormCompiler``.
+    :class:`~gridmarkets.solvers.arrays.ArrayConstraint` rows are read from their arrays
+    (except rows given an expression of their own); the rest of the model goes through
+    Pyomo's ``LinearStandardFormCompiler``.
     """
     objectives = list(model.component_data_objects(pyo.Objective, active=True))
     if len(objectives) != 1:
         raise InputError(f"model {model.name} has {len(objectives)} active objectives; need 1")
-    recorded = _recorded_rows(model)
+    families = [(c, *array_rows(c)) for c in array_constraints(model)]
     objective = linear_pairs(objectives[0].expr)
-    # hide them from the compiler by the components' own flags: (de)activate() would
-    # visit every row, and the rows' own flags must stay as the user set them
-    hidden = [*recorded, *([objectives[0]] if objective is not None else [])]
-    for component in hidden:
-        component._active = False
-    try:
+    with _hidden(families, objectives[0] if objective is not None else None):
         info = LinearStandardFormCompiler().write(model, mixed_form=True, set_sense=None)
-    finally:
-        for component in hidden:
-            component._active = True
     rhs = np.asarray(info.rhs, dtype=float)
     sense = np.array([r.bound_type for r in info.rows], dtype=int)
     parts = _Parts(
@@ -272,8 +243,8 @@ def compile_model(model: pyo.Block) -> StandardForm:
         row_upper=[np.where(sense <= 0, np.where(sense == 0, rhs, INF), rhs)],
         rows=[r.constraint for r in info.rows],
     )
-    for constraint, rows in recorded.items():
-        parts.add(constraint, rows)
+    for constraint, rows, data, _ in families:
+        parts.add(constraint.arrays, rows, data)
     if objective is None:
         cost = info.c.toarray()[0] if info.c.shape[0] else np.zeros(len(info.columns))
         offset = float(info.c_offset[0]) if len(info.c_offset) else 0.0
@@ -310,6 +281,26 @@ def compile_model(model: pyo.Block) -> StandardForm:
     return StandardForm(lp, columns, parts.rows, integer, maximize, offset)
 
 
+@contextmanager
+def _hidden(families: list, objective) -> Iterator[None]:
+    """Hide what the arrays (and a linear objective) already give from Pyomo's compiler.
+
+    By the components' own flags: (de)activate() would visit every row, and the rows'
+    flags must stay as the user set them. A family with rows of their own keeps those
+    visible and hides only its array rows.
+    """
+    hidden = [c for c, _, _, own in families if not own]
+    rows = [d for _, _, data, own in families if own for d in data]
+    hidden += [objective] if objective is not None else []
+    for item in (*hidden, *rows):
+        item._active = False
+    try:
+        yield
+    finally:
+        for item in (*hidden, *rows):
+            item._active = True
+
+
 @dataclass
 class _Parts:
     """Columns, COO blocks, row bounds and row owners gathered for one HighsLp."""
@@ -321,39 +312,42 @@ class _Parts:
     row_upper: list
     rows: list
 
-    def add(self, constraint: IndexedConstraint, rows: LinearRows) -> None:
-        """Append a recorded constraint: new columns, its rows, fixed variables as data."""
-        fixed = np.fromiter(map(_FIXED, rows.variables), dtype=bool, count=len(rows.variables))
+    def add(self, arrays: RowArrays, rows: np.ndarray, data: list) -> None:
+        """Append the given rows of an array family: new columns, fixed variables as data."""
+        variables = arrays.variables
+        fixed = np.fromiter(map(_FIXED, variables), dtype=bool, count=len(variables))
         value = np.zeros(len(fixed))
-        value[fixed] = [rows.variables[k].value for k in np.flatnonzero(fixed)]
-        shift = np.bincount(
-            rows.rows, weights=rows.values * value[rows.columns], minlength=len(rows.lower)
-        )
-        position, ids = self.position, list(map(id, rows.variables))
-        for var, key, is_fixed in zip(rows.variables, ids, fixed.tolist(), strict=True):
+        value[fixed] = [variables[k].value for k in np.flatnonzero(fixed)]
+        position_in_rows, columns, values = arrays.entries(rows)
+        shift = np.bincount(position_in_rows, weights=values * value[columns], minlength=len(rows))
+        position, ids = self.position, list(map(id, variables))
+        for var, key, is_fixed in zip(variables, ids, fixed.tolist(), strict=True):
             if not is_fixed and key not in position:
                 position[key] = len(self.columns)
                 self.columns.append(var)
         where = np.array(list(map(position.get, ids, itertools.repeat(-1))), dtype=np.int64)
-        keep = ~fixed[rows.columns]
+        keep = ~fixed[columns]
         first = sum(len(lower) for lower in self.row_lower)
-        self.entries.append((first + rows.rows[keep], where[rows.columns[keep]], rows.values[keep]))
-        self.row_lower.append(rows.lower - shift)
-        self.row_upper.append(rows.upper - shift)
-        self.rows.extend(constraint.values())
+        self.entries.append((first + position_in_rows[keep], where[columns[keep]], values[keep]))
+        self.row_lower.append(arrays.lower[rows] - shift)
+        self.row_upper.append(arrays.upper[rows] - shift)
+        self.rows.extend(data)
 
     def objective(self, constant: float, pairs: list) -> tuple[np.ndarray, float]:
         """Cost per column and offset of a linear objective (fixed variables as data)."""
-        for _, var in pairs:
-            if not var.fixed and id(var) not in self.position:
+        if not pairs:
+            return np.zeros(len(self.columns)), constant
+        coefs, variables = zip(*pairs, strict=True)
+        fixed = np.fromiter(map(_FIXED, variables), dtype=bool, count=len(variables))
+        coefs = np.asarray(coefs, dtype=float)
+        values = [variables[k].value for k in np.flatnonzero(fixed)]
+        constant += float(np.dot(coefs[fixed], values)) if values else 0.0
+        for var, is_fixed in zip(variables, fixed.tolist(), strict=True):
+            if not is_fixed and id(var) not in self.position:
                 self.position[id(var)] = len(self.columns)
                 self.columns.append(var)
-        cost = np.zeros(len(self.columns))
-        for coef, var in pairs:
-            if var.fixed:
-                constant += coef * var.value
-            else:
-                cost[self.position[id(var)]] += coef
+        where = np.array([self.position.get(id(v), -1) for v in variables], dtype=np.int64)
+        cost = np.bincount(where[~fixed], weights=coefs[~fixed], minlength=len(self.columns))
         return cost, constant
 
     def matrix(self) -> sp.csc_array:

@@ -133,5 +133,5 @@ def test_an_infeasible_market_exits_1_naming_the_conflicting_constraints(tmp_pat
     run = gridmarkets("solve", write_case(tmp_path, case), "--out", tmp_path / "out")
     assert run.returncode == 1, run.stderr
     assert "infeasible" in run.stderr
-    assert "voltage_lower[5,0]" in run.stderr
+    assert "voltage_limit[5,0]" in run.stderr
     assert "Traceback" not in run.stderr

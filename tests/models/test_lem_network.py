@@ -98,8 +98,9 @@ def test_settlement_balances_on_a_congested_feeder():
     duals = solution.dual(thermal)
     for index, dual in duals.items():
         con = thermal[index]
-        # strong duality: the rent is what the limits are worth, -(dual x limit)
-        rent -= dual * con.upper
+        # strong duality: the rent is what the limits are worth, -(dual x limit); a
+        # ranged row's dual is negative where its upper side binds, positive at the lower
+        rent -= dual * (con.ub if dual < 0 else con.lb)
     assert k["merchandising_surplus"] == pytest.approx(rent, rel=1e-6, abs=1e-9)
     assert k["merchandising_surplus"] > 0
     assert k["buyers_surplus"] + k["sellers_surplus"] + k["merchandising_surplus"] == (

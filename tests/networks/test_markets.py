@@ -41,7 +41,7 @@ def congested(small_feeder, clear_market):
 
 def test_line_and_voltage_limits_bind(congested):
     _, handles, solution, _ = congested[0]
-    assert np.abs(solution.dual(handles.voltage_lower)).max() > 1e-6
+    assert np.abs(solution.dual(handles.voltage_limit)).max() > 1e-6
     assert np.abs(solution.dual(handles.thermal_limit)).max() > 1e-6
 
 
