@@ -54,12 +54,16 @@ class RowArrays:
         variables = np.asarray(variables, dtype=object).ravel()
         order = np.argsort(rows, kind="stable")
         ids = np.fromiter(map(id, variables), dtype=np.int64, count=len(variables))
-        _, first, columns = np.unique(ids, return_index=True, return_inverse=True)
+        _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+        appearance = np.argsort(first)  # columns in order of first use, not of memory address
+        rank = np.empty_like(appearance)
+        rank[appearance] = np.arange(len(appearance))
+        columns, first = rank[inverse.ravel()], first[appearance]
         indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n))])
         bounds = (np.broadcast_to(np.asarray(b, dtype=float), (n,)).copy() for b in (lower, upper))
         return cls(
             indptr,
-            columns.ravel()[order],
+            columns[order],
             np.asarray(values, dtype=float).ravel()[order],
             variables[first].tolist(),
             *bounds,

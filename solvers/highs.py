@@ -370,7 +370,8 @@ def _new_highs(options: dict[str, Any]) -> highspy.Highs:
     return highs
 
 
-def _options(time_limit, mip_gap, threads, options) -> dict[str, Any]:
+def highs_options(time_limit=None, mip_gap=None, threads=None, options=None) -> dict[str, Any]:
+    """:func:`solve`'s keyword arguments as HiGHS options by their HiGHS names."""
     merged: dict[str, Any] = {}
     if time_limit is not None:
         merged["time_limit"] = float(time_limit)
@@ -482,12 +483,23 @@ def solve(
     UnboundedError, LimitReachedError (a limit without incumbent),
     SolverOptionError (an option HiGHS rejects).
     """
-    merged = _options(time_limit, mip_gap, threads, options)
-    t0 = time.perf_counter()
+    started = time.perf_counter()
     form = compile_model(model)
-    t1 = time.perf_counter()
-    highs = _run(form, merged)
-    t2 = time.perf_counter()
+    translate = time.perf_counter() - started
+    merged = highs_options(time_limit, mip_gap, threads, options)
+    return solve_compiled(model, form, translate, merged)
+
+
+def solve_compiled(
+    model: pyo.Block, form: StandardForm, translate_seconds: float, options: dict[str, Any]
+) -> Solution:
+    """Run HiGHS on a compiled model, load the point into ``model``, describe the result.
+
+    ``options`` are HiGHS options by their HiGHS names; raises as :func:`solve` does.
+    """
+    started = time.perf_counter()
+    highs = _run(form, options)
+    solve_seconds = time.perf_counter() - started
 
     status = highs.getModelStatus()
     if status == highspy.HighsModelStatus.kModelEmpty and not form.lp.num_col_:  # all fixed
@@ -496,7 +508,7 @@ def solve(
     if status != highspy.HighsModelStatus.kOptimal and not (
         status in _LIMIT_STATUSES and has_point
     ):
-        _raise_for_status(model, form, highs, status, merged)
+        _raise_for_status(model, form, highs, status, options)
 
     x = np.asarray(highs.getSolution().col_value, dtype=float)
     values = np.where(form.integer, np.round(x), x).tolist()
@@ -510,7 +522,7 @@ def solve(
     if form.is_mip:
         bound, gap = float(info.mip_dual_bound), float(info.mip_gap)
         duals_from = "fixed_integer_lp" if optimal else None
-        duals = _fixed_integer_duals(form, x, merged) if optimal else {}
+        duals = _fixed_integer_duals(form, x, options) if optimal else {}
     else:
         bound, gap, duals_from = objective, 0.0, "lp"
         duals = _row_duals(form, highs)
@@ -523,8 +535,8 @@ def solve(
         is_mip=form.is_mip,
         duals_from=duals_from,
         build_seconds=getattr(model, BUILD_SECONDS_ATTR, None),
-        translate_seconds=t1 - t0,
-        solve_seconds=t2 - t1,
+        translate_seconds=translate_seconds,
+        solve_seconds=solve_seconds,
         n_variables=form.lp.num_col_,
         n_binaries=int(form.integer.sum()),
         n_constraints=len({id(c) for c in form.rows}),

@@ -14,15 +14,8 @@ per HiGHS run, but on a degenerate market (a bid and an offer at the same price)
 lands on another optimal vertex than a cold solve, so a sweep's rows would depend on
 the order its scenarios reach a worker (benchmarks/bench_batch.py).
 
-The column order of a compile is not a function of the model alone: the first model
-built on a newly loaded Feeder compiles its columns in another order than later builds
-on the same Feeder. Where a market is degenerate (its prices not unique), two compiles
-may therefore report different prices from the set of supporting prices, with or
-without reuse; where they are unique, the answers agree to the last digits.
-
-Only a proven optimum is answered here. Any other outcome (infeasible, unbounded, a
-limit) is handed to :func:`~gridmarkets.solvers.highs.solve` on the model itself,
-which compiles it afresh and raises with its diagnosis, so a failing scenario reads
+Results, errors and diagnoses are those of :func:`~gridmarkets.solvers.highs.solve`
+(both end in :func:`~gridmarkets.solvers.highs.solve_compiled`), so a scenario reads
 the same whichever path it took.
 """
 
@@ -32,22 +25,18 @@ import operator
 import time
 from typing import Any
 
-import highspy
 import numpy as np
 import pyomo.environ as pyo
 
 from gridmarkets.errors import InputError
 from gridmarkets.solvers.highs import (
-    BUILD_SECONDS_ATTR,
     INF,
     Solution,
     StandardForm,
-    _options,
-    _row_duals,
-    _run,
     compile_model,
+    highs_options,
     linear_pairs,
-    solve,
+    solve_compiled,
 )
 
 _BOUNDS, _FIXED = operator.attrgetter("bounds"), operator.attrgetter("fixed")
@@ -97,14 +86,9 @@ class PersistentLP:
         """
         started = time.perf_counter()
         self._refresh()
-        refreshed = time.perf_counter()
-        highs = _run(self.form, _options(time_limit, mip_gap, threads, options))
-        solved = time.perf_counter()
-        if highs.getModelStatus() != highspy.HighsModelStatus.kOptimal:
-            return solve(
-                self.model, time_limit=time_limit, mip_gap=mip_gap, threads=threads, options=options
-            )
-        return self._solution(highs, refreshed - started, solved - refreshed)
+        refresh = time.perf_counter() - started
+        merged = highs_options(time_limit, mip_gap, threads, options)
+        return solve_compiled(self.model, self.form, refresh, merged)
 
     def _refresh(self) -> None:
         """Copy the objective's coefficients and the variables' bounds into the arrays."""
@@ -127,29 +111,3 @@ class PersistentLP:
         lp.col_upper_ = np.nan_to_num(bounds[:, 1], nan=INF)
         lp.offset_ = offset
         self.form.objective_offset = offset
-
-    def _solution(self, highs: highspy.Highs, refresh_s: float, solve_s: float) -> Solution:
-        """Load the optimal point into the model and describe it as ``solve`` does."""
-        form = self.form
-        x = np.asarray(highs.getSolution().col_value, dtype=float)
-        for var, value in zip(form.columns, x.tolist(), strict=True):
-            var.set_value(value, skip_validation=True)
-        objective = float(np.dot(form.lp.col_cost_, x)) + form.objective_offset
-        return Solution(
-            status="optimal",
-            optimal=True,
-            objective=objective,
-            best_bound=objective,
-            gap=0.0,
-            is_mip=False,
-            duals_from="lp",
-            build_seconds=getattr(self.model, BUILD_SECONDS_ATTR, None),
-            translate_seconds=refresh_s,
-            solve_seconds=solve_s,
-            n_variables=form.lp.num_col_,
-            n_binaries=0,
-            n_constraints=len({id(c) for c in form.rows}),
-            n_nonzeros=len(form.lp.a_matrix_.value_),
-            highs_version=highs.version(),
-            _duals=_row_duals(form, highs),
-        )
