@@ -42,6 +42,7 @@ from pyomo.core.expr.numeric_expr import LinearExpression, MonomialTermExpressio
 
 from gridmarkets.case import CaseBase, Spec
 from gridmarkets.errors import InputError
+from gridmarkets.networks.handles import LinearInjections
 from gridmarkets.results import Result
 from gridmarkets.solvers import Solution, record_build_time, solve
 from gridmarkets.solvers.highs import gc_paused
@@ -229,31 +230,20 @@ def _add_upstream(m, upstream: Upstream | None) -> None:
 
 
 @gc_paused()
-def _injections(m, table: pd.DataFrame, feeder) -> dict:
-    """Net injection per (bus, period): offers minus bids, plus upstream at the root.
-
-    Each is a LinearExpression built from its terms (not summed term by term): the
-    market has one term per block, a hundred thousand on the largest benchmark.
-    """
-    sign = np.where(table["side"] == "sell", 1.0, -1.0).tolist()
-    terms = list(map(MonomialTermExpression, zip(sign, m.accepted_kw.values(), strict=True)))
-    groups = table.groupby(["bus", "period"], dropna=False, sort=False).indices
-    injection: dict[tuple, Any] = {
-        (None if pd.isna(bus) else bus, period): LinearExpression([terms[k] for k in rows])
-        for (bus, period), rows in groups.items()
-    }
+def _injections(m, table: pd.DataFrame, feeder) -> LinearInjections:
+    """Net injection per (bus, period): offers minus bids, plus upstream at the root,
+    kept as arrays (the market has one term per block, a hundred thousand on the
+    largest benchmark)."""
+    keys = list(zip(table["bus"].where(table["bus"].notna(), None), table["period"], strict=True))
+    coefs = np.where(table["side"] == "sell", 1.0, -1.0).tolist()
+    variables = list(m.accepted_kw.values())
     if m.upstream is not None:
         root = feeder.root if feeder is not None else None
         for t in m.PERIODS:
-            before = injection.get((root, t))
-            exchange = [
-                MonomialTermExpression((1.0, m.import_kw[t])),
-                MonomialTermExpression((-1.0, m.export_kw[t])),
-            ]
-            injection[(root, t)] = LinearExpression(
-                [*(() if before is None else before.args), *exchange]
-            )
-    return injection
+            keys += [(root, t), (root, t)]
+            coefs += [1.0, -1.0]
+            variables += [m.import_kw[t], m.export_kw[t]]
+    return LinearInjections(keys, coefs, variables)
 
 
 def _add_welfare(m, table: pd.DataFrame) -> None:

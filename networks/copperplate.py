@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyomo.environ as pyo
 
 from gridmarkets.networks.feeder import Feeder
-from gridmarkets.networks.handles import NetworkHandles
+from gridmarkets.networks.handles import NetworkHandles, kept
 
 
 class CopperPlate:
@@ -47,6 +47,6 @@ class CopperPlate:
             period_hours=period_hours,
             block=block,
             active_power_balance=block.active_power_balance,
-            p_kw=dict(p_kw),
-            q_kvar=dict(q_kvar),
+            p_kw=kept(p_kw),
+            q_kvar=kept(q_kvar),
         )

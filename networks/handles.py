@@ -2,13 +2,59 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyomo.environ as pyo
+from pyomo.core.expr.numeric_expr import LinearExpression, MonomialTermExpression
 
 from gridmarkets.networks.feeder import Feeder
+
+
+class LinearInjections(Mapping):
+    """Injections (kW or kvar) at (bus, period) given as terms, the way large markets have
+    them: term k adds ``coefs[k] * variables[k]`` to the injection at ``keys[k]``.
+
+    A network formulation may read the arrays (LinDistFlow does); to everything else
+    this is a mapping from (bus, period) to a LinearExpression, built when read.
+
+    Parameters
+    ----------
+    keys : the (bus, period) of each term.
+    coefs : the coefficient of each term.
+    variables : the Pyomo variable of each term.
+    """
+
+    def __init__(self, keys: list, coefs, variables: list):
+        self.index: dict = {}
+        self.rows = np.fromiter(
+            (self.index.setdefault(key, len(self.index)) for key in keys), np.int64, len(keys)
+        )
+        self.coefs = np.asarray(coefs, dtype=float)
+        self.variables = np.empty(len(variables), dtype=object)
+        self.variables[:] = variables
+        self._order = np.argsort(self.rows, kind="stable")
+        self._ends = np.cumsum(np.bincount(self.rows, minlength=len(self.index)))
+
+    def __getitem__(self, key) -> LinearExpression:
+        k = self.index[key]
+        terms = self._order[(self._ends[k - 1] if k else 0) : self._ends[k]]
+        return LinearExpression(
+            [MonomialTermExpression((float(self.coefs[t]), self.variables[t])) for t in terms]
+        )
+
+    def __iter__(self) -> Iterator:
+        return iter(self.index)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def values_by_key(self) -> np.ndarray:
+        """The injections' values at the variables' current values, in key order."""
+        values = np.array([v.value for v in self.variables], dtype=float)
+        return np.bincount(self.rows, weights=self.coefs * values, minlength=len(self.index))
 
 
 @dataclass
@@ -30,7 +76,7 @@ class NetworkHandles:
         pairs of opposite sides (direction k of ``thermal_limit``).
     polygon_sides : the polygon's number of sides N (its rows are S cos(pi/N) out).
     losses : the loss linearisation parameters (a, b, c, v0_sq) or None.
-    p_kw, q_kvar : the injections the market supplied, by (bus, period).
+    p_kw, q_kvar : the injections the market supplied, by (bus, period) (a mapping).
     """
 
     formulation: str
@@ -49,8 +95,8 @@ class NetworkHandles:
     polygon: np.ndarray | None = None
     polygon_sides: int | None = None
     losses: dict[str, pyo.Param] | None = None
-    p_kw: dict = field(default_factory=dict, repr=False)
-    q_kvar: dict = field(default_factory=dict, repr=False)
+    p_kw: Mapping = field(default_factory=dict, repr=False)
+    q_kvar: Mapping = field(default_factory=dict, repr=False)
 
     def per_mwh(self) -> float:
         """Factor from a balance dual (currency per pu and period) to currency/MWh."""
@@ -63,8 +109,12 @@ class NetworkHandles:
         values = []
         for table in (self.p_kw, self.q_kvar):
             array = np.zeros((len(row), len(column)))
-            for (bus, t), expr in table.items():
-                array[row[bus], column[t]] += pyo.value(expr)
+            if isinstance(table, LinearInjections) and len(table):
+                cells = np.array([(row[bus], column[t]) for bus, t in table])
+                array[cells[:, 0], cells[:, 1]] = table.values_by_key()  # keys are distinct
+            else:
+                for (bus, t), expr in table.items():
+                    array[row[bus], column[t]] += pyo.value(expr)
             values.append(array)
         return values[0], values[1]
 
@@ -72,3 +122,8 @@ class NetworkHandles:
 def value_array(component: Any, rows: list, periods: list) -> np.ndarray:
     """Values of a component indexed (row, period) as a (rows x periods) array."""
     return np.array([[pyo.value(component[r, t]) for t in periods] for r in rows], dtype=float)
+
+
+def kept(injections: Mapping) -> Mapping:
+    """What handles keep of a market's injections: arrays as they are, else a copy."""
+    return injections if isinstance(injections, LinearInjections) else dict(injections)

@@ -22,12 +22,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import pyomo.environ as pyo
+from pyomo.core.expr.numeric_expr import LinearExpression
 
 from gridmarkets.errors import NetworkError
 from gridmarkets.networks.feeder import Feeder, net_injections
-from gridmarkets.networks.handles import NetworkHandles
+from gridmarkets.networks.handles import LinearInjections, NetworkHandles, kept
 from gridmarkets.solvers.arrays import ArrayConstraint, RowArrays, relation
-from gridmarkets.solvers.highs import gc_paused, linear_pairs
+from gridmarkets.solvers.highs import gc_paused, linear_pairs, monomial_pairs
 
 
 @dataclass(frozen=True)
@@ -274,7 +275,7 @@ class LinDistFlow:
         if feeder is None:
             raise NetworkError("LinDistFlow needs a feeder; use CopperPlate for no grid")
         periods = list(periods)
-        _check_keys(feeder, p_kw, q_kvar)
+        _check_keys(feeder, periods, p_kw, q_kvar)
         _add_sets(block, feeder, periods, self.polygon_sides)
         _add_variables(block, feeder, self.upstream_reactive)
         point = self._point(feeder, periods)
@@ -299,8 +300,8 @@ class LinDistFlow:
             polygon=polygon,
             polygon_sides=self.polygon_sides,
             losses=losses,
-            p_kw=dict(p_kw),
-            q_kvar=dict(q_kvar),
+            p_kw=kept(p_kw),
+            q_kvar=kept(q_kvar),
         )
 
     def _point(self, feeder: Feeder, periods: list) -> OperatingPoint:
@@ -323,12 +324,14 @@ def _fit_periods(point: OperatingPoint, periods: int) -> OperatingPoint:
     return OperatingPoint(*(np.repeat(a, periods, axis=1) for a in vars(point).values()))
 
 
-def _check_keys(feeder: Feeder, *tables: dict) -> None:
-    buses = feeder.buses.index
+def _check_keys(feeder: Feeder, periods: list, *tables) -> None:
+    buses, known = feeder.buses.index, set(periods)
     for table in tables:
-        for bus, _ in table:
+        for bus, t in table:
             if bus not in buses:
                 raise NetworkError(f"injection at bus {bus!r}, which is not a bus of the feeder")
+            if t not in known:
+                raise NetworkError(f"injection at bus {bus!r} in period {t!r}, not a market period")
 
 
 def _add_sets(block, feeder: Feeder, periods: list, sides: int) -> None:
@@ -466,15 +469,36 @@ def _keys(*sets) -> list:
     return list(itertools.product(*(list(s) for s in sets)))
 
 
+def _market_terms(injections, keys: list, scale: float) -> tuple[tuple, np.ndarray, list]:
+    """The market's injections at ``keys`` (one row each) as COO terms, constants and
+    symbolic rest: read from the arrays of :class:`LinearInjections`, else per key."""
+    if not isinstance(injections, LinearInjections):
+        return _injection_terms([injections.get(k, 0) for k in keys], scale)
+    row_of = dict(zip(keys, range(len(keys)), strict=True))
+    rows = np.fromiter(map(row_of.__getitem__, injections), np.int64, len(injections))
+    terms = (rows[injections.rows], injections.coefs * scale, injections.variables)
+    return terms, np.zeros(len(keys)), [None] * len(keys)
+
+
 def _injection_terms(injections: list, scale: float) -> tuple[tuple, np.ndarray, list]:
-    """The market's injections (one per row) as COO terms, constants and symbolic rest."""
-    rows, coefs, variables = [], [], []
+    """The market's injections (one per row) as COO terms, constants and symbolic rest.
+
+    Sums of numeric monomials (what markets build from their bids) are read together in
+    one pass; anything else expression by expression.
+    """
+    sums = [k for k, e in enumerate(injections) if e.__class__ is LinearExpression]
+    args = [e.args for e in map(injections.__getitem__, sums)]
+    pairs = monomial_pairs(list(itertools.chain.from_iterable(args))) if sums else []
+    if pairs is None:
+        sums, args, pairs = [], [], []
+    rows = np.repeat(np.array(sums, dtype=np.int64), [len(a) for a in args]).tolist()
+    coefs, variables = (list(c) for c in zip(*pairs, strict=True)) if pairs else ([], [])
     constants = np.zeros(len(injections))
     extra: list = [None] * len(injections)
-    for k, expr in enumerate(injections):
-        part = linear_pairs(expr)
+    for k in np.setdiff1d(np.arange(len(injections)), sums).tolist():
+        part = linear_pairs(injections[k])
         if part is None:
-            extra[k] = expr * scale
+            extra[k] = injections[k] * scale
             continue
         constants[k] = part[0] * scale
         rows += [k] * len(part[1])
@@ -516,7 +540,7 @@ def _add_balances(block, feeder: Feeder, p_kw, q_kvar, point: OperatingPoint, lo
     )
     for name, flow, injections, shunt, impedance, upstream in families:
         flows = _var_array(flow, (n_br, n_t))
-        terms, constants, extra = _injection_terms([injections.get(k, 0) for k in keys], 1 / s)
+        terms, constants, extra = _market_terms(injections, keys, 1 / s)
         parts = [
             terms,
             (balance[feeder.to_pos], 1.0, flows),

@@ -20,7 +20,7 @@ import gc
 import itertools
 import operator
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,7 +47,7 @@ from gridmarkets.solvers.arrays import RowArrays, array_constraints, array_rows
 
 INF = highspy.kHighsInf
 _FIXED, _BOUNDS = operator.attrgetter("fixed"), operator.attrgetter("bounds")
-_ARGS = operator.attrgetter("args")
+_ARGS, _DOMAIN = operator.attrgetter("args"), operator.attrgetter("domain")
 BUILD_SECONDS_ATTR = "_gridmarkets_build_seconds"
 
 _LIMIT_STATUSES = {
@@ -90,7 +90,7 @@ def linear_pairs(expr: Any) -> tuple[float, list] | None:
         return (0.0, [(coef, var)]) if numeric else None
     if expr.__class__ is not LinearExpression:
         return None
-    monomials = _monomials(expr.args)
+    monomials = monomial_pairs(expr.args)
     if monomials is not None:
         return 0.0, monomials
     constant, pairs = 0.0, []
@@ -103,7 +103,7 @@ def linear_pairs(expr: Any) -> tuple[float, list] | None:
     return constant, pairs
 
 
-def _monomials(args: list) -> list | None:
+def monomial_pairs(args: list) -> list | None:
     """The (coefficient, variable) pairs of a sum of numeric monomials, read in bulk (the
     objectives and injections of large markets); None if any term is something else."""
     if set(map(type, args)) != {MonomialTermExpression}:
@@ -149,7 +149,14 @@ class Solution:
     n_constraints: int
     n_nonzeros: int
     highs_version: str
-    _duals: dict[int, float] = field(default_factory=dict, repr=False)
+    _duals: dict[int, float] | Callable[[], dict[int, float]] = field(
+        default_factory=dict, repr=False
+    )
+
+    def _dual_map(self) -> dict[int, float]:
+        if callable(self._duals):
+            self._duals = self._duals()
+        return self._duals
 
     def dual(self, constraint: Any) -> float | pd.Series:
         """Price of ``constraint``: the cost of one more unit of its right-hand side.
@@ -161,12 +168,13 @@ class Solution:
             raise InputError("this solution has no duals: a MILP stopped before optimality")
         if isinstance(constraint, IndexedConstraint):
             keys = list(constraint.keys())
-            values = [self._duals.get(id(data), 0.0) for data in constraint.values()]
+            duals = self._dual_map()
+            values = [duals.get(id(data), 0.0) for data in constraint.values()]
             index = pd.MultiIndex.from_tuples(keys) if keys and isinstance(keys[0], tuple) else keys
             return pd.Series(values, index=index, name=constraint.name)
         if not isinstance(constraint, ConstraintData):
             raise InputError(f"dual(): {constraint!r} is not a Pyomo constraint")
-        return self._duals.get(id(constraint), 0.0)
+        return self._dual_map().get(id(constraint), 0.0)
 
     def summary(self) -> dict[str, Any]:
         """The solution's facts as plain JSON-able values."""
@@ -254,7 +262,7 @@ def compile_model(model: pyo.Block) -> StandardForm:
     bounds = np.array(list(map(_BOUNDS, columns)), dtype=float).reshape(len(columns), 2)
     lower = np.nan_to_num(bounds[:, 0], nan=-INF)  # None (no bound) became nan
     upper = np.nan_to_num(bounds[:, 1], nan=INF)
-    integer = np.array([v.is_integer() for v in columns], dtype=bool)
+    integer = _integer(columns)
     cost = np.concatenate([cost, np.zeros(len(columns) - len(cost))])
     a = parts.matrix()
 
@@ -301,6 +309,14 @@ def _hidden(families: list, objective) -> Iterator[None]:
             item._active = True
 
 
+def _integer(columns: list) -> np.ndarray:
+    """Whether each column is integer, asked once per domain (columns share a few)."""
+    domains = list(map(_DOMAIN, columns))
+    last = dict(zip(map(id, domains), range(len(columns)), strict=True))
+    kind = {key: columns[k].is_integer() for key, k in last.items()}
+    return np.fromiter(map(kind.__getitem__, map(id, domains)), dtype=bool, count=len(columns))
+
+
 @dataclass
 class _Parts:
     """Columns, COO blocks, row bounds and row owners gathered for one HighsLp."""
@@ -320,18 +336,27 @@ class _Parts:
         value[fixed] = [variables[k].value for k in np.flatnonzero(fixed)]
         position_in_rows, columns, values = arrays.entries(rows)
         shift = np.bincount(position_in_rows, weights=values * value[columns], minlength=len(rows))
-        position, ids = self.position, list(map(id, variables))
-        for var, key, is_fixed in zip(variables, ids, fixed.tolist(), strict=True):
-            if not is_fixed and key not in position:
-                position[key] = len(self.columns)
-                self.columns.append(var)
-        where = np.array(list(map(position.get, ids, itertools.repeat(-1))), dtype=np.int64)
+        where = self.place(variables, fixed)
         keep = ~fixed[columns]
         first = sum(len(lower) for lower in self.row_lower)
         self.entries.append((first + position_in_rows[keep], where[columns[keep]], values[keep]))
         self.row_lower.append(arrays.lower[rows] - shift)
         self.row_upper.append(arrays.upper[rows] - shift)
         self.rows.extend(data)
+
+    def place(self, variables: list | tuple, fixed: np.ndarray) -> np.ndarray:
+        """Column of each variable, -1 where fixed; new ones become columns in order."""
+        ids = list(map(id, variables))
+        where = np.fromiter(map(self.position.get, ids, itertools.repeat(-1)), np.int64, len(ids))
+        new = np.flatnonzero((where < 0) & ~fixed).tolist()
+        fresh = dict(zip(map(ids.__getitem__, new), new, strict=True))  # once each, by first use
+        first = len(self.columns)
+        self.position.update(zip(fresh, itertools.count(first)))
+        self.columns.extend(map(variables.__getitem__, fresh.values()))
+        if len(fresh) == len(new):
+            where[new] = np.arange(first, first + len(new))
+            return where
+        return np.fromiter(map(self.position.get, ids, itertools.repeat(-1)), np.int64, len(ids))
 
     def objective(self, constant: float, pairs: list) -> tuple[np.ndarray, float]:
         """Cost per column and offset of a linear objective (fixed variables as data)."""
@@ -342,11 +367,7 @@ class _Parts:
         coefs = np.asarray(coefs, dtype=float)
         values = [variables[k].value for k in np.flatnonzero(fixed)]
         constant += float(np.dot(coefs[fixed], values)) if values else 0.0
-        for var, is_fixed in zip(variables, fixed.tolist(), strict=True):
-            if not is_fixed and id(var) not in self.position:
-                self.position[id(var)] = len(self.columns)
-                self.columns.append(var)
-        where = np.array([self.position.get(id(v), -1) for v in variables], dtype=np.int64)
+        where = self.place(variables, fixed)
         cost = np.bincount(where[~fixed], weights=coefs[~fixed], minlength=len(self.columns))
         return cost, constant
 
@@ -396,15 +417,20 @@ def _run(form: StandardForm, options: dict[str, Any]) -> highspy.Highs:
     return highs
 
 
-def _row_duals(form: StandardForm, highs: highspy.Highs) -> dict[int, float]:
-    """Row duals summed per constraint, in the cost-per-unit-of-rhs convention."""
+def _row_duals(form: StandardForm, highs: highspy.Highs) -> Callable[[], dict[int, float]]:
+    """Row duals summed per constraint, in the cost-per-unit-of-rhs convention: read from
+    HiGHS now, mapped to the constraints when first asked for."""
     row_dual = np.asarray(highs.getSolution().row_dual, dtype=float)
     if form.maximize:
         row_dual = -row_dual
-    ids = np.fromiter(map(id, form.rows), dtype=np.int64, count=len(form.rows))
-    owners, row_owner = np.unique(ids, return_inverse=True)
-    sums = np.bincount(row_owner.ravel(), weights=row_dual, minlength=len(owners))
-    return dict(zip(owners.tolist(), sums.tolist(), strict=True))
+
+    def by_constraint() -> dict[int, float]:
+        ids = np.fromiter(map(id, form.rows), dtype=np.int64, count=len(form.rows))
+        owners, row_owner = np.unique(ids, return_inverse=True)
+        sums = np.bincount(row_owner.ravel(), weights=row_dual, minlength=len(owners))
+        return dict(zip(owners.tolist(), sums.tolist(), strict=True))
+
+    return by_constraint
 
 
 def _fixed_integer_duals(form: StandardForm, x: np.ndarray, options) -> dict[int, float]:
@@ -539,7 +565,7 @@ def solve_compiled(
         solve_seconds=solve_seconds,
         n_variables=form.lp.num_col_,
         n_binaries=int(form.integer.sum()),
-        n_constraints=len({id(c) for c in form.rows}),
+        n_constraints=len(set(map(id, form.rows))),
         n_nonzeros=len(form.lp.a_matrix_.value_),
         highs_version=highs.version(),
         _duals=duals,
