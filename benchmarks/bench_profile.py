@@ -52,15 +52,15 @@ STEPS = [
     ("build", "lindistflow.py", "_add_voltage_limits"),
     ("build", "lindistflow.py", "_add_thermal"),
     ("build", "lem.py", "_add_welfare"),
-    ("build", "constraint.py", "construct"),
+    ("build", "arrays.py", "construct"),
     ("build", "var.py", "construct"),
-    ("build", "lindistflow.py", "expressions"),
     ("translate", "highs.py", "compile_model"),
-    ("translate", "highs.py", "_recorded_rows"),
     ("translate", "standard_form.py", "write"),
     ("translate", "highs.py", "add"),
+    ("translate", "highs.py", "objective"),
+    ("translate", "var.py", "bounds"),
+    ("solve", "highs.py", "solve_compiled"),
     ("solve", "highs.py", "_run"),
-    ("solve", "highs.py", "_row_duals"),
 ]
 
 

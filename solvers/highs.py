@@ -259,9 +259,7 @@ def compile_model(model: pyo.Block) -> StandardForm:
     else:
         cost, offset = parts.objective(*objective)
     columns = parts.columns
-    bounds = np.array(list(map(_BOUNDS, columns)), dtype=float).reshape(len(columns), 2)
-    lower = np.nan_to_num(bounds[:, 0], nan=-INF)  # None (no bound) became nan
-    upper = np.nan_to_num(bounds[:, 1], nan=INF)
+    lower, upper = column_bounds(columns)
     integer = _integer(columns)
     cost = np.concatenate([cost, np.zeros(len(columns) - len(cost))])
     a = parts.matrix()
@@ -307,6 +305,14 @@ def _hidden(families: list, objective) -> Iterator[None]:
     finally:
         for item in (*hidden, *rows):
             item._active = True
+
+
+def column_bounds(columns: list) -> tuple[np.ndarray, np.ndarray]:
+    """Lower and upper bounds of the variables, +-INF where they have none."""
+    pairs = itertools.chain.from_iterable(map(_BOUNDS, columns))
+    flat = np.fromiter((np.nan if b is None else b for b in pairs), float, 2 * len(columns))
+    lower, upper = flat[0::2], flat[1::2]
+    return np.nan_to_num(lower, nan=-INF), np.nan_to_num(upper, nan=INF)
 
 
 def _integer(columns: list) -> np.ndarray:

@@ -30,16 +30,16 @@ import pyomo.environ as pyo
 
 from gridmarkets.errors import InputError
 from gridmarkets.solvers.highs import (
-    INF,
     Solution,
     StandardForm,
+    column_bounds,
     compile_model,
     highs_options,
     linear_pairs,
     solve_compiled,
 )
 
-_BOUNDS, _FIXED = operator.attrgetter("bounds"), operator.attrgetter("fixed")
+_FIXED = operator.attrgetter("fixed")
 
 
 class PersistentLP:
@@ -105,9 +105,7 @@ class PersistentLP:
             if column is None or var.fixed:
                 raise InputError(f"model {self.model.name}: {var.name} is not a compiled column")
             cost[column] += coef
-        bounds = np.array(list(map(_BOUNDS, columns)), dtype=float).reshape(len(columns), 2)
         lp.col_cost_ = cost
-        lp.col_lower_ = np.nan_to_num(bounds[:, 0], nan=-INF)  # None (no bound) became nan
-        lp.col_upper_ = np.nan_to_num(bounds[:, 1], nan=INF)
+        lp.col_lower_, lp.col_upper_ = column_bounds(columns)
         lp.offset_ = offset
         self.form.objective_offset = offset
