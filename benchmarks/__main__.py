@@ -1,6 +1,7 @@
 """Run every benchmark module and write benchmarks/RESULTS.md.
 
-Usage: ``python -m benchmarks [--full] [--only NAME ...]``. Quick mode (the default)
+Usage: ``python -m benchmarks [--full] [--only NAME ...]``; with ``--only`` the other
+sections of an existing results file are kept. Quick mode (the default)
 takes a minute or two and is what CI runs as a smoke test: times are recorded, never
 asserted. A module with a ``plot(rows, path)`` function also gets its scaling plot
 (``RESULTS-<name>.png`` next to RESULTS.md).
@@ -38,6 +39,15 @@ def machine() -> str:
     )
 
 
+def merged(existing: str, fresh: list[str]) -> list[str]:
+    """The sections of an earlier results file, with the fresh ones replacing those of the
+    same benchmark (``--only`` reruns some benchmarks without losing the others)."""
+    old = ["## " + part for part in existing.split("\n## ")[1:]]
+    by_name = {section.split("\n", 1)[0]: section for section in old}
+    by_name.update({section.split("\n", 1)[0]: section for section in fresh})
+    return [by_name[name] for name in sorted(by_name)]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
     parser.add_argument("--full", action="store_true", help="full sizes (slow)")
@@ -73,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         f"# Benchmark results ({mode} mode)\n\nRegenerate with `python -m benchmarks"
         f"{' --full' if args.full else ''}`.\n\nMachine: {machine()}\n\n"
     )
+    if args.only and args.out.exists():
+        sections = merged(args.out.read_text(), sections)
     args.out.write_text(header + "\n".join(sections))
     for line in failed:
         print(f"FAILED {line}", file=sys.stderr)
