@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import pyomo.environ as pyo
 
 from gridmarkets.networks.feeder import Feeder
 from gridmarkets.networks.handles import NetworkHandles, kept
+from gridmarkets.networks.rows import Rows, add_family, check_keys, market_terms
 
 
 class CopperPlate:
@@ -18,8 +21,8 @@ class CopperPlate:
         block: pyo.Block,
         feeder: Feeder | None,
         periods,
-        p_kw: dict,
-        q_kvar: dict,
+        p_kw: Mapping,
+        q_kvar: Mapping,
         *,
         period_hours: float = 1.0,
     ) -> NetworkHandles:
@@ -30,14 +33,19 @@ class CopperPlate:
         kW, so its dual is currency per kW and period.
         """
         periods = list(periods)
-        by_period: dict = {t: [] for t in periods}
-        for (_, t), expr in p_kw.items():
-            by_period[t].append(expr)
+        check_keys(None if feeder is None else feeder.buses.index, periods, p_kw)
+        position = {t: k for k, t in enumerate(periods)}.__getitem__
+        terms, constants, extra = market_terms(p_kw, lambda key: position(key[1]), len(periods), 1)
         block.PERIODS = pyo.Set(initialize=periods, doc="market periods")
-        block.active_power_balance = pyo.Constraint(
-            block.PERIODS,
-            rule=lambda b, t: sum(by_period[t]) == 0,
-            doc="sum_j p[j,t] = 0  (kW): net injections balance in every period",
+        add_family(
+            block,
+            "active_power_balance",
+            (block.PERIODS,),
+            Rows.of(len(periods), [terms], constants),
+            0.0,
+            0.0,
+            "sum_j p[j,t] = 0  (kW): net injections balance in every period",
+            extra,
         )
         return NetworkHandles(
             formulation=self.name,

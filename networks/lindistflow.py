@@ -15,20 +15,26 @@ the equations of Baran and Wu's simplified DistFlow.
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import pyomo.environ as pyo
-from pyomo.core.expr.numeric_expr import LinearExpression
 
 from gridmarkets.errors import NetworkError
 from gridmarkets.networks.feeder import Feeder, net_injections
-from gridmarkets.networks.handles import LinearInjections, NetworkHandles, kept
-from gridmarkets.solvers.arrays import ArrayConstraint, RowArrays, relation
-from gridmarkets.solvers.highs import gc_paused, linear_pairs, monomial_pairs
+from gridmarkets.networks.handles import NetworkHandles, kept
+from gridmarkets.networks.rows import (
+    Rows,
+    add_family,
+    check_keys,
+    keys_of,
+    market_terms,
+    merge_extra,
+    var_array,
+)
+from gridmarkets.solvers.highs import gc_paused
 
 
 @dataclass(frozen=True)
@@ -275,7 +281,7 @@ class LinDistFlow:
         if feeder is None:
             raise NetworkError("LinDistFlow needs a feeder; use CopperPlate for no grid")
         periods = list(periods)
-        _check_keys(feeder, periods, p_kw, q_kvar)
+        check_keys(feeder.buses.index, periods, p_kw, q_kvar)
         _add_sets(block, feeder, periods, self.polygon_sides)
         _add_variables(block, feeder, self.upstream_reactive)
         point = self._point(feeder, periods)
@@ -322,16 +328,6 @@ def _fit_periods(point: OperatingPoint, periods: int) -> OperatingPoint:
     if point.p_pu.shape[1] != 1:
         raise NetworkError(f"operating point has {point.p_pu.shape[1]} periods, need {periods}")
     return OperatingPoint(*(np.repeat(a, periods, axis=1) for a in vars(point).values()))
-
-
-def _check_keys(feeder: Feeder, periods: list, *tables) -> None:
-    buses, known = feeder.buses.index, set(periods)
-    for table in tables:
-        for bus, t in table:
-            if bus not in buses:
-                raise NetworkError(f"injection at bus {bus!r}, which is not a bus of the feeder")
-            if t not in known:
-                raise NetworkError(f"injection at bus {bus!r} in period {t!r}, not a market period")
 
 
 def _add_sets(block, feeder: Feeder, periods: list, sides: int) -> None:
@@ -407,129 +403,11 @@ def _indexed(rows, periods: list, array: np.ndarray) -> dict:
     return {(r, t): float(array[i, k]) for i, r in enumerate(rows) for k, t in enumerate(periods)}
 
 
-def _var_array(var: pyo.Var, shape: tuple[int, ...]) -> np.ndarray:
-    """The data of a variable indexed (rows, periods) as an object array, in index order."""
-    array = np.empty(len(var), dtype=object)
-    array[:] = list(var.values())
-    return array.reshape(shape)
-
-
-@dataclass
-class _Rows:
-    """A family of rows as COO terms: row k is ``constants[k] + sum coefs * variables``.
-
-    LinDistFlow's families have a few terms per row and up to hundreds of thousands of
-    rows, so they are written from arrays (not by operator overloading).
-    """
-
-    n: int
-    rows: np.ndarray
-    coefs: np.ndarray
-    variables: np.ndarray
-    constants: np.ndarray
-
-    @classmethod
-    def of(cls, n: int, parts: list[tuple], constants=0.0) -> _Rows:
-        """Rows from (rows, coefs, variables) parts, each broadcast to a common shape."""
-        arrays = [np.broadcast_arrays(r, c, v) for r, c, v in parts]
-        rows, coefs, variables = (np.concatenate([a[i].ravel() for a in arrays]) for i in range(3))
-        constants = np.broadcast_to(np.asarray(constants, dtype=float), (n,)).ravel()
-        return cls(n, rows.astype(np.int64), coefs.astype(float), variables, constants)
-
-    def arrays(self, lower, upper) -> RowArrays:
-        """``lower <= rows <= upper`` with the constants moved into the bounds."""
-        bounds = (np.broadcast_to(b, (self.n,)) - self.constants for b in (lower, upper))
-        return RowArrays.from_coo(self.n, self.rows, self.coefs, self.variables, *bounds)
-
-
-def _add_family(block, name: str, sets: tuple, rows: _Rows, lower, upper, doc: str, extra=None):
-    """Add ``lower <= rows <= upper`` over ``sets`` (in index order) as constraint ``name``.
-
-    ``extra`` holds per-row Pyomo expressions (or None) added symbolically: loss terms
-    with mutable parameters, market injections that are not plain linear expressions.
-    Without them the family is an :class:`ArrayConstraint`, read by the solve layer from
-    its arrays.
-    """
-    arrays = rows.arrays(lower, upper)
-    if extra is None:
-        block.add_component(name, ArrayConstraint(*sets, arrays=arrays, doc=doc))
-        return
-
-    def symbolic(k: int, more):
-        lower, upper = arrays.bounds(k)
-        body = arrays.body(k)
-        return relation(lower, body if more is None else body + more, upper)
-
-    keys = _keys(*sets)
-    relations = {key: symbolic(k, e) for k, (key, e) in enumerate(zip(keys, extra, strict=True))}
-    block.add_component(name, pyo.Constraint(*sets, rule=lambda _, *key: relations[key], doc=doc))
-
-
-def _keys(*sets) -> list:
-    return list(itertools.product(*(list(s) for s in sets)))
-
-
-def _market_terms(injections, keys: list, scale: float) -> tuple[tuple, np.ndarray, list]:
-    """The market's injections at ``keys`` (one row each) as COO terms, constants and
-    symbolic rest: read from the arrays of :class:`LinearInjections`, else per key."""
-    if not isinstance(injections, LinearInjections):
-        return _injection_terms([injections.get(k, 0) for k in keys], scale)
-    row_of = dict(zip(keys, range(len(keys)), strict=True))
-    rows = np.fromiter(map(row_of.__getitem__, injections), np.int64, len(injections))
-    terms = (rows[injections.rows], injections.coefs * scale, injections.variables)
-    return terms, np.zeros(len(keys)), [None] * len(keys)
-
-
-def _injection_terms(injections: list, scale: float) -> tuple[tuple, np.ndarray, list]:
-    """The market's injections (one per row) as COO terms, constants and symbolic rest.
-
-    Sums of numeric monomials (what markets build from their bids) are read together in
-    one pass; anything else expression by expression.
-    """
-    sums = [k for k, e in enumerate(injections) if e.__class__ is LinearExpression]
-    args = [e.args for e in map(injections.__getitem__, sums)]
-    pairs = monomial_pairs(list(itertools.chain.from_iterable(args))) if sums else []
-    if pairs is None:
-        sums, args, pairs = [], [], []
-    rows = np.repeat(np.array(sums, dtype=np.int64), [len(a) for a in args]).tolist()
-    coefs, variables = (list(c) for c in zip(*pairs, strict=True)) if pairs else ([], [])
-    constants = np.zeros(len(injections))
-    extra: list = [None] * len(injections)
-    for k in np.setdiff1d(np.arange(len(injections)), sums).tolist():
-        part = linear_pairs(injections[k])
-        if part is None:
-            extra[k] = injections[k] * scale
-            continue
-        constants[k] = part[0] * scale
-        rows += [k] * len(part[1])
-        coefs += [c for c, _ in part[1]]
-        variables += [v for _, v in part[1]]
-    terms = (np.array(rows, dtype=np.int64), np.array(coefs) * scale, _objects(variables))
-    return terms, constants, extra
-
-
-def _objects(items: list) -> np.ndarray:
-    array = np.empty(len(items), dtype=object)
-    array[:] = items
-    return array
-
-
-def _merge_extra(*extras) -> list | None:
-    """Per-row sums of symbolic extras (None where a row has none); None if no row has any."""
-    present = [e for e in extras if e is not None]
-    if not present:
-        return None
-    merged = []
-    for items in zip(*present, strict=True):
-        terms = [e for e in items if e is not None]
-        merged.append(None if not terms else terms[0] if len(terms) == 1 else sum(terms))
-    return merged if any(e is not None for e in merged) else None
-
-
 def _add_balances(block, feeder: Feeder, p_kw, q_kvar, point: OperatingPoint, losses) -> None:
     s = feeder.s_base_kva
     n_bus, n_br, n_t = len(feeder.buses), len(feeder.branches), len(block.PERIODS)
-    keys = _keys(block.BUSES, block.PERIODS)
+    keys = keys_of(block.BUSES, block.PERIODS)
+    row_of = dict(zip(keys, range(len(keys)), strict=True))
     shunts = feeder.buses[["g_pu", "b_pu"]].to_numpy() * 1.0
     balance = np.arange(n_bus * n_t).reshape(n_bus, n_t)
     root = feeder.buses.index.get_loc(feeder.root)
@@ -539,18 +417,18 @@ def _add_balances(block, feeder: Feeder, p_kw, q_kvar, point: OperatingPoint, lo
         ("reactive", block.q_flow_pu, q_kvar, shunts[:, [1]], "x_pu", up_q),
     )
     for name, flow, injections, shunt, impedance, upstream in families:
-        flows = _var_array(flow, (n_br, n_t))
-        terms, constants, extra = _market_terms(injections, keys, 1 / s)
+        flows = var_array(flow, (n_br, n_t))
+        terms, constants, extra = market_terms(injections, row_of.__getitem__, len(keys), 1 / s)
         parts = [
             terms,
             (balance[feeder.to_pos], 1.0, flows),
             (balance[feeder.from_pos], -1.0, flows),
         ]
         if upstream is not None:
-            parts.append((balance[root], 1 / s, _var_array(upstream, (n_t,))))
-        rows = _Rows.of(n_bus * n_t, parts, constants + (shunt * point.v_sq_pu).ravel())
+            parts.append((balance[root], 1 / s, var_array(upstream, (n_t,))))
+        rows = Rows.of(n_bus * n_t, parts, constants + (shunt * point.v_sq_pu).ravel())
         loss = _loss_terms(block, feeder, keys, impedance) if losses else None
-        _add_family(
+        add_family(
             block,
             f"{name}_power_balance",
             (block.BUSES, block.PERIODS),
@@ -558,7 +436,7 @@ def _add_balances(block, feeder: Feeder, p_kw, q_kvar, point: OperatingPoint, lo
             0.0,
             0.0,
             _BALANCE_DOCS[name],
-            _merge_extra(extra, loss),
+            merge_extra(extra, loss),
         )
 
 
@@ -579,23 +457,23 @@ def _loss_terms(block, feeder: Feeder, keys: list, impedance: str) -> list:
 def _add_voltage(block, feeder: Feeder, losses) -> None:
     k = branch_arrays(feeder)
     n_br, n_t = len(feeder.branches), len(block.PERIODS)
-    v = _var_array(block.v_sq_pu, (len(feeder.buses), n_t))
+    v = var_array(block.v_sq_pu, (len(feeder.buses), n_t))
     drop = np.arange(n_br * n_t).reshape(n_br, n_t)
-    rows = _Rows.of(
+    rows = Rows.of(
         n_br * n_t,
         [
             (drop, 1.0, v[feeder.to_pos]),
             (drop, -1 / k["n2"], v[feeder.from_pos]),
-            (drop, 2 * k["r"], _var_array(block.p_flow_pu, (n_br, n_t))),
-            (drop, 2 * k["x"], _var_array(block.q_flow_pu, (n_br, n_t))),
+            (drop, 2 * k["r"], var_array(block.p_flow_pu, (n_br, n_t))),
+            (drop, 2 * k["x"], var_array(block.q_flow_pu, (n_br, n_t))),
         ],
     )
     extra = None
     if losses:
         z2 = dict(zip(feeder.branches.index, k["z2"][:, 0], strict=True))
-        keys = _keys(block.BRANCHES, block.PERIODS)
+        keys = keys_of(block.BRANCHES, block.PERIODS)
         extra = [-z2[line] * block.current_sq_pu[line, t] for line, t in keys]
-    _add_family(
+    add_family(
         block,
         "voltage_drop",
         (block.BRANCHES, block.PERIODS),
@@ -612,11 +490,11 @@ def _add_voltage_limits(block, feeder: Feeder, v: np.ndarray) -> None:
     """Bounds on the squared voltages below the root (``v`` in ``feeder.order[1:]`` order)."""
     buses = feeder.buses.loc[feeder.order[1:]]
     lower, upper = (np.repeat(buses[c].to_numpy() ** 2, v.shape[1]) for c in ("vmin_pu", "vmax_pu"))
-    _add_family(
+    add_family(
         block,
         "voltage_limit",
         (block.BUSES_BELOW_ROOT, block.PERIODS),
-        _Rows.of(v.size, [(np.arange(v.size), 1.0, v.ravel())]),
+        Rows.of(v.size, [(np.arange(v.size), 1.0, v.ravel())]),
         lower,
         upper,
         "vmin_pu[j]^2 <= v[j,t] <= vmax_pu[j]^2  (pu^2)",
@@ -639,15 +517,15 @@ def _add_thermal(block, feeder: Feeder, sides: int) -> np.ndarray:
     parts = []
     for k, flow in enumerate((block.p_flow_pu, block.q_flow_pu)):
         used = directions[:, k] != 0  # sin 0 = 0: no Q term in the first direction
-        flows = _var_array(flow, (len(br), n_t))[rated][:, None, :]
+        flows = var_array(flow, (len(br), n_t))[rated][:, None, :]
         parts.append((index[:, used], directions[used, k][None, :, None], flows))
     cap = br["rating_kva"].to_numpy()[rated] / feeder.s_base_kva * math.cos(math.pi / sides)
     cap = np.broadcast_to(cap[:, None, None], shape).ravel()
-    _add_family(
+    add_family(
         block,
         "thermal_limit",
         (block.RATED_BRANCHES, block.DIRECTIONS, block.PERIODS),
-        _Rows.of(index.size, parts),
+        Rows.of(index.size, parts),
         -cap,
         cap,
         "-S_l cos(pi/N) <= cos(2 pi k/N) P[l,t] + sin(2 pi k/N) Q[l,t] <= S_l cos(pi/N)  (pu): "

@@ -70,6 +70,8 @@ class StandardForm:
     integer: np.ndarray  # bool per column
     maximize: bool
     objective_offset: float
+    n_constraints: int  # Pyomo constraints (Pyomo's compiler splits a ranged one in two rows)
+    n_nonzeros: int
 
     @property
     def is_mip(self) -> bool:
@@ -284,7 +286,10 @@ def compile_model(model: pyo.Block) -> StandardForm:
             highspy.HighsVarType.kInteger if i else highspy.HighsVarType.kContinuous
             for i in integer
         ]
-    return StandardForm(lp, columns, parts.rows, integer, maximize, offset)
+    n_constraints = len(set(map(id, parts.rows[: len(info.rows)]))) + sum(
+        len(rows) for _, rows, _, _ in families
+    )
+    return StandardForm(lp, columns, parts.rows, integer, maximize, offset, n_constraints, a.nnz)
 
 
 @contextmanager
@@ -571,8 +576,8 @@ def solve_compiled(
         solve_seconds=solve_seconds,
         n_variables=form.lp.num_col_,
         n_binaries=int(form.integer.sum()),
-        n_constraints=len(set(map(id, form.rows))),
-        n_nonzeros=len(form.lp.a_matrix_.value_),
+        n_constraints=form.n_constraints,
+        n_nonzeros=form.n_nonzeros,
         highs_version=highs.version(),
         _duals=duals,
     )
