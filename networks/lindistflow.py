@@ -226,7 +226,11 @@ class LinDistFlow:
         that approximates each branch's thermal limit from inside (even, at least 4).
     losses : linearise losses around ``point`` (see :func:`iterate_losses`).
     point : the operating point for losses; None takes pandapower's AC power flow at
-        the net's own loads for every period.
+        the net's own loads for every period. ``linear_operating_point(feeder, p, q)``
+        gives one from the lossless model itself, with no AC power flow: on CIGRE MV at
+        its own loads (its 110/20 kV transformer at 101 %, where the lossless model
+        misses (r^2 + x^2) ell) that takes the largest voltage error against AC from
+        0.014 pu to 0.0002 pu (tests/networks/test_accuracy.py).
     upstream_reactive : let the root draw reactive power from the upstream grid at no
         cost (a free variable ``q_upstream_kvar``); False for an islanded feeder, whose
         reactive balance must then close within the market.
