@@ -42,7 +42,7 @@ from pyomo.core.expr.numeric_expr import LinearExpression, MonomialTermExpressio
 
 from gridmarkets.case import CaseBase, Spec
 from gridmarkets.errors import InputError
-from gridmarkets.networks.handles import LinearInjections
+from gridmarkets.networks import LinearInjections
 from gridmarkets.results import Result
 from gridmarkets.solvers import Solution, record_build_time, solve
 from gridmarkets.solvers.highs import gc_paused

@@ -10,7 +10,7 @@ from gridmarkets.networks.feeder import (
     load,
     net_injections,
 )
-from gridmarkets.networks.handles import NetworkHandles
+from gridmarkets.networks.handles import LinearInjections, NetworkHandles
 from gridmarkets.networks.lindistflow import (
     LinDistFlow,
     OperatingPoint,
@@ -26,6 +26,7 @@ __all__ = [
     "CopperPlate",
     "Feeder",
     "LinDistFlow",
+    "LinearInjections",
     "LossIteration",
     "NetworkHandles",
     "OperatingPoint",

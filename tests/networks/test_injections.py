@@ -7,8 +7,7 @@ import numpy as np
 import pyomo.environ as pyo
 import pytest
 
-from gridmarkets.networks import LinDistFlow
-from gridmarkets.networks.handles import LinearInjections
+from gridmarkets.networks import LinDistFlow, LinearInjections
 from gridmarkets.solvers import solve
 
 pytestmark = pytest.mark.solve
