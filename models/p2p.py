@@ -25,12 +25,14 @@ sells to j (negative: buys)::
 The dual of a reciprocity constraint is the bilateral price of the pair (what one more
 kW that the pair must deliver would cost): buyers pay it to sellers. ``cost_ij``
 (currency/MWh, >= 0) is peer i's preference cost of trading with j — distance, lower for
-green energy or neighbours — (:func:`hop_costs` derives one from the feeder). An LP's
-bilateral trades are rarely unique (many pairs may carry the same energy at the same
-welfare); ``quadratic`` (gamma > 0, (currency/MWh)/kW) adds a tiny strictly convex
-term that selects the unique spread-out solution (solved as a QP by HiGHS), which the
-distributed solution (``method="admm"``, :func:`gridmarkets.solvers.admm.consensus_admm`)
-is compared with.
+green energy or neighbours — (:func:`hop_costs` derives one from the feeder). Without
+distinct preference costs an LP's bilateral trades are rarely unique (many pairs may
+carry the same energy at the same welfare); with them they are, but cycles of trades
+whose costs nearly cancel leave welfare almost flat, so the distributed solution
+(``method="admm"``, :func:`gridmarkets.solvers.admm.consensus_admm`) needs tight
+stopping tolerances to reach the LP's trades. ``quadratic`` (gamma > 0,
+(currency/MWh)/kW) adds a strictly convex term that makes the trades unique in any
+case (solved as a QP by HiGHS).
 
 DSO supervision: with ``network=feeder`` the peers' injections are constrained by
 LinDistFlow (network-aware clearing; the trades table then carries the network charge
@@ -495,11 +497,13 @@ def central_outcome(m: pyo.ConcreteModel, solution: Solution) -> Outcome:
     periods = market.periods
     per_mwh = 1000.0 / market.period_hours
     accepted = np.array([pyo.value(m.accepted_kw[b]) for b in market.bids.index])
-    zeros = np.zeros((len(market.peers), len(periods)))
-    imp = exp = zeros
+
+    def per_peer(var) -> np.ndarray:
+        return np.array([[pyo.value(var[i, t]) for t in periods] for i in market.peers])
+
+    imp = exp = np.zeros((len(market.peers), len(periods)))
     if market.upstream is not None:
-        imp = np.array([[pyo.value(m.import_kw[i, t]) for t in periods] for i in market.peers])
-        exp = np.array([[pyo.value(m.export_kw[i, t]) for t in periods] for i in market.peers])
+        imp, exp = per_peer(m.import_kw), per_peer(m.export_kw)
     trade = np.array([[pyo.value(m.trade_kw[i, j, t]) for t in periods] for i, j in market.pairs])
     edge_price = {
         (i, j): [per_mwh * solution.dual(m.reciprocity[i, j, t]) for t in periods]
@@ -974,8 +978,8 @@ class ADMMSpec(Spec):
 
     rho: PositiveFloat = 1.0
     max_iterations: int = Field(5000, ge=1)
-    eps_abs: PositiveFloat = 1e-5
-    eps_rel: PositiveFloat = 1e-5
+    eps_abs: PositiveFloat = 1e-6
+    eps_rel: PositiveFloat = 1e-6
 
 
 class CaseSpec(CaseBase):

@@ -131,7 +131,8 @@ class ADMMResult:
 
 
 def _soft(w: np.ndarray, kappa: np.ndarray) -> np.ndarray:
-    return np.sign(w) * np.maximum(np.abs(w) - kappa, 0.0)
+    """Soft threshold ``sign(w) max(|w| - kappa, 0)`` for ``kappa >= 0`` (fewer temporaries)."""
+    return np.maximum(w - kappa, 0.0) + np.minimum(w + kappa, 0.0)
 
 
 class _LocalSolver:
@@ -229,8 +230,8 @@ def consensus_admm(
     *,
     rho: float = 1.0,
     max_iterations: int = 5000,
-    eps_abs: float = 1e-5,
-    eps_rel: float = 1e-5,
+    eps_abs: float = 1e-6,
+    eps_rel: float = 1e-6,
     adapt_rho: bool = True,
     relaxation: float = 1.6,
 ) -> ADMMResult:
@@ -243,7 +244,10 @@ def consensus_admm(
     max_iterations : stop here when not converged (``converged=False``).
     eps_abs, eps_rel : Boyd's stopping tolerances: stop when
         ``||x - z|| <= eps_abs sqrt(n) + eps_rel max(||x||, ||z||)`` and
-        ``rho ||z - z_prev|| <= eps_abs sqrt(n) + eps_rel ||rho u||``.
+        ``rho ||z - z_prev|| <= eps_abs sqrt(n) + eps_rel ||rho u||``. Tight by default:
+        an LP's welfare is flat along cycles of trades whose preference costs nearly
+        cancel, so trades settle long after welfare does (on 100 peers, ``1e-5`` stopped
+        with trades up to 5 % of the largest trade away from the LP's, welfare within 1e-5).
     adapt_rho : residual balancing (double or halve ``rho`` when one residual exceeds
         ten times the other, rescaling ``u``).
     relaxation : over-relaxation ``alpha`` in [1, 2) (Boyd et al. 2011, section 3.4.3):

@@ -136,37 +136,23 @@ def test_a_peer_without_partners_only_trades_with_the_grid():
 
 
 @pytest.mark.parametrize(
-    ("n", "periods", "graph_degree"), [(10, 2, None), (50, 1, None), (100, 1, 8)]
+    "n", [10, 50, pytest.param(100, marks=pytest.mark.slow)], ids=lambda n: f"{n}peers"
 )
-def test_admm_matches_the_central_lp(n, periods, graph_degree):
-    bids, prefs = random_market(n, periods, seed=n)
-    graph = "complete"
-    if graph_degree is not None:  # a sparse random trading graph
-        rng = np.random.default_rng(n)
-        peers = sorted(set(bids["participant"]))
-        graph = sorted(
-            {
-                tuple(sorted((a, b)))
-                for a in peers
-                for b in rng.choice(peers, graph_degree // 2)
-                if a != b
-            }
-        )
-        keep = [
-            tuple(sorted((a, b))) in set(graph)
-            for a, b in zip(prefs["peer"], prefs["partner"], strict=True)
-        ]
-        prefs = prefs[keep]
-    central = p2p.clear(bids, upstream=UPSTREAM, preferences=prefs, graph=graph)
+def test_admm_matches_the_central_lp(n, record_property):
+    # the criteria on the complete trading graph: welfare within 0.1 %, every
+    # trade within 1 % of the largest trade, against the central LP solved by HiGHS
+    bids, prefs = random_market(n, 1, seed=n)
+    central = p2p.clear(bids, upstream=UPSTREAM, preferences=prefs)
     admm = p2p.clear(
         bids,
         upstream=UPSTREAM,
         preferences=prefs,
-        graph=graph,
         method="admm",
-        admm={"rho": 5.0, "max_iterations": 20000},
+        admm={"rho": 5.0, "max_iterations": 12000},
     )
-    assert admm.kpis["iterations"] == len(admm.admm_log) > 1
+    iterations = admm.kpis["iterations"]
+    record_property("admm_iterations", iterations)
+    assert iterations == len(admm.admm_log) > 1
     w_lp, w_admm = central.kpis["social_welfare"], admm.kpis["social_welfare"]
     assert abs(w_admm - w_lp) <= 1e-3 * abs(w_lp)
     both = central.trades.merge(admm.trades, on=["seller", "buyer", "period"], how="outer")
