@@ -19,6 +19,7 @@ from __future__ import annotations
 import gc
 import itertools
 import operator
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -399,7 +400,22 @@ def _new_highs(options: dict[str, Any]) -> highspy.Highs:
     for name, value in options.items():
         if highs.setOptionValue(name, value) != highspy.HighsStatus.kOk:
             raise SolverOptionError(f"HiGHS option {name}={value!r} is not accepted")
+    _fit_scheduler(options.get("threads"))
     return highs
+
+
+_SCHEDULER = threading.local()
+
+
+def _fit_scheduler(threads: int | None) -> None:
+    """HiGHS sizes a thread's task scheduler at its first run and then refuses any other
+    ``threads`` (the run ends with status "Not Set"): restart this thread's scheduler
+    when a solve asks for another number than the one it was started with."""
+    if threads is not None and getattr(_SCHEDULER, "threads", None) != threads:
+        highspy.Highs.resetThreadScheduler(True)
+        _SCHEDULER.threads = threads
+    elif not hasattr(_SCHEDULER, "threads"):
+        _SCHEDULER.threads = "default"
 
 
 def highs_options(time_limit=None, mip_gap=None, threads=None, options=None) -> dict[str, Any]:

@@ -196,3 +196,11 @@ def test_a_coefficient_highs_reads_as_infinite_is_an_input_error():
     m.obj = pyo.Objective(expr=m.x - m.u, sense=pyo.maximize)
     with pytest.raises(InputError, match="out of its range"):
         solve(m)
+
+
+def test_the_number_of_threads_can_change_between_solves():
+    """HiGHS fixes a thread's scheduler at its first run; later solves may ask for another
+    number of threads (a sweep with threads=1 after solves with the default)."""
+    for threads in (None, 1, 2, None, 1):
+        sol = solve(two_bid_market(), threads=threads)
+        assert sol.optimal and sol.objective == pytest.approx(6 * (50 - 30))
