@@ -184,7 +184,7 @@ def build(
     m.baseline_kw = pyo.Param(
         m.PROSUMERS, m.PERIODS, initialize=baseline, doc="stand-alone net injection (kW)"
     )
-    prosumer._add_prices(m, prices, "grid")
+    prosumer.add_prices(m, prices, "grid")
     _add_commitment(m, commitment_kw, commitment_kvar)
     if control == "incentive":
         _add_incentive(m, incentive)
@@ -214,7 +214,7 @@ def build(
 def _followers_specs(prosumers, periods: int, period_hours: float) -> dict[str, HomeSpec]:
     homes = {
         h: spec if isinstance(spec, HomeSpec) else HomeSpec(**dict(spec))
-        for h, spec in prosumer._as_mapping(prosumers).items()
+        for h, spec in prosumer.as_mapping(prosumers).items()
     }
     for h, spec in homes.items():
         for name in ("import_limit_kw", "export_limit_kw"):
@@ -654,7 +654,7 @@ class CaseSpec(CaseBase):
         if groups is not None and len(groups) != n:
             raise ValueError(f"incentive.groups: {len(groups)} values for {n} periods")
         for h, home in self.prosumers.items():
-            prosumer._check_home(home, n, f"prosumers.{h}")
+            prosumer.check_home(home, n, f"prosumers.{h}")
             if self.network is not None and home.bus is None:
                 raise ValueError(f"prosumers.{h}.bus: required on a network")
         return self

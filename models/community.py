@@ -69,6 +69,7 @@ from gridmarkets.errors import InputError
 from gridmarkets.models import allocation, assets, prosumer
 from gridmarkets.models.assets import BatterySpec, Profile, PVSpec
 from gridmarkets.models.prosumer import PricesSpec, ProsumerSpec
+from gridmarkets.plots import save_figure
 from gridmarkets.results import Result
 from gridmarkets.solvers import Solution, record_build_time, solve
 
@@ -612,7 +613,7 @@ def exchange_plot(result: Result, path) -> None:
     ax.set_xlabel("period")
     ax.set_ylabel("kW")
     ax.legend(fontsize=8)
-    prosumer._save(fig, path)
+    save_figure(fig, path)
 
 
 def shared_plot(result: Result, path) -> None:
@@ -626,7 +627,7 @@ def shared_plot(result: Result, path) -> None:
     ax.set_xlabel("period")
     if len(result.shared):
         ax.legend(fontsize=7)
-    prosumer._save(fig, path)
+    save_figure(fig, path)
 
 
 # --- one call ---------------------------------------------------------------------------
@@ -873,7 +874,7 @@ def bid_curves(
             solve(model, **dict(solve_options or {}))
             net.append(_value(model.p_grid_import_kw[t]) - _value(model.p_grid_export_kw[t]))
         model.import_price_per_mwh[t], model.export_price_per_mwh[t] = saved
-        rows += prosumer._curve_blocks(ladder, np.minimum.accumulate(net), t)
+        rows += prosumer.curve_blocks(ladder, np.minimum.accumulate(net), t)
     table = pd.DataFrame(rows, columns=["side", "quantity_kw", "price", "period"])
     table.insert(0, "participant", participant)
     table["block"] = table.groupby(["side", "period"]).cumcount()
@@ -925,7 +926,7 @@ class CaseSpec(CaseBase):
             if isinstance(value, list) and len(value) != n:
                 raise ValueError(f"prices.{name}: {len(value)} values for {n} periods")
         for mid, home in self.members.items():
-            prosumer._check_home(home, n, f"members.{mid}")
+            prosumer.check_home(home, n, f"members.{mid}")
             if self.network is not None and home.bus is None:
                 raise ValueError(f"members.{mid}.bus: required on a network")
         for aid, asset in self.shared.items():

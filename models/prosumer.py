@@ -59,6 +59,7 @@ from gridmarkets.models.assets import (
     PVSpec,
     StaySpec,
 )
+from gridmarkets.plots import save_figure
 from gridmarkets.results import Result
 from gridmarkets.solvers import Solution, record_build_time, solve
 
@@ -144,7 +145,7 @@ class CaseSpec(CaseBase):
         if self.coordination != "none" and self.network is None:
             raise ValueError(f"coordination: {self.coordination!r} needs a network")
         for pid, home in self.prosumers.items():
-            _check_home(home, n, f"prosumers.{pid}", self.horizon.period_hours)
+            check_home(home, n, f"prosumers.{pid}", self.horizon.period_hours)
             if self.network is not None and home.bus is None:
                 raise ValueError(f"prosumers.{pid}.bus: required on a network")
             if self.network is None and _feeder_profiles(home):
@@ -152,7 +153,7 @@ class CaseSpec(CaseBase):
         return self
 
 
-def _check_home(
+def check_home(
     home: ProsumerSpec, periods: int, path: str, period_hours: float | None = None
 ) -> None:
     """Checks that need no profile values: lengths, windows and (given the resolution)
@@ -253,14 +254,14 @@ def build(
     network, ``model.network_handles`` (see :class:`~gridmarkets.networks.NetworkHandles`).
     """
     started = time.perf_counter()
-    homes = _as_mapping(prosumers)
+    homes = as_mapping(prosumers)
     weights = _objective_weights(objective)
     m = pyo.ConcreteModel(name="prosumer")
     m.PERIODS = pyo.RangeSet(0, periods - 1, doc="periods")
     m.PROSUMERS = pyo.Set(initialize=list(homes), doc="homes")
     m.specs, m.mode, m.period_hours = homes, mode, period_hours
     m.timestamps, m.open_end, m.network_handles = timestamps, open_end, None
-    _add_prices(m, prices, mode)
+    add_prices(m, prices, mode)
     m.home = pyo.Block(m.PROSUMERS, doc="one home's devices, grid connection and balance")
     for pid, spec in homes.items():
         add_home(m.home[pid], spec, m, value_of_lost_load_per_mwh)
@@ -281,7 +282,7 @@ def build(
     return m
 
 
-def _as_mapping(prosumers) -> dict[str, ProsumerSpec]:
+def as_mapping(prosumers) -> dict[str, ProsumerSpec]:
     if isinstance(prosumers, ProsumerSpec):
         return {"home": prosumers}
     if isinstance(prosumers, Mapping):
@@ -300,7 +301,7 @@ def _objective_weights(objective: Objective) -> dict[str, float]:
     return {term: float(objective.get(term, 0.0)) for term in OBJECTIVE_TERMS}
 
 
-def _add_prices(m: pyo.ConcreteModel, prices: PricesSpec | None, mode: str) -> None:
+def add_prices(m: pyo.ConcreteModel, prices: PricesSpec | None, mode: str) -> None:
     """Mutable tariff parameters (so bid curves re-solve without rebuilding)."""
     if mode == "grid" and prices is None:
         raise InputError("prices: required when mode is 'grid'")
@@ -804,14 +805,6 @@ def bus_injections(result: Result) -> pd.DataFrame:
 # --- plots ------------------------------------------------------------------------------
 
 
-def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def schedule_plot(result: Result, path: Path) -> None:
     """Stacked device power per period, summed over homes (positive = into the bus)."""
     import matplotlib.pyplot as plt
@@ -827,7 +820,7 @@ def schedule_plot(result: Result, path: Path) -> None:
     ax.set_xlabel("period")
     ax.set_ylabel("power into the home's bus (kW)")
     ax.legend(fontsize=7, ncol=4, loc="upper left")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def soc_plot(result: Result, path: Path) -> None:
@@ -841,7 +834,7 @@ def soc_plot(result: Result, path: Path) -> None:
     ax.set_ylabel("state of charge (kWh)")
     if len(result.storage):
         ax.legend(fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def price_plot(result: Result, path: Path) -> None:
@@ -855,7 +848,7 @@ def price_plot(result: Result, path: Path) -> None:
     ax.set_xlabel("period")
     ax.set_ylabel("price (currency/MWh)")
     ax.legend()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 # --- bid curves -------------------------------------------------------------------------
@@ -905,7 +898,7 @@ def bid_curves(
             solve(model, **dict(solve_options or {}))
             net.append(pyo.value(b.p_import_kw[t]) - pyo.value(b.p_export_kw[t]))
         model.import_price_per_mwh[t], model.export_price_per_mwh[t] = saved
-        rows += _curve_blocks(ladder, np.minimum.accumulate(net), t)
+        rows += curve_blocks(ladder, np.minimum.accumulate(net), t)
     table = pd.DataFrame(rows, columns=["side", "quantity_kw", "price", "period"])
     table.insert(0, "participant", participant)
     table["block"] = table.groupby(["side", "period"]).cumcount()
@@ -913,7 +906,7 @@ def bid_curves(
     return table[BID_COLUMNS]
 
 
-def _curve_blocks(ladder: list[float], net_kw: np.ndarray, period: int) -> list[tuple]:
+def curve_blocks(ladder: list[float], net_kw: np.ndarray, period: int) -> list[tuple]:
     """Step blocks (side, quantity, price, period) of one period's net-import curve."""
     demand = np.append(np.clip(net_kw, 0, None), 0.0)
     supply = np.insert(np.clip(-net_kw, 0, None), 0, 0.0)
@@ -989,7 +982,7 @@ def rolling_horizon(
     if home.pv is not None and "pv_kw" not in actual:
         raise InputError("actual.pv_kw: required for a home with PV (and in forecast)")
     known = _with_profiles(home, actual["load_kw"], actual.get("pv_kw"))
-    _check_home(known, n, "home", period_hours)
+    check_home(known, n, "home", period_hours)
     buy = assets.profile_values(prices.import_price, n, period_hours, "prices.import_price")
     sell = assets.profile_values(prices.export_price, n, period_hours, "prices.export_price")
     outdoor = _outdoor(home, n, period_hours)

@@ -1,18 +1,21 @@
-"""Plots the CLI writes and notebooks reuse (matplotlib, Agg when headless)."""
+"""Plots the CLI writes and notebooks reuse (matplotlib, Agg when headless; imported
+when a plot is drawn, so importing a model does not load it)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import matplotlib.pyplot as plt
 import numpy as np
 
 if TYPE_CHECKING:
     from gridmarkets.results import Result
 
 
-def _save(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
+    """Write a matplotlib figure as a PNG (tight layout, 110 dpi) and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -21,6 +24,8 @@ def _save(fig, path: Path) -> None:
 def price_plot(result: Result, path: Path) -> None:
     """Clearing price per period (and its interval, or one line per bus)."""
     prices = result.prices
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(8, 4))
     if "bus" in prices and prices["bus"].notna().any():
         for bus, group in prices.groupby("bus"):
@@ -35,7 +40,7 @@ def price_plot(result: Result, path: Path) -> None:
         ax.set_title("uniform price")
     ax.set_xlabel("period")
     ax.set_ylabel("price (currency/MWh)")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def supply_demand_curves(ax, accepted, period: int) -> None:
@@ -56,8 +61,10 @@ def supply_demand_plot(result: Result, path: Path) -> None:
     accepted = result.accepted
     traded = accepted[accepted["side"] == "sell"].groupby("period")["quantity_kw"].sum()
     period = int(traded.idxmax()) if len(traded) else int(accepted["period"].min())
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(6, 4))
     supply_demand_curves(ax, accepted, period)
     ax.set_title(f"supply and demand, period {period}")
     ax.legend()
-    _save(fig, path)
+    save_figure(fig, path)
