@@ -431,7 +431,7 @@ def highs_options(time_limit=None, mip_gap=None, threads=None, options=None) -> 
     return merged
 
 
-def _run(form: StandardForm, options: dict[str, Any]) -> highspy.Highs:
+def _run(form: StandardForm, options: dict[str, Any], warm_start: bool = False) -> highspy.Highs:
     highs = _new_highs(options)
     if highs.passModel(form.lp) == highspy.HighsStatus.kError:
         largest = np.abs(np.asarray(form.lp.a_matrix_.value_, dtype=float)).max(initial=0.0)
@@ -440,8 +440,19 @@ def _run(form: StandardForm, options: dict[str, Any]) -> highspy.Highs:
             f"(largest |coefficient| {largest:.3g}; HiGHS reads 1e15 and above as infinite) "
             "- look for an impossibly large quantity, price or capacity"
         )
+    if warm_start and form.is_mip:
+        _set_start(form, highs)
     highs.run()
     return highs
+
+
+def _set_start(form: StandardForm, highs: highspy.Highs) -> None:
+    """Hand HiGHS the columns' current values as a MIP start; columns without a value are
+    left out, and HiGHS completes the partial start where it can."""
+    values = [v.value for v in form.columns]
+    given = [k for k, value in enumerate(values) if value is not None]
+    start = np.array([values[k] for k in given], dtype=float)
+    highs.setSolution(len(given), np.array(given, dtype=np.int32), start)
 
 
 def _row_duals(form: StandardForm, highs: highspy.Highs) -> Callable[[], dict[int, float]]:
@@ -514,6 +525,7 @@ def solve(
     mip_gap: float | None = None,
     threads: int | None = None,
     options: dict[str, Any] | None = None,
+    warm_start: bool = False,
 ) -> Solution:
     """Solve a linear Pyomo model (LP or MILP) with HiGHS and load the solution.
 
@@ -525,6 +537,8 @@ def solve(
     mip_gap : relative MIP gap at which HiGHS stops (HiGHS default 1e-4).
     threads : HiGHS threads.
     options : any further HiGHS options by their HiGHS names.
+    warm_start : start a MILP's search from the variables' current values (those that
+        have one; HiGHS completes a partial start), e.g. a known feasible schedule.
 
     Returns
     -------
@@ -540,18 +554,22 @@ def solve(
     form = compile_model(model)
     translate = time.perf_counter() - started
     merged = highs_options(time_limit, mip_gap, threads, options)
-    return solve_compiled(model, form, translate, merged)
+    return solve_compiled(model, form, translate, merged, warm_start)
 
 
 def solve_compiled(
-    model: pyo.Block, form: StandardForm, translate_seconds: float, options: dict[str, Any]
+    model: pyo.Block,
+    form: StandardForm,
+    translate_seconds: float,
+    options: dict[str, Any],
+    warm_start: bool = False,
 ) -> Solution:
     """Run HiGHS on a compiled model, load the point into ``model``, describe the result.
 
     ``options`` are HiGHS options by their HiGHS names; raises as :func:`solve` does.
     """
     started = time.perf_counter()
-    highs = _run(form, options)
+    highs = _run(form, options, warm_start)
     solve_seconds = time.perf_counter() - started
 
     status = highs.getModelStatus()

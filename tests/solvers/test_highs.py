@@ -204,3 +204,16 @@ def test_the_number_of_threads_can_change_between_solves():
     for threads in (None, 1, 2, None, 1):
         sol = solve(two_bid_market(), threads=threads)
         assert sol.optimal and sol.objective == pytest.approx(6 * (50 - 30))
+
+
+def test_a_warm_start_gives_the_search_its_first_incumbent():
+    """With no branching and no heuristics HiGHS finds no solution on its own (the test
+    above); a partial start (items 0 and 1, the rest for HiGHS to complete) is one."""
+    stop = {"mip_max_nodes": 0, "presolve": "off", "mip_heuristic_effort": 0}
+    m = knapsack()
+    m.pick[0].set_value(1)
+    m.pick[1].set_value(1)
+    sol = solve(m, options=stop, warm_start=True)
+    assert not sol.optimal
+    assert pyo.value(m.weight.body) <= 300 + 1e-9
+    assert sol.objective == pytest.approx(pyo.value(m.value)) and sol.objective >= 10 + 32
