@@ -80,7 +80,7 @@ def run_one(homes: int, periods: int, form: str, time_limit: float) -> dict:
     )
     row = {"homes": homes, "periods": periods, "form": form}
     try:
-        solution = solve(model, mip_gap=MIP_GAP, time_limit=time_limit)
+        solution = solve(model, mip_gap=MIP_GAP, time_limit=time_limit, warm_start=True)
     except LimitReachedError:
         return {**row, "status": "no incumbent", "total_s": time.perf_counter() - started}
     result = aggregator.results(model, solution)

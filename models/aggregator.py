@@ -294,6 +294,7 @@ def _add_incentive(m: pyo.ConcreteModel, incentive: IncentiveSpec) -> None:
         m.group_incentive_per_mwh = pyo.Var(
             m.GROUPS,
             bounds=(incentive.min_per_mwh, incentive.max_per_mwh),
+            initialize=min(max(0.0, incentive.min_per_mwh), incentive.max_per_mwh),
             doc="incentive of a group: pi_min <= pi[g] <= pi_max  (currency/MWh)",
         )
     else:
@@ -310,7 +311,14 @@ def _add_levels(m: pyo.ConcreteModel, levels: Sequence[float]) -> None:
     m.level_per_mwh = pyo.Param(
         m.LEVELS, initialize=dict(enumerate(levels)), doc="menu (currency/MWh)"
     )
-    m.level_chosen = pyo.Var(m.GROUPS, m.LEVELS, domain=pyo.Binary, doc="z[g,k] = 1: level k")
+    nearest = int(np.argmin(np.abs(np.asarray(levels, dtype=float))))
+    m.level_chosen = pyo.Var(
+        m.GROUPS,
+        m.LEVELS,
+        domain=pyo.Binary,
+        initialize=lambda m, g, k: int(k == nearest),
+        doc="z[g,k] = 1: level k",
+    )
     m.one_level = pyo.Constraint(
         m.GROUPS,
         rule=lambda m, g: sum(m.level_chosen[g, k] for k in m.LEVELS) == 1,
@@ -613,11 +621,15 @@ def schedule(
 ) -> Result:
     """Build, solve and report in one call: :func:`build`, then :func:`results`.
 
+    The MILP starts from the zero incentive (the leader's variables are initialised
+    there and HiGHS completes the homes' part): every home keeping its baseline is
+    feasible, so the search has an incumbent from the start.
+
     ``build_options`` are :func:`build`'s keyword arguments; ``solve_options`` are
     :func:`gridmarkets.solvers.solve`'s.
     """
     model = build(prosumers, prices, commitment_kw, **build_options)
-    return results(model, solve(model, **dict(solve_options or {})))
+    return results(model, solve(model, **{"warm_start": True, **dict(solve_options or {})}))
 
 
 # --- case files -------------------------------------------------------------------------
