@@ -1092,5 +1092,7 @@ def _case_preferences(case: CaseSpec, feeder) -> pd.DataFrame | None:
         bus = {k: p.bus for k, p in case.peers.items()}
         graph = trading_graph(list(case.peers), case.graph, bus=bus, feeder=feeder)
         hops = hop_costs(bus, feeder, case.hop_cost, graph)
-        table = pd.concat([hops, table]).drop_duplicates(["peer", "partner"], keep="last")
+        if not hops.empty:  # explicit preferences win over hop costs
+            frames = [hops, table] if len(table) else [hops]
+            table = pd.concat(frames).drop_duplicates(["peer", "partner"], keep="last")
     return table if len(table) else None
