@@ -104,3 +104,17 @@ def test_fixed_variables_in_array_rows_become_data(feeder):
     m.network.v_sq_pu[feeder.root, 0].fix(1.05)  # the root's voltage moves, the drop stays
     solve(m)
     assert 1.05 - pyo.value(below) == pytest.approx(drop, abs=1e-9)
+
+
+def test_a_cloned_or_pickled_model_keeps_its_array_rows(feeder):
+    import pickle
+
+    m = market(feeder)
+    expected = solve(m).objective
+    for copy in (m.clone(), pickle.loads(pickle.dumps(m))):
+        first = feeder.branches.index[0]
+        body = copy.network.thermal_limit[first, 1, 0].body
+        flows = (copy.network.p_flow_pu[first, 0], copy.network.q_flow_pu[first, 0])
+        terms = [t.args[1] for t in body.args]
+        assert all(a is b for a, b in zip(terms, flows, strict=True))  # the copy's own variables
+        assert solve(copy).objective == pytest.approx(expected, rel=1e-9)
