@@ -13,19 +13,23 @@ an evening commitment to export 1 kW per home), fairness weight 0.05, deviation 
   22:00-06:00, day, evening peak 17:00-21:00) instead of per period;
 - ``full control``: the single-level comparison (an LP).
 
-Solved to a 1 % MIP gap with a time limit (quick 10 s, full 60 s); ``max gap`` is the
-largest follower gap :func:`gridmarkets.solvers.kkt.verify` found (0 when every home's
-response is optimal), ``at M`` the multipliers it found at their big-M. Quick mode: 3 x
-4 and 5 x 8; full: 3 x 4, then 5 to 40 homes x 24 periods and 20 homes x 12 and 48.
+Solved to a 1 % MIP gap with a time limit (quick 10 s, full 60 s), starting from the
+zero incentive (``warm_start=True``: the leader's variables start at zero and HiGHS
+completes the homes' part); ``max gap`` is the largest follower gap
+:func:`gridmarkets.solvers.kkt.verify` found (0 when every home's response is optimal),
+``at M`` the multipliers it found at their big-M. Quick mode: 3 x 4 and 5 x 8; full:
+3 x 4, then 5 to 40 homes x 24 periods and 20 homes x 12 and 48.
 
 What it shows (full mode, 60 s limit): the default continuous form reaches 1 % up to 20
-x 24 (17 s) and 20 x 48 (62 s), not 40 x 24 (6.4 % at 60 s). Incentive levels per
-period stay slow: big-M finds no incumbent from 5 x 24 on (a dual M of 0.8 instead of
-1.5 finds one on 10 x 24, 5.7 % after 40 s, but is not provably valid), strong duality
-stalls at 6-13 %. The same levels per tariff group (18 leader binaries instead of 144)
-reach 1 % with strong duality on every size (20 x 24 in 17 s, 40 x 24 in 50 s). The
-primal Ms already come from variable bounds and FBBT. (20 x 12 ends before the evening
-commitment: cost 0.)
+x 24 (7 s) and 20 x 48 (36 s), not 40 x 24 (6.2 % at 60 s). Incentive levels per
+period stay the weak form: without the start big-M found no incumbent from 5 x 24 on;
+with it, 1.4 % on 5 x 24 and 12-13 % on 10 and 20 x 24 at the limit, still none on 40
+x 24 and 20 x 48 (HiGHS does not complete the start in time); strong duality stalls at
+2-11 %. The same levels per tariff group (18 leader binaries instead of 144) reach 1 %
+with strong duality on every size (20 x 24 in 9 s, 40 x 24 in 25 s). The primal Ms
+come from variable bounds and FBBT. (20 x 12 ends before the evening commitment: cost
+0, where a relative gap means nothing.) Times past the limit include the fixed-integer
+LP that prices the MILP and verify's re-solve of every home.
 """
 
 from __future__ import annotations
