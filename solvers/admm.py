@@ -382,8 +382,8 @@ def solve_quadratic(model: pyo.Block, options: dict[str, Any] | None = None) -> 
         solve_seconds=t2 - t1,
         n_variables=form.lp.num_col_,
         n_binaries=0,
-        n_constraints=len({id(c) for c in form.rows}),
-        n_nonzeros=len(form.lp.a_matrix_.value_),
+        n_constraints=form.n_constraints,
+        n_nonzeros=form.n_nonzeros,
         highs_version=highs.version(),
         _duals=duals,
     )
