@@ -2,6 +2,7 @@
 
 from gridmarkets.networks.ac_check import ACCheck, ac_check, operating_point
 from gridmarkets.networks.copperplate import CopperPlate
+from gridmarkets.networks.coupling import NetworkFormulation, attach_grid
 from gridmarkets.networks.feeder import (
     Feeder,
     available_networks,
@@ -28,9 +29,11 @@ __all__ = [
     "LinDistFlow",
     "LinearInjections",
     "LossIteration",
+    "NetworkFormulation",
     "NetworkHandles",
     "OperatingPoint",
     "ac_check",
+    "attach_grid",
     "available_networks",
     "feeder_from_net",
     "feeder_profiles",

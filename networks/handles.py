@@ -77,6 +77,8 @@ class NetworkHandles:
     polygon_sides : the polygon's number of sides N (its rows are S cos(pi/N) out).
     losses : the loss linearisation parameters (a, b, c, v0_sq) or None.
     p_kw, q_kvar : the injections the market supplied, by (bus, period) (a mapping).
+    injections : the market's long table (owner, bus, period, ...) when it came through
+        :func:`~gridmarkets.networks.attach_grid`.
     """
 
     formulation: str
@@ -97,6 +99,7 @@ class NetworkHandles:
     losses: dict[str, pyo.Param] | None = None
     p_kw: Mapping = field(default_factory=dict, repr=False)
     q_kvar: Mapping = field(default_factory=dict, repr=False)
+    injections: Any = field(default=None, repr=False)
 
     def per_mwh(self) -> float:
         """Factor from a balance dual (currency per pu and period) to currency/MWh."""
