@@ -128,8 +128,7 @@ def placed(injections: pd.DataFrame, feeder: Feeder | None, periods: Sequence) -
         row = bad.iloc[0]
         more = f" ({len(bad['owner'].unique())} owners in all)" if len(bad) > 1 else ""
         raise InputError(
-            f"{row['owner']}: bus {_label(row['bus'])} is not a bus of feeder "
-            f"{feeder.name}{more}"
+            f"{row['owner']}: bus {_label(row['bus'])} is not a bus of feeder {feeder.name}{more}"
         )
     return table.assign(bus=bus.astype(feeder.buses.index.dtype))
 
@@ -145,7 +144,7 @@ def bus_injections(table: pd.DataFrame) -> tuple[Mapping, Mapping]:
     keys = list(zip(table["bus"], table["period"], strict=True))
     if "variable" in table:
         variables = table["variable"].tolist()
-        q_coef = table["q_coef"] if "q_coef" in table else None
+        q_coef = table.get("q_coef")
         p = LinearInjections(keys, table["p_coef"].to_numpy(float), variables)
         if q_coef is None or not np.any(q_coef.to_numpy(float)):
             return p, {}
