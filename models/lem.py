@@ -49,6 +49,7 @@ from gridmarkets.solvers.highs import gc_paused
 from gridmarkets.solvers.persistent import PersistentLP
 
 BID_COLUMNS = ["participant", "side", "quantity_kw", "price", "period", "block", "bus"]
+OPTIONAL_COLUMNS = ["indivisible", "min_acceptance", "q_kvar", "power_factor"]
 _TOL_KW = 1e-6
 
 
@@ -86,7 +87,7 @@ def prepare_bids(bids: pd.DataFrame) -> pd.DataFrame:
     missing = {"participant", "side", "quantity_kw", "price"} - set(bids.columns)
     if missing:
         raise InputError(f"bids: missing column(s) {sorted(missing)}")
-    unknown = set(bids.columns) - set(BID_COLUMNS) - {"indivisible", "min_acceptance"}
+    unknown = set(bids.columns) - set(BID_COLUMNS) - set(OPTIONAL_COLUMNS)
     if unknown:
         raise InputError(f"bids: unknown column(s) {sorted(unknown)}")
     table = bids.reset_index(drop=True).copy()
@@ -113,6 +114,43 @@ def _check_bid_values(table: pd.DataFrame) -> None:
     _reject(table, table["period"] < 0, "period", "must not be negative")
     duplicate = table.duplicated(["participant", "side", "period", "block"], keep=False)
     _reject(table, duplicate, "block", "repeats (participant, side, period, block)")
+    _check_reactive(table)
+
+
+def _check_reactive(table: pd.DataFrame) -> None:
+    """``q_kvar`` a number, ``power_factor`` in (0, 1], never both on one block."""
+    q = pd.to_numeric(table.get("q_kvar", pd.Series(np.nan, index=table.index)), errors="coerce")
+    given = table.get("q_kvar", pd.Series(None, index=table.index, dtype=object)).notna()
+    _reject(table, given & (q.isna() | ~np.isfinite(q)), "q_kvar", "must be a number")
+    pf = table.get("power_factor", pd.Series(np.nan, index=table.index))
+    as_pf = pd.to_numeric(pf, errors="coerce")
+    _reject(table, pf.notna() & ~((as_pf > 0) & (as_pf <= 1)), "power_factor", "must be in (0, 1]")
+    _reject(table, given & pf.notna(), "power_factor", "and q_kvar are both given; give one")
+
+
+def reactive_ratio(table: pd.DataFrame) -> np.ndarray:
+    """Reactive power per kW of each block (kvar/kW), in the block's own direction.
+
+    A block's reactive power follows its active power: a buy block of ``quantity_kw``
+    with ``q_kvar`` draws ``q_kvar`` at full acceptance (a sell block injects it), in
+    proportion when partly accepted; ``power_factor`` pf gives ``tan(acos(pf))`` kvar per
+    kW (lagging: a load draws, a generator injects). Neither given: unity power factor
+    (0), the default for hand-written bids. Profile bids carry the pandapower element's
+    own ratio as ``q_kvar``.
+    """
+    n = len(table)
+    ratio = np.zeros(n)
+    if "power_factor" in table:
+        pf = pd.to_numeric(table["power_factor"], errors="coerce").to_numpy(float)
+        has = ~np.isnan(pf)
+        ratio[has] = np.tan(np.arccos(pf[has]))
+    if "q_kvar" in table:
+        q = pd.to_numeric(table["q_kvar"], errors="coerce").to_numpy(float)
+        quantity = table["quantity_kw"].to_numpy(float)
+        has = ~np.isnan(q)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio[has] = np.where(quantity[has] > 0, q[has] / quantity[has], 0.0)
+    return ratio
 
 
 def _reject(table: pd.DataFrame, mask: pd.Series, column: str, reason: str) -> None:
