@@ -118,7 +118,7 @@ def placed(injections: pd.DataFrame, feeder: Feeder | None, periods: Sequence) -
     if unknown_period.any():
         row = table[unknown_period].iloc[0]
         raise InputError(
-            f"{row['owner']}: injection in period {row['period']!r}, not a market period"
+            f"{row['owner']}: injection in period {_label(row['period'])}, not a market period"
         )
     if feeder is None:
         return table.assign(bus=None)
