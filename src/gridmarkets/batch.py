@@ -34,7 +34,7 @@ Model reuse (the study's ``reuse``, on by default): a model module may offer a
 reuse; each worker thread keeps one per model (the LEM's keeps the loaded Feeder and
 the built LP compiled to HiGHS arrays, updated in place when a scenario changes only
 bid prices and quantities or the upstream tariffs — see
-:class:`gridmarkets.models.lem.ReusingRunner`). Whether a scenario may reuse is decided
+:class:`gridmarkets.specs.lem.ReusingRunner`). Whether a scenario may reuse is decided
 by the runner from the case itself, by comparing it with the case the kept model was
 built from with those data fields left out, not from what the study says it sweeps; a
 structural change rebuilds. The answer is the one a rebuild gets (the same arrays,

@@ -1,8 +1,10 @@
 """Which models a case file may name, and where their specs and runners live.
 
-Each model module exposes ``CaseSpec`` (a :class:`~gridmarkets.case.CaseBase` subclass
-whose ``model`` field is ``Literal[<name>]``) and
-``run_case(case, solve_options) -> Result``. Adding a model is one line here.
+Each model's case module, ``gridmarkets.specs.<model>``, exposes ``CaseSpec`` (a
+:class:`~gridmarkets.specs.base.CaseBase` subclass whose ``model`` field is
+``Literal[<name>]``) and ``run_case(case, solve_options) -> Result``. The model modules
+themselves (``gridmarkets.models.<model>``) know nothing of case files. Adding a model is
+one line here.
 """
 
 from __future__ import annotations
@@ -16,17 +18,17 @@ from pydantic import Field, TypeAdapter
 from gridmarkets.errors import CaseError
 
 MODELS: dict[str, str] = {
-    "aggregator": "gridmarkets.models.aggregator",
-    "flexibility": "gridmarkets.models.flexibility",
-    "lem": "gridmarkets.models.lem",
-    "community": "gridmarkets.models.community",
-    "p2p": "gridmarkets.models.p2p",
-    "prosumer": "gridmarkets.models.prosumer",
+    "aggregator": "gridmarkets.specs.aggregator",
+    "flexibility": "gridmarkets.specs.flexibility",
+    "lem": "gridmarkets.specs.lem",
+    "community": "gridmarkets.specs.community",
+    "p2p": "gridmarkets.specs.p2p",
+    "prosumer": "gridmarkets.specs.prosumer",
 }
 
 
 def model_module(name: str) -> ModuleType:
-    """The module that implements model ``name``."""
+    """The case module (spec and runner) of model ``name``."""
     return importlib.import_module(MODELS[name])
 
 

@@ -1,6 +1,6 @@
 """Model reuse between scenarios gives what a full rebuild gives.
 
-The reference is the path without reuse: ``lem.run_case`` (load, build, compile, solve
+The reference is the path without reuse: ``lem_case.run_case`` (load, build, compile, solve
 per case) and ``batch.run(..., reuse=False)``. Reuse must also step aside where a case
 changes its structure, and report which rows reused a model.
 """
@@ -19,6 +19,7 @@ from gridmarkets.models import lem
 from gridmarkets.networks import load
 from gridmarkets.solvers import compile_model, solve
 from gridmarkets.solvers.persistent import PersistentLP
+from gridmarkets.specs import lem as lem_case
 from gridmarkets.study import load_study, make_study
 
 pytestmark = pytest.mark.solve
@@ -39,9 +40,9 @@ def assert_same_result(reused, rebuilt):
 
 def run_both(cases):
     """Each case through one ReusingRunner and through run_case; the reuse flags."""
-    runner, flags = lem.ReusingRunner(), []
+    runner, flags = lem_case.ReusingRunner(), []
     for case in cases:
-        assert_same_result(runner(case, {}), lem.run_case(case, {}))
+        assert_same_result(runner(case, {}), lem_case.run_case(case, {}))
         flags.append(runner.reused)
     return flags
 
@@ -105,11 +106,11 @@ def test_a_milp_market_is_rebuilt_for_every_case():
 def test_the_persistent_lp_is_the_lp_of_a_fresh_compile():
     first, second = feeder_case(), feeder_case(**{"participants.pv.blocks.0.price": 70.0})
     feeder = load("case33bw")
-    lp = PersistentLP(lem.build(lem.case_bids(first), upstream=UPSTREAM, network=feeder))
+    lp = PersistentLP(lem.build(lem_case.case_bids(first), upstream=UPSTREAM, network=feeder))
     cheaper = lem.Upstream(import_price=[60.0, 200.0], export_price=30.0, capacity_kw=900.0)
-    lem.update(lp.model, lem.case_bids(second), upstream=cheaper)
+    lem.update(lp.model, lem_case.case_bids(second), upstream=cheaper)
     lp.solve()
-    fresh = compile_model(lem.build(lem.case_bids(second), upstream=cheaper, network=feeder))
+    fresh = compile_model(lem.build(lem_case.case_bids(second), upstream=cheaper, network=feeder))
     assert canonical(lp.form) == canonical(fresh)
 
 
