@@ -192,7 +192,7 @@ def build(
     Returns
     -------
     The model: ``model.home[id].energy_balance[t]``, ``model.objective`` and, on a
-    network, ``model.network_handles`` (see :class:`~gridmarkets.networks.NetworkHandles`).
+    network, ``model.handles`` (see :class:`~gridmarkets.networks.NetworkHandles`).
     """
     started = time.perf_counter()
     homes = as_mapping(prosumers)
@@ -201,7 +201,7 @@ def build(
     m.PERIODS = pyo.RangeSet(0, periods - 1, doc="periods")
     m.PROSUMERS = pyo.Set(initialize=list(homes), doc="homes")
     m.specs, m.mode, m.period_hours = homes, mode, period_hours
-    m.timestamps, m.open_end, m.network_handles = timestamps, open_end, None
+    m.timestamps, m.open_end, m.handles = timestamps, open_end, None
     add_prices(m, prices, mode)
     m.home = pyo.Block(m.PROSUMERS, doc="one home's devices, grid connection and balance")
     for pid, spec in homes.items():
@@ -389,7 +389,7 @@ def add_network(m: pyo.ConcreteModel, feeder: Feeder, formulation: Any = None) -
         for t in m.PERIODS:
             p_kw[bus, t] = p_kw.get((bus, t), 0) + b.p_export_kw[t] - b.p_import_kw[t]
     m.network = pyo.Block(doc="the feeder's power flow, limits and balances")
-    m.network_handles = formulation.add(
+    m.handles = formulation.add(
         m.network, feeder, list(m.PERIODS), p_kw, {}, period_hours=m.period_hours
     )
 
@@ -430,7 +430,7 @@ def results(model: pyo.ConcreteModel, solution: Solution) -> Result:
         "thermal": _thermal_table(model),
     }
     tables["prosumers"] = _kpi_table(model, tables["grid"], tables["power"])
-    handles = getattr(model, "network_handles", None)  # None for models built elsewhere
+    handles = getattr(model, "handles", None)  # None for models built elsewhere
     if handles is not None and solution.duals_from is not None:
         from gridmarkets.networks import nodal_prices
 

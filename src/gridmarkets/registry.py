@@ -2,7 +2,8 @@
 
 Each model's case module, ``gridmarkets.specs.<model>``, exposes ``CaseSpec`` (a
 :class:`~gridmarkets.specs.base.CaseBase` subclass whose ``model`` field is
-``Literal[<name>]``) and ``run_case(case, solve_options) -> Result``. The model modules
+``Literal[<name>]``) and ``ADAPTER`` (a :class:`~gridmarkets.specs.adapter.CaseAdapter`,
+which :func:`gridmarkets.pipeline.run_case` drives). The model modules
 themselves (``gridmarkets.models.<model>``) know nothing of case files. Adding a model is
 one line here.
 """
@@ -11,11 +12,14 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
-from typing import Annotated, Any, Union
+from typing import TYPE_CHECKING, Annotated, Any, Union
 
 from pydantic import Field, TypeAdapter
 
 from gridmarkets.errors import CaseError
+
+if TYPE_CHECKING:
+    from gridmarkets.specs.adapter import CaseAdapter
 
 MODELS: dict[str, str] = {
     "aggregator": "gridmarkets.specs.aggregator",
@@ -30,6 +34,11 @@ MODELS: dict[str, str] = {
 def model_module(name: str) -> ModuleType:
     """The case module (spec and runner) of model ``name``."""
     return importlib.import_module(MODELS[name])
+
+
+def adapter(name: str) -> CaseAdapter:
+    """How the case pipeline runs model ``name``'s cases (its module's ``ADAPTER``)."""
+    return model_module(name).ADAPTER
 
 
 def case_class(name: Any, source: str = "<case>") -> type:

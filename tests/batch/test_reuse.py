@@ -1,6 +1,6 @@
 """Model reuse between scenarios gives what a full rebuild gives.
 
-The reference is the path without reuse: ``lem_case.run_case`` (load, build, compile, solve
+The reference is the path without reuse: ``pipeline.run_case`` (load, build, compile, solve
 per case) and ``batch.run(..., reuse=False)``. Reuse must also step aside where a case
 changes its structure, and report which rows reused a model.
 """
@@ -12,7 +12,7 @@ import pyomo.environ as pyo
 import pytest
 import scipy.sparse as sp
 
-from gridmarkets import batch
+from gridmarkets import batch, pipeline
 from gridmarkets.case import validate
 from gridmarkets.errors import InfeasibleError, InputError
 from gridmarkets.models import lem
@@ -42,7 +42,7 @@ def run_both(cases):
     """Each case through one ReusingRunner and through run_case; the reuse flags."""
     runner, flags = lem_case.ReusingRunner(), []
     for case in cases:
-        assert_same_result(runner(case, {}), lem_case.run_case(case, {}))
+        assert_same_result(runner(case, {}), pipeline.run_case(case, {}))
         flags.append(runner.reused)
     return flags
 

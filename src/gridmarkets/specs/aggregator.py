@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from functools import partial
+from typing import Literal
 
 from pydantic import Field, NonNegativeFloat, PositiveFloat, model_validator
 
 from gridmarkets.models import assets, prosumer
-from gridmarkets.models.aggregator import Control, HomeSpec, IncentiveSpec, schedule
+from gridmarkets.models.aggregator import Control, HomeSpec, IncentiveSpec, build, results
 from gridmarkets.models.prosumer import PricesSpec
 from gridmarkets.results import Result
+from gridmarkets.specs.adapter import Built, grid_checks, no_checks
 from gridmarkets.specs.base import CaseBase
-
-# --- case files -------------------------------------------------------------------------
 
 
 class CaseSpec(CaseBase):
@@ -52,25 +52,41 @@ class CaseSpec(CaseBase):
         return self
 
 
-def run_case(case: CaseSpec, solve_options: dict[str, Any]) -> Result:
-    """Solve an aggregator case: the CLI's and the sweeps' entry point."""
-    from gridmarkets.networks import load
+class AggregatorAdapter:
+    """Aggregator cases: one (bilevel, single-level after KKT) model, solved from the
+    stand-alone schedules (``warm_start``). On a network the AC check runs on the
+    injections its LinDistFlow held (P and Q).
 
-    feeder = None if case.network is None else load(case.network.model_dump(exclude_none=True))
-    return schedule(
-        case.prosumers,
-        case.prices,
-        case.commitment_kw,
-        commitment_kvar=case.commitment_kvar,
-        periods=case.horizon.periods,
-        period_hours=case.horizon.period_hours,
-        control=case.control,
-        incentive=case.incentive,
-        deviation_penalty_per_mwh=case.deviation_penalty_per_mwh,
-        reactive_penalty_per_mvarh=case.reactive_penalty_per_mvarh,
-        fairness_weight=case.fairness_weight,
-        network=feeder,
-        method=case.method,
-        big_m=case.big_m,
-        solve_options=solve_options,
-    )
+    Losses: ``none`` only, for the aggregator's build writes its own lossless
+    LinDistFlow (it takes no ``formulation``).
+    """
+
+    def losses(self, case: CaseSpec) -> tuple[str, ...]:
+        return ("none",)
+
+    def build(self, case: CaseSpec, feeder, formulation) -> Built:
+        m = build(
+            case.prosumers,
+            case.prices,
+            case.commitment_kw,
+            commitment_kvar=case.commitment_kvar,
+            periods=case.horizon.periods,
+            period_hours=case.horizon.period_hours,
+            control=case.control,
+            incentive=case.incentive,
+            deviation_penalty_per_mwh=case.deviation_penalty_per_mwh,
+            reactive_penalty_per_mvarh=case.reactive_penalty_per_mvarh,
+            fairness_weight=case.fairness_weight,
+            network=feeder,
+            method=case.method,
+            big_m=case.big_m,
+        )
+        checks = no_checks if feeder is None else grid_checks(m.handles)
+        grid = None if feeder is None else m.handles
+        return Built(m, partial(results, m), checks, grid, solve_options={"warm_start": True})
+
+    def finish(self, case: CaseSpec, result: Result, feeder, solve_options: dict) -> None:
+        """Nothing to add."""
+
+
+ADAPTER = AggregatorAdapter()

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Literal
 
 import numpy as np
-import pandas as pd
 from pydantic import Field, PositiveFloat, model_validator
 
 from gridmarkets.models import prosumer
@@ -15,15 +15,15 @@ from gridmarkets.models.community import (
     CommunityGame,
     ConnectionSpec,
     SharedAssetSpec,
-    schedule,
+    build,
+    results,
     shares_of,
     split,
 )
 from gridmarkets.models.prosumer import Objective, PricesSpec, ProsumerSpec
 from gridmarkets.results import Result
+from gridmarkets.specs.adapter import Built, grid_checks
 from gridmarkets.specs.base import CaseBase, Spec
-
-# --- case files -------------------------------------------------------------------------
 
 
 class AllocationSpec(Spec):
@@ -97,31 +97,31 @@ def case_options(case: CaseSpec, feeder=None) -> dict[str, Any]:
     }
 
 
-def run_case(case: CaseSpec, solve_options: dict[str, Any]) -> Result:
-    """Schedule a community case and, if asked, split its cost.
+class CommunityAdapter:
+    """Community cases: one schedule; with ``allocation`` the cost is then split among
+    the members (the table ``allocation``; KPIs ``community_value`` and
+    ``in_core_<rule>``, 1 or 0). On a network the AC check runs on the injections the
+    community's LinDistFlow held (P and Q).
 
-    With ``allocation`` the result gains the table ``allocation`` (one row per member:
-    stand-alone bill, bill under each rule, savings) and the KPIs ``community_value``
-    and ``in_core_<rule>`` (1 or 0). With a network, the schedule is checked with
-    pandapower's AC power flow (``result.ac_check``).
+    Losses: ``none`` only, for the community's build writes its own lossless
+    LinDistFlow (it takes no ``formulation``).
     """
-    feeder = None
-    if case.network is not None:
-        from gridmarkets.networks import load
 
-        feeder = load(case.network.model_dump(exclude_none=True))
-    options = case_options(case, feeder)
-    result = schedule(
-        case.members, case.shared, case.prices, solve_options=solve_options, **options
-    )
-    if feeder is not None:
-        from gridmarkets.networks import ac_check
+    def losses(self, case: CaseSpec) -> tuple[str, ...]:
+        return ("none",)
 
-        injections = bus_injections(result, case)
-        result.ac_check = ac_check(feeder, injections, 0.0 * injections).summary()
-    if case.allocation is not None:
-        _add_allocation(result, case, options, solve_options)
-    return result
+    def build(self, case: CaseSpec, feeder, formulation) -> Built:
+        m = build(case.members, case.shared, case.prices, **case_options(case, feeder))
+        if feeder is None:
+            return Built(m, partial(results, m))
+        return Built(m, partial(results, m), grid_checks(m.handles), grid=m.handles)
+
+    def finish(self, case: CaseSpec, result: Result, feeder, solve_options: dict) -> None:
+        if case.allocation is not None:
+            _add_allocation(result, case, case_options(case, feeder), solve_options)
+
+
+ADAPTER = CommunityAdapter()
 
 
 def _add_allocation(result: Result, case: CaseSpec, options, solve_options) -> None:
@@ -161,13 +161,3 @@ def _proportional_weights(case: CaseSpec, result: Result, rule: str) -> dict[str
         shares = [shares_of(a.owners, everyone) for a in case.shared.values()]
         return {i: float(np.mean([s[i] for s in shares])) for i in everyone}
     return dict.fromkeys(case.members, 1.0)
-
-
-def bus_injections(result: Result, case: CaseSpec) -> pd.DataFrame:
-    """Members' and shared assets' injections into the feeder (kW), buses x periods."""
-    meters = result.meters.assign(p_kw=result.meters["export_kw"] - result.meters["import_kw"])
-    shared = result.shared.assign(bus=result.shared["asset"].map(lambda a: case.shared[a].bus))
-    both = pd.concat([meters[["bus", "period", "p_kw"]], shared[["bus", "period", "p_kw"]]])
-    return both.dropna(subset=["bus"]).pivot_table(
-        index="bus", columns="period", values="p_kw", aggfunc="sum", fill_value=0.0
-    )

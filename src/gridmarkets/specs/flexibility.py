@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 import numpy as np
@@ -15,17 +17,18 @@ from gridmarkets.models.flexibility import (
     OFFER_COLUMNS,
     REACTIVE_PRODUCT,
     RESOURCE_COLUMNS,
+    _activated,
     bilateral,
-    clear,
+    build,
     compare,
     dso_needs,
     load_products,
+    results,
     tso_requirements,
 )
 from gridmarkets.results import Result
+from gridmarkets.specs.adapter import Built, Injections, handles_injections
 from gridmarkets.specs.base import CaseBase, Spec
-
-# --- case files -----------------------------------------------------------------------
 
 
 class OfferSpec(Spec):
@@ -155,46 +158,114 @@ def case_offers(case: CaseSpec, pv_kw: pd.DataFrame) -> tuple[pd.DataFrame, pd.D
     )
 
 
-def run_case(case: CaseSpec, solve_options: dict[str, Any]) -> Result:
-    """Clear a flexibility case: the CLI's and the sweeps' entry point.
+@dataclass(frozen=True)
+class Market:
+    """A case's market inputs on its feeder: baseline, offers, resources and needs."""
 
-    ``mode: pool`` returns the pool's result; ``bilateral`` the DSO's bilateral
-    procurement; ``both`` the pool's result with the bilateral one's accepted offers
-    (``bilateral_accepted``) and the comparison (``comparison``) added as tables.
+    baseline_p_kw: pd.DataFrame
+    baseline_q_kvar: pd.DataFrame
+    offers: pd.DataFrame
+    resources: pd.DataFrame
+    needs: pd.DataFrame
+
+    @classmethod
+    def of(cls, case: CaseSpec, feeder) -> Market:
+        """The baseline from the feeder's profiles, the offers, and the DSO's needs."""
+        base_p, base_q, pv_kw = case_baseline(case, feeder)
+        offers, resources = case_offers(case, pv_kw)
+        needs = dso_needs(
+            feeder,
+            base_p,
+            base_q,
+            loading_margin_percent=case.loading_margin_percent,
+            voltage_margin_pu=case.voltage_margin_pu,
+        )
+        return cls(base_p, base_q, offers, resources, needs)
+
+    def bilateral(self, case: CaseSpec, feeder, solve_options: dict, ac: bool) -> Result:
+        """The DSO's bilateral procurement (:func:`~gridmarkets.models.flexibility.bilateral`)."""
+        return bilateral(
+            feeder,
+            self.offers,
+            self.needs,
+            self.baseline_p_kw,
+            self.baseline_q_kvar,
+            period_hours=case.horizon.period_hours,
+            solve_options=solve_options,
+            ac=ac,
+        )
+
+    def before(self) -> Injections:
+        """The baseline's injections (no market cleared them: no limit was enforced)."""
+        return Injections(self.baseline_p_kw, self.baseline_q_kvar)
+
+
+class FlexibilityAdapter:
+    """Flexibility cases by ``mode``.
+
+    ``pool``: one clearing with one network formulation per scenario (dispatch after the
+    DSO's activation, tso_up, tso_down); the AC check runs on the ``before`` baseline
+    and on each scenario's injections (P and Q), and the KPIs ``violations_<name>``
+    count each check's violations. Losses none or linear: ``iterate`` re-linearises one
+    grid, and the pool holds one per scenario. ``bilateral``: the DSO's procurement (no
+    network formulation: losses none), checked ``before`` and at ``dispatch``. ``both``:
+    the pool, plus the bilateral result's accepted offers (``bilateral_accepted``) and
+    the comparison (``comparison``).
     """
-    from gridmarkets.networks import load
 
-    feeder = load(case.network.model_dump(exclude_none=True))
-    base_p, base_q, pv_kw = case_baseline(case, feeder)
-    offers, resources = case_offers(case, pv_kw)
-    needs = dso_needs(
-        feeder,
-        base_p,
-        base_q,
-        loading_margin_percent=case.loading_margin_percent,
-        voltage_margin_pu=case.voltage_margin_pu,
-    )
-    options = {"period_hours": case.horizon.period_hours, "solve_options": solve_options}
-    if case.mode == "bilateral":
-        return bilateral(feeder, offers, needs, base_p, base_q, **options)
-    products = load_products()
-    periods = list(range(case.horizon.periods))
-    pool = clear(
-        offers,
-        pricing=case.pricing,
-        products=products,
-        requirements=tso_requirements(products, periods, case.tso_requirements),
-        network=feeder,
-        baseline_p_kw=base_p,
-        baseline_q_kvar=base_q,
-        needs=needs,
-        resources=resources,
-        shortfall_price=case.shortfall_price,
-        **options,
-    )
-    if case.mode == "both":
-        other = bilateral(feeder, offers, needs, base_p, base_q, **options)
-        pool.tables["bilateral_accepted"] = other.accepted
-        pool.tables["comparison"] = compare(pool, other)
-        pool.kpis["bilateral_dso_cost"] = other.kpis["dso_cost"]
-    return pool
+    def losses(self, case: CaseSpec) -> tuple[str, ...]:
+        return ("none",) if case.mode == "bilateral" else ("none", "linear")
+
+    def build(self, case: CaseSpec, feeder, formulation) -> Built:
+        market = Market.of(case, feeder)
+        if case.mode == "bilateral":
+            run = partial(market.bilateral, case, feeder, ac=False)
+            return Built(run=run, checks=partial(_bilateral_checks, market, feeder))
+        products = load_products()
+        periods = list(range(case.horizon.periods))
+        m = build(
+            market.offers,
+            products=products,
+            requirements=tso_requirements(products, periods, case.tso_requirements),
+            network=feeder,
+            baseline_p_kw=market.baseline_p_kw,
+            baseline_q_kvar=market.baseline_q_kvar,
+            needs=market.needs,
+            resources=market.resources,
+            period_hours=case.horizon.period_hours,
+            formulation=formulation,
+            shortfall_price=case.shortfall_price,
+        )
+        return Built(
+            m,
+            lambda solution: results(m, solution, case.pricing, ac=False),
+            lambda result: _pool_checks(market, scenario_handles(m)),
+        )
+
+    def finish(self, case: CaseSpec, result: Result, feeder, solve_options: dict) -> None:
+        for name, summary in result.ac_check.items():
+            if isinstance(summary, dict):
+                result.kpis[f"violations_{name}"] = summary["violations_count"]
+        if case.mode == "both":
+            other = Market.of(case, feeder).bilateral(case, feeder, solve_options, ac=True)
+            result.tables["bilateral_accepted"] = other.accepted
+            result.tables["comparison"] = compare(result, other)
+            result.kpis["bilateral_dso_cost"] = other.kpis["dso_cost"]
+
+
+def scenario_handles(m) -> dict[str, Any]:
+    """The pool's network formulation of each scenario, by scenario: the AC check's hook."""
+    return dict(m.handles)
+
+
+def _pool_checks(market: Market, handles: dict[str, Any]) -> dict[str, Injections]:
+    grids = {s: handles_injections(h) for s, h in handles.items()}
+    return {"before": market.before(), **grids}
+
+
+def _bilateral_checks(market: Market, feeder, result: Result) -> dict[str, Injections]:
+    p, q = _activated(feeder, result.accepted, market.baseline_p_kw, market.baseline_q_kvar)
+    return {"before": market.before(), "dispatch": Injections(p, q)}
+
+
+ADAPTER = FlexibilityAdapter()

@@ -8,13 +8,12 @@ from typing import Any, Literal
 import pandas as pd
 from pydantic import Field, FiniteFloat, NonNegativeFloat, PositiveFloat, model_validator
 
-from gridmarkets.models.lem import BID_COLUMNS, Upstream, build, bus_injections, results, update
+from gridmarkets import pipeline, plots
+from gridmarkets.models.lem import BID_COLUMNS, Upstream, build, results, update
 from gridmarkets.results import Result
-from gridmarkets.solvers import solve
 from gridmarkets.solvers.persistent import PersistentLP
+from gridmarkets.specs.adapter import LOSS_MODES, Built, grid_checks
 from gridmarkets.specs.base import CaseBase, Spec
-
-# --- case files -----------------------------------------------------------------------
 
 
 class BlockSpec(Spec):
@@ -171,20 +170,6 @@ def _values(value, n: int) -> list:
     return value if isinstance(value, list) else [value] * n
 
 
-def run_case(case: CaseSpec, solve_options: dict[str, Any]) -> Result:
-    """Clear a market case: the CLI's and the sweeps' entry point."""
-    feeder = _case_feeder(case)
-    bids, upstream = _case_market(case, feeder)
-    m = build(bids, upstream=upstream, network=feeder, **_build_options(case))
-    return _checked(results(m, solve(m, **solve_options), case.pricing), feeder)
-
-
-def _case_feeder(case: CaseSpec):
-    from gridmarkets.networks import load
-
-    return None if case.network is None else load(case.network.model_dump(exclude_none=True))
-
-
 def _case_market(case: CaseSpec, feeder) -> tuple[pd.DataFrame, Upstream | None]:
     upstream = None if case.upstream is None else Upstream(**case.upstream.model_dump())
     return case_bids(case, feeder), upstream
@@ -198,16 +183,35 @@ def _build_options(case: CaseSpec) -> dict[str, Any]:
     }
 
 
-def _checked(result: Result, feeder) -> Result:
-    """The result with pandapower's AC check of its injections (on a feeder) and plots."""
-    from gridmarkets import plots
-    from gridmarkets.networks import ac_check
+class LemAdapter:
+    """A market case is one clearing; on a feeder its bids meet the network formulation
+    (every losses mode), whose injections (P and Q of the bids) the AC check runs."""
 
-    if feeder is not None:
-        injections = bus_injections(result)
-        result.ac_check = ac_check(feeder, injections, 0.0 * injections).summary()
-    result.plots = {"prices": plots.price_plot, "supply_demand": plots.supply_demand_plot}
-    return result
+    def losses(self, case: CaseSpec) -> tuple[str, ...]:
+        return LOSS_MODES if case.network is not None else ("none",)
+
+    def build(self, case: CaseSpec, feeder, formulation) -> Built:
+        bids, upstream = _case_market(case, feeder)
+        m = build(
+            bids, upstream=upstream, network=feeder, formulation=formulation, **_build_options(case)
+        )
+        return market(m, case)
+
+    def finish(self, case: CaseSpec, result: Result, feeder, solve_options: dict) -> None:
+        result.plots = {"prices": plots.price_plot, "supply_demand": plots.supply_demand_plot}
+
+
+def market(m, case: CaseSpec) -> Built:
+    """A built (or updated) market model as the pipeline's :class:`Built`."""
+    return Built(
+        model=m,
+        read=lambda solution: results(m, solution, case.pricing),
+        checks=grid_checks(m.handles),
+        grid=m.handles,
+    )
+
+
+ADAPTER = LemAdapter()
 
 
 def structure_key(case: CaseSpec) -> str:
@@ -222,50 +226,46 @@ def structure_key(case: CaseSpec) -> str:
     return json.dumps(data, sort_keys=True)
 
 
-class ReusingRunner:
-    """:func:`run_case` that keeps, between calls, what the next case can reuse.
+class ReusingRunner(pipeline.ReusingRunner):
+    """:func:`gridmarkets.pipeline.run_case` that keeps, between calls, what the next
+    case can reuse.
 
-    - The Feeder, while the network is the same: loading a SimBench feeder is most of
-      a small market's time on a feeder.
+    - The Feeder, while the network is the same (:class:`gridmarkets.pipeline.ReusingRunner`).
     - The built LP compiled to HiGHS arrays, while the next case differs only in data
-      (:func:`structure_key` is equal): :func:`update` changes the model in place and a
-      :class:`~gridmarkets.solvers.persistent.PersistentLP` solves it from the same
-      arrays, so the answer is the one :func:`run_case` gets. A MILP market
-      (indivisible blocks, minimum acceptances) is built for every case.
+      (:func:`structure_key` is equal): :func:`~gridmarkets.models.lem.update` changes
+      the model in place and a :class:`~gridmarkets.solvers.persistent.PersistentLP`
+      solves it from the same arrays, so the answer is the one ``run_case`` gets. A MILP
+      market (indivisible blocks, minimum acceptances) and ``network.losses: iterate``
+      (which changes the model's loss coefficients) are built for every case.
 
     Not thread-safe: one per worker thread. After a call that raises, nothing but the
     Feeder is kept. ``reused`` says whether the last call reused a built model.
     """
 
     def __init__(self) -> None:
+        super().__init__()
         self.reused = False
-        self._network: tuple[str, Any] | None = None
         self._market: tuple[str, PersistentLP] | None = None
 
     def __call__(self, case: CaseSpec, solve_options: dict[str, Any]) -> Result:
         key = structure_key(case)
         lp = self._kept(key)
         self.reused = lp is not None
-        feeder = self._feeder(case)
-        bids, upstream = _case_market(case, feeder)
+        run = pipeline.CaseRun.start(case, self.feeder(case))
         if lp is not None:
-            update(lp.model, bids, upstream=upstream)
+            update(lp.model, *_case_market(case, run.feeder))
+            built = market(lp.model, case)
         else:
-            m = build(bids, upstream=upstream, network=feeder, **_build_options(case))
-            if hasattr(m, "INTEGER_BIDS"):  # a MILP: built for every case
-                return _checked(results(m, solve(m, **solve_options), case.pricing), feeder)
-            lp = PersistentLP(m)
-        result = results(lp.model, lp.solve(**solve_options), case.pricing)
+            built = run.build()
+            if hasattr(built.model, "INTEGER_BIDS") or run.losses == "iterate":
+                result, iteration = run.solve(built, solve_options)
+                return run.complete(built, result, iteration, solve_options)
+            lp = PersistentLP(built.model)
+        result = built.read(lp.solve(**solve_options))
         self._market = (key, lp)
-        return _checked(result, feeder)
+        return run.complete(built, result, None, solve_options)
 
     def _kept(self, key: str) -> PersistentLP | None:
         """The kept LP if it was built for ``key``; forgotten until this call succeeds."""
         kept, self._market = self._market, None
         return kept[1] if kept is not None and kept[0] == key else None
-
-    def _feeder(self, case: CaseSpec):
-        key = None if case.network is None else case.network.model_dump_json()
-        if self._network is None or self._network[0] != key:
-            self._network = (key, _case_feeder(case))
-        return self._network[1]

@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Literal
 
 import pandas as pd
 from pydantic import Field, FiniteFloat, NonNegativeFloat, PositiveFloat, model_validator
 
 from gridmarkets.models.lem import Upstream
-from gridmarkets.models.p2p import clear, dso_check, hop_costs, trading_graph
+from gridmarkets.models.p2p import (
+    build,
+    clear_admm,
+    dso_check,
+    hop_costs,
+    results,
+    trading_graph,
+)
 from gridmarkets.results import Result
+from gridmarkets.specs.adapter import (
+    LOSS_MODES,
+    Built,
+    Injections,
+    grid_checks,
+    table_injections,
+)
 from gridmarkets.specs.base import CaseBase, Spec
-
-# --- case files -----------------------------------------------------------------------
 
 
 class PeerBlockSpec(Spec):
@@ -116,12 +129,8 @@ def case_bids(case: CaseSpec) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def run_case(case: CaseSpec, solve_options: dict[str, Any]) -> Result:
-    """Clear a P2P case: the CLI's and the sweeps' entry point."""
-    from gridmarkets.networks import ac_check, load
-
-    feeder = None if case.network is None else load(case.network.model_dump(exclude_none=True))
-    bids = case_bids(case)
+def market_options(case: CaseSpec, feeder) -> dict[str, Any]:
+    """:func:`~gridmarkets.models.p2p.build`'s market options for a case (no network)."""
     options: dict[str, Any] = {
         "architecture": case.architecture,
         "graph": case.graph,
@@ -132,30 +141,54 @@ def run_case(case: CaseSpec, solve_options: dict[str, Any]) -> Result:
         "preferences": _case_preferences(case, feeder),
     }
     if case.graph == "neighbours":
-        options["graph"] = trading_graph(
-            list(case.peers),
-            "neighbours",
-            bus={k: p.bus for k, p in case.peers.items()},
-            feeder=feeder,
-        )
-    if case.dso == "network_aware":
-        options["network"] = feeder
-    result = clear(
-        bids,
-        method=case.method,
-        solve_options=solve_options,
-        admm=case.admm.model_dump(),
-        **options,
-    )
-    if feeder is not None:
-        injections = result.injections.pivot_table(
-            index="bus", columns="period", values="p_kw", aggfunc="sum", fill_value=0.0
-        )
-        result.ac_check = ac_check(feeder, injections, 0.0 * injections).summary()
-    if case.dso == "check":
-        result.tables["dso_cuts"] = dso_check(result, feeder)
-        result.kpis["dso_cut_kw"] = float(result.tables["dso_cuts"]["cut_kw"].sum())
-    return result
+        bus = {k: p.bus for k, p in case.peers.items()}
+        options["graph"] = trading_graph(list(case.peers), "neighbours", bus=bus, feeder=feeder)
+    return options
+
+
+class P2PAdapter:
+    """P2P cases by ``dso``: ``network_aware`` clears within the network formulation
+    (losses none or linear; iterate too for a linear market); ``none`` and ``check``
+    clear without it, and the AC check (and with ``check`` the DSO's cuts) run on the
+    trades' injections. ``method: admm`` is not one model solve."""
+
+    def losses(self, case: CaseSpec) -> tuple[str, ...]:
+        if case.network is None or case.dso != "network_aware":
+            return ("none",)
+        return ("none", "linear") if case.quadratic > 0 else LOSS_MODES
+
+    def build(self, case: CaseSpec, feeder, formulation) -> Built:
+        bids, options = case_bids(case), market_options(case, feeder)
+        if case.method == "admm":
+            run = partial(clear_admm, bids, admm=case.admm.model_dump(), **options)
+            return Built(run=lambda solve_options: run(), checks=_trade_injections)
+        if case.dso != "network_aware":
+            m = build(bids, **options)
+            return Built(m, partial(results, m), _trade_injections, solver=_solver(case))
+        m = build(bids, network=feeder, formulation=formulation, **options)
+        checks = grid_checks(m.handles)
+        return Built(m, partial(results, m), checks, grid=m.handles, solver=_solver(case))
+
+    def finish(self, case: CaseSpec, result: Result, feeder, solve_options: dict) -> None:
+        if case.dso == "check":
+            result.tables["dso_cuts"] = dso_check(result, feeder)
+            result.kpis["dso_cut_kw"] = float(result.tables["dso_cuts"]["cut_kw"].sum())
+
+
+def _trade_injections(result: Result) -> dict[str, Injections]:
+    return {"": table_injections(result.injections)}
+
+
+def _solver(case: CaseSpec):
+    """A quadratic market's own solve (HiGHS QP through ADMM's helper), else the default."""
+    if case.quadratic == 0:
+        return None
+    from gridmarkets.solvers.admm import solve_quadratic
+
+    return lambda model, options: solve_quadratic(model, options.get("options"))
+
+
+ADAPTER = P2PAdapter()
 
 
 def _case_preferences(case: CaseSpec, feeder) -> pd.DataFrame | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Literal
 
 import numpy as np
@@ -14,13 +15,17 @@ from gridmarkets.models.prosumer import (
     PricesSpec,
     ProsumerSpec,
     _feeder_profiles,
+    build,
     bus_injections,
     check_home,
     resolve_feeder_profiles,
+    results,
     rolling_horizon,
     schedule,
 )
+from gridmarkets.pipeline import check_summary
 from gridmarkets.results import Result
+from gridmarkets.specs.adapter import LOSS_MODES, Built, Injections, grid_checks
 from gridmarkets.specs.base import CaseBase, Spec
 
 
@@ -95,43 +100,52 @@ def case_options(case: CaseSpec) -> dict[str, Any]:
     }
 
 
-def run_case(case: CaseSpec, solve_options: dict[str, Any]) -> Result:
-    """Schedule a prosumer case: the CLI's and the sweeps' entry point.
+class ProsumerAdapter:
+    """Prosumer cases: one schedule, except ``rolling`` (model-predictive, many solves).
 
-    With a network, feeder profiles are read for the horizon's dates first. Uncoordinated
-    (``coordination: none``) the homes are scheduled independently; coordinated
-    (``lindistflow``) together within the feeder's LinDistFlow limits, and the KPI
-    ``cost_uncoordinated`` is the independent schedules' cost. Either way the homes'
-    injections are run through the AC check (LinDistFlow against pandapower), so the
-    result's ``ac_check`` shows what the schedules do to the feeder (coordinated, it
-    holds the uncoordinated schedules' check under ``uncoordinated``).
+    On a network, feeder profiles are read for the horizon's dates first. Uncoordinated
+    (``coordination: none``) the homes are scheduled without the network and the AC
+    check shows what their schedules do to the feeder (no limit was enforced);
+    coordinated (``lindistflow``) they are scheduled together within the network
+    formulation (every losses mode), the AC check runs on its injections, the KPI
+    ``cost_uncoordinated`` is the independent schedules' cost and ``ac_check`` holds
+    their check under ``uncoordinated``.
     """
-    if case.rolling is not None:
-        return run_rolling(case, solve_options)
-    if case.network is None:
-        return schedule(
-            case.prosumers, case.prices, solve_options=solve_options, **case_options(case)
-        )
-    from gridmarkets.networks import ac_check, load
 
-    feeder = load(case.network.model_dump(exclude_none=True))
-    homes = resolve_feeder_profiles(case.prosumers, feeder, case.horizon)
-    options = case_options(case)
-    result = schedule(homes, case.prices, solve_options=solve_options, **options)
-    injections = bus_injections(result)
-    result.ac_check = ac_check(feeder, injections, 0.0 * injections).summary()
-    if case.coordination == "lindistflow":
-        alone = result
-        result = schedule(
-            homes, case.prices, solve_options=solve_options, network=feeder, **options
-        )
+    def losses(self, case: CaseSpec) -> tuple[str, ...]:
+        coordinated = case.network is not None and case.coordination == "lindistflow"
+        return LOSS_MODES if coordinated else ("none",)
+
+    def build(self, case: CaseSpec, feeder, formulation) -> Built:
+        if case.rolling is not None:
+            return Built(run=partial(run_rolling, case))
+        homes = case.prosumers
+        if feeder is None:
+            m = build(homes, case.prices, **case_options(case))
+            return Built(m, partial(results, m))
+        homes = resolve_feeder_profiles(homes, feeder, case.horizon)
+        if case.coordination == "none":
+            m = build(homes, case.prices, **case_options(case))
+            return Built(m, partial(results, m), _schedule_injections)
+        m = build(homes, case.prices, network=feeder, formulation=formulation, **case_options(case))
+        return Built(m, partial(results, m), grid_checks(m.handles), grid=m.handles)
+
+    def finish(self, case: CaseSpec, result: Result, feeder, solve_options: dict) -> None:
+        if feeder is None or case.coordination == "none":
+            return
+        homes = resolve_feeder_profiles(case.prosumers, feeder, case.horizon)
+        alone = schedule(homes, case.prices, solve_options=solve_options, **case_options(case))
         result.kpis["cost_uncoordinated"] = alone.kpis["cost"]
-        injections = bus_injections(result)
-        result.ac_check = {
-            **ac_check(feeder, injections, 0.0 * injections).summary(),
-            "uncoordinated": alone.ac_check,
-        }
-    return result
+        result.ac_check["uncoordinated"] = check_summary(feeder, _schedule_injections(alone)[""])
+
+
+def _schedule_injections(result: Result) -> dict[str, Injections]:
+    """The homes' net injections (no reactive power: unity power factor)."""
+    p_kw = bus_injections(result)
+    return {"": Injections(p_kw, 0.0 * p_kw)}
+
+
+ADAPTER = ProsumerAdapter()
 
 
 def run_rolling(case: CaseSpec, solve_options: dict[str, Any]) -> Result:
