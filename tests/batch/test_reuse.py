@@ -33,9 +33,23 @@ def assert_same_result(reused, rebuilt):
     assert reused.kpis == pytest.approx(rebuilt.kpis, rel=1e-9, abs=1e-9)
     for name in TABLES:
         pd.testing.assert_frame_equal(reused.tables[name], rebuilt.tables[name], rtol=1e-9)
-    assert (reused.ac_check is None) == (rebuilt.ac_check is None)
-    for key, value in (rebuilt.ac_check or {}).items():
-        assert reused.ac_check[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+    assert_same_summary(reused.ac_check, rebuilt.ac_check, "ac_check")
+
+
+def assert_same_summary(reused, rebuilt, path: str) -> None:
+    """Equal nested summaries: numbers to 1e-9, everything else exactly."""
+    if isinstance(rebuilt, dict):
+        assert isinstance(reused, dict) and set(reused) == set(rebuilt), path
+        for key, value in rebuilt.items():
+            assert_same_summary(reused[key], value, f"{path}.{key}")
+    elif isinstance(rebuilt, list):
+        assert isinstance(reused, list) and len(reused) == len(rebuilt), path
+        for k, (a, b) in enumerate(zip(reused, rebuilt, strict=True)):
+            assert_same_summary(a, b, f"{path}[{k}]")
+    elif isinstance(rebuilt, float):
+        assert reused == pytest.approx(rebuilt, rel=1e-9, abs=1e-12), path
+    else:
+        assert reused == rebuilt, path
 
 
 def run_both(cases):
@@ -55,7 +69,8 @@ def test_the_shipped_studies_reuse_one_model_and_match_full_rebuilds(path):
 
 
 def feeder_case(**changes):
-    """A small LEM on case33bw with an upstream grid: two sellers, two buyers.
+    """A small LEM on case33bw (losses linearised once: a model that can be kept) with an
+    upstream grid: two sellers, two buyers.
 
     In every variation below one block (or the import) is partly accepted in each
     period, so the nodal prices are unique: a tie would let two correct solves report
@@ -64,7 +79,7 @@ def feeder_case(**changes):
         "model": "lem",
         "name": "lem_case33",
         "horizon": {"periods": 2, "resolution_minutes": 60},
-        "network": {"source": "pandapower", "name": "case33bw"},
+        "network": {"source": "pandapower", "name": "case33bw", "losses": "linear"},
         "upstream": {"import_price": 120.0, "export_price": 30.0, "capacity_kw": 900.0},
         "participants": {
             "pv": {"side": "sell", "bus": 17, "blocks": [{"quantity_kw": [400, 0], "price": 10}]},
@@ -93,6 +108,15 @@ def test_on_a_feeder_data_changes_reuse_and_structure_changes_rebuild():
         feeder_case(**{"participants.home.bus": 5, "upstream.capacity_kw": 100.0}),
     ]
     assert run_both(cases) == [False, True, True, True, False, False, True]
+
+
+def test_iterated_losses_rebuild_for_every_case():
+    """Each round of iterate changes the loss coefficients, so no compiled LP is kept."""
+    cases = [
+        feeder_case(**{"network.losses": "iterate"}),
+        feeder_case(**{"network.losses": "iterate", "participants.chp.blocks.0.price": 200.0}),
+    ]
+    assert run_both(cases) == [False, False]
 
 
 def test_a_milp_market_is_rebuilt_for_every_case():

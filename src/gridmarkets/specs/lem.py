@@ -253,7 +253,8 @@ class ReusingRunner(pipeline.ReusingRunner):
         self.reused = lp is not None
         run = pipeline.CaseRun.start(case, self.feeder(case))
         if lp is not None:
-            update(lp.model, *_case_market(case, run.feeder))
+            bids, upstream = _case_market(case, run.feeder)
+            update(lp.model, bids, upstream=upstream)
             built = market(lp.model, case)
         else:
             built = run.build()
