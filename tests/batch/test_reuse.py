@@ -13,7 +13,7 @@ import pytest
 import scipy.sparse as sp
 
 from gridmarkets import batch, pipeline
-from gridmarkets.case import validate
+from gridmarkets.case import load_case, shipped_cases_dir, validate
 from gridmarkets.errors import InfeasibleError, InputError
 from gridmarkets.models import lem
 from gridmarkets.networks import load
@@ -29,9 +29,9 @@ TABLES = ["accepted", "prices", "settlement"]
 UPSTREAM = lem.Upstream(import_price=120.0, export_price=30.0, capacity_kw=900.0)
 
 
-def assert_same_result(reused, rebuilt):
+def assert_same_result(reused, rebuilt, tables=TABLES):
     assert reused.kpis == pytest.approx(rebuilt.kpis, rel=1e-9, abs=1e-9)
-    for name in TABLES:
+    for name in tables:
         pd.testing.assert_frame_equal(reused.tables[name], rebuilt.tables[name], rtol=1e-9)
     assert_same_summary(reused.ac_check, rebuilt.ac_check, "ac_check")
 
@@ -205,3 +205,23 @@ def test_reuse_false_in_the_study_file_builds_every_scenario():
     data = {"base": "lem_copperplate", "parameters": parameters, "reuse": False}
     frame = batch.run(make_study(data), workers=1, progress=False)
     assert (frame["status"] == "optimal").all() and not frame["reused"].any()
+
+
+def test_every_models_runner_keeps_the_feeder_while_the_network_is_the_same(monkeypatch):
+    """pipeline.ReusingRunner (the runner of models without their own) loads a feeder
+    once per network and answers as run_case does."""
+    loads = []
+    real = pipeline.load_feeder
+    monkeypatch.setattr(pipeline, "load_feeder", lambda case: loads.append(1) or real(case))
+    p2p = shipped_cases_dir() / "p2p_feeder.yaml"
+    cases = [
+        load_case(p2p),
+        load_case(p2p, ["peers.chp_24.blocks.0.price=40"]),
+        load_case(p2p, ["network.options={vmin_pu: 0.9}"]),  # another network
+    ]
+    runner = pipeline.ReusingRunner()
+    for case, new_load in zip(cases, (1, 0, 1), strict=True):
+        before = len(loads)
+        kept = runner(case, {})
+        assert len(loads) - before == new_load and runner.reused is False
+        assert_same_result(kept, pipeline.run_case(case, {}), ["trades", "peers"])
