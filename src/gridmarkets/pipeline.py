@@ -65,9 +65,10 @@ class CaseRun:
     def start(cls, case: CaseBase, feeder: Any = None) -> CaseRun:
         """Find the case's adapter, load its feeder (unless given), settle its losses."""
         adapter = registry.adapter(case.model)
+        losses = loss_mode(case, adapter)  # before the feeder: a bad mode fails fast
         if feeder is None:
             feeder = load_feeder(case)
-        return cls(case, adapter, feeder, loss_mode(case, adapter))
+        return cls(case, adapter, feeder, losses)
 
     def build(self) -> Built:
         """The adapter's build, with the formulation of the losses mode."""
