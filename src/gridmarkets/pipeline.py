@@ -10,8 +10,10 @@ the losses around an operating point; ``iterate`` solves, runs pandapower's AC p
 flow of the solution, re-linearises there and solves again until the voltages agree
 (:func:`gridmarkets.networks.iterate_losses`), and reports the iterations. A mode the
 case's model cannot honour is a :class:`~gridmarkets.errors.CaseError` naming
-``network.losses`` when the case file asks for it; the default falls back to the best
-mode the model supports, and the summary says which mode ran.
+``network.losses`` when the case file asks for it; where the default (iterate) is not
+available the case runs lossless ("none": ``linear`` around a fixed point is no safer
+a default, see :class:`~gridmarkets.specs.base.NetworkSpec`), and the summary says
+which mode ran.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import pandas as pd
 from gridmarkets import registry
 from gridmarkets.errors import CaseError
 from gridmarkets.results import Result
-from gridmarkets.specs.adapter import LOSS_MODES, Built, CaseAdapter, Injections
+from gridmarkets.specs.adapter import Built, CaseAdapter, Injections
 from gridmarkets.specs.base import CaseBase
 
 
@@ -136,7 +138,7 @@ def loss_mode(case: CaseBase, adapter: CaseAdapter) -> str | None:
             f"network.losses: {asked!r} is not available for this {case.model} case "
             f"(it supports {', '.join(supported)})"
         )
-    return max(supported, key=LOSS_MODES.index)
+    return "none"
 
 
 def formulation(feeder, losses: str | None):

@@ -61,12 +61,12 @@ def test_a_mode_the_model_lacks_is_an_error_naming_the_field_and_the_model():
 
 
 @pytest.mark.unit
-def test_the_default_falls_back_to_the_best_mode_the_model_supports():
+def test_the_default_is_iterate_where_the_model_has_it_else_lossless():
     case = lem_case()  # no losses in the file: the default, iterate
     assert "losses" not in case.network.model_fields_set
     assert case.network.losses == "iterate"
     assert pipeline.loss_mode(case, Supports("none", "linear", "iterate")) == "iterate"
-    assert pipeline.loss_mode(case, Supports("none", "linear")) == "linear"
+    assert pipeline.loss_mode(case, Supports("none", "linear")) == "none"
     assert pipeline.loss_mode(case, Supports("none")) == "none"
 
 

@@ -58,8 +58,8 @@ class NetworkSpec(Spec):
             "2 (p2p_feeder, model voltage error 2.2e-3 -> 7.6e-4 pu), while 'linear' "
             "around the net's own loads made p2p_feeder infeasible and the model's "
             "voltage error larger on the other three (e.g. 9.3e-5 -> 4.8e-4 pu on "
-            "lem_lv_grid). A model that cannot iterate runs the best mode it supports "
-            "(flexibility pools: linear); asking it for more is an error."
+            "lem_lv_grid). A case whose model cannot iterate runs lossless ('none') unless "
+            "its file asks for 'linear'; asking it for a mode it lacks is an error."
         ),
     )
     losses_tolerance_pu: PositiveFloat = Field(
