@@ -55,15 +55,15 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import pyomo.environ as pyo
-from pydantic import Field, NonNegativeFloat, PositiveFloat, model_validator
+from pydantic import Field, PositiveFloat, model_validator
 
-from gridmarkets.case import CaseBase, Spec
 from gridmarkets.errors import InputError
 from gridmarkets.models import assets, prosumer
 from gridmarkets.models.assets import BatterySpec, PVSpec
 from gridmarkets.models.prosumer import PricesSpec, ProsumerSpec
 from gridmarkets.results import Result
 from gridmarkets.solvers import Solution, kkt, record_build_time, solve
+from gridmarkets.specs.base import Spec
 
 Control = Literal["incentive", "full"]
 
@@ -630,70 +630,6 @@ def schedule(
     """
     model = build(prosumers, prices, commitment_kw, **build_options)
     return results(model, solve(model, **{"warm_start": True, **dict(solve_options or {})}))
-
-
-# --- case files -------------------------------------------------------------------------
-
-
-class CaseSpec(CaseBase):
-    """An aggregator case (``model: aggregator``): homes, tariff, commitment, incentive."""
-
-    model: Literal["aggregator"]
-    control: Control = "incentive"
-    method: Literal["bigm", "strong_duality"] = "bigm"
-    prices: PricesSpec
-    commitment_kw: assets.Profile = Field(description="committed net injection (kW)")
-    commitment_kvar: assets.Profile | None = Field(
-        None, description="committed reactive injection (kvar); null or NaN: none"
-    )
-    incentive: IncentiveSpec = Field(default_factory=IncentiveSpec)
-    deviation_penalty_per_mwh: NonNegativeFloat = 500.0
-    reactive_penalty_per_mvarh: NonNegativeFloat | None = Field(
-        None, description="cost of a Mvarh off the reactive commitment (default: the MWh one)"
-    )
-    fairness_weight: NonNegativeFloat = 0.0
-    big_m: PositiveFloat = Field(10.0, description="bound on the followers' multipliers")
-    prosumers: dict[str, HomeSpec] = Field(min_length=1)
-
-    @model_validator(mode="after")
-    def _consistent(self) -> CaseSpec:
-        n = self.horizon.periods
-        for name in ("commitment_kw", "commitment_kvar"):
-            values = getattr(self, name)
-            if isinstance(values, list) and len(values) != n:
-                raise ValueError(f"{name}: {len(values)} values for {n} periods")
-        groups = self.incentive.groups
-        if groups is not None and len(groups) != n:
-            raise ValueError(f"incentive.groups: {len(groups)} values for {n} periods")
-        for h, home in self.prosumers.items():
-            prosumer.check_home(home, n, f"prosumers.{h}")
-            if self.network is not None and home.bus is None:
-                raise ValueError(f"prosumers.{h}.bus: required on a network")
-        return self
-
-
-def run_case(case: CaseSpec, solve_options: dict[str, Any]) -> Result:
-    """Solve an aggregator case: the CLI's and the sweeps' entry point."""
-    from gridmarkets.networks import load
-
-    feeder = None if case.network is None else load(case.network.model_dump(exclude_none=True))
-    return schedule(
-        case.prosumers,
-        case.prices,
-        case.commitment_kw,
-        commitment_kvar=case.commitment_kvar,
-        periods=case.horizon.periods,
-        period_hours=case.horizon.period_hours,
-        control=case.control,
-        incentive=case.incentive,
-        deviation_penalty_per_mwh=case.deviation_penalty_per_mwh,
-        reactive_penalty_per_mvarh=case.reactive_penalty_per_mvarh,
-        fairness_weight=case.fairness_weight,
-        network=feeder,
-        method=case.method,
-        big_m=case.big_m,
-        solve_options=solve_options,
-    )
 
 
 def level_grid(levels: Sequence[float], periods: int) -> np.ndarray:

@@ -31,8 +31,8 @@ import pandas as pd
 import pyomo.environ as pyo
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, model_validator
 
-from gridmarkets.case import Spec
 from gridmarkets.errors import InputError
+from gridmarkets.specs.base import Spec
 
 PROFILE_DIR = Path(__file__).resolve().parents[1] / "data" / "profiles"
 

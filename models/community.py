@@ -64,7 +64,6 @@ import pandas as pd
 import pyomo.environ as pyo
 from pydantic import Field, NonNegativeFloat, PositiveFloat, model_validator
 
-from gridmarkets.case import CaseBase, Spec
 from gridmarkets.errors import InputError
 from gridmarkets.models import allocation, assets, prosumer
 from gridmarkets.models.assets import BatterySpec, Profile, PVSpec
@@ -72,6 +71,7 @@ from gridmarkets.models.prosumer import PricesSpec, ProsumerSpec
 from gridmarkets.plots import save_figure
 from gridmarkets.results import Result
 from gridmarkets.solvers import Solution, record_build_time, solve
+from gridmarkets.specs.base import Spec
 
 Objective = Literal["cost", "self_sufficiency", "emissions"] | dict[str, float]
 OBJECTIVE_TERMS = ("cost", "self_sufficiency", "emissions")
@@ -880,156 +880,6 @@ def bid_curves(
     table["block"] = table.groupby(["side", "period"]).cumcount()
     table["bus"] = bus
     return table[BID_COLUMNS]
-
-
-# --- case files -------------------------------------------------------------------------
-
-
-class AllocationSpec(Spec):
-    """How the case splits the community's cost among its members."""
-
-    methods: list[Literal["shapley", "nucleolus", "proportional", "equal"]] = Field(
-        default_factory=lambda: list(METHODS)
-    )
-    proportional_to: Literal["consumption", "shares", "equal"] = Field(
-        "consumption",
-        description="the proportional rule's weight: consumption in the community's "
-        "schedule, the mean of the members' shares of the shared assets, or equal",
-    )
-    exact_up_to: int = Field(12, ge=1, le=16, description="exact Shapley up to this size")
-    samples: int = Field(200, ge=2, description="permutations when sampled")
-    seed: int | None = 0
-    workers: int = Field(1, ge=1, description="processes solving coalitions")
-
-
-class CaseSpec(CaseBase):
-    """An energy community case (``model: community``)."""
-
-    model: Literal["community"]
-    mode: Literal["grid", "islanded"] = "grid"
-    objective: Objective = "cost"
-    prices: PricesSpec | None = Field(None, description="tariff at the point of connection")
-    connection: ConnectionSpec = Field(default_factory=ConnectionSpec)
-    carbon_kg_per_mwh: Profile = Field(0.0, description="grid carbon intensity per period")
-    value_of_lost_load_per_mwh: PositiveFloat = 10_000.0
-    members: dict[str, ProsumerSpec] = Field(min_length=1)
-    shared: dict[str, SharedAssetSpec] = Field(default_factory=dict)
-    allocation: AllocationSpec | None = Field(None, description="split the cost (optional)")
-
-    @model_validator(mode="after")
-    def _consistent(self) -> CaseSpec:
-        n = self.horizon.periods
-        if self.mode == "grid" and self.prices is None:
-            raise ValueError("prices: required when mode is 'grid'")
-        for name in ("import_price", "export_price"):
-            value = getattr(self.prices, name) if self.prices else None
-            if isinstance(value, list) and len(value) != n:
-                raise ValueError(f"prices.{name}: {len(value)} values for {n} periods")
-        for mid, home in self.members.items():
-            prosumer.check_home(home, n, f"members.{mid}")
-            if self.network is not None and home.bus is None:
-                raise ValueError(f"members.{mid}.bus: required on a network")
-        for aid, asset in self.shared.items():
-            unknown = set(asset.owners) - set(self.members)
-            if unknown:
-                raise ValueError(f"shared.{aid}.owners: {sorted(unknown)} are not members")
-            if self.network is not None and asset.bus is None:
-                raise ValueError(f"shared.{aid}.bus: required on a network")
-        unknown = set(self.connection.shares) - set(self.members)
-        if unknown:
-            raise ValueError(f"connection.shares: {sorted(unknown)} are not members")
-        return self
-
-
-def case_options(case: CaseSpec, feeder=None) -> dict[str, Any]:
-    """:func:`build`'s keyword arguments for a case."""
-    return {
-        "periods": case.horizon.periods,
-        "period_hours": case.horizon.period_hours,
-        "mode": case.mode,
-        "objective": case.objective,
-        "connection": case.connection,
-        "carbon_kg_per_mwh": case.carbon_kg_per_mwh,
-        "feeder": feeder,
-        "value_of_lost_load_per_mwh": case.value_of_lost_load_per_mwh,
-        "timestamps": case.horizon.timestamps(),
-    }
-
-
-def run_case(case: CaseSpec, solve_options: dict[str, Any]) -> Result:
-    """Schedule a community case and, if asked, split its cost.
-
-    With ``allocation`` the result gains the table ``allocation`` (one row per member:
-    stand-alone bill, bill under each rule, savings) and the KPIs ``community_value``
-    and ``in_core_<rule>`` (1 or 0). With a network, the schedule is checked with
-    pandapower's AC power flow (``result.ac_check``).
-    """
-    feeder = None
-    if case.network is not None:
-        from gridmarkets.networks import load
-
-        feeder = load(case.network.model_dump(exclude_none=True))
-    options = case_options(case, feeder)
-    result = schedule(
-        case.members, case.shared, case.prices, solve_options=solve_options, **options
-    )
-    if feeder is not None:
-        from gridmarkets.networks import ac_check
-
-        injections = bus_injections(result, case)
-        result.ac_check = ac_check(feeder, injections, 0.0 * injections).summary()
-    if case.allocation is not None:
-        _add_allocation(result, case, options, solve_options)
-    return result
-
-
-def _add_allocation(result: Result, case: CaseSpec, options, solve_options) -> None:
-    spec = case.allocation
-    build_options = {k: v for k, v in options.items() if k != "timestamps"}
-    game = CommunityGame(
-        case.members,
-        case.shared,
-        case.prices,
-        workers=spec.workers,
-        solve_options=solve_options,
-        build_options=build_options,
-    )
-    game.values[game.grand] = result.kpis["objective"]
-    weights = _proportional_weights(case, result, spec.proportional_to)
-    outcome = split(
-        game,
-        spec.methods,
-        weights=weights,
-        exact_up_to=spec.exact_up_to,
-        samples=spec.samples,
-        seed=spec.seed,
-    )
-    result.tables["allocation"] = outcome.table
-    result.kpis["community_value"] = outcome.value
-    result.kpis["coalitions_solved"] = len(game.values) - 1
-    for name, check in outcome.core.items():
-        if check is not None:
-            result.kpis[f"in_core_{name}"] = float(check.in_core)
-
-
-def _proportional_weights(case: CaseSpec, result: Result, rule: str) -> dict[str, float]:
-    if rule == "consumption":
-        return dict(zip(result.members["member"], result.members["consumption_kwh"], strict=True))
-    if rule == "shares" and case.shared:
-        everyone = list(case.members)
-        shares = [shares_of(a.owners, everyone) for a in case.shared.values()]
-        return {i: float(np.mean([s[i] for s in shares])) for i in everyone}
-    return dict.fromkeys(case.members, 1.0)
-
-
-def bus_injections(result: Result, case: CaseSpec) -> pd.DataFrame:
-    """Members' and shared assets' injections into the feeder (kW), buses x periods."""
-    meters = result.meters.assign(p_kw=result.meters["export_kw"] - result.meters["import_kw"])
-    shared = result.shared.assign(bus=result.shared["asset"].map(lambda a: case.shared[a].bus))
-    both = pd.concat([meters[["bus", "period", "p_kw"]], shared[["bus", "period", "p_kw"]]])
-    return both.dropna(subset=["bus"]).pivot_table(
-        index="bus", columns="period", values="p_kw", aggfunc="sum", fill_value=0.0
-    )
 
 
 # --- a sample community -----------------------------------------------------------------

@@ -44,9 +44,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 import pyomo.environ as pyo
-from pydantic import Field, NonNegativeFloat, PositiveFloat, model_validator
+from pydantic import Field, NonNegativeFloat
 
-from gridmarkets.case import CaseBase, Spec
 from gridmarkets.errors import InputError
 from gridmarkets.models import assets
 from gridmarkets.models.assets import (
@@ -62,6 +61,7 @@ from gridmarkets.models.assets import (
 from gridmarkets.plots import save_figure
 from gridmarkets.results import Result
 from gridmarkets.solvers import Solution, record_build_time, solve
+from gridmarkets.specs.base import Spec
 
 if TYPE_CHECKING:
     from gridmarkets.networks import Feeder
@@ -92,65 +92,6 @@ class PricesSpec(Spec):
 
     import_price: Profile
     export_price: Profile = 0.0
-
-
-class RollingSpec(Spec):
-    """Model-predictive operation of a single home (see :func:`rolling_horizon`).
-
-    The home's own ``load_kw`` and ``pv.profile_kw`` are what actually happens; the
-    EMS plans with these forecasts (e.g. last week's rows of the same CSV).
-    """
-
-    window: int = Field(ge=1, description="periods per plan")
-    forecast_load_kw: Profile = Field(description="load forecast per period (kW)")
-    forecast_pv_kw: Profile | None = Field(
-        None, description="available PV forecast per period (kW); required with PV"
-    )
-
-
-class CaseSpec(CaseBase):
-    """A prosumer EMS case (``model: prosumer``): one or more independent homes."""
-
-    model: Literal["prosumer"]
-    mode: Literal["grid", "islanded"] = "grid"
-    objective: Objective = "cost"
-    coordination: Literal["none", "lindistflow"] = Field(
-        "none",
-        description="on a network: 'none' schedules every home alone (then checks the "
-        "feeder); 'lindistflow' schedules them together within the feeder's limits",
-    )
-    prices: PricesSpec | None = Field(None, description="required when mode is grid")
-    value_of_lost_load_per_mwh: PositiveFloat = 10_000.0
-    prosumers: dict[str, ProsumerSpec] = Field(min_length=1)
-    rolling: RollingSpec | None = Field(
-        None, description="operate the (single, grid-connected) home model-predictively"
-    )
-
-    @model_validator(mode="after")
-    def _consistent(self) -> CaseSpec:
-        n = self.horizon.periods
-        if self.rolling is not None:
-            if len(self.prosumers) != 1 or self.mode != "grid" or self.network is not None:
-                raise ValueError("rolling: needs one grid-connected home and no network")
-            home = next(iter(self.prosumers.values()))
-            if home.pv is not None and self.rolling.forecast_pv_kw is None:
-                raise ValueError("rolling.forecast_pv_kw: required for a home with PV")
-        if self.mode == "grid" and self.prices is None:
-            raise ValueError("prices: required when mode is 'grid'")
-        if self.prices is not None:
-            for name in ("import_price", "export_price"):
-                value = getattr(self.prices, name)
-                if isinstance(value, list) and len(value) != n:
-                    raise ValueError(f"prices.{name}: {len(value)} values for {n} periods")
-        if self.coordination != "none" and self.network is None:
-            raise ValueError(f"coordination: {self.coordination!r} needs a network")
-        for pid, home in self.prosumers.items():
-            check_home(home, n, f"prosumers.{pid}", self.horizon.period_hours)
-            if self.network is not None and home.bus is None:
-                raise ValueError(f"prosumers.{pid}.bus: required on a network")
-            if self.network is None and _feeder_profiles(home):
-                raise ValueError(f"prosumers.{pid}: a feeder profile needs a network")
-        return self
 
 
 def check_home(
@@ -251,7 +192,7 @@ def build(
     Returns
     -------
     The model: ``model.home[id].energy_balance[t]``, ``model.objective`` and, on a
-    network, ``model.network_handles`` (see :class:`~gridmarkets.networks.NetworkHandles`).
+    network, ``model.handles`` (see :class:`~gridmarkets.networks.NetworkHandles`).
     """
     started = time.perf_counter()
     homes = as_mapping(prosumers)
@@ -260,7 +201,7 @@ def build(
     m.PERIODS = pyo.RangeSet(0, periods - 1, doc="periods")
     m.PROSUMERS = pyo.Set(initialize=list(homes), doc="homes")
     m.specs, m.mode, m.period_hours = homes, mode, period_hours
-    m.timestamps, m.open_end, m.network_handles = timestamps, open_end, None
+    m.timestamps, m.open_end, m.handles = timestamps, open_end, None
     add_prices(m, prices, mode)
     m.home = pyo.Block(m.PROSUMERS, doc="one home's devices, grid connection and balance")
     for pid, spec in homes.items():
@@ -448,7 +389,7 @@ def add_network(m: pyo.ConcreteModel, feeder: Feeder, formulation: Any = None) -
         for t in m.PERIODS:
             p_kw[bus, t] = p_kw.get((bus, t), 0) + b.p_export_kw[t] - b.p_import_kw[t]
     m.network = pyo.Block(doc="the feeder's power flow, limits and balances")
-    m.network_handles = formulation.add(
+    m.handles = formulation.add(
         m.network, feeder, list(m.PERIODS), p_kw, {}, period_hours=m.period_hours
     )
 
@@ -489,7 +430,7 @@ def results(model: pyo.ConcreteModel, solution: Solution) -> Result:
         "thermal": _thermal_table(model),
     }
     tables["prosumers"] = _kpi_table(model, tables["grid"], tables["power"])
-    handles = getattr(model, "network_handles", None)  # None for models built elsewhere
+    handles = getattr(model, "handles", None)  # None for models built elsewhere
     if handles is not None and solution.duals_from is not None:
         from gridmarkets.networks import nodal_prices
 
@@ -649,87 +590,6 @@ def schedule(
     """
     model = build(prosumers, prices, **build_options)
     return results(model, solve(model, **dict(solve_options or {})))
-
-
-def case_options(case: CaseSpec) -> dict[str, Any]:
-    """:func:`build`'s keyword arguments for a case."""
-    return {
-        "periods": case.horizon.periods,
-        "period_hours": case.horizon.period_hours,
-        "mode": case.mode,
-        "objective": case.objective,
-        "value_of_lost_load_per_mwh": case.value_of_lost_load_per_mwh,
-        "timestamps": case.horizon.timestamps(),
-    }
-
-
-def run_case(case: CaseSpec, solve_options: dict[str, Any]) -> Result:
-    """Schedule a prosumer case: the CLI's and the sweeps' entry point.
-
-    With a network, feeder profiles are read for the horizon's dates first. Uncoordinated
-    (``coordination: none``) the homes are scheduled independently; coordinated
-    (``lindistflow``) together within the feeder's LinDistFlow limits, and the KPI
-    ``cost_uncoordinated`` is the independent schedules' cost. Either way the homes'
-    injections are run through the AC check (LinDistFlow against pandapower), so the
-    result's ``ac_check`` shows what the schedules do to the feeder (coordinated, it
-    holds the uncoordinated schedules' check under ``uncoordinated``).
-    """
-    if case.rolling is not None:
-        return run_rolling(case, solve_options)
-    if case.network is None:
-        return schedule(
-            case.prosumers, case.prices, solve_options=solve_options, **case_options(case)
-        )
-    from gridmarkets.networks import ac_check, load
-
-    feeder = load(case.network.model_dump(exclude_none=True))
-    homes = resolve_feeder_profiles(case.prosumers, feeder, case.horizon)
-    options = case_options(case)
-    result = schedule(homes, case.prices, solve_options=solve_options, **options)
-    injections = bus_injections(result)
-    result.ac_check = ac_check(feeder, injections, 0.0 * injections).summary()
-    if case.coordination == "lindistflow":
-        alone = result
-        result = schedule(
-            homes, case.prices, solve_options=solve_options, network=feeder, **options
-        )
-        result.kpis["cost_uncoordinated"] = alone.kpis["cost"]
-        injections = bus_injections(result)
-        result.ac_check = {
-            **ac_check(feeder, injections, 0.0 * injections).summary(),
-            "uncoordinated": alone.ac_check,
-        }
-    return result
-
-
-def run_rolling(case: CaseSpec, solve_options: dict[str, Any]) -> Result:
-    """A case's single home operated by :func:`rolling_horizon` with its forecasts."""
-    ((pid, home),) = case.prosumers.items()
-    n, dt = case.horizon.periods, case.horizon.period_hours
-    spec = case.rolling
-
-    def values(profile, path: str) -> np.ndarray:
-        return assets.profile_values(profile, n, dt, path)
-
-    actual = {"load_kw": values(home.load_kw, f"prosumers.{pid}.load_kw")}
-    forecast = {"load_kw": values(spec.forecast_load_kw, "rolling.forecast_load_kw")}
-    if home.pv is not None:
-        actual["pv_kw"] = values(home.pv.profile_kw, f"prosumers.{pid}.pv.profile_kw")
-        forecast["pv_kw"] = values(spec.forecast_pv_kw, "rolling.forecast_pv_kw")
-    result = rolling_horizon(
-        home,
-        case.prices,
-        forecast,
-        actual,
-        spec.window,
-        period_hours=dt,
-        timestamps=case.horizon.timestamps(),
-        solve_options=solve_options,
-    )
-    for table in result.tables.values():
-        if "prosumer" in table:
-            table["prosumer"] = pid
-    return result
 
 
 def start_step(start: Any) -> int:

@@ -14,6 +14,7 @@ SUBPACKAGES = [
     "gridmarkets.networks",
     "gridmarkets.solvers",
     "gridmarkets.data",
+    "gridmarkets.specs",
 ]
 
 
@@ -50,6 +51,7 @@ def test_every_subpackage_imports_from_the_wheel(wheel, tmp_path):
         "    where = pathlib.Path(list(mod.__path__)[0]).resolve()\n"
         f"    assert where.is_relative_to({str(unpacked.resolve())!r}), (name, where)\n"
         "import gridmarkets.cli, gridmarkets.solvers.highs, gridmarkets.models.lem\n"
+        "import gridmarkets.pipeline, gridmarkets.specs.lem\n"
     )
     # run outside the checkout so the source tree cannot be imported by accident
     subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path)

@@ -29,12 +29,13 @@ cancelled, those running finish and are stored, and the exception propagates. Th
 pool starts its workers from a forkserver, so a script that calls :func:`run` needs the
 usual ``if __name__ == "__main__":`` guard (notebooks and the CLI need nothing).
 
-Model reuse (the study's ``reuse``, on by default): a model module may offer a
-``ReusingRunner``, a ``run_case`` that keeps between calls what the next case can
-reuse; each worker thread keeps one per model (the LEM's keeps the loaded Feeder and
-the built LP compiled to HiGHS arrays, updated in place when a scenario changes only
-bid prices and quantities or the upstream tariffs — see
-:class:`gridmarkets.models.lem.ReusingRunner`). Whether a scenario may reuse is decided
+Model reuse (the study's ``reuse``, on by default): each worker thread keeps one
+``ReusingRunner`` per model, a :func:`gridmarkets.pipeline.run_case` that keeps between
+calls what the next case can reuse (every model's keeps the loaded Feeder; a case
+module may offer its own: the LEM's also keeps the built LP compiled to HiGHS arrays,
+updated in place when a scenario changes only bid prices and quantities or the upstream
+tariffs — see
+:class:`gridmarkets.specs.lem.ReusingRunner`). Whether a scenario may reuse is decided
 by the runner from the case itself, by comparing it with the case the kept model was
 built from with those data fields left out, not from what the study says it sweeps; a
 structural change rebuilds. The answer is the one a rebuild gets (the same arrays,
@@ -73,7 +74,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from gridmarkets import __version__, registry
+from gridmarkets import __version__, pipeline, registry
 from gridmarkets.case import validate
 from gridmarkets.errors import (
     CaseError,
@@ -137,8 +138,8 @@ def run_scenario(
     Parameters
     ----------
     case : the scenario's validated case, as a plain dict.
-    solve_options : passed to the model's ``run_case``.
-    runner : replaces the model's ``run_case(case, solve_options) -> Result``.
+    solve_options : passed to :func:`gridmarkets.pipeline.run_case`.
+    runner : replaces ``pipeline.run_case(case, solve_options) -> Result``.
     reuse : run the model's ``ReusingRunner`` kept by this thread, where it has one.
 
     Returns
@@ -166,13 +167,15 @@ _kept = threading.local()
 
 
 def _model_runner(model: str, reuse: bool) -> Runner:
-    """The model's ``run_case``, or with ``reuse`` this thread's ``ReusingRunner`` of it."""
-    module = registry.model_module(model)
-    if not reuse or not hasattr(module, "ReusingRunner"):
-        return module.run_case
+    """:func:`gridmarkets.pipeline.run_case`, or with ``reuse`` this thread's
+    ``ReusingRunner`` for the model (its case module's own where it has one, else the
+    pipeline's, which keeps the Feeder)."""
+    if not reuse:
+        return pipeline.run_case
     runners = _kept.__dict__.setdefault("runners", {})
     if model not in runners:
-        runners[model] = module.ReusingRunner()
+        module = registry.model_module(model)
+        runners[model] = getattr(module, "ReusingRunner", pipeline.ReusingRunner)()
     return runners[model]
 
 
@@ -285,7 +288,7 @@ def run(
         table (``scenarios.csv``) and of ``plots/<kpi>.png``; None keeps the results in
         memory only.
     progress : show a progress bar with ETA.
-    runner : replaces the model's ``run_case`` (a picklable function).
+    runner : replaces :func:`gridmarkets.pipeline.run_case` (a picklable function).
     reuse : keep built models between scenarios that change only data (see the
         module); None takes the study's ``reuse``.
 

@@ -1,9 +1,10 @@
 """Case files: YAML validated by pydantic.
 
 A case names its model, its network, its horizon, its participants and prices. The
-parts every model shares live here (:class:`CaseBase`, :class:`Horizon`,
-:class:`NetworkSpec`); each model's own spec subclasses :class:`CaseBase` next to its
-builder and is found through :mod:`gridmarkets.registry`. Participants are mappings
+parts every model shares live in :mod:`gridmarkets.specs.base` (:class:`CaseBase`,
+:class:`Horizon`, :class:`NetworkSpec`, re-exported here); each model's own spec
+subclasses :class:`CaseBase` in ``gridmarkets.specs.<model>`` and is found through
+:mod:`gridmarkets.registry`. Participants are mappings
 keyed by id, so a dotted path (``prosumers.h3.battery.capacity_kwh``) names any value;
 ``--set`` and sweeps use :func:`set_path`.
 """
@@ -11,70 +12,30 @@ keyed by id, so a dotted path (``prosumers.h3.battery.capacity_kwh``) names any 
 from __future__ import annotations
 
 import copy
-import datetime as dt
 import hashlib
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ValidationError
 
 from gridmarkets.errors import CaseError
+from gridmarkets.specs.base import CaseBase, Horizon, NetworkSpec, Spec
 
-
-class Spec(BaseModel):
-    """Base of every case-file section: unknown keys are errors, values are strict."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Horizon(Spec):
-    """The periods a case covers."""
-
-    start: dt.datetime | None = Field(
-        None, description="timestamp of period 0; SimBench profiles are read from here"
-    )
-    periods: int = Field(24, ge=1, le=35136, description="number of periods")
-    resolution_minutes: int = Field(60, ge=1, le=1440, description="length of a period")
-
-    @property
-    def period_hours(self) -> float:
-        return self.resolution_minutes / 60.0
-
-    def timestamps(self) -> list[dt.datetime] | None:
-        if self.start is None:
-            return None
-        step = dt.timedelta(minutes=self.resolution_minutes)
-        return [self.start + k * step for k in range(self.periods)]
-
-
-class NetworkSpec(Spec):
-    """Where the feeder comes from: a pandapower built-in, a SimBench code or a file."""
-
-    source: Literal["pandapower", "simbench", "file"]
-    name: str | None = Field(None, description="pandapower.networks function name")
-    code: str | None = Field(None, description="SimBench code, e.g. 1-LV-rural1--0-sw")
-    path: str | None = Field(None, description="pandapower JSON file")
-    options: dict[str, Any] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _one_locator(self) -> NetworkSpec:
-        key = {"pandapower": "name", "simbench": "code", "file": "path"}[self.source]
-        if getattr(self, key) is None:
-            raise ValueError(f"source {self.source!r} needs the field {key!r}")
-        return self
-
-
-class CaseBase(Spec):
-    """Fields every case has; a model's spec adds its participants and prices."""
-
-    model: str
-    name: str | None = Field(None, description="case name (default: the file's stem)")
-    description: str = ""
-    horizon: Horizon = Field(default_factory=Horizon)
-    network: NetworkSpec | None = None
+__all__ = [
+    "CaseBase",
+    "Horizon",
+    "NetworkSpec",
+    "Spec",
+    "case_hash",
+    "load_case",
+    "read_yaml",
+    "set_path",
+    "shipped_cases_dir",
+    "validate",
+]
 
 
 def shipped_cases_dir() -> Path:

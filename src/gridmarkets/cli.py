@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from gridmarkets import registry, results
+from gridmarkets import pipeline, registry, results
 from gridmarkets.case import load_case, read_yaml, shipped_cases_dir
 from gridmarkets.errors import GridmarketsError
 
@@ -71,9 +71,8 @@ def solve(
 ) -> None:
     """Solve CASE and write summary.json, CSV tables and plots."""
     spec = load_case(resolve_case_path(case), set_ or [])
-    runner = registry.model_module(spec.model).run_case
     options = {"time_limit": time_limit, "mip_gap": mip_gap, "threads": threads}
-    result = runner(spec, {k: v for k, v in options.items() if v is not None})
+    result = pipeline.run_case(spec, {k: v for k, v in options.items() if v is not None})
     target = out_dir or Path("results") / spec.name
     results.write(result, target, spec.name)
     _print_summary(result.summary(spec.name), target)

@@ -1,33 +1,44 @@
 """Which models a case file may name, and where their specs and runners live.
 
-Each model module exposes ``CaseSpec`` (a :class:`~gridmarkets.case.CaseBase` subclass
-whose ``model`` field is ``Literal[<name>]``) and
-``run_case(case, solve_options) -> Result``. Adding a model is one line here.
+Each model's case module, ``gridmarkets.specs.<model>``, exposes ``CaseSpec`` (a
+:class:`~gridmarkets.specs.base.CaseBase` subclass whose ``model`` field is
+``Literal[<name>]``) and ``ADAPTER`` (a :class:`~gridmarkets.specs.adapter.CaseAdapter`,
+which :func:`gridmarkets.pipeline.run_case` drives). The model modules
+themselves (``gridmarkets.models.<model>``) know nothing of case files. Adding a model is
+one line here.
 """
 
 from __future__ import annotations
 
 import importlib
 from types import ModuleType
-from typing import Annotated, Any, Union
+from typing import TYPE_CHECKING, Annotated, Any, Union
 
 from pydantic import Field, TypeAdapter
 
 from gridmarkets.errors import CaseError
 
+if TYPE_CHECKING:
+    from gridmarkets.specs.adapter import CaseAdapter
+
 MODELS: dict[str, str] = {
-    "aggregator": "gridmarkets.models.aggregator",
-    "flexibility": "gridmarkets.models.flexibility",
-    "lem": "gridmarkets.models.lem",
-    "community": "gridmarkets.models.community",
-    "p2p": "gridmarkets.models.p2p",
-    "prosumer": "gridmarkets.models.prosumer",
+    "aggregator": "gridmarkets.specs.aggregator",
+    "flexibility": "gridmarkets.specs.flexibility",
+    "lem": "gridmarkets.specs.lem",
+    "community": "gridmarkets.specs.community",
+    "p2p": "gridmarkets.specs.p2p",
+    "prosumer": "gridmarkets.specs.prosumer",
 }
 
 
 def model_module(name: str) -> ModuleType:
-    """The module that implements model ``name``."""
+    """The case module (spec and runner) of model ``name``."""
     return importlib.import_module(MODELS[name])
+
+
+def adapter(name: str) -> CaseAdapter:
+    """How the case pipeline runs model ``name``'s cases (its module's ``ADAPTER``)."""
+    return model_module(name).ADAPTER
 
 
 def case_class(name: Any, source: str = "<case>") -> type:

@@ -10,10 +10,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from gridmarkets import batch
+from gridmarkets import batch, pipeline
 from gridmarkets.case import load_case
 from gridmarkets.cli import app
-from gridmarkets.models import lem
 from gridmarkets.study import make_study
 
 pytestmark = pytest.mark.solve
@@ -33,7 +32,7 @@ def test_each_row_equals_the_case_solved_directly(tmp_path):
     frame = batch.run(chp_study(), workers=2, out=tmp_path, progress=False)
     assert (frame["status"] == "optimal").all()
     for _, row in frame.iterrows():
-        direct = lem.run_case(load_case(CASE, [f"{CHP}={row[CHP]}"]), {})
+        direct = pipeline.run_case(load_case(CASE, [f"{CHP}={row[CHP]}"]), {})
         assert [row[k] for k in KPIS] == pytest.approx([direct.kpis[k] for k in KPIS], abs=1e-9)
     assert frame["social_welfare"].is_monotonic_decreasing  # a dearer CHP never helps
     assert frame["highs_version"].notna().all() and (frame["gap"] == 0).all()

@@ -1,6 +1,6 @@
 """Model reuse between scenarios gives what a full rebuild gives.
 
-The reference is the path without reuse: ``lem.run_case`` (load, build, compile, solve
+The reference is the path without reuse: ``pipeline.run_case`` (load, build, compile, solve
 per case) and ``batch.run(..., reuse=False)``. Reuse must also step aside where a case
 changes its structure, and report which rows reused a model.
 """
@@ -12,13 +12,14 @@ import pyomo.environ as pyo
 import pytest
 import scipy.sparse as sp
 
-from gridmarkets import batch
-from gridmarkets.case import validate
+from gridmarkets import batch, pipeline
+from gridmarkets.case import load_case, shipped_cases_dir, validate
 from gridmarkets.errors import InfeasibleError, InputError
 from gridmarkets.models import lem
 from gridmarkets.networks import load
 from gridmarkets.solvers import compile_model, solve
 from gridmarkets.solvers.persistent import PersistentLP
+from gridmarkets.specs import lem as lem_case
 from gridmarkets.study import load_study, make_study
 
 pytestmark = pytest.mark.solve
@@ -28,20 +29,34 @@ TABLES = ["accepted", "prices", "settlement"]
 UPSTREAM = lem.Upstream(import_price=120.0, export_price=30.0, capacity_kw=900.0)
 
 
-def assert_same_result(reused, rebuilt):
+def assert_same_result(reused, rebuilt, tables=TABLES):
     assert reused.kpis == pytest.approx(rebuilt.kpis, rel=1e-9, abs=1e-9)
-    for name in TABLES:
+    for name in tables:
         pd.testing.assert_frame_equal(reused.tables[name], rebuilt.tables[name], rtol=1e-9)
-    assert (reused.ac_check is None) == (rebuilt.ac_check is None)
-    for key, value in (rebuilt.ac_check or {}).items():
-        assert reused.ac_check[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+    assert_same_summary(reused.ac_check, rebuilt.ac_check, "ac_check")
+
+
+def assert_same_summary(reused, rebuilt, path: str) -> None:
+    """Equal nested summaries: numbers to 1e-9, everything else exactly."""
+    if isinstance(rebuilt, dict):
+        assert isinstance(reused, dict) and set(reused) == set(rebuilt), path
+        for key, value in rebuilt.items():
+            assert_same_summary(reused[key], value, f"{path}.{key}")
+    elif isinstance(rebuilt, list):
+        assert isinstance(reused, list) and len(reused) == len(rebuilt), path
+        for k, (a, b) in enumerate(zip(reused, rebuilt, strict=True)):
+            assert_same_summary(a, b, f"{path}[{k}]")
+    elif isinstance(rebuilt, float):
+        assert reused == pytest.approx(rebuilt, rel=1e-9, abs=1e-12), path
+    else:
+        assert reused == rebuilt, path
 
 
 def run_both(cases):
     """Each case through one ReusingRunner and through run_case; the reuse flags."""
-    runner, flags = lem.ReusingRunner(), []
+    runner, flags = lem_case.ReusingRunner(), []
     for case in cases:
-        assert_same_result(runner(case, {}), lem.run_case(case, {}))
+        assert_same_result(runner(case, {}), pipeline.run_case(case, {}))
         flags.append(runner.reused)
     return flags
 
@@ -54,7 +69,8 @@ def test_the_shipped_studies_reuse_one_model_and_match_full_rebuilds(path):
 
 
 def feeder_case(**changes):
-    """A small LEM on case33bw with an upstream grid: two sellers, two buyers.
+    """A small LEM on case33bw (losses linearised once: a model that can be kept) with an
+    upstream grid: two sellers, two buyers.
 
     In every variation below one block (or the import) is partly accepted in each
     period, so the nodal prices are unique: a tie would let two correct solves report
@@ -63,7 +79,7 @@ def feeder_case(**changes):
         "model": "lem",
         "name": "lem_case33",
         "horizon": {"periods": 2, "resolution_minutes": 60},
-        "network": {"source": "pandapower", "name": "case33bw"},
+        "network": {"source": "pandapower", "name": "case33bw", "losses": "linear"},
         "upstream": {"import_price": 120.0, "export_price": 30.0, "capacity_kw": 900.0},
         "participants": {
             "pv": {"side": "sell", "bus": 17, "blocks": [{"quantity_kw": [400, 0], "price": 10}]},
@@ -94,6 +110,15 @@ def test_on_a_feeder_data_changes_reuse_and_structure_changes_rebuild():
     assert run_both(cases) == [False, True, True, True, False, False, True]
 
 
+def test_iterated_losses_rebuild_for_every_case():
+    """Each round of iterate changes the loss coefficients, so no compiled LP is kept."""
+    cases = [
+        feeder_case(**{"network.losses": "iterate"}),
+        feeder_case(**{"network.losses": "iterate", "participants.chp.blocks.0.price": 200.0}),
+    ]
+    assert run_both(cases) == [False, False]
+
+
 def test_a_milp_market_is_rebuilt_for_every_case():
     cases = [
         feeder_case(**{"participants.chp.blocks.0.indivisible": True}),
@@ -105,11 +130,11 @@ def test_a_milp_market_is_rebuilt_for_every_case():
 def test_the_persistent_lp_is_the_lp_of_a_fresh_compile():
     first, second = feeder_case(), feeder_case(**{"participants.pv.blocks.0.price": 70.0})
     feeder = load("case33bw")
-    lp = PersistentLP(lem.build(lem.case_bids(first), upstream=UPSTREAM, network=feeder))
+    lp = PersistentLP(lem.build(lem_case.case_bids(first), upstream=UPSTREAM, network=feeder))
     cheaper = lem.Upstream(import_price=[60.0, 200.0], export_price=30.0, capacity_kw=900.0)
-    lem.update(lp.model, lem.case_bids(second), upstream=cheaper)
+    lem.update(lp.model, lem_case.case_bids(second), upstream=cheaper)
     lp.solve()
-    fresh = compile_model(lem.build(lem.case_bids(second), upstream=cheaper, network=feeder))
+    fresh = compile_model(lem.build(lem_case.case_bids(second), upstream=cheaper, network=feeder))
     assert canonical(lp.form) == canonical(fresh)
 
 
@@ -180,3 +205,23 @@ def test_reuse_false_in_the_study_file_builds_every_scenario():
     data = {"base": "lem_copperplate", "parameters": parameters, "reuse": False}
     frame = batch.run(make_study(data), workers=1, progress=False)
     assert (frame["status"] == "optimal").all() and not frame["reused"].any()
+
+
+def test_every_models_runner_keeps_the_feeder_while_the_network_is_the_same(monkeypatch):
+    """pipeline.ReusingRunner (the runner of models without their own) loads a feeder
+    once per network and answers as run_case does."""
+    loads = []
+    real = pipeline.load_feeder
+    monkeypatch.setattr(pipeline, "load_feeder", lambda case: loads.append(1) or real(case))
+    p2p = shipped_cases_dir() / "p2p_feeder.yaml"
+    cases = [
+        load_case(p2p),
+        load_case(p2p, ["peers.chp_24.blocks.0.price=40"]),
+        load_case(p2p, ["network.options={vmin_pu: 0.9}"]),  # another network
+    ]
+    runner = pipeline.ReusingRunner()
+    for case, new_load in zip(cases, (1, 0, 1), strict=True):
+        before = len(loads)
+        kept = runner(case, {})
+        assert len(loads) - before == new_load and runner.reused is False
+        assert_same_result(kept, pipeline.run_case(case, {}), ["trades", "peers"])

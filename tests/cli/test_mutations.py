@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gridmarkets import registry
+from gridmarkets import pipeline
 from gridmarkets.case import validate
 from gridmarkets.errors import GridmarketsError
 
@@ -77,7 +77,7 @@ def test_a_mutated_case_solves_or_raises_our_error(path, kind, replacement):
     data = mutate(BASE, path, kind, replacement)
     try:
         case = validate(data, "fuzz.yaml")
-        result = registry.model_module(case.model).run_case(case, {})
+        result = pipeline.run_case(case, {})
     except GridmarketsError:
         return
     assert result.solution.status == "optimal"

@@ -1,0 +1,277 @@
+"""The one case pipeline: load the feeder, build, solve, read, AC-check, finish.
+
+Written once for every model; what differs between models lives in their adapters
+(:class:`gridmarkets.specs.adapter.CaseAdapter`, one per ``gridmarkets.specs.<model>``).
+The CLI writes the returned :class:`~gridmarkets.results.Result`; sweeps call
+:func:`run_case` per scenario (or a :class:`ReusingRunner`, which keeps the feeder).
+
+Losses (``network.losses``): ``none`` is the lossless LinDistFlow; ``linear`` linearises
+the losses around an operating point; ``iterate`` solves, runs pandapower's AC power
+flow of the solution, re-linearises there and solves again until the voltages agree
+(:func:`gridmarkets.networks.iterate_losses`), and reports the iterations. A mode the
+case's model cannot honour is a :class:`~gridmarkets.errors.CaseError` naming
+``network.losses`` when the case file asks for it; where the default (iterate) is not
+available the case runs lossless ("none": ``linear`` around a fixed point is no safer
+a default, see :class:`~gridmarkets.specs.base.NetworkSpec`), and the summary says
+which mode ran.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from gridmarkets import registry
+from gridmarkets.errors import CaseError
+from gridmarkets.results import Result
+from gridmarkets.specs.adapter import Built, CaseAdapter, Injections
+from gridmarkets.specs.base import CaseBase
+
+
+def run_case(
+    case: CaseBase, solve_options: dict[str, Any] | None = None, *, feeder: Any = None
+) -> Result:
+    """Run a validated case: the CLI's and the sweeps' entry point.
+
+    Parameters
+    ----------
+    case : a case validated by :func:`gridmarkets.case.validate` (or ``load_case``).
+    solve_options : :func:`gridmarkets.solvers.solve`'s options (time_limit, ...).
+    feeder : the case's Feeder when the caller already has it (None: load it).
+
+    Returns
+    -------
+    Result, with ``ac_check`` holding pandapower's AC check of the model's own bus
+    injections (P and Q) on a feeder, and which losses mode ran.
+    """
+    solve_options = dict(solve_options or {})
+    run = CaseRun.start(case, feeder)
+    built = run.build()
+    result, iteration = run.solve(built, solve_options)
+    return run.complete(built, result, iteration, solve_options)
+
+
+@dataclass(frozen=True)
+class CaseRun:
+    """One case on its way through the pipeline: its adapter, feeder and losses mode."""
+
+    case: CaseBase
+    adapter: CaseAdapter
+    feeder: Any
+    losses: str | None
+
+    @classmethod
+    def start(cls, case: CaseBase, feeder: Any = None) -> CaseRun:
+        """Find the case's adapter, load its feeder (unless given), settle its losses."""
+        adapter = registry.adapter(case.model)
+        losses = loss_mode(case, adapter)  # before the feeder: a bad mode fails fast
+        if feeder is None:
+            feeder = load_feeder(case)
+        return cls(case, adapter, feeder, losses)
+
+    def build(self) -> Built:
+        """The adapter's build, with the formulation of the losses mode."""
+        return self.adapter.build(self.case, self.feeder, formulation(self.feeder, self.losses))
+
+    def solve(self, built: Built, solve_options: dict[str, Any]) -> tuple[Result, Any]:
+        """Solve the built model (iterating the losses when asked) and read its results.
+
+        Returns the Result and the :class:`~gridmarkets.networks.LossIteration` (None
+        unless the losses mode is "iterate").
+        """
+        if built.model is None:
+            return built.run(solve_options), None
+        options = {**built.solve_options, **solve_options}
+        if self.losses == "iterate":
+            from gridmarkets.networks import iterate_losses
+
+            iteration = iterate_losses(
+                built.model,
+                built.grid,
+                tolerance_pu=self.case.network.losses_tolerance_pu,
+                max_iterations=self.case.network.losses_max_iterations,
+                solve_options=options,
+            )
+            return built.read(iteration.solution), iteration
+        from gridmarkets.solvers import solve
+
+        if built.solver is not None:
+            return built.read(built.solver(built.model, options)), None
+        return built.read(solve(built.model, **options)), None
+
+    def complete(
+        self, built: Built, result: Result, iteration: Any, solve_options: dict[str, Any]
+    ) -> Result:
+        """The AC check, then what the adapter adds (coalitions, DSO check, ...)."""
+        check(result, built, self.feeder, self.losses, iteration)
+        self.adapter.finish(self.case, result, self.feeder, solve_options)
+        return result
+
+
+def load_feeder(case: CaseBase):
+    """The case's Feeder (cached on disk by :func:`gridmarkets.networks.load`), or None."""
+    if case.network is None:
+        return None
+    from gridmarkets.networks import load
+
+    return load(case.network.locator())
+
+
+def loss_mode(case: CaseBase, adapter: CaseAdapter) -> str | None:
+    """The losses mode the case runs with; None without a network.
+
+    Raises
+    ------
+    CaseError : the case file asks for a mode the case's model does not support.
+    """
+    if case.network is None:
+        return None
+    supported = adapter.losses(case)
+    asked = case.network.losses
+    if asked in supported:
+        return asked
+    if "losses" in case.network.model_fields_set:
+        raise CaseError(
+            f"network.losses: {asked!r} is not available for this {case.model} case "
+            f"(it supports {', '.join(supported)})"
+        )
+    return "none"
+
+
+def formulation(feeder, losses: str | None):
+    """The network formulation for the losses mode; None (the model's default) without
+    a feeder or without losses.
+
+    ``linear``: LinDistFlow with losses linearised around its default operating point.
+    ``iterate``: linearised around the flat point (no flow, 1 pu), where the loss terms
+    vanish, so the first solve is the lossless one and every later round re-linearises
+    at pandapower's AC flow of the previous solution.
+    """
+    if feeder is None or losses in (None, "none"):
+        return None
+    from gridmarkets.networks import LinDistFlow, OperatingPoint
+
+    point = OperatingPoint.flat(feeder, 1) if losses == "iterate" else None
+    return LinDistFlow(losses=True, point=point)
+
+
+def check(result: Result, built: Built, feeder, losses: str | None, iteration: Any) -> None:
+    """Set ``result.ac_check``: one AC check per named injections, and the losses mode.
+
+    A single check ("") is the summary itself; several (flexibility's scenarios) are
+    summaries by name. With ``iterate``, ``loss_iterations`` lists every round and
+    ``losses_converged`` says whether the voltages agreed within the tolerance.
+    """
+    checks = built.checks(result) if feeder is not None else {}
+    if not checks:
+        return
+    summaries = {name: check_summary(feeder, inj) for name, inj in checks.items()}
+    summary = summaries.pop("") if set(summaries) == {""} else summaries
+    summary["losses"] = losses
+    if iteration is not None:
+        summary["loss_iterations"] = iteration.iterations.to_dict(orient="records")
+        summary["losses_converged"] = iteration.converged
+    result.ac_check = summary
+
+
+def check_summary(feeder, injections: Injections) -> dict[str, Any]:
+    """pandapower's AC check of the injections, naming every violation of a limit the
+    linear model enforced.
+
+    Keys beyond :meth:`~gridmarkets.networks.ACCheck.summary`'s: ``enforced_limits``
+    (what LinDistFlow held the solution to: voltage bounds at its buses below the root
+    and thermal limits of its rated branches, or none when no LinDistFlow cleared the
+    injections), ``enforced_violations`` (every AC violation of one of those limits,
+    each naming its element, period, value and limit), ``enforced_violations_count``
+    and, where a LinDistFlow cleared them, ``model_voltage_error_pu`` (max |V of the
+    model - V of AC| over buses and periods).
+    """
+    from gridmarkets.networks import ac_check
+
+    ac = ac_check(feeder, injections.p_kw, injections.q_kvar)
+    violations = ac.violations()
+    enforced = enforced_mask(feeder, injections.handles, violations)
+    summary = ac.summary()
+    summary["enforced_limits"] = enforced_limits(feeder, injections.handles)
+    summary["enforced_violations_count"] = int(enforced.sum())
+    summary["enforced_violations"] = violations[enforced].to_dict(orient="records")
+    if _is_lindistflow(injections.handles):
+        summary["model_voltage_error_pu"] = model_voltage_error(injections.handles, ac.buses)
+    return summary
+
+
+def _is_lindistflow(handles) -> bool:
+    return handles is not None and handles.voltage_limit is not None
+
+
+def enforced_elements(feeder, handles) -> tuple[set, set]:
+    """The buses whose voltage and the branches, as (kind, pandapower element), whose
+    loading the linear model held within limits (both empty without a LinDistFlow)."""
+    if not _is_lindistflow(handles):
+        return set(), set()
+    rated = feeder.branches.loc[list(handles.block.RATED_BRANCHES)]
+    branches = set(zip(rated["kind"], rated["element"].astype(int), strict=True))
+    return {bus for bus, _ in handles.voltage_limit}, branches
+
+
+def enforced_limits(feeder, handles) -> dict[str, Any]:
+    """Which of the feeder's limits the linear model enforced (JSON-able)."""
+    buses, branches = enforced_elements(feeder, handles)
+    return {
+        "formulation": "none" if handles is None else handles.formulation,
+        "voltage_buses": sorted(buses),
+        "thermal_branches": [f"{kind} {element}" for kind, element in sorted(branches)],
+        "thermal_polygon_sides": handles.polygon_sides if buses else None,
+    }
+
+
+def enforced_mask(feeder, handles, violations: pd.DataFrame) -> pd.Series:
+    """True for each AC violation of a limit the linear model enforced."""
+    buses, branches = enforced_elements(feeder, handles)
+    keys = zip(violations["element"], violations["index"], strict=True)
+    return pd.Series(
+        [
+            (index in buses) if kind == "bus" else ((kind, int(index)) in branches)
+            for kind, index in keys
+        ],
+        index=violations.index,
+        dtype=bool,
+    )
+
+
+def model_voltage_error(handles, ac_buses: pd.DataFrame) -> float:
+    """max |sqrt(v_sq of the model) - V of AC| over the model's buses and periods (pu)."""
+    from gridmarkets.networks.handles import value_array
+
+    buses, periods = list(handles.feeder.buses.index), list(handles.periods)
+    v_model = np.sqrt(np.maximum(value_array(handles.voltage_sq, buses, periods), 0.0))
+    v_ac = ac_buses.pivot(index="bus", columns="period", values="v_pu_ac")
+    return float(np.abs(v_model - v_ac.loc[buses, periods].to_numpy()).max())
+
+
+class ReusingRunner:
+    """:func:`run_case` that keeps the Feeder between calls while the network is the same.
+
+    Loading a SimBench feeder is most of a small case's time on a feeder. A model's
+    adapter may keep more (the LEM's keeps its built LP: see
+    :class:`gridmarkets.specs.lem.ReusingRunner`). Not thread-safe: one per worker thread.
+    ``reused`` is False: this runner builds every model.
+    """
+
+    reused = False
+
+    def __init__(self) -> None:
+        self._network: tuple[str | None, Any] | None = None
+
+    def __call__(self, case: CaseBase, solve_options: dict[str, Any]) -> Result:
+        return run_case(case, solve_options, feeder=self.feeder(case))
+
+    def feeder(self, case: CaseBase):
+        """The case's Feeder, loaded once per network locator."""
+        key = None if case.network is None else repr(sorted(case.network.locator().items()))
+        if self._network is None or self._network[0] != key:
+            self._network = (key, load_feeder(case))
+        return self._network[1]

@@ -1,0 +1,163 @@
+"""Case files of the energy community (``model: community``)."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field, PositiveFloat, model_validator
+
+from gridmarkets.models import prosumer
+from gridmarkets.models.assets import Profile
+from gridmarkets.models.community import (
+    METHODS,
+    CommunityGame,
+    ConnectionSpec,
+    SharedAssetSpec,
+    build,
+    results,
+    shares_of,
+    split,
+)
+from gridmarkets.models.prosumer import Objective, PricesSpec, ProsumerSpec
+from gridmarkets.results import Result
+from gridmarkets.specs.adapter import Built, grid_checks
+from gridmarkets.specs.base import CaseBase, Spec
+
+
+class AllocationSpec(Spec):
+    """How the case splits the community's cost among its members."""
+
+    methods: list[Literal["shapley", "nucleolus", "proportional", "equal"]] = Field(
+        default_factory=lambda: list(METHODS)
+    )
+    proportional_to: Literal["consumption", "shares", "equal"] = Field(
+        "consumption",
+        description="the proportional rule's weight: consumption in the community's "
+        "schedule, the mean of the members' shares of the shared assets, or equal",
+    )
+    exact_up_to: int = Field(12, ge=1, le=16, description="exact Shapley up to this size")
+    samples: int = Field(200, ge=2, description="permutations when sampled")
+    seed: int | None = 0
+    workers: int = Field(1, ge=1, description="processes solving coalitions")
+
+
+class CaseSpec(CaseBase):
+    """An energy community case (``model: community``)."""
+
+    model: Literal["community"]
+    mode: Literal["grid", "islanded"] = "grid"
+    objective: Objective = "cost"
+    prices: PricesSpec | None = Field(None, description="tariff at the point of connection")
+    connection: ConnectionSpec = Field(default_factory=ConnectionSpec)
+    carbon_kg_per_mwh: Profile = Field(0.0, description="grid carbon intensity per period")
+    value_of_lost_load_per_mwh: PositiveFloat = 10_000.0
+    members: dict[str, ProsumerSpec] = Field(min_length=1)
+    shared: dict[str, SharedAssetSpec] = Field(default_factory=dict)
+    allocation: AllocationSpec | None = Field(None, description="split the cost (optional)")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CaseSpec:
+        n = self.horizon.periods
+        if self.mode == "grid" and self.prices is None:
+            raise ValueError("prices: required when mode is 'grid'")
+        for name in ("import_price", "export_price"):
+            value = getattr(self.prices, name) if self.prices else None
+            if isinstance(value, list) and len(value) != n:
+                raise ValueError(f"prices.{name}: {len(value)} values for {n} periods")
+        for mid, home in self.members.items():
+            prosumer.check_home(home, n, f"members.{mid}")
+            if self.network is not None and home.bus is None:
+                raise ValueError(f"members.{mid}.bus: required on a network")
+        for aid, asset in self.shared.items():
+            unknown = set(asset.owners) - set(self.members)
+            if unknown:
+                raise ValueError(f"shared.{aid}.owners: {sorted(unknown)} are not members")
+            if self.network is not None and asset.bus is None:
+                raise ValueError(f"shared.{aid}.bus: required on a network")
+        unknown = set(self.connection.shares) - set(self.members)
+        if unknown:
+            raise ValueError(f"connection.shares: {sorted(unknown)} are not members")
+        return self
+
+
+def case_options(case: CaseSpec, feeder=None) -> dict[str, Any]:
+    """:func:`build`'s keyword arguments for a case."""
+    return {
+        "periods": case.horizon.periods,
+        "period_hours": case.horizon.period_hours,
+        "mode": case.mode,
+        "objective": case.objective,
+        "connection": case.connection,
+        "carbon_kg_per_mwh": case.carbon_kg_per_mwh,
+        "feeder": feeder,
+        "value_of_lost_load_per_mwh": case.value_of_lost_load_per_mwh,
+        "timestamps": case.horizon.timestamps(),
+    }
+
+
+class CommunityAdapter:
+    """Community cases: one schedule; with ``allocation`` the cost is then split among
+    the members (the table ``allocation``; KPIs ``community_value`` and
+    ``in_core_<rule>``, 1 or 0). On a network the AC check runs on the injections the
+    community's LinDistFlow held (P and Q).
+
+    Losses: ``none`` only, for the community's build writes its own lossless
+    LinDistFlow (it takes no ``formulation``).
+    """
+
+    def losses(self, case: CaseSpec) -> tuple[str, ...]:
+        return ("none",)
+
+    def build(self, case: CaseSpec, feeder, formulation) -> Built:
+        m = build(case.members, case.shared, case.prices, **case_options(case, feeder))
+        if feeder is None:
+            return Built(m, partial(results, m))
+        return Built(m, partial(results, m), grid_checks(m.handles), grid=m.handles)
+
+    def finish(self, case: CaseSpec, result: Result, feeder, solve_options: dict) -> None:
+        if case.allocation is not None:
+            _add_allocation(result, case, case_options(case, feeder), solve_options)
+
+
+ADAPTER = CommunityAdapter()
+
+
+def _add_allocation(result: Result, case: CaseSpec, options, solve_options) -> None:
+    spec = case.allocation
+    build_options = {k: v for k, v in options.items() if k != "timestamps"}
+    game = CommunityGame(
+        case.members,
+        case.shared,
+        case.prices,
+        workers=spec.workers,
+        solve_options=solve_options,
+        build_options=build_options,
+    )
+    game.values[game.grand] = result.kpis["objective"]
+    weights = _proportional_weights(case, result, spec.proportional_to)
+    outcome = split(
+        game,
+        spec.methods,
+        weights=weights,
+        exact_up_to=spec.exact_up_to,
+        samples=spec.samples,
+        seed=spec.seed,
+    )
+    result.tables["allocation"] = outcome.table
+    result.kpis["community_value"] = outcome.value
+    result.kpis["coalitions_solved"] = len(game.values) - 1
+    for name, check in outcome.core.items():
+        if check is not None:
+            result.kpis[f"in_core_{name}"] = float(check.in_core)
+
+
+def _proportional_weights(case: CaseSpec, result: Result, rule: str) -> dict[str, float]:
+    if rule == "consumption":
+        return dict(zip(result.members["member"], result.members["consumption_kwh"], strict=True))
+    if rule == "shares" and case.shared:
+        everyone = list(case.members)
+        shares = [shares_of(a.owners, everyone) for a in case.shared.values()]
+        return {i: float(np.mean([s[i] for s in shares])) for i in everyone}
+    return dict.fromkeys(case.members, 1.0)

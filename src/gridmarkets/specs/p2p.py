@@ -1,0 +1,205 @@
+"""Case files of peer-to-peer trading (``model: p2p``)."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Literal
+
+import pandas as pd
+from pydantic import Field, FiniteFloat, NonNegativeFloat, PositiveFloat, model_validator
+
+from gridmarkets.models.lem import Upstream
+from gridmarkets.models.p2p import (
+    build,
+    clear_admm,
+    dso_check,
+    hop_costs,
+    results,
+    trading_graph,
+)
+from gridmarkets.results import Result
+from gridmarkets.specs.adapter import (
+    LOSS_MODES,
+    Built,
+    Injections,
+    grid_checks,
+    table_injections,
+)
+from gridmarkets.specs.base import CaseBase, Spec
+
+
+class PeerBlockSpec(Spec):
+    """One block of a peer: buy or sell a quantity (kW; one value or one per period)."""
+
+    side: Literal["buy", "sell"]
+    quantity_kw: NonNegativeFloat | list[NonNegativeFloat]
+    price: FiniteFloat
+
+
+class PeerSpec(Spec):
+    """A peer: its blocks, its bus on the feeder and its community."""
+
+    bus: int | None = None
+    community: str | None = None
+    blocks: list[PeerBlockSpec] = Field(min_length=1)
+
+
+class PreferenceSpec(Spec):
+    """Peer's preference cost of trading with partner (currency/MWh, >= 0)."""
+
+    peer: str
+    partner: str
+    cost: NonNegativeFloat
+
+
+class UpstreamSpec(Spec):
+    """Tariffs (currency/MWh; one value or one per period) and per-peer capacity (kW)."""
+
+    import_price: FiniteFloat | list[FiniteFloat]
+    export_price: FiniteFloat | list[FiniteFloat]
+    capacity_kw: PositiveFloat | None = None
+
+
+class ADMMSpec(Spec):
+    """Options of the consensus ADMM."""
+
+    rho: PositiveFloat = 1.0
+    max_iterations: int = Field(5000, ge=1)
+    eps_abs: PositiveFloat = 1e-6
+    eps_rel: PositiveFloat = 1e-6
+
+
+class CaseSpec(CaseBase):
+    """A peer-to-peer trading case (``model: p2p``)."""
+
+    model: Literal["p2p"]
+    architecture: Literal["full", "community", "hybrid"] = "full"
+    graph: Literal["complete", "neighbours"] | list[list[str]] = "complete"
+    method: Literal["central", "admm"] = "central"
+    dso: Literal["none", "network_aware", "check"] = Field(
+        "none", description="network_aware: LinDistFlow in the clearing; check: clear then check"
+    )
+    quadratic: NonNegativeFloat = 0.0
+    hop_cost: NonNegativeFloat = Field(0.0, description="currency/MWh per branch between peers")
+    upstream: UpstreamSpec | None = None
+    peers: dict[str, PeerSpec] = Field(min_length=2)
+    preferences: list[PreferenceSpec] = Field(default_factory=list)
+    admm: ADMMSpec = Field(default_factory=ADMMSpec)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CaseSpec:
+        n = self.horizon.periods
+        for pid, p in self.peers.items():
+            for k, block in enumerate(p.blocks):
+                q = block.quantity_kw
+                if isinstance(q, list) and len(q) != n:
+                    raise ValueError(f"peers.{pid}.blocks.{k}.quantity_kw: {len(q)} values for {n}")
+            if self.network is not None and p.bus is None:
+                raise ValueError(f"peers.{pid}.bus: required on a network")
+            if self.architecture != "full" and p.community is None:
+                raise ValueError(f"peers.{pid}.community: required by {self.architecture}")
+        if self.dso != "none" and self.network is None:
+            raise ValueError(f"dso: {self.dso} needs a network")
+        if self.dso == "network_aware" and self.method == "admm":
+            raise ValueError("dso: network_aware clearing is central only (method: central)")
+        if (self.hop_cost > 0 or self.graph == "neighbours") and self.network is None:
+            raise ValueError("hop_cost and graph 'neighbours' need a network")
+        return self
+
+
+def case_bids(case: CaseSpec) -> pd.DataFrame:
+    """The bids table of a case's peers (one row per block and period)."""
+    n = case.horizon.periods
+    rows = [
+        {
+            "participant": pid,
+            "side": block.side,
+            "quantity_kw": q,
+            "price": block.price,
+            "period": t,
+            "block": k,
+            "bus": p.bus,
+        }
+        for pid, p in case.peers.items()
+        for k, block in enumerate(p.blocks)
+        for t, q in enumerate(
+            block.quantity_kw if isinstance(block.quantity_kw, list) else [block.quantity_kw] * n
+        )
+    ]
+    return pd.DataFrame(rows)
+
+
+def market_options(case: CaseSpec, feeder) -> dict[str, Any]:
+    """:func:`~gridmarkets.models.p2p.build`'s market options for a case (no network)."""
+    options: dict[str, Any] = {
+        "architecture": case.architecture,
+        "graph": case.graph,
+        "communities": {pid: p.community for pid, p in case.peers.items()},
+        "upstream": None if case.upstream is None else Upstream(**case.upstream.model_dump()),
+        "period_hours": case.horizon.period_hours,
+        "quadratic": case.quadratic,
+        "preferences": _case_preferences(case, feeder),
+    }
+    if case.graph == "neighbours":
+        bus = {k: p.bus for k, p in case.peers.items()}
+        options["graph"] = trading_graph(list(case.peers), "neighbours", bus=bus, feeder=feeder)
+    return options
+
+
+class P2PAdapter:
+    """P2P cases by ``dso``: ``network_aware`` clears within the network formulation
+    (losses none or linear; iterate too for a linear market); ``none`` and ``check``
+    clear without it, and the AC check (and with ``check`` the DSO's cuts) run on the
+    trades' injections. ``method: admm`` is not one model solve."""
+
+    def losses(self, case: CaseSpec) -> tuple[str, ...]:
+        if case.network is None or case.dso != "network_aware":
+            return ("none",)
+        return ("none", "linear") if case.quadratic > 0 else LOSS_MODES
+
+    def build(self, case: CaseSpec, feeder, formulation) -> Built:
+        bids, options = case_bids(case), market_options(case, feeder)
+        if case.method == "admm":
+            run = partial(clear_admm, bids, admm=case.admm.model_dump(), **options)
+            return Built(run=lambda solve_options: run(), checks=_trade_injections)
+        if case.dso != "network_aware":
+            m = build(bids, **options)
+            return Built(m, partial(results, m), _trade_injections, solver=_solver(case))
+        m = build(bids, network=feeder, formulation=formulation, **options)
+        checks = grid_checks(m.handles)
+        return Built(m, partial(results, m), checks, grid=m.handles, solver=_solver(case))
+
+    def finish(self, case: CaseSpec, result: Result, feeder, solve_options: dict) -> None:
+        if case.dso == "check":
+            result.tables["dso_cuts"] = dso_check(result, feeder)
+            result.kpis["dso_cut_kw"] = float(result.tables["dso_cuts"]["cut_kw"].sum())
+
+
+def _trade_injections(result: Result) -> dict[str, Injections]:
+    return {"": table_injections(result.injections)}
+
+
+def _solver(case: CaseSpec):
+    """A quadratic market's own solve (HiGHS QP through ADMM's helper), else the default."""
+    if case.quadratic == 0:
+        return None
+    from gridmarkets.solvers.admm import solve_quadratic
+
+    return lambda model, options: solve_quadratic(model, options.get("options"))
+
+
+ADAPTER = P2PAdapter()
+
+
+def _case_preferences(case: CaseSpec, feeder) -> pd.DataFrame | None:
+    table = pd.DataFrame(
+        [p.model_dump() for p in case.preferences], columns=["peer", "partner", "cost"]
+    )
+    if case.hop_cost > 0 and case.architecture != "community":
+        bus = {k: p.bus for k, p in case.peers.items()}
+        graph = trading_graph(list(case.peers), case.graph, bus=bus, feeder=feeder)
+        hops = hop_costs(bus, feeder, case.hop_cost, graph)
+        if not hops.empty:  # explicit preferences win over hop costs
+            frames = [hops, table] if len(table) else [hops]
+            table = pd.concat(frames).drop_duplicates(["peer", "partner"], keep="last")
+    return table if len(table) else None
