@@ -153,7 +153,14 @@ class ACCheck:
         }
 
 
-def ac_check(feeder: Feeder, p_kw, q_kvar, *, point: OperatingPoint | None = None) -> ACCheck:
+def ac_check(
+    feeder: Feeder,
+    p_kw,
+    q_kvar,
+    *,
+    point: OperatingPoint | None = None,
+    loss_voltage: str = "linear",
+) -> ACCheck:
     """Compare the linear power flow of these injections with pandapower's AC one.
 
     Parameters
@@ -163,13 +170,14 @@ def ac_check(feeder: Feeder, p_kw, q_kvar, *, point: OperatingPoint | None = Non
         :func:`~gridmarkets.networks.lindistflow.injection_matrix` accepts (typically a
         DataFrame with buses as rows and periods as columns). The root is the slack.
     point : the linear model's loss linearisation, if it had losses on.
+    loss_voltage : that linearisation's variant, "linear" or "frozen".
 
     Returns
     -------
     ACCheck
     """
     p, q, periods = injections_pu(feeder, p_kw, q_kvar)
-    linear = solve_linear(feeder, p, q, point)
+    linear = solve_linear(feeder, p, q, point, loss_voltage)
     ac = run_ac(feeder, p, q)
     lin_buses, lin_branches = flow_tables(feeder, periods, linear)
     ac_buses, ac_branches = flow_tables(

@@ -41,9 +41,13 @@ def iterate_losses(
 ) -> LossIteration:
     """Solve, and re-linearise losses at the AC power flow of the solution until they agree.
 
+    Each round solves the model, runs pandapower's AC power flow of the cleared net
+    injections (P and Q), and sets the loss parameters to the linearisation at that
+    flow's branch flows and voltages (in the handles' ``loss_voltage`` variant).
+
     Parameters
     ----------
-    model : the market model holding a LinDistFlow built with ``losses=True``.
+    model : the market model holding a LinDistFlow built with ``losses="linear"``.
     handles : what that LinDistFlow's ``add`` returned.
     tolerance_pu : stop when max |V_linear - V_ac| over buses and periods is below it.
     max_iterations : solves at most.
@@ -56,7 +60,10 @@ def iterate_losses(
     from gridmarkets.solvers import solve
 
     if handles.losses is None:
-        raise NetworkError("iterate_losses needs a LinDistFlow built with losses=True")
+        raise NetworkError(
+            f"iterate_losses needs a LinDistFlow built with losses='linear'; this network "
+            f"({handles.formulation}) has no loss parameters"
+        )
     feeder = handles.feeder
     rows = []
     for iteration in range(1, max_iterations + 1):
@@ -88,8 +95,7 @@ def _compare(handles: NetworkHandles, ac: dict) -> dict[str, float]:
 
 def _relinearise(handles: NetworkHandles, point: OperatingPoint) -> None:
     feeder, periods = handles.feeder, handles.periods
-    a, b, c = point.current_terms(feeder)
-    for name, array in (("a", a), ("b", b), ("c", c)):
+    for name, array in point.current_terms(feeder, handles.loss_voltage).items():
         _set(handles.losses[name], feeder.branches.index, periods, array)
     _set(handles.losses["v0_sq"], feeder.buses.index, periods, point.v_sq_pu)
 
