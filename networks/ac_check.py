@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from gridmarkets.errors import NetworkError
-from gridmarkets.networks.feeder import Feeder
+from gridmarkets.networks.feeder import INJECTION_SIGNS, Feeder
 from gridmarkets.networks.lindistflow import (
     OperatingPoint,
     flow_tables,
@@ -22,9 +22,10 @@ from gridmarkets.networks.lindistflow import (
 def run_ac(feeder: Feeder, p_pu: np.ndarray, q_pu: np.ndarray) -> dict[str, np.ndarray]:
     """Run pandapower's AC power flow once per period (columns) of the injections.
 
-    The net's own loads, static generators, generators and storage are switched off
-    and one static generator per bus carries the injection; the external grid is the
-    slack, so the root's entry is ignored.
+    The net's own injections (every table :func:`~gridmarkets.networks.net_injections`
+    reads, asymmetric loads and motors included) are switched off and one static
+    generator per bus carries the injection; the external grid is the slack, so the
+    root's entry is ignored.
 
     Returns
     -------
@@ -34,8 +35,9 @@ def run_ac(feeder: Feeder, p_pu: np.ndarray, q_pu: np.ndarray) -> dict[str, np.n
     import pandapower as pp
 
     net = copy.deepcopy(feeder.net)
-    for table in ("load", "sgen", "gen", "storage"):
-        getattr(net, table)["in_service"] = False
+    for table in INJECTION_SIGNS:
+        if table in net:
+            net[table]["in_service"] = False
     buses = feeder.buses.index.to_numpy()
     sgens = pp.create_sgens(net, buses, p_mw=0.0, q_mvar=0.0)
     scale = feeder.s_base_kva / 1000.0

@@ -4,12 +4,22 @@ The topology follows the switches: an open line or transformer switch removes it
 branch, a closed bus-bus switch merges its buses (the lowest index is kept), elements
 out of service are dropped. The result must be a tree rooted at the one external grid;
 anything else is a :class:`~gridmarkets.errors.NetworkError` naming the element.
+
+Elements at buses (:data:`INJECTION_SIGNS`) are read as balanced constant-power
+injections: loads, static generators, storage and motors exactly as pandapower's
+balanced power flow reads them; asymmetric loads and static generators as the sum of
+their three phases (again as pandapower's balanced power flow does), and generators as
+their active power with Q = 0 (their voltage control is not modelled); both with a
+warning naming them. Elements in service that the feeder cannot represent
+(:data:`UNMODELLED`: series impedances, three-winding transformers, wards, DC links,
+FACTS devices) are refused with an error naming them.
 """
 
 from __future__ import annotations
 
 import difflib
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +60,43 @@ BUILTINS = {
 BUILTIN_OPTIONS = {"mv_oberrhein": {"ext_grid": 0}}
 
 OPTIONS = {"vmin_pu", "vmax_pu", "s_base_kva", "ext_grid"}
+
+# pandapower tables read as injections at buses, with the sign of their p_mw (positive
+# into the grid): every table that :func:`net_injections` reads and ``run_ac`` replaces.
+INJECTION_SIGNS = {
+    "load": -1.0,
+    "sgen": 1.0,
+    "gen": 1.0,
+    "storage": -1.0,
+    "motor": -1.0,
+    "asymmetric_load": -1.0,
+    "asymmetric_sgen": 1.0,
+}
+
+# Read, but not as pandapower has them: a warning names each element.
+APPROXIMATED = {
+    "asymmetric_load": "read as balanced loads (the sum of the three phases' p and q)",
+    "asymmetric_sgen": "read as balanced static generators (the sum of the three phases)",
+    "gen": "read as active power injections with Q = 0 (voltage control is not modelled)",
+}
+
+# pandapower tables the feeder cannot represent: in service, they are an error.
+UNMODELLED = (
+    "trafo3w",
+    "impedance",
+    "ward",
+    "xward",
+    "dcline",
+    "svc",
+    "tcsc",
+    "ssc",
+    "vsc",
+    "vsc_stacked",
+    "vsc_bipolar",
+    "line_dc",
+    "source_dc",
+    "load_dc",
+)
 
 
 @dataclass(frozen=True)
@@ -222,6 +269,8 @@ def feeder_from_net(
     ext_grid: int | None = None,
 ) -> Feeder:
     """Build the radial :class:`Feeder` of a pandapower net (see :func:`load` for options)."""
+    _refuse_unmodelled(net)
+    _warn_approximated(net)
     s_base_kva = float(s_base_kva or net.sn_mva * 1000.0)
     merged = _merge_map(net)
     slack = _pick_ext_grid(net, ext_grid)
@@ -242,6 +291,38 @@ def feeder_from_net(
         net=net,
         merged=keep,
     )
+
+
+def in_service(net, table: str) -> pd.DataFrame:
+    """The in-service rows of a pandapower table (empty if the net has no such table)."""
+    frame = net[table] if table in net else pd.DataFrame()
+    if frame.empty or "in_service" not in frame:
+        return frame
+    return frame[frame["in_service"].astype(bool)]
+
+
+def named(table: str, index, shown: int = 5) -> str:
+    """ "table 1, 4, 7 and 12 more": elements named the way errors and warnings name them."""
+    labels = [str(k) for k in index]
+    more = f" and {len(labels) - shown} more" if len(labels) > shown else ""
+    return f"{table} {', '.join(labels[:shown])}{more}"
+
+
+def _refuse_unmodelled(net) -> None:
+    present = [named(t, in_service(net, t).index) for t in UNMODELLED if len(in_service(net, t))]
+    if present:
+        raise NetworkError(
+            f"the net has elements in service that a radial feeder cannot represent: "
+            f"{'; '.join(present)}; take them out of service or replace them (a load, an "
+            "sgen, a line)"
+        )
+
+
+def _warn_approximated(net) -> None:
+    for table, how in APPROXIMATED.items():
+        frame = in_service(net, table)
+        if len(frame):
+            warnings.warn(f"{named(table, frame.index)}: {how}", UserWarning, stacklevel=3)
 
 
 def _merge_map(net) -> dict[int, int]:
@@ -402,9 +483,8 @@ def _loop_error(edges, closing: int, loop: list[int], net, others: list[int]) ->
 def _check_islands(graph: nx.Graph, root: int, merged: dict[int, int], net) -> None:
     """Islands with loads or generation have no source; empty ones are dropped."""
     attached = set()
-    for table in ("load", "sgen", "gen", "storage"):
-        frame = getattr(net, table)
-        attached |= {merged.get(b) for b in frame.loc[frame["in_service"].astype(bool), "bus"]}
+    for table in INJECTION_SIGNS:
+        attached |= {merged.get(b) for b in in_service(net, table).get("bus", [])}
     sources = set(net.ext_grid.loc[net.ext_grid["in_service"].astype(bool), "bus"].map(merged))
     for island in nx.connected_components(graph):
         if island & sources:
@@ -470,30 +550,47 @@ def _shunts(net, merged, s_base_kva, edges) -> tuple[pd.Series, pd.Series]:
 
 
 def net_injections(feeder: Feeder) -> tuple[pd.Series, pd.Series]:
-    """The net's own loads, static generators, generators and storage as injections.
+    """The net's own loads, static generators, generators, storage and motors (and their
+    asymmetric variants, balanced) as injections.
 
     Returns
     -------
     (p_kw, q_kvar) : Series indexed by feeder bus, positive into the grid, scaled as in
     the net (``p_mw * scaling``).
     """
-    net = feeder.net
-    p = pd.Series(0.0, index=feeder.buses.index)
-    q = pd.Series(0.0, index=feeder.buses.index)
-    for table, sign in (("load", -1.0), ("sgen", 1.0), ("gen", 1.0), ("storage", -1.0)):
-        frame = getattr(net, table)
-        frame = frame[frame["in_service"].astype(bool) & frame["bus"].isin(feeder.merged)]
-        if frame.empty:
-            continue
-        at = frame["bus"].map(feeder.merged).to_numpy()
-        scale = frame["scaling"].to_numpy(dtype=float) * 1000.0 * sign
-        p = p.add(
-            pd.Series(frame["p_mw"].to_numpy() * scale, at).groupby(level=0).sum(), fill_value=0
-        )
-        if "q_mvar" in frame and table != "gen":
-            q_values = frame["q_mvar"].to_numpy() * scale
-            q = q.add(pd.Series(q_values, at).groupby(level=0).sum(), fill_value=0)
-    return p, q
+    powers = pd.concat(
+        [element_powers(feeder.net, t).assign(sign=s) for t, s in INJECTION_SIGNS.items()]
+    )
+    powers = powers[powers["bus"].isin(feeder.merged)]
+    at = powers["bus"].map(feeder.merged).to_numpy()
+    p_kw, q_kvar = (
+        (powers[column] * powers["sign"] * 1000.0)
+        .groupby(at)
+        .sum()
+        .reindex(feeder.buses.index, fill_value=0.0)
+        .astype(float)
+        for column in ("p_mw", "q_mvar")
+    )
+    return p_kw, q_kvar
+
+
+def element_powers(net, table: str) -> pd.DataFrame:
+    """bus, p_mw and q_mvar of a table's in-service elements, as pandapower's balanced
+    power flow reads them (scaled; sign as in the table)."""
+    frame = in_service(net, table)
+    if frame.empty:
+        return pd.DataFrame({"bus": [], "p_mw": [], "q_mvar": []})
+    if table.startswith("asymmetric"):
+        p = frame[["p_a_mw", "p_b_mw", "p_c_mw"]].sum(axis=1)
+        q = frame[["q_a_mvar", "q_b_mvar", "q_c_mvar"]].sum(axis=1)
+    elif table == "motor":
+        p = frame["pn_mech_mw"] / frame["efficiency_percent"] * frame["loading_percent"]
+        q = p * np.tan(np.arccos(frame["cos_phi"]))
+    else:
+        p = frame["p_mw"]
+        q = frame["q_mvar"] if table != "gen" else 0.0 * p
+    scale = frame["scaling"].astype(float)
+    return pd.DataFrame({"bus": frame["bus"], "p_mw": p * scale, "q_mvar": q * scale})
 
 
 def feeder_profiles(
