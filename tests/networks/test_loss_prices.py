@@ -23,10 +23,12 @@ from gridmarkets.errors import NetworkError
 from gridmarkets.networks import (
     LinDistFlow,
     OperatingPoint,
+    ac_check,
     attach_grid,
     feeder_from_net,
     iterate_losses,
     linear_operating_point,
+    linear_power_flow,
     nodal_prices,
     operating_point,
 )
@@ -315,3 +317,32 @@ def test_iterate_losses_reports_each_round(case33):
     last = table.iloc[-1]
     assert last["max_voltage_error_pu"] <= 1e-4
     assert last["loss_kw_linear"] == pytest.approx(last["loss_kw_ac"], rel=1e-3)
+
+
+@pytest.mark.solve
+@pytest.mark.parametrize("variant", ["frozen", "linear"])
+def test_the_lp_and_the_power_flow_agree_and_reproduce_ac_at_the_point(tight, variant):
+    """Two codings of the same equations: the Pyomo model (cleared with binding limits) and
+    :func:`linear_power_flow`'s sparse solve give the same voltages and flows; at the AC
+    point of the net's own loads, the latter reproduces pandapower's voltages."""
+    feeder, scales, point = tight
+    m, handles = congested_market(
+        feeder, LinDistFlow(losses="linear", point=point, loss_voltage=variant), scales
+    )
+    solve(m)
+    p_kw, q_kvar = handles.injection_values()
+    frames = [pd.DataFrame(a, index=feeder.buses.index, columns=[0, 1]) for a in (p_kw, q_kvar)]
+    buses, branches = linear_power_flow(feeder, *frames, point=point, loss_voltage=variant)
+    v = np.sqrt(value_array(handles.voltage_sq, list(feeder.buses.index), [0, 1]))
+    assert buses["v_pu"].to_numpy() == pytest.approx(v.ravel(), abs=1e-9)
+    flows = value_array(handles.p_flow, list(feeder.branches.index), [0, 1])
+    assert branches["p_kw"].to_numpy() == pytest.approx(flows.ravel() * feeder.s_base_kva)
+    loads = own_loads(feeder.net).groupby("bus")[["p_kw", "q_kvar"]].sum()
+    at_point = ac_check(
+        feeder, -loads["p_kw"], -loads["q_kvar"], point=_first(point), loss_voltage=variant
+    )
+    assert at_point.max_voltage_error_pu <= 1e-7
+
+
+def _first(point: OperatingPoint) -> OperatingPoint:
+    return OperatingPoint(*(a[:, :1] for a in vars(point).values()))
