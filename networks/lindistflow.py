@@ -48,6 +48,15 @@ from gridmarkets.networks.rows import (
 )
 from gridmarkets.solvers.highs import gc_paused
 
+LOSSES = ("none", "linear")
+LOSS_VOLTAGES = ("linear", "frozen")
+
+
+def check_choice(field: str, value, choices: tuple[str, ...]) -> None:
+    """A NetworkError naming ``field`` when ``value`` is not one of ``choices``."""
+    if value not in choices:
+        raise NetworkError(f"{field}: {value!r} is not one of {', '.join(map(repr, choices))}")
+
 
 @dataclass(frozen=True)
 class OperatingPoint:
@@ -82,16 +91,6 @@ class OperatingPoint:
         a, b = 2 * p / w, 2 * q / w
         d = -ell / v_from if loss_voltage == "linear" else np.zeros_like(ell)
         return {"a": a, "b": b, "c": ell - a * p - b * q - d * v_from, "d": d}
-
-
-LOSSES = ("none", "linear")
-LOSS_VOLTAGES = ("linear", "frozen")
-
-
-def check_choice(field: str, value, choices: tuple[str, ...]) -> None:
-    """A NetworkError naming ``field`` when ``value`` is not one of ``choices``."""
-    if value not in choices:
-        raise NetworkError(f"{field}: {value!r} is not one of {', '.join(map(repr, choices))}")
 
 
 def branch_arrays(feeder: Feeder) -> dict[str, np.ndarray]:
@@ -180,10 +179,12 @@ def solve_linear(
     dict of arrays: v_sq (buses x periods), p, q, ell (branches x periods).
     """
     periods, n = p_pu.shape[1], len(feeder.branches)
-    terms = None if point is None else point.current_terms(feeder, loss_voltage)
-    point = point or OperatingPoint.flat(feeder, periods)
-    zero = np.zeros((n, periods))
-    a, b, c, d = (zero,) * 4 if terms is None else (terms[k] for k in "abcd")
+    if point is None:
+        terms, point = None, OperatingPoint.flat(feeder, periods)
+        a = b = c = d = np.zeros((n, periods))
+    else:
+        terms = point.current_terms(feeder, loss_voltage)
+        a, b, c, d = (terms[k] for k in "abcd")
     k = branch_arrays(feeder)
     shunts = feeder.buses[["g_pu", "b_pu"]].to_numpy()
     j = feeder.to_pos
@@ -329,9 +330,10 @@ class LinDistFlow:
         cost (a free variable ``q_upstream_kvar``); False for an islanded feeder, whose
         reactive balance must then close within the market.
     loss_voltage : "linear" linearises ell in P, Q and the sending-end voltage; "frozen"
-        holds the voltage at the point (in P and Q only). On case33bw at its own loads
-        the loss prices of "linear" are those of the AC power flow to 0.01 currency/MWh,
-        "frozen" misses by 0.44 (tests/networks/test_loss_prices.py).
+        holds the voltage at the point (in P and Q only). On case33bw at its own loads,
+        linearised at their AC power flow, the DLMPs of "linear" are pandapower's
+        marginal-loss prices to 1e-5 currency/MWh; "frozen" misses by up to 0.42
+        (tests/networks/test_loss_prices.py).
     """
 
     name = "lindistflow"

@@ -88,8 +88,8 @@ def _lindistflow_prices(handles: NetworkHandles, solution) -> pd.DataFrame:
         "voltage": (zero, zero, -limits[feeder.to_pos]),
     }
     solved = _stationarity(handles, sources)
-    for root_price, own in zip(solved["root"], (lam[0], kap[0]), strict=True):
-        root_price[0] = own
+    root_lam, root_kap = solved["root"]
+    root_lam[0], root_kap[0] = lam[0], kap[0]  # at the root itself: its own price, no losses
     energy = (np.broadcast_to(lam[0], lam.shape), np.broadcast_to(kap[0], kap.shape))
     parts = {
         "energy": energy,
