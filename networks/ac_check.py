@@ -79,9 +79,10 @@ def _read_period(feeder: Feeder, net, out: dict, t: int) -> None:
         )
         p = np.where(first, res[ends[1]], res[ends[3]]) * scale
         q = np.where(first, res[ends[2]], res[ends[4]]) * scale
-        charging = br["b_pu"].to_numpy()[rows] / 2 * vm[feeder.from_pos[rows]] ** 2
-        out["p_pu"][rows, t] = p
-        out["q_pu"][rows, t] = q + charging
+        # the sending end's half of the pi model's shunt is the feeder's bus shunt
+        v_sq = vm[feeder.from_pos[rows]] ** 2
+        out["p_pu"][rows, t] = p - br["g_pu"].to_numpy()[rows] / 2 * v_sq
+        out["q_pu"][rows, t] = q + br["b_pu"].to_numpy()[rows] / 2 * v_sq
         out["loading_percent"][rows, t] = res["loading_percent"].to_numpy()
     lines = br.loc[br["kind"] == "line", "element"]
     trafos = br.loc[br["kind"] == "trafo", "element"]

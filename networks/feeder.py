@@ -112,9 +112,11 @@ class Feeder:
     name : where the feeder came from.
     buses : indexed by pandapower bus index (merged buses keep the lowest); columns
         vn_kv, vmin_pu, vmax_pu, g_pu and b_pu (shunt conductance and susceptance at
-        1 pu voltage: line charging, bus shunts, transformer magnetising).
+        1 pu voltage: line charging and conductance, bus shunts, transformer magnetising).
     branches : indexed 0..n-1 in breadth-first order from the root; columns from_bus,
-        to_bus (oriented away from the root), r_pu, x_pu, ratio (off-nominal voltage
+        to_bus (oriented away from the root), r_pu, x_pu, b_pu and g_pu (a line's whole
+        shunt susceptance and conductance, half of each at either end's bus, as in
+        pandapower's pi model; 0 for transformers), ratio (off-nominal voltage
         ratio of a transformer, v_to = v_from / ratio before the drop; 1 for lines),
         rating_kva, kind ("line" or "trafo") and element (pandapower index).
     root : the bus of the external grid; root_vm_pu its voltage set point.
@@ -383,6 +385,7 @@ def _line_edges(net, merged, s_base_kva) -> pd.DataFrame:
     parallel = line["parallel"].to_numpy(dtype=float)
     length = line["length_km"].to_numpy(dtype=float)
     b_siemens = 2 * math.pi * net.f_hz * line["c_nf_per_km"].to_numpy(dtype=float) * 1e-9
+    g_siemens = line["g_us_per_km"].to_numpy(dtype=float) * 1e-6 if "g_us_per_km" in line else 0.0
     return pd.DataFrame(
         {
             "a": line["from_bus"].map(merged).to_numpy(),
@@ -390,6 +393,7 @@ def _line_edges(net, merged, s_base_kva) -> pd.DataFrame:
             "r_pu": line["r_ohm_per_km"].to_numpy(dtype=float) * length / parallel / z_base,
             "x_pu": line["x_ohm_per_km"].to_numpy(dtype=float) * length / parallel / z_base,
             "b_pu": b_siemens * length * parallel * z_base,
+            "g_pu": g_siemens * length * parallel * z_base,
             "ratio": 1.0,
             "rating_kva": line["max_i_ka"].to_numpy(dtype=float)
             * line["df"].to_numpy(dtype=float)
@@ -422,6 +426,7 @@ def _trafo_edges(net, merged, s_base_kva) -> pd.DataFrame:
             "r_pu": r,
             "x_pu": np.sqrt(np.maximum(z**2 - r**2, 0.0)),
             "b_pu": 0.0,
+            "g_pu": 0.0,
             "ratio": _trafo_ratio(net, trafo),
             "rating_kva": sn * 1000.0,
             "kind": "trafo",
@@ -505,7 +510,7 @@ def _orient(edges: pd.DataFrame, graph: nx.Graph, root: int) -> pd.DataFrame:
     rows["to_bus"] = [b for _, b in pairs]
     flipped = rows["from_bus"].to_numpy() != rows["a"].to_numpy()
     rows["ratio"] = np.where(flipped, 1.0 / rows["ratio"], rows["ratio"])
-    columns = ["from_bus", "to_bus", "r_pu", "x_pu", "b_pu", "ratio", "rating_kva", "kind"]
+    columns = ["from_bus", "to_bus", "r_pu", "x_pu", "b_pu", "g_pu", "ratio", "rating_kva", "kind"]
     return rows[[*columns, "element", "hv_bus"]]
 
 
@@ -528,10 +533,12 @@ def _bus_table(net, merged, nodes, vmin_pu, vmax_pu, s_base_kva, edges) -> pd.Da
 
 
 def _shunts(net, merged, s_base_kva, edges) -> tuple[pd.Series, pd.Series]:
-    """Shunt g and b per bus at 1 pu: line charging, bus shunts, trafo magnetising."""
-    half = edges["b_pu"] / 2
-    b = pd.concat([pd.Series(half.to_numpy(), edges["a"]), pd.Series(half.to_numpy(), edges["b"])])
-    g = pd.Series(dtype=float)
+    """Shunt g and b per bus at 1 pu: line charging and conductance (half at each end, the
+    pi model), bus shunts, trafo magnetising."""
+    g, b = (
+        pd.concat([pd.Series(half.to_numpy(), edges[end]) for end in ("a", "b")])
+        for half in (edges["g_pu"] / 2, edges["b_pu"] / 2)
+    )
     shunt = net.shunt[net.shunt["in_service"].astype(bool)]
     if len(shunt):
         at = shunt["bus"].map(merged)

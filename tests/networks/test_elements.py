@@ -4,6 +4,7 @@ equivalents with a warning that names them, or refused with an error that names 
 from __future__ import annotations
 
 import copy
+import math
 
 import pandapower as pp
 import pandapower.networks as pn
@@ -11,7 +12,7 @@ import pytest
 from radial import radial_net
 
 from gridmarkets.errors import NetworkError
-from gridmarkets.networks import ac_check, feeder_from_net, net_injections
+from gridmarkets.networks import ac_check, feeder_from_net, net_injections, operating_point
 
 pytestmark = pytest.mark.unit
 
@@ -107,3 +108,28 @@ def test_generators_are_named_as_active_power_only():
         feeder = feeder_from_net(net)
     p_kw, q_kvar = net_injections(feeder)
     assert p_kw[1] == pytest.approx(200.0 - 400.0) and q_kvar[1] == pytest.approx(-100.0)
+
+
+def test_line_charging_and_conductance_are_bus_shunts_as_in_the_pi_model():
+    """At pandapower's AC point of the loads, LinDistFlow with losses linear reproduces the
+    AC voltages only if both halves of each line's shunt admittance sit at the right buses
+    and the AC flows are read at the series impedance."""
+    net = radial_net(
+        20.0,
+        [(0, 1, 0.4), (1, 2, 0.4), (1, 3, 0.4)],
+        length_km=8.0,
+        r_ohm_per_km=0.3,
+        x_ohm_per_km=0.35,
+    )
+    net.line["c_nf_per_km"] = 300.0
+    net.line["g_us_per_km"] = 40.0
+    pp.create_loads(net, [1, 2, 3], p_mw=[0.5, 1.0, 0.8], q_mvar=[0.1, 0.3, 0.2])
+    feeder = feeder_from_net(net)
+    g_siemens, b_siemens = 40e-6 * 8.0, 2 * math.pi * 50 * 300e-9 * 8.0
+    z_base = 20.0**2 / net.sn_mva
+    assert feeder.buses.at[1, "g_pu"] == pytest.approx(3 * g_siemens / 2 * z_base)
+    assert feeder.buses.at[2, "b_pu"] == pytest.approx(b_siemens / 2 * z_base)
+    p_kw, q_kvar = net_injections(feeder)
+    check = ac_check(feeder, p_kw, q_kvar, point=operating_point(feeder, p_kw, q_kvar))
+    assert check.max_voltage_error_pu <= 1e-7
+    assert ac_check(feeder, p_kw, q_kvar).max_voltage_error_pu > 1e-4  # lossless misses
