@@ -76,8 +76,7 @@ class NetworkHandles:
         pairs of opposite sides (direction k of ``thermal_limit``).
     polygon_sides : the polygon's number of sides N (its rows are S cos(pi/N) out).
     losses : the loss linearisation's mutable parameters by name: a, b, c, d of
-        ``ell = a P + b Q + d v_from + c`` (branch, period) and v0_sq (bus, period), or
-        None without losses.
+        ``ell = a P + b Q + d v_from + c`` (branch, period), or None without losses.
     loss_voltage : "linear" or "frozen" (d held at 0) with losses, else None.
     p_kw, q_kvar : the injections the market supplied, by (bus, period) (a mapping).
     injections : the market's long table (owner, bus, period, ...) when it came through

@@ -7,8 +7,9 @@ transformer ratio n (1 for lines)::
     q_j + Q_l - x ell_l - sum_{children c} Q_c = 0                 (reactive balance)
     v_j = v_i / n^2 - 2 (r P_l + x Q_l) + (r^2 + x^2) ell_l         (voltage drop)
 
-where p_j, q_j are the net injections (the market's, plus shunts evaluated at the
-operating-point voltage), v the squared voltage magnitudes and ell the squared branch
+where p_j, q_j are the net injections (the market's, plus the shunts' ``-g_j v_j`` and
+``b_j v_j``; without losses at the flat voltage), v the squared voltage magnitudes and
+ell the squared branch
 current, ``ell = (P^2 + Q^2) / w`` with ``w = v_i / n^2`` the sending-end squared voltage
 on the branch's own side. Losses choose how ell enters:
 
@@ -19,8 +20,9 @@ on the branch's own side. Losses choose how ell enters:
   passes through the origin); "frozen" holds the voltage at the point (d = 0,
   c = -ell0), the older variant kept for comparison.
 
-At the point itself ell equals its exact value, so at an AC power flow's point the
-linear model reproduces that power flow and its sensitivities (the DLMPs) to first order.
+With losses the shunts follow v (exact: their power is linear in v). At the point itself
+ell equals its exact value, so at an AC power flow's point the linear model reproduces
+that power flow and, with "linear", its sensitivities (the DLMPs) to first order.
 """
 
 from __future__ import annotations
@@ -65,8 +67,7 @@ class OperatingPoint:
     Attributes
     ----------
     p_pu, q_pu : (branches x periods) flows at the sending end of each branch.
-    v_sq_pu : (buses x periods) squared voltages (also the voltage at which shunts
-        are evaluated).
+    v_sq_pu : (buses x periods) squared voltages.
     """
 
     p_pu: np.ndarray
@@ -107,14 +108,16 @@ def upstream_branch(feeder: Feeder) -> np.ndarray:
     return feeding[feeder.from_pos]
 
 
-def flow_matrix(feeder: Feeder, a, b, d) -> sp.csc_matrix:
+def flow_matrix(feeder: Feeder, a, b, d, shunts_at_v: bool = False) -> sp.csc_matrix:
     """The LinDistFlow equations of one period as a sparse matrix M, with ell substituted.
 
     Unknowns, in order: P_l, Q_l and v_{j(l)} of every branch l (v of the bus it feeds);
     rows: the active and reactive balances at j(l) and the voltage drop of l (module
     docstring). ``M x = rhs`` is the power flow; ``M^T y = s`` is the stationarity of the
     same unknowns, whose solution y are the balances' and voltage drops' duals.
-    ``a, b, d`` are the period's loss coefficients (one per branch; zeros without losses).
+    ``a, b, d`` are the period's loss coefficients (one per branch; zeros without losses);
+    ``shunts_at_v`` puts the shunts' ``-g v`` and ``b v`` in the matrix (else they are
+    constants of the right-hand side).
     """
     k = {name: value[:, 0] for name, value in branch_arrays(feeder).items()}
     r, x, z2 = k["r"], k["x"], k["z2"]
@@ -137,6 +140,9 @@ def flow_matrix(feeder: Feeder, a, b, d) -> sp.csc_matrix:
         (2 * n + line, v_col, 1.0),
         (2 * n + line[below], v_col[up[below]], -(1 / k["n2"][below] + z2[below] * d[below])),
     ]
+    if shunts_at_v:
+        shunt = feeder.buses[["g_pu", "b_pu"]].to_numpy()[feeder.to_pos]
+        entries += [(line, v_col, -shunt[:, 0]), (n + line, v_col, shunt[:, 1])]
     rows, cols, values = (
         np.concatenate([np.broadcast_to(e[i], np.shape(e[0])) for e in entries]) for i in range(3)
     )
@@ -145,7 +151,8 @@ def flow_matrix(feeder: Feeder, a, b, d) -> sp.csc_matrix:
 
 def period_factors(feeder: Feeder, terms: dict[str, np.ndarray] | None, periods: int):
     """Yield (period columns, LU factor of :func:`flow_matrix`), one factor per distinct
-    set of loss coefficients (one for every period without losses)."""
+    set of loss coefficients (one for every period without losses, ``terms`` None; with
+    losses the shunts follow v)."""
     if terms is None:
         zero = np.zeros(len(feeder.branches))
         yield np.arange(periods), splu(flow_matrix(feeder, zero, zero, zero))
@@ -155,7 +162,7 @@ def period_factors(feeder: Feeder, terms: dict[str, np.ndarray] | None, periods:
     n = len(feeder.branches)
     for k in range(distinct.shape[1]):
         a, b, d = distinct[:n, k], distinct[n : 2 * n, k], distinct[2 * n :, k]
-        yield np.flatnonzero(group.ravel() == k), splu(flow_matrix(feeder, a, b, d))
+        yield np.flatnonzero(group.ravel() == k), splu(flow_matrix(feeder, a, b, d, True))
 
 
 def solve_linear(
@@ -179,20 +186,20 @@ def solve_linear(
     dict of arrays: v_sq (buses x periods), p, q, ell (branches x periods).
     """
     periods, n = p_pu.shape[1], len(feeder.branches)
-    if point is None:
-        terms, point = None, OperatingPoint.flat(feeder, periods)
-        a = b = c = d = np.zeros((n, periods))
-    else:
-        terms = point.current_terms(feeder, loss_voltage)
+    j = feeder.to_pos
+    if point is None:  # lossless: shunts at the flat voltage
+        terms, a = None, np.zeros((n, periods))
+        b = c = d = a
+        shunts = feeder.buses[["g_pu", "b_pu"]].to_numpy()[j] * feeder.root_vm_pu**2
+    else:  # shunts follow v, in the matrix
+        terms, shunts = point.current_terms(feeder, loss_voltage), np.zeros((n, 2))
         a, b, c, d = (terms[k] for k in "abcd")
     k = branch_arrays(feeder)
-    shunts = feeder.buses[["g_pu", "b_pu"]].to_numpy()
-    j = feeder.to_pos
     v_root = np.where(upstream_branch(feeder)[:, None] < 0, feeder.root_vm_pu**2, 0.0)
     rhs = np.vstack(
         [
-            -p_pu[j] + shunts[j, 0][:, None] * point.v_sq_pu[j] + k["r"] * (c + d * v_root),
-            -q_pu[j] - shunts[j, 1][:, None] * point.v_sq_pu[j] + k["x"] * (c + d * v_root),
+            -p_pu[j] + shunts[:, [0]] + k["r"] * (c + d * v_root),
+            -q_pu[j] - shunts[:, [1]] + k["x"] * (c + d * v_root),
             k["z2"] * c + (1 / k["n2"] + k["z2"] * d) * v_root,
         ]
     )
@@ -493,14 +500,6 @@ def _add_losses(
         )
         block.add_component(f"loss_{name}", param)
         params[name] = param
-    block.v0_sq_pu = pyo.Param(
-        block.BUSES,
-        block.PERIODS,
-        mutable=True,
-        initialize=_indexed(feeder.buses.index, periods, point.v_sq_pu),
-        doc="operating-point squared voltage at which shunts are evaluated (pu^2)",
-    )
-    params["v0_sq"] = block.v0_sq_pu
     sending = feeder.branches["from_bus"].to_dict()
 
     @block.Expression(block.BRANCHES, block.PERIODS)
@@ -520,6 +519,8 @@ def _indexed(rows, periods: list, array: np.ndarray) -> dict:
 
 
 def _add_balances(block, feeder: Feeder, p_kw, q_kvar, point: OperatingPoint, losses) -> None:
+    """Active and reactive balances; shunts at the flat voltage without losses, at the
+    variable v with them."""
     s = feeder.s_base_kva
     n_bus, n_br, n_t = len(feeder.buses), len(feeder.branches), len(block.PERIODS)
     keys = keys_of(block.BUSES, block.PERIODS)
@@ -542,7 +543,12 @@ def _add_balances(block, feeder: Feeder, p_kw, q_kvar, point: OperatingPoint, lo
         ]
         if upstream is not None:
             parts.append((balance[root], 1 / s, var_array(upstream, (n_t,))))
-        rows = Rows.of(n_bus * n_t, parts, constants + (shunt * point.v_sq_pu).ravel())
+        if losses is None:
+            constants = constants + (shunt * point.v_sq_pu).ravel()
+        else:
+            at = np.flatnonzero(shunt[:, 0])
+            parts.append((balance[at], shunt[at], var_array(block.v_sq_pu, (n_bus, n_t))[at]))
+        rows = Rows.of(n_bus * n_t, parts, constants)
         loss = _loss_terms(block, feeder, keys, impedance) if losses else None
         add_family(
             block,
@@ -557,8 +563,10 @@ def _add_balances(block, feeder: Feeder, p_kw, q_kvar, point: OperatingPoint, lo
 
 
 _BALANCE_DOCS = {
-    "active": "p[j,t]/S - g v0 + P[in] - r ell[in] - sum P[out] = 0  (pu); dual: price of demand",
-    "reactive": "q[j,t]/S + b v0 + Q[in] - x ell[in] - sum Q[out] = 0  (pu)",
+    "active": "p[j,t]/S - g v[j,t] + P[in] - r ell[in] - sum P[out] = 0  (pu; v = the flat "
+    "voltage without losses); dual: price of demand",
+    "reactive": "q[j,t]/S + b v[j,t] + Q[in] - x ell[in] - sum Q[out] = 0  (pu; v = the flat "
+    "voltage without losses)",
 }
 
 

@@ -97,7 +97,6 @@ def _relinearise(handles: NetworkHandles, point: OperatingPoint) -> None:
     feeder, periods = handles.feeder, handles.periods
     for name, array in point.current_terms(feeder, handles.loss_voltage).items():
         _set(handles.losses[name], feeder.branches.index, periods, array)
-    _set(handles.losses["v0_sq"], feeder.buses.index, periods, point.v_sq_pu)
 
 
 def _set(param: pyo.Param, rows, periods: list, array: np.ndarray) -> None:
