@@ -376,9 +376,11 @@ def _branch_edges(net, merged: dict[int, int], s_base_kva: float) -> pd.DataFram
     return edges
 
 
-def _line_edges(net, merged, s_base_kva) -> pd.DataFrame:
-    line = net.line[net.line["in_service"].astype(bool)]
-    line = line[~line.index.isin(_open_elements(net, "l"))]
+def _line_edges(net, merged, s_base_kva, line: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Lines in per unit: by default the in-service ones with no open switch."""
+    if line is None:
+        line = in_service(net, "line")
+        line = line[~line.index.isin(_open_elements(net, "l"))]
     line = line[line["from_bus"].isin(merged) & line["to_bus"].isin(merged)]
     vn = net.bus.loc[line["from_bus"], "vn_kv"].to_numpy()
     z_base = vn**2 / (s_base_kva / 1000.0)
@@ -406,6 +408,28 @@ def _line_edges(net, merged, s_base_kva) -> pd.DataFrame:
             "hv_bus": line["from_bus"].map(merged).to_numpy(),
         }
     )
+
+
+def _stub_shunts(net, merged, s_base_kva) -> tuple[pd.Series, pd.Series]:
+    """Lines open at one end only stay energised from the other (pandapower keeps their
+    charging): their input admittance ``y/2 + (y/2) / (1 + z y/2)`` (z series, y shunt,
+    the pi model) is an exact shunt (g, b) at the connected bus."""
+    sw = net.switch
+    opened = sw[(sw["et"] == "l") & ~sw["closed"].astype(bool)]
+    ends = opened.groupby("element")["bus"].agg(set)
+    line = in_service(net, "line")
+    line = line[line.index.isin(ends.index)]
+    connected = {
+        k: (b if ends[k] == {a} else a)
+        for k, a, b in zip(line.index, line["from_bus"], line["to_bus"], strict=True)
+        if ends[k] in ({a}, {b})
+    }
+    stubs = _line_edges(net, merged, s_base_kva, line.loc[list(connected)])
+    connected = stubs["element"].map(connected).map(merged).to_numpy()
+    z = (stubs["r_pu"] + 1j * stubs["x_pu"]).to_numpy()
+    half = (stubs["g_pu"] + 1j * stubs["b_pu"]).to_numpy() / 2
+    y_in = half + half / (1 + z * half)
+    return pd.Series(y_in.real, connected), pd.Series(y_in.imag, connected)
 
 
 def _trafo_edges(net, merged, s_base_kva) -> pd.DataFrame:
@@ -534,10 +558,13 @@ def _bus_table(net, merged, nodes, vmin_pu, vmax_pu, s_base_kva, edges) -> pd.Da
 
 def _shunts(net, merged, s_base_kva, edges) -> tuple[pd.Series, pd.Series]:
     """Shunt g and b per bus at 1 pu: line charging and conductance (half at each end, the
-    pi model), bus shunts, trafo magnetising."""
+    pi model; lines open at one end as their input admittance), bus shunts, trafo
+    magnetising."""
+    stubs = _stub_shunts(net, merged, s_base_kva)
+    halves = (edges["g_pu"] / 2, edges["b_pu"] / 2)
     g, b = (
-        pd.concat([pd.Series(half.to_numpy(), edges[end]) for end in ("a", "b")])
-        for half in (edges["g_pu"] / 2, edges["b_pu"] / 2)
+        pd.concat([pd.Series(half.to_numpy(), edges[end]) for end in ("a", "b")] + [stub])
+        for half, stub in zip(halves, stubs, strict=True)
     )
     shunt = net.shunt[net.shunt["in_service"].astype(bool)]
     if len(shunt):

@@ -133,3 +133,15 @@ def test_line_charging_and_conductance_are_bus_shunts_as_in_the_pi_model():
     check = ac_check(feeder, p_kw, q_kvar, point=operating_point(feeder, p_kw, q_kvar))
     assert check.max_voltage_error_pu <= 1e-7
     assert ac_check(feeder, p_kw, q_kvar).max_voltage_error_pu > 1e-4  # lossless misses
+
+
+def test_a_line_open_at_one_end_keeps_its_charging_at_the_other(cigre_mv):
+    """CIGRE MV's switches S1-S3 open lines 12-14 at one end; pandapower keeps them
+    energised from the other. Their input admittance as a bus shunt makes the linear
+    model at the AC point pandapower's AC power flow (2.9e-4 pu off without it)."""
+    opened = cigre_mv.net.switch.query("et == 'l' and not closed")
+    assert set(opened["element"]) == {12, 13, 14}
+    assert not set(opened["element"]) & set(cigre_mv.branches["element"])  # not branches
+    p_kw, q_kvar = net_injections(cigre_mv)
+    check = ac_check(cigre_mv, p_kw, q_kvar, point=operating_point(cigre_mv, p_kw, q_kvar))
+    assert check.max_voltage_error_pu <= 1e-9
