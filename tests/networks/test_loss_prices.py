@@ -120,7 +120,7 @@ def test_linear_losses_price_ac_marginal_losses_with_line_charging(cigre_mv, rec
     """CIGRE MV's cables charge 0.28 pu of shunt susceptance, and three lines open at one
     end keep charging: with losses the shunts follow v, and the DLMPs are AC's to 1e-4
     (measured 8e-8; with shunts held at the point's voltage 0.011, without the open
-    lines' charging 0.0009; "frozen" 0.096, lossless 7.2). Loads at 70 %, where no limit
+    lines' charging 0.0009; "frozen" 0.095, lossless 7.2). Loads at 70 %, where no limit
     binds."""
     loads = own_loads(cigre_mv.net).assign(
         p_kw=lambda t: 0.7 * t["p_kw"], q_kvar=lambda t: 0.7 * t["q_kvar"]
