@@ -41,9 +41,11 @@ def iterate_losses(
 ) -> LossIteration:
     """Solve, and re-linearise losses at the AC power flow of the solution until they agree.
 
-    Each round solves the model, runs pandapower's AC power flow of the cleared net
-    injections (P and Q), and sets the loss parameters to the linearisation at that
-    flow's branch flows and voltages (in the handles' ``loss_voltage`` variant).
+    Each round solves the model and runs pandapower's AC power flow of the cleared net
+    injections (P and Q); the next round first sets the loss parameters to the
+    linearisation at that flow's branch flows and voltages (in the handles'
+    ``loss_voltage`` variant). On return the parameters are those of the last solve, so
+    :func:`~gridmarkets.networks.nodal_prices` decomposes its duals.
 
     Parameters
     ----------
@@ -65,15 +67,17 @@ def iterate_losses(
             f"({handles.formulation}) has no loss parameters"
         )
     feeder = handles.feeder
-    rows = []
+    rows, point = [], None
     for iteration in range(1, max_iterations + 1):
+        if point is not None:  # only before another solve: the parameters stay the solution's
+            _relinearise(handles, point)
         solution = solve(model, **(solve_options or {}))
         p_kw, q_kvar = handles.injection_values()
         ac = run_ac(feeder, p_kw / feeder.s_base_kva, q_kvar / feeder.s_base_kva)
         rows.append({"iteration": iteration, **_compare(handles, ac)})
         if rows[-1]["max_voltage_error_pu"] <= tolerance_pu:
             break
-        _relinearise(handles, OperatingPoint(ac["p_pu"], ac["q_pu"], ac["vm_pu"] ** 2))
+        point = OperatingPoint(ac["p_pu"], ac["q_pu"], ac["vm_pu"] ** 2)
     table = pd.DataFrame(rows)
     return LossIteration(
         solution, table, bool(table["max_voltage_error_pu"].iloc[-1] <= tolerance_pu)

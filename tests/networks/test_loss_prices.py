@@ -300,20 +300,22 @@ def cleared_loads(feeder, handles) -> pd.DataFrame:
 
 @pytest.mark.solve
 def test_loss_iteration_converges_and_its_prices_do_not_get_worse(case33, record_property):
-    """Start from the lossless solution's point; each round is one ``iterate_losses``
-    step. Prices are compared with the AC marginal prices at that round's cleared
-    injections (the generator at bus 17 is dispatched only once losses are priced)."""
-    model, handles = bid_market(
-        case33, LinDistFlow(losses="linear", point=linear_operating_point(case33))
-    )
+    """Start from the lossless solution's point and stop after k rounds, k = 1, 2, ...
+    Each round's DLMPs are compared with the AC marginal prices at that round's cleared
+    injections, and decomposed with the parameters that produced them. Measured: price
+    errors 7.0 then 1.5e-6 (frozen: 6.6 then 0.31), voltage errors 8e-4 then 1.5e-9 pu."""
     buses = list(case33.buses.index[1:])
     errors, voltage = [], []
-    for _ in range(6):
-        result = iterate_losses(model, handles, max_iterations=1, tolerance_pu=1e-4)
-        prices = nodal_prices(handles, result.solution).set_index("bus")["price"]
+    for rounds in range(1, 5):
+        point = linear_operating_point(case33)
+        model, handles = bid_market(case33, LinDistFlow(losses="linear", point=point))
+        result = iterate_losses(model, handles, max_iterations=rounds, tolerance_pu=1e-4)
+        prices = nodal_prices(handles, result.solution).set_index("bus")
         reference = ac_marginal_prices(case33.net, cleared_loads(case33, handles), buses)
-        errors.append(float((prices.loc[buses] - reference).abs().max()))
+        errors.append(float((prices.loc[buses, "price"] - reference).abs().max()))
         voltage.append(float(result.iterations["max_voltage_error_pu"].iloc[-1]))
+        parts = prices[PARTS].sum(axis=1)
+        assert parts.to_numpy() == pytest.approx(prices["price"].to_numpy(), abs=1e-6 * 100)
         if result.converged:
             break
     record_property("price_errors", errors)
@@ -321,7 +323,7 @@ def test_loss_iteration_converges_and_its_prices_do_not_get_worse(case33, record
     print(f"per round: price error {errors}, voltage error {voltage}")
     assert result.converged and len(errors) <= 4
     assert voltage[-1] <= 1e-4
-    assert all(later <= earlier + 1e-9 for earlier, later in zip(errors, errors[1:], strict=False))
+    assert all(later <= earlier for earlier, later in zip(errors, errors[1:], strict=False))
     assert errors[-1] <= 0.05
 
 
