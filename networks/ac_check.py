@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from gridmarkets.errors import NetworkError
-from gridmarkets.networks.feeder import Feeder
+from gridmarkets.networks.feeder import INJECTION_SIGNS, Feeder
 from gridmarkets.networks.lindistflow import (
     OperatingPoint,
     flow_tables,
@@ -22,9 +22,10 @@ from gridmarkets.networks.lindistflow import (
 def run_ac(feeder: Feeder, p_pu: np.ndarray, q_pu: np.ndarray) -> dict[str, np.ndarray]:
     """Run pandapower's AC power flow once per period (columns) of the injections.
 
-    The net's own loads, static generators, generators and storage are switched off
-    and one static generator per bus carries the injection; the external grid is the
-    slack, so the root's entry is ignored.
+    The net's own injections (every table :func:`~gridmarkets.networks.net_injections`
+    reads, asymmetric loads and motors included) are switched off and one static
+    generator per bus carries the injection; the external grid is the slack, so the
+    root's entry is ignored.
 
     Returns
     -------
@@ -34,8 +35,9 @@ def run_ac(feeder: Feeder, p_pu: np.ndarray, q_pu: np.ndarray) -> dict[str, np.n
     import pandapower as pp
 
     net = copy.deepcopy(feeder.net)
-    for table in ("load", "sgen", "gen", "storage"):
-        getattr(net, table)["in_service"] = False
+    for table in INJECTION_SIGNS:
+        if table in net:
+            net[table]["in_service"] = False
     buses = feeder.buses.index.to_numpy()
     sgens = pp.create_sgens(net, buses, p_mw=0.0, q_mvar=0.0)
     scale = feeder.s_base_kva / 1000.0
@@ -77,9 +79,10 @@ def _read_period(feeder: Feeder, net, out: dict, t: int) -> None:
         )
         p = np.where(first, res[ends[1]], res[ends[3]]) * scale
         q = np.where(first, res[ends[2]], res[ends[4]]) * scale
-        charging = br["b_pu"].to_numpy()[rows] / 2 * vm[feeder.from_pos[rows]] ** 2
-        out["p_pu"][rows, t] = p
-        out["q_pu"][rows, t] = q + charging
+        # the sending end's half of the pi model's shunt is the feeder's bus shunt
+        v_sq = vm[feeder.from_pos[rows]] ** 2
+        out["p_pu"][rows, t] = p - br["g_pu"].to_numpy()[rows] / 2 * v_sq
+        out["q_pu"][rows, t] = q + br["b_pu"].to_numpy()[rows] / 2 * v_sq
         out["loading_percent"][rows, t] = res["loading_percent"].to_numpy()
     lines = br.loc[br["kind"] == "line", "element"]
     trafos = br.loc[br["kind"] == "trafo", "element"]
@@ -153,7 +156,14 @@ class ACCheck:
         }
 
 
-def ac_check(feeder: Feeder, p_kw, q_kvar, *, point: OperatingPoint | None = None) -> ACCheck:
+def ac_check(
+    feeder: Feeder,
+    p_kw,
+    q_kvar,
+    *,
+    point: OperatingPoint | None = None,
+    loss_voltage: str = "linear",
+) -> ACCheck:
     """Compare the linear power flow of these injections with pandapower's AC one.
 
     Parameters
@@ -163,13 +173,14 @@ def ac_check(feeder: Feeder, p_kw, q_kvar, *, point: OperatingPoint | None = Non
         :func:`~gridmarkets.networks.lindistflow.injection_matrix` accepts (typically a
         DataFrame with buses as rows and periods as columns). The root is the slack.
     point : the linear model's loss linearisation, if it had losses on.
+    loss_voltage : that linearisation's variant, "linear" or "frozen".
 
     Returns
     -------
     ACCheck
     """
     p, q, periods = injections_pu(feeder, p_kw, q_kvar)
-    linear = solve_linear(feeder, p, q, point)
+    linear = solve_linear(feeder, p, q, point, loss_voltage)
     ac = run_ac(feeder, p, q)
     lin_buses, lin_branches = flow_tables(feeder, periods, linear)
     ac_buses, ac_branches = flow_tables(

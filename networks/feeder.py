@@ -4,12 +4,22 @@ The topology follows the switches: an open line or transformer switch removes it
 branch, a closed bus-bus switch merges its buses (the lowest index is kept), elements
 out of service are dropped. The result must be a tree rooted at the one external grid;
 anything else is a :class:`~gridmarkets.errors.NetworkError` naming the element.
+
+Elements at buses (:data:`INJECTION_SIGNS`) are read as balanced constant-power
+injections: loads, static generators, storage and motors exactly as pandapower's
+balanced power flow reads them; asymmetric loads and static generators as the sum of
+their three phases (again as pandapower's balanced power flow does), and generators as
+their active power with Q = 0 (their voltage control is not modelled); both with a
+warning naming them. Elements in service that the feeder cannot represent
+(:data:`UNMODELLED`: series impedances, three-winding transformers, wards, DC links,
+FACTS devices) are refused with an error naming them.
 """
 
 from __future__ import annotations
 
 import difflib
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +61,43 @@ BUILTIN_OPTIONS = {"mv_oberrhein": {"ext_grid": 0}}
 
 OPTIONS = {"vmin_pu", "vmax_pu", "s_base_kva", "ext_grid"}
 
+# pandapower tables read as injections at buses, with the sign of their p_mw (positive
+# into the grid): every table that :func:`net_injections` reads and ``run_ac`` replaces.
+INJECTION_SIGNS = {
+    "load": -1.0,
+    "sgen": 1.0,
+    "gen": 1.0,
+    "storage": -1.0,
+    "motor": -1.0,
+    "asymmetric_load": -1.0,
+    "asymmetric_sgen": 1.0,
+}
+
+# Read, but not as pandapower has them: a warning names each element.
+APPROXIMATED = {
+    "asymmetric_load": "read as balanced loads (the sum of the three phases' p and q)",
+    "asymmetric_sgen": "read as balanced static generators (the sum of the three phases)",
+    "gen": "read as active power injections with Q = 0 (voltage control is not modelled)",
+}
+
+# pandapower tables the feeder cannot represent: in service, they are an error.
+UNMODELLED = (
+    "trafo3w",
+    "impedance",
+    "ward",
+    "xward",
+    "dcline",
+    "svc",
+    "tcsc",
+    "ssc",
+    "vsc",
+    "vsc_stacked",
+    "vsc_bipolar",
+    "line_dc",
+    "source_dc",
+    "load_dc",
+)
+
 
 @dataclass(frozen=True)
 class Feeder:
@@ -65,9 +112,11 @@ class Feeder:
     name : where the feeder came from.
     buses : indexed by pandapower bus index (merged buses keep the lowest); columns
         vn_kv, vmin_pu, vmax_pu, g_pu and b_pu (shunt conductance and susceptance at
-        1 pu voltage: line charging, bus shunts, transformer magnetising).
+        1 pu voltage: line charging and conductance, bus shunts, transformer magnetising).
     branches : indexed 0..n-1 in breadth-first order from the root; columns from_bus,
-        to_bus (oriented away from the root), r_pu, x_pu, ratio (off-nominal voltage
+        to_bus (oriented away from the root), r_pu, x_pu, b_pu and g_pu (a line's whole
+        shunt susceptance and conductance, half of each at either end's bus, as in
+        pandapower's pi model; 0 for transformers), ratio (off-nominal voltage
         ratio of a transformer, v_to = v_from / ratio before the drop; 1 for lines),
         rating_kva, kind ("line" or "trafo") and element (pandapower index).
     root : the bus of the external grid; root_vm_pu its voltage set point.
@@ -222,6 +271,8 @@ def feeder_from_net(
     ext_grid: int | None = None,
 ) -> Feeder:
     """Build the radial :class:`Feeder` of a pandapower net (see :func:`load` for options)."""
+    _refuse_unmodelled(net)
+    _warn_approximated(net)
     s_base_kva = float(s_base_kva or net.sn_mva * 1000.0)
     merged = _merge_map(net)
     slack = _pick_ext_grid(net, ext_grid)
@@ -242,6 +293,38 @@ def feeder_from_net(
         net=net,
         merged=keep,
     )
+
+
+def in_service(net, table: str) -> pd.DataFrame:
+    """The in-service rows of a pandapower table (empty if the net has no such table)."""
+    frame = net[table] if table in net else pd.DataFrame()
+    if frame.empty or "in_service" not in frame:
+        return frame
+    return frame[frame["in_service"].astype(bool)]
+
+
+def named(table: str, index, shown: int = 5) -> str:
+    """ "table 1, 4, 7 and 12 more": elements named the way errors and warnings name them."""
+    labels = [str(k) for k in index]
+    more = f" and {len(labels) - shown} more" if len(labels) > shown else ""
+    return f"{table} {', '.join(labels[:shown])}{more}"
+
+
+def _refuse_unmodelled(net) -> None:
+    present = [named(t, in_service(net, t).index) for t in UNMODELLED if len(in_service(net, t))]
+    if present:
+        raise NetworkError(
+            f"the net has elements in service that a radial feeder cannot represent: "
+            f"{'; '.join(present)}; take them out of service or replace them (a load, an "
+            "sgen, a line)"
+        )
+
+
+def _warn_approximated(net) -> None:
+    for table, how in APPROXIMATED.items():
+        frame = in_service(net, table)
+        if len(frame):
+            warnings.warn(f"{named(table, frame.index)}: {how}", UserWarning, stacklevel=3)
 
 
 def _merge_map(net) -> dict[int, int]:
@@ -293,15 +376,18 @@ def _branch_edges(net, merged: dict[int, int], s_base_kva: float) -> pd.DataFram
     return edges
 
 
-def _line_edges(net, merged, s_base_kva) -> pd.DataFrame:
-    line = net.line[net.line["in_service"].astype(bool)]
-    line = line[~line.index.isin(_open_elements(net, "l"))]
+def _line_edges(net, merged, s_base_kva, line: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Lines in per unit: by default the in-service ones with no open switch."""
+    if line is None:
+        line = in_service(net, "line")
+        line = line[~line.index.isin(_open_elements(net, "l"))]
     line = line[line["from_bus"].isin(merged) & line["to_bus"].isin(merged)]
     vn = net.bus.loc[line["from_bus"], "vn_kv"].to_numpy()
     z_base = vn**2 / (s_base_kva / 1000.0)
     parallel = line["parallel"].to_numpy(dtype=float)
     length = line["length_km"].to_numpy(dtype=float)
     b_siemens = 2 * math.pi * net.f_hz * line["c_nf_per_km"].to_numpy(dtype=float) * 1e-9
+    g_siemens = line["g_us_per_km"].to_numpy(dtype=float) * 1e-6 if "g_us_per_km" in line else 0.0
     return pd.DataFrame(
         {
             "a": line["from_bus"].map(merged).to_numpy(),
@@ -309,6 +395,7 @@ def _line_edges(net, merged, s_base_kva) -> pd.DataFrame:
             "r_pu": line["r_ohm_per_km"].to_numpy(dtype=float) * length / parallel / z_base,
             "x_pu": line["x_ohm_per_km"].to_numpy(dtype=float) * length / parallel / z_base,
             "b_pu": b_siemens * length * parallel * z_base,
+            "g_pu": g_siemens * length * parallel * z_base,
             "ratio": 1.0,
             "rating_kva": line["max_i_ka"].to_numpy(dtype=float)
             * line["df"].to_numpy(dtype=float)
@@ -321,6 +408,28 @@ def _line_edges(net, merged, s_base_kva) -> pd.DataFrame:
             "hv_bus": line["from_bus"].map(merged).to_numpy(),
         }
     )
+
+
+def _stub_shunts(net, merged, s_base_kva) -> tuple[pd.Series, pd.Series]:
+    """Lines open at one end only stay energised from the other (pandapower keeps their
+    charging): their input admittance ``y/2 + (y/2) / (1 + z y/2)`` (z series, y shunt,
+    the pi model) is an exact shunt (g, b) at the connected bus."""
+    sw = net.switch
+    opened = sw[(sw["et"] == "l") & ~sw["closed"].astype(bool)]
+    ends = opened.groupby("element")["bus"].agg(set)
+    line = in_service(net, "line")
+    line = line[line.index.isin(ends.index)]
+    connected = {
+        k: (b if ends[k] == {a} else a)
+        for k, a, b in zip(line.index, line["from_bus"], line["to_bus"], strict=True)
+        if ends[k] in ({a}, {b})
+    }
+    stubs = _line_edges(net, merged, s_base_kva, line.loc[list(connected)])
+    connected = stubs["element"].map(connected).map(merged).to_numpy()
+    z = (stubs["r_pu"] + 1j * stubs["x_pu"]).to_numpy()
+    half = (stubs["g_pu"] + 1j * stubs["b_pu"]).to_numpy() / 2
+    y_in = half + half / (1 + z * half)
+    return pd.Series(y_in.real, connected), pd.Series(y_in.imag, connected)
 
 
 def _trafo_edges(net, merged, s_base_kva) -> pd.DataFrame:
@@ -341,6 +450,7 @@ def _trafo_edges(net, merged, s_base_kva) -> pd.DataFrame:
             "r_pu": r,
             "x_pu": np.sqrt(np.maximum(z**2 - r**2, 0.0)),
             "b_pu": 0.0,
+            "g_pu": 0.0,
             "ratio": _trafo_ratio(net, trafo),
             "rating_kva": sn * 1000.0,
             "kind": "trafo",
@@ -402,9 +512,8 @@ def _loop_error(edges, closing: int, loop: list[int], net, others: list[int]) ->
 def _check_islands(graph: nx.Graph, root: int, merged: dict[int, int], net) -> None:
     """Islands with loads or generation have no source; empty ones are dropped."""
     attached = set()
-    for table in ("load", "sgen", "gen", "storage"):
-        frame = getattr(net, table)
-        attached |= {merged.get(b) for b in frame.loc[frame["in_service"].astype(bool), "bus"]}
+    for table in INJECTION_SIGNS:
+        attached |= {merged.get(b) for b in in_service(net, table).get("bus", [])}
     sources = set(net.ext_grid.loc[net.ext_grid["in_service"].astype(bool), "bus"].map(merged))
     for island in nx.connected_components(graph):
         if island & sources:
@@ -425,7 +534,7 @@ def _orient(edges: pd.DataFrame, graph: nx.Graph, root: int) -> pd.DataFrame:
     rows["to_bus"] = [b for _, b in pairs]
     flipped = rows["from_bus"].to_numpy() != rows["a"].to_numpy()
     rows["ratio"] = np.where(flipped, 1.0 / rows["ratio"], rows["ratio"])
-    columns = ["from_bus", "to_bus", "r_pu", "x_pu", "b_pu", "ratio", "rating_kva", "kind"]
+    columns = ["from_bus", "to_bus", "r_pu", "x_pu", "b_pu", "g_pu", "ratio", "rating_kva", "kind"]
     return rows[[*columns, "element", "hv_bus"]]
 
 
@@ -448,10 +557,15 @@ def _bus_table(net, merged, nodes, vmin_pu, vmax_pu, s_base_kva, edges) -> pd.Da
 
 
 def _shunts(net, merged, s_base_kva, edges) -> tuple[pd.Series, pd.Series]:
-    """Shunt g and b per bus at 1 pu: line charging, bus shunts, trafo magnetising."""
-    half = edges["b_pu"] / 2
-    b = pd.concat([pd.Series(half.to_numpy(), edges["a"]), pd.Series(half.to_numpy(), edges["b"])])
-    g = pd.Series(dtype=float)
+    """Shunt g and b per bus at 1 pu: line charging and conductance (half at each end, the
+    pi model; lines open at one end as their input admittance), bus shunts, trafo
+    magnetising."""
+    stubs = _stub_shunts(net, merged, s_base_kva)
+    halves = (edges["g_pu"] / 2, edges["b_pu"] / 2)
+    g, b = (
+        pd.concat([pd.Series(half.to_numpy(), edges[end]) for end in ("a", "b")] + [stub])
+        for half, stub in zip(halves, stubs, strict=True)
+    )
     shunt = net.shunt[net.shunt["in_service"].astype(bool)]
     if len(shunt):
         at = shunt["bus"].map(merged)
@@ -470,30 +584,47 @@ def _shunts(net, merged, s_base_kva, edges) -> tuple[pd.Series, pd.Series]:
 
 
 def net_injections(feeder: Feeder) -> tuple[pd.Series, pd.Series]:
-    """The net's own loads, static generators, generators and storage as injections.
+    """The net's own loads, static generators, generators, storage and motors (and their
+    asymmetric variants, balanced) as injections.
 
     Returns
     -------
     (p_kw, q_kvar) : Series indexed by feeder bus, positive into the grid, scaled as in
     the net (``p_mw * scaling``).
     """
-    net = feeder.net
-    p = pd.Series(0.0, index=feeder.buses.index)
-    q = pd.Series(0.0, index=feeder.buses.index)
-    for table, sign in (("load", -1.0), ("sgen", 1.0), ("gen", 1.0), ("storage", -1.0)):
-        frame = getattr(net, table)
-        frame = frame[frame["in_service"].astype(bool) & frame["bus"].isin(feeder.merged)]
-        if frame.empty:
-            continue
-        at = frame["bus"].map(feeder.merged).to_numpy()
-        scale = frame["scaling"].to_numpy(dtype=float) * 1000.0 * sign
-        p = p.add(
-            pd.Series(frame["p_mw"].to_numpy() * scale, at).groupby(level=0).sum(), fill_value=0
-        )
-        if "q_mvar" in frame and table != "gen":
-            q_values = frame["q_mvar"].to_numpy() * scale
-            q = q.add(pd.Series(q_values, at).groupby(level=0).sum(), fill_value=0)
-    return p, q
+    powers = pd.concat(
+        [element_powers(feeder.net, t).assign(sign=s) for t, s in INJECTION_SIGNS.items()]
+    )
+    powers = powers[powers["bus"].isin(feeder.merged)]
+    at = powers["bus"].map(feeder.merged).to_numpy()
+    p_kw, q_kvar = (
+        (powers[column] * powers["sign"] * 1000.0)
+        .groupby(at)
+        .sum()
+        .reindex(feeder.buses.index, fill_value=0.0)
+        .astype(float)
+        for column in ("p_mw", "q_mvar")
+    )
+    return p_kw, q_kvar
+
+
+def element_powers(net, table: str) -> pd.DataFrame:
+    """bus, p_mw and q_mvar of a table's in-service elements, as pandapower's balanced
+    power flow reads them (scaled; sign as in the table)."""
+    frame = in_service(net, table)
+    if frame.empty:
+        return pd.DataFrame({"bus": [], "p_mw": [], "q_mvar": []})
+    if table.startswith("asymmetric"):
+        p = frame[["p_a_mw", "p_b_mw", "p_c_mw"]].sum(axis=1)
+        q = frame[["q_a_mvar", "q_b_mvar", "q_c_mvar"]].sum(axis=1)
+    elif table == "motor":
+        p = frame["pn_mech_mw"] / frame["efficiency_percent"] * frame["loading_percent"]
+        q = p * np.tan(np.arccos(frame["cos_phi"]))
+    else:
+        p = frame["p_mw"]
+        q = frame["q_mvar"] if table != "gen" else 0.0 * p
+    scale = frame["scaling"].astype(float)
+    return pd.DataFrame({"bus": frame["bus"], "p_mw": p * scale, "q_mvar": q * scale})
 
 
 def feeder_profiles(

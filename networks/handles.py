@@ -75,7 +75,9 @@ class NetworkHandles:
     polygon : (sides/2 x 2) array of the (cos, sin) normals of the thermal polygon's
         pairs of opposite sides (direction k of ``thermal_limit``).
     polygon_sides : the polygon's number of sides N (its rows are S cos(pi/N) out).
-    losses : the loss linearisation parameters (a, b, c, v0_sq) or None.
+    losses : the loss linearisation's mutable parameters by name: a, b, c, d of
+        ``ell = a P + b Q + d v_from + c`` (branch, period), or None without losses.
+    loss_voltage : "linear" or "frozen" (d held at 0) with losses, else None.
     p_kw, q_kvar : the injections the market supplied, by (bus, period) (a mapping).
     injections : the market's long table (owner, bus, period, ...) when it came through
         :func:`~gridmarkets.networks.attach_grid`.
@@ -97,6 +99,7 @@ class NetworkHandles:
     polygon: np.ndarray | None = None
     polygon_sides: int | None = None
     losses: dict[str, pyo.Param] | None = None
+    loss_voltage: str | None = None
     p_kw: Mapping = field(default_factory=dict, repr=False)
     q_kvar: Mapping = field(default_factory=dict, repr=False)
     injections: Any = field(default=None, repr=False)

@@ -1,16 +1,28 @@
 """LinDistFlow: the linearised branch-flow model of a radial feeder.
 
 For a branch l from bus i to bus j (away from the root), in per unit, with an off-nominal
-transformer ratio n (1 for lines) and the squared branch current linearised around an
-operating point, ``ell = a P + b Q + c`` (zero without losses)::
+transformer ratio n (1 for lines)::
 
     p_j + P_l - r ell_l - sum_{children c} P_c = 0                 (active balance)
     q_j + Q_l - x ell_l - sum_{children c} Q_c = 0                 (reactive balance)
     v_j = v_i / n^2 - 2 (r P_l + x Q_l) + (r^2 + x^2) ell_l         (voltage drop)
 
-where p_j, q_j are the net injections (the market's, plus shunts evaluated at the
-operating-point voltage) and v the squared voltage magnitudes. Without losses these are
-the equations of Baran and Wu's simplified DistFlow.
+where p_j, q_j are the net injections (the market's, plus the shunts' ``-g_j v_j`` and
+``b_j v_j``; without losses at the flat voltage), v the squared voltage magnitudes and
+ell the squared branch
+current, ``ell = (P^2 + Q^2) / w`` with ``w = v_i / n^2`` the sending-end squared voltage
+on the branch's own side. Losses choose how ell enters:
+
+- "none": ell = 0, the equations of Baran and Wu's simplified DistFlow;
+- "linear": the tangent plane at an operating point (P0, Q0, v0),
+  ``ell = a P + b Q + d v_i + c`` with a = 2 P0 / w0, b = 2 Q0 / w0,
+  d = -ell0 / v0_i (and c = 0: ell is homogeneous of degree one, so its tangent plane
+  passes through the origin); "frozen" holds the voltage at the point (d = 0,
+  c = -ell0), the older variant kept for comparison.
+
+With losses the shunts follow v (exact: their power is linear in v). At the point itself
+ell equals its exact value, so at an AC power flow's point the linear model reproduces
+that power flow and, with "linear", its sensitivities (the DLMPs) to first order.
 """
 
 from __future__ import annotations
@@ -21,6 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import pyomo.environ as pyo
+import scipy.sparse as sp
+from scipy.sparse.linalg import splu
 
 from gridmarkets.errors import NetworkError
 from gridmarkets.networks.feeder import Feeder, net_injections
@@ -36,6 +50,15 @@ from gridmarkets.networks.rows import (
 )
 from gridmarkets.solvers.highs import gc_paused
 
+LOSSES = ("none", "linear")
+LOSS_VOLTAGES = ("linear", "frozen")
+
+
+def check_choice(field: str, value, choices: tuple[str, ...]) -> None:
+    """A NetworkError naming ``field`` when ``value`` is not one of ``choices``."""
+    if value not in choices:
+        raise NetworkError(f"{field}: {value!r} is not one of {', '.join(map(repr, choices))}")
+
 
 @dataclass(frozen=True)
 class OperatingPoint:
@@ -44,8 +67,7 @@ class OperatingPoint:
     Attributes
     ----------
     p_pu, q_pu : (branches x periods) flows at the sending end of each branch.
-    v_sq_pu : (buses x periods) squared voltages (also the voltage at which shunts
-        are evaluated).
+    v_sq_pu : (buses x periods) squared voltages.
     """
 
     p_pu: np.ndarray
@@ -59,12 +81,17 @@ class OperatingPoint:
         v = np.full((n_bus, periods), feeder.root_vm_pu**2)
         return cls(np.zeros((n_branch, periods)), np.zeros((n_branch, periods)), v)
 
-    def current_terms(self, feeder: Feeder) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(a, b, c) of ``ell = a P + b Q + c``, the squared current linearised here."""
-        ratio = feeder.branches["ratio"].to_numpy()[:, None]
-        w = self.v_sq_pu[feeder.from_pos] / ratio**2
+    def current_terms(self, feeder: Feeder, loss_voltage: str = "linear") -> dict[str, np.ndarray]:
+        """a, b, c, d of ``ell = a P + b Q + d v_from + c``, the squared current linearised
+        here (branches x periods); ``loss_voltage="frozen"`` holds v_from (d = 0)."""
+        check_choice("loss_voltage", loss_voltage, LOSS_VOLTAGES)
+        v_from = self.v_sq_pu[feeder.from_pos]
+        w = v_from / feeder.branches["ratio"].to_numpy()[:, None] ** 2
         p, q = self.p_pu, self.q_pu
-        return 2 * p / w, 2 * q / w, -(p**2 + q**2) / w
+        ell = (p**2 + q**2) / w
+        a, b = 2 * p / w, 2 * q / w
+        d = -ell / v_from if loss_voltage == "linear" else np.zeros_like(ell)
+        return {"a": a, "b": b, "c": ell - a * p - b * q - d * v_from, "d": d}
 
 
 def branch_arrays(feeder: Feeder) -> dict[str, np.ndarray]:
@@ -74,8 +101,76 @@ def branch_arrays(feeder: Feeder) -> dict[str, np.ndarray]:
     return {"r": r, "x": x, "z2": r**2 + x**2, "n2": br["ratio"].to_numpy()[:, None] ** 2}
 
 
+def upstream_branch(feeder: Feeder) -> np.ndarray:
+    """For each branch, the branch feeding its sending bus (-1 for branches at the root)."""
+    feeding = np.full(len(feeder.buses), -1)
+    feeding[feeder.to_pos] = np.arange(len(feeder.branches))
+    return feeding[feeder.from_pos]
+
+
+def flow_matrix(feeder: Feeder, a, b, d, shunts_at_v: bool = False) -> sp.csc_matrix:
+    """The LinDistFlow equations of one period as a sparse matrix M, with ell substituted.
+
+    Unknowns, in order: P_l, Q_l and v_{j(l)} of every branch l (v of the bus it feeds);
+    rows: the active and reactive balances at j(l) and the voltage drop of l (module
+    docstring). ``M x = rhs`` is the power flow; ``M^T y = s`` is the stationarity of the
+    same unknowns, whose solution y are the balances' and voltage drops' duals.
+    ``a, b, d`` are the period's loss coefficients (one per branch; zeros without losses);
+    ``shunts_at_v`` puts the shunts' ``-g v`` and ``b v`` in the matrix (else they are
+    constants of the right-hand side).
+    """
+    k = {name: value[:, 0] for name, value in branch_arrays(feeder).items()}
+    r, x, z2 = k["r"], k["x"], k["z2"]
+    n = len(feeder.branches)
+    line = np.arange(n)
+    up = upstream_branch(feeder)
+    below = up >= 0
+    p_col, q_col, v_col = line, n + line, 2 * n + line
+    entries = [
+        (line, p_col, 1 - r * a),
+        (line, q_col, -r * b),
+        (line[below], v_col[up[below]], -r[below] * d[below]),
+        (up[below], p_col[below], -1.0),
+        (n + line, p_col, -x * a),
+        (n + line, q_col, 1 - x * b),
+        (n + line[below], v_col[up[below]], -x[below] * d[below]),
+        (n + up[below], q_col[below], -1.0),
+        (2 * n + line, p_col, 2 * r - z2 * a),
+        (2 * n + line, q_col, 2 * x - z2 * b),
+        (2 * n + line, v_col, 1.0),
+        (2 * n + line[below], v_col[up[below]], -(1 / k["n2"][below] + z2[below] * d[below])),
+    ]
+    if shunts_at_v:
+        shunt = feeder.buses[["g_pu", "b_pu"]].to_numpy()[feeder.to_pos]
+        entries += [(line, v_col, -shunt[:, 0]), (n + line, v_col, shunt[:, 1])]
+    rows, cols, values = (
+        np.concatenate([np.broadcast_to(e[i], np.shape(e[0])) for e in entries]) for i in range(3)
+    )
+    return sp.csc_matrix((values, (rows, cols)), shape=(3 * n, 3 * n))
+
+
+def period_factors(feeder: Feeder, terms: dict[str, np.ndarray] | None, periods: int):
+    """Yield (period columns, LU factor of :func:`flow_matrix`), one factor per distinct
+    set of loss coefficients (one for every period without losses, ``terms`` None; with
+    losses the shunts follow v)."""
+    if terms is None:
+        zero = np.zeros(len(feeder.branches))
+        yield np.arange(periods), splu(flow_matrix(feeder, zero, zero, zero))
+        return
+    stacked = np.vstack([terms["a"], terms["b"], terms["d"]])
+    distinct, group = np.unique(stacked, axis=1, return_inverse=True)
+    n = len(feeder.branches)
+    for k in range(distinct.shape[1]):
+        a, b, d = distinct[:n, k], distinct[n : 2 * n, k], distinct[2 * n :, k]
+        yield np.flatnonzero(group.ravel() == k), splu(flow_matrix(feeder, a, b, d, True))
+
+
 def solve_linear(
-    feeder: Feeder, p_pu: np.ndarray, q_pu: np.ndarray, point: OperatingPoint | None = None
+    feeder: Feeder,
+    p_pu: np.ndarray,
+    q_pu: np.ndarray,
+    point: OperatingPoint | None = None,
+    loss_voltage: str = "linear",
 ) -> dict[str, np.ndarray]:
     """Evaluate the LinDistFlow equations for given injections (no optimisation).
 
@@ -84,39 +179,37 @@ def solve_linear(
     p_pu, q_pu : (buses x periods) net injections in feeder bus order, without shunts;
         the root's entry is ignored (the root is the slack).
     point : the losses' operating point; None evaluates the lossless equations.
+    loss_voltage : "linear" or "frozen" (see :meth:`OperatingPoint.current_terms`).
 
     Returns
     -------
     dict of arrays: v_sq (buses x periods), p, q, ell (branches x periods).
     """
-    periods = p_pu.shape[1]
-    if point is None:
-        point = OperatingPoint.flat(feeder, periods)
-        a = b = c = np.zeros((len(feeder.branches), periods))
-    else:
-        a, b, c = point.current_terms(feeder)
-    v0 = point.v_sq_pu
-    shunts = feeder.buses[["g_pu", "b_pu"]].to_numpy()
-    out_p = -p_pu + shunts[:, [0]] * v0  # what each bus draws from its parent branch
-    out_q = -q_pu - shunts[:, [1]] * v0
+    periods, n = p_pu.shape[1], len(feeder.branches)
+    j = feeder.to_pos
+    if point is None:  # lossless: shunts at the flat voltage
+        terms, a = None, np.zeros((n, periods))
+        b = c = d = a
+        shunts = feeder.buses[["g_pu", "b_pu"]].to_numpy()[j] * feeder.root_vm_pu**2
+    else:  # shunts follow v, in the matrix
+        terms, shunts = point.current_terms(feeder, loss_voltage), np.zeros((n, 2))
+        a, b, c, d = (terms[k] for k in "abcd")
     k = branch_arrays(feeder)
-    n_branch = len(feeder.branches)
-    p, q, ell = (np.zeros((n_branch, periods)) for _ in range(3))
-    for branch in range(n_branch - 1, -1, -1):
-        i, j = feeder.from_pos[branch], feeder.to_pos[branch]
-        r, x = k["r"][branch], k["x"][branch]
-        slope = 1 - a[branch] * r - b[branch] * x
-        ell[branch] = (a[branch] * out_p[j] + b[branch] * out_q[j] + c[branch]) / slope
-        p[branch] = out_p[j] + r * ell[branch]
-        q[branch] = out_q[j] + x * ell[branch]
-        out_p[i] += p[branch]
-        out_q[i] += q[branch]
+    v_root = np.where(upstream_branch(feeder)[:, None] < 0, feeder.root_vm_pu**2, 0.0)
+    rhs = np.vstack(
+        [
+            -p_pu[j] + shunts[:, [0]] + k["r"] * (c + d * v_root),
+            -q_pu[j] - shunts[:, [1]] + k["x"] * (c + d * v_root),
+            k["z2"] * c + (1 / k["n2"] + k["z2"] * d) * v_root,
+        ]
+    )
+    x = np.empty_like(rhs)
+    for columns, factor in period_factors(feeder, terms, periods):
+        x[:, columns] = factor.solve(rhs[:, columns])
     v_sq = np.empty((len(feeder.buses), periods))
-    v_sq[0] = feeder.root_vm_pu**2
-    drop = 2 * (k["r"] * p + k["x"] * q) - k["z2"] * ell
-    for branch in range(n_branch):
-        i, j = feeder.from_pos[branch], feeder.to_pos[branch]
-        v_sq[j] = v_sq[i] / k["n2"][branch] - drop[branch]
+    v_sq[0], v_sq[j] = feeder.root_vm_pu**2, x[2 * n :]
+    p, q = x[:n], x[n : 2 * n]
+    ell = a * p + b * q + d * v_sq[feeder.from_pos] + c
     return {"v_sq": v_sq, "p": p, "q": q, "ell": ell}
 
 
@@ -193,7 +286,12 @@ def flow_tables(
 
 
 def linear_power_flow(
-    feeder: Feeder, p_kw=None, q_kvar=None, *, point: OperatingPoint | None = None
+    feeder: Feeder,
+    p_kw=None,
+    q_kvar=None,
+    *,
+    point: OperatingPoint | None = None,
+    loss_voltage: str = "linear",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Evaluate LinDistFlow for given injections, with no market on top.
 
@@ -206,6 +304,7 @@ def linear_power_flow(
         loads, static generators and storage. The root is the slack: its entry is
         ignored.
     point : linearise losses around this operating point (None: lossless).
+    loss_voltage : "linear" (in P, Q and v) or "frozen" (in P and Q only).
 
     Returns
     -------
@@ -214,7 +313,7 @@ def linear_power_flow(
     (at the sending end), loading_percent and loss_kw.
     """
     p, q, periods = injections_pu(feeder, p_kw, q_kvar)
-    return flow_tables(feeder, periods, solve_linear(feeder, p, q, point))
+    return flow_tables(feeder, periods, solve_linear(feeder, p, q, point, loss_voltage))
 
 
 class LinDistFlow:
@@ -224,7 +323,10 @@ class LinDistFlow:
     ----------
     polygon_sides : sides of the regular polygon inscribed in the apparent-power circle
         that approximates each branch's thermal limit from inside (even, at least 4).
-    losses : linearise losses around ``point`` (see :func:`iterate_losses`).
+    losses : "none" (lossless) or "linear": the squared current linearised around
+        ``point`` (module docstring); :func:`~gridmarkets.networks.iterate_losses`
+        re-linearises at the AC power flow of the cleared market. True and False are
+        read as "linear" and "none".
     point : the operating point for losses; None takes pandapower's AC power flow at
         the net's own loads for every period. ``linear_operating_point(feeder, p, q)``
         gives one from the lossless model itself, with no AC power flow: on CIGRE MV at
@@ -234,6 +336,11 @@ class LinDistFlow:
     upstream_reactive : let the root draw reactive power from the upstream grid at no
         cost (a free variable ``q_upstream_kvar``); False for an islanded feeder, whose
         reactive balance must then close within the market.
+    loss_voltage : "linear" linearises ell in P, Q and the sending-end voltage; "frozen"
+        holds the voltage at the point (in P and Q only). On case33bw at its own loads,
+        linearised at their AC power flow, the DLMPs of "linear" are pandapower's
+        marginal-loss prices to 1e-5 currency/MWh; "frozen" misses by up to 0.42
+        (tests/networks/test_loss_prices.py).
     """
 
     name = "lindistflow"
@@ -241,19 +348,24 @@ class LinDistFlow:
     def __init__(
         self,
         polygon_sides: int = 12,
-        losses: bool = False,
+        losses: str = "none",
         point: OperatingPoint | None = None,
         upstream_reactive: bool = True,
+        loss_voltage: str = "linear",
     ):
         if polygon_sides < 4 or polygon_sides % 2:
             raise NetworkError(
                 f"polygon_sides: {polygon_sides} must be an even number of at least 4 "
                 "(opposite sides share one ranged row)"
             )
+        losses = {True: "linear", False: "none"}.get(losses, losses)  # the older booleans
+        check_choice("losses", losses, LOSSES)
+        check_choice("loss_voltage", loss_voltage, LOSS_VOLTAGES)
         self.polygon_sides = polygon_sides
         self.losses = losses
         self.point = point
         self.upstream_reactive = upstream_reactive
+        self.loss_voltage = loss_voltage
 
     @gc_paused()
     def add(
@@ -289,7 +401,10 @@ class LinDistFlow:
         _add_sets(block, feeder, periods, self.polygon_sides)
         _add_variables(block, feeder, self.upstream_reactive)
         point = self._point(feeder, periods)
-        losses = _add_losses(block, feeder, periods, point) if self.losses else None
+        with_losses = self.losses == "linear"
+        losses = None
+        if with_losses:
+            losses = _add_losses(block, feeder, periods, point, self.loss_voltage)
         _add_balances(block, feeder, p_kw, q_kvar, point, losses)
         _add_voltage(block, feeder, losses)
         polygon = _add_thermal(block, feeder, self.polygon_sides)
@@ -310,12 +425,13 @@ class LinDistFlow:
             polygon=polygon,
             polygon_sides=self.polygon_sides,
             losses=losses,
+            loss_voltage=self.loss_voltage if with_losses else None,
             p_kw=kept(p_kw),
             q_kvar=kept(q_kvar),
         )
 
     def _point(self, feeder: Feeder, periods: list) -> OperatingPoint:
-        if not self.losses:
+        if self.losses == "none":
             return OperatingPoint.flat(feeder, len(periods))
         if self.point is not None:
             return _fit_periods(self.point, len(periods))
@@ -369,37 +485,32 @@ def _add_variables(block, feeder: Feeder, upstream_reactive: bool) -> None:
         )
 
 
-def _add_losses(block, feeder: Feeder, periods: list, point: OperatingPoint) -> dict:
+def _add_losses(
+    block, feeder: Feeder, periods: list, point: OperatingPoint, loss_voltage: str
+) -> dict:
     """Mutable parameters of the linearised squared current, so a re-linearisation is cheap."""
-    a, b, c = point.current_terms(feeder)
-    names = {"a": a, "b": b, "c": c}
     params = {}
-    for name, array in names.items():
+    for name, array in point.current_terms(feeder, loss_voltage).items():
         param = pyo.Param(
             block.BRANCHES,
             block.PERIODS,
             mutable=True,
             initialize=_indexed(feeder.branches.index, periods, array),
-            doc=f"{name}[l,t] of ell[l,t] = a P + b Q + c, squared current linearised (pu)",
+            doc=f"{name}[l,t] of ell[l,t] = a P + b Q + d v[i] + c, squared current linearised",
         )
         block.add_component(f"loss_{name}", param)
         params[name] = param
-    block.v0_sq_pu = pyo.Param(
-        block.BUSES,
-        block.PERIODS,
-        mutable=True,
-        initialize=_indexed(feeder.buses.index, periods, point.v_sq_pu),
-        doc="operating-point squared voltage at which shunts are evaluated (pu^2)",
-    )
-    params["v0_sq"] = block.v0_sq_pu
+    sending = feeder.branches["from_bus"].to_dict()
 
     @block.Expression(block.BRANCHES, block.PERIODS)
     def current_sq_pu(b, k, t):
-        return (
-            b.loss_a[k, t] * b.p_flow_pu[k, t] + b.loss_b[k, t] * b.q_flow_pu[k, t] + b.loss_c[k, t]
-        )
+        flows = b.loss_a[k, t] * b.p_flow_pu[k, t] + b.loss_b[k, t] * b.q_flow_pu[k, t]
+        return flows + b.loss_d[k, t] * b.v_sq_pu[sending[k], t] + b.loss_c[k, t]
 
-    block.current_sq_pu.doc = "ell[l,t] = a P[l,t] + b Q[l,t] + c  (pu, squared current)"
+    block.current_sq_pu.doc = (
+        "ell[l,t] = a P[l,t] + b Q[l,t] + d v[i,t] + c  (pu, squared current of branch l "
+        "from bus i)"
+    )
     return params
 
 
@@ -408,6 +519,8 @@ def _indexed(rows, periods: list, array: np.ndarray) -> dict:
 
 
 def _add_balances(block, feeder: Feeder, p_kw, q_kvar, point: OperatingPoint, losses) -> None:
+    """Active and reactive balances; shunts at the flat voltage without losses, at the
+    variable v with them."""
     s = feeder.s_base_kva
     n_bus, n_br, n_t = len(feeder.buses), len(feeder.branches), len(block.PERIODS)
     keys = keys_of(block.BUSES, block.PERIODS)
@@ -430,7 +543,12 @@ def _add_balances(block, feeder: Feeder, p_kw, q_kvar, point: OperatingPoint, lo
         ]
         if upstream is not None:
             parts.append((balance[root], 1 / s, var_array(upstream, (n_t,))))
-        rows = Rows.of(n_bus * n_t, parts, constants + (shunt * point.v_sq_pu).ravel())
+        if losses is None:
+            constants = constants + (shunt * point.v_sq_pu).ravel()
+        else:
+            at = np.flatnonzero(shunt[:, 0])
+            parts.append((balance[at], shunt[at], var_array(block.v_sq_pu, (n_bus, n_t))[at]))
+        rows = Rows.of(n_bus * n_t, parts, constants)
         loss = _loss_terms(block, feeder, keys, impedance) if losses else None
         add_family(
             block,
@@ -445,8 +563,10 @@ def _add_balances(block, feeder: Feeder, p_kw, q_kvar, point: OperatingPoint, lo
 
 
 _BALANCE_DOCS = {
-    "active": "p[j,t]/S - g v0 + P[in] - r ell[in] - sum P[out] = 0  (pu); dual: price of demand",
-    "reactive": "q[j,t]/S + b v0 + Q[in] - x ell[in] - sum Q[out] = 0  (pu)",
+    "active": "p[j,t]/S - g v[j,t] + P[in] - r ell[in] - sum P[out] = 0  (pu; v = the flat "
+    "voltage without losses); dual: price of demand",
+    "reactive": "q[j,t]/S + b v[j,t] + Q[in] - x ell[in] - sum Q[out] = 0  (pu; v = the flat "
+    "voltage without losses)",
 }
 
 

@@ -41,9 +41,15 @@ def iterate_losses(
 ) -> LossIteration:
     """Solve, and re-linearise losses at the AC power flow of the solution until they agree.
 
+    Each round solves the model and runs pandapower's AC power flow of the cleared net
+    injections (P and Q); the next round first sets the loss parameters to the
+    linearisation at that flow's branch flows and voltages (in the handles'
+    ``loss_voltage`` variant). On return the parameters are those of the last solve, so
+    :func:`~gridmarkets.networks.nodal_prices` decomposes its duals.
+
     Parameters
     ----------
-    model : the market model holding a LinDistFlow built with ``losses=True``.
+    model : the market model holding a LinDistFlow built with ``losses="linear"``.
     handles : what that LinDistFlow's ``add`` returned.
     tolerance_pu : stop when max |V_linear - V_ac| over buses and periods is below it.
     max_iterations : solves at most.
@@ -56,17 +62,22 @@ def iterate_losses(
     from gridmarkets.solvers import solve
 
     if handles.losses is None:
-        raise NetworkError("iterate_losses needs a LinDistFlow built with losses=True")
+        raise NetworkError(
+            f"iterate_losses needs a LinDistFlow built with losses='linear'; this network "
+            f"({handles.formulation}) has no loss parameters"
+        )
     feeder = handles.feeder
-    rows = []
+    rows, point = [], None
     for iteration in range(1, max_iterations + 1):
+        if point is not None:  # only before another solve: the parameters stay the solution's
+            _relinearise(handles, point)
         solution = solve(model, **(solve_options or {}))
         p_kw, q_kvar = handles.injection_values()
         ac = run_ac(feeder, p_kw / feeder.s_base_kva, q_kvar / feeder.s_base_kva)
         rows.append({"iteration": iteration, **_compare(handles, ac)})
         if rows[-1]["max_voltage_error_pu"] <= tolerance_pu:
             break
-        _relinearise(handles, OperatingPoint(ac["p_pu"], ac["q_pu"], ac["vm_pu"] ** 2))
+        point = OperatingPoint(ac["p_pu"], ac["q_pu"], ac["vm_pu"] ** 2)
     table = pd.DataFrame(rows)
     return LossIteration(
         solution, table, bool(table["max_voltage_error_pu"].iloc[-1] <= tolerance_pu)
@@ -88,10 +99,8 @@ def _compare(handles: NetworkHandles, ac: dict) -> dict[str, float]:
 
 def _relinearise(handles: NetworkHandles, point: OperatingPoint) -> None:
     feeder, periods = handles.feeder, handles.periods
-    a, b, c = point.current_terms(feeder)
-    for name, array in (("a", a), ("b", b), ("c", c)):
+    for name, array in point.current_terms(feeder, handles.loss_voltage).items():
         _set(handles.losses[name], feeder.branches.index, periods, array)
-    _set(handles.losses["v0_sq"], feeder.buses.index, periods, point.v_sq_pu)
 
 
 def _set(param: pyo.Param, rows, periods: list, array: np.ndarray) -> None:

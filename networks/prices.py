@@ -1,17 +1,23 @@
 """Nodal prices (DLMPs) from the balances' duals, and their decomposition.
 
-For LinDistFlow the stationarity conditions of the flows and voltages link the duals:
-for a branch l from bus i to bus j, with loss coefficients ell = a P + b Q + c,
+For LinDistFlow the duals satisfy the stationarity of the flows and voltages. For a
+branch l from bus i to bus j, with ell = a P + b Q + d v_i + c (module
+:mod:`~gridmarkets.networks.lindistflow`; a = b = d = 0 without losses)::
 
-    (1 - r a) lam_j - x a kap_j = lam_i - nu_l (2 r - z^2 a) - sum_k cos_k mu_lk
-    -r b lam_j + (1 - x b) kap_j = kap_i - nu_l (2 x - z^2 b) - sum_k sin_k mu_lk
-    nu_l = sum_{children c of j} nu_c / n_c^2 - (alpha_j + beta_j)
+    (1 - r a) lam_j - x a kap_j + (2 r - z^2 a) nu_l = lam_i - sum_k cos_k mu_lk     (P_l)
+    -r b lam_j + (1 - x b) kap_j + (2 x - z^2 b) nu_l = kap_i - sum_k sin_k mu_lk    (Q_l)
+    nu_l - sum_{c from j} [(1/n_c^2 + z_c^2 d_c) nu_c + d_c (r_c lam_k + x_c kap_k)]
+        = -alpha_j                                                                     (v_j)
 
 (lam, kap: active and reactive balance duals; nu: voltage-drop duals; mu: thermal
-duals; alpha, beta: voltage-limit duals). The equations are linear, so the DLMP at every
-bus is the sum of what each source alone produces: the root's prices (energy; with
-losses, the part beyond the root price is the loss part), the thermal duals
-(congestion) and the voltage-limit duals (voltage).
+duals; alpha: voltage-limit duals; k the bus branch c feeds). This is ``M^T y = s`` for
+the matrix M of the power flow itself
+(:func:`~gridmarkets.networks.lindistflow.flow_matrix`), solved with one sparse LU
+factor per distinct set of loss coefficients. The d-terms couple each bus's voltage to
+its children's balances, so no single sweep from the root solves it. The system is
+linear, so the DLMP at every bus is the sum of what each source alone produces: the
+root's prices (energy; with losses, the part beyond the root price is the loss part),
+the thermal duals (congestion) and the voltage-limit duals (voltage).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from gridmarkets.networks.handles import NetworkHandles, value_array
-from gridmarkets.networks.lindistflow import branch_arrays
+from gridmarkets.networks.lindistflow import period_factors, upstream_branch
 
 PARTS = ("energy", "losses", "congestion", "voltage")
 
@@ -74,15 +80,22 @@ def _lindistflow_prices(handles: NetworkHandles, solution) -> pd.DataFrame:
     kap = _duals(solution, handles.reactive_power_balance, buses, periods)
     limits = _duals(solution, handles.voltage_limit, buses, periods)
     mu_p, mu_q = _thermal(handles, solution, branches, periods)
-    a, b = _loss_slopes(handles, branches, periods)
-    zero_b, zero_n = np.zeros((len(buses), len(periods))), np.zeros((len(branches), len(periods)))
-    nu = _voltage_drop_duals(feeder, limits)
-    energy = _propagate(feeder, a, b, lam[0], kap[0], zero_n, zero_n, zero_n)
+    root = upstream_branch(feeder)[:, None] < 0
+    zero = np.zeros_like(mu_p)
+    sources = {
+        "root": (np.where(root, lam[0], 0.0), np.where(root, kap[0], 0.0), zero),
+        "congestion": (-mu_p, -mu_q, zero),
+        "voltage": (zero, zero, -limits[feeder.to_pos]),
+    }
+    solved = _stationarity(handles, sources)
+    root_lam, root_kap = solved["root"]
+    root_lam[0], root_kap[0] = lam[0], kap[0]  # at the root itself: its own price, no losses
+    energy = (np.broadcast_to(lam[0], lam.shape), np.broadcast_to(kap[0], kap.shape))
     parts = {
-        "energy": (np.broadcast_to(lam[0], lam.shape), np.broadcast_to(kap[0], kap.shape)),
-        "losses": (energy[0] - lam[0], energy[1] - kap[0]),
-        "congestion": _propagate(feeder, a, b, zero_b[0], zero_b[0], zero_n, mu_p, mu_q),
-        "voltage": _propagate(feeder, a, b, zero_b[0], zero_b[0], nu, zero_n, zero_n),
+        "energy": energy,
+        "losses": (solved["root"][0] - energy[0], solved["root"][1] - energy[1]),
+        "congestion": solved["congestion"],
+        "voltage": solved["voltage"],
     }
     scale = handles.per_mwh()
     columns = {"bus": np.repeat(buses, len(periods)), "period": np.tile(periods, len(buses))}
@@ -91,6 +104,32 @@ def _lindistflow_prices(handles: NetworkHandles, solution) -> pd.DataFrame:
     columns["price_q"] = kap.ravel() * scale
     columns.update({f"{name}_q": q.ravel() * scale for name, (_, q) in parts.items()})
     return pd.DataFrame(columns)
+
+
+def _stationarity(handles: NetworkHandles, sources: dict) -> dict:
+    """Solve ``M^T y = s`` for each source's right-hand side (three branches x periods
+    arrays: the P, Q and v rows); return each source's (lam, kap) by bus and period, the
+    root's entry 0."""
+    feeder, n = handles.feeder, len(handles.feeder.branches)
+    names = list(sources)
+    rhs = np.stack([np.vstack(sources[name]) for name in names])  # source x 3n x periods
+    terms = None
+    if handles.losses is not None:
+        terms = {
+            k: value_array(handles.losses[k], list(feeder.branches.index), handles.periods)
+            for k in "abd"
+        }
+    y = np.empty_like(rhs)
+    for columns, factor in period_factors(feeder, terms, len(handles.periods)):
+        block = rhs[:, :, columns].transpose(1, 0, 2).reshape(3 * n, -1)
+        solved = factor.solve(block, trans="T").reshape(3 * n, len(names), len(columns))
+        y[:, :, columns] = solved.transpose(1, 0, 2)
+    out = {}
+    for k, name in enumerate(names):
+        lam, kap = (np.zeros((len(feeder.buses), y.shape[2])) for _ in range(2))
+        lam[feeder.to_pos], kap[feeder.to_pos] = y[k, :n], y[k, n : 2 * n]
+        out[name] = (lam, kap)
+    return out
 
 
 def _thermal(handles: NetworkHandles, solution, branches: list, periods: list):
@@ -103,40 +142,3 @@ def _thermal(handles: NetworkHandles, solution, branches: list, periods: list):
     mu = series.reindex(index).fillna(0.0).to_numpy().reshape(shape)
     cos, sin = handles.polygon[:, 0], handles.polygon[:, 1]
     return np.einsum("lkt,k->lt", mu, cos), np.einsum("lkt,k->lt", mu, sin)
-
-
-def _loss_slopes(handles: NetworkHandles, branches: list, periods: list):
-    if handles.losses is None:
-        zero = np.zeros((len(branches), len(periods)))
-        return zero, zero
-    return tuple(value_array(handles.losses[k], branches, periods) for k in ("a", "b"))
-
-
-def _voltage_drop_duals(feeder, limits: np.ndarray) -> np.ndarray:
-    """nu per branch from the voltage-limit duals, accumulated from the leaves up."""
-    n2 = branch_arrays(feeder)["n2"]
-    below = np.zeros_like(limits)
-    nu = np.zeros((len(feeder.branches), limits.shape[1]))
-    for k in range(len(feeder.branches) - 1, -1, -1):
-        j = feeder.to_pos[k]
-        nu[k] = below[j] - limits[j]
-        below[feeder.from_pos[k]] += nu[k] / n2[k]
-    return nu
-
-
-def _propagate(feeder, a, b, lam_root, kap_root, nu, mu_p, mu_q):
-    """Solve the branch stationarity conditions from the root down for (lam, kap)."""
-    k = branch_arrays(feeder)
-    lam = np.zeros((len(feeder.buses), len(lam_root)))
-    kap = np.zeros_like(lam)
-    lam[0], kap[0] = lam_root, kap_root
-    for line in range(len(feeder.branches)):
-        i, j = feeder.from_pos[line], feeder.to_pos[line]
-        r, x, z2 = k["r"][line], k["x"][line], k["z2"][line]
-        al, bl = a[line], b[line]
-        rhs_p = lam[i] - nu[line] * (2 * r - z2 * al) - mu_p[line]
-        rhs_q = kap[i] - nu[line] * (2 * x - z2 * bl) - mu_q[line]
-        det = (1 - r * al) * (1 - x * bl) - x * al * r * bl
-        lam[j] = ((1 - x * bl) * rhs_p + x * al * rhs_q) / det
-        kap[j] = (r * bl * rhs_p + (1 - r * al) * rhs_q) / det
-    return lam, kap

@@ -88,7 +88,7 @@ def test_lp_solution_is_the_linear_power_flow(case33, clear_market):
 def test_loss_iteration_agrees_with_ac(case33, clear_market):
     offers = [(5, 30.0, 400.0), (17, 45.0, 300.0), (24, 80.0, 500.0)]
     bids = [(10, 100.0, 600.0), (25, 60.0, 500.0), (31, 40.0, 800.0)]
-    model, handles, _, _ = clear_market(case33, LinDistFlow(losses=True), offers, bids)
+    model, handles, _, _ = clear_market(case33, LinDistFlow(losses="linear"), offers, bids)
     result = iterate_losses(model, handles, tolerance_pu=1e-3)
     last = result.iterations.iloc[-1]
     assert result.converged and len(result.iterations) <= 5
