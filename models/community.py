@@ -946,7 +946,7 @@ def case_options(case: CaseSpec, feeder=None) -> dict[str, Any]:
         "objective": case.objective,
         "connection": case.connection,
         "carbon_kg_per_mwh": case.carbon_kg_per_mwh,
-        "feeder": feeder,
+        "network": feeder,
         "value_of_lost_load_per_mwh": case.value_of_lost_load_per_mwh,
         "timestamps": case.horizon.timestamps(),
     }
