@@ -465,14 +465,16 @@ def build(
         offers move; required with a network.
     needs : :func:`dso_needs`' table: tightened limits per element and period.
     resources : table of :data:`RESOURCE_COLUMNS` limiting each seller per period.
-    formulation : the network formulation (default ``LinDistFlow()``).
+    formulation : a :class:`~gridmarkets.networks.NetworkFormulation` for every
+        scenario's grid (default LinDistFlow on ``network``).
     shortfall_price : cost of a kW of TSO requirement left unmet (currency per MW and
         hour), so an unmet requirement shows as a shortfall instead of infeasibility.
     extra : called with the model before it is returned, to add user constraints.
 
     Returns
     -------
-    The Pyomo model (minimises ``procurement_cost``).
+    The Pyomo model (minimises ``procurement_cost``); with a network, scenario ``s``'s
+    grid is ``model.scenario[s].network`` with its handles ``model.scenario[s].handles``.
     """
     started = time.perf_counter()
     products = load_products() if products is None else products
@@ -621,38 +623,53 @@ def _bus_dict(feeder, frame: pd.DataFrame | None, periods: list) -> dict:
 
 
 def _add_network(m, feeder, baseline_p, baseline_q, formulation) -> None:
-    from gridmarkets.networks import LinDistFlow
+    """One grid per scenario: ``m.scenario[s].network`` and ``m.scenario[s].handles``.
+
+    Each scenario's injection table (``attach_grid``) holds the baseline (owner
+    "baseline"), every offer's change in that scenario (owner "offers.<seller>", P
+    and, for reactive offers, Q) and the upstream exchange at the root.
+    """
+    from gridmarkets.networks import attach_grid
 
     if baseline_p is None:
         raise InputError("baseline_p_kw: required with a network (the schedule the offers move)")
-    unknown = ~m.offers["bus"].isin(list(feeder.merged))
-    if unknown.any():
-        row = m.offers[unknown].iloc[0]
-        raise InputError(
-            f"offers: bus {row['bus']!r} of seller {row['seller']!r} is not on the feeder"
-        )
-    formulation = formulation or LinDistFlow()
     periods = list(m.PERIODS)
     m.baseline_p, m.baseline_q = (
         _bus_dict(feeder, baseline_p, periods),
         _bus_dict(feeder, baseline_q, periods),
     )
     m.p_root_kw = pyo.Var(m.SCENARIOS, m.PERIODS, doc="exchange with the upstream grid (kW)")
-    m.network = pyo.Block(m.SCENARIOS, doc="one LinDistFlow per scenario")
-    groups = (
-        m.offers.assign(bus=m.offers["bus"].map(feeder.merged)).groupby(["bus", "period"]).groups
-    )
-    m.handles = {}
+    m.scenario = pyo.Block(m.SCENARIOS, doc="one grid per scenario (dispatch, TSO activations)")
     for s in m.SCENARIOS:
-        p_kw, q_kvar = dict(m.baseline_p), dict(m.baseline_q)
-        for (bus, t), rows in groups.items():
-            p_kw[bus, t] = p_kw.get((bus, t), 0.0) + _seller_delta(m, rows, s, False)
-            q_kvar[bus, t] = q_kvar.get((bus, t), 0.0) + _seller_delta(m, rows, s, True)
-        for t in periods:
-            p_kw[feeder.root, t] = m.p_root_kw[s, t]
-        m.handles[s] = formulation.add(
-            m.network[s], feeder, periods, p_kw, q_kvar, period_hours=m.period_hours
+        attach_grid(
+            m.scenario[s],
+            feeder,
+            periods,
+            _scenario_injections(m, feeder, s),
+            formulation=formulation,
+            period_hours=m.period_hours,
         )
+
+
+def _scenario_injections(m, feeder, scenario: str) -> pd.DataFrame:
+    """The long injection table of one scenario (kW, kvar; positive into the grid)."""
+    keys = set(m.baseline_p) | set(m.baseline_q)
+    rows = [
+        ("baseline", bus, t, m.baseline_p.get((bus, t), 0.0), m.baseline_q.get((bus, t), 0.0))
+        for bus, t in sorted(keys)
+    ]
+    rows += [("upstream", feeder.root, t, m.p_root_kw[scenario, t], 0.0) for t in m.PERIODS]
+    for (seller, bus, t), group in m.offers.groupby(["seller", "bus", "period"]).groups.items():
+        rows.append(
+            (
+                f"offers.{seller}",
+                bus,
+                t,
+                _seller_delta(m, group, scenario, False),
+                _seller_delta(m, group, scenario, True),
+            )
+        )
+    return pd.DataFrame(rows, columns=["owner", "bus", "period", "p_kw", "q_kvar"])
 
 
 def _add_needs(m, needs: pd.DataFrame) -> None:
@@ -662,7 +679,7 @@ def _add_needs(m, needs: pd.DataFrame) -> None:
     voltage = m.needs.index[m.needs["limit_kind"].ne("thermal")] if len(needs) else []
     m.THERMAL_NEEDS = pyo.Set(initialize=list(thermal), doc="branch needs (rows of needs)")
     m.VOLTAGE_NEEDS = pyo.Set(initialize=list(voltage), doc="bus needs (rows of needs)")
-    first = m.handles["dispatch"]
+    first = m.scenario["dispatch"].handles
     m.NEED_DIRECTIONS = pyo.Set(
         initialize=range(len(first.polygon)), doc="directions of the thermal polygon's sides"
     )
@@ -672,7 +689,7 @@ def _add_needs(m, needs: pd.DataFrame) -> None:
 
     def thermal_rule(m, n, k, s):
         row = m.needs.loc[n]
-        h = m.handles[s]
+        h = m.scenario[s].handles
         line, t = int(row["index"]), int(row["period"])
         flow = cos[k] * h.p_flow[line, t] + sin[k] * h.q_flow[line, t]
         cap = rating[line] * row["target_linear"] / 100.0
@@ -680,7 +697,7 @@ def _add_needs(m, needs: pd.DataFrame) -> None:
 
     def voltage_rule(m, n, s):
         row = m.needs.loc[n]
-        v = m.handles[s].voltage_sq[int(row["index"]), int(row["period"])]
+        v = m.scenario[s].handles.voltage_sq[int(row["index"]), int(row["period"])]
         bound = row["target_linear"] ** 2
         return v <= bound if row["limit_kind"] == "voltage_upper" else v >= bound
 
@@ -795,8 +812,8 @@ def zones(m, solution: Solution) -> pd.DataFrame:
     if m.feeder is None:
         return pd.Series("-", index=m.offers.index, name="zone")
     binding: dict[int, set] = {t: set() for t in m.PERIODS}
-    for h in m.handles.values():
-        duals = solution.dual(h.thermal_limit)
+    for s in m.SCENARIOS:
+        duals = solution.dual(m.scenario[s].handles.thermal_limit)
         for line, _, t in duals.index[duals.abs() > 1e-9]:
             binding[t].add(line)
     if len(m.THERMAL_NEEDS):
@@ -862,7 +879,8 @@ def _needs_table(m, solution: Solution) -> pd.DataFrame:
 
 def _injections_table(m) -> pd.DataFrame:
     rows = []
-    for s, h in m.handles.items():
+    for s in m.SCENARIOS:
+        h = m.scenario[s].handles
         p, q = h.injection_values()
         for i, bus in enumerate(m.feeder.buses.index):
             for k, t in enumerate(h.periods):
