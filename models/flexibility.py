@@ -44,9 +44,12 @@ requirement is reported as its ``marginal_price`` (with a network it includes th
 cost the grid adds).
 
 Bilateral mode (:func:`bilateral`): the DSO alone buys from the buses whose
-sensitivity to a need is at least ``min_sensitivity`` (the share of a kW that reaches
-the congested branch, or the voltage change per kW or kvar), pay-as-bid, each need
-met through its linearised sensitivity; :func:`compare` sets its cost beside the pool.
+sensitivity to a need is at least ``min_sensitivity`` (the fall of a branch's loading
+per kW or kvar, linearised in P and Q at its baseline flow, or the voltage change per
+kW or kvar), pay-as-bid; voltage needs are met through their sensitivities, thermal
+needs keep the branch's flow after the purchase, P and Q, inside a polygon of the
+target loading, so kvar bought against an overvoltage counts on the branches it loads;
+:func:`compare` sets its cost beside the pool.
 
 Units: kW, kvar, currency per MWh (capacity: per MW and hour), currency.
 """
@@ -67,7 +70,7 @@ import yaml
 from pydantic import Field, NonNegativeFloat, PositiveFloat, model_validator
 
 from gridmarkets.case import CaseBase, Spec
-from gridmarkets.errors import InputError
+from gridmarkets.errors import InfeasibleError, InputError
 from gridmarkets.results import Result
 from gridmarkets.solvers import Solution, record_build_time, solve
 
@@ -964,42 +967,95 @@ def accepted_plot(result: Result, path: Path) -> None:
 # --- bilateral mode ------------------------------------------------------------------
 
 
-def sensitivities(feeder, needs: pd.DataFrame, offers: pd.DataFrame) -> pd.DataFrame:
-    """Relief of each DSO offer on each need, per kW (kvar) accepted, lossless LinDistFlow.
-
-    Thermal need on branch l: the share of a kW at the offer's bus that flows through
-    l (1 below l, else 0), signed so that relief is positive (a down offer relieves
-    reverse flow). Voltage need at bus i: dV/dp = R_common / S_base (dV/dq with
-    X_common) in pu per kW, signed the same way.
+def baseline_flows(
+    feeder, needs: pd.DataFrame, baseline_p_kw: pd.DataFrame, baseline_q_kvar=None
+) -> pd.DataFrame:
+    """The needs with their branch's baseline flow (lossless LinDistFlow, sending end).
 
     Returns
     -------
-    DataFrame with columns need (row of ``needs``), offer (row of ``offers``) and
-    sensitivity (relief per kW: % loading for thermal needs, pu for voltage needs).
+    ``needs`` with columns p_flow_kw and q_flow_kvar (NaN for voltage needs), what
+    :func:`sensitivities` and :func:`bilateral` linearise a branch's loading around.
     """
-    base = feeder.s_base_kva
-    br = feeder.branches
+    from gridmarkets.networks import linear_power_flow
+
+    q = _q_or_zero(baseline_q_kvar, baseline_p_kw)
+    _, branches = linear_power_flow(feeder, baseline_p_kw, q)
+    flows = branches.reset_index().set_index(["branch", "period"])[["p_kw", "q_kvar"]]
+    thermal = needs["limit_kind"].eq("thermal")
+    keys = pd.MultiIndex.from_arrays(
+        [needs["index"].astype(int), needs["period"].astype(int)], names=["branch", "period"]
+    )
+    values = flows.reindex(keys).to_numpy().reshape(len(needs), 2)
+    values[~thermal.to_numpy()] = np.nan
+    return needs.assign(p_flow_kw=values[:, 0], q_flow_kvar=values[:, 1])
+
+
+def flow_changes(feeder, needs: pd.DataFrame, offers: pd.DataFrame) -> pd.DataFrame:
+    """What one accepted kW (kvar) of each DSO offer does to each need's element.
+
+    Lossless LinDistFlow: an injection at bus b changes the flow into every branch on
+    b's path to the root by minus the injection; the squared voltage at bus i by
+    2 (R_common dp + X_common dq) / S_base, so the voltage by about that over 2.
+
+    Returns
+    -------
+    DataFrame with columns need (row of ``needs``), offer (row of ``offers``), dp_kw and
+    dq_kvar (change of the branch's flow per kW or kvar accepted; thermal needs) and
+    dv_pu (change of the bus voltage, pu per kW or kvar; voltage needs); only pairs in
+    the same period where the offer moves the element.
+    """
     paths = {b: set(feeder.path_to_root(b)) for b in feeder.buses.index}
     dso = offers[offers["product"].isin(DSO_PRODUCTS)]
     rows = []
     for n, need in needs.iterrows():
-        candidates = dso[dso["period"] == need["period"]]
-        for o, offer in candidates.iterrows():
+        element = int(need["index"])
+        for o, offer in dso[dso["period"] == need["period"]].iterrows():
             bus = feeder.merged.get(offer["bus"], offer["bus"])
-            sign = 1.0 if offer["direction"] == "up" else -1.0
+            injected = 1.0 if offer["direction"] == "up" else -1.0
+            active = offer["product"] == DSO_PRODUCT
             if need["limit_kind"] == "thermal":
-                line = int(need["index"])
-                through = line in paths[bus] and offer["product"] == DSO_PRODUCT
-                flow_sign = need.get("flow_sign", -1.0)
-                value = (sign * flow_sign * 100.0 / br.at[line, "rating_kva"]) if through else 0.0
-            else:
-                common = paths[bus] & paths[int(need["index"])]
-                column = "r_pu" if offer["product"] == DSO_PRODUCT else "x_pu"
-                dv = br.loc[list(common), column].sum() / base
-                value = -sign * dv if need["limit_kind"] == "voltage_upper" else sign * dv
-            if value > 0:
-                rows.append((n, o, value))
-    return pd.DataFrame(rows, columns=["need", "offer", "sensitivity"])
+                if element in paths[bus]:
+                    rows.append((n, o, -injected * active, -injected * (not active), 0.0))
+                continue
+            column = "r_pu" if active else "x_pu"
+            common = list(paths[bus] & paths[element])
+            if common:
+                dv = injected * feeder.branches.loc[common, column].sum() / feeder.s_base_kva
+                rows.append((n, o, 0.0, 0.0, dv))
+    return pd.DataFrame(rows, columns=["need", "offer", "dp_kw", "dq_kvar", "dv_pu"])
+
+
+def sensitivities(feeder, needs: pd.DataFrame, offers: pd.DataFrame) -> pd.DataFrame:
+    """Relief of each DSO offer on each need, per kW (kvar) accepted, lossless LinDistFlow.
+
+    Thermal need on branch l with baseline flow (P0, Q0) (:func:`baseline_flows`): the
+    fall of its loading 100 |S| / rating, linearised in P and Q at the baseline,
+    ``-100 (P0 dP + Q0 dQ) / (|S0| rating)`` (% per kW or kvar), so reactive offers
+    count where the branch carries reactive power. Voltage need at bus i: the voltage
+    change towards the band (pu per kW or kvar).
+
+    Returns
+    -------
+    DataFrame with columns need, offer and sensitivity (relief per kW or kvar; negative
+    where the offer pushes the element further beyond its limit).
+    """
+    missing = [c for c in ("p_flow_kw", "q_flow_kvar") if c not in needs]
+    if needs["limit_kind"].eq("thermal").any() and missing:
+        raise InputError(f"needs: {', '.join(missing)} missing (see baseline_flows)")
+    changes = flow_changes(feeder, needs, offers)
+    need = needs.loc[changes["need"]].reset_index(drop=True)
+    upper = need["limit_kind"].eq("voltage_upper").to_numpy()
+    relief = np.where(upper, -1.0, 1.0) * changes["dv_pu"].to_numpy()
+    thermal = need["limit_kind"].eq("thermal").to_numpy()
+    if thermal.any():
+        p0, q0 = (need.loc[thermal, c].to_numpy(float) for c in ("p_flow_kw", "q_flow_kvar"))
+        dp, dq = (changes.loc[thermal, c].to_numpy() for c in ("dp_kw", "dq_kvar"))
+        lines = need.loc[thermal, "index"].astype(int)
+        rating = feeder.branches.loc[lines, "rating_kva"].to_numpy()
+        relief[thermal] = -100.0 * (p0 * dp + q0 * dq) / (np.hypot(p0, q0) * rating)
+    table = changes[["need", "offer"]].assign(sensitivity=relief)
+    return table[table["sensitivity"] != 0].reset_index(drop=True)
 
 
 def bilateral(
@@ -1011,82 +1067,148 @@ def bilateral(
     *,
     products: pd.DataFrame | None = None,
     min_sensitivity: float = 0.0,
+    polygon_sides: int = 12,
     period_hours: float = 1.0,
     solve_options: Mapping[str, Any] | None = None,
     ac: bool = True,
 ) -> Result:
     """The DSO buys directly from the buses that relieve its needs, pay-as-bid.
 
-    Each need (from :func:`dso_needs`) asks for a relief: the excess of its linear
-    value over its target; each DSO offer relieves it by its sensitivity per kW
-    (:func:`sensitivities`); offers below ``min_sensitivity`` are not asked. The DSO
-    accepts the cheapest set that covers every need (a small LP, no TSO, no full
-    network model) and pays each its bid.
+    Each need (from :func:`dso_needs`) asks for its linear value back to its target;
+    the DSO asks the offers whose relief on some need (:func:`sensitivities`) is
+    positive and at least ``min_sensitivity``, accepts the cheapest set that meets
+    every need (a small LP, no TSO, no full network model) and pays each its bid.
+    Every asked offer's effect on every need counts, helpful or not (a reactive offer
+    bought against an overvoltage loads the transformer above it):
+
+    - voltage need: ``sum_o sensitivity[n,o] x[o] >= |value_linear - target_linear|``;
+    - thermal need on branch l: its flow after the purchase, ``P = P0 + sum_o dP[o]
+      x[o]`` and ``Q = Q0 + sum_o dQ[o] x[o]`` (:func:`flow_changes`), stays inside a
+      ``polygon_sides``-gon inscribed in the circle ``|S| = rating target_linear / 100``
+      with a vertex on the baseline flow's direction (exact when the flow only shrinks).
+
+    Branches and buses without a need are not modelled: the pool (:func:`clear`) is
+    the mode that keeps every limit.
 
     Returns
     -------
     Result ("flexibility") with the tables of :func:`results` (accepted, prices,
-    sellers, needs, injections) and, with ``ac``, the AC checks ``before`` and
-    ``dispatch`` (after activation).
+    sellers, needs with their baseline flows, injections) and, with ``ac``, the AC
+    checks ``before`` and ``dispatch`` (after activation).
     """
     products = load_products() if products is None else products
     table = prepare_offers(offers, products)
-    needs = _with_flow_sign(feeder, needs.reset_index(drop=True), baseline_p_kw, baseline_q_kvar)
+    needs = baseline_flows(feeder, needs.reset_index(drop=True), baseline_p_kw, baseline_q_kvar)
     sens = sensitivities(feeder, needs, table)
-    sens = sens[sens["sensitivity"] >= min_sensitivity]
-    chosen = sorted(set(sens["offer"]))
-    sens = sens.assign(offer=sens["offer"].map({o: k for k, o in enumerate(chosen)}))
+    helpful = sens[(sens["sensitivity"] > 0) & (sens["sensitivity"] >= min_sensitivity)]
+    chosen = sorted(set(helpful["offer"]))
+    _check_covered(needs, set(helpful["need"]))
     m = build(table.loc[chosen], products=products, period_hours=period_hours)
     m.feeder = None
-    sign = np.where(needs["limit_kind"].eq("voltage_lower"), -1.0, 1.0)
-    relief = (sign * (needs["value_linear"] - needs["target_linear"])).clip(lower=0.0)
-    m.NEEDS = pyo.Set(initialize=list(needs.index), doc="the DSO's needs")
-    by_need = sens.groupby("need")
-
-    def rule(m, n):
-        if n not in by_need.groups:
-            return pyo.Constraint.Infeasible if relief[n] > _TOL else pyo.Constraint.Skip
-        group = by_need.get_group(n)
-        return (
-            sum(
-                v * m.accepted_kw[o]
-                for o, v in zip(group["offer"], group["sensitivity"], strict=True)
-            )
-            >= relief[n]
-        )
-
-    m.relief = pyo.Constraint(
-        m.NEEDS, rule=rule, doc="sum_o sensitivity[n,o] x[o] >= |value_linear - target_linear|[n]"
-    )
+    changes = flow_changes(feeder, needs, table.loc[chosen])
+    sens = sens[sens["offer"].isin(chosen)]
+    _add_voltage_relief(m, needs, sens, {o: k for k, o in enumerate(chosen)})
+    _add_thermal_relief(m, feeder, needs, changes, chosen, polygon_sides)
     result = results(m, solve(m, **dict(solve_options or {})), "pay_as_bid")
     result.tables["needs"] = needs
     if ac:
-        from gridmarkets.networks import ac_check
-
-        p, q = _activated(feeder, result.accepted, baseline_p_kw, baseline_q_kvar)
-        checks = {
-            "before": ac_check(feeder, baseline_p_kw, _q_or_zero(baseline_q_kvar, baseline_p_kw)),
-            "dispatch": ac_check(feeder, p, q),
-        }
-        result.ac_check = {name: c.summary() for name, c in checks.items()}
-        for name, c in checks.items():
-            result.kpis[f"violations_{name}"] = len(c.violations())
+        _bilateral_ac_check(result, feeder, baseline_p_kw, baseline_q_kvar)
     return result
+
+
+def _relief(needs: pd.DataFrame) -> pd.Series:
+    """How far each need's linear value must move: |value_linear - target_linear|, >= 0."""
+    sign = np.where(needs["limit_kind"].eq("voltage_lower"), -1.0, 1.0)
+    return (sign * (needs["value_linear"] - needs["target_linear"])).clip(lower=0.0)
+
+
+def _check_covered(needs: pd.DataFrame, covered: set) -> None:
+    """A need that must move and that no offer relieves is an error naming it."""
+    left = needs[(_relief(needs) > _TOL) & ~needs.index.isin(list(covered))]
+    if not left.empty:
+        row = left.iloc[0]
+        raise InfeasibleError(
+            f"needs: no DSO offer relieves the {row['limit_kind']} need at "
+            f"{row['element']} {row['index']} in period {row['period']} "
+            f"({len(left)} such need(s))"
+        )
+
+
+def _add_voltage_relief(m, needs: pd.DataFrame, sens: pd.DataFrame, position: dict) -> None:
+    voltage = needs.index[needs["limit_kind"].ne("thermal")]
+    relief = _relief(needs)
+    by_need = sens.groupby("need")
+    m.VOLTAGE_NEEDS = pyo.Set(initialize=list(voltage), doc="voltage needs (rows of needs)")
+
+    def rule(m, n):
+        if n not in by_need.groups:
+            return pyo.Constraint.Skip  # nothing to move (_check_covered)
+        group = by_need.get_group(n)
+        terms = zip(group["offer"].map(position), group["sensitivity"], strict=True)
+        return sum(v * m.accepted_kw[o] for o, v in terms) >= relief[n]
+
+    m.voltage_relief = pyo.Constraint(
+        m.VOLTAGE_NEEDS,
+        rule=rule,
+        doc="sum_o sensitivity[n,o] x[o] >= |value_linear - target_linear|[n]  (pu)",
+    )
+
+
+def _add_thermal_relief(m, feeder, needs, changes, chosen: list, sides: int) -> None:
+    from gridmarkets.networks.lindistflow import polygon_directions
+
+    thermal = needs.index[needs["limit_kind"].eq("thermal")]
+    position = {o: k for k, o in enumerate(chosen)}
+    by_need = changes.groupby("need")
+    m.THERMAL_NEEDS = pyo.Set(initialize=list(thermal), doc="thermal needs (rows of needs)")
+    m.NEED_DIRECTIONS = pyo.Set(initialize=range(sides // 2), doc="pairs of polygon sides")
+    normals = polygon_directions(sides)
+
+    def rule(m, n, k):
+        row = needs.loc[n]
+        turn = math.atan2(row["q_flow_kvar"], row["p_flow_kw"]) + math.pi / sides
+        cos, sin = (
+            normals[k, 0] * math.cos(turn) - normals[k, 1] * math.sin(turn),
+            normals[k, 1] * math.cos(turn) + normals[k, 0] * math.sin(turn),
+        )
+        group = by_need.get_group(n) if n in by_need.groups else changes.iloc[:0]
+        flow = cos * row["p_flow_kw"] + sin * row["q_flow_kvar"]
+        flow += sum(
+            (cos * dp + sin * dq) * m.accepted_kw[position[o]]
+            for o, dp, dq in zip(group["offer"], group["dp_kw"], group["dq_kvar"], strict=True)
+        )
+        rating = feeder.branches.at[int(row["index"]), "rating_kva"]
+        cap = rating * row["target_linear"] / 100.0 * math.cos(math.pi / sides)
+        if isinstance(flow, float):
+            return pyo.Constraint.Skip  # no offer moves it (_check_covered)
+        return (-cap, flow, cap)
+
+    m.thermal_relief = pyo.Constraint(
+        m.THERMAL_NEEDS,
+        m.NEED_DIRECTIONS,
+        rule=rule,
+        doc="|cos a_k P + sin a_k Q| <= rating target_linear/100 cos(pi/N), P = P0 + "
+        "sum_o dP[o] x[o], Q = Q0 + sum_o dQ[o] x[o], a_k = atan2(Q0, P0) + (2k + 1) pi/N  "
+        "(kW, kvar): the N-gon in the circle of the target loading, a vertex on the "
+        "baseline flow",
+    )
+
+
+def _bilateral_ac_check(result: Result, feeder, baseline_p, baseline_q) -> None:
+    from gridmarkets.networks import ac_check
+
+    p, q = _activated(feeder, result.accepted, baseline_p, baseline_q)
+    checks = {
+        "before": ac_check(feeder, baseline_p, _q_or_zero(baseline_q, baseline_p)),
+        "dispatch": ac_check(feeder, p, q),
+    }
+    result.ac_check = {name: c.summary() for name, c in checks.items()}
+    for name, c in checks.items():
+        result.kpis[f"violations_{name}"] = len(c.violations())
 
 
 def _q_or_zero(q, p):
     return q if q is not None else 0.0 * p
-
-
-def _with_flow_sign(feeder, needs, baseline_p, baseline_q) -> pd.DataFrame:
-    from gridmarkets.networks import linear_power_flow
-
-    _, branches = linear_power_flow(feeder, baseline_p, _q_or_zero(baseline_q, baseline_p))
-    flows = branches.reset_index().set_index(["branch", "period"])["p_kw"]
-    thermal = needs["limit_kind"].eq("thermal")
-    keys = list(zip(needs["index"].astype(int), needs["period"].astype(int), strict=True))
-    sign = [np.sign(flows.get(k, 1.0)) if th else 0.0 for k, th in zip(keys, thermal, strict=True)]
-    return needs.assign(flow_sign=sign)
 
 
 def _activated(feeder, accepted: pd.DataFrame, baseline_p, baseline_q):
