@@ -683,6 +683,14 @@ def _add_needs(m, needs: pd.DataFrame) -> None:
     m.THERMAL_NEEDS = pyo.Set(initialize=list(thermal), doc="branch needs (rows of needs)")
     m.VOLTAGE_NEEDS = pyo.Set(initialize=list(voltage), doc="bus needs (rows of needs)")
     first = m.scenario["dispatch"].handles
+    if first.polygon is None:  # a formulation without branch flows (CopperPlate)
+        if len(m.needs):
+            raise InputError(
+                f"needs: the DSO's needs bound branch flows and voltages, which formulation "
+                f"{first.formulation!r} does not model"
+            )
+        m.NEED_DIRECTIONS = pyo.Set(initialize=[], doc="no thermal polygon")
+        return
     m.NEED_DIRECTIONS = pyo.Set(
         initialize=range(len(first.polygon)), doc="directions of the thermal polygon's sides"
     )
@@ -816,6 +824,8 @@ def zones(m, solution: Solution) -> pd.DataFrame:
         return pd.Series("-", index=m.offers.index, name="zone")
     binding: dict[int, set] = {t: set() for t in m.PERIODS}
     for s in m.SCENARIOS:
+        if m.scenario[s].handles.thermal_limit is None:
+            continue
         duals = solution.dual(m.scenario[s].handles.thermal_limit)
         for line, _, t in duals.index[duals.abs() > 1e-9]:
             binding[t].add(line)
