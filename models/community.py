@@ -368,9 +368,9 @@ def _add_grid(m, feeder, formulation) -> None:
     """The community bus, or the feeder's nodal balances, through ``attach_grid``.
 
     Every member's meter, every shared asset and the point of connection (at the
-    feeder's root) is one owner of the injection table; without a feeder CopperPlate
-    writes the community balance, on one LinDistFlow (by default; an islanded
-    community draws no reactive power from upstream) balances every bus.
+    feeder's root) is one owner of the injection table. Without a feeder, CopperPlate
+    writes the community balance; on one, LinDistFlow (by default) balances every bus,
+    and an islanded community draws no reactive power from upstream.
     """
     from gridmarkets.networks import LinDistFlow, attach_grid
 
