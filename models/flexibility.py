@@ -1100,12 +1100,27 @@ def bilateral(
     Branches and buses without a need are not modelled: the pool (:func:`clear`) is
     the mode that keeps every limit.
 
+    Parameters
+    ----------
+    feeder : the :class:`~gridmarkets.networks.Feeder`.
+    offers : table of :data:`OFFER_COLUMNS`; only the DSO's products are asked.
+    needs : :func:`dso_needs`' table.
+    baseline_p_kw, baseline_q_kvar : the baseline injections (buses x periods).
+    products : the TSO products (None: the shipped ones), to check the offers.
+    min_sensitivity : the least relief per kW (kvar) for an offer to be asked.
+    polygon_sides : sides N of the thermal needs' polygon (even, at least 4).
+    period_hours : length of a period (h).
+    solve_options : passed to :func:`~gridmarkets.solvers.solve`.
+    ac : run pandapower's AC check before and after the purchase.
+
     Returns
     -------
     Result ("flexibility") with the tables of :func:`results` (accepted, prices,
     sellers, needs with their baseline flows, injections) and, with ``ac``, the AC
     checks ``before`` and ``dispatch`` (after activation).
     """
+    if polygon_sides < 4 or polygon_sides % 2:
+        raise InputError(f"polygon_sides: {polygon_sides} must be an even number of at least 4")
     products = load_products() if products is None else products
     table = prepare_offers(offers, products)
     needs = baseline_flows(feeder, needs.reset_index(drop=True), baseline_p_kw, baseline_q_kvar)
@@ -1114,7 +1129,6 @@ def bilateral(
     chosen = sorted(set(helpful["offer"]))
     _check_covered(needs, set(helpful["need"]))
     m = build(table.loc[chosen], products=products, period_hours=period_hours)
-    m.feeder = None
     changes = flow_changes(feeder, needs, table.loc[chosen])
     sens = sens[sens["offer"].isin(chosen)]
     _add_voltage_relief(m, needs, sens, {o: k for k, o in enumerate(chosen)})
