@@ -188,6 +188,7 @@ def build(
     m.PERIODS = pyo.RangeSet(0, periods - 1, doc="periods")
     m.PROSUMERS = pyo.Set(initialize=list(homes), doc="homes")
     m.specs, m.mode, m.period_hours, m.control = homes, "grid", period_hours, control
+    m.handles = None  # the network's handles, set by attach_grid on a network
     m.standalone_cost, baseline = _standalone(homes, prices, periods, period_hours)
     m.baseline_kw = pyo.Param(
         m.PROSUMERS, m.PERIODS, initialize=baseline, doc="stand-alone net injection (kW)"
