@@ -337,6 +337,9 @@ def test_on_a_feeder_with_slack_limits_the_community_pays_the_copper_plate_cost(
     )
     with pytest.raises(InputError, match=r"members\.sunny: bus \(none\) is not a bus of feeder"):
         community.build(small_community()[0], None, PRICES, periods=6, network=feeder)
+    off = {"battery": shared["battery"].model_copy(update={"bus": 99})}
+    with pytest.raises(InputError, match=r"shared\.battery: bus 99 is not a bus of feeder"):
+        community.build(members, off, PRICES, periods=6, network=feeder)
 
 
 def test_bid_curves_accept_what_the_community_would_choose():

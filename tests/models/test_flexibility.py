@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from gridmarkets.case import load_case, shipped_cases_dir
+from gridmarkets.errors import InputError
 from gridmarkets.models import flexibility as fx
 from gridmarkets.models.assets import BatterySpec
 from gridmarkets.models.prosumer import PricesSpec, ProsumerSpec, schedule
@@ -349,6 +350,13 @@ def test_thermal_sensitivity_is_the_loadings_response_in_p_and_q(weak_spur):
     on_spur = sens[sens["need"] == spur].set_index("offer")["sensitivity"]
     assert on_spur[offers.index[offers["seller"] == "q3up"][0]] < 0
     assert on_spur[offers.index[offers["seller"] == "q3down"][0]] > 0
+
+
+def test_an_offer_off_the_feeder_is_named_by_seller_and_bus(weak_spur):
+    baseline = pd.DataFrame({0: [0.0, 0.0, 0.0, 100.0]}, index=weak_spur.buses.index)
+    offers = offers_table([("seller_x", 99, 0, "dso", "down", 10.0, 0.0, 10.0)])
+    with pytest.raises(InputError, match=r"offers\.seller_x: bus 99 is not a bus of feeder"):
+        fx.build(offers, network=weak_spur, baseline_p_kw=baseline)
 
 
 def test_bilateral_buys_only_from_buses_behind_the_congestion_and_pays_their_bids(weak_spur):
