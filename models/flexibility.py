@@ -1121,8 +1121,12 @@ def bilateral(
     """
     if polygon_sides < 4 or polygon_sides % 2:
         raise InputError(f"polygon_sides: {polygon_sides} must be an even number of at least 4")
+    from gridmarkets.networks.coupling import placed
+
     products = load_products() if products is None else products
     table = prepare_offers(offers, products)
+    owners = table.assign(owner="offers." + table["seller"].astype(str))
+    placed(owners, feeder, sorted(set(table["period"])))  # every bus on the feeder
     needs = baseline_flows(feeder, needs.reset_index(drop=True), baseline_p_kw, baseline_q_kvar)
     sens = sensitivities(feeder, needs, table)
     helpful = sens[(sens["sensitivity"] > 0) & (sens["sensitivity"] >= min_sensitivity)]

@@ -357,6 +357,9 @@ def test_an_offer_off_the_feeder_is_named_by_seller_and_bus(weak_spur):
     offers = offers_table([("seller_x", 99, 0, "dso", "down", 10.0, 0.0, 10.0)])
     with pytest.raises(InputError, match=r"offers\.seller_x: bus 99 is not a bus of feeder"):
         fx.build(offers, network=weak_spur, baseline_p_kw=baseline)
+    needs = fx.dso_needs(weak_spur, baseline)
+    with pytest.raises(InputError, match=r"offers\.seller_x: bus 99 is not a bus of feeder"):
+        fx.bilateral(weak_spur, offers, needs, baseline)
 
 
 def test_bilateral_buys_only_from_buses_behind_the_congestion_and_pays_their_bids(weak_spur):
