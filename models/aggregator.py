@@ -24,7 +24,7 @@ Upper level (the aggregator, minimising, currency)::
   + w_fair * (max_h gain[h] - min_h gain[h])               spread of the prosumers' gains
   s.t. sum_h p_net[h,t] - commitment_p[t] = dev_up[t] - dev_down[t]
        sum_h q_net[h,t] - commitment_q[t] = dev_q_up[t] - dev_q_down[t]
-       LinDistFlow limits of the feeder, P and Q (when a network is given)
+       the feeder's limits on P and Q (LinDistFlow by default, when a network is given)
        pi_min <= pi[g] <= pi_max, or pi[g] from a menu of levels (binaries)
 
 with ``pi[t] = pi[g(t)]``, ``income[h] = sum_t pi[t] (p_net[h,t] - baseline[h,t])
@@ -50,7 +50,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -64,6 +64,9 @@ from gridmarkets.models.prosumer import PricesSpec, ProsumerSpec
 from gridmarkets.results import Result
 from gridmarkets.solvers import Solution, kkt, record_build_time, solve
 from gridmarkets.specs.base import Spec
+
+if TYPE_CHECKING:
+    from gridmarkets.networks import Feeder, NetworkFormulation
 
 Control = Literal["incentive", "full"]
 
@@ -130,7 +133,8 @@ def build(
     deviation_penalty_per_mwh: float = 500.0,
     reactive_penalty_per_mvarh: float | None = None,
     fairness_weight: float = 0.0,
-    network: Any = None,
+    network: Feeder | None = None,
+    formulation: NetworkFormulation | None = None,
     method: kkt.Method = "bigm",
     big_m: float = 10.0,
     extra: Callable[[pyo.ConcreteModel], None] | None = None,
@@ -157,7 +161,10 @@ def build(
     reactive_penalty_per_mvarh : cost of each Mvarh off the reactive commitment (default:
         the active one).
     fairness_weight : weight of the spread between the best- and worst-off home's gain.
-    network : a :class:`~gridmarkets.networks.Feeder`: LinDistFlow limits; homes need a bus.
+    network : a :class:`~gridmarkets.networks.Feeder`: the leader's grid limits on the
+        homes' P and Q; homes need a bus.
+    formulation : a :class:`~gridmarkets.networks.NetworkFormulation` for ``network``
+        (default LinDistFlow; ``CopperPlate()``: no grid limits).
     method : "bigm", or "strong_duality" (incentive levels only: exact with binaries).
     big_m : bound on the followers' multipliers (currency per kW and period);
         :func:`results` reports any multiplier at it.
@@ -166,7 +173,8 @@ def build(
     Returns
     -------
     The model: ``model.home[h]`` (each follower), ``model.incentive_per_mwh[t]``,
-    ``model.leader_cost`` and ``model.followers`` (the KKT handles when bilevel).
+    ``model.leader_cost``, ``model.followers`` (the KKT handles when bilevel) and, on a
+    network, ``model.network`` and ``model.handles``.
     """
     started = time.perf_counter()
     homes = _followers_specs(prosumers, periods, period_hours)
@@ -180,6 +188,7 @@ def build(
     m.PERIODS = pyo.RangeSet(0, periods - 1, doc="periods")
     m.PROSUMERS = pyo.Set(initialize=list(homes), doc="homes")
     m.specs, m.mode, m.period_hours, m.control = homes, "grid", period_hours, control
+    m.handles = None  # the network's handles, set by attach_grid on a network
     m.standalone_cost, baseline = _standalone(homes, prices, periods, period_hours)
     m.baseline_kw = pyo.Param(
         m.PROSUMERS, m.PERIODS, initialize=baseline, doc="stand-alone net injection (kW)"
@@ -198,7 +207,7 @@ def build(
     )
     _add_portfolio(m, deviation_penalty_per_mwh, reactive_penalty)
     if network is not None:
-        _add_network(m, network)
+        _add_network(m, network, formulation)
     if control == "incentive":
         m.followers = kkt.reformulate(m, [m.home[h] for h in homes], method=method, big_m=big_m)
         _add_bilevel_cost(m, fairness_weight)
@@ -440,29 +449,29 @@ def _add_portfolio(m: pyo.ConcreteModel, penalty_per_mwh: float, penalty_per_mva
     )
 
 
-def _add_network(m: pyo.ConcreteModel, feeder) -> None:
-    """LinDistFlow limits on the homes' injections; the upstream grid at the root."""
-    from gridmarkets.networks import LinDistFlow
+def _add_network(
+    m: pyo.ConcreteModel, feeder: Feeder, formulation: NetworkFormulation | None
+) -> None:
+    """The leader's grid limits on the homes' P and Q (``attach_grid``); upstream at the root.
+
+    The network belongs to the leader: it lives in ``m.network``, outside the homes'
+    blocks, so the followers' KKT conditions are built on the homes alone.
+    """
+    from gridmarkets.networks import attach_grid
 
     cap = sum(s.import_limit_kw + s.export_limit_kw for s in m.specs.values())
     m.p_upstream_kw = pyo.Var(
         m.PERIODS, bounds=(-cap, cap), doc="injection from the upstream grid at the root (kW)"
     )
-    p_kw: dict = {(feeder.root, t): m.p_upstream_kw[t] for t in m.PERIODS}
-    q_kvar: dict = {}
-    for h, spec in m.specs.items():
-        if spec.bus is None:
-            raise InputError(f"prosumers.{h}.bus: required on a network")
-        bus = feeder.merged.get(spec.bus)
-        if bus is None:
-            raise InputError(f"prosumers.{h}.bus: {spec.bus} is not a bus of the feeder")
-        for t in m.PERIODS:
-            p_kw[bus, t] = p_kw.get((bus, t), 0) + m.home[h].p_net_kw[t]
-            q_kvar[bus, t] = q_kvar.get((bus, t), 0) + m.home[h].q_net_kvar[t]
-    m.network = pyo.Block(doc="LinDistFlow of the feeder: the leader's network limits")
-    m.feeder = feeder
-    m.handles = LinDistFlow().add(
-        m.network, feeder, list(m.PERIODS), p_kw, q_kvar, period_hours=m.period_hours
+    rows = [("upstream", feeder.root, t, m.p_upstream_kw[t], 0.0) for t in m.PERIODS]
+    rows += [
+        (f"prosumers.{h}", spec.bus, t, m.home[h].p_net_kw[t], m.home[h].q_net_kvar[t])
+        for h, spec in m.specs.items()
+        for t in m.PERIODS
+    ]
+    table = pd.DataFrame(rows, columns=["owner", "bus", "period", "p_kw", "q_kvar"])
+    attach_grid(
+        m, feeder, list(m.PERIODS), table, formulation=formulation, period_hours=m.period_hours
     )
 
 

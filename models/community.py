@@ -14,9 +14,11 @@ Internal balance, copper plate (no network), per period ``t``::
         + sum_members (p_export[i, t] - p_import[i, t]) = 0          (kW)
 
 so its dual is what one more kW of demand inside the community costs: the internal
-price (currency/MWh in the ``exchange`` table). With a feeder the balance is
-LinDistFlow's nodal balance (members and shared assets at their buses, the point of
-connection at the feeder's root).
+price (currency/MWh in the ``exchange`` table). The balance is written by the network
+formulation :func:`gridmarkets.networks.attach_grid` picks: CopperPlate without a
+feeder, LinDistFlow's nodal balances on one (members and shared assets at their buses,
+the point of connection at the feeder's root; unity power factor: no reactive
+injections); the prices come from :func:`gridmarkets.networks.nodal_prices` either way.
 
 Objectives: ``"cost"`` (grid energy, demand charge at the connection, device costs,
 lost load, currency), ``"self_sufficiency"`` (energy not supplied within the
@@ -57,7 +59,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -72,6 +74,9 @@ from gridmarkets.plots import save_figure
 from gridmarkets.results import Result
 from gridmarkets.solvers import Solution, record_build_time, solve
 from gridmarkets.specs.base import Spec
+
+if TYPE_CHECKING:
+    from gridmarkets.networks import Feeder, NetworkFormulation
 
 Objective = Literal["cost", "self_sufficiency", "emissions"] | dict[str, float]
 OBJECTIVE_TERMS = ("cost", "self_sufficiency", "emissions")
@@ -146,7 +151,8 @@ def build(
     objective: Objective = "cost",
     connection: ConnectionSpec | None = None,
     carbon_kg_per_mwh: Profile = 0.0,
-    feeder=None,
+    network: Feeder | None = None,
+    formulation: NetworkFormulation | None = None,
     coalition: Iterable[str] | None = None,
     value_of_lost_load_per_mwh: float = 10_000.0,
     timestamps: Sequence[Any] | None = None,
@@ -164,8 +170,10 @@ def build(
     objective : "cost", "self_sufficiency", "emissions" or a dict of weights.
     connection : capacity, demand charge and capacity shares of the point of connection.
     carbon_kg_per_mwh : the grid's carbon intensity per period (kg CO2 per MWh imported).
-    feeder : a :class:`~gridmarkets.networks.Feeder` for the internal network
-        (LinDistFlow); None: copper plate.
+    network : a :class:`~gridmarkets.networks.Feeder` for the internal network; None:
+        one community bus.
+    formulation : a :class:`~gridmarkets.networks.NetworkFormulation`; default
+        LinDistFlow on a feeder, CopperPlate (one balance per period) without one.
     coalition : the members modelled (default: all); shared assets and the connection
         capacity are scaled by the shares they hold.
     value_of_lost_load_per_mwh : the cost of shed load (islanded).
@@ -174,9 +182,10 @@ def build(
 
     Returns
     -------
-    The model: ``model.home[i]`` (members), ``model.shared[a]``, ``model.balance``
-    (copper plate) or ``model.handles`` (LinDistFlow's handles; ``model.handles`` is
-    None on a copper plate), ``model.objective``.
+    The model: ``model.home[i]`` (members), ``model.shared[a]``, ``model.network``
+    (the formulation's balances: ``model.network.active_power_balance``),
+    ``model.handles`` (its :class:`~gridmarkets.networks.NetworkHandles`),
+    ``model.objective``.
     """
     started = time.perf_counter()
     everyone = [str(k) for k in members]
@@ -189,7 +198,7 @@ def build(
     m.PERIODS = pyo.RangeSet(0, periods - 1, doc="periods")
     m.MEMBERS = pyo.Set(initialize=inside, doc="members in the coalition")
     m.specs = {i: members[i] for i in inside}
-    m.mode, m.period_hours, m.timestamps, m.feeder = mode, period_hours, timestamps, feeder
+    m.mode, m.period_hours, m.timestamps, m.feeder = mode, period_hours, timestamps, network
     _add_tariff(m, prices, mode, carbon_kg_per_mwh)
     m.in_coalition = pyo.Param(
         m.MEMBERS, initialize=1.0, mutable=True, doc="1 if the member is in the coalition"
@@ -201,7 +210,7 @@ def build(
     _add_shared(m)
     _add_connection(m, connection or ConnectionSpec())
     set_coalition(m, inside)
-    _add_balance(m, feeder)
+    _add_grid(m, network, formulation)
     _add_objective(m, weights, value_of_lost_load_per_mwh)
     if extra is not None:
         extra(m)
@@ -355,48 +364,30 @@ def _member_injection(m, i, t):
     return m.home[i].p_export_kw[t] - m.home[i].p_import_kw[t]
 
 
-def _add_balance(m, feeder) -> None:
-    """The community bus (copper plate) or the feeder's nodal balances (LinDistFlow)."""
-    if feeder is None:
-        m.balance = pyo.Constraint(
-            m.PERIODS,
-            rule=lambda m, t: (
-                m.p_grid_import_kw[t]
-                - m.p_grid_export_kw[t]
-                + sum(m.shared[a].p_net_kw[t] for a in m.SHARED)
-                + sum(_member_injection(m, i, t) for i in m.MEMBERS)
-                == 0
-            ),
-            doc="p_grid_import[t] - p_grid_export[t] + sum_a p_net[a, t] "
-            "+ sum_i (p_export[i, t] - p_import[i, t]) = 0  (kW)",
-        )
-        m.handles = None
-        return
-    from gridmarkets.networks import LinDistFlow
+def _add_grid(m, feeder, formulation) -> None:
+    """The community bus, or the feeder's nodal balances, through ``attach_grid``.
 
-    p_kw: dict = {}
+    Every member's meter, every shared asset and the point of connection (at the
+    feeder's root) is one owner of the injection table. Without a feeder, CopperPlate
+    writes the community balance; on one, LinDistFlow (by default) balances every bus,
+    and an islanded community draws no reactive power from upstream.
+    """
+    from gridmarkets.networks import LinDistFlow, attach_grid
+
+    if formulation is None and feeder is not None:
+        formulation = LinDistFlow(upstream_reactive=m.mode == "grid")
+    root = None if feeder is None else feeder.root
+    rows = []
     for t in m.PERIODS:
-        root = feeder.root
-        p_kw[root, t] = m.p_grid_import_kw[t] - m.p_grid_export_kw[t]
-        for i in m.MEMBERS:
-            bus = _bus(m.specs[i].bus, feeder, f"members.{i}.bus")
-            p_kw[bus, t] = p_kw.get((bus, t), 0.0) + _member_injection(m, i, t)
-        for a in m.SHARED:
-            bus = _bus(m.shared_specs[a].bus, feeder, f"shared.{a}.bus")
-            p_kw[bus, t] = p_kw.get((bus, t), 0.0) + m.shared[a].p_net_kw[t]
-    m.network = pyo.Block(doc="the internal network (LinDistFlow)")
-    formulation = LinDistFlow(upstream_reactive=m.mode == "grid")
-    m.handles = formulation.add(
-        m.network, feeder, list(m.PERIODS), p_kw, {}, period_hours=m.period_hours
+        rows.append(("connection", root, t, m.p_grid_import_kw[t] - m.p_grid_export_kw[t]))
+        rows += [(f"members.{i}", m.specs[i].bus, t, _member_injection(m, i, t)) for i in m.MEMBERS]
+        rows += [
+            (f"shared.{a}", m.shared_specs[a].bus, t, m.shared[a].p_net_kw[t]) for a in m.SHARED
+        ]
+    table = pd.DataFrame(rows, columns=["owner", "bus", "period", "p_kw"])
+    attach_grid(
+        m, feeder, list(m.PERIODS), table, formulation=formulation, period_hours=m.period_hours
     )
-
-
-def _bus(bus, feeder, path: str):
-    if bus is None:
-        raise InputError(f"{path}: required on a network")
-    if bus not in feeder.merged:
-        raise InputError(f"{path}: {bus} is not a bus of the feeder")
-    return feeder.merged[bus]
 
 
 def _add_objective(m, weights: dict[str, float], voll: float) -> None:
@@ -453,13 +444,23 @@ def results(model: pyo.ConcreteModel, solution: Solution) -> Result:
     exchange : period, grid_import_kw, grid_export_kw, members_import_kw,
         members_export_kw, shared_kw, import_price, export_price, carbon_kg_per_mwh and
         (where duals exist) internal_price, the dual of the community balance
-        (currency/MWh; on a feeder, the root's nodal price).
+        (currency/MWh, from :func:`~gridmarkets.networks.nodal_prices`; on a feeder,
+        the root's nodal price).
     members : one row per member: consumption_kwh, generation_kwh, import_kwh,
         export_kwh (at its meter), shed_kwh, device_cost.
+    feeder_prices : on a network, the DLMPs of :func:`gridmarkets.networks.nodal_prices`
+        (bus, period, price and its parts, currency/MWh).
     """
     tables = _member_tables(model, solution)
     tables["shared"] = _shared_table(model)
-    tables["exchange"] = _exchange_table(model, solution, tables["meters"], tables["shared"])
+    prices = None
+    if solution.duals_from is not None:
+        from gridmarkets.networks import nodal_prices
+
+        prices = nodal_prices(model.handles, solution)
+        if model.feeder is not None:
+            tables["feeder_prices"] = prices
+    tables["exchange"] = _exchange_table(model, prices, tables["meters"], tables["shared"])
     tables["members"] = _members_table(model, tables["power"], tables["meters"])
     if model.timestamps is not None:
         stamps = dict(enumerate(model.timestamps))
@@ -510,7 +511,7 @@ def _shared_table(m) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=[*columns, "soc_kwh", "curtailed_kw"])
 
 
-def _exchange_table(m, solution: Solution, meters, shared) -> pd.DataFrame:
+def _exchange_table(m, prices: pd.DataFrame | None, meters, shared) -> pd.DataFrame:
     periods = list(m.PERIODS)
     per_period = meters.groupby("period")[["import_kw", "export_kw"]].sum()
     per_period = per_period.reindex(periods, fill_value=0.0)
@@ -528,15 +529,10 @@ def _exchange_table(m, solution: Solution, meters, shared) -> pd.DataFrame:
             "carbon_kg_per_mwh": [_value(m.carbon_kg_per_mwh[t]) for t in periods],
         }
     )
-    if solution.duals_from is not None:
-        if m.handles is None:
-            duals = [solution.dual(m.balance[t]) for t in periods]
-            factor = 1000.0 / m.period_hours
-        else:
-            balance = m.handles.active_power_balance
-            duals = [solution.dual(balance[m.feeder.root, t]) for t in periods]
-            factor = m.handles.per_mwh()
-        table["internal_price"] = np.asarray(duals) * factor
+    if prices is not None:
+        at_connection = prices if m.feeder is None else prices[prices["bus"] == m.feeder.root]
+        at_connection = at_connection.set_index("period")["price"].reindex(periods)
+        table["internal_price"] = at_connection.to_numpy()
     return table
 
 

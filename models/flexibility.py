@@ -44,9 +44,12 @@ requirement is reported as its ``marginal_price`` (with a network it includes th
 cost the grid adds).
 
 Bilateral mode (:func:`bilateral`): the DSO alone buys from the buses whose
-sensitivity to a need is at least ``min_sensitivity`` (the share of a kW that reaches
-the congested branch, or the voltage change per kW or kvar), pay-as-bid, each need
-met through its linearised sensitivity; :func:`compare` sets its cost beside the pool.
+sensitivity to a need is at least ``min_sensitivity`` (the fall of a branch's loading
+per kW or kvar, linearised in P and Q at its baseline flow, or the voltage change per
+kW or kvar), pay-as-bid; voltage needs are met through their sensitivities, thermal
+needs keep the branch's flow after the purchase, P and Q, inside a polygon of the
+target loading, so kvar bought against an overvoltage counts on the branches it loads;
+:func:`compare` sets its cost beside the pool.
 
 Units: kW, kvar, currency per MWh (capacity: per MW and hour), currency.
 """
@@ -65,7 +68,7 @@ import pandas as pd
 import pyomo.environ as pyo
 import yaml
 
-from gridmarkets.errors import InputError
+from gridmarkets.errors import InfeasibleError, InputError
 from gridmarkets.results import Result
 from gridmarkets.solvers import Solution, record_build_time, solve
 
@@ -463,14 +466,16 @@ def build(
         offers move; required with a network.
     needs : :func:`dso_needs`' table: tightened limits per element and period.
     resources : table of :data:`RESOURCE_COLUMNS` limiting each seller per period.
-    formulation : the network formulation (default ``LinDistFlow()``).
+    formulation : a :class:`~gridmarkets.networks.NetworkFormulation` for every
+        scenario's grid (default LinDistFlow on ``network``).
     shortfall_price : cost of a kW of TSO requirement left unmet (currency per MW and
         hour), so an unmet requirement shows as a shortfall instead of infeasibility.
     extra : called with the model before it is returned, to add user constraints.
 
     Returns
     -------
-    The Pyomo model (minimises ``procurement_cost``).
+    The Pyomo model (minimises ``procurement_cost``); with a network, scenario ``s``'s
+    grid is ``model.scenario[s].network`` with its handles ``model.scenario[s].handles``.
     """
     started = time.perf_counter()
     products = load_products() if products is None else products
@@ -619,38 +624,53 @@ def _bus_dict(feeder, frame: pd.DataFrame | None, periods: list) -> dict:
 
 
 def _add_network(m, feeder, baseline_p, baseline_q, formulation) -> None:
-    from gridmarkets.networks import LinDistFlow
+    """One grid per scenario: ``m.scenario[s].network`` and ``m.scenario[s].handles``.
+
+    Each scenario's injection table (``attach_grid``) holds the baseline (owner
+    "baseline"), every offer's change in that scenario (owner "offers.<seller>", P
+    and, for reactive offers, Q) and the upstream exchange at the root.
+    """
+    from gridmarkets.networks import attach_grid
 
     if baseline_p is None:
         raise InputError("baseline_p_kw: required with a network (the schedule the offers move)")
-    unknown = ~m.offers["bus"].isin(list(feeder.merged))
-    if unknown.any():
-        row = m.offers[unknown].iloc[0]
-        raise InputError(
-            f"offers: bus {row['bus']!r} of seller {row['seller']!r} is not on the feeder"
-        )
-    formulation = formulation or LinDistFlow()
     periods = list(m.PERIODS)
     m.baseline_p, m.baseline_q = (
         _bus_dict(feeder, baseline_p, periods),
         _bus_dict(feeder, baseline_q, periods),
     )
     m.p_root_kw = pyo.Var(m.SCENARIOS, m.PERIODS, doc="exchange with the upstream grid (kW)")
-    m.network = pyo.Block(m.SCENARIOS, doc="one LinDistFlow per scenario")
-    groups = (
-        m.offers.assign(bus=m.offers["bus"].map(feeder.merged)).groupby(["bus", "period"]).groups
-    )
-    m.handles = {}
+    m.scenario = pyo.Block(m.SCENARIOS, doc="one grid per scenario (dispatch, TSO activations)")
     for s in m.SCENARIOS:
-        p_kw, q_kvar = dict(m.baseline_p), dict(m.baseline_q)
-        for (bus, t), rows in groups.items():
-            p_kw[bus, t] = p_kw.get((bus, t), 0.0) + _seller_delta(m, rows, s, False)
-            q_kvar[bus, t] = q_kvar.get((bus, t), 0.0) + _seller_delta(m, rows, s, True)
-        for t in periods:
-            p_kw[feeder.root, t] = m.p_root_kw[s, t]
-        m.handles[s] = formulation.add(
-            m.network[s], feeder, periods, p_kw, q_kvar, period_hours=m.period_hours
+        attach_grid(
+            m.scenario[s],
+            feeder,
+            periods,
+            _scenario_injections(m, feeder, s),
+            formulation=formulation,
+            period_hours=m.period_hours,
         )
+
+
+def _scenario_injections(m, feeder, scenario: str) -> pd.DataFrame:
+    """The long injection table of one scenario (kW, kvar; positive into the grid)."""
+    keys = set(m.baseline_p) | set(m.baseline_q)
+    rows = [
+        ("baseline", bus, t, m.baseline_p.get((bus, t), 0.0), m.baseline_q.get((bus, t), 0.0))
+        for bus, t in sorted(keys)
+    ]
+    rows += [("upstream", feeder.root, t, m.p_root_kw[scenario, t], 0.0) for t in m.PERIODS]
+    for (seller, bus, t), group in m.offers.groupby(["seller", "bus", "period"]).groups.items():
+        rows.append(
+            (
+                f"offers.{seller}",
+                bus,
+                t,
+                _seller_delta(m, group, scenario, False),
+                _seller_delta(m, group, scenario, True),
+            )
+        )
+    return pd.DataFrame(rows, columns=["owner", "bus", "period", "p_kw", "q_kvar"])
 
 
 def _add_needs(m, needs: pd.DataFrame) -> None:
@@ -660,7 +680,15 @@ def _add_needs(m, needs: pd.DataFrame) -> None:
     voltage = m.needs.index[m.needs["limit_kind"].ne("thermal")] if len(needs) else []
     m.THERMAL_NEEDS = pyo.Set(initialize=list(thermal), doc="branch needs (rows of needs)")
     m.VOLTAGE_NEEDS = pyo.Set(initialize=list(voltage), doc="bus needs (rows of needs)")
-    first = m.handles["dispatch"]
+    first = m.scenario["dispatch"].handles
+    if first.polygon is None:  # a formulation without branch flows (CopperPlate)
+        if len(m.needs):
+            raise InputError(
+                f"needs: the DSO's needs bound branch flows and voltages, which formulation "
+                f"{first.formulation!r} does not model"
+            )
+        m.NEED_DIRECTIONS = pyo.Set(initialize=[], doc="no thermal polygon")
+        return
     m.NEED_DIRECTIONS = pyo.Set(
         initialize=range(len(first.polygon)), doc="directions of the thermal polygon's sides"
     )
@@ -670,7 +698,7 @@ def _add_needs(m, needs: pd.DataFrame) -> None:
 
     def thermal_rule(m, n, k, s):
         row = m.needs.loc[n]
-        h = m.handles[s]
+        h = m.scenario[s].handles
         line, t = int(row["index"]), int(row["period"])
         flow = cos[k] * h.p_flow[line, t] + sin[k] * h.q_flow[line, t]
         cap = rating[line] * row["target_linear"] / 100.0
@@ -678,7 +706,7 @@ def _add_needs(m, needs: pd.DataFrame) -> None:
 
     def voltage_rule(m, n, s):
         row = m.needs.loc[n]
-        v = m.handles[s].voltage_sq[int(row["index"]), int(row["period"])]
+        v = m.scenario[s].handles.voltage_sq[int(row["index"]), int(row["period"])]
         bound = row["target_linear"] ** 2
         return v <= bound if row["limit_kind"] == "voltage_upper" else v >= bound
 
@@ -793,8 +821,10 @@ def zones(m, solution: Solution) -> pd.DataFrame:
     if m.feeder is None:
         return pd.Series("-", index=m.offers.index, name="zone")
     binding: dict[int, set] = {t: set() for t in m.PERIODS}
-    for h in m.handles.values():
-        duals = solution.dual(h.thermal_limit)
+    for s in m.SCENARIOS:
+        if m.scenario[s].handles.thermal_limit is None:
+            continue
+        duals = solution.dual(m.scenario[s].handles.thermal_limit)
         for line, _, t in duals.index[duals.abs() > 1e-9]:
             binding[t].add(line)
     if len(m.THERMAL_NEEDS):
@@ -860,7 +890,8 @@ def _needs_table(m, solution: Solution) -> pd.DataFrame:
 
 def _injections_table(m) -> pd.DataFrame:
     rows = []
-    for s, h in m.handles.items():
+    for s in m.SCENARIOS:
+        h = m.scenario[s].handles
         p, q = h.injection_values()
         for i, bus in enumerate(m.feeder.buses.index):
             for k, t in enumerate(h.periods):
@@ -944,42 +975,95 @@ def accepted_plot(result: Result, path: Path) -> None:
 # --- bilateral mode ------------------------------------------------------------------
 
 
-def sensitivities(feeder, needs: pd.DataFrame, offers: pd.DataFrame) -> pd.DataFrame:
-    """Relief of each DSO offer on each need, per kW (kvar) accepted, lossless LinDistFlow.
-
-    Thermal need on branch l: the share of a kW at the offer's bus that flows through
-    l (1 below l, else 0), signed so that relief is positive (a down offer relieves
-    reverse flow). Voltage need at bus i: dV/dp = R_common / S_base (dV/dq with
-    X_common) in pu per kW, signed the same way.
+def baseline_flows(
+    feeder, needs: pd.DataFrame, baseline_p_kw: pd.DataFrame, baseline_q_kvar=None
+) -> pd.DataFrame:
+    """The needs with their branch's baseline flow (lossless LinDistFlow, sending end).
 
     Returns
     -------
-    DataFrame with columns need (row of ``needs``), offer (row of ``offers``) and
-    sensitivity (relief per kW: % loading for thermal needs, pu for voltage needs).
+    ``needs`` with columns p_flow_kw and q_flow_kvar (NaN for voltage needs), what
+    :func:`sensitivities` and :func:`bilateral` linearise a branch's loading around.
     """
-    base = feeder.s_base_kva
-    br = feeder.branches
+    from gridmarkets.networks import linear_power_flow
+
+    q = _q_or_zero(baseline_q_kvar, baseline_p_kw)
+    _, branches = linear_power_flow(feeder, baseline_p_kw, q)
+    flows = branches.reset_index().set_index(["branch", "period"])[["p_kw", "q_kvar"]]
+    thermal = needs["limit_kind"].eq("thermal")
+    keys = pd.MultiIndex.from_arrays(
+        [needs["index"].astype(int), needs["period"].astype(int)], names=["branch", "period"]
+    )
+    values = flows.reindex(keys).to_numpy().reshape(len(needs), 2)
+    values[~thermal.to_numpy()] = np.nan
+    return needs.assign(p_flow_kw=values[:, 0], q_flow_kvar=values[:, 1])
+
+
+def flow_changes(feeder, needs: pd.DataFrame, offers: pd.DataFrame) -> pd.DataFrame:
+    """What one accepted kW (kvar) of each DSO offer does to each need's element.
+
+    Lossless LinDistFlow: an injection at bus b changes the flow into every branch on
+    b's path to the root by minus the injection; the squared voltage at bus i by
+    2 (R_common dp + X_common dq) / S_base, so the voltage by about that over 2.
+
+    Returns
+    -------
+    DataFrame with columns need (row of ``needs``), offer (row of ``offers``), dp_kw and
+    dq_kvar (change of the branch's flow per kW or kvar accepted; thermal needs) and
+    dv_pu (change of the bus voltage, pu per kW or kvar; voltage needs); only pairs in
+    the same period where the offer moves the element.
+    """
     paths = {b: set(feeder.path_to_root(b)) for b in feeder.buses.index}
     dso = offers[offers["product"].isin(DSO_PRODUCTS)]
     rows = []
     for n, need in needs.iterrows():
-        candidates = dso[dso["period"] == need["period"]]
-        for o, offer in candidates.iterrows():
+        element = int(need["index"])
+        for o, offer in dso[dso["period"] == need["period"]].iterrows():
             bus = feeder.merged.get(offer["bus"], offer["bus"])
-            sign = 1.0 if offer["direction"] == "up" else -1.0
+            injected = 1.0 if offer["direction"] == "up" else -1.0
+            active = offer["product"] == DSO_PRODUCT
             if need["limit_kind"] == "thermal":
-                line = int(need["index"])
-                through = line in paths[bus] and offer["product"] == DSO_PRODUCT
-                flow_sign = need.get("flow_sign", -1.0)
-                value = (sign * flow_sign * 100.0 / br.at[line, "rating_kva"]) if through else 0.0
-            else:
-                common = paths[bus] & paths[int(need["index"])]
-                column = "r_pu" if offer["product"] == DSO_PRODUCT else "x_pu"
-                dv = br.loc[list(common), column].sum() / base
-                value = -sign * dv if need["limit_kind"] == "voltage_upper" else sign * dv
-            if value > 0:
-                rows.append((n, o, value))
-    return pd.DataFrame(rows, columns=["need", "offer", "sensitivity"])
+                if element in paths[bus]:
+                    rows.append((n, o, -injected * active, -injected * (not active), 0.0))
+                continue
+            column = "r_pu" if active else "x_pu"
+            common = list(paths[bus] & paths[element])
+            if common:
+                dv = injected * feeder.branches.loc[common, column].sum() / feeder.s_base_kva
+                rows.append((n, o, 0.0, 0.0, dv))
+    return pd.DataFrame(rows, columns=["need", "offer", "dp_kw", "dq_kvar", "dv_pu"])
+
+
+def sensitivities(feeder, needs: pd.DataFrame, offers: pd.DataFrame) -> pd.DataFrame:
+    """Relief of each DSO offer on each need, per kW (kvar) accepted, lossless LinDistFlow.
+
+    Thermal need on branch l with baseline flow (P0, Q0) (:func:`baseline_flows`): the
+    fall of its loading 100 |S| / rating, linearised in P and Q at the baseline,
+    ``-100 (P0 dP + Q0 dQ) / (|S0| rating)`` (% per kW or kvar), so reactive offers
+    count where the branch carries reactive power. Voltage need at bus i: the voltage
+    change towards the band (pu per kW or kvar).
+
+    Returns
+    -------
+    DataFrame with columns need, offer and sensitivity (relief per kW or kvar; negative
+    where the offer pushes the element further beyond its limit).
+    """
+    missing = [c for c in ("p_flow_kw", "q_flow_kvar") if c not in needs]
+    if needs["limit_kind"].eq("thermal").any() and missing:
+        raise InputError(f"needs: {', '.join(missing)} missing (see baseline_flows)")
+    changes = flow_changes(feeder, needs, offers)
+    need = needs.loc[changes["need"]].reset_index(drop=True)
+    upper = need["limit_kind"].eq("voltage_upper").to_numpy()
+    relief = np.where(upper, -1.0, 1.0) * changes["dv_pu"].to_numpy()
+    thermal = need["limit_kind"].eq("thermal").to_numpy()
+    if thermal.any():
+        p0, q0 = (need.loc[thermal, c].to_numpy(float) for c in ("p_flow_kw", "q_flow_kvar"))
+        dp, dq = (changes.loc[thermal, c].to_numpy() for c in ("dp_kw", "dq_kvar"))
+        lines = need.loc[thermal, "index"].astype(int)
+        rating = feeder.branches.loc[lines, "rating_kva"].to_numpy()
+        relief[thermal] = -100.0 * (p0 * dp + q0 * dq) / (np.hypot(p0, q0) * rating)
+    table = changes[["need", "offer"]].assign(sensitivity=relief)
+    return table[table["sensitivity"] != 0].reset_index(drop=True)
 
 
 def bilateral(
@@ -991,82 +1075,166 @@ def bilateral(
     *,
     products: pd.DataFrame | None = None,
     min_sensitivity: float = 0.0,
+    polygon_sides: int = 12,
     period_hours: float = 1.0,
     solve_options: Mapping[str, Any] | None = None,
     ac: bool = True,
 ) -> Result:
     """The DSO buys directly from the buses that relieve its needs, pay-as-bid.
 
-    Each need (from :func:`dso_needs`) asks for a relief: the excess of its linear
-    value over its target; each DSO offer relieves it by its sensitivity per kW
-    (:func:`sensitivities`); offers below ``min_sensitivity`` are not asked. The DSO
-    accepts the cheapest set that covers every need (a small LP, no TSO, no full
-    network model) and pays each its bid.
+    Each need (from :func:`dso_needs`) asks for its linear value back to its target;
+    the DSO asks the offers whose relief on some need (:func:`sensitivities`) is
+    positive and at least ``min_sensitivity``, accepts the cheapest set that meets
+    every need (a small LP, no TSO, no full network model) and pays each its bid.
+    Every asked offer's effect on every need counts, helpful or not (a reactive offer
+    bought against an overvoltage loads the transformer above it):
+
+    - voltage need: ``sum_o sensitivity[n,o] x[o] >= |value_linear - target_linear|``;
+    - thermal need on branch l: its flow after the purchase, ``P = P0 + sum_o dP[o]
+      x[o]`` and ``Q = Q0 + sum_o dQ[o] x[o]`` (:func:`flow_changes`), stays inside a
+      ``polygon_sides``-gon inscribed in the circle ``|S| = rating target_linear / 100``
+      with a vertex on the baseline flow's direction (exact when the flow only shrinks).
+
+    Branches and buses without a need are not modelled: the pool (:func:`clear`) is
+    the mode that keeps every limit.
+
+    Parameters
+    ----------
+    feeder : the :class:`~gridmarkets.networks.Feeder`.
+    offers : table of :data:`OFFER_COLUMNS`; only the DSO's products are asked.
+    needs : :func:`dso_needs`' table.
+    baseline_p_kw, baseline_q_kvar : the baseline injections (buses x periods).
+    products : the TSO products (None: the shipped ones), to check the offers.
+    min_sensitivity : the least relief per kW (kvar) for an offer to be asked.
+    polygon_sides : sides N of the thermal needs' polygon (even, at least 4).
+    period_hours : length of a period (h).
+    solve_options : passed to :func:`~gridmarkets.solvers.solve`.
+    ac : run pandapower's AC check before and after the purchase.
 
     Returns
     -------
     Result ("flexibility") with the tables of :func:`results` (accepted, prices,
-    sellers, needs, injections) and, with ``ac``, the AC checks ``before`` and
-    ``dispatch`` (after activation).
+    sellers, needs with their baseline flows, injections) and, with ``ac``, the AC
+    checks ``before`` and ``dispatch`` (after activation).
     """
+    if polygon_sides < 4 or polygon_sides % 2:
+        raise InputError(f"polygon_sides: {polygon_sides} must be an even number of at least 4")
+    from gridmarkets.networks.coupling import placed
+
     products = load_products() if products is None else products
     table = prepare_offers(offers, products)
-    needs = _with_flow_sign(feeder, needs.reset_index(drop=True), baseline_p_kw, baseline_q_kvar)
+    owners = table.assign(owner="offers." + table["seller"].astype(str))
+    placed(owners, feeder, sorted(set(table["period"])))  # every bus on the feeder
+    needs = baseline_flows(feeder, needs.reset_index(drop=True), baseline_p_kw, baseline_q_kvar)
     sens = sensitivities(feeder, needs, table)
-    sens = sens[sens["sensitivity"] >= min_sensitivity]
-    chosen = sorted(set(sens["offer"]))
-    sens = sens.assign(offer=sens["offer"].map({o: k for k, o in enumerate(chosen)}))
+    helpful = sens[(sens["sensitivity"] > 0) & (sens["sensitivity"] >= min_sensitivity)]
+    chosen = sorted(set(helpful["offer"]))
+    _check_covered(needs, set(helpful["need"]))
     m = build(table.loc[chosen], products=products, period_hours=period_hours)
-    m.feeder = None
-    sign = np.where(needs["limit_kind"].eq("voltage_lower"), -1.0, 1.0)
-    relief = (sign * (needs["value_linear"] - needs["target_linear"])).clip(lower=0.0)
-    m.NEEDS = pyo.Set(initialize=list(needs.index), doc="the DSO's needs")
-    by_need = sens.groupby("need")
-
-    def rule(m, n):
-        if n not in by_need.groups:
-            return pyo.Constraint.Infeasible if relief[n] > _TOL else pyo.Constraint.Skip
-        group = by_need.get_group(n)
-        return (
-            sum(
-                v * m.accepted_kw[o]
-                for o, v in zip(group["offer"], group["sensitivity"], strict=True)
-            )
-            >= relief[n]
-        )
-
-    m.relief = pyo.Constraint(
-        m.NEEDS, rule=rule, doc="sum_o sensitivity[n,o] x[o] >= |value_linear - target_linear|[n]"
-    )
+    changes = flow_changes(feeder, needs, table.loc[chosen])
+    sens = sens[sens["offer"].isin(chosen)]
+    _add_voltage_relief(m, needs, sens, {o: k for k, o in enumerate(chosen)})
+    _add_thermal_relief(m, feeder, needs, changes, chosen, polygon_sides)
     result = results(m, solve(m, **dict(solve_options or {})), "pay_as_bid")
     result.tables["needs"] = needs
     if ac:
-        from gridmarkets.networks import ac_check
-
-        p, q = _activated(feeder, result.accepted, baseline_p_kw, baseline_q_kvar)
-        checks = {
-            "before": ac_check(feeder, baseline_p_kw, _q_or_zero(baseline_q_kvar, baseline_p_kw)),
-            "dispatch": ac_check(feeder, p, q),
-        }
-        result.ac_check = {name: c.summary() for name, c in checks.items()}
-        for name, c in checks.items():
-            result.kpis[f"violations_{name}"] = len(c.violations())
+        _bilateral_ac_check(result, feeder, baseline_p_kw, baseline_q_kvar)
     return result
+
+
+def _relief(needs: pd.DataFrame) -> pd.Series:
+    """How far each need's linear value must move: |value_linear - target_linear|, >= 0."""
+    sign = np.where(needs["limit_kind"].eq("voltage_lower"), -1.0, 1.0)
+    return (sign * (needs["value_linear"] - needs["target_linear"])).clip(lower=0.0)
+
+
+def _check_covered(needs: pd.DataFrame, covered: set) -> None:
+    """A need that must move and that no offer relieves is an error naming it."""
+    left = needs[(_relief(needs) > _TOL) & ~needs.index.isin(list(covered))]
+    if not left.empty:
+        row = left.iloc[0]
+        raise InfeasibleError(
+            f"needs: no DSO offer relieves the {row['limit_kind']} need at "
+            f"{row['element']} {row['index']} in period {row['period']} "
+            f"({len(left)} such need(s))"
+        )
+
+
+def _add_voltage_relief(m, needs: pd.DataFrame, sens: pd.DataFrame, position: dict) -> None:
+    voltage = needs.index[needs["limit_kind"].ne("thermal")]
+    relief = _relief(needs)
+    by_need = sens.groupby("need")
+    m.VOLTAGE_NEEDS = pyo.Set(initialize=list(voltage), doc="voltage needs (rows of needs)")
+
+    def rule(m, n):
+        if n not in by_need.groups:
+            return pyo.Constraint.Skip  # nothing to move (_check_covered)
+        group = by_need.get_group(n)
+        terms = zip(group["offer"].map(position), group["sensitivity"], strict=True)
+        return sum(v * m.accepted_kw[o] for o, v in terms) >= relief[n]
+
+    m.voltage_relief = pyo.Constraint(
+        m.VOLTAGE_NEEDS,
+        rule=rule,
+        doc="sum_o sensitivity[n,o] x[o] >= |value_linear - target_linear|[n]  (pu)",
+    )
+
+
+def _add_thermal_relief(m, feeder, needs, changes, chosen: list, sides: int) -> None:
+    from gridmarkets.networks.lindistflow import polygon_directions
+
+    thermal = needs.index[needs["limit_kind"].eq("thermal")]
+    position = {o: k for k, o in enumerate(chosen)}
+    by_need = changes.groupby("need")
+    m.THERMAL_NEEDS = pyo.Set(initialize=list(thermal), doc="thermal needs (rows of needs)")
+    m.NEED_DIRECTIONS = pyo.Set(initialize=range(sides // 2), doc="pairs of polygon sides")
+    normals = polygon_directions(sides)
+
+    def rule(m, n, k):
+        row = needs.loc[n]
+        turn = math.atan2(row["q_flow_kvar"], row["p_flow_kw"]) + math.pi / sides
+        cos, sin = (
+            normals[k, 0] * math.cos(turn) - normals[k, 1] * math.sin(turn),
+            normals[k, 1] * math.cos(turn) + normals[k, 0] * math.sin(turn),
+        )
+        group = by_need.get_group(n) if n in by_need.groups else changes.iloc[:0]
+        flow = cos * row["p_flow_kw"] + sin * row["q_flow_kvar"]
+        flow += sum(
+            (cos * dp + sin * dq) * m.accepted_kw[position[o]]
+            for o, dp, dq in zip(group["offer"], group["dp_kw"], group["dq_kvar"], strict=True)
+        )
+        rating = feeder.branches.at[int(row["index"]), "rating_kva"]
+        cap = rating * row["target_linear"] / 100.0 * math.cos(math.pi / sides)
+        if isinstance(flow, float):
+            return pyo.Constraint.Skip  # no offer moves it (_check_covered)
+        return (-cap, flow, cap)
+
+    m.thermal_relief = pyo.Constraint(
+        m.THERMAL_NEEDS,
+        m.NEED_DIRECTIONS,
+        rule=rule,
+        doc="|cos a_k P + sin a_k Q| <= rating target_linear/100 cos(pi/N), P = P0 + "
+        "sum_o dP[o] x[o], Q = Q0 + sum_o dQ[o] x[o], a_k = atan2(Q0, P0) + (2k + 1) pi/N  "
+        "(kW, kvar): the N-gon in the circle of the target loading, a vertex on the "
+        "baseline flow",
+    )
+
+
+def _bilateral_ac_check(result: Result, feeder, baseline_p, baseline_q) -> None:
+    from gridmarkets.networks import ac_check
+
+    p, q = _activated(feeder, result.accepted, baseline_p, baseline_q)
+    checks = {
+        "before": ac_check(feeder, baseline_p, _q_or_zero(baseline_q, baseline_p)),
+        "dispatch": ac_check(feeder, p, q),
+    }
+    result.ac_check = {name: c.summary() for name, c in checks.items()}
+    for name, c in checks.items():
+        result.kpis[f"violations_{name}"] = len(c.violations())
 
 
 def _q_or_zero(q, p):
     return q if q is not None else 0.0 * p
-
-
-def _with_flow_sign(feeder, needs, baseline_p, baseline_q) -> pd.DataFrame:
-    from gridmarkets.networks import linear_power_flow
-
-    _, branches = linear_power_flow(feeder, baseline_p, _q_or_zero(baseline_q, baseline_p))
-    flows = branches.reset_index().set_index(["branch", "period"])["p_kw"]
-    thermal = needs["limit_kind"].eq("thermal")
-    keys = list(zip(needs["index"].astype(int), needs["period"].astype(int), strict=True))
-    sign = [np.sign(flows.get(k, 1.0)) if th else 0.0 for k, th in zip(keys, thermal, strict=True)]
-    return needs.assign(flow_sign=sign)
 
 
 def _activated(feeder, accepted: pd.DataFrame, baseline_p, baseline_q):

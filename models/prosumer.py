@@ -21,11 +21,12 @@ bus; ``p_kw`` of the ``grid`` device in the ``power`` table is import minus expo
 
 On a feeder (``build(..., network=feeder)``) the homes are scheduled together (a DSO's
 or aggregator's coordinated schedule): their net injections and the upstream grid's
-supply at the root go through LinDistFlow, so its voltage and thermal limits bind;
-without it they are independent and the AC check shows what their uncoordinated
-schedules do to the feeder. :func:`rolling_horizon` operates a home model-predictively
-(re-plans every period over a moving window with its realised state pinned) and
-reports its cost against perfect foresight.
+supply at the root meet the grid through :func:`gridmarkets.networks.attach_grid`
+(LinDistFlow by default, so the feeder's voltage and thermal limits bind; the homes
+draw no reactive power: unity power factor); without it they are independent and the
+AC check shows what their uncoordinated schedules do to the feeder.
+:func:`rolling_horizon` operates a home model-predictively (re-plans every period over
+a moving window with its realised state pinned) and reports its cost against perfect foresight.
 
 Objectives: ``"cost"`` (energy bill, demand charge, device costs, lost load),
 ``"self_sufficiency"`` (energy not supplied by the home itself: imported plus shed, kWh)
@@ -64,7 +65,7 @@ from gridmarkets.solvers import Solution, record_build_time, solve
 from gridmarkets.specs.base import Spec
 
 if TYPE_CHECKING:
-    from gridmarkets.networks import Feeder
+    from gridmarkets.networks import Feeder, NetworkFormulation
 
 Objective = Literal["cost", "self_sufficiency"] | dict[str, float]
 OBJECTIVE_TERMS = ("cost", "self_sufficiency")
@@ -164,7 +165,7 @@ def build(
     value_of_lost_load_per_mwh: float = 10_000.0,
     timestamps: Sequence[Any] | None = None,
     network: Feeder | None = None,
-    formulation: Any = None,
+    formulation: NetworkFormulation | None = None,
     open_end: bool = False,
     extra: Callable[[pyo.ConcreteModel], None] | None = None,
 ) -> pyo.ConcreteModel:
@@ -183,7 +184,9 @@ def build(
         injections at their buses and the upstream grid's supply at the root
         (``model.p_upstream_kw``, free) go through ``formulation``, so the feeder's
         voltage and thermal limits bind. None: every home is independent.
-    formulation : the network formulation (default ``LinDistFlow()``).
+    formulation : a :class:`~gridmarkets.networks.NetworkFormulation`; default
+        LinDistFlow on ``network`` (``CopperPlate()`` schedules the homes together
+        without the feeder's limits).
     open_end : the horizon goes on after the last period (a rolling window):
         appliances may start after it or run past it.
     extra : called with the model before it is returned, to add user constraints
@@ -192,7 +195,8 @@ def build(
     Returns
     -------
     The model: ``model.home[id].energy_balance[t]``, ``model.objective`` and, on a
-    network, ``model.handles`` (see :class:`~gridmarkets.networks.NetworkHandles`).
+    network, ``model.network`` (the formulation's components) and ``model.handles`` (see
+    :class:`~gridmarkets.networks.NetworkHandles`).
     """
     started = time.perf_counter()
     homes = as_mapping(prosumers)
@@ -363,34 +367,36 @@ def _add_cost(b: pyo.Block, spec: ProsumerSpec, m: pyo.ConcreteModel, voll: floa
     )
 
 
-def add_network(m: pyo.ConcreteModel, feeder: Feeder, formulation: Any = None) -> None:
-    """Couple the homes through a feeder: ``m.network`` holds the formulation's flows.
+def add_network(
+    m: pyo.ConcreteModel, feeder: Feeder, formulation: NetworkFormulation | None = None
+) -> None:
+    """Couple the homes through a feeder with :func:`~gridmarkets.networks.attach_grid`.
 
     The injection at bus j in period t is the homes' export minus import there, plus at
     the root the upstream grid's supply::
 
         p[j,t] = sum_{h at j} (p_export[h,t] - p_import[h,t]) + [j = root] p_upstream[t]
 
-    Reactive power is not modelled (unity power factor at the homes).
+    The homes' devices carry no reactive power: they are at unity power factor (no
+    ``q_kvar`` in the table). The formulation's components land in ``m.network``, its
+    handles in ``m.handles``.
     """
-    from gridmarkets.networks import LinDistFlow
+    from gridmarkets.networks import attach_grid
 
-    formulation = LinDistFlow() if formulation is None else formulation
     m.p_upstream_kw = pyo.Var(
         m.PERIODS, doc="power the upstream grid injects at the feeder's root (kW)"
     )
     if m.mode != "grid":
         m.p_upstream_kw.fix(0.0)
-    p_kw = {(feeder.root, t): m.p_upstream_kw[t] for t in m.PERIODS}
-    for pid, b in m.home.items():
-        bus = feeder.merged.get(m.specs[pid].bus)
-        if bus is None:
-            raise InputError(f"prosumers.{pid}.bus: {m.specs[pid].bus} is not a bus of the feeder")
-        for t in m.PERIODS:
-            p_kw[bus, t] = p_kw.get((bus, t), 0) + b.p_export_kw[t] - b.p_import_kw[t]
-    m.network = pyo.Block(doc="the feeder's power flow, limits and balances")
-    m.handles = formulation.add(
-        m.network, feeder, list(m.PERIODS), p_kw, {}, period_hours=m.period_hours
+    rows = [("upstream", feeder.root, t, m.p_upstream_kw[t]) for t in m.PERIODS]
+    rows += [
+        (f"prosumers.{pid}", m.specs[pid].bus, t, b.p_export_kw[t] - b.p_import_kw[t])
+        for pid, b in m.home.items()
+        for t in m.PERIODS
+    ]
+    table = pd.DataFrame(rows, columns=["owner", "bus", "period", "p_kw"])
+    attach_grid(
+        m, feeder, list(m.PERIODS), table, formulation=formulation, period_hours=m.period_hours
     )
 
 

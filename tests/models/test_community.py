@@ -326,7 +326,7 @@ def test_on_a_feeder_with_slack_limits_the_community_pays_the_copper_plate_cost(
     members = {i: spec.model_copy(update={"bus": buses[i]}) for i, spec in members.items()}
     shared = {a: spec.model_copy(update={"bus": 16}) for a, spec in shared.items()}
     plate = community.schedule(members, shared, PRICES, periods=6)
-    grid = community.schedule(members, shared, PRICES, periods=6, feeder=feeder)
+    grid = community.schedule(members, shared, PRICES, periods=6, network=feeder)
     assert grid.kpis["cost"] == pytest.approx(plate.kpis["cost"], abs=1e-6)
     # the root's nodal price is the internal price: the tariff while importing
     importing = grid.exchange["grid_import_kw"] > TOL
@@ -335,8 +335,11 @@ def test_on_a_feeder_with_slack_limits_the_community_pays_the_copper_plate_cost(
         grid.exchange.loc[importing, "import_price"],
         rtol=1e-6,
     )
-    with pytest.raises(InputError, match="members.sunny.bus"):
-        community.build(small_community()[0], None, PRICES, periods=6, feeder=feeder)
+    with pytest.raises(InputError, match=r"members\.sunny: bus \(none\) is not a bus of feeder"):
+        community.build(small_community()[0], None, PRICES, periods=6, network=feeder)
+    off = {"battery": shared["battery"].model_copy(update={"bus": 99})}
+    with pytest.raises(InputError, match=r"shared\.battery: bus 99 is not a bus of feeder"):
+        community.build(members, off, PRICES, periods=6, network=feeder)
 
 
 def test_bid_curves_accept_what_the_community_would_choose():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 
@@ -11,6 +12,7 @@ import pandas as pd
 import pytest
 
 from gridmarkets.case import load_case, shipped_cases_dir
+from gridmarkets.errors import InputError
 from gridmarkets.models import flexibility as fx
 from gridmarkets.models.assets import BatterySpec
 from gridmarkets.models.prosumer import PricesSpec, ProsumerSpec, schedule
@@ -310,22 +312,54 @@ def test_reactive_power_fixes_an_overvoltage_where_active_power_would_cost_more(
 # --- bilateral -------------------------------------------------------------------------
 
 
-def test_thermal_sensitivity_equals_the_linear_power_flows_response(weak_spur):
-    baseline = pd.DataFrame({0: [0.0, 0.0, -300.0, 1100.0]}, index=weak_spur.buses.index)
-    needs = fx.dso_needs(weak_spur, baseline)
-    needs = fx._with_flow_sign(weak_spur, needs, baseline, None)
-    offers = offers_table([(f"s{b}", b, 0, "dso", "down", 100.0, 0.0, 10.0) for b in (1, 2, 3)])
+def loading(feeder, p, q, line: int) -> float:
+    """Lossless LinDistFlow's loading (%) of one branch in period 0."""
+    _, flows = linear_power_flow(feeder, p, q)
+    return float(flows.loc[line, "loading_percent"])
+
+
+def test_thermal_sensitivity_is_the_loadings_response_in_p_and_q(weak_spur):
+    # the spur carries reverse P and Q, so active and reactive offers both move its
+    # loading; each sensitivity must be the loading's fall per kW (kvar), a central
+    # finite difference of lossless LinDistFlow
+    baseline = pd.DataFrame({0: [0.0, 0.0, -300.0, 1000.0]}, index=weak_spur.buses.index)
+    baseline_q = pd.DataFrame({0: [0.0, 0.0, 0.0, 400.0]}, index=weak_spur.buses.index)
+    needs = fx.dso_needs(weak_spur, baseline, baseline_q)
+    needs = fx.baseline_flows(weak_spur, needs, baseline, baseline_q)
+    rows = [(f"p{b}", b, 0, "dso", "down", 100.0, 0.0, 10.0) for b in (1, 2, 3)]
+    rows += [
+        (f"q{b}{d}", b, 0, "reactive", d, 100.0, 0.0, 1.0) for b in (2, 3) for d in ("up", "down")
+    ]
+    offers = offers_table(rows)
     sens = fx.sensitivities(weak_spur, needs, offers)
     spur = needs.index[needs["limit_kind"] == "thermal"][0]
     line = int(needs.at[spur, "index"])
-    _, flows = linear_power_flow(weak_spur, baseline, 0.0 * baseline)
+    step = 1e-3
     for o, row in offers.iterrows():
-        moved = baseline.copy()
-        moved.at[row["bus"], 0] -= 1.0
-        _, after = linear_power_flow(weak_spur, moved, 0.0 * moved)
-        relief = flows.loc[line, "loading_percent"] - after.loc[line, "loading_percent"]
+        moved = {}
+        for h in (step, -step):
+            p, q = baseline.copy(), baseline_q.copy()
+            target = q if row["product"] == "reactive" else p
+            target.at[row["bus"], 0] += h * (1.0 if row["direction"] == "up" else -1.0)
+            moved[h] = loading(weak_spur, p, q, line)
+        relief = (moved[-step] - moved[step]) / (2 * step)
         got = sens[(sens["need"] == spur) & (sens["offer"] == o)]["sensitivity"].sum()
-        assert got == pytest.approx(relief, abs=1e-9)
+        assert got == pytest.approx(relief, rel=1e-6, abs=1e-12)
+    # the spur carries 400 kvar towards the root: injecting more behind it (q3up) adds
+    # to that (a negative relief), absorbing (q3down) relieves it
+    on_spur = sens[sens["need"] == spur].set_index("offer")["sensitivity"]
+    assert on_spur[offers.index[offers["seller"] == "q3up"][0]] < 0
+    assert on_spur[offers.index[offers["seller"] == "q3down"][0]] > 0
+
+
+def test_an_offer_off_the_feeder_is_named_by_seller_and_bus(weak_spur):
+    baseline = pd.DataFrame({0: [0.0, 0.0, 0.0, 100.0]}, index=weak_spur.buses.index)
+    offers = offers_table([("seller_x", 99, 0, "dso", "down", 10.0, 0.0, 10.0)])
+    with pytest.raises(InputError, match=r"offers\.seller_x: bus 99 is not a bus of feeder"):
+        fx.build(offers, network=weak_spur, baseline_p_kw=baseline)
+    needs = fx.dso_needs(weak_spur, baseline)
+    with pytest.raises(InputError, match=r"offers\.seller_x: bus 99 is not a bus of feeder"):
+        fx.bilateral(weak_spur, offers, needs, baseline)
 
 
 def test_bilateral_buys_only_from_buses_behind_the_congestion_and_pays_their_bids(weak_spur):
@@ -346,8 +380,50 @@ def test_bilateral_buys_only_from_buses_behind_the_congestion_and_pays_their_bid
     assert deal.ac_check["dispatch"]["violations_count"] == 0
     pool = fx.clear(offers, network=weak_spur, baseline_p_kw=baseline, needs=needs)
     table = fx.compare(pool, deal)
-    # the pool's polygon is inside the circle the sensitivities use: never cheaper here
+    # the pool's polygon on the spur's flow (a side facing the P axis) lies inside the
+    # bilateral one (a vertex on the baseline flow): the pool is never cheaper here
     assert table.set_index("mode").at["pool", "dso_cost"] >= deal.kpis["dso_cost"] - 1e-9
+
+
+def test_bilateral_reactive_purchase_keeps_the_branch_it_loads_within_its_rating():
+    # PV at the end of a feeder overloads the first line (reverse flow) and lifts the far
+    # voltage above 1.03 pu; absorbing kvar is the cheap cure for the voltage, but the
+    # kvar flow through the first line adds to its loading, so the DSO must curtail
+    # more than the active power alone asks for
+    feeder = chain_feeder([(0, 1, 0.1), (1, 2, 0.4)], km=7.5, name="pv_end")
+    feeder = dataclasses.replace(feeder, buses=feeder.buses.assign(vmax_pu=1.03))
+    pv_kw = 4000.0
+    baseline = pd.DataFrame({0: [0.0, 0.0, pv_kw]}, index=feeder.buses.index)
+    needs = fx.dso_needs(feeder, baseline)
+    assert set(needs["limit_kind"]) == {"thermal", "voltage_upper"}
+    offers = offers_table(
+        [
+            ("pv", 2, 0, "dso", "down", pv_kw, 0.0, 60.0),
+            ("pv", 2, 0, "reactive", "down", 3000.0, 0.0, 5.0),
+        ]
+    )
+    deal = fx.bilateral(feeder, offers, needs, baseline)
+    taken = deal.accepted.set_index("product")["accepted_kw"]
+    assert taken["reactive"] > 100.0
+    # the curtailment that would meet the thermal need if the kvar did not flow
+    thermal = needs[needs["limit_kind"] == "thermal"].iloc[0]
+    line = int(thermal["index"])
+    rating = feeder.branches.at[line, "rating_kva"]
+    p_only = (thermal["value_linear"] - thermal["target_linear"]) / 100.0 * rating
+    assert taken["dso"] > p_only + 1.0
+    # after the purchase (built here from the accepted table): pandapower's AC loading
+    # of the need's branch within 100 %, lossless LinDistFlow's within its target, and
+    # the voltage need met in AC
+    p, q = baseline.copy(), 0.0 * baseline
+    p.at[2, 0] -= taken["dso"]
+    q.at[2, 0] -= taken["reactive"]
+    after = ac_check(feeder, p, q)
+    branch = after.branches.set_index("branch").loc[line]
+    assert branch["loading_percent_ac"] <= 100.0
+    assert branch["loading_percent_linear"] <= thermal["target_linear"] + 1e-6
+    assert after.buses.set_index("bus").at[2, "v_pu_ac"] <= 1.03
+    assert after.violations().empty
+    assert deal.kpis["violations_dispatch"] == 0
 
 
 def test_noon_case_compares_the_pool_with_bilateral_procurement(noon_case):

@@ -89,7 +89,7 @@ def test_without_binding_limits_coordination_changes_nothing(weak_feeder):
 
 @pytest.mark.solve
 def test_a_home_off_the_feeder_is_named(weak_feeder):
-    with pytest.raises(InputError, match="prosumers.x.bus: 17 is not a bus of the feeder"):
+    with pytest.raises(InputError, match="prosumers.x: bus 17 is not a bus of feeder weak"):
         prosumer.build(
             {"x": ProsumerSpec(bus=17, load_kw=1.0)},
             PricesSpec(import_price=100),

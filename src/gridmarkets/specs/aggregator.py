@@ -57,12 +57,12 @@ class AggregatorAdapter:
     stand-alone schedules (``warm_start``). On a network the AC check runs on the
     injections its LinDistFlow held (P and Q).
 
-    Losses: ``none`` only, for the aggregator's build writes its own lossless
-    LinDistFlow (it takes no ``formulation``).
+    Losses: ``none`` or ``linear`` on a network; not ``iterate``, which would re-solve
+    the bilevel MILP once per round.
     """
 
     def losses(self, case: CaseSpec) -> tuple[str, ...]:
-        return ("none",)
+        return ("none", "linear") if case.network is not None else ("none",)
 
     def build(self, case: CaseSpec, feeder, formulation) -> Built:
         m = build(
@@ -78,6 +78,7 @@ class AggregatorAdapter:
             reactive_penalty_per_mvarh=case.reactive_penalty_per_mvarh,
             fairness_weight=case.fairness_weight,
             network=feeder,
+            formulation=formulation,
             method=case.method,
             big_m=case.big_m,
         )

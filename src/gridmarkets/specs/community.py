@@ -22,7 +22,7 @@ from gridmarkets.models.community import (
 )
 from gridmarkets.models.prosumer import Objective, PricesSpec, ProsumerSpec
 from gridmarkets.results import Result
-from gridmarkets.specs.adapter import Built, grid_checks
+from gridmarkets.specs.adapter import LOSS_MODES, Built, grid_checks
 from gridmarkets.specs.base import CaseBase, Spec
 
 
@@ -82,7 +82,7 @@ class CaseSpec(CaseBase):
         return self
 
 
-def case_options(case: CaseSpec, feeder=None) -> dict[str, Any]:
+def case_options(case: CaseSpec, feeder=None, formulation=None) -> dict[str, Any]:
     """:func:`build`'s keyword arguments for a case."""
     return {
         "periods": case.horizon.periods,
@@ -91,7 +91,8 @@ def case_options(case: CaseSpec, feeder=None) -> dict[str, Any]:
         "objective": case.objective,
         "connection": case.connection,
         "carbon_kg_per_mwh": case.carbon_kg_per_mwh,
-        "feeder": feeder,
+        "network": feeder,
+        "formulation": formulation,
         "value_of_lost_load_per_mwh": case.value_of_lost_load_per_mwh,
         "timestamps": case.horizon.timestamps(),
     }
@@ -103,15 +104,16 @@ class CommunityAdapter:
     ``in_core_<rule>``, 1 or 0). On a network the AC check runs on the injections the
     community's LinDistFlow held (P and Q).
 
-    Losses: ``none`` only, for the community's build writes its own lossless
-    LinDistFlow (it takes no ``formulation``).
+    Losses: every mode on a network; ``none`` with ``allocation``, whose coalitions
+    are re-solves of the lossless schedule (their values would otherwise mix loss models).
     """
 
     def losses(self, case: CaseSpec) -> tuple[str, ...]:
-        return ("none",)
+        return LOSS_MODES if case.network is not None and case.allocation is None else ("none",)
 
     def build(self, case: CaseSpec, feeder, formulation) -> Built:
-        m = build(case.members, case.shared, case.prices, **case_options(case, feeder))
+        options = case_options(case, feeder, formulation)
+        m = build(case.members, case.shared, case.prices, **options)
         if feeder is None:
             return Built(m, partial(results, m))
         return Built(m, partial(results, m), grid_checks(m.handles), grid=m.handles)

@@ -255,7 +255,7 @@ class FlexibilityAdapter:
 
 def scenario_handles(m) -> dict[str, Any]:
     """The pool's network formulation of each scenario, by scenario: the AC check's hook."""
-    return dict(m.handles)
+    return {s: m.scenario[s].handles for s in m.SCENARIOS}
 
 
 def _pool_checks(market: Market, handles: dict[str, Any]) -> dict[str, Injections]:
