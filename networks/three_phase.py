@@ -53,6 +53,7 @@ from gridmarkets.errors import NetworkError
 from gridmarkets.networks.feeder import Feeder, feeder_from_net, load, net_injections
 from gridmarkets.networks.handles import NetworkHandles, kept
 from gridmarkets.networks.lindistflow import polygon_directions
+from gridmarkets.networks.prices import _voltage_drop_duals
 from gridmarkets.networks.rows import Rows, add_family, market_terms, var_array
 from gridmarkets.solvers.highs import gc_paused
 
@@ -99,7 +100,8 @@ def three_phase_feeder(source: Any, **options) -> ThreePhaseFeeder:
     ----------
     source : a :class:`Feeder`, a pandapower net, or anything :func:`load` accepts
         ("ieee_european_lv_asymmetric", a SimBench code, a JSON file).
-    options : for a net or a spec, the options of :func:`feeder_from_net`.
+    options : options of :func:`feeder_from_net` (vmin_pu, vmax_pu, s_base_kva,
+        ext_grid); given with a feeder or a spec, its net is read again with them.
 
     Returns
     -------
@@ -110,14 +112,15 @@ def three_phase_feeder(source: Any, **options) -> ThreePhaseFeeder:
     NetworkError : a line without zero-sequence data, a transformer inside the feeder or
         with a vector group other than Dyn or YNyn.
     """
-    if isinstance(source, ThreePhaseFeeder):
+    if isinstance(source, ThreePhaseFeeder) and not options:
         return source
     if isinstance(source, Feeder):
-        feeder = source
+        feeder = feeder_from_net(source.net, name=source.name, **options) if options else source
     elif hasattr(source, "bus") and hasattr(source, "line"):
         feeder = feeder_from_net(source, **options)
     else:
-        feeder = load(source if not options else {"name": source, "options": options})
+        feeder = load(source)
+        feeder = feeder_from_net(feeder.net, name=feeder.name, **options) if options else feeder
     values = {f.name: getattr(feeder, f.name) for f in fields(Feeder) if f.init}
     return ThreePhaseFeeder(**values, z_pu=_phase_impedances(feeder))
 
@@ -326,6 +329,19 @@ class ThreePhaseHandles(NetworkHandles):
         """Factor from a per-phase balance dual (currency per per-phase pu and period)
         to currency/MWh."""
         return 1000.0 / (self.s_base_kva / 3 * self.period_hours)
+
+    def phase_injection_values(self) -> tuple[np.ndarray, np.ndarray]:
+        """Solved injections (kW, kvar) per phase, (buses x 3 x periods) in feeder order:
+        what :func:`ac_check_3ph` takes through :func:`solve_linear_3ph` and ``run_ac_3ph``."""
+        return tuple(
+            phase_arrays(self.feeder, {k: pyo.value(e) for k, e in table.items()}, self.periods)
+            for table in (self.p_kw, self.q_kvar)
+        )
+
+    def injection_values(self) -> tuple[np.ndarray, np.ndarray]:
+        """Solved injections (kW, kvar) per bus, the phases added: (buses x periods)."""
+        p, q = self.phase_injection_values()
+        return p.sum(axis=1), q.sum(axis=1)
 
 
 class LinDist3Flow:
@@ -711,15 +727,10 @@ def _duals(solution, constraint, index: list) -> np.ndarray:
 
 
 def _drop_duals(feeder: Feeder, limits: np.ndarray) -> np.ndarray:
-    """nu per branch and phase from per-bus limit duals, accumulated from the leaves up."""
-    n2 = feeder.branches["ratio"].to_numpy() ** 2
-    below = np.zeros_like(limits)
-    nu = np.zeros((len(feeder.branches), *limits.shape[1:]))
-    for k in range(len(feeder.branches) - 1, -1, -1):
-        j = feeder.to_pos[k]
-        nu[k] = below[j] - limits[j]
-        below[feeder.from_pos[k]] += nu[k] / n2[k]
-    return nu
+    """nu per branch and phase from per-bus limit duals (LinDistFlow's leaf-up sum, for
+    every phase and period at once)."""
+    nu = _voltage_drop_duals(feeder, limits.reshape(len(feeder.buses), -1))
+    return nu.reshape(len(feeder.branches), *limits.shape[1:])
 
 
 def _propagate(feeder: ThreePhaseFeeder, nu, mu_p, mu_q) -> tuple[np.ndarray, np.ndarray]:
@@ -760,8 +771,8 @@ class ThreePhaseACCheck:
 
 def ac_check_3ph(
     feeder: Feeder,
-    p_kw: Mapping | None = None,
-    q_kvar: Mapping | None = None,
+    p_kw: Mapping | np.ndarray | None = None,
+    q_kvar: Mapping | np.ndarray | None = None,
     periods: Sequence | None = None,
 ) -> ThreePhaseACCheck:
     """Compare LinDist3Flow's power flow of these injections with pandapower's runpp_3ph.
@@ -769,10 +780,11 @@ def ac_check_3ph(
     Parameters
     ----------
     feeder : the feeder (read as three-phase).
-    p_kw, q_kvar : numeric injections (kW, kvar; positive into the grid) keyed as
-        :meth:`LinDist3Flow.add` takes them; both None: the net's own elements
+    p_kw, q_kvar : injections (kW, kvar; positive into the grid): numbers keyed as
+        :meth:`LinDist3Flow.add` takes them, or (buses x 3 x periods) arrays such as
+        ``handles.phase_injection_values()``; both None: the net's own elements
         (:func:`phase_injections`) in one period 0. The root is the slack.
-    periods : the periods (default: those the keys name, sorted).
+    periods : the periods' labels (default: those the keys name, sorted, or 0, 1, ...).
 
     Returns
     -------
@@ -781,11 +793,15 @@ def ac_check_3ph(
     feeder = three_phase_feeder(feeder)
     if p_kw is None and q_kvar is None:
         p_kw, q_kvar = (_keyed(table) for table in phase_injections(feeder))
-    p_kw, q_kvar = dict(p_kw or {}), dict(q_kvar or {})
-    if periods is None:
-        periods = sorted({parse_key(key)[2] for key in [*p_kw, *q_kvar]})
-    periods = list(periods)
-    p, q = (phase_arrays(feeder, table, periods) for table in (p_kw, q_kvar))
+    if isinstance(p_kw, np.ndarray):
+        p, q = p_kw, np.zeros_like(p_kw) if q_kvar is None else q_kvar
+        periods = list(range(p.shape[2]) if periods is None else periods)
+    else:
+        p_kw, q_kvar = dict(p_kw or {}), dict(q_kvar or {})
+        if periods is None:
+            periods = sorted({parse_key(key)[2] for key in [*p_kw, *q_kvar]})
+        periods = list(periods)
+        p, q = (phase_arrays(feeder, table, periods) for table in (p_kw, q_kvar))
     linear = solve_linear_3ph(feeder, p, q)
     ac = run_ac_3ph(feeder, p, q)
     return ThreePhaseACCheck(

@@ -349,6 +349,9 @@ def test_every_key_form_is_the_evaluators_power_flow():
     flows = [[handles.p_flow[k, phase, 0].value for phase in PHASES] for k in branches]
     np.testing.assert_allclose(v, expected["v_sq"][:, :, 0], atol=1e-10)
     np.testing.assert_allclose(flows, expected["p"][:, :, 0], atol=1e-10)
+    solved, _ = handles.phase_injection_values()
+    np.testing.assert_allclose(solved[1:], p[1:], atol=1e-12)
+    assert solved[0, :, 0].sum() == pytest.approx(-p.sum())  # the import serves them all
 
 
 @pytest.mark.unit
