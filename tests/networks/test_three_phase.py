@@ -46,6 +46,7 @@ def lv_net(*, max_i_ka: float = 0.3, vmin_pu: float = 0.85, charging_nf: float =
         vkr_percent=1.2, pfe_kw=0.0, i0_percent=0.0, vector_group="Dyn", vk0_percent=4.0,
         vkr0_percent=1.2, mag0_percent=100.0, mag0_rx=0.0, si0_hv_partial=0.9,
         shift_degree=150.0, tap_side="hv", tap_neutral=0, tap_pos=1, tap_step_percent=2.5,
+        tap_changer_type="Ratio",
     )  # fmt: skip
     for a, b in ((1, 2), (2, 3), (3, 4), (2, 5)):
         pp.create_line_from_parameters(
@@ -110,6 +111,20 @@ def test_ac_check_3ph_reproduces_runpp_3ph_of_the_nets_own_elements(european):
     expected = net.res_line_3ph.loc[p_ac.index, [f"p_{phase}_from_mw" for phase in PHASES]]
     # both solved to runpp_3ph's tolerance (1e-8 MVA)
     np.testing.assert_allclose(p_ac.to_numpy(), expected.to_numpy() * 1000, atol=1e-4)
+
+
+@pytest.mark.unit
+def test_single_phase_load_at_a_dyn_transformer_matches_runpp_3ph():
+    """15 kW on phase a right at the tapped Dyn transformer's LV bus: the zero sequence
+    the transformer presents (pandapower's T model, HV side earthed) sets the three phase
+    voltages there, within 0.1 mpu of runpp_3ph (the transformer's full zero-sequence
+    leakage alone would miss by about 1 mpu)."""
+    feeder = three_phase_feeder(lv_net())
+    check = ac_check_3ph(feeder, {(1, "a", 0): -15.0}, {})
+    at_1 = check.buses[check.buses["bus"] == 1]
+    assert at_1["error_pu"].abs().max() < 1e-4
+    assert at_1["v_pu_ac"].max() - at_1["v_pu_ac"].min() > 2e-3  # visibly unbalanced
+    assert at_1["v_pu_ac"].mean() == pytest.approx(1.02 / 1.025, abs=0.005)  # one tap step
 
 
 # ------------------------------------------------------------------- balanced: LinDistFlow
