@@ -155,10 +155,19 @@ def _line_zero_sequence(feeder: Feeder, elements: np.ndarray) -> np.ndarray:
     return ohm / line["parallel"].to_numpy(dtype=float) / z_base
 
 
+TRAFO_ZERO_SEQUENCE = ("vk0_percent", "vkr0_percent", "mag0_percent", "mag0_rx", "si0_hv_partial")
+
+
 def _check_trafos(feeder: Feeder, rows: pd.DataFrame) -> None:
     trafo = feeder.net.trafo
     for _, row in rows.iterrows():
         group = str(trafo.at[row["element"], "vector_group"]) if "vector_group" in trafo else "?"
+        data = trafo.reindex(columns=list(TRAFO_ZERO_SEQUENCE)).loc[row["element"]]
+        if not np.isfinite(data.to_numpy(dtype=float)).all():
+            raise NetworkError(
+                f"trafo {row['element']} has no zero-sequence data: a three-phase feeder needs "
+                f"{', '.join(TRAFO_ZERO_SEQUENCE)} (as pandapower's runpp_3ph does)"
+            )
         if group.lower() not in VECTOR_GROUPS:
             raise NetworkError(
                 f"trafo {row['element']} has vector group {group}: LinDist3Flow models Dyn and "

@@ -114,12 +114,15 @@ def test_ac_check_3ph_reproduces_runpp_3ph_of_the_nets_own_elements(european):
 
 
 @pytest.mark.unit
-def test_single_phase_load_at_a_dyn_transformer_matches_runpp_3ph():
-    """15 kW on phase a right at the tapped Dyn transformer's LV bus: the zero sequence
-    the transformer presents (pandapower's T model, HV side earthed) sets the three phase
+@pytest.mark.parametrize("vector_group", ["Dyn", "YNyn"])
+def test_single_phase_load_at_the_transformer_matches_runpp_3ph(vector_group):
+    """15 kW on phase a right at the tapped transformer's LV bus: the zero sequence the
+    transformer presents (pandapower's T model, HV side earthed) sets the three phase
     voltages there, within 0.1 mpu of runpp_3ph (the transformer's full zero-sequence
     leakage alone would miss by about 1 mpu)."""
-    feeder = three_phase_feeder(lv_net())
+    net = lv_net()
+    net.trafo["vector_group"] = vector_group
+    feeder = three_phase_feeder(net)
     check = ac_check_3ph(feeder, {(1, "a", 0): -15.0}, {})
     at_1 = check.buses[check.buses["bus"] == 1]
     assert at_1["error_pu"].abs().max() < 1e-4
@@ -398,6 +401,7 @@ def test_feeder_impedances_follow_pandapower_sequence_data():
     [
         (lambda net: net.trafo.__setitem__("vector_group", "YNd"), r"trafo 0 has vector group YNd"),
         (lambda net: net.line.__setitem__("r0_ohm_per_km", math.nan), r"line 0 has no zero-seq"),
+        (lambda net: net.trafo.__setitem__("mag0_rx", math.nan), r"trafo 0 has no zero-seq"),
         (
             lambda net: pp.create_asymmetric_load(net, 3, p_a_mw=0.01, type="delta"),
             r"asymmetric_load 0 is delta-connected",
