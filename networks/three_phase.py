@@ -52,7 +52,7 @@ import pyomo.environ as pyo
 from gridmarkets.errors import NetworkError
 from gridmarkets.networks.feeder import Feeder, feeder_from_net, load, net_injections
 from gridmarkets.networks.handles import NetworkHandles, kept
-from gridmarkets.networks.lindistflow import polygon_directions
+from gridmarkets.networks.lindistflow import _add_sets, polygon_directions
 from gridmarkets.networks.prices import _voltage_drop_duals
 from gridmarkets.networks.rows import Rows, add_family, market_terms, var_array
 from gridmarkets.solvers.highs import gc_paused
@@ -417,7 +417,8 @@ class LinDist3Flow:
             raise NetworkError("LinDist3Flow needs a feeder; use CopperPlate for no grid")
         feeder = three_phase_feeder(feeder)
         periods = list(periods)
-        _add_sets(block, feeder, periods, self.polygon_sides)
+        _add_sets(block, feeder, periods, self.polygon_sides)  # LinDistFlow's, and phases
+        block.PHASES = pyo.Set(initialize=PHASES, doc="phases a, b, c")
         _add_variables(block, feeder, self.upstream_reactive)
         _add_balances(block, feeder, periods, p_kw, q_kvar)
         v = _add_voltage(block, feeder)
@@ -445,20 +446,6 @@ class LinDist3Flow:
             voltage_drop=block.voltage_drop,
             voltage_unbalance=getattr(block, "voltage_unbalance", None),
         )
-
-
-def _add_sets(block, feeder: Feeder, periods: list, sides: int) -> None:
-    br = feeder.branches
-    block.BUSES = pyo.Set(initialize=list(feeder.buses.index), doc="feeder buses")
-    block.BUSES_BELOW_ROOT = pyo.Set(initialize=feeder.order[1:], doc="buses except the root")
-    block.PHASES = pyo.Set(initialize=PHASES, doc="phases a, b, c")
-    block.BRANCHES = pyo.Set(initialize=list(br.index), doc="branches, away from the root")
-    rated = br.index[np.isfinite(br["rating_kva"]) & (br["rating_kva"] > 0)]
-    block.RATED_BRANCHES = pyo.Set(initialize=list(rated), doc="branches with a rating")
-    block.PERIODS = pyo.Set(initialize=periods, doc="market periods")
-    block.DIRECTIONS = pyo.Set(
-        initialize=range(sides // 2), doc="directions of the thermal polygon's pairs of sides"
-    )
 
 
 def _add_variables(block, feeder: Feeder, upstream_reactive: bool) -> None:
@@ -538,37 +525,36 @@ def _market_parts(feeder: Feeder, periods: list, injections: Mapping, balance: n
     Each key's terms are read once into a row per (bus, connection, period), then spread
     over the connection's phases with its weights.
     """
-    n_bus, n_t = len(feeder.buses), len(periods)
+    shape = (len(feeder.buses), len(CONNECTIONS), len(periods))
     row, column = _positions(feeder, periods)
 
     def pseudo_row(key) -> int:
         bus, connection, t = parse_key(key)
-        return (row(bus, key) * len(CONNECTIONS) + CONNECTIONS.index(connection)) * n_t + column(
+        return (row(bus, key) * shape[1] + CONNECTIONS.index(connection)) * shape[2] + column(
             t, key
         )
 
-    n = n_bus * len(CONNECTIONS) * n_t
     (rows, coefs, variables), constants, extra = market_terms(
-        injections, pseudo_row, n, 3 / feeder.s_base_kva
+        injections, pseudo_row, math.prod(shape), 3 / feeder.s_base_kva
     )
-    bus, connection, t = np.unravel_index(rows, (n_bus, len(CONNECTIONS), n_t))
+    bus, connection, t = np.unravel_index(rows, shape)
     parts = []
     for k in range(3):
         on = WEIGHTS[connection, k] > 0
         parts.append(
             (balance[bus[on], k, t[on]], coefs[on] * WEIGHTS[connection[on], k], variables[on])
         )
-    by_phase = np.einsum("jct,ck->jkt", constants.reshape(n_bus, len(CONNECTIONS), n_t), WEIGHTS)
-    return parts, by_phase.ravel(), _spread(extra, balance, n_t) if extra else None
+    by_phase = np.einsum("jct,ck->jkt", constants.reshape(shape), WEIGHTS)
+    return parts, by_phase.ravel(), _spread(extra, balance, shape) if extra else None
 
 
-def _spread(extra: list, balance: np.ndarray, n_t: int) -> list:
+def _spread(extra: list, balance: np.ndarray, shape: tuple) -> list:
     """Symbolic rests per (bus, connection, period) spread over the phases' rows."""
     out: list = [None] * balance.size
     for k, expr in enumerate(extra):
         if expr is None:
             continue
-        bus, connection, t = np.unravel_index(k, (balance.shape[0], len(CONNECTIONS), n_t))
+        bus, connection, t = np.unravel_index(k, shape)
         for phase in np.flatnonzero(WEIGHTS[connection]):
             r = balance[bus, phase, t]
             term = expr * float(WEIGHTS[connection, phase])

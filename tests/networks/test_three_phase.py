@@ -342,8 +342,9 @@ def _nodal_of(handles, solution):
 
 @pytest.mark.solve
 def test_every_key_form_is_the_evaluators_power_flow():
-    """Fixed injections given as (bus, period), (bus, phase, period), two phases and as
-    LinearInjections: the LP's voltages and flows are those of the array evaluator."""
+    """Fixed injections given as (bus, period), (bus, phase, period), two phases, as
+    LinearInjections and symbolically (a mutable parameter): the LP's voltages and flows
+    are those of the array evaluator."""
     feeder = three_phase_feeder(lv_net(charging_nf=300.0))
     injections = {(3, 0): -30.0, (4, "a", 0): -12.0, (5, "bc", 0): 8.0, (4, "ca", 0): -6.0}
     m = pyo.ConcreteModel()
@@ -353,7 +354,9 @@ def test_every_key_form_is_the_evaluators_power_flow():
     p_kw = LinearInjections(keys, [injections[k] for k in keys], [m.one] * len(keys))
     q_kvar = {key: 0.4 * kw for key, kw in injections.items()}
     q_kvar[(feeder.root, 0)] = 0.0
+    m.minus_twelve = pyo.Param(initialize=-12.0, mutable=True)  # a symbolic injection
     p_kw = {**dict(p_kw.items()), (feeder.root, 0): m.import_kw}
+    p_kw[(4, "a", 0)] = m.minus_twelve * m.one
     m.net = pyo.Block()
     handles = LinDist3Flow().add(m.net, feeder, [0], p_kw, q_kvar)
     m.cost = pyo.Objective(expr=m.import_kw)
