@@ -337,6 +337,62 @@ def _nodal_of(handles, solution):
     return prices[prices["period"] == 0]
 
 
+PV_OFFER = 5.0  # currency/MWh
+
+
+def _european_pv_market(feeder, pv_buses, extra_demand=None):
+    """The feeder's own loads, single-phase PV (up to 12 kW, on phase c) at ``pv_buses``
+    and the import; minimise cost. Returns (cost, handles, solution, model)."""
+    p, q = phase_injections(feeder)
+    loaded = p.index[(p != 0).any(axis=1)]
+    m = pyo.ConcreteModel()
+    m.import_kw = pyo.Var()
+    m.pv_kw = pyo.Var(pv_buses, bounds=(0, 12.0))
+    p_kw = {(b, phase, 0): p.at[b, phase] for b in loaded for phase in PHASES}
+    q_kvar = {(b, phase, 0): q.at[b, phase] for b in loaded for phase in PHASES}
+    p_kw[(feeder.root, 0)] = m.import_kw
+    for b in pv_buses:
+        p_kw[(b, "c", 0)] = p_kw[(b, "c", 0)] + m.pv_kw[b]
+    if extra_demand is not None:
+        p_kw[extra_demand] = p_kw.get(extra_demand, 0.0) - 0.01
+    m.net = pyo.Block()
+    handles = LinDist3Flow().add(m.net, feeder, [0], p_kw, q_kvar)
+    m.cost = pyo.Objective(
+        expr=IMPORT_PRICE / 1000 * m.import_kw + sum(PV_OFFER / 1000 * m.pv_kw[b] for b in pv_buses)
+    )
+    solution = solve(m)
+    return pyo.value(m.cost), handles, solution, m
+
+
+@pytest.mark.solve
+def test_pv_on_phase_c_of_the_european_feeder_is_curtailed_by_that_phase_and_priced_per_phase(
+    european,
+):
+    """Ten single-phase PV units at the last loaded buses raise phase c (already the
+    highest) to 1.1 pu: PV is curtailed, a partly dispatched unit's phase c price is its
+    own offer (merit order), phases a and b there are worth more than the import (more
+    demand on them lets phase c take more PV through the mutual impedance); all three
+    as finite differences say, and all beyond the import price is the voltage part."""
+    p, _ = phase_injections(european)
+    pv_buses = list(p.index[(p != 0).any(axis=1)][-10:])
+    cost, handles, solution, m = _european_pv_market(european, pv_buses)
+    prices = _nodal_of(handles, solution).set_index(["bus", "phase"])
+    dispatched = {b: m.pv_kw[b].value for b in pv_buses}
+    partly = [b for b, kw in dispatched.items() if 1e-6 < kw < 12.0 - 1e-6]
+    assert partly and sum(dispatched.values()) < 100
+    v_c = max(handles.voltage_sq[b, "c", 0].value for b in european.buses.index)
+    assert math.sqrt(v_c) == pytest.approx(1.1, abs=1e-9)
+    for b in partly:
+        assert prices.loc[(b, "c"), "price"] == pytest.approx(PV_OFFER, rel=1e-9)
+    bus = partly[-1]
+    for phase in PHASES:
+        fd = (_european_pv_market(european, pv_buses, (bus, phase, 0))[0] - cost) / 0.01 * 1000
+        assert prices.loc[(bus, phase), "price"] == pytest.approx(fd, rel=1e-6)
+    assert (prices.loc[bus, "price"].loc[["a", "b"]] > IMPORT_PRICE + 1).all()
+    explained = prices["energy"] + prices["voltage"]
+    np.testing.assert_allclose(explained, prices["price"], atol=1e-9)
+
+
 # ------------------------------------------------------------------------ model and data
 
 
