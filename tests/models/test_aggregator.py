@@ -11,12 +11,12 @@ import pytest
 import yaml
 from scipy.spatial import ConvexHull
 
+from gridmarkets import pipeline
 from gridmarkets.case import load_case, validate
 from gridmarkets.errors import InputError
 from gridmarkets.models import aggregator, prosumer
 from gridmarkets.models.assets import BatterySpec, PVSpec
 from gridmarkets.models.prosumer import PricesSpec, ProsumerSpec
-from gridmarkets.registry import model_module
 from gridmarkets.solvers import solve
 
 pytestmark = pytest.mark.solve
@@ -351,7 +351,7 @@ def test_bad_case_input_names_the_field(change, field):
             data[key] = value
     with pytest.raises(InputError, match=field):
         case = validate(data)
-        model_module("aggregator").run_case(case, {})
+        pipeline.run_case(case, {})
 
 
 def test_follower_with_an_appliance_is_refused_by_name():
@@ -367,7 +367,7 @@ def test_follower_with_an_appliance_is_refused_by_name():
 
 def test_case_file_runs_through_the_registry():
     case = load_case(CASES / "aggregator_three_homes.yaml")
-    result = model_module("aggregator").run_case(case, {})
+    result = pipeline.run_case(case, {})
     assert_verified(result)
     assert set(result.tables) >= {"incentives", "portfolio", "prosumers", "verify"}
 

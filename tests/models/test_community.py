@@ -6,13 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gridmarkets import registry
+from gridmarkets import pipeline, registry
 from gridmarkets.case import load_case
 from gridmarkets.errors import CaseError, InputError
 from gridmarkets.models import allocation, community, lem, prosumer
 from gridmarkets.models.assets import BatterySpec, PVSpec
 from gridmarkets.models.community import ConnectionSpec, SharedAssetSpec
 from gridmarkets.models.prosumer import PricesSpec, ProsumerSpec
+from gridmarkets.specs import community as community_case
 
 pytestmark = pytest.mark.solve
 
@@ -278,7 +279,7 @@ def test_exchange_bids_clear_in_the_local_market():
 
 def test_case_files_run_with_allocation():
     case = load_case(CASES / "community_village.yaml")
-    result = community.run_case(case, {})
+    result = pipeline.run_case(case, {})
     table = result.allocation
     assert set(table["member"]) == set(case.members)
     assert table["shapley"].sum() == pytest.approx(result.kpis["objective"], abs=1e-5)
@@ -288,8 +289,8 @@ def test_case_files_run_with_allocation():
 
 def test_islanded_case_splits_the_energy_not_served():
     case = load_case(CASES / "community_islanded.yaml")
-    assert registry.case_class("community") is community.CaseSpec
-    result = community.run_case(case, {})
+    assert registry.case_class("community") is community_case.CaseSpec
+    result = pipeline.run_case(case, {})
     assert result.kpis["import_kwh"] == 0 and result.kpis["export_kwh"] == 0
     assert result.kpis["objective"] == pytest.approx(result.kpis["shed_kwh"])
     table = result.allocation.set_index("member")

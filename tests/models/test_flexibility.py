@@ -11,6 +11,7 @@ import pandapower as pp
 import pandas as pd
 import pytest
 
+from gridmarkets import pipeline
 from gridmarkets.case import load_case, shipped_cases_dir
 from gridmarkets.errors import InputError
 from gridmarkets.models import flexibility as fx
@@ -60,7 +61,7 @@ def weak_spur():
 def noon_case():
     """The shipped SimBench high-PV case, cleared in pool and bilateral mode."""
     case = load_case(shipped_cases_dir() / "flexibility_lv_noon.yaml")
-    return case, fx.run_case(case, {})
+    return case, pipeline.run_case(case, {})
 
 
 # --- products ---------------------------------------------------------------------------

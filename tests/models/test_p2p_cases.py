@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from gridmarkets import pipeline
 from gridmarkets.case import load_case, shipped_cases_dir
 from gridmarkets.errors import CaseError
 from gridmarkets.models import p2p
@@ -16,7 +17,7 @@ CASES = ["p2p_full", "p2p_community", "p2p_hybrid"]
 @pytest.mark.parametrize("name", CASES)
 def test_shipped_case_runs_and_every_peer_gains(name):
     case = load_case(shipped_cases_dir() / f"{name}.yaml")
-    result = p2p.run_case(case, {})
+    result = pipeline.run_case(case, {})
     peers = result.peers[~result.peers["peer"].str.startswith(p2p.MANAGER_PREFIX)]
     assert (peers["gain"] >= -1e-3).all()
     assert len(result.trades) > 0
@@ -24,9 +25,9 @@ def test_shipped_case_runs_and_every_peer_gains(name):
 
 def test_feeder_case_clears_within_limits_and_check_mode_reports_cuts():
     path = shipped_cases_dir() / "p2p_feeder.yaml"
-    aware = p2p.run_case(load_case(path), {})
+    aware = pipeline.run_case(load_case(path), {})
     assert aware.ac_check["violations_count"] == 0
-    check = p2p.run_case(load_case(path, ["dso=check"]), {})
+    check = pipeline.run_case(load_case(path, ["dso=check"]), {})
     assert "dso_cuts" in check.tables
 
 

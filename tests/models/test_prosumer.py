@@ -7,6 +7,7 @@ import pyomo.environ as pyo
 import pytest
 from test_assets import assert_balanced
 
+from gridmarkets import pipeline
 from gridmarkets.case import load_case
 from gridmarkets.errors import InputError
 from gridmarkets.models import prosumer
@@ -131,7 +132,7 @@ def test_export_price_above_import_price_is_refused():
 @pytest.mark.parametrize("name", ["prosumer_home", "prosumer_islanded"])
 def test_case_files_run_and_balance(name):
     case = load_case(CASES / f"{name}.yaml")
-    result = prosumer.run_case(case, {})
+    result = pipeline.run_case(case, {})
     assert_balanced(result)
     assert result.grid["timestamp"].iloc[0].isoformat() == case.horizon.start.isoformat()
     if case.mode == "islanded":

@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 
+from gridmarkets import pipeline
 from gridmarkets.case import validate
 from gridmarkets.errors import CaseError, InputError
 from gridmarkets.models import prosumer
@@ -79,7 +80,7 @@ def test_impossible_homes_name_their_field(case, message):
 def test_an_ev_at_the_limit_solves_at_full_power():
     # 21 kWh in 3 h at 7 kW, lossless: feasible only by charging flat out throughout
     case = validate(case_with(ev=ev(21)), "case.yaml")
-    result = prosumer.run_case(case, {})
+    result = pipeline.run_case(case, {})
     charge = result.storage[result.storage["device"] == "ev"]["p_charge_kw"].to_numpy()
     np.testing.assert_allclose(charge[:3], 7.0, atol=TOL)
 

@@ -11,6 +11,7 @@ import pytest
 from radial import radial_net
 from test_assets import assert_balanced
 
+from gridmarkets import pipeline
 from gridmarkets.case import Horizon, load_case
 from gridmarkets.errors import InputError
 from gridmarkets.models import prosumer
@@ -130,7 +131,7 @@ def test_a_bus_without_the_profile_is_named(rural1):
 @pytest.mark.solve
 def test_coordinated_feeder_case_respects_the_ac_limits():
     case = load_case(CASES / "prosumer_feeder_coordinated.yaml")
-    result = prosumer.run_case(case, {})
+    result = pipeline.run_case(case, {})
     assert_balanced(result)
     assert result.kpis["cost"] >= result.kpis["cost_uncoordinated"] - 1e-9
     assert result.ac_check["violations_count"] == 0

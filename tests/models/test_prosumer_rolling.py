@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from test_assets import assert_balanced, bill
 
+from gridmarkets import pipeline
 from gridmarkets.case import validate
 from gridmarkets.errors import CaseError, InputError
 from gridmarkets.models import prosumer
@@ -157,7 +158,7 @@ def rolling_case(**rolling):
 
 def test_a_rolling_case_runs_its_home_with_its_forecast():
     case = validate(rolling_case(), "case.yaml")
-    result = prosumer.run_case(case, {})
+    result = pipeline.run_case(case, {})
     assert_balanced(result)
     assert set(result.grid["prosumer"]) == {"h1"}
     np.testing.assert_allclose(result.rolling["load_kw_forecast"], LOAD[::-1])
