@@ -23,7 +23,8 @@ sells to j (negative: buys)::
               - sum_(i,j) cost_ij (sell_kw + buy_kw) dt - gamma/2 (sell_kw^2 + buy_kw^2) dt
 
 The dual of a reciprocity constraint is the bilateral price of the pair (what one more
-kW that the pair must deliver would cost): buyers pay it to sellers. ``cost_ij``
+kW that the pair must deliver would cost), at the root; each side settles it at its own
+node (see Settlement below). ``cost_ij``
 (currency/MWh, >= 0) is peer i's preference cost of trading with j — distance, lower for
 green energy or neighbours — (:func:`hop_costs` derives one from the feeder). Without
 distinct preference costs an LP's bilateral trades are rarely unique (many pairs may
@@ -34,11 +35,47 @@ stopping tolerances to reach the LP's trades. ``quadratic`` (gamma > 0,
 (currency/MWh)/kW) adds a strictly convex term that makes the trades unique in any
 case (solved as a QP by HiGHS).
 
-DSO supervision: with ``network=feeder`` the peers' injections are constrained by
-LinDistFlow (network-aware clearing; the trades table then carries the network charge
-per trade, the difference of the buyer's and seller's nodal prices); or the market clears
-without it and :func:`dso_check` names the trades whose transactions overload a branch
-and how much each must be cut.
+The grid: every block's injection (kW, and its reactive power from
+:func:`~gridmarkets.models.lem.reactive_ratio`) meets the network through
+:func:`gridmarkets.networks.attach_grid`: LinDistFlow with ``network=feeder``
+(network-aware clearing, the DSO's limits in the LP), CopperPlate without one, or the
+``formulation`` given. The upstream grid injects ``upstream_kw`` at the root, a free
+variable (the balances above already make it the peers' grid trade), so the root is the
+slack bus and its nodal price is 0. Or the market clears without the network and
+:func:`dso_check` names the trades whose transactions overload a branch and how much
+each must be cut.
+
+Settlement (one rule, with or without a network). Write lam_i for the dual of agent
+i's balance, pi_ij for that of the reciprocity of (i, j) (at the root) and rho_i for
+the nodal price of i's bus from :func:`gridmarkets.networks.nodal_prices` (0 without a
+network, and for managers, which sit at the root). The LP's stationarity conditions
+for peer i's own variables read, per period (currency/MWh)::
+
+    block b at price c_b:  whole where c_b < lam_i + rho_i (a sell block; > for a buy
+                           block), none where the reverse, in part only where equal
+    import:                capacity_kw where import_price < lam_i, none where >, in
+                           between only where equal (export mirrored at export_price)
+    trade with j:          pi_ij - cost_ij <= lam_i <= pi_ij + cost_ij, selling only
+                           where the left holds with equality, buying only the right
+
+Add rho_i throughout and they are the optimality conditions of peer i's own problem,
+with lam_i + rho_i the multiplier of its balance, when it trades with j at
+``pi_ij + rho_i`` and with the grid at ``import_price + rho_i`` and ``export_price +
+rho_i``. That problem is a convex LP (with ``quadratic``, a QP whose trade condition adds
+gamma x to cost_ij), so the cleared schedule is
+the peer's best response at those prices. Hence the rule: a trade is settled at each
+end's nodal price -- the seller is paid ``pi_ij + rho_seller``, the buyer pays ``pi_ij
++ rho_buyer`` -- and the difference, ``rho_buyer - rho_seller`` per MWh, is a network
+charge paid to the DSO; a peer's grid trade pays its tariff plus ``rho_i`` per MWh to
+the DSO. Per peer the network charges add up to ``-rho_i`` times its net injection, so
+the DSO receives ``-sum_b rho_b p_b dt``, the nodal prices' merchandising surplus (the
+rent of the binding limits). Trading with the grid alone is one of the choices of the
+peer's own problem, so its surplus is at least its grid-only baseline at its prices
+(tariffs plus rho_i: the tariffs themselves wherever no limit binds, rho = 0): no peer
+is worse off for trading (``individually_rational``). Without a network rho = 0 and
+the rule is the settlement at the bilateral prices, with zero network charges. The
+``settlement`` table lists every party's payment (peers, managers, the DSO, the
+upstream grid); they sum to zero (``reconciliation_error``).
 
 Units: kW, kWh, currency/MWh; a positive payment is paid by the peer.
 """
@@ -291,15 +328,18 @@ def build(
     preferences : table peer, partner, cost (currency/MWh, >= 0) per ordered pair.
     upstream : import/export tariffs; ``capacity_kw`` bounds each peer's import and
         export. None: no grid.
-    network : a Feeder: the peers' injections are constrained by LinDistFlow.
-    formulation : override the network formulation.
+    network : a Feeder: the peers' injections meet its network formulation (LinDistFlow
+        by default); None: CopperPlate.
+    formulation : the network formulation (see :func:`gridmarkets.networks.attach_grid`);
+        it must be lossless.
     period_hours : length of a period (h).
     quadratic : gamma of the tie-breaking term ((currency/MWh)/kW); > 0 makes a QP.
     extra : called with the model before it is returned, to add user constraints.
 
     Returns
     -------
-    pyomo ConcreteModel with ``m.market`` (the :class:`Market`).
+    pyomo ConcreteModel with ``m.market`` (the :class:`Market`), ``m.network`` and
+    ``m.handles`` (the grid's components, :class:`~gridmarkets.networks.NetworkHandles`).
     """
     started = time.perf_counter()
     market = prepare(
@@ -625,6 +665,46 @@ def trades_table(market: Market, outcome: Outcome) -> pd.DataFrame:
     return table
 
 
+def pair_prices_table(market: Market, outcome: Outcome) -> pd.DataFrame:
+    """The bilateral prices every agent faces, traded or not: one row per ordered pair
+    and period with ``price`` = the pair's price + the agent's node price (currency/MWh;
+    what the agent is paid per MWh it sells to ``partner``, or pays per MWh it buys) and
+    ``trade_kw`` (what it sells, negative: buys)."""
+    agent = {a: k for k, a in enumerate(market.agents)}
+    owner = np.array([agent[i] for i, _ in market.pairs], dtype=int)
+    n_t = len(market.periods)
+    return pd.DataFrame(
+        {
+            "peer": np.repeat([i for i, _ in market.pairs], n_t),
+            "partner": np.repeat([j for _, j in market.pairs], n_t),
+            "period": np.tile(market.periods, len(market.pairs)),
+            "price": (outcome.price + outcome.node_price[owner]).ravel(),
+            "trade_kw": outcome.trade_kw.ravel(),
+        }
+    )
+
+
+def grid_prices_table(market: Market, outcome: Outcome) -> pd.DataFrame:
+    """Each peer's prices with the grid, at its node (currency/MWh): ``node_price`` (what
+    the DSO charges per MWh it draws) and ``import_price``, ``export_price`` (the tariffs
+    plus its node price)."""
+    n_t, n_peers = len(market.periods), len(market.peers)
+    node = outcome.node_price[:n_peers]
+    imp, exp = (np.zeros(n_t), np.zeros(n_t)) if market.upstream is None else market.tariffs()
+    table = pd.DataFrame(
+        {
+            "peer": np.repeat(market.peers, n_t),
+            "bus": np.repeat([market.bus.get(p) for p in market.peers], n_t),
+            "period": np.tile(market.periods, n_peers),
+            "node_price": node.ravel(),
+        }
+    )
+    if market.upstream is not None:
+        table["import_price"] = (imp + node).ravel()
+        table["export_price"] = (exp + node).ravel()
+    return table
+
+
 def peers_table(market: Market, outcome: Outcome) -> pd.DataFrame:
     """Per agent: energy (kWh), grid trade, P2P trade, its settlement, costs, surplus.
 
@@ -763,9 +843,10 @@ def merit_order_surplus(
     x = np.unique(np.concatenate([[0.0], s_end, d_end]))
     x = x[x <= min(s_end[-1], d_end[-1])]
     mid = (x[:-1] + x[1:]) / 2
-    gap = demand_price[down][np.searchsorted(d_end, mid)] - supply_price[up][
-        np.searchsorted(s_end, mid)
-    ]
+    gap = (
+        demand_price[down][np.searchsorted(d_end, mid)]
+        - supply_price[up][np.searchsorted(s_end, mid)]
+    )
     return float(np.clip(gap, 0.0, None) @ np.diff(x))
 
 
@@ -813,6 +894,8 @@ def tables(
         "trades": trades,
         "peers": peers,
         "settlement": settlement,
+        "pair_prices": pair_prices_table(market, outcome),
+        "grid_prices": grid_prices_table(market, outcome),
         "injections": injections_table(market, outcome),
     }
     if market.upstream is not None:
