@@ -239,7 +239,7 @@ def prepare(
     table = prepare_bids(bids)
     peers = list(dict.fromkeys(table["participant"].astype(str)))
     table["participant"] = table["participant"].astype(str)
-    bus = table.groupby("participant")["bus"].first().to_dict()
+    bus = _peer_buses(table)
     community = {p: (communities or {}).get(p) for p in peers}
     if architecture not in ("full", "community", "hybrid"):
         raise InputError(f"architecture: {architecture!r} is not full, community or hybrid")
@@ -272,6 +272,18 @@ def prepare(
         quadratic=quadratic,
         architecture=architecture,
     )
+
+
+def _peer_buses(table: pd.DataFrame) -> dict[str, Any]:
+    """The bus of every peer: all its blocks are at one bus (None without a network)."""
+    buses = table.groupby("participant", sort=False)["bus"].unique()
+    several = buses[buses.map(len) > 1]
+    if len(several):
+        peer, found = several.index[0], sorted(map(str, several.iloc[0]))
+        raise InputError(
+            f"bids: peer {peer!r} has blocks at buses {', '.join(found)}; one bus a peer"
+        )
+    return buses.map(lambda b: b[0]).to_dict()
 
 
 def _with_managers(edges, peers, community) -> tuple[list, list[str]]:
@@ -668,7 +680,8 @@ def trades_table(market: Market, outcome: Outcome) -> pd.DataFrame:
 def pair_prices_table(market: Market, outcome: Outcome) -> pd.DataFrame:
     """The bilateral prices every agent faces, traded or not: one row per ordered pair
     and period with ``price`` = the pair's price + the agent's node price (currency/MWh;
-    what the agent is paid per MWh it sells to ``partner``, or pays per MWh it buys) and
+    what the agent is paid per MWh it sells to ``partner``, or pays per MWh it buys),
+    ``cost`` (its preference cost of trading with ``partner``, currency/MWh) and
     ``trade_kw`` (what it sells, negative: buys)."""
     agent = {a: k for k, a in enumerate(market.agents)}
     owner = np.array([agent[i] for i, _ in market.pairs], dtype=int)
@@ -679,6 +692,7 @@ def pair_prices_table(market: Market, outcome: Outcome) -> pd.DataFrame:
             "partner": np.repeat([j for _, j in market.pairs], n_t),
             "period": np.tile(market.periods, len(market.pairs)),
             "price": (outcome.price + outcome.node_price[owner]).ravel(),
+            "cost": np.repeat([market.cost[pair] for pair in market.pairs], n_t),
             "trade_kw": outcome.trade_kw.ravel(),
         }
     )
