@@ -601,7 +601,12 @@ def central_outcome(m: pyo.ConcreteModel, solution: Solution) -> Outcome:
     imp = exp = np.zeros((len(market.peers), len(periods)))
     if market.upstream is not None:
         imp, exp = per_peer(m.import_kw), per_peer(m.export_kw)
-    trade = np.array([[pyo.value(m.trade_kw[i, j, t]) for t in periods] for i, j in market.pairs])
+    trade = np.array(
+        [
+            [m.sell_kw[i, j, t].value - m.buy_kw[i, j, t].value for t in periods]
+            for i, j in market.pairs
+        ]
+    )
     edge_price = {
         (i, j): [per_mwh * solution.dual(m.reciprocity[i, j, t]) for t in periods]
         for i, j in market.edges
@@ -820,28 +825,30 @@ def grid_only(market: Market, node_price: np.ndarray | None = None) -> pd.Series
     (:func:`merit_order_surplus`). ``node_price`` (peers x periods, currency/MWh; 0 by
     default) is the network charge its grid trade pays in the cleared market.
     """
-    n_t = len(market.periods)
+    n_t, table = len(market.periods), market.bids
     node = np.zeros((len(market.peers), n_t)) if node_price is None else node_price
     imp, exp = (np.zeros(n_t), np.zeros(n_t)) if market.upstream is None else market.tariffs()
     cap = np.inf if market.upstream is None else market.upstream.capacity_kw or np.inf
-    groups = market.bids.groupby(["participant", "period"])
-    column = {t: k for k, t in enumerate(market.periods)}
-    surplus = dict.fromkeys(market.peers, 0.0)
-    for (peer, t), blocks in groups:
-        sell = (blocks["side"] == "sell").to_numpy()
-        price, kw = blocks["price"].to_numpy(float), blocks["quantity_kw"].to_numpy(float)
-        supply_price, supply_kw = price[sell], kw[sell]
-        demand_price, demand_kw = price[~sell], kw[~sell]
+    peer = table["participant"].map({p: k for k, p in enumerate(market.peers)}).to_numpy()
+    period = table["period"].map({t: k for k, t in enumerate(market.periods)}).to_numpy()
+    sell = (table["side"] == "sell").to_numpy()
+    price, kw = table["price"].to_numpy(float), table["quantity_kw"].to_numpy(float)
+    order = np.lexsort((period, peer))
+    starts = np.flatnonzero(np.diff(peer[order] * n_t + period[order], prepend=-1))
+    surplus = np.zeros(len(market.peers))
+    for rows in np.split(order, starts[1:]):
+        i, k, own = peer[rows[0]], period[rows[0]], sell[rows]
+        supply_price, supply_kw = price[rows][own], kw[rows][own]
+        demand_price, demand_kw = price[rows][~own], kw[rows][~own]
         if market.upstream is not None:
-            k, i = column[t], market.peers.index(peer)
             grid_in, grid_out = min(cap, demand_kw.sum()), min(cap, supply_kw.sum())
             supply_price = np.append(supply_price, imp[k] + node[i, k])
             supply_kw = np.append(supply_kw, grid_in)
             demand_price = np.append(demand_price, exp[k] + node[i, k])
             demand_kw = np.append(demand_kw, grid_out)
         gain = merit_order_surplus(supply_price, supply_kw, demand_price, demand_kw)
-        surplus[peer] += gain * market.period_hours / 1000
-    return pd.Series(surplus, name="baseline_surplus")
+        surplus[i] += gain * market.period_hours / 1000
+    return pd.Series(surplus, index=market.peers, name="baseline_surplus")
 
 
 def merit_order_surplus(
