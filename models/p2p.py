@@ -807,13 +807,15 @@ def upstream_table(market: Market, outcome: Outcome) -> pd.DataFrame:
 
 
 def injections_table(market: Market, outcome: Outcome) -> pd.DataFrame:
-    """Each peer's physical net injection (kW, positive into the grid) per period."""
+    """Each peer's physical net injection per period, positive into the grid: ``p_kw``
+    and ``q_kvar`` (each block's reactive ratio times its accepted kW)."""
     table = market.bids
     sign = np.where(table["side"] == "sell", 1.0, -1.0)
-    net = table.assign(p_kw=sign * outcome.accepted_kw)
-    net = net.groupby(["participant", "period"], as_index=False)["p_kw"].sum()
+    p_kw = sign * outcome.accepted_kw
+    net = table.assign(p_kw=p_kw, q_kvar=p_kw * reactive_ratio(table))
+    net = net.groupby(["participant", "period"], as_index=False)[["p_kw", "q_kvar"]].sum()
     net = net.rename(columns={"participant": "peer"})
-    return net.assign(bus=net["peer"].map(market.bus))[["peer", "bus", "period", "p_kw"]]
+    return net.assign(bus=net["peer"].map(market.bus))[["peer", "bus", "period", "p_kw", "q_kvar"]]
 
 
 def grid_only(market: Market, node_price: np.ndarray | None = None) -> pd.Series:

@@ -242,6 +242,7 @@ def test_peers_reactive_power_enters_the_reactive_balance():
     accepted = result.injections.groupby("bus")["p_kw"].sum()
     ratio = pd.Series({3: -120.0 / 600.0, 2: 0.75})  # kvar per kW, positive into the grid
     q = accepted * ratio.reindex(accepted.index)
+    assert result.injections.groupby("bus")["q_kvar"].sum().to_numpy() == pytest.approx(q)
     p_in, q_in = (
         frame.reindex(feeder.buses.index).fillna(0.0).to_frame(0) for frame in (accepted, q)
     )
