@@ -588,8 +588,6 @@ class Outcome:
 
 def central_outcome(m: pyo.ConcreteModel, solution: Solution) -> Outcome:
     """Read an :class:`Outcome` from a solved central model (prices from the duals)."""
-    from gridmarkets.networks import nodal_prices
-
     market: Market = m.market
     periods = market.periods
     per_mwh = 1000.0 / market.period_hours
@@ -616,15 +614,6 @@ def central_outcome(m: pyo.ConcreteModel, solution: Solution) -> Outcome:
         [[per_mwh * solution.dual(m.energy_balance[a, t]) for t in periods] for a in market.agents]
     )
     shape = (len(market.pairs), len(periods))
-    price_at = _price_lookup(nodal_prices(m.handles, solution), market.feeder)
-    placed = m.handles.injections
-    node = np.zeros((len(market.agents), len(periods)))
-    bus = placed.groupby("owner")["bus"].first().reindex(market.peers).to_numpy()
-    node[: len(market.peers)] = price_at(np.repeat(bus, len(periods)), periods * len(bus)).reshape(
-        len(bus), len(periods)
-    )
-    injected = placed["p_coef"].to_numpy() * np.array([v.value for v in placed["variable"]])
-    rent = -float(price_at(placed["bus"], placed["period"]) @ injected) * market.period_hours
     return Outcome(
         accepted,
         imp,
@@ -632,9 +621,25 @@ def central_outcome(m: pyo.ConcreteModel, solution: Solution) -> Outcome:
         trade.reshape(shape),
         price.reshape(shape),
         balance.reshape(len(market.agents), len(periods)),
-        node,
-        rent / 1000.0,
+        *_node_prices(m, solution),
     )
+
+
+def _node_prices(m: pyo.ConcreteModel, solution: Solution) -> tuple[np.ndarray, float]:
+    """The nodal price at every agent's bus (agents x periods; managers 0, at the root)
+    and the DSO's receipts ``-sum_(b,t) price[b,t] p[b,t] dt`` (currency), both from
+    :func:`gridmarkets.networks.nodal_prices` and the placed injection table."""
+    from gridmarkets.networks import nodal_prices
+
+    market: Market = m.market
+    n_t, placed = len(market.periods), m.handles.injections
+    price_at = _price_lookup(nodal_prices(m.handles, solution), market.feeder)
+    bus = placed.groupby("owner")["bus"].first().reindex(market.peers).to_numpy()
+    node = np.zeros((len(market.agents), n_t))
+    node[: len(bus)] = price_at(np.repeat(bus, n_t), market.periods * len(bus)).reshape(-1, n_t)
+    injected_kw = placed["p_coef"].to_numpy() * np.array([v.value for v in placed["variable"]])
+    rent = -float(price_at(placed["bus"], placed["period"]) @ injected_kw)
+    return node, rent * market.period_hours / 1000.0
 
 
 def _price_lookup(nodal: pd.DataFrame, feeder) -> Callable[[Sequence, Sequence], np.ndarray]:
@@ -667,10 +672,9 @@ def trades_table(market: Market, outcome: Outcome) -> pd.DataFrame:
         for k, t in enumerate(market.periods):
             sold = outcome.trade_kw[p, k]
             if sold > _TOL_KW:
-                price = outcome.price[p, k]
-                at_seller, at_buyer = price + node[agent[i], k], price + node[agent[j], k]
-                rows.append((i, j, t, sold, sold, -outcome.trade_kw[back, k], price))
-                rows[-1] += (at_seller, at_buyer)
+                price, bought = outcome.price[p, k], -outcome.trade_kw[back, k]
+                at_ends = (price + node[agent[i], k], price + node[agent[j], k])
+                rows.append((i, j, t, sold, sold, bought, price, *at_ends))
     columns = ["seller", "buyer", "period", "quantity_kw", "sold_kw", "bought_kw", "price"]
     table = pd.DataFrame(rows, columns=[*columns, "seller_price", "buyer_price"])
     table["network_charge"] = table["buyer_price"] - table["seller_price"]
@@ -704,9 +708,10 @@ def pair_prices_table(market: Market, outcome: Outcome) -> pd.DataFrame:
 
 
 def grid_prices_table(market: Market, outcome: Outcome) -> pd.DataFrame:
-    """Each peer's prices with the grid, at its node (currency/MWh): ``node_price`` (what
-    the DSO charges per MWh it draws) and ``import_price``, ``export_price`` (the tariffs
-    plus its node price)."""
+    """Each peer's prices at its node (currency/MWh): ``node_price`` (what the DSO charges
+    per MWh it draws), ``marginal_value`` (its balance's multiplier plus its node price:
+    what one more MWh is worth to it) and ``import_price``, ``export_price`` (the
+    tariffs plus its node price)."""
     n_t, n_peers = len(market.periods), len(market.peers)
     node = outcome.node_price[:n_peers]
     imp, exp = (np.zeros(n_t), np.zeros(n_t)) if market.upstream is None else market.tariffs()
@@ -716,6 +721,7 @@ def grid_prices_table(market: Market, outcome: Outcome) -> pd.DataFrame:
             "bus": np.repeat([market.bus.get(p) for p in market.peers], n_t),
             "period": np.tile(market.periods, n_peers),
             "node_price": node.ravel(),
+            "marginal_value": (outcome.balance_price[:n_peers] + node).ravel(),
         }
     )
     if market.upstream is not None:
