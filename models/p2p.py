@@ -1023,13 +1023,15 @@ def clear_admm(bids: pd.DataFrame, *, admm: dict[str, Any] | None = None, **opti
     bids : as for :func:`build`.
     admm : options of :func:`gridmarkets.solvers.admm.consensus_admm` (rho,
         max_iterations, eps_abs, eps_rel, adapt_rho).
-    options : the market options of :func:`build` except ``network`` (ADMM clears
-        without the network; check it with :func:`dso_check`).
+    options : the market options of :func:`build` except ``network`` and
+        ``formulation`` (ADMM clears without the network; check it with
+        :func:`dso_check`).
 
     Returns
     -------
-    Result with the tables of the central clearing plus ``admm_log`` (one row per
-    iteration); KPIs add ``iterations`` and ``converged``.
+    Result with the tables and certificates of the central clearing (settled at the
+    ADMM's bilateral prices, no network charges) plus ``admm_log`` (one row per
+    iteration); KPIs add ``iterations``, ``converged`` and ``max_balance_residual_kw``.
     """
     from gridmarkets.solvers.admm import consensus_admm
 

@@ -264,3 +264,14 @@ def test_network_errors_name_the_peer_and_the_formulation():
         p2p.build(OVERLOAD_BIDS, network=feeder, formulation=LinDistFlow(losses=True))
     with pytest.raises(InputError, match="central only"):
         p2p.clear(OVERLOAD_BIDS, method="admm", formulation=LinDistFlow())
+
+
+@pytest.mark.parametrize("architecture", ["full", "community", "hybrid"])
+@pytest.mark.parametrize("seed", [0, 2, 4])
+def test_admm_settles_each_peer_at_its_best_response_within_its_tolerance(architecture, seed):
+    # ADMM stops at relative residuals of 1e-6: prices and trades are that close, so
+    # the agents' best responses are matched to 1e-4 of the market's scale
+    bids, options = random_case(seed, 2 + seed % 4, 1 + seed % 2, architecture, False)
+    result = p2p.clear(bids, method="admm", admm={"rho": 5.0, "max_iterations": 20000}, **options)
+    assert result.kpis["converged"] == 1.0
+    check_settlement(result, bids, options["upstream"].capacity_kw, rel_tol=1e-4)
