@@ -23,7 +23,8 @@ sells to j (negative: buys)::
               - sum_(i,j) cost_ij (sell_kw + buy_kw) dt - gamma/2 (sell_kw^2 + buy_kw^2) dt
 
 The dual of a reciprocity constraint is the bilateral price of the pair (what one more
-kW that the pair must deliver would cost): buyers pay it to sellers. ``cost_ij``
+kW that the pair must deliver would cost), at the root; each side settles it at its own
+node (see Settlement below). ``cost_ij``
 (currency/MWh, >= 0) is peer i's preference cost of trading with j — distance, lower for
 green energy or neighbours — (:func:`hop_costs` derives one from the feeder). Without
 distinct preference costs an LP's bilateral trades are rarely unique (many pairs may
@@ -34,11 +35,47 @@ stopping tolerances to reach the LP's trades. ``quadratic`` (gamma > 0,
 (currency/MWh)/kW) adds a strictly convex term that makes the trades unique in any
 case (solved as a QP by HiGHS).
 
-DSO supervision: with ``network=feeder`` the peers' injections are constrained by
-LinDistFlow (network-aware clearing; the trades table then carries the network charge
-per trade, the difference of the buyer's and seller's nodal prices); or the market clears
-without it and :func:`dso_check` names the trades whose transactions overload a branch
-and how much each must be cut.
+The grid: every block's injection (kW, and its reactive power from
+:func:`~gridmarkets.models.lem.reactive_ratio`) meets the network through
+:func:`gridmarkets.networks.attach_grid`: LinDistFlow with ``network=feeder``
+(network-aware clearing, the DSO's limits in the LP), CopperPlate without one, or the
+``formulation`` given. The upstream grid injects ``upstream_kw`` at the root, a free
+variable (the balances above already make it the peers' grid trade), so the root is the
+slack bus and its nodal price is 0. Or the market clears without the network and
+:func:`dso_check` names the trades whose transactions overload a branch and how much
+each must be cut.
+
+Settlement (one rule, with or without a network). Write lam_i for the dual of agent
+i's balance, pi_ij for that of the reciprocity of (i, j) (at the root) and rho_i for
+the nodal price of i's bus from :func:`gridmarkets.networks.nodal_prices` (0 without a
+network, and for managers, which sit at the root). The LP's stationarity conditions
+for peer i's own variables read, per period (currency/MWh)::
+
+    block b at price c_b:  whole where c_b < lam_i + rho_i (a sell block; > for a buy
+                           block), none where the reverse, in part only where equal
+    import:                capacity_kw where import_price < lam_i, none where >, in
+                           between only where equal (export mirrored at export_price)
+    trade with j:          pi_ij - cost_ij <= lam_i <= pi_ij + cost_ij, selling only
+                           where the left holds with equality, buying only the right
+
+Add rho_i throughout and they are the optimality conditions of peer i's own problem,
+with lam_i + rho_i the multiplier of its balance, when it trades with j at
+``pi_ij + rho_i`` and with the grid at ``import_price + rho_i`` and ``export_price +
+rho_i``. That problem is a convex LP (with ``quadratic``, a QP whose trade condition adds
+gamma x to cost_ij), so the cleared schedule is
+the peer's best response at those prices. Hence the rule: a trade is settled at each
+end's nodal price -- the seller is paid ``pi_ij + rho_seller``, the buyer pays ``pi_ij
++ rho_buyer`` -- and the difference, ``rho_buyer - rho_seller`` per MWh, is a network
+charge paid to the DSO; a peer's grid trade pays its tariff plus ``rho_i`` per MWh to
+the DSO. Per peer the network charges add up to ``-rho_i`` times its net injection, so
+the DSO receives ``-sum_b rho_b p_b dt``, the nodal prices' merchandising surplus (the
+rent of the binding limits). Trading with the grid alone is one of the choices of the
+peer's own problem, so its surplus is at least its grid-only baseline at its prices
+(tariffs plus rho_i: the tariffs themselves wherever no limit binds, rho = 0): no peer
+is worse off for trading (``individually_rational``). Without a network rho = 0 and
+the rule is the settlement at the bilateral prices, with zero network charges. The
+``settlement`` table lists every party's payment (peers, managers, the DSO, the
+upstream grid); they sum to zero (``reconciliation_error``).
 
 Units: kW, kWh, currency/MWh; a positive payment is paid by the peer.
 """
@@ -56,12 +93,13 @@ import pandas as pd
 import pyomo.environ as pyo
 
 from gridmarkets.errors import InputError
-from gridmarkets.models.lem import Upstream, prepare_bids
+from gridmarkets.models.lem import Upstream, prepare_bids, reactive_ratio
 from gridmarkets.results import Result
 from gridmarkets.solvers import Solution, record_build_time, solve
 
 Architecture = Literal["full", "community", "hybrid"]
 MANAGER_PREFIX = "community:"
+UPSTREAM = "upstream"
 _TOL_KW = 1e-6
 
 
@@ -199,7 +237,7 @@ def prepare(
     table = prepare_bids(bids)
     peers = list(dict.fromkeys(table["participant"].astype(str)))
     table["participant"] = table["participant"].astype(str)
-    bus = table.groupby("participant")["bus"].first().to_dict()
+    bus = _peer_buses(table)
     community = {p: (communities or {}).get(p) for p in peers}
     if architecture not in ("full", "community", "hybrid"):
         raise InputError(f"architecture: {architecture!r} is not full, community or hybrid")
@@ -232,6 +270,18 @@ def prepare(
         quadratic=quadratic,
         architecture=architecture,
     )
+
+
+def _peer_buses(table: pd.DataFrame) -> dict[str, Any]:
+    """The bus of every peer: all its blocks are at one bus (None without a network)."""
+    buses = table.groupby("participant", sort=False)["bus"].unique()
+    several = buses[buses.map(len) > 1]
+    if len(several):
+        peer, found = several.index[0], sorted(map(str, several.iloc[0]))
+        raise InputError(
+            f"bids: peer {peer!r} has blocks at buses {', '.join(found)}; one bus a peer"
+        )
+    return buses.map(lambda b: b[0]).to_dict()
 
 
 def _with_managers(edges, peers, community) -> tuple[list, list[str]]:
@@ -288,15 +338,18 @@ def build(
     preferences : table peer, partner, cost (currency/MWh, >= 0) per ordered pair.
     upstream : import/export tariffs; ``capacity_kw`` bounds each peer's import and
         export. None: no grid.
-    network : a Feeder: the peers' injections are constrained by LinDistFlow.
-    formulation : override the network formulation.
+    network : a Feeder: the peers' injections meet its network formulation (LinDistFlow
+        by default); None: CopperPlate.
+    formulation : the network formulation (see :func:`gridmarkets.networks.attach_grid`);
+        it must be lossless.
     period_hours : length of a period (h).
     quadratic : gamma of the tie-breaking term ((currency/MWh)/kW); > 0 makes a QP.
     extra : called with the model before it is returned, to add user constraints.
 
     Returns
     -------
-    pyomo ConcreteModel with ``m.market`` (the :class:`Market`).
+    pyomo ConcreteModel with ``m.market`` (the :class:`Market`), ``m.network`` and
+    ``m.handles`` (the grid's components, :class:`~gridmarkets.networks.NetworkHandles`).
     """
     started = time.perf_counter()
     market = prepare(
@@ -408,28 +461,63 @@ def _add_balances(m, market: Market) -> None:
 
 
 def _add_network(m, market: Market, formulation) -> None:
-    if market.feeder is None:
-        return
-    from gridmarkets.networks import LinDistFlow
+    """Attach the peers' injections to the grid (LinDistFlow on a feeder, else CopperPlate).
 
-    feeder = market.feeder
-    unplaced = [p for p in market.peers if market.bus.get(p) not in feeder.merged]
-    if unplaced:
-        raise InputError(f"peer {unplaced[0]!r}: bus {market.bus.get(unplaced[0])!r} not on feeder")
-    p_kw: dict[tuple, Any] = {}
-    for peer in market.peers:
-        bus = feeder.merged[market.bus[peer]]
-        for t in market.periods:
-            p_kw[(bus, t)] = p_kw.get((bus, t), 0) + m.net_kw[peer, t]
-    if market.upstream is not None:
-        for t in market.periods:
-            exchange = sum(m.import_kw[i, t] - m.export_kw[i, t] for i in market.peers)
-            p_kw[(feeder.root, t)] = p_kw.get((feeder.root, t), 0) + exchange
-    m.network = pyo.Block()
-    formulation = formulation or LinDistFlow()
-    m.handles = formulation.add(
-        m.network, feeder, market.periods, p_kw, {}, period_hours=market.period_hours
+    The upstream grid injects ``upstream_kw[t]`` at the root, a free variable: the
+    agents' balances and reciprocity already make it equal the peers' grid trade
+    ``sum_i import - export``, so the root is the slack bus and its nodal price is 0.
+    """
+    from gridmarkets.networks import attach_grid
+
+    if getattr(formulation, "losses", False):
+        raise InputError(
+            "formulation: P2P clears lossless networks only (no party of the market buys "
+            "the losses); use a formulation without losses"
+        )
+    m.upstream_kw = pyo.Var(
+        m.PERIODS,
+        doc="exchange with the upstream grid at the root, into the feeder (kW); free: "
+        "the balances make it sum_i import[i,t] - export[i,t]",
     )
+    attach_grid(
+        m,
+        market.feeder,
+        market.periods,
+        injections_terms(m, market),
+        formulation=formulation,
+        period_hours=market.period_hours,
+    )
+
+
+def injections_terms(m, market: Market) -> pd.DataFrame:
+    """The market's long injection table in term form (owner, bus, period, variable,
+    p_coef, q_coef): every block injects ``+-accepted_kw`` kW (sell +, buy -) and its
+    reactive ratio times that in kvar (:func:`~gridmarkets.models.lem.reactive_ratio`);
+    the upstream grid injects ``upstream_kw`` at the root."""
+    table = market.bids
+    sign = np.where(table["side"] == "sell", 1.0, -1.0)
+    blocks = pd.DataFrame(
+        {
+            "owner": table["participant"],
+            "bus": table["bus"],
+            "period": table["period"],
+            "variable": [m.accepted_kw[b] for b in table.index],
+            "p_coef": sign,
+            "q_coef": sign * reactive_ratio(table),
+        }
+    )
+    root = None if market.feeder is None else market.feeder.root
+    upstream = pd.DataFrame(
+        {
+            "owner": UPSTREAM,
+            "bus": [root] * len(market.periods),
+            "period": market.periods,
+            "variable": [m.upstream_kw[t] for t in market.periods],
+            "p_coef": 1.0,
+            "q_coef": 0.0,
+        }
+    )
+    return pd.concat([blocks, upstream], ignore_index=True)
 
 
 def _add_welfare(m, market: Market) -> None:
@@ -464,7 +552,7 @@ def _add_welfare(m, market: Market) -> None:
     )
 
 
-# --- outcomes and result tables -------------------------------------------------------
+# --- outcomes, settlement and result tables -------------------------------------------
 
 
 @dataclass
@@ -477,8 +565,13 @@ class Outcome:
     import_kw, export_kw : (peers x periods).
     trade_kw : (pairs x periods): what ``pairs[p][0]`` sells to ``pairs[p][1]``, as its
         seller reports it.
-    price : (pairs x periods) bilateral price of the pair (currency/MWh).
-    balance_price : (agents x periods) each agent's marginal value of energy (currency/MWh).
+    price : (pairs x periods) bilateral price of the pair (currency/MWh), at the root.
+    balance_price : (agents x periods) each agent's marginal value of energy at the
+        root (currency/MWh).
+    node_price : (agents x periods) the nodal price of each agent's bus (currency/MWh):
+        0 at the root, without a network and for community managers (at the root).
+    network_rent : what the nodal prices collect from the injections the grid carries,
+        ``-sum_(b,t) node_price[b,t] p[b,t] dt`` (currency): the DSO's receipts.
     """
 
     accepted_kw: np.ndarray
@@ -487,6 +580,8 @@ class Outcome:
     trade_kw: np.ndarray
     price: np.ndarray
     balance_price: np.ndarray
+    node_price: np.ndarray
+    network_rent: float = 0.0
 
 
 def central_outcome(m: pyo.ConcreteModel, solution: Solution) -> Outcome:
@@ -502,7 +597,12 @@ def central_outcome(m: pyo.ConcreteModel, solution: Solution) -> Outcome:
     imp = exp = np.zeros((len(market.peers), len(periods)))
     if market.upstream is not None:
         imp, exp = per_peer(m.import_kw), per_peer(m.export_kw)
-    trade = np.array([[pyo.value(m.trade_kw[i, j, t]) for t in periods] for i, j in market.pairs])
+    trade = np.array(
+        [
+            [m.sell_kw[i, j, t].value - m.buy_kw[i, j, t].value for t in periods]
+            for i, j in market.pairs
+        ]
+    )
     edge_price = {
         (i, j): [per_mwh * solution.dual(m.reciprocity[i, j, t]) for t in periods]
         for i, j in market.edges
@@ -519,38 +619,124 @@ def central_outcome(m: pyo.ConcreteModel, solution: Solution) -> Outcome:
         trade.reshape(shape),
         price.reshape(shape),
         balance.reshape(len(market.agents), len(periods)),
+        *_node_prices(m, solution),
     )
 
 
+def _node_prices(m: pyo.ConcreteModel, solution: Solution) -> tuple[np.ndarray, float]:
+    """The nodal price at every agent's bus (agents x periods; managers 0, at the root)
+    and the DSO's receipts ``-sum_(b,t) price[b,t] p[b,t] dt`` (currency), both from
+    :func:`gridmarkets.networks.nodal_prices` and the placed injection table."""
+    from gridmarkets.networks import nodal_prices
+
+    market: Market = m.market
+    n_t, placed = len(market.periods), m.handles.injections
+    price_at = _price_lookup(nodal_prices(m.handles, solution), market.feeder)
+    bus = placed.groupby("owner")["bus"].first().reindex(market.peers).to_numpy()
+    node = np.zeros((len(market.agents), n_t))
+    node[: len(bus)] = price_at(np.repeat(bus, n_t), market.periods * len(bus)).reshape(-1, n_t)
+    injected_kw = placed["p_coef"].to_numpy() * np.array([v.value for v in placed["variable"]])
+    rent = -float(price_at(placed["bus"], placed["period"]) @ injected_kw)
+    return node, rent * market.period_hours / 1000.0
+
+
+def _price_lookup(nodal: pd.DataFrame, feeder) -> Callable[[Sequence, Sequence], np.ndarray]:
+    """``price_at(buses, periods)``: the nodal prices at those (bus, period) keys."""
+    if feeder is None:
+        per_period = nodal.groupby("period")["price"].first()
+        return lambda bus, period: per_period.reindex(list(period)).to_numpy(float)
+    table = nodal.set_index(["bus", "period"])["price"]
+    return lambda bus, period: table.reindex(
+        pd.MultiIndex.from_arrays([list(bus), list(period)])
+    ).to_numpy(float)
+
+
 def trades_table(market: Market, outcome: Outcome) -> pd.DataFrame:
-    """One row per trade: seller, buyer, period, quantity_kw (both sides' views), price.
+    """One row per trade, settled at both ends' nodal prices (see the module docstring).
 
     ``sold_kw`` is what the seller reports selling, ``bought_kw`` what the buyer reports
-    buying; reciprocity makes them equal. ``payment`` is paid by the buyer to the seller.
+    buying; reciprocity makes them equal. ``price`` is the bilateral price (the
+    reciprocity dual); the seller is paid ``seller_price`` = price + its node's price
+    and the buyer pays ``buyer_price`` = price + its node's price (currency/MWh); the
+    difference, ``network_charge``, goes to the DSO. ``payment`` is what the buyer pays
+    and ``network_payment`` the DSO's part of it (currency).
     """
     position = {pair: k for k, pair in enumerate(market.pairs)}
+    agent = {a: k for k, a in enumerate(market.agents)}
+    node = outcome.node_price
     rows = []
     for p, (i, j) in enumerate(market.pairs):
         back = position[(j, i)]
         for k, t in enumerate(market.periods):
             sold = outcome.trade_kw[p, k]
             if sold > _TOL_KW:
-                rows.append((i, j, t, sold, sold, -outcome.trade_kw[back, k], outcome.price[p, k]))
+                price, bought = outcome.price[p, k], -outcome.trade_kw[back, k]
+                at_ends = (price + node[agent[i], k], price + node[agent[j], k])
+                rows.append((i, j, t, sold, sold, bought, price, *at_ends))
     columns = ["seller", "buyer", "period", "quantity_kw", "sold_kw", "bought_kw", "price"]
-    table = pd.DataFrame(rows, columns=columns)
+    table = pd.DataFrame(rows, columns=[*columns, "seller_price", "buyer_price"])
+    table["network_charge"] = table["buyer_price"] - table["seller_price"]
     table["energy_kwh"] = table["quantity_kw"] * market.period_hours
-    table["payment"] = table["energy_kwh"] * table["price"] / 1000.0
+    table["payment"] = table["energy_kwh"] * table["buyer_price"] / 1000.0
+    table["network_payment"] = table["energy_kwh"] * table["network_charge"] / 1000.0
     table["seller_bus"] = table["seller"].map(market.bus)
     table["buyer_bus"] = table["buyer"].map(market.bus)
     return table
 
 
+def pair_prices_table(market: Market, outcome: Outcome) -> pd.DataFrame:
+    """The bilateral prices every agent faces, traded or not: one row per ordered pair
+    and period with ``price`` = the pair's price + the agent's node price (currency/MWh;
+    what the agent is paid per MWh it sells to ``partner``, or pays per MWh it buys),
+    ``cost`` (its preference cost of trading with ``partner``, currency/MWh) and
+    ``trade_kw`` (what it sells, negative: buys)."""
+    agent = {a: k for k, a in enumerate(market.agents)}
+    owner = np.array([agent[i] for i, _ in market.pairs], dtype=int)
+    n_t = len(market.periods)
+    return pd.DataFrame(
+        {
+            "peer": np.repeat([i for i, _ in market.pairs], n_t),
+            "partner": np.repeat([j for _, j in market.pairs], n_t),
+            "period": np.tile(market.periods, len(market.pairs)),
+            "price": (outcome.price + outcome.node_price[owner]).ravel(),
+            "cost": np.repeat([market.cost[pair] for pair in market.pairs], n_t),
+            "trade_kw": outcome.trade_kw.ravel(),
+        }
+    )
+
+
+def grid_prices_table(market: Market, outcome: Outcome) -> pd.DataFrame:
+    """Each peer's prices at its node (currency/MWh): ``node_price`` (what the DSO charges
+    per MWh it draws), ``marginal_value`` (its balance's multiplier plus its node price:
+    what one more MWh is worth to it) and ``import_price``, ``export_price`` (the
+    tariffs plus its node price)."""
+    n_t, n_peers = len(market.periods), len(market.peers)
+    node = outcome.node_price[:n_peers]
+    imp, exp = (np.zeros(n_t), np.zeros(n_t)) if market.upstream is None else market.tariffs()
+    table = pd.DataFrame(
+        {
+            "peer": np.repeat(market.peers, n_t),
+            "bus": np.repeat([market.bus.get(p) for p in market.peers], n_t),
+            "period": np.tile(market.periods, n_peers),
+            "node_price": node.ravel(),
+            "marginal_value": (outcome.balance_price[:n_peers] + node).ravel(),
+        }
+    )
+    if market.upstream is not None:
+        table["import_price"] = (imp + node).ravel()
+        table["export_price"] = (exp + node).ravel()
+    return table
+
+
 def peers_table(market: Market, outcome: Outcome) -> pd.DataFrame:
-    """Per agent: energy (kWh), grid trade, P2P trade and its payments, costs, surplus.
+    """Per agent: energy (kWh), grid trade, P2P trade, its settlement, costs, surplus.
 
     ``value`` is the value of consumption minus the cost of production at the agent's
-    bid prices; ``surplus = value - trade_payment - grid_cost - preference_cost``
-    (currency); the surpluses add up to the social welfare.
+    bid prices; ``trade_payment`` pays its trades at the bilateral prices,
+    ``network_charge`` its node's price on its trades and grid trade (see the module
+    docstring), ``grid_cost`` the tariffs; ``payment`` is their sum and
+    ``surplus = value - payment - preference_cost`` (currency). The surpluses and the
+    DSO's network charges add up to the social welfare.
     """
     dt, table = market.period_hours, market.bids
     sign = np.where(table["side"] == "sell", 1.0, -1.0)
@@ -578,11 +764,23 @@ def peers_table(market: Market, outcome: Outcome) -> pd.DataFrame:
         }
     )
     out = out.join(per_pair.groupby("peer").sum()).fillna(0.0)
+    out["network_charge"] = _network_charges(market, outcome)
     out = out.join(_grid_columns(market, outcome)).fillna(0.0)
-    out["surplus"] = out["value"] - out["trade_payment"] - out["grid_cost"] - out["preference_cost"]
+    out["payment"] = out["trade_payment"] + out["network_charge"] + out["grid_cost"]
+    out["surplus"] = out["value"] - out["payment"] - out["preference_cost"]
     out.insert(0, "community", [market.community.get(a) for a in market.agents])
     out.insert(0, "bus", [market.bus.get(a) for a in market.agents])
     return out.rename_axis("peer").reset_index()
+
+
+def _network_charges(market: Market, outcome: Outcome) -> np.ndarray:
+    """Per agent: its node's price on what it buys minus what it sells, trades and grid
+    trade alike: ``sum_t node_price[i,t] (import - export - sum_j trade[i,j,t]) dt``."""
+    bought = np.zeros_like(outcome.node_price)
+    owner = np.array([market.agents.index(i) for i, _ in market.pairs], dtype=int)
+    np.add.at(bought, owner, -outcome.trade_kw)
+    bought[: len(market.peers)] += outcome.import_kw - outcome.export_kw
+    return (outcome.node_price * bought).sum(axis=1) * market.period_hours / 1000
 
 
 def _grid_columns(market: Market, outcome: Outcome) -> pd.DataFrame:
@@ -613,41 +811,126 @@ def upstream_table(market: Market, outcome: Outcome) -> pd.DataFrame:
 
 
 def injections_table(market: Market, outcome: Outcome) -> pd.DataFrame:
-    """Each peer's physical net injection (kW, positive into the grid) per period."""
+    """Each peer's physical net injection per period, positive into the grid: ``p_kw``
+    and ``q_kvar`` (each block's reactive ratio times its accepted kW)."""
     table = market.bids
     sign = np.where(table["side"] == "sell", 1.0, -1.0)
-    net = table.assign(p_kw=sign * outcome.accepted_kw)
-    net = net.groupby(["participant", "period"], as_index=False)["p_kw"].sum()
+    p_kw = sign * outcome.accepted_kw
+    net = table.assign(p_kw=p_kw, q_kvar=p_kw * reactive_ratio(table))
+    net = net.groupby(["participant", "period"], as_index=False)[["p_kw", "q_kvar"]].sum()
     net = net.rename(columns={"participant": "peer"})
-    return net.assign(bus=net["peer"].map(market.bus))[["peer", "bus", "period", "p_kw"]]
+    return net.assign(bus=net["peer"].map(market.bus))[["peer", "bus", "period", "p_kw", "q_kvar"]]
 
 
-def grid_only(market: Market) -> pd.DataFrame:
-    """Each peer's surplus trading only with the grid: the same LP with no trading edges."""
-    m = build(
-        market.bids,
-        graph=[],
-        upstream=market.upstream,
-        period_hours=market.period_hours,
+def grid_only(market: Market, node_price: np.ndarray | None = None) -> pd.Series:
+    """Each peer's surplus trading alone with the upstream grid (currency).
+
+    Per period its own offers and bids meet the grid's import, a supply step at
+    ``import_price + node_price``, and export, a demand step at ``export_price +
+    node_price`` (each up to ``capacity_kw``): the peer's best, by merit order
+    (:func:`merit_order_surplus`). ``node_price`` (peers x periods, currency/MWh; 0 by
+    default) is the network charge its grid trade pays in the cleared market.
+    """
+    n_t, table = len(market.periods), market.bids
+    node = np.zeros((len(market.peers), n_t)) if node_price is None else node_price
+    imp, exp = (np.zeros(n_t), np.zeros(n_t)) if market.upstream is None else market.tariffs()
+    cap = np.inf if market.upstream is None else market.upstream.capacity_kw or np.inf
+    peer = table["participant"].map({p: k for k, p in enumerate(market.peers)}).to_numpy()
+    period = table["period"].map({t: k for k, t in enumerate(market.periods)}).to_numpy()
+    sell = (table["side"] == "sell").to_numpy()
+    price, kw = table["price"].to_numpy(float), table["quantity_kw"].to_numpy(float)
+    order = np.lexsort((period, peer))
+    starts = np.flatnonzero(np.diff(peer[order] * n_t + period[order], prepend=-1))
+    surplus = np.zeros(len(market.peers))
+    for rows in np.split(order, starts[1:]):
+        i, k, own = peer[rows[0]], period[rows[0]], sell[rows]
+        supply_price, supply_kw = price[rows][own], kw[rows][own]
+        demand_price, demand_kw = price[rows][~own], kw[rows][~own]
+        if market.upstream is not None:
+            grid_in, grid_out = min(cap, demand_kw.sum()), min(cap, supply_kw.sum())
+            supply_price = np.append(supply_price, imp[k] + node[i, k])
+            supply_kw = np.append(supply_kw, grid_in)
+            demand_price = np.append(demand_price, exp[k] + node[i, k])
+            demand_kw = np.append(demand_kw, grid_out)
+        gain = merit_order_surplus(supply_price, supply_kw, demand_price, demand_kw)
+        surplus[i] += gain * market.period_hours / 1000
+    return pd.Series(surplus, index=market.peers, name="baseline_surplus")
+
+
+def merit_order_surplus(
+    supply_price: np.ndarray, supply_kw: np.ndarray, demand_price: np.ndarray, demand_kw: np.ndarray
+) -> float:
+    """The largest ``sum (demand price - supply price) x quantity`` of matched steps
+    ((currency/MWh) kW): supply sorted up, demand sorted down, matched while demand
+    values more than supply costs."""
+    up, down = np.argsort(supply_price, kind="stable"), np.argsort(-demand_price, kind="stable")
+    s_end, d_end = np.cumsum(supply_kw[up]), np.cumsum(demand_kw[down])
+    if not len(s_end) or not len(d_end):
+        return 0.0
+    x = np.unique(np.concatenate([[0.0], s_end, d_end]))
+    x = x[x <= min(s_end[-1], d_end[-1])]
+    mid = (x[:-1] + x[1:]) / 2
+    gap = (
+        demand_price[down][np.searchsorted(d_end, mid)]
+        - supply_price[up][np.searchsorted(s_end, mid)]
     )
-    outcome = central_outcome(m, solve(m))
-    table = peers_table(m.market, outcome)
-    return table.set_index("peer")["surplus"].rename("baseline_surplus")
+    return float(np.clip(gap, 0.0, None) @ np.diff(x))
 
 
-def tables(market: Market, outcome: Outcome, welfare: float) -> tuple[dict, dict]:
-    """The result tables and KPIs of an outcome (central or ADMM)."""
+def market_scale(market: Market) -> float:
+    """The market's own scale (currency): ``sum |price| quantity_kw dt`` over its blocks."""
+    table = market.bids
+    stake = (table["price"].abs() * table["quantity_kw"]).sum()
+    return float(stake) * market.period_hours / 1000
+
+
+def settlement_table(peers: pd.DataFrame, network_rent: float) -> pd.DataFrame:
+    """Who pays what (currency, positive: paid by the party): every agent, the DSO (which
+    receives the network charges the grid's nodal prices collect) and the upstream grid
+    (which receives the tariffs). A closed settlement sums to zero."""
+    role = np.where(peers["peer"].str.startswith(MANAGER_PREFIX), "manager", "peer")
+    parties = pd.DataFrame({"party": peers["peer"], "role": role, "payment": peers["payment"]})
+    others = pd.DataFrame(
+        {
+            "party": ["dso", UPSTREAM],
+            "role": ["dso", UPSTREAM],
+            "payment": [-network_rent, -float(peers["grid_cost"].sum())],
+        }
+    )
+    return pd.concat([parties, others], ignore_index=True)
+
+
+def tables(
+    market: Market, outcome: Outcome, welfare: float, *, rel_tol: float = 1e-6
+) -> tuple[dict, dict]:
+    """The result tables, KPIs and certificates of an outcome (central or ADMM).
+
+    Certificates: every peer's ``gain`` over its grid-only baseline at its prices
+    (``min_gain``; ``individually_rational`` when it is at least ``-gain_tolerance``,
+    ``rel_tol`` times :func:`market_scale`), and ``reconciliation_error``, the sum of the
+    settlement table (currency).
+    """
     trades = trades_table(market, outcome)
     peers = peers_table(market, outcome)
-    peers = peers.join(grid_only(market), on="peer")
+    baseline = grid_only(market, outcome.node_price[: len(market.peers)])
+    peers = peers.join(baseline, on="peer")
     peers["baseline_surplus"] = peers["baseline_surplus"].fillna(0.0)
     peers["gain"] = peers["surplus"] - peers["baseline_surplus"]
-    out = {"trades": trades, "peers": peers, "injections": injections_table(market, outcome)}
+    settlement = settlement_table(peers, outcome.network_rent)
+    out = {
+        "trades": trades,
+        "peers": peers,
+        "settlement": settlement,
+        "pair_prices": pair_prices_table(market, outcome),
+        "grid_prices": grid_prices_table(market, outcome),
+        "injections": injections_table(market, outcome),
+    }
     if market.upstream is not None:
         out["upstream"] = upstream_table(market, outcome)
     is_peer = peers["peer"].isin(market.peers)
     p2p_trades = trades[trades["seller"].isin(market.peers)]
     consumed = float(peers["consumed_kwh"].sum())
+    tolerance = rel_tol * market_scale(market)
     kpis = {
         "social_welfare": welfare,
         "baseline_welfare": float(peers.loc[is_peer, "baseline_surplus"].sum()),
@@ -655,34 +938,22 @@ def tables(market: Market, outcome: Outcome, welfare: float) -> tuple[dict, dict
         "import_kwh": float(peers["import_kwh"].sum()),
         "export_kwh": float(peers["export_kwh"].sum()),
         "self_sufficiency": 1.0 - float(peers["import_kwh"].sum()) / consumed if consumed else 0.0,
-        "min_gain": float(peers.loc[is_peer, "gain"].min()),
+        "network_charges": outcome.network_rent,
+        "min_gain": float(peers["gain"].min()),
+        "gain_tolerance": tolerance,
+        "reconciliation_error": float(settlement["payment"].sum()),
         "trades": len(trades),
     }
+    kpis["individually_rational"] = float(kpis["min_gain"] >= -tolerance)
     kpis["gain_vs_grid"] = kpis["social_welfare"] - kpis["baseline_welfare"]
     return out, kpis
 
 
 def results(m: pyo.ConcreteModel, solution: Solution) -> Result:
-    """Tidy tables (trades, peers, injections, upstream) and KPIs of the central clearing."""
-    market: Market = m.market
-    out, kpis = tables(market, central_outcome(m, solution), solution.objective)
-    if market.feeder is not None:
-        out["trades"] = _with_network_charge(m, solution, out["trades"])
+    """Tidy tables (trades, peers, settlement, injections, upstream), KPIs and
+    certificates of the central clearing."""
+    out, kpis = tables(m.market, central_outcome(m, solution), solution.objective)
     return Result("p2p", out, kpis, solution)
-
-
-def _with_network_charge(m, solution: Solution, trades: pd.DataFrame) -> pd.DataFrame:
-    """Network charge per trade: buyer's nodal price minus seller's (currency/MWh)."""
-    from gridmarkets.networks import nodal_prices
-
-    feeder = m.market.feeder
-    nodal = nodal_prices(m.handles, solution).set_index(["bus", "period"])["price"]
-
-    def at(bus_column: str) -> np.ndarray:
-        keys = zip(trades[bus_column].map(feeder.merged), trades["period"], strict=True)
-        return np.array([nodal.get(key, np.nan) for key in keys])
-
-    return trades.assign(network_charge=at("buyer_bus") - at("seller_bus"))
 
 
 # --- distributed: consensus ADMM ------------------------------------------------------
@@ -732,7 +1003,8 @@ def admm_outcome(market: Market, run) -> Outcome:
     else:
         imp = grid[: n_peers * n_t].reshape(n_peers, n_t)
         exp = grid[n_peers * n_t :].reshape(n_peers, n_t)
-    return Outcome(taken[:n_bids], imp, exp, run.trade_kw, run.price, run.balance_price)
+    node = np.zeros((len(market.agents), n_t))  # ADMM clears without a network
+    return Outcome(taken[:n_bids], imp, exp, run.trade_kw, run.price, run.balance_price, node)
 
 
 def welfare_of(market: Market, outcome: Outcome) -> float:
@@ -749,17 +1021,19 @@ def clear_admm(bids: pd.DataFrame, *, admm: dict[str, Any] | None = None, **opti
     bids : as for :func:`build`.
     admm : options of :func:`gridmarkets.solvers.admm.consensus_admm` (rho,
         max_iterations, eps_abs, eps_rel, adapt_rho).
-    options : the market options of :func:`build` except ``network`` (ADMM clears
-        without the network; check it with :func:`dso_check`).
+    options : the market options of :func:`build` except ``network`` and
+        ``formulation`` (ADMM clears without the network; check it with
+        :func:`dso_check`).
 
     Returns
     -------
-    Result with the tables of the central clearing plus ``admm_log`` (one row per
-    iteration); KPIs add ``iterations`` and ``converged``.
+    Result with the tables and certificates of the central clearing (settled at the
+    ADMM's bilateral prices, no network charges) plus ``admm_log`` (one row per
+    iteration); KPIs add ``iterations``, ``converged`` and ``max_balance_residual_kw``.
     """
     from gridmarkets.solvers.admm import consensus_admm
 
-    if options.get("network") is not None:
+    if options.pop("network", None) is not None or options.pop("formulation", None) is not None:
         raise InputError("method admm: network-aware clearing is central only; use dso_check")
     market = prepare(bids, **options)
     run = consensus_admm(exchange_problem(market), **(admm or {}))
