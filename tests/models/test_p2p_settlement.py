@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from radial import radial_net
 from scipy.optimize import linprog
 
+from gridmarkets import pipeline
 from gridmarkets.case import load_case, shipped_cases_dir
 from gridmarkets.errors import InputError
 from gridmarkets.models import p2p
@@ -102,7 +103,7 @@ def check_settlement(result, bids, capacity_kw=None, period_hours=1.0, rel_tol=1
 @pytest.mark.parametrize("name", SHIPPED)
 def test_every_shipped_case_settles_each_peer_at_its_best_response(name):
     case = load_case(shipped_cases_dir() / f"{name}.yaml")
-    result = p2p.run_case(case, {})
+    result = pipeline.run_case(case, {})
     capacity = None if case.upstream is None else case.upstream.capacity_kw
     # ADMM stops at residuals of 1e-6 (relative): its prices are that close
     rel_tol = 1e-4 if case.method == "admm" else 1e-6
@@ -112,7 +113,7 @@ def test_every_shipped_case_settles_each_peer_at_its_best_response(name):
 def test_feeder_case_pays_every_seller_at_least_its_offer():
     # on main: prices from -37.5 to 4.5, the CHP offering at 90 paid -4.5, min gain -76.8
     case = load_case(shipped_cases_dir() / "p2p_feeder.yaml")
-    result = p2p.run_case(case, {})
+    result = pipeline.run_case(case, {})
     trades = result.trades
     offer = {pid: p.blocks[0].price for pid, p in case.peers.items()}
     assert (trades["seller_price"] >= trades["seller"].map(offer) - 1e-9).all()

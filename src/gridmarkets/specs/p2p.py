@@ -19,7 +19,6 @@ from gridmarkets.models.p2p import (
 )
 from gridmarkets.results import Result
 from gridmarkets.specs.adapter import (
-    LOSS_MODES,
     Built,
     Injections,
     grid_checks,
@@ -148,14 +147,12 @@ def market_options(case: CaseSpec, feeder) -> dict[str, Any]:
 
 class P2PAdapter:
     """P2P cases by ``dso``: ``network_aware`` clears within the network formulation
-    (losses none or linear; iterate too for a linear market); ``none`` and ``check``
+    (lossless: the P2P market refuses losses, which no peer would pay for); ``none`` and ``check``
     clear without it, and the AC check (and with ``check`` the DSO's cuts) run on the
     trades' injections. ``method: admm`` is not one model solve."""
 
     def losses(self, case: CaseSpec) -> tuple[str, ...]:
-        if case.network is None or case.dso != "network_aware":
-            return ("none",)
-        return ("none", "linear") if case.quadratic > 0 else LOSS_MODES
+        return ("none",)
 
     def build(self, case: CaseSpec, feeder, formulation) -> Built:
         bids, options = case_bids(case), market_options(case, feeder)
