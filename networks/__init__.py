@@ -21,8 +21,20 @@ from gridmarkets.networks.lindistflow import (
 from gridmarkets.networks.losses import LossIteration, iterate_losses
 from gridmarkets.networks.plot import plot_feeder
 from gridmarkets.networks.prices import nodal_prices
+from gridmarkets.networks.three_phase import (
+    LinDist3Flow,
+    ThreePhaseFeeder,
+    ac_check_3ph,
+    nodal_prices_3ph,
+    three_phase_feeder,
+)
 
 __all__ = [
+    "LinDist3Flow",
+    "ThreePhaseFeeder",
+    "ac_check_3ph",
+    "nodal_prices_3ph",
+    "three_phase_feeder",
     "ACCheck",
     "CopperPlate",
     "Feeder",

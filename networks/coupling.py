@@ -14,6 +14,10 @@ Two forms of the table:
 - terms, for markets with a hundred thousand blocks: columns owner, bus, period,
   variable, p_coef and optionally q_coef; row k injects ``p_coef[k] * variable[k]`` kW
   and ``q_coef[k] * variable[k]`` kvar, and LinDistFlow reads the arrays directly.
+
+Either form may carry a column ``phase`` ("a", "bc", "abc", ...; missing means "abc"):
+a three-phase formulation (LinDist3Flow) splits the row equally over those phases; a
+single-phase one reads every row as balanced, which is the sum over phases.
 """
 
 from __future__ import annotations
@@ -94,7 +98,7 @@ def attach_grid(
     if feeder is None and formulation.name != "copperplate":
         raise InputError(f"formulation {formulation.name!r} needs a feeder (network)")
     table = placed(injections, feeder, periods)
-    p_kw, q_kvar = bus_injections(table)
+    p_kw, q_kvar = bus_injections(table, phased=formulation.name == "lindist3flow")
     block.network = pyo.Block(doc=f"the grid ({formulation.name}) the market's injections meet")
     handles = formulation.add(
         block.network, feeder, periods, p_kw, q_kvar, period_hours=period_hours
@@ -120,6 +124,8 @@ def placed(injections: pd.DataFrame, feeder: Feeder | None, periods: Sequence) -
         raise InputError(
             f"{row['owner']}: injection in period {_label(row['period'])}, not a market period"
         )
+    if "phase" in table:
+        table = table.assign(phase=_phases(table))
     if feeder is None:
         return table.assign(bus=None)
     bus = table["bus"].map(feeder.merged)
@@ -139,9 +145,25 @@ def _label(bus) -> str:
     return repr(bus.item() if isinstance(bus, np.generic) else bus)
 
 
-def bus_injections(table: pd.DataFrame) -> tuple[Mapping, Mapping]:
-    """P (kW) and Q (kvar) per (bus, period): sums of expressions, or arrays of terms."""
-    keys = list(zip(table["bus"], table["period"], strict=True))
+def _phases(table: pd.DataFrame) -> pd.Series:
+    """The phase column with "abc" where missing; an unknown label names its owner."""
+    from gridmarkets.networks.three_phase import CONNECTIONS
+
+    phase = table["phase"].fillna("abc").astype(str).map(lambda p: "".join(sorted(p.lower())))
+    bad = ~phase.isin(CONNECTIONS)
+    if bad.any():
+        row = table[bad].iloc[0]
+        raise InputError(
+            f"{row['owner']}: phase {row['phase']!r} is not a, b, c or a combination of them"
+        )
+    return phase
+
+
+def bus_injections(table: pd.DataFrame, *, phased: bool = False) -> tuple[Mapping, Mapping]:
+    """P (kW) and Q (kvar) per (bus, period), or per (bus, phase, period) when ``phased``
+    and the table has phases: sums of expressions, or arrays of terms."""
+    columns = ["bus", "phase", "period"] if phased and "phase" in table else ["bus", "period"]
+    keys = list(zip(*(table[c] for c in columns), strict=True))
     if "variable" in table:
         variables = table["variable"].tolist()
         q_coef = table.get("q_coef")

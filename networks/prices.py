@@ -49,6 +49,10 @@ def nodal_prices(handles: NetworkHandles, solution) -> pd.DataFrame:
     """
     if handles.formulation == "copperplate":
         return _copperplate_prices(handles, solution)
+    if handles.formulation == "lindist3flow":
+        from gridmarkets.networks.three_phase import nodal_prices_3ph
+
+        return nodal_prices_3ph(handles, solution)
     return _lindistflow_prices(handles, solution)
 
 

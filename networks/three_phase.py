@@ -52,8 +52,7 @@ import pyomo.environ as pyo
 from gridmarkets.errors import NetworkError
 from gridmarkets.networks.feeder import Feeder, feeder_from_net, load, net_injections
 from gridmarkets.networks.handles import NetworkHandles, kept
-from gridmarkets.networks.lindistflow import _add_sets, polygon_directions
-from gridmarkets.networks.prices import _voltage_drop_duals
+from gridmarkets.networks.lindistflow import _add_sets, branch_arrays, polygon_directions
 from gridmarkets.networks.rows import Rows, add_family, market_terms, var_array
 from gridmarkets.solvers.highs import gc_paused
 
@@ -230,8 +229,12 @@ def phase_injections(feeder: Feeder) -> tuple[pd.DataFrame, pd.DataFrame]:
         at = frame["bus"].map(feeder.merged).to_numpy()
         scale = frame["scaling"].to_numpy(float) * 1000.0 * sign
         for table, unit in zip(tables, ("p_{}_mw", "q_{}_mvar"), strict=True):
+            # net_injections holds each element's balanced equivalent (a third of its
+            # total per phase here): replace it by the element's own phases
+            own = {phase: frame[unit.format(phase)].to_numpy(float) * scale for phase in PHASES}
+            third = sum(own.values()) / 3
             for phase in PHASES:
-                values = pd.Series(frame[unit.format(phase)].to_numpy(float) * scale, at)
+                values = pd.Series(own[phase] - third, at)
                 table[phase] = table[phase].add(values.groupby(level=0).sum(), fill_value=0.0)
     return tables[0], tables[1]
 
@@ -936,3 +939,16 @@ def _branch_table(feeder: Feeder, periods: list, linear: dict, ac: dict) -> pd.D
     }
     table = _tidy(feeder, br.index, periods, columns, "branch")
     return table.join(br[["from_bus", "to_bus", "kind", "element"]], on="branch")
+
+
+def _voltage_drop_duals(feeder, limits: np.ndarray) -> np.ndarray:
+    """nu per branch from the voltage-limit duals, accumulated from the leaves up (the
+    lossless stationarity of the squared voltages: each phase's rows are independent)."""
+    n2 = branch_arrays(feeder)["n2"]
+    below = np.zeros_like(limits)
+    nu = np.zeros((len(feeder.branches), limits.shape[1]))
+    for k in range(len(feeder.branches) - 1, -1, -1):
+        j = feeder.to_pos[k]
+        nu[k] = below[j] - limits[j]
+        below[feeder.from_pos[k]] += nu[k] / n2[k]
+    return nu

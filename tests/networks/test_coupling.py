@@ -87,3 +87,38 @@ def test_period_outside_the_market_and_a_missing_feeder_are_errors(case33):
         attach_grid(pyo.ConcreteModel(), None, [5], table, formulation=LinDistFlow())
     with pytest.raises(InputError, match="not a network formulation"):
         attach_grid(pyo.ConcreteModel(), None, [5], table, formulation="lindistflow")
+
+
+@pytest.mark.solve
+def test_a_phase_column_reaches_lindist3flow_and_sums_for_lindistflow():
+    """One single-phase load: LinDist3Flow sees it on its phase (that phase's voltage drops
+    most), LinDistFlow sees the same total as a balanced load (the evaluators agree)."""
+    from gridmarkets.networks import LinDist3Flow, linear_power_flow, three_phase_feeder
+
+    feeder = three_phase_feeder("ieee_european_lv_asymmetric", vmin_pu=0.9, vmax_pu=1.1)
+    bus = feeder.order[-1]
+    solved = {}
+    for formulation in (LinDist3Flow(), LinDistFlow()):
+        m = pyo.ConcreteModel()
+        m.supply_kw = pyo.Var([0])
+        rows = [
+            ("upstream", feeder.root, 0, m.supply_kw[0], None),
+            ("load", bus, 0, -6.0, "b"),
+        ]
+        table = pd.DataFrame(rows, columns=["owner", "bus", "period", "p_kw", "phase"])
+        attach_grid(m, feeder, [0], table, formulation=formulation)
+        m.cost = pyo.Objective(expr=m.supply_kw[0])
+        solve(m)
+        solved[formulation.name] = m
+    three = solved["lindist3flow"].handles
+    v = np.array([pyo.value(three.voltage_sq[bus, ph, 0]) for ph in "abc"])
+    assert v.argmin() == 1 and v[0] > v[1] + 1e-6
+    single = solved["lindistflow"].handles
+    buses, _ = linear_power_flow(feeder, pd.Series({bus: -6.0}), 0.0)
+    v_single = pyo.value(single.voltage_sq[bus, 0]) ** 0.5
+    assert v_single == pytest.approx(buses.set_index("bus").loc[bus, "v_pu"], abs=1e-9)
+    with pytest.raises(InputError, match=r"load: phase 'x' is not a, b, c"):
+        bad = pd.DataFrame(
+            [("load", bus, 0, -1.0, "x")], columns=["owner", "bus", "period", "p_kw", "phase"]
+        )
+        attach_grid(pyo.ConcreteModel(), feeder, [0], bad)
