@@ -20,9 +20,33 @@ not analysed (``price_low = price_high = price``). Pay-as-bid settles each accep
 block at its own price.
 
 Indivisible blocks (all-or-nothing) and minimum acceptance ratios make the clearing a
-MILP; prices then come from the LP with the acceptances fixed (done by the solve
-layer), and each participant's uplift — the loss it would make at those prices, paid
-to it so nobody trades at a loss — is reported.
+MILP. Its prices are convex-hull prices: the duals of the LP relaxation, which for
+block bids (``r q u <= x <= q u``, each the convex hull of its block's choices) are
+the prices that minimise the total lost opportunity of the participants (Gribik, Hogan
+and Pope 2007), never a default of 0. Each participant's ``uplift`` -- the loss it
+would make at those prices, paid back to it so nobody trades at a loss -- and its
+``lost_opportunity`` -- what its own best response to the prices would earn beyond its
+cleared surplus -- are reported.
+
+Reactive power. A block's kvar follow its kW: ``q_kvar`` at full acceptance or a
+``power_factor`` (lagging: loads draw, generators inject); neither is unity power
+factor (:func:`reactive_ratio`). On a feeder the market's injections reach the network
+formulation through :func:`~gridmarkets.networks.attach_grid` with their P and Q.
+
+Scale. No tolerance is absolute: a block counts as accepted, or as having room, to a
+millionth of its own quantity. Blocks smaller than the solver resolves (below
+HiGHS's primal feasibility tolerance, 1e-7 kW; their welfare is below its optimality
+tolerance, so the LP cannot tell accepting them from not) are accepted by
+complementary slackness at their cleared price: whole in the money, not at all out of
+it. So a market mixing 1e-9 and 1e9 kW blocks clears as its merit order does.
+
+Certificates (KPIs): ``min_gain``, the smallest participant gain against not trading
+(surplus plus uplift), and ``individually_rational`` when it is at least minus
+``gain_tolerance`` (a millionth of the market's stake, sum |price| q dt);
+``max_lost_opportunity``; ``reconciliation_error``, the sum of the ``parties`` table
+(participants, the upstream grid at its tariffs, the operator's rents from the
+network's own bus injections at the nodal prices, the pay-as-bid margin and the uplift
+it funds), zero when every payment is accounted for.
 """
 
 from __future__ import annotations
@@ -39,14 +63,18 @@ import pyomo.environ as pyo
 from pyomo.core.expr.numeric_expr import LinearExpression, MonomialTermExpression
 
 from gridmarkets.errors import InputError
-from gridmarkets.networks import LinearInjections
+from gridmarkets.networks.coupling import NetworkFormulation, attach_grid, placed
+from gridmarkets.networks.feeder import Feeder
 from gridmarkets.results import Result
-from gridmarkets.solvers import Solution, record_build_time, solve
+from gridmarkets.solvers import Solution, price_milp_by, record_build_time, solve
 from gridmarkets.solvers.highs import gc_paused
 
 BID_COLUMNS = ["participant", "side", "quantity_kw", "price", "period", "block", "bus"]
 OPTIONAL_COLUMNS = ["indivisible", "min_acceptance", "q_kvar", "power_factor"]
-_TOL_KW = 1e-6
+UPSTREAM = "upstream"
+_REL_TOL = 1e-6  # a block is at a bound within a millionth of its quantity ...
+_NOISE_KW = 1e-9  # ... and, when the solver resolves it, within its values' noise
+_RESOLUTION_KW = 1e-7  # HiGHS's primal feasibility tolerance: smaller blocks are unresolved
 
 
 @dataclass(frozen=True)
@@ -162,8 +190,8 @@ def build(
     bids: pd.DataFrame,
     *,
     upstream: Upstream | None = None,
-    network: Any = None,
-    formulation: Any = None,
+    network: Feeder | None = None,
+    formulation: NetworkFormulation | None = None,
     period_hours: float = 1.0,
     indivisible: bool = False,
     min_acceptance: float | None = None,
@@ -174,11 +202,13 @@ def build(
     Parameters
     ----------
     bids : table with columns participant, side, quantity_kw, price (currency/MWh) and
-        optional period, block, bus, indivisible (bool per block), min_acceptance.
+        optional period, block, bus, indivisible (bool per block), min_acceptance,
+        q_kvar or power_factor (reactive power, :func:`reactive_ratio`).
     upstream : the upstream grid; None for an islanded market.
     network : a :class:`~gridmarkets.networks.Feeder` (LinDistFlow, nodal prices) or
         None (one balance per period).
-    formulation : override the network formulation (e.g. ``LinDistFlow(polygon_sides=8)``).
+    formulation : the network formulation (default LinDistFlow on a feeder, CopperPlate
+        without one), e.g. ``LinDistFlow(losses="linear")``.
     indivisible : every block all-or-nothing (else per-block column ``indivisible``).
     min_acceptance : a ratio in (0, 1]: an accepted block is accepted at least this much.
     extra : a function called with the model before the objective is final, to add
@@ -186,11 +216,8 @@ def build(
     """
     started = time.perf_counter()
     table = prepare_bids(bids)
-    from gridmarkets.networks import CopperPlate, LinDistFlow
-
-    formulation = formulation or (LinDistFlow() if network is not None else CopperPlate())
-    table = _place_bids(table, network)
     periods = sorted(set(table["period"]) | ({0} if table.empty else set()))
+    table = _place_bids(table, network, periods)
     m = pyo.ConcreteModel(name="lem")
     m.bids = table
     m.upstream = upstream
@@ -200,27 +227,27 @@ def build(
     m.PERIODS = pyo.Set(initialize=periods, doc="market periods")
     _add_acceptance(m, table, indivisible, min_acceptance)
     _add_upstream(m, upstream)
-    p_kw = _injections(m, table, network)
-    m.network = pyo.Block()
-    m.handles = formulation.add(m.network, network, periods, p_kw, {}, period_hours=period_hours)
+    attach_grid(
+        m,
+        network,
+        periods,
+        _injections(m, table, network),
+        formulation=formulation,
+        period_hours=period_hours,
+    )
     _add_welfare(m, table)
+    price_milp_by(m, "convex_hull")
     if extra is not None:
         extra(m)
     record_build_time(m, time.perf_counter() - started)
     return m
 
 
-def _place_bids(table: pd.DataFrame, feeder) -> pd.DataFrame:
-    if feeder is None:
-        return table.assign(bus=None)
-    unplaced = ~table["bus"].isin(list(feeder.merged))
-    if unplaced.any():
-        row = table[unplaced].iloc[0]
-        raise InputError(
-            f"bids row {row.name} (participant {row['participant']!r}): bus {row['bus']!r} "
-            "is not a bus of the feeder"
-        )
-    return table.assign(bus=table["bus"].map(feeder.merged))
+def _place_bids(table: pd.DataFrame, feeder: Feeder | None, periods: Sequence) -> pd.DataFrame:
+    """The bids at the feeder's own bus labels (None without a feeder), checked as every
+    model's injections are (:func:`~gridmarkets.networks.placed`)."""
+    owners = table[["participant", "bus", "period"]].rename(columns={"participant": "owner"})
+    return table.assign(bus=placed(owners, feeder, periods)["bus"].to_numpy())
 
 
 @gc_paused()
@@ -266,20 +293,36 @@ def _add_upstream(m, upstream: Upstream | None) -> None:
 
 
 @gc_paused()
-def _injections(m, table: pd.DataFrame, feeder) -> LinearInjections:
-    """Net injection per (bus, period): offers minus bids, plus upstream at the root,
-    kept as arrays (the market has one term per block, a hundred thousand on the
-    largest benchmark)."""
-    keys = list(zip(table["bus"].where(table["bus"].notna(), None), table["period"], strict=True))
-    coefs = np.where(table["side"] == "sell", 1.0, -1.0).tolist()
-    variables = list(m.accepted_kw.values())
-    if m.upstream is not None:
-        root = feeder.root if feeder is not None else None
-        for t in m.PERIODS:
-            keys += [(root, t), (root, t)]
-            coefs += [1.0, -1.0]
-            variables += [m.import_kw[t], m.export_kw[t]]
-    return LinearInjections(keys, coefs, variables)
+def _injections(m, table: pd.DataFrame, feeder: Feeder | None) -> pd.DataFrame:
+    """The market's injections as terms (one row per block, a hundred thousand on the
+    largest benchmark): offers inject, bids withdraw, each with its kvar per kW; the
+    upstream grid imports and exports at the root."""
+    sign = np.where(table["side"] == "sell", 1.0, -1.0)
+    terms = pd.DataFrame(
+        {
+            "owner": table["participant"].to_numpy(),
+            "bus": table["bus"].to_numpy(),
+            "period": table["period"].to_numpy(),
+            "variable": list(m.accepted_kw.values()),
+            "p_coef": sign,
+            "q_coef": sign * reactive_ratio(table),
+        }
+    )
+    if m.upstream is None:
+        return terms
+    periods = list(m.PERIODS)
+    root = None if feeder is None else feeder.root
+    grid = pd.DataFrame(
+        {
+            "owner": UPSTREAM,
+            "bus": root,
+            "period": periods * 2,
+            "variable": [*m.import_kw.values(), *m.export_kw.values()],
+            "p_coef": [1.0] * len(periods) + [-1.0] * len(periods),
+            "q_coef": 0.0,
+        }
+    )
+    return pd.concat([terms, grid], ignore_index=True)
 
 
 def _add_welfare(m, table: pd.DataFrame) -> None:
@@ -311,7 +354,8 @@ def update(m: pyo.ConcreteModel, bids: pd.DataFrame, *, upstream: Upstream | Non
     ----------
     m : the model :func:`build` returned (constraints added by its ``extra`` stay).
     bids : the same blocks as the model's (participant, side, period, block, bus and
-        every other column but quantity_kw and price, in the same order).
+        every other column but quantity_kw, price and q_kvar, in the same order, with
+        the same kvar per kW).
     upstream : as the model's: present or absent alike, with the same capacity.
 
     Raises
@@ -321,10 +365,12 @@ def update(m: pyo.ConcreteModel, bids: pd.DataFrame, *, upstream: Upstream | Non
     The model is left unchanged when the update is refused.
     """
     started = time.perf_counter()
-    table = _place_bids(prepare_bids(bids), m.feeder)
-    data = ["quantity_kw", "price"]
-    if not table.drop(columns=data).equals(m.bids.drop(columns=data)):
+    table = _place_bids(prepare_bids(bids), m.feeder, list(m.PERIODS))
+    data = [c for c in ("quantity_kw", "price", "q_kvar") if c in table]
+    if not table.drop(columns=data).equals(m.bids.drop(columns=data, errors="ignore")):
         raise InputError("bids: not the blocks the market was built with; build it again")
+    if not np.allclose(reactive_ratio(table), reactive_ratio(m.bids), rtol=1e-12, atol=0):
+        raise InputError("bids: a block's kvar per kW changes (a model coefficient); build again")
     _check_same_upstream(m, upstream)
     if hasattr(m, "INTEGER_BIDS"):
         moved = table["quantity_kw"].ne(m.bids["quantity_kw"])[list(m.INTEGER_BIDS)]
@@ -351,27 +397,63 @@ def results(
     solution: Solution,
     pricing: Literal["uniform", "pay_as_bid"] = "uniform",
 ) -> Result:
-    """Tidy tables (accepted, prices, settlement, upstream) and KPIs of a cleared market."""
+    """Tidy tables (accepted, prices, settlement, parties, upstream), KPIs and the
+    certificates (module docstring) of a cleared market."""
     if pricing not in ("uniform", "pay_as_bid"):
         raise InputError(f"pricing: {pricing!r} is not 'uniform' or 'pay_as_bid'")
+    from gridmarkets.networks import nodal_prices
+
+    nodal = nodal_prices(m.handles, solution)
+    _accept_unresolved_blocks(m, nodal)
     accepted = _accepted_table(m)
     upstream = _upstream_table(m)
-    prices = _prices_table(m, solution, accepted, upstream)
+    prices = _prices_table(m, nodal, accepted, upstream)
     settled = _settle(accepted, prices, m, pricing)
     settlement = _settlement_table(settled)
-    kpis = _kpis(m, solution, settled, upstream)
-    if hasattr(m, "INTEGER_BIDS"):
-        settlement = _with_uplift(settlement, settled)
-        kpis["uplift"] = float(settlement["uplift"].sum())
+    parties = _parties_table(m, settlement, settled, prices, upstream)
+    kpis = _kpis(m, solution, settled, upstream) | _certificates(m, settlement, parties)
     tables = {"accepted": accepted, "prices": prices, "settlement": settlement}
+    tables["parties"] = parties
     if upstream is not None:
         tables["upstream"] = upstream
     return Result("lem", tables, kpis, solution)
 
 
+def _keys(m) -> list[str]:
+    """What a block's price depends on: its period, and its bus on a feeder."""
+    return ["period"] if m.feeder is None else ["bus", "period"]
+
+
+def _accept_unresolved_blocks(m, nodal: pd.DataFrame) -> None:
+    """Blocks below the solver's resolution (module docstring, Scale) accepted whole when
+    in the money at their cleared price, not at all when out of it; set in the model, so
+    its bus injections and the AC check see them."""
+    table = m.bids
+    free = ~_fixed_blocks(m)
+    small = free & (table["quantity_kw"].to_numpy() < _RESOLUTION_KW)
+    if not small.any():
+        return
+    rows = table.loc[small, [*_keys(m), "side", "price", "quantity_kw"]]
+    at = nodal.drop_duplicates(_keys(m)).set_index(_keys(m))["price"]
+    where = rows["period"] if m.feeder is None else pd.MultiIndex.from_frame(rows[_keys(m)])
+    price = at.reindex(where)
+    margin = np.where(rows["side"] == "buy", 1.0, -1.0) * (rows["price"] - price.to_numpy())
+    for block, gain, quantity in zip(rows.index, margin, rows["quantity_kw"], strict=True):
+        if gain != 0:
+            m.accepted_kw[block].set_value(quantity if gain > 0 else 0.0)
+
+
+def _tolerance(offered: pd.Series) -> pd.Series:
+    """How near 0 or its quantity a block counts as there (kW): a millionth of the block,
+    and at least the noise of the solver's values for the blocks it resolves."""
+    floor = np.where(offered < _RESOLUTION_KW, 0.0, _NOISE_KW)
+    return np.maximum(_REL_TOL * offered, floor)
+
+
 def _accepted_table(m) -> pd.DataFrame:
     table = m.bids
     accepted = np.array([pyo.value(m.accepted_kw[b]) for b in table.index])
+    q_per_kw = reactive_ratio(table)
     return pd.DataFrame(
         {
             "participant": table["participant"],
@@ -381,14 +463,15 @@ def _accepted_table(m) -> pd.DataFrame:
             "bus": table["bus"],
             "offered_kw": table["quantity_kw"],
             "bid_price": table["price"],
-            "quantity_kw": np.where(np.abs(accepted) < _TOL_KW, 0.0, accepted),
+            "quantity_kw": np.clip(accepted, 0.0, table["quantity_kw"].to_numpy()),
+            "q_kvar": q_per_kw * np.clip(accepted, 0.0, None),
             "fixed": _fixed_blocks(m),
         }
     )
 
 
 def _fixed_blocks(m) -> np.ndarray:
-    """True for blocks with a binary (their acceptance does not set the price)."""
+    """True for blocks with a binary (all or nothing, or a minimum acceptance)."""
     fixed = np.zeros(len(m.bids), dtype=bool)
     if hasattr(m, "INTEGER_BIDS"):
         fixed[m.bids.index.get_indexer(list(m.INTEGER_BIDS))] = True
@@ -411,20 +494,26 @@ def _upstream_table(m) -> pd.DataFrame | None:
     )
 
 
-def _prices_table(m, solution: Solution, accepted, upstream) -> pd.DataFrame:
-    from gridmarkets.networks import nodal_prices
-
-    nodal = nodal_prices(m.handles, solution)
+def _prices_table(m, nodal: pd.DataFrame, accepted, upstream) -> pd.DataFrame:
+    """Nodal prices on a feeder. Without one, the period's dual (for a MILP the
+    convex-hull price) with the interval of prices that support the cleared quantities;
+    where the dual lies in it, ``price`` is its midpoint (every price of the interval
+    leaves every block at its best response, so the midpoint is as good a dual), else
+    the dual (a MILP whose integer choices no single price supports)."""
     if m.feeder is not None:
         return nodal.assign(price_low=nodal["price"], price_high=nodal["price"])
     low, high = price_interval(accepted, upstream, m.upstream)
     table = nodal[["period", "price"]].drop_duplicates("period").set_index("period")
     table["price_low"] = low.reindex(table.index).fillna(-np.inf)
     table["price_high"] = high.reindex(table.index).fillna(np.inf)
+    slack = _REL_TOL * np.maximum(1.0, table["price"].abs())
+    inside = (table["price"] >= table["price_low"] - slack) & (
+        table["price"] <= table["price_high"] + slack
+    )
     both = np.isfinite(table["price_low"]) & np.isfinite(table["price_high"])
     midpoint = (table["price_low"] + table["price_high"]) / 2
     table["dual"] = table["price"]
-    table["price"] = midpoint.where(both, table["price"])
+    table["price"] = midpoint.where(both & inside, table["price"])
     return table.reset_index()
 
 
@@ -436,31 +525,33 @@ def price_interval(
     A block accepted above zero bounds the price from its side (an offer from below,
     a bid from above); a block not fully accepted bounds it from the other side; the
     upstream import and export act as an offer and a bid at their tariffs up to their
-    capacity. Blocks fixed by a binary are skipped: with the acceptances fixed they do
-    not set the price.
+    capacity; an indivisible block counts as any other. "Above zero" and "not fully"
+    are to :func:`_tolerance`. Where a period's low end is above its high end, no price
+    supports every block (a MILP's integer choices).
     """
-    free = accepted[~accepted["fixed"]]
-    some = free["quantity_kw"] > _TOL_KW
-    room = free["quantity_kw"] < free["offered_kw"] - _TOL_KW
-    sell, buy = free["side"] == "sell", free["side"] == "buy"
+    tol = _tolerance(accepted["offered_kw"])
+    some = accepted["quantity_kw"] > tol
+    room = accepted["quantity_kw"] < accepted["offered_kw"] - tol
+    sell, buy = accepted["side"] == "sell", accepted["side"] == "buy"
     lows = [
-        free.loc[sell & some, ["period", "bid_price"]],
-        free.loc[buy & room, ["period", "bid_price"]],
+        accepted.loc[sell & some, ["period", "bid_price"]],
+        accepted.loc[buy & room, ["period", "bid_price"]],
     ]
     highs = [
-        free.loc[sell & room, ["period", "bid_price"]],
-        free.loc[buy & some, ["period", "bid_price"]],
+        accepted.loc[sell & room, ["period", "bid_price"]],
+        accepted.loc[buy & some, ["period", "bid_price"]],
     ]
     if upstream is not None:
         cap = np.inf if spec.capacity_kw is None else spec.capacity_kw
         flows = upstream.rename(columns={"import_price": "ip", "export_price": "ep"})
+        noise = _NOISE_KW + _REL_TOL * (0.0 if np.isinf(cap) else cap)
         lows += [
-            _as_bound(flows, flows["import_kw"] > _TOL_KW, "ip"),
-            _as_bound(flows, flows["export_kw"] < cap - _TOL_KW, "ep"),
+            _as_bound(flows, flows["import_kw"] > noise, "ip"),
+            _as_bound(flows, flows["export_kw"] < cap - noise, "ep"),
         ]
         highs += [
-            _as_bound(flows, flows["import_kw"] < cap - _TOL_KW, "ip"),
-            _as_bound(flows, flows["export_kw"] > _TOL_KW, "ep"),
+            _as_bound(flows, flows["import_kw"] < cap - noise, "ip"),
+            _as_bound(flows, flows["export_kw"] > noise, "ep"),
         ]
     low = pd.concat(lows).groupby("period")["bid_price"].max()
     high = pd.concat(highs).groupby("period")["bid_price"].min()
@@ -472,41 +563,95 @@ def _as_bound(flows: pd.DataFrame, mask: pd.Series, column: str) -> pd.DataFrame
 
 
 def _settle(accepted, prices, m, pricing: str) -> pd.DataFrame:
-    """Each accepted block with its settlement price, energy and payment."""
-    keys = ["period"] if m.feeder is None else ["period", "bus"]
-    settled = accepted.merge(prices[[*keys, "price"]], on=keys, how="left")
-    if pricing == "pay_as_bid":
-        settled["price"] = settled["bid_price"]
+    """Each block with its market price, settlement price, energy, payment, surplus and
+    the surplus of the block's best response at the settlement price."""
+    settled = accepted.merge(
+        prices[[*_keys(m), "price"]].rename(columns={"price": "market_price"}),
+        on=_keys(m),
+        how="left",
+    )
+    own = pricing == "pay_as_bid"
+    settled["price"] = settled["bid_price"] if own else settled["market_price"]
     sign = np.where(settled["side"] == "buy", 1.0, -1.0)
+    per_kw = m.period_hours / 1000.0
     settled["energy_kwh"] = sign * settled["quantity_kw"] * m.period_hours
     settled["payment"] = settled["energy_kwh"] * settled["price"] / 1000.0
-    value = sign * settled["quantity_kw"] * m.period_hours * settled["bid_price"] / 1000.0
-    settled["surplus"] = value - settled["payment"]  # buyers: value - paid; sellers: paid - cost
+    margin = sign * (settled["bid_price"] - settled["price"]) * per_kw  # currency per kW
+    settled["surplus"] = (
+        margin * settled["quantity_kw"]
+    )  # buyers: value - paid; sellers: paid - cost
+    settled["best_surplus"] = np.maximum(margin, 0.0) * settled["offered_kw"]
     return settled
 
 
 def _settlement_table(settled: pd.DataFrame) -> pd.DataFrame:
-    return (
-        settled.groupby("participant", sort=False)[["energy_kwh", "payment", "surplus"]]
-        .sum()
-        .reset_index()
+    """Per participant: energy, payment, surplus; ``uplift``, what it would lose at the
+    prices, paid back to it; ``gain`` against not trading (surplus + uplift); and
+    ``lost_opportunity``, its best response's surplus beyond the cleared one (a block's
+    best response is all or nothing, whether or not it is divisible)."""
+    columns = ["energy_kwh", "payment", "surplus", "best_surplus"]
+    table = settled.groupby("participant", sort=False)[columns].sum().reset_index()
+    table["uplift"] = np.maximum(0.0, -table["surplus"])
+    table["gain"] = table["surplus"] + table["uplift"]
+    table["lost_opportunity"] = table.pop("best_surplus") - table["surplus"]
+    return table
+
+
+def _parties_table(m, settlement, settled, prices, upstream) -> pd.DataFrame:
+    """Who pays what (currency; positive: paid by the party). The operator's side is
+    computed apart from the participants' payments: the network's own bus injections at
+    the nodal prices (congestion and loss rents), the upstream interface at the root's
+    price against the tariffs, the pay-as-bid margin, less the uplift it pays."""
+    hours = m.period_hours / 1000.0
+    nodal = prices.drop_duplicates(_keys(m)).set_index(_keys(m))["price"]
+    injected = _bus_injection_values(m.handles)
+    if m.feeder is None:
+        injected = injected.groupby(level="period").sum()
+    network_rent = -float((nodal.reindex(injected.index).fillna(0.0) * injected).sum()) * hours
+    interface_rent = upstream_cost = 0.0
+    if upstream is not None:
+        root = nodal.xs(m.feeder.root, level="bus") if m.feeder is not None else nodal
+        net = upstream.set_index("period")
+        upstream_cost = _upstream_cost(upstream, hours)
+        imported = net["import_kw"] - net["export_kw"]
+        interface_rent = float((root.reindex(net.index) * imported).sum()) * hours - upstream_cost
+    margin = float(
+        ((settled["price"] - settled["market_price"]) * settled["energy_kwh"]).sum() / 1000.0
+    )
+    operator = network_rent + interface_rent + margin - float(settlement["uplift"].sum())
+    return pd.DataFrame(
+        {
+            "party": [*settlement["participant"], UPSTREAM, "operator"],
+            "role": ["participant"] * len(settlement) + [UPSTREAM, "operator"],
+            "payment": [*(settlement["payment"] - settlement["uplift"]), -upstream_cost, -operator],
+        }
     )
 
 
-def _with_uplift(settlement: pd.DataFrame, settled: pd.DataFrame) -> pd.DataFrame:
-    """Uplift: what a participant would lose at the prices, paid back to it."""
-    return settlement.assign(uplift=np.maximum(0.0, -settlement["surplus"]))
+def _bus_injection_values(handles) -> pd.Series:
+    """The network formulation's solved net injection (kW) by (bus, period)."""
+    from gridmarkets.networks import LinearInjections
+
+    p = handles.p_kw
+    if isinstance(p, LinearInjections):
+        values = p.values_by_key()
+    else:
+        values = np.array([pyo.value(e) for e in p.values()], dtype=float)
+    index = pd.MultiIndex.from_tuples(list(p), names=["bus", "period"])
+    return pd.Series(values, index=index)
+
+
+def _upstream_cost(upstream: pd.DataFrame, per_kw: float) -> float:
+    return float(
+        (upstream["import_kw"] * upstream["import_price"]).sum() * per_kw
+        - (upstream["export_kw"] * upstream["export_price"]).sum() * per_kw
+    )
 
 
 def _kpis(m, solution: Solution, settled: pd.DataFrame, upstream) -> dict[str, float]:
     hours = m.period_hours
     buy, sell = settled["side"] == "buy", settled["side"] == "sell"
-    upstream_cost = 0.0
-    if upstream is not None:
-        upstream_cost = float(
-            (upstream["import_kw"] * upstream["import_price"]).sum() * hours / 1000
-            - (upstream["export_kw"] * upstream["export_price"]).sum() * hours / 1000
-        )
+    upstream_cost = 0.0 if upstream is None else _upstream_cost(upstream, hours / 1000)
     payments_in = float(settled.loc[buy, "payment"].sum())
     payments_out = float(-settled.loc[sell, "payment"].sum())
     unmatched = (settled["offered_kw"] - settled["quantity_kw"]) * hours
@@ -528,11 +673,29 @@ def _kpis(m, solution: Solution, settled: pd.DataFrame, upstream) -> dict[str, f
     }
 
 
+def _certificates(m, settlement: pd.DataFrame, parties: pd.DataFrame) -> dict[str, float]:
+    """Individual rationality, best responses and the closed settlement (module docstring)."""
+    stake = (m.bids["price"].abs() * m.bids["quantity_kw"]).sum() * m.period_hours / 1000
+    tolerance = _REL_TOL * float(stake)
+    min_gain = float(settlement["gain"].min()) if len(settlement) else 0.0
+    return {
+        "uplift": float(settlement["uplift"].sum()),
+        "lost_opportunity": float(settlement["lost_opportunity"].sum()),
+        "max_lost_opportunity": float(settlement["lost_opportunity"].max())
+        if len(settlement)
+        else 0.0,
+        "min_gain": min_gain,
+        "gain_tolerance": tolerance,
+        "individually_rational": float(min_gain >= -tolerance),
+        "reconciliation_error": float(parties["payment"].sum()),
+    }
+
+
 def clear(
     bids: pd.DataFrame,
     *,
     upstream: Upstream | None = None,
-    network: Any = None,
+    network: Feeder | None = None,
     pricing: Literal["uniform", "pay_as_bid"] = "uniform",
     solve_options: dict[str, Any] | None = None,
     **build_options: Any,

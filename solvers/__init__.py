@@ -1,7 +1,13 @@
 """Solver layer: HiGHS through compiled arrays, infeasibility diagnosis, KKT, ADMM."""
 
 from gridmarkets.solvers.diagnose import Conflict, Diagnosis, diagnose
-from gridmarkets.solvers.highs import Solution, compile_model, record_build_time, solve
+from gridmarkets.solvers.highs import (
+    Solution,
+    compile_model,
+    price_milp_by,
+    record_build_time,
+    solve,
+)
 from gridmarkets.solvers.kkt import reformulate, verify
 
 __all__ = [
@@ -10,6 +16,7 @@ __all__ = [
     "Solution",
     "compile_model",
     "diagnose",
+    "price_milp_by",
     "record_build_time",
     "reformulate",
     "solve",

@@ -50,6 +50,8 @@ INF = highspy.kHighsInf
 _FIXED, _BOUNDS = operator.attrgetter("fixed"), operator.attrgetter("bounds")
 _ARGS, _DOMAIN = operator.attrgetter("args"), operator.attrgetter("domain")
 BUILD_SECONDS_ATTR = "_gridmarkets_build_seconds"
+MILP_PRICES_ATTR = "_gridmarkets_milp_prices"
+MILP_PRICES = ("fixed_integer", "convex_hull")
 
 _LIMIT_STATUSES = {
     highspy.HighsModelStatus.kTimeLimit: "time_limit",
@@ -133,7 +135,8 @@ class Solution:
     best_bound : proven bound on the objective (MIPs); equals ``objective`` for LPs.
     gap : relative MIP gap |objective - bound| / |objective| (0 for LPs).
     duals_from : "lp" (the model is an LP), "fixed_integer_lp" (a MILP whose
-        integers were fixed and the LP re-solved to price it), or None (no duals: a
+        integers were fixed and the LP re-solved to price it), "relaxed_lp" (a MILP
+        priced by its LP relaxation, see :func:`price_milp_by`), or None (no duals: a
         MILP stopped by a limit).
     """
 
@@ -227,6 +230,21 @@ def gc_paused() -> Iterator[None]:
 def record_build_time(model: pyo.Block, seconds: float) -> None:
     """Remember how long a builder took, so the Solution can report it."""
     setattr(model, BUILD_SECONDS_ATTR, seconds)
+
+
+def price_milp_by(model: pyo.Block, rule: str) -> None:
+    """How :func:`solve` prices the model when it is a MILP.
+
+    ``"fixed_integer"`` (the default): the LP with the integers fixed at the solution.
+    ``"convex_hull"``: the duals of the LP relaxation. They are the convex-hull
+    (minimum-uplift) prices of Gribik, Hogan and Pope (2007) when each participant's
+    relaxed constraints are the convex hull of its integer choices, as for block bids
+    with ``r q u <= x <= q u``: the Lagrangian dual of the balances is then the
+    relaxation's dual.
+    """
+    if rule not in MILP_PRICES:
+        raise InputError(f"MILP prices: {rule!r} is not one of {', '.join(MILP_PRICES)}")
+    setattr(model, MILP_PRICES_ATTR, rule)
 
 
 @gc_paused()
@@ -471,14 +489,14 @@ def _row_duals(form: StandardForm, highs: highspy.Highs) -> Callable[[], dict[in
     return by_constraint
 
 
-def _fixed_integer_duals(form: StandardForm, x: np.ndarray, options) -> dict[int, float]:
-    """Price a MILP: fix its integers at the solution, re-solve the LP, read duals."""
+def _milp_duals(form: StandardForm, x: np.ndarray, rule: str, options) -> dict[int, float]:
+    """Price a MILP by an LP: its integers fixed at the solution (``fixed_integer``) or
+    relaxed (``convex_hull``); re-solve and read the duals."""
     lp = form.lp
-    fixed = np.round(x[form.integer])
     lower = np.array(lp.col_lower_, dtype=float)
     upper = np.array(lp.col_upper_, dtype=float)
-    lower[form.integer] = fixed
-    upper[form.integer] = fixed
+    if rule == "fixed_integer":
+        lower[form.integer] = upper[form.integer] = np.round(x[form.integer])
     highs = _new_highs({k: v for k, v in options.items() if k != "mip_rel_gap"})
     highs.passModel(lp)
     highs.changeColsIntegrality(
@@ -489,7 +507,7 @@ def _fixed_integer_duals(form: StandardForm, x: np.ndarray, options) -> dict[int
     highs.changeColsBounds(len(x), np.arange(len(x), dtype=np.int32), lower, upper)
     highs.run()
     if highs.getModelStatus() != highspy.HighsModelStatus.kOptimal:
-        raise InfeasibleError("the fixed-integer LP used to price the MILP did not solve")
+        raise InfeasibleError(f"the {rule} LP used to price the MILP did not solve")
     return _row_duals(form, highs)
 
 
@@ -592,8 +610,10 @@ def solve_compiled(
     objective = float(np.dot(form.lp.col_cost_, x)) + form.objective_offset
     if form.is_mip:
         bound, gap = float(info.mip_dual_bound), float(info.mip_gap)
-        duals_from = "fixed_integer_lp" if optimal else None
-        duals = _fixed_integer_duals(form, x, options) if optimal else {}
+        rule = getattr(model, MILP_PRICES_ATTR, "fixed_integer")
+        duals_from = {"fixed_integer": "fixed_integer_lp", "convex_hull": "relaxed_lp"}[rule]
+        duals_from = duals_from if optimal else None
+        duals = _milp_duals(form, x, rule, options) if optimal else {}
     else:
         bound, gap, duals_from = objective, 0.0, "lp"
         duals = _row_duals(form, highs)

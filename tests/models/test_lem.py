@@ -165,10 +165,13 @@ def test_settlements_balance(pricing):
         assert total == pytest.approx(solution.objective)
 
 
-def test_indivisible_blocks_are_priced_from_the_fixed_acceptance_lp_with_uplift():
+def test_indivisible_blocks_are_priced_at_the_convex_hull_with_uplift():
     # a 10 kW indivisible offer at 20, a 4 kW bid at 50 and an 8 kW bid at 15:
-    # accepting the block puts 6 kW on the low bid, partly accepted, so the price is 15,
-    # below the block's offer, so the seller gets an uplift.
+    # accepting the block puts 6 kW on the low bid. The relaxation (the block's convex
+    # hull) sells 4 kW of the block, so the price is 20; the low bid, partly accepted at
+    # 20 > 15, is paid back its loss. Total lost opportunity at a price p:
+    # 10 max(20 - p, 0) + 4 max(p - 50, 0) + 8 max(15 - p, 0) - 6 (15 - p): 30 at 20, 50
+    # at 15 (the fixed-acceptance price), its minimum at 20.
     bids = pd.DataFrame(
         {
             "participant": ["gen", "a", "b"],
@@ -182,11 +185,12 @@ def test_indivisible_blocks_are_priced_from_the_fixed_acceptance_lp_with_uplift(
     accepted = result.accepted.set_index("participant")["quantity_kw"]
     # enumeration: block off -> welfare 0; block on -> 4*50 + 6*15 - 10*20 = 90 (/1000)
     assert accepted.tolist() == pytest.approx([10.0, 4.0, 6.0])
-    assert result.solution.duals_from == "fixed_integer_lp"
-    assert result.prices.loc[0, "price"] == pytest.approx(15.0)
-    uplift = result.settlement.set_index("participant")["uplift"]
-    assert uplift["gen"] == pytest.approx(10 * (20 - 15) / 1000)
-    assert uplift["a"] == 0 and uplift["b"] == 0
+    assert result.solution.duals_from == "relaxed_lp"
+    assert result.prices.loc[0, "price"] == pytest.approx(20.0)
+    settlement = result.settlement.set_index("participant")
+    assert settlement.loc["b", "uplift"] == pytest.approx(6 * (20 - 15) / 1000)
+    assert settlement.loc["gen", "uplift"] == 0 and settlement.loc["a", "uplift"] == 0
+    assert result.kpis["lost_opportunity"] == pytest.approx(30 / 1000)
 
 
 def test_bad_bids_name_the_row_and_column():
