@@ -18,7 +18,7 @@ from gridmarkets.networks.lindistflow import (
     linear_operating_point,
     linear_power_flow,
 )
-from gridmarkets.networks.losses import LossIteration, iterate_losses
+from gridmarkets.networks.losses import LossIteration, iterate_losses, linearise_at_lossless
 from gridmarkets.networks.plot import plot_feeder
 from gridmarkets.networks.prices import nodal_prices
 from gridmarkets.networks.three_phase import (
@@ -50,6 +50,7 @@ __all__ = [
     "feeder_from_net",
     "feeder_profiles",
     "iterate_losses",
+    "linearise_at_lossless",
     "linear_operating_point",
     "linear_power_flow",
     "load",

@@ -1,7 +1,9 @@
-"""Iterate the loss linearisation: solve, run AC at the solution, re-linearise, repeat."""
+"""Where the loss linearisation sits: at the lossless solution (one re-linearisation,
+LinDistFlow's own flows), or iterated at pandapower's AC solution until they agree."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +14,7 @@ import pyomo.environ as pyo
 from gridmarkets.errors import NetworkError
 from gridmarkets.networks.ac_check import run_ac
 from gridmarkets.networks.handles import NetworkHandles, value_array
-from gridmarkets.networks.lindistflow import OperatingPoint
+from gridmarkets.networks.lindistflow import OperatingPoint, linear_operating_point
 
 
 @dataclass
@@ -44,8 +46,10 @@ def iterate_losses(
     Each round solves the model and runs pandapower's AC power flow of the cleared net
     injections (P and Q); the next round first sets the loss parameters to the
     linearisation at that flow's branch flows and voltages (in the handles'
-    ``loss_voltage`` variant). On return the parameters are those of the last solve, so
-    :func:`~gridmarkets.networks.nodal_prices` decomposes its duals.
+    ``loss_voltage`` variant). A model built around the flat point (lossless at first)
+    is re-linearised at least once, whatever its first voltages. On return the
+    parameters are those of the last solve, so :func:`~gridmarkets.networks.nodal_prices`
+    decomposes its duals.
 
     Parameters
     ----------
@@ -61,13 +65,12 @@ def iterate_losses(
     """
     from gridmarkets.solvers import solve
 
-    if handles.losses is None:
-        raise NetworkError(
-            f"iterate_losses needs a LinDistFlow built with losses='linear'; this network "
-            f"({handles.formulation}) has no loss parameters"
-        )
+    _require_losses(handles)
     feeder = handles.feeder
     rows, point = [], None
+    # a start at the flat point solves lossless: agreeing voltages then say nothing of
+    # the losses, so at least one round at an AC point follows
+    lossless = all(not any(param.extract_values().values()) for param in handles.losses.values())
     for iteration in range(1, max_iterations + 1):
         if point is not None:  # only before another solve: the parameters stay the solution's
             _relinearise(handles, point)
@@ -75,13 +78,55 @@ def iterate_losses(
         p_kw, q_kvar = handles.injection_values()
         ac = run_ac(feeder, p_kw / feeder.s_base_kva, q_kvar / feeder.s_base_kva)
         rows.append({"iteration": iteration, **_compare(handles, ac)})
-        if rows[-1]["max_voltage_error_pu"] <= tolerance_pu:
+        if rows[-1]["max_voltage_error_pu"] <= tolerance_pu and not lossless:
             break
+        lossless = False
         point = OperatingPoint(ac["p_pu"], ac["q_pu"], ac["vm_pu"] ** 2)
     table = pd.DataFrame(rows)
     return LossIteration(
         solution, table, bool(table["max_voltage_error_pu"].iloc[-1] <= tolerance_pu)
     )
+
+
+def linearise_at_lossless(
+    model: pyo.Block,
+    handles: NetworkHandles | Sequence[NetworkHandles],
+    *,
+    solve_options: dict[str, Any] | None = None,
+):
+    """Solve lossless, linearise the losses around that solution, solve again.
+
+    The operating point is the lossless LinDistFlow's flows and voltages at the cleared
+    injections (no AC power flow), so the losses are priced around what the market
+    itself does rather than around the net's own loads. The model must hold
+    LinDistFlows built with ``losses="linear"`` around the flat point
+    (``OperatingPoint.flat``), where the loss terms vanish: its first solve is the
+    lossless one. ``handles``: the model's grid, or its grids (one per scenario), each
+    re-linearised at its own injections. Returns the second solve's Solution (values
+    loaded in the model).
+    """
+    from gridmarkets.solvers import solve
+
+    grids = [handles] if isinstance(handles, NetworkHandles) else list(handles)
+    for grid in grids:
+        _require_losses(grid)
+    solve(model, **(solve_options or {}))
+    for grid in grids:
+        feeder, periods = grid.feeder, grid.periods
+        p_kw, q_kvar = (
+            pd.DataFrame(values, index=feeder.buses.index, columns=periods)
+            for values in grid.injection_values()
+        )
+        _relinearise(grid, linear_operating_point(feeder, p_kw, q_kvar))
+    return solve(model, **(solve_options or {}))
+
+
+def _require_losses(handles: NetworkHandles) -> None:
+    if handles.losses is None:
+        raise NetworkError(
+            f"the losses need a LinDistFlow built with losses='linear'; this network "
+            f"({handles.formulation}) has no loss parameters"
+        )
 
 
 def _compare(handles: NetworkHandles, ac: dict) -> dict[str, float]:

@@ -5,15 +5,16 @@ Written once for every model; what differs between models lives in their adapter
 The CLI writes the returned :class:`~gridmarkets.results.Result`; sweeps call
 :func:`run_case` per scenario (or a :class:`ReusingRunner`, which keeps the feeder).
 
-Losses (``network.losses``): ``none`` is the lossless LinDistFlow; ``linear`` linearises
-the losses around an operating point; ``iterate`` solves, runs pandapower's AC power
-flow of the solution, re-linearises there and solves again until the voltages agree
-(:func:`gridmarkets.networks.iterate_losses`), and reports the iterations. A mode the
-case's model cannot honour is a :class:`~gridmarkets.errors.CaseError` naming
-``network.losses`` when the case file asks for it; where the default (iterate) is not
-available the case runs lossless ("none": ``linear`` around a fixed point is no safer
-a default, see :class:`~gridmarkets.specs.base.NetworkSpec`), and the summary says
-which mode ran.
+Losses (``network.losses``): ``none`` is the lossless LinDistFlow; ``linear`` solves
+lossless, linearises the losses in P, Q and v around that solution and solves again
+(:func:`gridmarkets.networks.linearise_at_lossless`); ``iterate`` solves, runs
+pandapower's AC power flow of the solution, re-linearises there and solves again until
+the voltages agree (:func:`gridmarkets.networks.iterate_losses`), and reports the
+iterations. A mode the case's model cannot honour is a
+:class:`~gridmarkets.errors.CaseError` naming ``network.losses`` when the case file asks
+for it; where the default (iterate, see :class:`~gridmarkets.specs.base.NetworkSpec`) is
+not available the case runs lossless unless its file asks for ``linear``, and the
+summary says which mode ran.
 """
 
 from __future__ import annotations
@@ -98,6 +99,12 @@ class CaseRun:
             return built.read(iteration.solution), iteration
         from gridmarkets.solvers import solve
 
+        if self.losses == "linear":
+            from gridmarkets.networks import linearise_at_lossless
+
+            return built.read(
+                linearise_at_lossless(built.model, built.grid, solve_options=options)
+            ), None
         if built.solver is not None:
             return built.read(built.solver(built.model, options)), None
         return built.read(solve(built.model, **options)), None
@@ -145,17 +152,16 @@ def formulation(feeder, losses: str | None):
     """The network formulation for the losses mode; None (the model's default) without
     a feeder or without losses.
 
-    ``linear``: LinDistFlow with losses linearised around its default operating point.
-    ``iterate``: linearised around the flat point (no flow, 1 pu), where the loss terms
-    vanish, so the first solve is the lossless one and every later round re-linearises
-    at pandapower's AC flow of the previous solution.
+    ``linear`` and ``iterate``: LinDistFlow with losses linearised around the flat point
+    (no flow, 1 pu), where the loss terms vanish, so the first solve is the lossless
+    one; ``linear`` then re-linearises once at that solution, ``iterate`` at
+    pandapower's AC flow of each solution (:meth:`CaseRun.solve`).
     """
     if feeder is None or losses in (None, "none"):
         return None
     from gridmarkets.networks import LinDistFlow, OperatingPoint
 
-    point = OperatingPoint.flat(feeder, 1) if losses == "iterate" else None
-    return LinDistFlow(losses=True, point=point)
+    return LinDistFlow(losses="linear", point=OperatingPoint.flat(feeder, 1))
 
 
 def check(result: Result, built: Built, feeder, losses: str | None, iteration: Any) -> None:

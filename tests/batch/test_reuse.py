@@ -69,8 +69,8 @@ def test_the_shipped_studies_reuse_one_model_and_match_full_rebuilds(path):
 
 
 def feeder_case(**changes):
-    """A small LEM on case33bw (losses linearised once: a model that can be kept) with an
-    upstream grid: two sellers, two buyers.
+    """A small lossless LEM on case33bw (a model that can be kept) with an upstream grid:
+    two sellers, two buyers.
 
     In every variation below one block (or the import) is partly accepted in each
     period, so the nodal prices are unique: a tie would let two correct solves report
@@ -79,7 +79,7 @@ def feeder_case(**changes):
         "model": "lem",
         "name": "lem_case33",
         "horizon": {"periods": 2, "resolution_minutes": 60},
-        "network": {"source": "pandapower", "name": "case33bw", "losses": "linear"},
+        "network": {"source": "pandapower", "name": "case33bw", "losses": "none"},
         "upstream": {"import_price": 120.0, "export_price": 30.0, "capacity_kw": 900.0},
         "participants": {
             "pv": {"side": "sell", "bus": 17, "blocks": [{"quantity_kw": [400, 0], "price": 10}]},
@@ -110,11 +110,13 @@ def test_on_a_feeder_data_changes_reuse_and_structure_changes_rebuild():
     assert run_both(cases) == [False, True, True, True, False, False, True]
 
 
-def test_iterated_losses_rebuild_for_every_case():
-    """Each round of iterate changes the loss coefficients, so no compiled LP is kept."""
+@pytest.mark.parametrize("losses", ["linear", "iterate"])
+def test_losses_rebuild_for_every_case(losses):
+    """Linearising at a case's own solution changes the loss coefficients, so no
+    compiled LP is kept."""
     cases = [
-        feeder_case(**{"network.losses": "iterate"}),
-        feeder_case(**{"network.losses": "iterate", "participants.chp.blocks.0.price": 200.0}),
+        feeder_case(**{"network.losses": losses}),
+        feeder_case(**{"network.losses": losses, "participants.chp.blocks.0.price": 200.0}),
     ]
     assert run_both(cases) == [False, False]
 

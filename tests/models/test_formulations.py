@@ -190,3 +190,35 @@ def test_flexibility_pool_without_dso_needs_clears_the_same_on_both():
     )
     with pytest.raises(InputError, match="needs: .*'copperplate'"):
         fx.build(offers, formulation=CopperPlate(), needs=needs, **options)
+
+
+def test_lem_on_a_feeder_clears_the_same_on_both(case33):
+    """Bids with their kvar at buses across the feeder, two periods, an upstream grid:
+    the same acceptances, prices and settlement on both, and without a network."""
+    from gridmarkets.models import lem
+
+    rows = [
+        ("pv5", "sell", 5, 30.0, 200.0, 0.0),
+        ("chp18", "sell", 18, 80.0, 300.0, 50.0),
+        ("home12", "buy", 12, 120.0, 250.0, 80.0),
+        ("shop30", "buy", 30, 90.0, 400.0, 100.0),
+        ("pump25", "buy", 25, 60.0, 150.0, 40.0),
+    ]
+    bids = pd.DataFrame(
+        [
+            (pid, side, bus, price + 3 * t, kw * (1 + 0.2 * t), kvar, t)
+            for pid, side, bus, price, kw, kvar in rows
+            for t in (0, 1)
+        ],
+        columns=["participant", "side", "bus", "price", "quantity_kw", "q_kvar", "period"],
+    )
+    upstream = lem.Upstream(import_price=[100.0, 70.0], export_price=20.0)
+    solved = both(lem.build, bids=bids, upstream=upstream, network=case33)
+    results = {name: lem.results(m, sol) for name, (m, sol) in solved.items()}
+    lin, plate = results["lindistflow"], results["copperplate"]
+    assert_same_tables(lin.accepted, plate.accepted, ["quantity_kw", "q_kvar"])
+    assert_same_tables(lin.prices, plate.prices, ["price"])
+    assert_same_tables(lin.settlement, plate.settlement, ["payment", "surplus"])
+    alone = lem.clear(bids, upstream=upstream)
+    assert_same_tables(alone.accepted, lin.accepted, ["quantity_kw"])
+    assert alone.kpis["social_welfare"] == pytest.approx(lin.kpis["social_welfare"], abs=TOL)

@@ -108,7 +108,9 @@ def test_every_shipped_case_settles_each_peer_at_its_best_response(name):
     capacity = None if case.upstream is None else case.upstream.capacity_kw
     # ADMM stops at residuals of 1e-6 (relative): its prices are that close
     rel_tol = 1e-4 if case.method == "admm" else 1e-6
-    check_settlement(result, p2p_specs.case_bids(case), capacity, case.horizon.period_hours, rel_tol)
+    check_settlement(
+        result, p2p_specs.case_bids(case), capacity, case.horizon.period_hours, rel_tol
+    )
 
 
 def test_feeder_case_pays_every_seller_at_least_its_offer():

@@ -87,8 +87,9 @@ class Built:
     read : the model's results from its solution.
     checks : from the result, the injections the AC check runs on, by name ("" for the
         case's one check; flexibility names its scenarios).
-    grid : the one grid whose losses ``network.losses: iterate`` re-linearises (the
-        adapter's :meth:`CaseAdapter.losses` offers "iterate" only where there is one).
+    grid : the grid whose losses ``network.losses: linear`` and ``iterate``
+        re-linearise, or for ``linear`` a list of grids (one per scenario); the adapter's
+        :meth:`CaseAdapter.losses` offers "iterate" only where there is one grid.
     run : the whole case, for a case that is not one model solve.
     solve_options : options the model's own solve adds (the aggregator's warm start).
     solver : the model's own solve, ``(model, solve_options) -> Solution``, where it is
@@ -98,7 +99,7 @@ class Built:
     model: pyo.ConcreteModel | None = None
     read: Callable[[Solution], Result] | None = None
     checks: Callable[[Result], dict[str, Injections]] = no_checks
-    grid: NetworkHandles | None = None
+    grid: NetworkHandles | list[NetworkHandles] | None = None
     run: Callable[[dict[str, Any]], Result] | None = None
     solve_options: dict[str, Any] = field(default_factory=dict)
     solver: Callable[[pyo.ConcreteModel, dict[str, Any]], Solution] | None = None

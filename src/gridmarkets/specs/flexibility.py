@@ -240,6 +240,7 @@ class FlexibilityAdapter:
             m,
             lambda solution: results(m, solution, case.pricing, ac=False),
             lambda result: _pool_checks(market, scenario_handles(m)),
+            grid=list(scenario_handles(m).values()),
         )
 
     def finish(self, case: CaseSpec, result: Result, feeder, solve_options: dict) -> None:

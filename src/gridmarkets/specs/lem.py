@@ -130,8 +130,9 @@ def profile_bids(case: CaseSpec, feeder) -> pd.DataFrame:
     """Bids of the feeder's loads and offers of its generators from their profiles.
 
     One buyer ``load_<bus>`` and one seller ``pv_<bus>`` per bus that has loads or
-    static generators; SimBench's yearly 15-minute profiles are read from the horizon's
-    start (1 January 00:00 when it has none).
+    static generators, each block with the elements' own reactive power in proportion
+    (their profiles' kvar); SimBench's yearly 15-minute profiles are read from the
+    horizon's start (1 January 00:00 when it has none).
     """
     from gridmarkets.networks import feeder_profiles
 
@@ -142,11 +143,12 @@ def profile_bids(case: CaseSpec, feeder) -> pd.DataFrame:
         start = int((horizon.start - new_year).total_seconds() // 900)
     profiles = feeder_profiles(feeder, start, horizon.periods, horizon.resolution_minutes)
     sides = (
-        ("buy", "load", "load_p_kw", spec.buy_blocks),
-        ("sell", "pv", "sgen_p_kw", spec.sell_blocks),
+        ("buy", "load", "load", spec.buy_blocks),
+        ("sell", "pv", "sgen", spec.sell_blocks),
     )
     frames = []
-    for side, prefix, column, blocks in sides:
+    for side, prefix, element, blocks in sides:
+        column = f"{element}_p_kw"
         present = profiles.groupby("bus")[column].transform("max") > 0
         rows = profiles[present]
         for k, block in enumerate(blocks):
@@ -156,6 +158,7 @@ def profile_bids(case: CaseSpec, feeder) -> pd.DataFrame:
                         "participant": prefix + "_" + rows["bus"].astype(str),
                         "side": side,
                         "quantity_kw": rows[column].clip(lower=0) * block.share * spec.scale,
+                        "q_kvar": rows[f"{element}_q_kvar"] * block.share * spec.scale,
                         "price": block.price,
                         "period": rows["period"],
                         "block": k,
@@ -235,8 +238,8 @@ class ReusingRunner(pipeline.ReusingRunner):
       (:func:`structure_key` is equal): :func:`~gridmarkets.models.lem.update` changes
       the model in place and a :class:`~gridmarkets.solvers.persistent.PersistentLP`
       solves it from the same arrays, so the answer is the one ``run_case`` gets. A MILP
-      market (indivisible blocks, minimum acceptances) and ``network.losses: iterate``
-      (which changes the model's loss coefficients) are built for every case.
+      market (indivisible blocks, minimum acceptances) and ``network.losses: linear`` or
+      ``iterate`` (which change the model's loss coefficients) are built for every case.
 
     Not thread-safe: one per worker thread. After a call that raises, nothing but the
     Feeder is kept. ``reused`` says whether the last call reused a built model.
@@ -258,7 +261,7 @@ class ReusingRunner(pipeline.ReusingRunner):
             built = market(lp.model, case)
         else:
             built = run.build()
-            if hasattr(built.model, "INTEGER_BIDS") or run.losses == "iterate":
+            if hasattr(built.model, "INTEGER_BIDS") or run.losses in ("linear", "iterate"):
                 result, iteration = run.solve(built, solve_options)
                 return run.complete(built, result, iteration, solve_options)
             lp = PersistentLP(built.model)
