@@ -13,10 +13,10 @@ Prices. The uniform price of a period is the dual of its balance: what one more 
 demand would cost. Where supply and demand meet on a vertical step the dual is not
 unique; the set of prices that support the cleared quantities is reported as
 [``price_low``, ``price_high``] (derived from which blocks are accepted, partly
-accepted or rejected) and ``price`` is its midpoint when both ends are finite (else the
-LP dual, which lies inside it). With a network, nodal prices (DLMPs) come from the
-nodal balances and are reported per bus with their decomposition; their interval is
-not analysed (``price_low = price_high = price``). Pay-as-bid settles each accepted
+accepted or rejected) and ``price`` is its midpoint when both ends are finite, its
+finite end when only one is (else the LP dual, which lies inside it). With a network,
+nodal prices (DLMPs) come from the nodal balances and are reported per bus with their
+decomposition; their interval is not analysed (``price_low = price_high = price``). Pay-as-bid settles each accepted
 block at its own price.
 
 Indivisible blocks (all-or-nothing) and minimum acceptance ratios make the clearing a
@@ -404,10 +404,11 @@ def results(
     from gridmarkets.networks import nodal_prices
 
     nodal = nodal_prices(m.handles, solution)
-    _accept_unresolved_blocks(m, nodal)
-    accepted = _accepted_table(m)
     upstream = _upstream_table(m)
-    prices = _prices_table(m, nodal, accepted, upstream)
+    unresolved = _unresolved_blocks(m)
+    prices = _prices_table(m, nodal, _accepted_table(m)[~unresolved], upstream)
+    _accept_at_prices(m, unresolved, prices)
+    accepted = _accepted_table(m)
     settled = _settle(accepted, prices, m, pricing)
     settlement = _settlement_table(settled)
     parties = _parties_table(m, settlement, settled, prices, upstream)
@@ -424,17 +425,19 @@ def _keys(m) -> list[str]:
     return ["period"] if m.feeder is None else ["bus", "period"]
 
 
-def _accept_unresolved_blocks(m, nodal: pd.DataFrame) -> None:
-    """Blocks below the solver's resolution (module docstring, Scale) accepted whole when
-    in the money at their cleared price, not at all when out of it; set in the model, so
-    its bus injections and the AC check see them."""
-    table = m.bids
-    free = ~_fixed_blocks(m)
-    small = free & (table["quantity_kw"].to_numpy() < _RESOLUTION_KW)
-    if not small.any():
+def _unresolved_blocks(m) -> np.ndarray:
+    """Divisible blocks no larger than the solver resolves (module docstring, Scale)."""
+    return ~_fixed_blocks(m) & (m.bids["quantity_kw"].to_numpy() <= _RESOLUTION_KW)
+
+
+def _accept_at_prices(m, blocks: np.ndarray, prices: pd.DataFrame) -> None:
+    """Accept these blocks whole when in the money at their cleared price (the price the
+    resolved blocks support), not at all when out of it; set in the model, so its bus
+    injections and the AC check see them."""
+    if not blocks.any():
         return
-    rows = table.loc[small, [*_keys(m), "side", "price", "quantity_kw"]]
-    at = nodal.drop_duplicates(_keys(m)).set_index(_keys(m))["price"]
+    rows = m.bids.loc[blocks, [*_keys(m), "side", "price", "quantity_kw"]]
+    at = prices.drop_duplicates(_keys(m)).set_index(_keys(m))["price"]
     where = rows["period"] if m.feeder is None else pd.MultiIndex.from_frame(rows[_keys(m)])
     price = at.reindex(where)
     margin = np.where(rows["side"] == "buy", 1.0, -1.0) * (rows["price"] - price.to_numpy())
@@ -496,10 +499,11 @@ def _upstream_table(m) -> pd.DataFrame | None:
 
 def _prices_table(m, nodal: pd.DataFrame, accepted, upstream) -> pd.DataFrame:
     """Nodal prices on a feeder. Without one, the period's dual (for a MILP the
-    convex-hull price) with the interval of prices that support the cleared quantities;
-    where the dual lies in it, ``price`` is its midpoint (every price of the interval
-    leaves every block at its best response, so the midpoint is as good a dual), else
-    the dual (a MILP whose integer choices no single price supports)."""
+    convex-hull price) with the interval of prices that support the cleared quantities.
+    Where the dual lies in it, every price of the interval leaves every block at its
+    best response, and ``price`` is its midpoint, or its finite end when the other is
+    infinite (a market where one side does not trade: not the solver's arbitrary dual);
+    else the dual (a MILP whose integer choices no single price supports)."""
     if m.feeder is not None:
         return nodal.assign(price_low=nodal["price"], price_high=nodal["price"])
     low, high = price_interval(accepted, upstream, m.upstream)
@@ -510,10 +514,15 @@ def _prices_table(m, nodal: pd.DataFrame, accepted, upstream) -> pd.DataFrame:
     inside = (table["price"] >= table["price_low"] - slack) & (
         table["price"] <= table["price_high"] + slack
     )
-    both = np.isfinite(table["price_low"]) & np.isfinite(table["price_high"])
-    midpoint = (table["price_low"] + table["price_high"]) / 2
+    low, high = table["price_low"], table["price_high"]
+    finite_low, finite_high = np.isfinite(low), np.isfinite(high)
     table["dual"] = table["price"]
-    table["price"] = midpoint.where(both & inside, table["price"])
+    chosen = np.select(
+        [finite_low & finite_high, finite_high, finite_low],
+        [(low + high) / 2, high, low],
+        default=table["price"],
+    )
+    table["price"] = np.where(inside, chosen, table["price"])
     return table.reset_index()
 
 
