@@ -16,8 +16,8 @@ unique; the set of prices that support the cleared quantities is reported as
 accepted or rejected) and ``price`` is its midpoint when both ends are finite, its
 finite end when only one is (else the LP dual, which lies inside it). With a network,
 nodal prices (DLMPs) come from the nodal balances and are reported per bus with their
-decomposition; their interval is not analysed (``price_low = price_high = price``). Pay-as-bid settles each accepted
-block at its own price.
+decomposition; their interval is not analysed (``price_low = price_high = price``).
+Pay-as-bid settles each accepted block at its own price.
 
 Indivisible blocks (all-or-nothing) and minimum acceptance ratios make the clearing a
 MILP. Its prices are convex-hull prices: the duals of the LP relaxation, which for
