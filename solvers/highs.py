@@ -64,6 +64,10 @@ BUILD_SECONDS_ATTR = "_gridmarkets_build_seconds"
 MILP_PRICES_ATTR = "_gridmarkets_milp_prices"
 MILP_PRICES = ("fixed_integer", "convex_hull")
 CONVEXITY_CHECK_MAX = 2000  # columns of one coupled block of the Hessian checked densely
+# HiGHS's QP solver adds qp_regularization_value (default 1e-7) to every diagonal entry of
+# the Hessian, which moves the point by about 1e-7 / curvature: 3.5e-3 kW and 5e-5 of price
+# on tests/solvers/test_qp.py's market. QPs are solved as stated unless the caller asks.
+QP_OPTIONS = {"qp_regularization_value": 0.0}
 
 _LIMIT_STATUSES = {
     highspy.HighsModelStatus.kTimeLimit: "time_limit",
@@ -575,7 +579,7 @@ def _highs_model(form: StandardForm) -> highspy.HighsLp | highspy.HighsModel:
 
 
 def _run(form: StandardForm, options: dict[str, Any], warm_start: bool = False) -> highspy.Highs:
-    highs = _new_highs(options)
+    highs = _new_highs(options if form.hessian is None else {**QP_OPTIONS, **options})
     if highs.passModel(_highs_model(form)) == highspy.HighsStatus.kError:
         largest = np.abs(np.asarray(form.lp.a_matrix_.value_, dtype=float)).max(initial=0.0)
         raise InputError(
@@ -675,7 +679,8 @@ def solve(
     A QP minimises ``c'x + 0.5 x'Qx`` (``Q`` positive semidefinite), or maximises it
     with ``Q`` negative semidefinite, subject to linear constraints and bounds, over
     continuous variables; its duals (``duals_from == "qp"``) are the multipliers of
-    its KKT conditions, priced as for an LP (module docstring).
+    its KKT conditions, priced as for an LP (module docstring). HiGHS's Hessian
+    regularisation is off for QPs (``QP_OPTIONS``) unless ``options`` sets it.
 
     Parameters
     ----------
