@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 import pyomo.environ as pyo
 import scipy.sparse as sp
+from pyomo.common.errors import InvalidExpressionError
 from pyomo.common.numeric_types import native_numeric_types
 from pyomo.core.base.constraint import ConstraintData, IndexedConstraint
 from pyomo.core.base.var import VarData
@@ -310,11 +311,17 @@ def compile_model(model: pyo.Block) -> StandardForm:
         raise InputError(f"model {model.name} has {len(objectives)} active objectives; need 1")
     families = [(c, *array_rows(c)) for c in array_constraints(model)]
     objective = linear_pairs(objectives[0].expr)
-    quadratic = None if objective is not None else quadratic_terms(objectives[0])
-    if quadratic is not None:
+    quadratic = None
+    try:
+        info = _standard_form(model, families, objectives[0] if objective is not None else None)
+    except InvalidExpressionError:
+        # Pyomo's compiler reads the objective before any constraint and stops at a
+        # quadratic one: only then is it read again, as quadratic (the LP path pays nothing)
+        quadratic = quadratic_terms(objectives[0]) if objective is None else None
+        if quadratic is None:
+            raise
         objective = quadratic[:2]
-    with _hidden(families, objectives[0] if objective is not None else None):
-        info = LinearStandardFormCompiler().write(model, mixed_form=True, set_sense=None)
+        info = _standard_form(model, families, objectives[0])
     rhs = np.asarray(info.rhs, dtype=float)
     sense = np.array([r.bound_type for r in info.rows], dtype=int)
     parts = _Parts(
@@ -406,6 +413,12 @@ def _check_quadratic(
                 f"{' ...' if len(members) > 5 else ''} (its Hessian has the eigenvalue "
                 f"{(-1 if maximize else 1) * eigenvalues[0]:.3g}); HiGHS solves convex QPs only"
             )
+
+
+def _standard_form(model: pyo.Block, families: list, objective: Any) -> Any:
+    """Pyomo's standard form of what the arrays and ``objective`` (if given) leave."""
+    with _hidden(families, objective):
+        return LinearStandardFormCompiler().write(model, mixed_form=True, set_sense=None)
 
 
 @contextmanager
