@@ -33,7 +33,7 @@ whose costs nearly cancel leave welfare almost flat, so the distributed solution
 (``method="admm"``, :func:`gridmarkets.solvers.admm.consensus_admm`) needs tight
 stopping tolerances to reach the LP's trades. ``quadratic`` (gamma > 0,
 (currency/MWh)/kW) adds a strictly convex term that makes the trades unique in any
-case (solved as a QP by HiGHS).
+case (solved as a QP by HiGHS through :func:`gridmarkets.solvers.solve`).
 
 The grid: every block's injection (kW, and its reactive power from
 :func:`~gridmarkets.models.lem.reactive_ratio`) meets the network through
@@ -1096,13 +1096,7 @@ def clear(
     if method != "central":
         raise InputError(f"method: {method!r} is not 'central' or 'admm'")
     m = build(bids, **build_options)
-    if m.market.quadratic > 0:
-        from gridmarkets.solvers.admm import solve_quadratic
-
-        solution = solve_quadratic(m, (solve_options or {}).get("options"))
-    else:
-        solution = solve(m, **(solve_options or {}))
-    return results(m, solution)
+    return results(m, solve(m, **(solve_options or {})))
 
 
 def branch_flows(feeder: Any, injections: pd.DataFrame) -> pd.DataFrame:

@@ -1,4 +1,4 @@
-"""Consensus ADMM for bilateral exchange, and the central QP it is checked against.
+"""Consensus ADMM for bilateral exchange.
 
 The problem (the peer-to-peer market of :mod:`gridmarkets.models.p2p`, and any market
 of agents that trade bilaterally and otherwise only face their own price-quantity
@@ -37,16 +37,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
-import highspy
 import numpy as np
 import pandas as pd
-import pyomo.environ as pyo
-from pyomo.repn import generate_standard_repn
 
-from gridmarkets.errors import InputError, LimitReachedError
-from gridmarkets.solvers.highs import BUILD_SECONDS_ATTR, Solution, compile_model
+from gridmarkets.errors import InputError
 
 _BISECTIONS = 80
 _WARM = 0.5  # currency/MWh either side of the previous multiplier
@@ -304,86 +299,4 @@ def consensus_admm(
         converged=converged,
         iterations=len(rows),
         seconds=time.perf_counter() - started,
-    )
-
-
-def solve_quadratic(model: pyo.Block, options: dict[str, Any] | None = None) -> Solution:
-    """Solve a Pyomo model with a separable quadratic objective and linear constraints.
-
-    The objective's linear part is compiled like any LP (:func:`compile_model`) and its
-    diagonal quadratic part handed to HiGHS as the Hessian; the problem is solved as
-    the minimisation of its cost (minus the objective when maximising), so duals keep
-    the convention of :func:`gridmarkets.solvers.solve`. Used for the central
-    reference of :func:`consensus_admm` when its quadratic term is on.
-
-    Parameters
-    ----------
-    model : the model (one active objective; quadratic terms only ``c x_k^2``).
-    options : HiGHS options by their HiGHS names.
-
-    Returns
-    -------
-    Solution (``objective`` in the model's own sense), values loaded into ``model``.
-    """
-    (objective,) = model.component_data_objects(pyo.Objective, active=True)
-    repn = generate_standard_repn(objective.expr, compute_values=True, quadratic=True)
-    sign = -1.0 if objective.sense == pyo.maximize else 1.0
-    linear = sum(c * v for c, v in zip(repn.linear_coefs, repn.linear_vars, strict=True))
-    t0 = time.perf_counter()
-    objective.deactivate()
-    model._linear_cost = pyo.Objective(expr=sign * (linear + repn.constant))
-    try:
-        form = compile_model(model)
-    finally:
-        model.del_component(model._linear_cost)
-        objective.activate()
-    hessian = np.zeros(form.lp.num_col_)
-    column = {id(v): k for k, v in enumerate(form.columns)}
-    for (v1, v2), c in zip(repn.quadratic_vars, repn.quadratic_coefs, strict=True):
-        if v1 is not v2:
-            raise InputError("solve_quadratic: only diagonal quadratic terms are supported")
-        hessian[column[id(v1)]] += 2.0 * sign * c
-    highs = highspy.Highs()
-    highs.setOptionValue("output_flag", False)
-    for name, value in (options or {}).items():
-        highs.setOptionValue(name, value)
-    highs.passModel(form.lp)
-    nonzero = np.flatnonzero(hessian)
-    h = highspy.HighsHessian()
-    h.dim_ = form.lp.num_col_
-    h.format_ = highspy.HessianFormat.kTriangular
-    h.start_ = np.searchsorted(nonzero, np.arange(h.dim_ + 1)).astype(np.int32)
-    h.index_ = nonzero.astype(np.int32)
-    h.value_ = hessian[nonzero]
-    highs.passHessian(h)
-    t1 = time.perf_counter()
-    highs.run()
-    t2 = time.perf_counter()
-    if highs.getModelStatus() != highspy.HighsModelStatus.kOptimal:
-        status = highs.modelStatusToString(highs.getModelStatus())
-        raise LimitReachedError(f"HiGHS QP of model {model.name} ended with status {status}")
-    solution = highs.getSolution()
-    for var, value in zip(form.columns, solution.col_value, strict=True):
-        var.set_value(value, skip_validation=True)
-    duals: dict[int, float] = {}
-    for con, y in zip(form.rows, solution.row_dual, strict=True):
-        duals[id(con)] = duals.get(id(con), 0.0) + float(y)
-    value = sign * float(highs.getObjectiveValue())
-    return Solution(
-        status="optimal",
-        optimal=True,
-        objective=value,
-        best_bound=value,
-        gap=0.0,
-        is_mip=False,
-        duals_from="lp",
-        build_seconds=getattr(model, BUILD_SECONDS_ATTR, None),
-        translate_seconds=t1 - t0,
-        solve_seconds=t2 - t1,
-        n_variables=form.lp.num_col_,
-        n_binaries=0,
-        n_constraints=form.n_constraints,
-        n_nonzeros=form.n_nonzeros,
-        highs_version=highs.version(),
-        _duals=duals,
     )

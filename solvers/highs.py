@@ -6,6 +6,14 @@ to ``highspy`` as a :class:`highspy.HighsLp`. Compiling to arrays is several tim
 faster than Pyomo's per-constraint persistent interfaces on the models gridmarkets
 builds (benchmarks/), and it gives the row map needed to read prices back.
 
+A convex quadratic objective (continuous models only) is read with Pyomo's
+``QuadraticRepnVisitor`` as ``constant + c'x + sum_k q_k x_i(k) x_j(k)`` and handed to
+HiGHS as a :class:`highspy.HighsModel`: the LP plus the Hessian ``Q`` of
+``0.5 x'Qx``, so ``Q_ii = 2 q`` for a term ``q x_i^2`` and ``Q_ij = Q_ji = q`` for
+``q x_i x_j`` (i != j), given as its lower triangle. When maximising, HiGHS takes the
+objective's own ``Q``, which must then be negative semidefinite. The row duals of the
+QP are the Lagrange multipliers of its KKT conditions and follow the convention below.
+
 Sign convention for prices (one place, here): ``solution.dual(c)`` is the change of
 the *cost* per unit increase of the right-hand side ``b`` of ``c``, read as Pyomo
 normalises it (``lower <= body <= upper``, constants moved to the bounds); cost is
@@ -31,11 +39,15 @@ import numpy as np
 import pandas as pd
 import pyomo.environ as pyo
 import scipy.sparse as sp
+from pyomo.common.errors import InvalidExpressionError
 from pyomo.common.numeric_types import native_numeric_types
 from pyomo.core.base.constraint import ConstraintData, IndexedConstraint
 from pyomo.core.base.var import VarData
 from pyomo.core.expr.numeric_expr import LinearExpression, MonomialTermExpression
 from pyomo.repn.plugins.standard_form import LinearStandardFormCompiler
+from pyomo.repn.quadratic import QuadraticRepnVisitor
+from pyomo.repn.util import OrderedVarRecorder
+from scipy.sparse.csgraph import connected_components
 
 from gridmarkets.errors import (
     InfeasibleError,
@@ -52,6 +64,11 @@ _ARGS, _DOMAIN = operator.attrgetter("args"), operator.attrgetter("domain")
 BUILD_SECONDS_ATTR = "_gridmarkets_build_seconds"
 MILP_PRICES_ATTR = "_gridmarkets_milp_prices"
 MILP_PRICES = ("fixed_integer", "convex_hull")
+CONVEXITY_CHECK_MAX = 2000  # columns of one coupled block of the Hessian checked densely
+# HiGHS's QP solver adds qp_regularization_value (default 1e-7) to every diagonal entry of
+# the Hessian, which moves the point by about 1e-7 / curvature: 3.5e-3 kW and 5e-5 of price
+# on tests/solvers/test_qp.py's market. QPs are solved as stated unless the caller asks.
+QP_OPTIONS = {"qp_regularization_value": 0.0}
 
 _LIMIT_STATUSES = {
     highspy.HighsModelStatus.kTimeLimit: "time_limit",
@@ -75,10 +92,18 @@ class StandardForm:
     objective_offset: float
     n_constraints: int  # Pyomo constraints (Pyomo's compiler splits a ranged one in two rows)
     n_nonzeros: int
+    hessian: sp.csc_array | None = None  # symmetric Q of 0.5 x'Qx (objective's sense); None: LP
 
     @property
     def is_mip(self) -> bool:
         return bool(self.integer.any())
+
+    def objective_value(self, x: np.ndarray) -> float:
+        """``c'x + 0.5 x'Qx + offset`` at the point ``x`` (columns' values)."""
+        value = float(np.dot(self.lp.col_cost_, x)) + self.objective_offset
+        if self.hessian is not None:
+            value += 0.5 * float(x @ (self.hessian @ x))
+        return value
 
 
 def linear_pairs(expr: Any) -> tuple[float, list] | None:
@@ -123,6 +148,28 @@ def monomial_pairs(args: list) -> list | None:
     )
 
 
+def quadratic_terms(objective: Any) -> tuple[float, list, list] | None:
+    """Read an objective as ``constant + sum c v + sum q v w`` with Pyomo's
+    ``QuadraticRepnVisitor`` (fixed variables and parameters become numbers).
+
+    Returns (constant, [(c, v), ...], [(q, v, w), ...]) when the objective has
+    quadratic terms, None when it is linear. Raises InputError for anything else.
+    """
+    visitor = QuadraticRepnVisitor({}, var_recorder=OrderedVarRecorder({}, {}, None))
+    repn = visitor.walk_expression(objective.expr)
+    if repn.nonlinear is not None:
+        raise InputError(
+            f"objective {objective.name} is neither linear nor quadratic "
+            f"(a term like {str(repn.nonlinear)[:80]}); HiGHS solves LPs, MILPs and convex QPs"
+        )
+    if not repn.quadratic:
+        return None
+    var = visitor.var_map
+    pairs = [(float(c), var[v]) for v, c in repn.linear.items() if c]
+    terms = [(float(q), var[v], var[w]) for (v, w), q in repn.quadratic.items() if q]
+    return float(repn.constant), pairs, terms
+
+
 @dataclass
 class Solution:
     """What a solve returns: status, objective, bound, prices, timings and size.
@@ -132,9 +179,10 @@ class Solution:
     status : "optimal", or the limit that stopped the solver with an incumbent
         ("time_limit", "iteration_limit", ...); ``optimal`` says whether it is proven.
     objective : objective value of the loaded solution (model's own sense).
-    best_bound : proven bound on the objective (MIPs); equals ``objective`` for LPs.
-    gap : relative MIP gap |objective - bound| / |objective| (0 for LPs).
-    duals_from : "lp" (the model is an LP), "fixed_integer_lp" (a MILP whose
+    best_bound : proven bound on the objective (MIPs); equals ``objective`` for LPs and QPs.
+    gap : relative MIP gap |objective - bound| / |objective| (0 for LPs and QPs).
+    duals_from : "lp" (the model is an LP), "qp" (a convex QP: the multipliers of
+        its KKT conditions), "fixed_integer_lp" (a MILP whose
         integers were fixed and the LP re-solved to price it), "relaxed_lp" (a MILP
         priced by its LP relaxation, see :func:`price_milp_by`), or None (no duals: a
         MILP stopped by a limit).
@@ -249,19 +297,31 @@ def price_milp_by(model: pyo.Block, rule: str) -> None:
 
 @gc_paused()
 def compile_model(model: pyo.Block) -> StandardForm:
-    """Compile the active linear model to HiGHS arrays (fixed variables become data).
+    """Compile the active model to HiGHS arrays (fixed variables become data).
 
     :class:`~gridmarkets.solvers.arrays.ArrayConstraint` rows are read from their arrays
     (except rows given an expression of their own); the rest of the model goes through
-    Pyomo's ``LinearStandardFormCompiler``.
+    Pyomo's ``LinearStandardFormCompiler``. An objective with quadratic terms becomes
+    the Hessian ``Q`` of ``c'x + 0.5 x'Qx`` (see the module docstring); it must be
+    convex (``Q`` positive semidefinite when minimising, negative when maximising) and
+    the model continuous, else InputError names the objective and the variables.
     """
     objectives = list(model.component_data_objects(pyo.Objective, active=True))
     if len(objectives) != 1:
         raise InputError(f"model {model.name} has {len(objectives)} active objectives; need 1")
     families = [(c, *array_rows(c)) for c in array_constraints(model)]
     objective = linear_pairs(objectives[0].expr)
-    with _hidden(families, objectives[0] if objective is not None else None):
-        info = LinearStandardFormCompiler().write(model, mixed_form=True, set_sense=None)
+    quadratic = None
+    try:
+        info = _standard_form(model, families, objectives[0] if objective is not None else None)
+    except InvalidExpressionError:
+        # Pyomo's compiler reads the objective before any constraint and stops at a
+        # quadratic one: only then is it read again, as quadratic (the LP path pays nothing)
+        quadratic = quadratic_terms(objectives[0]) if objective is None else None
+        if quadratic is None:
+            raise
+        objective = quadratic[:2]
+        info = _standard_form(model, families, objectives[0])
     rhs = np.asarray(info.rhs, dtype=float)
     sense = np.array([r.bound_type for r in info.rows], dtype=int)
     parts = _Parts(
@@ -279,11 +339,15 @@ def compile_model(model: pyo.Block) -> StandardForm:
         offset = float(info.c_offset[0]) if len(info.c_offset) else 0.0
     else:
         cost, offset = parts.objective(*objective)
+    hessian = parts.hessian(quadratic[2]) if quadratic is not None else None
     columns = parts.columns
     lower, upper = column_bounds(columns)
     integer = _integer(columns)
     cost = np.concatenate([cost, np.zeros(len(columns) - len(cost))])
     a = parts.matrix()
+    maximize = objectives[0].sense == pyo.maximize
+    if hessian is not None:
+        _check_quadratic(objectives[0], hessian, columns, integer, maximize)
 
     lp = highspy.HighsLp()
     lp.num_col_ = len(columns)
@@ -297,7 +361,6 @@ def compile_model(model: pyo.Block) -> StandardForm:
     lp.a_matrix_.start_ = a.indptr.astype(np.int32)
     lp.a_matrix_.index_ = a.indices.astype(np.int32)
     lp.a_matrix_.value_ = a.data.astype(float)
-    maximize = objectives[0].sense == pyo.maximize
     lp.sense_ = highspy.ObjSense.kMaximize if maximize else highspy.ObjSense.kMinimize
     lp.offset_ = offset
     if integer.any():
@@ -308,7 +371,54 @@ def compile_model(model: pyo.Block) -> StandardForm:
     n_constraints = len(set(map(id, parts.rows[: len(info.rows)]))) + sum(
         len(rows) for _, rows, _, _ in families
     )
-    return StandardForm(lp, columns, parts.rows, integer, maximize, offset, n_constraints, a.nnz)
+    return StandardForm(
+        lp, columns, parts.rows, integer, maximize, offset, n_constraints, a.nnz, hessian
+    )
+
+
+def _check_quadratic(
+    objective: Any, hessian: sp.csc_array, columns: list, integer: np.ndarray, maximize: bool
+) -> None:
+    """Refuse a quadratic objective in a model with integers, or one that is not convex.
+
+    Convexity: ``Q`` (``-Q`` when maximising) must be positive semidefinite. ``Q`` is
+    block diagonal over the connected components of its sparsity graph, so each block
+    is checked on its own: a single column by the sign of its diagonal, a block of up
+    to ``CONVEXITY_CHECK_MAX`` columns by its smallest eigenvalue (dense), with the
+    relative tolerance ``1e-9 max(1, max |eigenvalue|)``. Larger blocks are left to
+    HiGHS, which itself refuses negative diagonal entries.
+    """
+    if integer.any():
+        names = [columns[k].name for k in np.flatnonzero(integer)[:5]]
+        more = f" and {int(integer.sum()) - len(names)} more" if integer.sum() > len(names) else ""
+        raise InputError(
+            f"objective {objective.name} is quadratic and the model has integer variables "
+            f"({', '.join(names)}{more}); HiGHS solves quadratic objectives for "
+            "continuous models only"
+        )
+    q = -hessian if maximize else hessian
+    used = np.flatnonzero(np.diff(hessian.indptr))
+    block = q[used][:, used]
+    n_blocks, label = connected_components(block, directed=False)
+    for b in range(n_blocks):
+        members = np.flatnonzero(label == b)
+        if len(members) > CONVEXITY_CHECK_MAX:
+            continue
+        eigenvalues = np.linalg.eigvalsh(block[members][:, members].toarray())
+        if eigenvalues[0] < -1e-9 * max(1.0, float(np.abs(eigenvalues).max())):
+            names = ", ".join(columns[used[k]].name for k in members[:5])
+            shape = "concave" if maximize else "convex"
+            raise InputError(
+                f"objective {objective.name} is not {shape} in {names}"
+                f"{' ...' if len(members) > 5 else ''} (its Hessian has the eigenvalue "
+                f"{(-1 if maximize else 1) * eigenvalues[0]:.3g}); HiGHS solves convex QPs only"
+            )
+
+
+def _standard_form(model: pyo.Block, families: list, objective: Any) -> Any:
+    """Pyomo's standard form of what the arrays and ``objective`` (if given) leave."""
+    with _hidden(families, objective):
+        return LinearStandardFormCompiler().write(model, mixed_form=True, set_sense=None)
 
 
 @contextmanager
@@ -401,6 +511,20 @@ class _Parts:
         cost = np.bincount(where[~fixed], weights=coefs[~fixed], minlength=len(self.columns))
         return cost, constant
 
+    def hessian(self, terms: list) -> sp.csc_array:
+        """Symmetric ``Q`` over all columns with ``0.5 x'Qx = sum q v w`` (new columns
+        for variables only in quadratic terms); called after every other placement."""
+        coefs, first, second = zip(*terms, strict=True)
+        where = self.place([*first, *second], np.zeros(2 * len(terms), dtype=bool))
+        i, j = where[: len(terms)], where[len(terms) :]
+        q = np.asarray(coefs, dtype=float)
+        off = i != j
+        rows = np.concatenate([i, j[off]])
+        cols = np.concatenate([j, i[off]])
+        values = np.concatenate([np.where(off, q, 2.0 * q), q[off]])
+        n = len(self.columns)
+        return sp.csc_array((values, (rows, cols)), shape=(n, n))
+
     def matrix(self) -> sp.csc_array:
         """All entries as one column-wise matrix."""
         base = self.entries[0]
@@ -449,9 +573,27 @@ def highs_options(time_limit=None, mip_gap=None, threads=None, options=None) -> 
     return merged
 
 
+def _highs_model(form: StandardForm) -> highspy.HighsLp | highspy.HighsModel:
+    """The LP, or for a QP the LP with the lower triangle of ``Q`` (column-wise)."""
+    if form.hessian is None:
+        return form.lp
+    lower = sp.tril(form.hessian, format="csc")
+    lower.sum_duplicates()
+    hessian = highspy.HighsHessian()
+    hessian.dim_ = form.lp.num_col_
+    hessian.format_ = highspy.HessianFormat.kTriangular
+    hessian.start_ = lower.indptr.astype(np.int32)
+    hessian.index_ = lower.indices.astype(np.int32)
+    hessian.value_ = lower.data.astype(float)
+    model = highspy.HighsModel()
+    model.lp_ = form.lp
+    model.hessian_ = hessian
+    return model
+
+
 def _run(form: StandardForm, options: dict[str, Any], warm_start: bool = False) -> highspy.Highs:
-    highs = _new_highs(options)
-    if highs.passModel(form.lp) == highspy.HighsStatus.kError:
+    highs = _new_highs(options if form.hessian is None else {**QP_OPTIONS, **options})
+    if highs.passModel(_highs_model(form)) == highspy.HighsStatus.kError:
         largest = np.abs(np.asarray(form.lp.a_matrix_.value_, dtype=float)).max(initial=0.0)
         raise InputError(
             "HiGHS rejected the model: a coefficient or bound is out of its range "
@@ -545,11 +687,18 @@ def solve(
     options: dict[str, Any] | None = None,
     warm_start: bool = False,
 ) -> Solution:
-    """Solve a linear Pyomo model (LP or MILP) with HiGHS and load the solution.
+    """Solve a Pyomo model (LP, MILP or convex QP) with HiGHS and load the solution.
+
+    A QP minimises ``c'x + 0.5 x'Qx`` (``Q`` positive semidefinite), or maximises it
+    with ``Q`` negative semidefinite, subject to linear constraints and bounds, over
+    continuous variables; its duals (``duals_from == "qp"``) are the multipliers of
+    its KKT conditions, priced as for an LP (module docstring). HiGHS's Hessian
+    regularisation is off for QPs (``QP_OPTIONS``) unless ``options`` sets it.
 
     Parameters
     ----------
-    model : the Pyomo model (one active objective, linear constraints).
+    model : the Pyomo model (one active objective, linear or quadratic; linear
+        constraints).
     time_limit : seconds; at the limit the incumbent is loaded and returned with
         ``status="time_limit"`` and ``optimal=False``.
     mip_gap : relative MIP gap at which HiGHS stops (HiGHS default 1e-4).
@@ -566,7 +715,9 @@ def solve(
     ------
     InfeasibleError (with a diagnosis naming the conflicting constraints),
     UnboundedError, LimitReachedError (a limit without incumbent),
-    SolverOptionError (an option HiGHS rejects).
+    SolverOptionError (an option HiGHS rejects), InputError (a quadratic objective
+    with integer variables, or one that is not convex; an objective that is neither
+    linear nor quadratic).
     """
     started = time.perf_counter()
     form = compile_model(model)
@@ -607,7 +758,7 @@ def solve_compiled(
     optimal = status == highspy.HighsModelStatus.kOptimal
     info = highs.getInfo()
     # from the loaded point: HiGHS leaves the offset out of an empty model's objective
-    objective = float(np.dot(form.lp.col_cost_, x)) + form.objective_offset
+    objective = form.objective_value(x)
     if form.is_mip:
         bound, gap = float(info.mip_dual_bound), float(info.mip_gap)
         rule = getattr(model, MILP_PRICES_ATTR, "fixed_integer")
@@ -615,7 +766,7 @@ def solve_compiled(
         duals_from = duals_from if optimal else None
         duals = _milp_duals(form, x, rule, options) if optimal else {}
     else:
-        bound, gap, duals_from = objective, 0.0, "lp"
+        bound, gap, duals_from = objective, 0.0, "lp" if form.hessian is None else "qp"
         duals = _row_duals(form, highs)
     return Solution(
         status="optimal" if optimal else _LIMIT_STATUSES[status],

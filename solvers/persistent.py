@@ -52,8 +52,8 @@ class PersistentLP:
 
     Raises
     ------
-    InputError : the model has integer variables, or an objective the arrays cannot
-        be refreshed from.
+    InputError : the model has integer variables, a quadratic objective, or an
+        objective the arrays cannot be refreshed from.
     """
 
     def __init__(self, model: pyo.Block):
@@ -61,6 +61,10 @@ class PersistentLP:
         self.form: StandardForm = compile_model(model)
         if self.form.is_mip:
             raise InputError(f"model {model.name}: a persistent LP cannot hold a MILP")
+        if self.form.hessian is not None:
+            raise InputError(
+                f"model {model.name}: a persistent LP cannot hold a quadratic objective"
+            )
         (self.objective,) = model.component_data_objects(pyo.Objective, active=True)
         self.position = {id(var): k for k, var in enumerate(self.form.columns)}
         self._refresh()

@@ -9,7 +9,8 @@ import pytest
 from gridmarkets.errors import InputError
 from gridmarkets.models import p2p
 from gridmarkets.models.lem import Upstream
-from gridmarkets.solvers.admm import ExchangeProblem, consensus_admm, solve_quadratic
+from gridmarkets.solvers import solve
+from gridmarkets.solvers.admm import ExchangeProblem, consensus_admm
 
 
 def two_agents(quadratic: float = 0.0) -> ExchangeProblem:
@@ -79,7 +80,7 @@ def test_admm_with_quadratic_term_matches_the_central_qp_trades_and_prices():
     )
     upstream = Upstream(250.0, 30.0)
     m = p2p.build(bids, upstream=upstream, quadratic=0.5)
-    solution = solve_quadratic(m)
+    solution = solve(m)
     central = p2p.results(m, solution)
     admm = p2p.clear(bids, upstream=upstream, quadratic=0.5, method="admm", admm={"rho": 5.0})
     both = central.trades.merge(admm.trades, on=["seller", "buyer", "period"], how="outer")

@@ -93,7 +93,7 @@ class Built:
     run : the whole case, for a case that is not one model solve.
     solve_options : options the model's own solve adds (the aggregator's warm start).
     solver : the model's own solve, ``(model, solve_options) -> Solution``, where it is
-        not :func:`gridmarkets.solvers.solve` (P2P's quadratic markets).
+        not :func:`gridmarkets.solvers.solve`.
     """
 
     model: pyo.ConcreteModel | None = None

@@ -161,10 +161,10 @@ class P2PAdapter:
             return Built(run=lambda solve_options: run(), checks=_trade_injections)
         if case.dso != "network_aware":
             m = build(bids, **options)
-            return Built(m, partial(results, m), _trade_injections, solver=_solver(case))
+            return Built(m, partial(results, m), _trade_injections)
         m = build(bids, network=feeder, formulation=formulation, **options)
         checks = grid_checks(m.handles)
-        return Built(m, partial(results, m), checks, grid=m.handles, solver=_solver(case))
+        return Built(m, partial(results, m), checks, grid=m.handles)
 
     def finish(self, case: CaseSpec, result: Result, feeder, solve_options: dict) -> None:
         if case.dso == "check":
@@ -174,15 +174,6 @@ class P2PAdapter:
 
 def _trade_injections(result: Result) -> dict[str, Injections]:
     return {"": table_injections(result.injections)}
-
-
-def _solver(case: CaseSpec):
-    """A quadratic market's own solve (HiGHS QP through ADMM's helper), else the default."""
-    if case.quadratic == 0:
-        return None
-    from gridmarkets.solvers.admm import solve_quadratic
-
-    return lambda model, options: solve_quadratic(model, options.get("options"))
 
 
 ADAPTER = P2PAdapter()
