@@ -717,6 +717,39 @@ def nodal_prices_3ph(handles: ThreePhaseHandles, solution) -> pd.DataFrame:
     return pd.DataFrame(columns)
 
 
+def connection_prices(prices: pd.DataFrame, connections: Sequence[str]) -> pd.DataFrame:
+    """The price of an injection on each connection, from per-phase prices.
+
+    A connection to k phases splits its injection x equally, x/k on each
+    (:meth:`LinDist3Flow.add`), so x enters phase phi's active balance with weight
+    ``w[c,phi] = 1/k`` for the phases it names and 0 otherwise. The Lagrangian's
+    derivative in x is then ``sum_phi w[c,phi] lam[phi]``: one more kW on connection c
+    is worth the mean of its phases' prices (their price for a single phase; for "abc"
+    the mean of the three, which is unique even where the split of a balanced limit's
+    dual over three identical phase rows is not). Every part of the decomposition is
+    weighted the same way, so the parts still add up to the price.
+
+    Parameters
+    ----------
+    prices : :func:`nodal_prices_3ph`'s table (bus, phase, period, price and parts).
+    connections : the connections wanted ("a", "bc", "abc", ...).
+
+    Returns
+    -------
+    The same columns with ``phase`` holding each connection, one row per bus, connection
+    and period.
+    """
+    values = [c for c in prices.columns if c not in ("bus", "phase", "period")]
+    wide = prices.pivot_table(index=["bus", "period"], columns="phase", values=values)
+    frames = []
+    for connection in dict.fromkeys(connections):
+        weights = WEIGHTS[CONNECTIONS.index(connection)]
+        mixed = sum(wide.xs(phase, axis=1, level="phase") * w for phase, w in zip(PHASES, weights, strict=True))
+        frames.append(mixed.reset_index().assign(phase=connection))
+    table = pd.concat(frames, ignore_index=True) if frames else prices.iloc[:0]
+    return table[["bus", "phase", "period", *values]]
+
+
 def _duals(solution, constraint, index: list) -> np.ndarray:
     """An indexed constraint's duals as an array over ``index`` (0 where absent)."""
     shape = tuple(len(list(i)) for i in index)
