@@ -744,7 +744,8 @@ def connection_prices(prices: pd.DataFrame, connections: Sequence[str]) -> pd.Da
     frames = []
     for connection in dict.fromkeys(connections):
         weights = WEIGHTS[CONNECTIONS.index(connection)]
-        mixed = sum(wide.xs(phase, axis=1, level="phase") * w for phase, w in zip(PHASES, weights, strict=True))
+        by_phase = zip(PHASES, weights, strict=True)
+        mixed = sum(wide.xs(phase, axis=1, level="phase") * w for phase, w in by_phase)
         frames.append(mixed.reset_index().assign(phase=connection))
     table = pd.concat(frames, ignore_index=True) if frames else prices.iloc[:0]
     return table[["bus", "phase", "period", *values]]
@@ -798,6 +799,51 @@ class ThreePhaseACCheck:
     def max_voltage_error_pu(self) -> pd.Series:
         """max over buses and periods of |V_linear - V_ac| (pu), per phase."""
         return self.buses["error_pu"].abs().groupby(self.buses["phase"]).max()
+
+    def violations(self) -> pd.DataFrame:
+        """AC limit violations per phase: a phase voltage outside [vmin, vmax], a branch
+        phase above 100 % (element, index, phase, period, value, limit)."""
+        b = self.buses
+        low, high = b["v_pu_ac"] < b["vmin_pu"], b["v_pu_ac"] > b["vmax_pu"]
+        bad = b[low | high]
+        voltage = bad.assign(
+            element="bus",
+            index=bad["bus"],
+            value=bad["v_pu_ac"],
+            limit=np.where(low[low | high], bad["vmin_pu"], bad["vmax_pu"]),
+        )
+        over = self.branches[self.branches["loading_percent_ac"] > 100.0]
+        thermal = over.assign(
+            element=over["kind"], index=over["element"], value=over["loading_percent_ac"]
+        )
+        columns = ["element", "index", "phase", "period", "value", "limit"]
+        return pd.concat(
+            [voltage[columns], thermal.assign(limit=100.0)[columns]], ignore_index=True
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """Plain JSON-able facts per phase (``_a``, ``_b``, ``_c``): the largest voltage
+        error of the linear model, the lowest and highest AC voltage (pu) and the
+        largest AC loading (%); over all phases the largest unbalance (VUF and PVUR,
+        %) and the violations."""
+        by_phase = {
+            "max_voltage_error_pu": self.max_voltage_error_pu,
+            "min_vm_pu": self.buses.groupby("phase")["v_pu_ac"].min(),
+            "max_vm_pu": self.buses.groupby("phase")["v_pu_ac"].max(),
+            "max_loading_percent": self.branches.groupby("phase")["loading_percent_ac"].max(),
+        }
+        summary: dict[str, Any] = {"power_flow": "pandapower runpp_3ph", "phases": "abc"}
+        for name, series in by_phase.items():
+            summary[name] = float(series.max() if name.startswith("max") else series.min())
+            summary.update({f"{name}_{phase}": float(series[phase]) for phase in PHASES})
+        unbalance = self.unbalance
+        summary["max_vuf_percent"] = float(unbalance["vuf_percent_ac"].max())
+        summary["max_pvur_percent"] = float(unbalance["pvur_percent_ac"].max())
+        summary["max_pvur_percent_linear"] = float(unbalance["pvur_percent_linear"].max())
+        violations = self.violations()
+        summary["violations_count"] = len(violations)
+        summary["violations"] = violations.head(50).to_dict(orient="records")
+        return summary
 
 
 def ac_check_3ph(
