@@ -70,7 +70,7 @@ from gridmarkets.solvers import Solution, price_milp_by, record_build_time, solv
 from gridmarkets.solvers.highs import gc_paused
 
 BID_COLUMNS = ["participant", "side", "quantity_kw", "price", "period", "block", "bus"]
-OPTIONAL_COLUMNS = ["indivisible", "min_acceptance", "q_kvar", "power_factor"]
+OPTIONAL_COLUMNS = ["indivisible", "min_acceptance", "q_kvar", "power_factor", "phase"]
 UPSTREAM = "upstream"
 _REL_TOL = 1e-6  # a block is at a bound within a millionth of its quantity ...
 _NOISE_KW = 1e-9  # ... and, when the solver resolves it, within its values' noise
@@ -124,7 +124,20 @@ def prepare_bids(bids: pd.DataFrame) -> pd.DataFrame:
     if "bus" not in table:
         table["bus"] = None
     _check_bid_values(table)
+    if "phase" in table:
+        table["phase"] = _connections(table)
     return table
+
+
+def _connections(table: pd.DataFrame) -> pd.Series:
+    """The ``phase`` column as connections ("a", "bc", "abc", ...; missing: "abc",
+    balanced three-phase), letters sorted; anything else is an error naming the row."""
+    from gridmarkets.networks.three_phase import CONNECTIONS
+
+    given = table["phase"].where(table["phase"].notna(), "abc").astype(str)
+    phase = given.map(lambda p: "".join(sorted(p.strip().lower())))
+    _reject(table, ~phase.isin(CONNECTIONS), "phase", "is not a, b, c or a combination of them")
+    return phase
 
 
 def _check_bid_values(table: pd.DataFrame) -> None:
@@ -308,6 +321,8 @@ def _injections(m, table: pd.DataFrame, feeder: Feeder | None) -> pd.DataFrame:
             "q_coef": sign * reactive_ratio(table),
         }
     )
+    if "phase" in table:
+        terms["phase"] = table["phase"].to_numpy()  # the upstream grid's rows: "abc"
     if m.upstream is None:
         return terms
     periods = list(m.PERIODS)
@@ -407,9 +422,9 @@ def results(
     upstream = _upstream_table(m)
     unresolved = _unresolved_blocks(m)
     prices = _prices_table(m, nodal, _accepted_table(m)[~unresolved], upstream)
-    _accept_at_prices(m, unresolved, prices)
+    _accept_at_prices(m, unresolved, _block_prices(m, prices))
     accepted = _accepted_table(m)
-    settled = _settle(accepted, prices, m, pricing)
+    settled = _settle(accepted, _block_prices(m, prices), m, pricing)
     settlement = _settlement_table(settled)
     parties = _parties_table(m, settlement, settled, prices, upstream)
     kpis = _kpis(m, solution, settled, upstream) | _certificates(m, settlement, parties)
@@ -421,8 +436,32 @@ def results(
 
 
 def _keys(m) -> list[str]:
-    """What a block's price depends on: its period, and its bus on a feeder."""
-    return ["period"] if m.feeder is None else ["bus", "period"]
+    """What a block's price depends on: its period, its bus on a feeder, and its
+    connection (phase) on a three-phase one."""
+    if m.feeder is None:
+        return ["period"]
+    return ["bus", "phase", "period"] if _three_phase(m) else ["bus", "period"]
+
+
+def _three_phase(m) -> bool:
+    return m.handles.formulation == "lindist3flow"
+
+
+def _block_phases(m) -> pd.Series:
+    """Each block's connection: its ``phase``, or "abc" (balanced) without one."""
+    return m.bids["phase"] if "phase" in m.bids else pd.Series("abc", index=m.bids.index)
+
+
+def _block_prices(m, prices: pd.DataFrame) -> pd.DataFrame:
+    """The price of each (``_keys``) a block may have, from the market's prices: on a
+    three-phase feeder the price of each connection the bids use, the mean of its
+    phases' prices (:func:`~gridmarkets.networks.three_phase.connection_prices`: a block
+    on k phases injects q/k on each, so its marginal value is that mean)."""
+    if m.feeder is None or not _three_phase(m):
+        return prices.drop_duplicates(_keys(m))
+    from gridmarkets.networks.three_phase import connection_prices
+
+    return connection_prices(prices, sorted(set(_block_phases(m))))
 
 
 def _unresolved_blocks(m) -> np.ndarray:
@@ -431,13 +470,14 @@ def _unresolved_blocks(m) -> np.ndarray:
 
 
 def _accept_at_prices(m, blocks: np.ndarray, prices: pd.DataFrame) -> None:
-    """Accept these blocks whole when in the money at their cleared price (the price the
-    resolved blocks support), not at all when out of it; set in the model, so its bus
-    injections and the AC check see them."""
+    """Accept these blocks whole when in the money at their cleared price (``prices``:
+    one per :func:`_keys`, those the resolved blocks support), not at all when out of
+    it; set in the model, so its bus injections and the AC check see them."""
     if not blocks.any():
         return
-    rows = m.bids.loc[blocks, [*_keys(m), "side", "price", "quantity_kw"]]
-    at = prices.drop_duplicates(_keys(m)).set_index(_keys(m))["price"]
+    table = m.bids.assign(phase=_block_phases(m))
+    rows = table.loc[blocks, [*_keys(m), "side", "price", "quantity_kw"]]
+    at = prices.set_index(_keys(m))["price"]
     where = rows["period"] if m.feeder is None else pd.MultiIndex.from_frame(rows[_keys(m)])
     price = at.reindex(where)
     margin = np.where(rows["side"] == "buy", 1.0, -1.0) * (rows["price"] - price.to_numpy())
@@ -457,6 +497,7 @@ def _accepted_table(m) -> pd.DataFrame:
     table = m.bids
     accepted = np.array([pyo.value(m.accepted_kw[b]) for b in table.index])
     q_per_kw = reactive_ratio(table)
+    phase = {"phase": _block_phases(m)} if "phase" in table or _three_phase(m) else {}
     return pd.DataFrame(
         {
             "participant": table["participant"],
@@ -464,6 +505,7 @@ def _accepted_table(m) -> pd.DataFrame:
             "period": table["period"],
             "block": table["block"],
             "bus": table["bus"],
+            **phase,
             "offered_kw": table["quantity_kw"],
             "bid_price": table["price"],
             "quantity_kw": np.clip(accepted, 0.0, table["quantity_kw"].to_numpy()),
@@ -572,8 +614,9 @@ def _as_bound(flows: pd.DataFrame, mask: pd.Series, column: str) -> pd.DataFrame
 
 
 def _settle(accepted, prices, m, pricing: str) -> pd.DataFrame:
-    """Each block with its market price, settlement price, energy, payment, surplus and
-    the surplus of the block's best response at the settlement price."""
+    """Each block with its market price (``prices``: one per :func:`_keys`, a block's on
+    a three-phase feeder that of its connection), settlement price, energy, payment,
+    surplus and the surplus of the block's best response at the settlement price."""
     settled = accepted.merge(
         prices[[*_keys(m), "price"]].rename(columns={"price": "market_price"}),
         on=_keys(m),
@@ -612,7 +655,7 @@ def _parties_table(m, settlement, settled, prices, upstream) -> pd.DataFrame:
     the nodal prices (congestion and loss rents), the upstream interface at the root's
     price against the tariffs, the pay-as-bid margin, less the uplift it pays."""
     hours = m.period_hours / 1000.0
-    nodal = prices.drop_duplicates(_keys(m)).set_index(_keys(m))["price"]
+    nodal = prices.drop_duplicates(_keys(m)).set_index(_keys(m))["price"]  # per phase on 3ph
     injected = _bus_injection_values(m.handles)
     if m.feeder is None:
         injected = injected.groupby(level="period").sum()
@@ -620,6 +663,9 @@ def _parties_table(m, settlement, settled, prices, upstream) -> pd.DataFrame:
     interface_rent = upstream_cost = 0.0
     if upstream is not None:
         root = nodal.xs(m.feeder.root, level="bus") if m.feeder is not None else nodal
+        # the root's price is the same on every phase (the source's free split); the
+        # upstream grid's "abc" injection is worth their mean
+        root = root.groupby(level="period").mean()
         net = upstream.set_index("period")
         upstream_cost = _upstream_cost(upstream, hours)
         imported = net["import_kw"] - net["export_kw"]
@@ -638,9 +684,17 @@ def _parties_table(m, settlement, settled, prices, upstream) -> pd.DataFrame:
 
 
 def _bus_injection_values(handles) -> pd.Series:
-    """The network formulation's solved net injection (kW) by (bus, period)."""
+    """The network formulation's solved net injection (kW) by (bus, period), or by
+    (bus, phase, period) on a three-phase feeder (each connection split over its phases)."""
     from gridmarkets.networks import LinearInjections
 
+    if handles.formulation == "lindist3flow":
+        p = handles.phase_injection_values()[0]
+        index = pd.MultiIndex.from_product(
+            [handles.feeder.buses.index, ["a", "b", "c"], handles.periods],
+            names=["bus", "phase", "period"],
+        )
+        return pd.Series(p.ravel(), index=index)
     p = handles.p_kw
     if isinstance(p, LinearInjections):
         values = p.values_by_key()

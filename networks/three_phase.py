@@ -717,6 +717,40 @@ def nodal_prices_3ph(handles: ThreePhaseHandles, solution) -> pd.DataFrame:
     return pd.DataFrame(columns)
 
 
+def connection_prices(prices: pd.DataFrame, connections: Sequence[str]) -> pd.DataFrame:
+    """The price of an injection on each connection, from per-phase prices.
+
+    A connection to k phases splits its injection x equally, x/k on each
+    (:meth:`LinDist3Flow.add`), so x enters phase phi's active balance with weight
+    ``w[c,phi] = 1/k`` for the phases it names and 0 otherwise. The Lagrangian's
+    derivative in x is then ``sum_phi w[c,phi] lam[phi]``: one more kW on connection c
+    is worth the mean of its phases' prices (their price for a single phase; for "abc"
+    the mean of the three, which is unique even where the split of a balanced limit's
+    dual over three identical phase rows is not). Every part of the decomposition is
+    weighted the same way, so the parts still add up to the price.
+
+    Parameters
+    ----------
+    prices : :func:`nodal_prices_3ph`'s table (bus, phase, period, price and parts).
+    connections : the connections wanted ("a", "bc", "abc", ...).
+
+    Returns
+    -------
+    The same columns with ``phase`` holding each connection, one row per bus, connection
+    and period.
+    """
+    values = [c for c in prices.columns if c not in ("bus", "phase", "period")]
+    wide = prices.pivot_table(index=["bus", "period"], columns="phase", values=values)
+    frames = []
+    for connection in dict.fromkeys(connections):
+        weights = WEIGHTS[CONNECTIONS.index(connection)]
+        by_phase = zip(PHASES, weights, strict=True)
+        mixed = sum(wide.xs(phase, axis=1, level="phase") * w for phase, w in by_phase)
+        frames.append(mixed.reset_index().assign(phase=connection))
+    table = pd.concat(frames, ignore_index=True) if frames else prices.iloc[:0]
+    return table[["bus", "phase", "period", *values]]
+
+
 def _duals(solution, constraint, index: list) -> np.ndarray:
     """An indexed constraint's duals as an array over ``index`` (0 where absent)."""
     shape = tuple(len(list(i)) for i in index)
@@ -765,6 +799,51 @@ class ThreePhaseACCheck:
     def max_voltage_error_pu(self) -> pd.Series:
         """max over buses and periods of |V_linear - V_ac| (pu), per phase."""
         return self.buses["error_pu"].abs().groupby(self.buses["phase"]).max()
+
+    def violations(self) -> pd.DataFrame:
+        """AC limit violations per phase: a phase voltage outside [vmin, vmax], a branch
+        phase above 100 % (element, index, phase, period, value, limit)."""
+        b = self.buses
+        low, high = b["v_pu_ac"] < b["vmin_pu"], b["v_pu_ac"] > b["vmax_pu"]
+        bad = b[low | high]
+        voltage = bad.assign(
+            element="bus",
+            index=bad["bus"],
+            value=bad["v_pu_ac"],
+            limit=np.where(low[low | high], bad["vmin_pu"], bad["vmax_pu"]),
+        )
+        over = self.branches[self.branches["loading_percent_ac"] > 100.0]
+        thermal = over.assign(
+            element=over["kind"], index=over["element"], value=over["loading_percent_ac"]
+        )
+        columns = ["element", "index", "phase", "period", "value", "limit"]
+        return pd.concat(
+            [voltage[columns], thermal.assign(limit=100.0)[columns]], ignore_index=True
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """Plain JSON-able facts per phase (``_a``, ``_b``, ``_c``): the largest voltage
+        error of the linear model, the lowest and highest AC voltage (pu) and the
+        largest AC loading (%); over all phases the largest unbalance (VUF and PVUR,
+        %) and the violations."""
+        by_phase = {
+            "max_voltage_error_pu": self.max_voltage_error_pu,
+            "min_vm_pu": self.buses.groupby("phase")["v_pu_ac"].min(),
+            "max_vm_pu": self.buses.groupby("phase")["v_pu_ac"].max(),
+            "max_loading_percent": self.branches.groupby("phase")["loading_percent_ac"].max(),
+        }
+        summary: dict[str, Any] = {"power_flow": "pandapower runpp_3ph", "phases": "abc"}
+        for name, series in by_phase.items():
+            summary[name] = float(series.max() if name.startswith("max") else series.min())
+            summary.update({f"{name}_{phase}": float(series[phase]) for phase in PHASES})
+        unbalance = self.unbalance
+        summary["max_vuf_percent"] = float(unbalance["vuf_percent_ac"].max())
+        summary["max_pvur_percent"] = float(unbalance["pvur_percent_ac"].max())
+        summary["max_pvur_percent_linear"] = float(unbalance["pvur_percent_linear"].max())
+        violations = self.violations()
+        summary["violations_count"] = len(violations)
+        summary["violations"] = violations.head(50).to_dict(orient="records")
+        return summary
 
 
 def ac_check_3ph(

@@ -68,6 +68,12 @@ class CaseRun:
     def start(cls, case: CaseBase, feeder: Any = None) -> CaseRun:
         """Find the case's adapter, load its feeder (unless given), settle its losses."""
         adapter = registry.adapter(case.model)
+        three = case.network is not None and case.network.phases == "three"
+        if three and not getattr(adapter, "three_phase", False):
+            raise CaseError(
+                f"network.phases: 'three' is not available for {case.model} cases (the "
+                "LEM clears on three-phase feeders; this model reads the feeder balanced)"
+            )
         losses = loss_mode(case, adapter)  # before the feeder: a bad mode fails fast
         if feeder is None:
             feeder = load_feeder(case)
@@ -119,12 +125,14 @@ class CaseRun:
 
 
 def load_feeder(case: CaseBase):
-    """The case's Feeder (cached on disk by :func:`gridmarkets.networks.load`), or None."""
+    """The case's Feeder (cached on disk by :func:`gridmarkets.networks.load`), or None;
+    with ``network.phases: three`` its :class:`~gridmarkets.networks.ThreePhaseFeeder`."""
     if case.network is None:
         return None
-    from gridmarkets.networks import load
+    from gridmarkets.networks import load, three_phase_feeder
 
-    return load(case.network.locator())
+    feeder = load(case.network.locator())
+    return three_phase_feeder(feeder) if case.network.phases == "three" else feeder
 
 
 def loss_mode(case: CaseBase, adapter: CaseAdapter) -> str | None:
@@ -141,9 +149,12 @@ def loss_mode(case: CaseBase, adapter: CaseAdapter) -> str | None:
     if asked in supported:
         return asked
     if "losses" in case.network.model_fields_set:
+        why = ""
+        if case.network.phases == "three":
+            why = "; a three-phase network (network.phases: three) runs lossless LinDist3Flow"
         raise CaseError(
             f"network.losses: {asked!r} is not available for this {case.model} case "
-            f"(it supports {', '.join(supported)})"
+            f"(it supports {', '.join(supported)}{why})"
         )
     return "none"
 
@@ -152,14 +163,21 @@ def formulation(feeder, losses: str | None):
     """The network formulation for the losses mode; None (the model's default) without
     a feeder or without losses.
 
+    A three-phase feeder (``network.phases: three``): LinDist3Flow, lossless.
+
     ``linear`` and ``iterate``: LinDistFlow with losses linearised around the flat point
     (no flow, 1 pu), where the loss terms vanish, so the first solve is the lossless
     one; ``linear`` then re-linearises once at that solution, ``iterate`` at
     pandapower's AC flow of each solution (:meth:`CaseRun.solve`).
     """
-    if feeder is None or losses in (None, "none"):
+    if feeder is None:
         return None
-    from gridmarkets.networks import LinDistFlow, OperatingPoint
+    from gridmarkets.networks import LinDist3Flow, LinDistFlow, OperatingPoint, ThreePhaseFeeder
+
+    if isinstance(feeder, ThreePhaseFeeder):
+        return LinDist3Flow()  # lossless: loss_mode refuses anything else
+    if losses in (None, "none"):
+        return None
 
     return LinDistFlow(losses="linear", point=OperatingPoint.flat(feeder, 1))
 
@@ -195,6 +213,8 @@ def check_summary(feeder, injections: Injections) -> dict[str, Any]:
     and, where a LinDistFlow cleared them, ``model_voltage_error_pu`` (max |V of the
     model - V of AC| over buses and periods).
     """
+    if _is_three_phase(injections.handles):
+        return check_summary_3ph(feeder, injections.handles)
     from gridmarkets.networks import ac_check
 
     ac = ac_check(feeder, injections.p_kw, injections.q_kvar)
@@ -209,6 +229,34 @@ def check_summary(feeder, injections: Injections) -> dict[str, Any]:
     return summary
 
 
+def check_summary_3ph(feeder, handles) -> dict[str, Any]:
+    """pandapower's ``runpp_3ph`` check of the per-phase injections a LinDist3Flow
+    cleared (:func:`~gridmarkets.networks.ac_check_3ph`): per-phase voltages, errors and
+    loadings, the unbalance (:meth:`~gridmarkets.networks.three_phase.ThreePhaseACCheck.summary`),
+    with ``enforced_limits``, ``enforced_violations`` as :func:`check_summary` has them
+    (a voltage limit holds on every phase, a thermal limit a third of the rating per
+    phase) and ``model_voltage_error_pu``, max |V of the model - V of AC| over buses,
+    phases and periods."""
+    from gridmarkets.networks import ac_check_3ph
+
+    p_kw, q_kvar = handles.phase_injection_values()
+    ac = ac_check_3ph(handles.feeder, p_kw, q_kvar, handles.periods)
+    violations = ac.violations()
+    enforced = enforced_mask(feeder, handles, violations)
+    summary = ac.summary()
+    summary["enforced_limits"] = enforced_limits(feeder, handles)
+    summary["enforced_violations_count"] = int(enforced.sum())
+    summary["enforced_violations"] = violations[enforced].to_dict(orient="records")
+    keys = ac.buses[["bus", "phase", "period"]].itertuples(index=False, name=None)
+    v_model = np.sqrt(np.maximum([handles.voltage_sq[key].value for key in keys], 0.0))
+    summary["model_voltage_error_pu"] = float(np.abs(v_model - ac.buses["v_pu_ac"]).max())
+    return summary
+
+
+def _is_three_phase(handles) -> bool:
+    return handles is not None and handles.formulation == "lindist3flow"
+
+
 def _is_lindistflow(handles) -> bool:
     return handles is not None and handles.voltage_limit is not None
 
@@ -220,7 +268,7 @@ def enforced_elements(feeder, handles) -> tuple[set, set]:
         return set(), set()
     rated = feeder.branches.loc[list(handles.block.RATED_BRANCHES)]
     branches = set(zip(rated["kind"], rated["element"].astype(int), strict=True))
-    return {bus for bus, _ in handles.voltage_limit}, branches
+    return {key[0] for key in handles.voltage_limit}, branches
 
 
 def enforced_limits(feeder, handles) -> dict[str, Any]:
@@ -277,7 +325,9 @@ class ReusingRunner:
 
     def feeder(self, case: CaseBase):
         """The case's Feeder, loaded once per network locator."""
-        key = None if case.network is None else repr(sorted(case.network.locator().items()))
+        key = None
+        if case.network is not None:
+            key = repr([*sorted(case.network.locator().items()), case.network.phases])
         if self._network is None or self._network[0] != key:
             self._network = (key, load_feeder(case))
         return self._network[1]

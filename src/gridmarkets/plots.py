@@ -28,8 +28,9 @@ def price_plot(result: Result, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(8, 4))
     if "bus" in prices and prices["bus"].notna().any():
-        for bus, group in prices.groupby("bus"):
-            ax.plot(group["period"], group["price"], lw=0.8, label=str(bus))
+        by = ["bus", "phase"] if "phase" in prices else ["bus"]  # per phase on 3ph
+        for key, group in prices.groupby(by):
+            ax.plot(group["period"], group["price"], lw=0.8, label=" ".join(map(str, key)))
         ax.set_title("nodal prices")
     else:
         ax.step(prices["period"], prices["price"], where="mid", label="price")

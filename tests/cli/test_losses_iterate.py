@@ -84,5 +84,9 @@ def test_iterated_losses_leave_no_unnamed_violation_of_an_enforced_limit(name):
         if injections.handles is None or injections.handles.voltage_limit is None:
             assert named == set(), check_name  # no linear model enforced anything here
             continue
+        if injections.handles.formulation == "lindist3flow":
+            # per phase against runpp_3ph: tests/models/test_lem_three_phase.py
+            assert by_name[check_name]["enforced_violations_count"] == len(named) == 0
+            continue
         assert named == pandapower_violations(run.feeder, injections), check_name
         assert by_name[check_name]["enforced_violations_count"] == len(named) == 0

@@ -11,6 +11,7 @@ import pandapower as pp
 import pandas as pd
 import pyomo.environ as pyo
 import pytest
+from radial import lv_net
 
 from gridmarkets.errors import NetworkError
 from gridmarkets.networks import LinDistFlow, attach_grid, linear_power_flow, nodal_prices
@@ -30,31 +31,6 @@ from gridmarkets.networks.three_phase import (
 from gridmarkets.solvers import solve
 
 IMPORT_PRICE = 50.0  # currency/MWh at the root
-LV = [1, 2, 3, 4, 5]  # the LV buses of lv_net: 1 (transformer), 1-2-3-4 and 2-5
-
-
-def lv_net(*, max_i_ka: float = 0.3, vmin_pu: float = 0.85, charging_nf: float = 0.0):
-    """10 kV grid, a 250 kVA Dyn transformer (one tap step up) and a 0.4 kV feeder with
-    zero-sequence impedances four times the positive ones: 1-2-3-4 and 2-5; the line 2-3
-    has ``max_i_ka``."""
-    net = pp.create_empty_network(sn_mva=0.5)
-    mv = pp.create_bus(net, vn_kv=10.0)
-    pp.create_ext_grid(net, mv, vm_pu=1.02, s_sc_max_mva=1e4, rx_max=0.1, x0x_max=1.0, r0x0_max=0.1)
-    buses = [pp.create_bus(net, 0.4, min_vm_pu=vmin_pu, max_vm_pu=1.1) for _ in LV]
-    pp.create_transformer_from_parameters(
-        net, mv, buses[0], sn_mva=0.25, vn_hv_kv=10.0, vn_lv_kv=0.4, vk_percent=4.0,
-        vkr_percent=1.2, pfe_kw=0.0, i0_percent=0.0, vector_group="Dyn", vk0_percent=4.0,
-        vkr0_percent=1.2, mag0_percent=100.0, mag0_rx=0.0, si0_hv_partial=0.9,
-        shift_degree=150.0, tap_side="hv", tap_neutral=0, tap_pos=1, tap_step_percent=2.5,
-        tap_changer_type="Ratio",
-    )  # fmt: skip
-    for a, b in ((1, 2), (2, 3), (3, 4), (2, 5)):
-        pp.create_line_from_parameters(
-            net, a, b, length_km=0.2, r_ohm_per_km=0.2, x_ohm_per_km=0.08,
-            c_nf_per_km=charging_nf, max_i_ka=max_i_ka if (a, b) == (2, 3) else 0.3,
-            r0_ohm_per_km=0.8, x0_ohm_per_km=0.32, c0_nf_per_km=charging_nf,
-        )  # fmt: skip
-    return net
 
 
 @pytest.fixture(scope="module")

@@ -64,6 +64,16 @@ class NetworkSpec(Spec):
             "mode it lacks is an error."
         ),
     )
+    phases: Literal["one", "three"] = Field(
+        "one",
+        description=(
+            "how the market sees the feeder: 'one' (balanced, LinDistFlow: one voltage "
+            "and one price per bus) or 'three' (each phase apart, LinDist3Flow with the "
+            "lines' zero-sequence data: per-phase voltages, limits and prices; "
+            "participants may name their phase; lossless, and the AC check is pandapower's "
+            "runpp_3ph). 'three' is for the LEM (model: lem) only."
+        ),
+    )
     losses_tolerance_pu: PositiveFloat = Field(
         1e-3, description="iterate: stop when max |V_linear - V_ac| (pu) is at most this"
     )

@@ -6,7 +6,14 @@ import json
 from typing import Any, Literal
 
 import pandas as pd
-from pydantic import Field, FiniteFloat, NonNegativeFloat, PositiveFloat, model_validator
+from pydantic import (
+    Field,
+    FiniteFloat,
+    NonNegativeFloat,
+    PositiveFloat,
+    field_validator,
+    model_validator,
+)
 
 from gridmarkets import pipeline, plots
 from gridmarkets.models.lem import BID_COLUMNS, Upstream, build, results, update
@@ -29,7 +36,28 @@ class ParticipantSpec(Spec):
 
     side: Literal["buy", "sell"]
     bus: int | None = None
+    phase: str | None = Field(
+        None,
+        description=(
+            "the phases it is connected to on a three-phase network (network.phases: "
+            "three): 'a', 'b', 'c' (single-phase PV, an EV charger), two of them or 'abc'; "
+            "absent: 'abc', balanced. A block on k phases puts a k-th of its power on each "
+            "and settles at the mean of their prices."
+        ),
+    )
     blocks: list[BlockSpec] = Field(min_length=1)
+
+    @field_validator("phase")
+    @classmethod
+    def _known_phase(cls, value: str | None) -> str | None:
+        from gridmarkets.networks.three_phase import CONNECTIONS
+
+        if value is None:
+            return None
+        connection = "".join(sorted(value.strip().lower()))
+        if connection not in CONNECTIONS:
+            raise ValueError(f"{value!r} is not a, b, c or a combination of them (e.g. 'bc')")
+        return connection
 
 
 class ShareBlock(Spec):
@@ -89,6 +117,11 @@ class CaseSpec(CaseBase):
         for pid, p in self.participants.items():
             if self.network is not None and p.bus is None:
                 raise ValueError(f"participants.{pid}.bus: required on a network")
+            if p.phase is not None and (self.network is None or self.network.phases != "three"):
+                raise ValueError(
+                    f"participants.{pid}.phase: needs a three-phase network (network.phases: "
+                    "three); a single-phase network reads every participant balanced"
+                )
             for k, block in enumerate(p.blocks):
                 _check_length(block.quantity_kw, n, f"participants.{pid}.blocks.{k}.quantity_kw")
         if self.upstream is not None:
@@ -115,15 +148,19 @@ def case_bids(case: CaseSpec, feeder=None) -> pd.DataFrame:
             "block": k,
             "bus": p.bus,
             "indivisible": block.indivisible,
+            "phase": p.phase,
         }
         for pid, p in case.participants.items()
         for k, block in enumerate(p.blocks)
         for t, q in zip(periods, _values(block.quantity_kw, len(periods)), strict=True)
     ]
-    tables = [pd.DataFrame(rows, columns=[*BID_COLUMNS, "indivisible"])] if rows else []
+    tables = [pd.DataFrame(rows, columns=[*BID_COLUMNS, "indivisible", "phase"])] if rows else []
     if case.profile_bids is not None:
         tables.append(profile_bids(case, feeder).assign(indivisible=False))
-    return pd.concat(tables, ignore_index=True)
+    bids = pd.concat(tables, ignore_index=True)
+    if case.network is None or case.network.phases != "three":
+        bids = bids.drop(columns="phase", errors="ignore")  # balanced: no connections
+    return bids
 
 
 def profile_bids(case: CaseSpec, feeder) -> pd.DataFrame:
@@ -190,8 +227,14 @@ class LemAdapter:
     """A market case is one clearing; on a feeder its bids meet the network formulation
     (every losses mode), whose injections (P and Q of the bids) the AC check runs."""
 
+    three_phase = True  # network.phases: three clears on LinDist3Flow (lossless)
+
     def losses(self, case: CaseSpec) -> tuple[str, ...]:
-        return LOSS_MODES if case.network is not None else ("none",)
+        """Every mode on a single-phase feeder; none without one, or on a three-phase
+        feeder (LinDist3Flow has no loss model)."""
+        if case.network is None or case.network.phases == "three":
+            return ("none",)
+        return LOSS_MODES
 
     def build(self, case: CaseSpec, feeder, formulation) -> Built:
         bids, upstream = _case_market(case, feeder)
