@@ -111,8 +111,6 @@ class CaseRun:
             return built.read(
                 linearise_at_lossless(built.model, built.grid, solve_options=options)
             ), None
-        if built.solver is not None:
-            return built.read(built.solver(built.model, options)), None
         return built.read(solve(built.model, **options)), None
 
     def complete(

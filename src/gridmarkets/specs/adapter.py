@@ -92,8 +92,6 @@ class Built:
         :meth:`CaseAdapter.losses` offers "iterate" only where there is one grid.
     run : the whole case, for a case that is not one model solve.
     solve_options : options the model's own solve adds (the aggregator's warm start).
-    solver : the model's own solve, ``(model, solve_options) -> Solution``, where it is
-        not :func:`gridmarkets.solvers.solve`.
     """
 
     model: pyo.ConcreteModel | None = None
@@ -102,7 +100,6 @@ class Built:
     grid: NetworkHandles | list[NetworkHandles] | None = None
     run: Callable[[dict[str, Any]], Result] | None = None
     solve_options: dict[str, Any] = field(default_factory=dict)
-    solver: Callable[[pyo.ConcreteModel, dict[str, Any]], Solution] | None = None
 
 
 class CaseAdapter(Protocol):
