@@ -34,11 +34,12 @@ factor (:func:`reactive_ratio`). On a feeder the market's injections reach the n
 formulation through :func:`~gridmarkets.networks.attach_grid` with their P and Q.
 
 Scale. No tolerance is absolute: a block counts as accepted, or as having room, to a
-millionth of its own quantity. Blocks smaller than the solver resolves (below
-HiGHS's primal feasibility tolerance, 1e-7 kW; their welfare is below its optimality
-tolerance, so the LP cannot tell accepting them from not) are accepted by
-complementary slackness at their cleared price: whole in the money, not at all out of
-it. So a market mixing 1e-9 and 1e9 kW blocks clears as its merit order does.
+millionth of its own quantity (capped at the solver's resolution). Blocks no larger
+than the solver resolves (HiGHS's primal feasibility tolerance, 1e-7 kW; their welfare
+is below its optimality tolerance, so the LP cannot tell accepting them from not) are
+decided by their own merit order against the resolved market, which buys at its
+supporting interval's low end and sells at its high end (the nodal price on a
+feeder). So a market mixing 1e-9 and 1e9 kW blocks clears as its merit order does.
 
 Certificates (KPIs): ``min_gain``, the smallest participant gain against not trading
 (surplus plus uplift), and ``individually_rational`` when it is at least minus
@@ -75,6 +76,7 @@ UPSTREAM = "upstream"
 _REL_TOL = 1e-6  # a block is at a bound within a millionth of its quantity ...
 _NOISE_KW = 1e-9  # ... and, when the solver resolves it, within its values' noise
 _RESOLUTION_KW = 1e-7  # HiGHS's primal feasibility tolerance: smaller blocks are unresolved
+_ROUNDING = 1e-14  # a few units of double rounding, relative
 
 
 @dataclass(frozen=True)
@@ -470,27 +472,67 @@ def _unresolved_blocks(m) -> np.ndarray:
 
 
 def _accept_at_prices(m, blocks: np.ndarray, prices: pd.DataFrame) -> None:
-    """Accept these blocks whole when in the money at their cleared price (``prices``:
-    one per :func:`_keys`, those the resolved blocks support), not at all when out of
-    it; set in the model, so its bus injections and the AC check see them."""
+    """Decide these blocks by their own merit order against the resolved market (see
+    :func:`_residual_merit_order`), per :func:`_keys`; set in the model, so its bus
+    injections and the AC check see them."""
     if not blocks.any():
         return
     table = m.bids.assign(phase=_block_phases(m))
     rows = table.loc[blocks, [*_keys(m), "side", "price", "quantity_kw"]]
-    at = prices.set_index(_keys(m))["price"]
+    at = prices.set_index(_keys(m))
     where = rows["period"] if m.feeder is None else pd.MultiIndex.from_frame(rows[_keys(m)])
-    price = at.reindex(where)
-    margin = np.where(rows["side"] == "buy", 1.0, -1.0) * (rows["price"] - price.to_numpy())
-    for block, gain, quantity in zip(rows.index, margin, rows["quantity_kw"], strict=True):
-        if gain != 0:
-            m.accepted_kw[block].set_value(quantity if gain > 0 else 0.0)
+    for end, column in (("low", "price_low"), ("high", "price_high")):
+        rows[end] = at.get(column, at["price"]).reindex(where).to_numpy()
+    for _, group in rows.groupby(_keys(m), dropna=False):
+        for block, quantity in _residual_merit_order(group).items():
+            m.accepted_kw[block].set_value(quantity)
 
 
-def _tolerance(offered: pd.Series) -> pd.Series:
-    """How near 0 or its quantity a block counts as there (kW): a millionth of the block,
-    and at least the noise of the solver's values for the blocks it resolves."""
-    floor = np.where(offered < _RESOLUTION_KW, 0.0, _NOISE_KW)
-    return np.maximum(_REL_TOL * offered, floor)
+def _residual_merit_order(group: pd.DataFrame) -> dict:
+    """Accepted kW of blocks too small for the solver, by walking their merit order
+    against the resolved market, which buys any amount at its interval's low end and
+    sells any amount at its high end (the prices at which a resolved block still has
+    room or would be displaced). Blocks at a tie are not accepted. Like the LP, this
+    leaves an imbalance of at most their own size: below what the solver resolves."""
+    inf = float("inf")
+
+    def blocks(side: str) -> list[tuple]:
+        rows = group[group["side"] == side]
+        return list(zip(rows["price"], rows.index, rows["quantity_kw"], strict=True))
+
+    market_sells, market_buys = (
+        (group["high"].iloc[0], None, inf),
+        (group["low"].iloc[0], None, inf),
+    )
+    sells = sorted([*blocks("sell"), market_sells], key=lambda row: row[0])
+    buys = sorted([*blocks("buy"), market_buys], key=lambda row: -row[0])
+    accepted = dict.fromkeys(group.index, 0.0)
+    left = {block: q for _, block, q in sells + buys if block is not None}
+    i = j = 0
+    while i < len(sells) and j < len(buys) and buys[j][0] > sells[i][0]:
+        seller, buyer = sells[i][1], buys[j][1]
+        if seller is None and buyer is None:
+            break  # the resolved market with itself
+        traded = min(left.get(seller, inf), left.get(buyer, inf))
+        for block in (seller, buyer):
+            if block is not None:
+                accepted[block] += traded
+                left[block] -= traded
+        i += seller is not None and left[seller] == 0
+        j += buyer is not None and left[buyer] == 0
+    return accepted
+
+
+def _at_bounds(accepted: pd.Series, offered: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """(some, room): a block accepted above zero, and below its quantity (kW). Each to a
+    millionth of the block but no more than the solver's resolution, and at least the
+    noise of the solver's values for the blocks it resolves; "below its quantity" also
+    to a few units of rounding of that quantity."""
+    floor = np.where(offered <= _RESOLUTION_KW, 0.0, _NOISE_KW)
+    tolerance = np.maximum(np.minimum(_REL_TOL * offered, _RESOLUTION_KW), floor)
+    some = accepted > tolerance
+    room = accepted < offered - np.maximum(tolerance, _ROUNDING * offered)
+    return some, room
 
 
 def _accepted_table(m) -> pd.DataFrame:
@@ -577,12 +619,10 @@ def price_interval(
     a bid from above); a block not fully accepted bounds it from the other side; the
     upstream import and export act as an offer and a bid at their tariffs up to their
     capacity; an indivisible block counts as any other. "Above zero" and "not fully"
-    are to :func:`_tolerance`. Where a period's low end is above its high end, no price
+    are to :func:`_at_bounds`. Where a period's low end is above its high end, no price
     supports every block (a MILP's integer choices).
     """
-    tol = _tolerance(accepted["offered_kw"])
-    some = accepted["quantity_kw"] > tol
-    room = accepted["quantity_kw"] < accepted["offered_kw"] - tol
+    some, room = _at_bounds(accepted["quantity_kw"], accepted["offered_kw"])
     sell, buy = accepted["side"] == "sell", accepted["side"] == "buy"
     lows = [
         accepted.loc[sell & some, ["period", "bid_price"]],
