@@ -163,7 +163,7 @@ def bus_injections(table: pd.DataFrame, *, phased: bool = False) -> tuple[Mappin
     """P (kW) and Q (kvar) per (bus, period), or per (bus, phase, period) when ``phased``
     and the table has phases: sums of expressions, or arrays of terms."""
     columns = ["bus", "phase", "period"] if phased and "phase" in table else ["bus", "period"]
-    keys = list(zip(*(table[c] for c in columns), strict=True))
+    keys = list(zip(*(table[c].tolist() for c in columns), strict=True))
     if "variable" in table:
         variables = table["variable"].tolist()
         q_coef = table.get("q_coef")
