@@ -19,6 +19,15 @@ deliver over all its offers per period: its upward and downward headroom and its
 inverter's apparent power around its baseline point. :func:`offers_from_prosumer`
 derives both tables from a prosumer's baseline EMS schedule and devices.
 
+Reactive power of active-power offers (TSO products and ``dso``): optional columns
+``q_kvar`` (kvar at full acceptance) or ``power_factor`` pf in (0, 1] (``tan(acos(pf))``
+kvar per kW), as for the LEM's bids (:func:`gridmarkets.models.lem.reactive_ratio`);
+neither given (or empty on a row): unity power factor, no kvar, the default. The kvar
+follows the kW in the offer's direction, lagging like a generator: an ``up`` offer
+that injects x kW more also injects ratio x kvar more, a ``down`` offer injects x kW
+and ratio x kvar less (a symmetric TSO offer moves Q with P in each activation). A
+``reactive`` offer is kvar on its own and takes neither column.
+
 Pool clearing (:func:`build`, :func:`clear`). Least procurement cost::
 
     min  sum_o dt/1000 (capacity_price[o] + activation_price[o] [o is the DSO's]) x[o]
@@ -69,6 +78,7 @@ import pyomo.environ as pyo
 import yaml
 
 from gridmarkets.errors import InfeasibleError, InputError
+from gridmarkets.models.lem import _check_reactive, reactive_ratio
 from gridmarkets.results import Result
 from gridmarkets.solvers import Solution, record_build_time, solve
 
@@ -94,6 +104,7 @@ RESOURCE_COLUMNS = [
     "down_kw",
     "s_max_kva",
 ]
+REACTIVE_COLUMNS = ["q_kvar", "power_factor"]
 SCENARIOS = ("dispatch", "tso_up", "tso_down")
 _TOL = 1e-6
 
@@ -268,7 +279,11 @@ def needs_from_check(
 
 
 def prepare_offers(offers: pd.DataFrame, products: pd.DataFrame) -> pd.DataFrame:
-    """Check an offers table; fill activation_price (0) and period (0) where missing."""
+    """Check an offers table; fill activation_price (0) and period (0) where missing.
+
+    The optional ``q_kvar`` / ``power_factor`` columns (active-power offers only; see
+    the module docstring) are checked as the LEM's bids and kept.
+    """
     table = offers.reset_index(drop=True).copy()
     table["period"] = table.get("period", 0)
     table["activation_price"] = table.get("activation_price", 0.0)
@@ -287,7 +302,25 @@ def prepare_offers(offers: pd.DataFrame, products: pd.DataFrame) -> pd.DataFrame
         _reject(table, ~np.isfinite(table[column]), column, "must be a number")
     _reject(table, table["quantity_kw"] < 0, "quantity_kw", "must not be negative")
     table["period"] = table["period"].astype(int)
-    return table[OFFER_COLUMNS]
+    reactive_columns = [c for c in REACTIVE_COLUMNS if c in table]
+    _check_reactive(table, _reject)
+    reactive = table["product"].eq(REACTIVE_PRODUCT)
+    for column in reactive_columns:
+        _reject(
+            table,
+            reactive & table[column].notna(),
+            column,
+            "is for active-power offers; a reactive offer's quantity is its kvar",
+        )
+        table[column] = pd.to_numeric(table[column], errors="coerce")
+    return table[OFFER_COLUMNS + reactive_columns]
+
+
+def q_per_kw(table: pd.DataFrame) -> np.ndarray:
+    """kvar per kW of each offer in its own direction (0 for reactive offers and at
+    unity power factor; see the module docstring)."""
+    ratio = reactive_ratio(table)
+    return np.where(table["product"].eq(REACTIVE_PRODUCT).to_numpy(), 0.0, ratio)
 
 
 def _reject(table: pd.DataFrame, mask: pd.Series, column: str, reason: str) -> None:
@@ -485,6 +518,7 @@ def build(
     m.offers, m.products, m.requirements = table, products, requirements.reset_index(drop=True)
     m.feeder, m.period_hours = network, period_hours
     m.signs = _direction_signs(table, products)
+    m.offers["q_per_kw"] = q_per_kw(table)
     periods = sorted(set(table["period"]) | set(m.requirements["period"]) | _columns(baseline_p_kw))
     m.PERIODS = pyo.Set(initialize=periods, doc="market periods")
     _add_acceptance(m, table, products)
@@ -545,15 +579,17 @@ def _add_requirements(m) -> None:
 
 
 def _seller_delta(m, rows: pd.Index, scenario: str, reactive: bool):
-    """Change of a group of offers' injection in a scenario (kW or kvar expression)."""
-    products = m.offers.loc[rows, "product"]
+    """Change of a group of offers' injection in a scenario (kW or kvar expression):
+    kW from the active-power offers; kvar from the reactive offers and from the
+    active-power offers' kvar per kW (:func:`q_per_kw`)."""
+    is_reactive = m.offers.loc[rows, "product"].eq(REACTIVE_PRODUCT).to_numpy()
+    active_sign = m.signs.loc[rows, scenario].to_numpy()
     if reactive:
-        sign = np.where(m.offers.loc[rows, "direction"].eq("up"), 1.0, -1.0)
-        keep = products.eq(REACTIVE_PRODUCT).to_numpy()
+        own = np.where(m.offers.loc[rows, "direction"].eq("up"), 1.0, -1.0)
+        sign = np.where(is_reactive, own, active_sign * m.offers.loc[rows, "q_per_kw"])
     else:
-        sign = m.signs.loc[rows, scenario].to_numpy()
-        keep = ~products.eq(REACTIVE_PRODUCT).to_numpy()
-    return sum(s * m.accepted_kw[o] for s, o, k in zip(sign, rows, keep, strict=True) if k and s)
+        sign = np.where(is_reactive, 0.0, active_sign)
+    return sum(s * m.accepted_kw[o] for s, o in zip(sign, rows, strict=True) if s)
 
 
 def _add_resources(m, resources: pd.DataFrame | None) -> None:
@@ -1004,7 +1040,8 @@ def flow_changes(feeder, needs: pd.DataFrame, offers: pd.DataFrame) -> pd.DataFr
 
     Lossless LinDistFlow: an injection at bus b changes the flow into every branch on
     b's path to the root by minus the injection; the squared voltage at bus i by
-    2 (R_common dp + X_common dq) / S_base, so the voltage by about that over 2.
+    2 (R_common dp + X_common dq) / S_base, so the voltage by about that over 2. An
+    active-power offer with kvar per kW r (:func:`q_per_kw`) moves dq = r dp with its dp.
 
     Returns
     -------
@@ -1015,6 +1052,7 @@ def flow_changes(feeder, needs: pd.DataFrame, offers: pd.DataFrame) -> pd.DataFr
     """
     paths = {b: set(feeder.path_to_root(b)) for b in feeder.buses.index}
     dso = offers[offers["product"].isin(DSO_PRODUCTS)]
+    dso = dso.assign(q_per_kw=q_per_kw(dso))
     rows = []
     for n, need in needs.iterrows():
         element = int(need["index"])
@@ -1022,14 +1060,15 @@ def flow_changes(feeder, needs: pd.DataFrame, offers: pd.DataFrame) -> pd.DataFr
             bus = feeder.merged.get(offer["bus"], offer["bus"])
             injected = 1.0 if offer["direction"] == "up" else -1.0
             active = offer["product"] == DSO_PRODUCT
+            dp, dq = (1.0, offer["q_per_kw"]) if active else (0.0, 1.0)
             if need["limit_kind"] == "thermal":
                 if element in paths[bus]:
-                    rows.append((n, o, -injected * active, -injected * (not active), 0.0))
+                    rows.append((n, o, -injected * dp, -injected * dq, 0.0))
                 continue
-            column = "r_pu" if active else "x_pu"
             common = list(paths[bus] & paths[element])
             if common:
-                dv = injected * feeder.branches.loc[common, column].sum() / feeder.s_base_kva
+                r, x = feeder.branches.loc[common, ["r_pu", "x_pu"]].sum()
+                dv = injected * (r * dp + x * dq) / feeder.s_base_kva
                 rows.append((n, o, 0.0, 0.0, dv))
     return pd.DataFrame(rows, columns=["need", "offer", "dp_kw", "dq_kvar", "dv_pu"])
 
@@ -1238,16 +1277,23 @@ def _q_or_zero(q, p):
 
 
 def _activated(feeder, accepted: pd.DataFrame, baseline_p, baseline_q):
-    """Baseline injections plus the DSO's accepted offers (kW and kvar frames)."""
+    """Baseline injections plus the DSO's accepted offers (kW and kvar frames); an
+    active-power offer adds its kvar per kW (:func:`q_per_kw`) times its kW to Q."""
     p = baseline_p.copy().astype(float)
     q = _q_or_zero(baseline_q, baseline_p).copy().astype(float)
-    for _, row in accepted[accepted["accepted_kw"] > 0].iterrows():
+    moved = accepted[accepted["accepted_kw"] > 0]
+    ratios = q_per_kw(moved)
+    for (_, row), ratio in zip(moved.iterrows(), ratios, strict=True):
         sign = 1.0 if row["direction"] == "up" else -1.0
-        target = q if row["product"] == REACTIVE_PRODUCT else p
+        reactive = row["product"] == REACTIVE_PRODUCT
+        changes = ((q, 1.0),) if reactive else ((p, 1.0), (q, ratio))
         bus, t = row["bus"], row["period"]
-        if bus not in target.index:
-            target.loc[bus] = 0.0
-        target.at[bus, t] += sign * row["accepted_kw"]
+        for target, per_kw in changes:
+            if per_kw == 0:
+                continue
+            if bus not in target.index:
+                target.loc[bus] = 0.0
+            target.at[bus, t] += sign * per_kw * row["accepted_kw"]
     return p, q
 
 

@@ -156,15 +156,21 @@ def _check_bid_values(table: pd.DataFrame) -> None:
     _check_reactive(table)
 
 
-def _check_reactive(table: pd.DataFrame) -> None:
-    """``q_kvar`` a number, ``power_factor`` in (0, 1], never both on one block."""
+def _check_reactive(table: pd.DataFrame, reject: Callable | None = None) -> None:
+    """``q_kvar`` a number, ``power_factor`` in (0, 1], never both on one block.
+
+    ``reject(table, mask, column, reason)`` raises the error naming the first bad row
+    (default: this module's, naming the bids row and participant); other tables (the
+    flexibility market's offers) pass their own.
+    """
+    reject = _reject if reject is None else reject
     q = pd.to_numeric(table.get("q_kvar", pd.Series(np.nan, index=table.index)), errors="coerce")
     given = table.get("q_kvar", pd.Series(None, index=table.index, dtype=object)).notna()
-    _reject(table, given & (q.isna() | ~np.isfinite(q)), "q_kvar", "must be a number")
+    reject(table, given & (q.isna() | ~np.isfinite(q)), "q_kvar", "must be a number")
     pf = table.get("power_factor", pd.Series(np.nan, index=table.index))
     as_pf = pd.to_numeric(pf, errors="coerce")
-    _reject(table, pf.notna() & ~((as_pf > 0) & (as_pf <= 1)), "power_factor", "must be in (0, 1]")
-    _reject(table, given & pf.notna(), "power_factor", "and q_kvar are both given; give one")
+    reject(table, pf.notna() & ~((as_pf > 0) & (as_pf <= 1)), "power_factor", "must be in (0, 1]")
+    reject(table, given & pf.notna(), "power_factor", "and q_kvar are both given; give one")
 
 
 def reactive_ratio(table: pd.DataFrame) -> np.ndarray:
