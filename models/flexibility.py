@@ -326,8 +326,9 @@ def q_per_kw(table: pd.DataFrame) -> np.ndarray:
 def _reject(table: pd.DataFrame, mask: pd.Series, column: str, reason: str) -> None:
     if mask.any():
         row = table[mask].iloc[0]
+        value = row[column].item() if isinstance(row[column], np.generic) else row[column]
         raise InputError(
-            f"offers row {row.name} (seller {row['seller']!r}): {column} {row[column]!r} "
+            f"offers row {row.name} (seller {row['seller']!r}): {column} {value!r} "
             f"{reason} ({int(mask.sum())} such row(s))"
         )
 
