@@ -78,7 +78,7 @@ import pyomo.environ as pyo
 import yaml
 
 from gridmarkets.errors import InfeasibleError, InputError
-from gridmarkets.models.lem import _check_reactive, reactive_ratio
+from gridmarkets.models.lem import check_reactive, reactive_ratio
 from gridmarkets.results import Result
 from gridmarkets.solvers import Solution, record_build_time, solve
 
@@ -303,7 +303,7 @@ def prepare_offers(offers: pd.DataFrame, products: pd.DataFrame) -> pd.DataFrame
     _reject(table, table["quantity_kw"] < 0, "quantity_kw", "must not be negative")
     table["period"] = table["period"].astype(int)
     reactive_columns = [c for c in REACTIVE_COLUMNS if c in table]
-    _check_reactive(table, _reject)
+    check_reactive(table, _reject)
     reactive = table["product"].eq(REACTIVE_PRODUCT)
     for column in reactive_columns:
         _reject(

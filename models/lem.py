@@ -134,11 +134,10 @@ def prepare_bids(bids: pd.DataFrame) -> pd.DataFrame:
 def _connections(table: pd.DataFrame) -> pd.Series:
     """The ``phase`` column as connections ("a", "bc", "abc", ...; missing: "abc",
     balanced three-phase), letters sorted; anything else is an error naming the row."""
-    from gridmarkets.networks.three_phase import CONNECTIONS
+    from gridmarkets.networks.three_phase import connection
 
-    given = table["phase"].where(table["phase"].notna(), "abc").astype(str)
-    phase = given.map(lambda p: "".join(sorted(p.strip().lower())))
-    _reject(table, ~phase.isin(CONNECTIONS), "phase", "is not a, b, c or a combination of them")
+    phase = table["phase"].map(connection)
+    _reject(table, phase.isna(), "phase", "is not a, b, c or a combination of them")
     return phase
 
 
@@ -153,10 +152,10 @@ def _check_bid_values(table: pd.DataFrame) -> None:
     _reject(table, table["period"] < 0, "period", "must not be negative")
     duplicate = table.duplicated(["participant", "side", "period", "block"], keep=False)
     _reject(table, duplicate, "block", "repeats (participant, side, period, block)")
-    _check_reactive(table)
+    check_reactive(table)
 
 
-def _check_reactive(table: pd.DataFrame, reject: Callable | None = None) -> None:
+def check_reactive(table: pd.DataFrame, reject: Callable | None = None) -> None:
     """``q_kvar`` a number, ``power_factor`` in (0, 1], never both on one block.
 
     ``reject(table, mask, column, reason)`` raises the error naming the first bad row
@@ -429,9 +428,11 @@ def results(
     nodal = nodal_prices(m.handles, solution)
     upstream = _upstream_table(m)
     unresolved = _unresolved_blocks(m)
-    prices = _prices_table(m, nodal, _accepted_table(m)[~unresolved], upstream)
-    _accept_at_prices(m, unresolved, _block_prices(m, prices))
     accepted = _accepted_table(m)
+    prices = _prices_table(m, nodal, accepted[~unresolved], upstream)
+    if unresolved.any():
+        _accept_at_prices(m, unresolved, _block_prices(m, prices))
+        accepted = _accepted_table(m)
     settled = _settle(accepted, _block_prices(m, prices), m, pricing)
     settlement = _settlement_table(settled)
     parties = _parties_table(m, settlement, settled, prices, upstream)
@@ -481,8 +482,6 @@ def _accept_at_prices(m, blocks: np.ndarray, prices: pd.DataFrame) -> None:
     """Decide these blocks by their own merit order against the resolved market (see
     :func:`_residual_merit_order`), per :func:`_keys`; set in the model, so its bus
     injections and the AC check see them."""
-    if not blocks.any():
-        return
     table = m.bids.assign(phase=_block_phases(m))
     rows = table.loc[blocks, [*_keys(m), "side", "price", "quantity_kw"]]
     at = prices.set_index(_keys(m))
@@ -675,9 +674,7 @@ def _settle(accepted, prices, m, pricing: str) -> pd.DataFrame:
     settled["energy_kwh"] = sign * settled["quantity_kw"] * m.period_hours
     settled["payment"] = settled["energy_kwh"] * settled["price"] / 1000.0
     margin = sign * (settled["bid_price"] - settled["price"]) * per_kw  # currency per kW
-    settled["surplus"] = (
-        margin * settled["quantity_kw"]
-    )  # buyers: value - paid; sellers: paid - cost
+    settled["surplus"] = margin * settled["quantity_kw"]  # value - paid; paid - cost
     settled["best_surplus"] = np.maximum(margin, 0.0) * settled["offered_kw"]
     return settled
 
@@ -786,13 +783,13 @@ def _certificates(m, settlement: pd.DataFrame, parties: pd.DataFrame) -> dict[st
     """Individual rationality, best responses and the closed settlement (module docstring)."""
     stake = (m.bids["price"].abs() * m.bids["quantity_kw"]).sum() * m.period_hours / 1000
     tolerance = _REL_TOL * float(stake)
-    min_gain = float(settlement["gain"].min()) if len(settlement) else 0.0
+    empty = settlement.empty
+    min_gain = 0.0 if empty else float(settlement["gain"].min())
+    lost = settlement["lost_opportunity"]
     return {
         "uplift": float(settlement["uplift"].sum()),
-        "lost_opportunity": float(settlement["lost_opportunity"].sum()),
-        "max_lost_opportunity": float(settlement["lost_opportunity"].max())
-        if len(settlement)
-        else 0.0,
+        "lost_opportunity": float(lost.sum()),
+        "max_lost_opportunity": 0.0 if empty else float(lost.max()),
         "min_gain": min_gain,
         "gain_tolerance": tolerance,
         "individually_rational": float(min_gain >= -tolerance),

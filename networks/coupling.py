@@ -147,10 +147,10 @@ def _label(bus) -> str:
 
 def _phases(table: pd.DataFrame) -> pd.Series:
     """The phase column with "abc" where missing; an unknown label names its owner."""
-    from gridmarkets.networks.three_phase import CONNECTIONS
+    from gridmarkets.networks.three_phase import connection
 
-    phase = table["phase"].fillna("abc").astype(str).map(lambda p: "".join(sorted(p.lower())))
-    bad = ~phase.isin(CONNECTIONS)
+    phase = table["phase"].map(connection)
+    bad = phase.isna()
     if bad.any():
         row = table[bad].iloc[0]
         raise InputError(

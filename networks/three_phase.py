@@ -63,7 +63,18 @@ _A = np.exp(2j * math.pi / 3)
 FORTESCUE = np.array([[1, 1, 1], [1, _A**2, _A], [1, _A, _A**2]])
 ALPHA = np.array([1.0, np.exp(-2j * math.pi / 3), np.exp(2j * math.pi / 3)])
 GAMMA = ALPHA[:, None] / ALPHA[None, :]
+
+
 # phase weights of each connection: a connection to k phases puts 1/k on each
+def connection(label: object) -> str | None:
+    """A phase label as a connection: its letters lower case and sorted ("CB" -> "bc");
+    a missing label (None, NaN) is "abc", balanced; None where it names no connection."""
+    if label is None or (isinstance(label, float) and np.isnan(label)):
+        return "abc"
+    name = "".join(sorted(str(label).strip().lower()))
+    return name if name in CONNECTIONS else None
+
+
 WEIGHTS = np.array([[1.0 / len(c) if p in c else 0.0 for p in PHASES] for c in CONNECTIONS])
 
 

@@ -69,7 +69,7 @@ class CaseRun:
         """Find the case's adapter, load its feeder (unless given), settle its losses."""
         adapter = registry.adapter(case.model)
         three = case.network is not None and case.network.phases == "three"
-        if three and not getattr(adapter, "three_phase", False):
+        if three and not adapter.three_phase:
             raise CaseError(
                 f"network.phases: 'three' is not available for {case.model} cases (the "
                 "LEM clears on three-phase feeders; this model reads the feeder balanced)"

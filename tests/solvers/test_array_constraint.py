@@ -101,6 +101,7 @@ def test_fixed_variables_in_array_rows_become_data(feeder):
     below = m.network.v_sq_pu[feeder.branches["to_bus"].iloc[0], 0]
     solve(m)
     drop = feeder.root_vm_pu**2 - pyo.value(below)
+    assert abs(1.05 - feeder.root_vm_pu**2) > 1e-3  # so fixing it moves every voltage
     m.network.v_sq_pu[feeder.root, 0].fix(1.05)  # the root's voltage moves, the drop stays
     solve(m)
     assert 1.05 - pyo.value(below) == pytest.approx(drop, abs=1e-9)

@@ -103,7 +103,13 @@ class Built:
 
 
 class CaseAdapter(Protocol):
-    """How the pipeline builds, reads, checks and finishes one model's cases."""
+    """How the pipeline builds, reads, checks and finishes one model's cases.
+
+    ``three_phase``: whether the model clears on a three-phase feeder
+    (``network.phases: three``, LinDist3Flow); the others refuse such a case.
+    """
+
+    three_phase: bool
 
     def losses(self, case: CaseBase) -> tuple[str, ...]:
         """The values of ``network.losses`` this case supports, "none" first; ``("none",)``

@@ -61,6 +61,8 @@ class AggregatorAdapter:
     the bilevel MILP once per round.
     """
 
+    three_phase = False  # reads a feeder balanced (network.phases: one)
+
     def losses(self, case: CaseSpec) -> tuple[str, ...]:
         return ("none", "linear") if case.network is not None else ("none",)
 

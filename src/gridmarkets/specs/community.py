@@ -108,6 +108,8 @@ class CommunityAdapter:
     are re-solves of the lossless schedule (their values would otherwise mix loss models).
     """
 
+    three_phase = False  # reads a feeder balanced (network.phases: one)
+
     def losses(self, case: CaseSpec) -> tuple[str, ...]:
         return LOSS_MODES if case.network is not None and case.allocation is None else ("none",)
 

@@ -213,6 +213,8 @@ class FlexibilityAdapter:
     the comparison (``comparison``).
     """
 
+    three_phase = False  # reads a feeder balanced (network.phases: one)
+
     def losses(self, case: CaseSpec) -> tuple[str, ...]:
         return ("none",) if case.mode == "bilateral" else ("none", "linear")
 

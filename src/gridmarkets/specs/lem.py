@@ -50,14 +50,13 @@ class ParticipantSpec(Spec):
     @field_validator("phase")
     @classmethod
     def _known_phase(cls, value: str | None) -> str | None:
-        from gridmarkets.networks.three_phase import CONNECTIONS
+        from gridmarkets.networks.three_phase import connection
 
         if value is None:
             return None
-        connection = "".join(sorted(value.strip().lower()))
-        if connection not in CONNECTIONS:
+        if connection(value) is None:
             raise ValueError(f"{value!r} is not a, b, c or a combination of them (e.g. 'bc')")
-        return connection
+        return connection(value)
 
 
 class ShareBlock(Spec):

@@ -151,6 +151,8 @@ class P2PAdapter:
     clear without it, and the AC check (and with ``check`` the DSO's cuts) run on the
     trades' injections. ``method: admm`` is not one model solve."""
 
+    three_phase = False  # reads a feeder balanced (network.phases: one)
+
     def losses(self, case: CaseSpec) -> tuple[str, ...]:
         return ("none",)
 

@@ -112,6 +112,8 @@ class ProsumerAdapter:
     their check under ``uncoordinated``.
     """
 
+    three_phase = False  # reads a feeder balanced (network.phases: one)
+
     def losses(self, case: CaseSpec) -> tuple[str, ...]:
         coordinated = case.network is not None and case.coordination == "lindistflow"
         return LOSS_MODES if coordinated else ("none",)
