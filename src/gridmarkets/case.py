@@ -21,7 +21,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from gridmarkets.errors import CaseError
+from gridmarkets.errors import CaseError, InputError
+from gridmarkets.inputs import StrictLoader, read_yaml_file
 from gridmarkets.specs.base import CaseBase, Horizon, NetworkSpec, Spec
 
 __all__ = [
@@ -53,14 +54,16 @@ def format_validation_error(err: ValidationError, source: str) -> str:
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping, turning every failure into a CaseError naming the file."""
+    """Read a YAML mapping through the input boundary (:mod:`gridmarkets.inputs`: size
+    limit, UTF-8, no duplicate keys, bounded aliases), every failure a CaseError naming
+    the file."""
     path = Path(path)
     if not path.is_file():
         raise CaseError(f"{path}: no such file")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise CaseError(f"{path}: not valid YAML: {err}") from None
+        data = read_yaml_file(path)
+    except InputError as err:
+        raise CaseError(str(err)) from None
     if not isinstance(data, dict):
         raise CaseError(f"{path}: expected a mapping at the top level")
     return data
@@ -94,7 +97,7 @@ def parse_override(item: str) -> tuple[str, Any]:
     if not sep or not path.strip():
         raise CaseError(f"--set {item!r}: expected path.to.field=value")
     try:
-        value = yaml.safe_load(raw)
+        value = yaml.load(raw, Loader=StrictLoader)
     except yaml.YAMLError:
         value = raw
     return path.strip(), value

@@ -50,6 +50,7 @@ from gridmarkets.case import (
     validate,
 )
 from gridmarkets.errors import CaseError
+from gridmarkets.specs.base import Name
 
 Design = Literal["grid", "zip", "random", "latin_hypercube"]
 
@@ -83,7 +84,7 @@ class SolveOptions(Spec):
 class StudySpec(Spec):
     """A study file: a base case, the parameters to vary, a design and the KPIs."""
 
-    name: str | None = Field(None, description="study name (default: the file's stem)")
+    name: Name | None = Field(None, description="study name (default: the file's stem)")
     description: str = ""
     base: str = Field(description="case file relative to the study file, or a shipped case")
     design: Design = "grid"

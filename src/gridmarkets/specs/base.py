@@ -7,15 +7,88 @@ it lives here, apart from the loading glue in :mod:`gridmarkets.case`.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+import types
+import typing
+from collections.abc import Iterator
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    field_validator,
+    model_validator,
+)
+
+from gridmarkets.inputs import check_name
+
+MAX_MAGNITUDE = 1e15
+"""Largest magnitude of a number in a case: HiGHS's ``large_matrix_value`` (beyond it a
+coefficient is refused) and far below its infinite bound, 1e20."""
+
+Name = Annotated[str, AfterValidator(check_name)]
+"""A case's or study's name: it names the default output folder, so it is not a path."""
 
 
 class Spec(BaseModel):
-    """Base of every case-file section: unknown keys are errors, values are strict."""
+    """Base of every case-file section: unknown keys are errors, values are strict.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Numbers are finite and at most :data:`MAX_MAGNITUDE` in size; ``true``/``false``
+    is not a number (pydantic would read it as 1/0).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_as_numbers(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name, value in data.items():
+                field = cls.model_fields.get(name) if isinstance(name, str) else None
+                if field is not None and _has_bool(value) and not _takes_bool(field.annotation):
+                    raise ValueError(f"{name}: {value!r} is a yes/no value, not a number")
+        return data
+
+    @field_validator("*")
+    @classmethod
+    def _not_huge(cls, value: Any, info) -> Any:
+        for number in _floats(value):
+            if abs(number) > MAX_MAGNITUDE:
+                raise ValueError(
+                    f"{number!r} is beyond +-{MAX_MAGNITUDE:g} (a solver cannot use it)"
+                )
+        return value
+
+
+def _has_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return True
+    return isinstance(value, list | tuple) and any(isinstance(v, bool) for v in value)
+
+
+def _takes_bool(annotation: Any) -> bool:
+    """Whether a field's type accepts a bool as such (bool, Any, a union with bool)."""
+    if annotation is bool or annotation is Any:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return any(isinstance(a, bool) for a in typing.get_args(annotation))
+    if origin in (typing.Union, types.UnionType, typing.Annotated, list, tuple, dict):
+        return any(_takes_bool(a) for a in typing.get_args(annotation))
+    return False
+
+
+def _floats(value: Any) -> Iterator[float]:
+    if isinstance(value, float):
+        yield value
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _floats(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _floats(item)
 
 
 class Horizon(Spec):
@@ -24,8 +97,22 @@ class Horizon(Spec):
     start: dt.datetime | None = Field(
         None, description="timestamp of period 0; SimBench profiles are read from here"
     )
-    periods: int = Field(24, ge=1, le=35136, description="number of periods")
-    resolution_minutes: int = Field(60, ge=1, le=1440, description="length of a period")
+    periods: int = Field(24, ge=1, le=35136, strict=True, description="number of periods")
+    resolution_minutes: int = Field(
+        60, ge=1, le=1440, strict=True, description="length of a period"
+    )
+
+    @model_validator(mode="after")
+    def _ends_before_year_10000(self) -> Horizon:
+        if self.start is not None:
+            try:
+                self.start + self.periods * dt.timedelta(minutes=self.resolution_minutes)
+            except OverflowError:
+                raise ValueError(
+                    f"start: {self.start.isoformat()} plus {self.periods} periods of "
+                    f"{self.resolution_minutes} minutes runs past the year 9999"
+                ) from None
+        return self
 
     @property
     def period_hours(self) -> float:
@@ -97,7 +184,37 @@ class CaseBase(Spec):
     """Fields every case has; a model's spec adds its participants and prices."""
 
     model: str
-    name: str | None = Field(None, description="case name (default: the file's stem)")
+    name: Name | None = Field(
+        None, description="case name, and the default output folder (default: the file's stem)"
+    )
     description: str = ""
     horizon: Horizon = Field(default_factory=Horizon)
     network: NetworkSpec | None = None
+
+    @model_validator(mode="after")
+    def _buses_need_a_network(self) -> CaseBase:
+        if self.network is None:
+            for path, bus in buses_named(self):
+                raise ValueError(f"{path}: bus {bus} given, but the case has no network")
+        return self
+
+
+def buses_named(case: BaseModel) -> list[tuple[str, int]]:
+    """Every ``bus`` a case names, as (field path, bus): participants', peers',
+    homes', feeder profiles'."""
+    found: list[tuple[str, int]] = []
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                where = f"{path}.{key}" if path else str(key)
+                if key == "bus" and isinstance(value, int) and not isinstance(value, bool):
+                    found.append((where, value))
+                else:
+                    walk(value, where)
+        elif isinstance(node, list):
+            for k, value in enumerate(node):
+                walk(value, f"{path}.{k}")
+
+    walk(case.model_dump(exclude={"network"}), "")
+    return found

@@ -1,0 +1,216 @@
+"""The input boundary: every file a user hands gridmarkets is read through here.
+
+Case and study files, profile CSVs and network JSON files are read with a size limit
+(:data:`MAX_FILE_BYTES`) and as UTF-8, with an error naming the file and the line of
+the first byte that is not (a UTF-16 file is named as such). YAML is read with
+:class:`StrictLoader`: PyYAML's safe loader (no Python objects) that refuses a key
+given twice in one mapping (naming the key and both lines), a date that does not
+exist (``2016-13-45``) and aliases that would expand to more than
+:data:`MAX_YAML_NODES` values (the "billion laughs"), before anything is built from
+them. Output folders are checked before a model is built
+(:func:`output_folder`), and :func:`plain` prints numbers in messages without
+numpy's repr.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+from yaml.constructor import ConstructorError
+
+from gridmarkets.errors import InputError
+
+MAX_FILE_BYTES = 200 * 1024**2
+"""Largest file read (bytes): a year of 15-minute profiles or a SimBench net is far below."""
+
+MAX_YAML_BYTES = 10 * 1024**2
+"""Largest case or study file (bytes)."""
+
+MAX_YAML_NODES = 1_000_000
+"""Most values a YAML file may hold once its aliases are expanded."""
+
+__all__ = [
+    "MAX_FILE_BYTES",
+    "MAX_YAML_BYTES",
+    "MAX_YAML_NODES",
+    "StrictLoader",
+    "load_yaml",
+    "output_folder",
+    "plain",
+    "read_text",
+    "read_yaml_file",
+]
+
+
+def read_text(path: str | Path, what: str = "file", max_bytes: int = MAX_FILE_BYTES) -> str:
+    """A UTF-8 text file's contents, or an InputError naming the file and the problem.
+
+    Parameters
+    ----------
+    path : the file.
+    what : how messages name it ("case file", "network file", ...).
+    max_bytes : the largest size accepted.
+    """
+    path = Path(path)
+    source = f"{what} {path}".strip()
+    if not path.is_file():
+        raise InputError(f"{source}: no such file")
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise InputError(f"{source}: {size:,} bytes is more than the {max_bytes:,} read")
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise InputError(f"{source}: cannot be read ({err.strerror})") from None
+    return decode(raw, source)
+
+
+def decode(raw: bytes, source: str) -> str:
+    """UTF-8 bytes as text; an InputError naming the line of the first bad byte."""
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise InputError(f"{source}: is UTF-16 encoded; save it as UTF-8")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        byte = raw[err.start : err.start + 1].hex()
+        raise InputError(
+            f"{source}: line {line}: byte 0x{byte} is not UTF-8; save the file as UTF-8"
+        ) from None
+
+
+class StrictLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader that refuses duplicate keys, impossible dates and alias bombs."""
+
+    def get_single_node(self):
+        node = super().get_single_node()
+        if node is not None:
+            expanded_size(node, {}, set())
+        return node
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            refuse_duplicate_keys(self, node)
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_timestamp(self, node):
+        try:
+            return super().construct_yaml_timestamp(node)
+        except (ValueError, OverflowError) as err:
+            raise ConstructorError(
+                None, None, f"{node.value!r} is not a date and time ({err})", node.start_mark
+            ) from None
+
+
+StrictLoader.add_constructor("tag:yaml.org,2002:timestamp", StrictLoader.construct_yaml_timestamp)
+StrictLoader.add_constructor("tag:yaml.org,2002:map", StrictLoader.construct_yaml_map)
+
+
+def refuse_duplicate_keys(loader: yaml.SafeLoader, node: yaml.MappingNode) -> None:
+    """A key given twice in one mapping is an error naming it and the first one's line
+    (merge keys ``<<`` may be overridden, as YAML intends)."""
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            if key in seen:
+                raise ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (first given on line {seen[key] + 1})",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark.line
+        except TypeError:
+            continue  # an unhashable key: SafeLoader's own error names it
+
+
+def expanded_size(node: yaml.Node, sizes: dict[int, int], open_: set[int]) -> int:
+    """How many values ``node`` holds with every alias expanded; an error past
+    :data:`MAX_YAML_NODES` or for an alias inside itself. Shared nodes are counted
+    once each (memoised), so the count takes time linear in the file."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in open_:
+        raise yaml.YAMLError(f"an alias refers to a node that contains it{_where(node)}")
+    open_.add(key)
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        size += sum(expanded_size(child, sizes, open_) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            size += expanded_size(k, sizes, open_) + expanded_size(v, sizes, open_)
+    open_.discard(key)
+    if size > MAX_YAML_NODES:
+        raise yaml.YAMLError(
+            f"its aliases expand to more than {MAX_YAML_NODES:,} values{_where(node)}"
+        )
+    sizes[key] = size
+    return size
+
+
+def _where(node: yaml.Node) -> str:
+    return f" (the node at line {node.start_mark.line + 1})"
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """Parse YAML text with :class:`StrictLoader`; errors name ``source`` and the line."""
+    try:
+        return yaml.load(text, Loader=StrictLoader)
+    except yaml.YAMLError as err:
+        raise InputError(f"{source}: not valid YAML: {_yaml_message(err)}") from None
+    except RecursionError:
+        raise InputError(f"{source}: not valid YAML: nested too deeply") from None
+
+
+def _yaml_message(err: yaml.YAMLError) -> str:
+    if isinstance(err, yaml.MarkedYAMLError) and err.problem_mark is not None:
+        mark = err.problem_mark
+        return f"line {mark.line + 1}, column {mark.column + 1}: {err.problem}"
+    return str(err)
+
+
+def read_yaml_file(path: str | Path) -> Any:
+    """Read and parse a case or study file (size limit, UTF-8, :class:`StrictLoader`)."""
+    return load_yaml(read_text(path, "", MAX_YAML_BYTES), str(path))
+
+
+def output_folder(path: str | Path, what: str = "--out") -> Path:
+    """A folder results may be written to, created if missing; an InputError for an
+    existing file, a device, or a place that cannot be written."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        mode = path.stat().st_mode
+        kind = "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a file"
+        raise InputError(f"{what} {path}: is {kind}, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise InputError(f"{what} {path}: cannot write there ({err.strerror})") from None
+    return path
+
+
+def check_name(name: str) -> str:
+    """A case or study name, which names the default output folder: not a path."""
+    if name in ("", ".", "..") or any(c in name for c in ("/", "\\", os.sep, "\x00")):
+        raise ValueError(f"{name!r} is a path, not a name; choose the output folder with --out")
+    return name
+
+
+def plain(value: Any) -> str:
+    """A number as people write it (``-1.0``, ``inf``), never ``np.float64(-1.0)``."""
+    if isinstance(value, bool | str) or not hasattr(value, "__float__"):
+        return str(value)
+    if isinstance(value, int) or getattr(getattr(value, "dtype", None), "kind", "") in ("i", "u"):
+        return str(int(value))
+    return repr(float(value))
