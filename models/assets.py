@@ -21,6 +21,7 @@ per period, or a :class:`CsvProfile` naming a column of a CSV file.
 from __future__ import annotations
 
 import functools
+import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +33,7 @@ import pyomo.environ as pyo
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, model_validator
 
 from gridmarkets.errors import InputError
+from gridmarkets.inputs import read_text
 from gridmarkets.specs.base import Spec
 
 PROFILE_DIR = Path(__file__).resolve().parents[1] / "data" / "profiles"
@@ -107,7 +109,14 @@ def _csv_values(profile: CsvProfile, periods: int, period_hours: float, path: st
             f"{period_hours * 60:g}-minute periods"
         )
     k = int(rows_per_period)
-    chunk = frame[profile.column].to_numpy()[profile.start_row : profile.start_row + periods * k]
+    column = pd.to_numeric(frame[profile.column], errors="coerce").to_numpy(dtype=float)
+    chunk = column[profile.start_row : profile.start_row + periods * k]
+    bad = np.flatnonzero(~np.isfinite(chunk))
+    if len(bad):
+        row = profile.start_row + int(bad[0])
+        raise InputError(
+            f"{path}: {profile.csv} column {profile.column!r} row {row} is not a number"
+        )
     if len(chunk) < periods * k:
         raise InputError(f"{path}: {profile.csv} has too few rows for {periods} periods")
     return chunk.reshape(periods, k).mean(axis=1) * profile.scale
@@ -122,7 +131,25 @@ def _find_csv(name: str, path: str) -> Path:
 
 @functools.lru_cache(maxsize=16)
 def _read_csv(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path, comment="#", parse_dates=["timestamp"], index_col="timestamp")
+    """A profile file through the input boundary (size limit, UTF-8); an InputError
+    naming the file when it is not a CSV with a regular ``timestamp`` column."""
+    text = read_text(path, "profile file")
+    try:
+        frame = pd.read_csv(io.StringIO(text), comment="#")
+    except (ValueError, pd.errors.ParserError) as err:
+        raise InputError(f"profile file {path}: not a CSV table ({err})") from None
+    if "timestamp" not in frame:
+        raise InputError(
+            f"profile file {path}: no 'timestamp' column (its columns: {', '.join(frame)})"
+        )
+    stamps = pd.to_datetime(frame.pop("timestamp"), errors="coerce")
+    if (
+        len(stamps) < 2
+        or stamps.isna().any()
+        or not (stamps.diff().iloc[1:] > pd.Timedelta(0)).all()
+    ):
+        raise InputError(f"profile file {path}: 'timestamp' is not an increasing column of times")
+    return frame.set_index(stamps)
 
 
 def _set_cost(block: pyo.Block, expr, doc: str) -> None:

@@ -18,6 +18,7 @@ FACTS devices) are refused with an error naming them.
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import warnings
 from collections.abc import Mapping
@@ -54,6 +55,23 @@ BUILTINS = {
     "create_kerber_dorfnetz": "Kerber village LV network",
     "create_kerber_vorstadtnetz_kabel_1": "Kerber suburban cable LV network 1",
     "create_kerber_vorstadtnetz_kabel_2": "Kerber suburban cable LV network 2",
+    "ieee_european_lv_asymmetric": "IEEE European LV test feeder, 55 single-phase loads "
+    "(for network.phases: three)",
+}
+"""The pandapower built-ins a case may name: nothing else of ``pandapower.networks`` is
+called."""
+
+# What a network JSON file may name in its ``_module``/``_class`` fields, checked before
+# pandapower reads it (pandapower imports the module to look the class up): the net,
+# pandas tables, the builtins pandapower writes (module -> classes); besides these, numpy
+# scalar types and arrays and pandas indexes (``pandas.core.indexes.*``), looked up in
+# the already imported numpy and pandas.
+JSON_ALLOWED = {
+    "pandapower.auxiliary": {"pandapowerNet"},
+    "pandas": {"DataFrame", "Series"},
+    "pandas.core.frame": {"DataFrame"},
+    "pandas.core.series": {"Series"},
+    "builtins": {"tuple", "set", "frozenset", "complex"},
 }
 
 # Networks whose own data need an option to become one radial feeder.
@@ -222,9 +240,7 @@ def _parse_spec(spec) -> tuple[str, str, dict]:
 
 
 def _guess_source(name: str) -> str:
-    import pandapower.networks as pn
-
-    if ALIASES.get(name, name) in BUILTINS or callable(getattr(pn, name, None)):
+    if ALIASES.get(name, name) in BUILTINS:
         return "pandapower"
     if name.endswith(".json") or Path(name).is_file():
         return "file"
@@ -232,31 +248,104 @@ def _guess_source(name: str) -> str:
 
 
 def _read_net(source: str, locator: str):
-    import pandapower as pp
     import pandapower.networks as pn
 
     if source == "file":
-        if not Path(locator).is_file():
-            raise NetworkError(f"network file {locator}: no such file")
-        return pp.from_json(locator), Path(locator).stem
+        return read_net_json(locator), Path(locator).stem
     if source == "pandapower":
         name = ALIASES.get(locator, locator)
-        if not callable(getattr(pn, name, None)) or name.startswith("_"):
-            raise _unknown(locator)
+        if name not in BUILTINS:
+            raise _unknown(locator, "network.name")
         return getattr(pn, name)(), name
     import simbench
 
     if locator not in simbench.collect_all_simbench_codes():
-        raise _unknown(locator)
+        raise _unknown(locator, "network.code")
     return simbench.get_simbench_net(locator), locator
 
 
-def _unknown(name: str) -> NetworkError:
+def read_net_json(path: str | Path):
+    """A pandapower net from a JSON file, read safely.
+
+    The file is read through :func:`gridmarkets.inputs.read_text` (size limit, UTF-8);
+    every ``_module``/``_class`` it names, at any depth, is checked against
+    :data:`JSON_ALLOWED` *before* pandapower parses it (pandapower imports a named
+    module to find its class), and the result must be a net with buses, lines and an
+    external grid.
+
+    Raises
+    ------
+    NetworkError : naming the file and what is wrong (a foreign module, not a net, a
+        missing table).
+    """
+    import pandapower as pp
+
+    from gridmarkets.errors import InputError
+    from gridmarkets.inputs import read_text
+
+    source = f"network file {path}"
+    try:
+        text = read_text(path, "network file")
+        tree = json.loads(text)
+    except InputError as err:
+        raise NetworkError(str(err)) from None
+    except (ValueError, RecursionError) as err:
+        raise NetworkError(f"{source}: not JSON ({err})") from None
+    if not isinstance(tree, dict) or tree.get("_class") != "pandapowerNet":
+        raise NetworkError(f"{source}: not a pandapower net (no pandapowerNet at the top level)")
+    _check_json_classes(tree, source, "")
+    try:
+        net = pp.from_json_string(text)
+    except Exception as err:  # pandapower raises anything from a malformed table
+        raise NetworkError(f"{source}: pandapower cannot read it ({err})") from None
+    missing = [table for table in ("bus", "line", "ext_grid") if table not in net]
+    if missing:
+        raise NetworkError(f"{source}: the net has no table {', '.join(missing)}")
+    return net
+
+
+def _check_json_classes(node: Any, source: str, where: str) -> None:
+    """Refuse any ``_module``/``_class`` outside :data:`JSON_ALLOWED`, looking into the
+    JSON strings pandapower parses again (``_object``)."""
+    if isinstance(node, dict):
+        if "_module" in node or "_class" in node:
+            module, cls = str(node.get("_module")), str(node.get("_class"))
+            if not _json_class_allowed(module, cls):
+                raise NetworkError(
+                    f"{source}: {where or 'top level'} names {module}.{cls}, which a "
+                    "pandapower net does not hold; refused before reading (nothing imported)"
+                )
+        for key, value in node.items():
+            _check_json_classes(value, source, f"{where}.{key}" if where else str(key))
+    elif isinstance(node, list):
+        for k, value in enumerate(node):
+            _check_json_classes(value, source, f"{where}[{k}]")
+    elif isinstance(node, str) and node[:1] in "{[" and ("_module" in node or "_class" in node):
+        try:
+            inner = json.loads(node)
+        except ValueError:
+            return  # a string, not JSON: pandapower reads it as one
+        _check_json_classes(inner, source, where)
+
+
+def _json_class_allowed(module: str, cls: str) -> bool:
+    if module == "numpy":
+        value = getattr(np, cls, None)
+        return cls in ("array", "bool") or (
+            isinstance(value, type) and issubclass(value, np.generic)
+        )
+    if module.startswith("pandas.core.indexes."):
+        value = getattr(pd, cls, None)
+        return isinstance(value, type) and issubclass(value, pd.Index)
+    return cls in JSON_ALLOWED.get(module, set())
+
+
+def _unknown(name: str, field: str) -> NetworkError:
     known = [n for n, _ in available_networks()] + list(ALIASES)
     close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
     hint = f"; close matches: {', '.join(close)}" if close else ""
     return NetworkError(
-        f"network {name!r} is not a pandapower built-in, a SimBench code or a file{hint} "
+        f"{field}: {name!r} is not a pandapower built-in, a SimBench code or a file{hint} "
         "(`gridmarkets networks` lists them)"
     )
 
@@ -271,6 +360,7 @@ def feeder_from_net(
     ext_grid: int | None = None,
 ) -> Feeder:
     """Build the radial :class:`Feeder` of a pandapower net (see :func:`load` for options)."""
+    _check_options(vmin_pu, vmax_pu, s_base_kva)
     _refuse_unmodelled(net)
     _warn_approximated(net)
     s_base_kva = float(s_base_kva or net.sn_mva * 1000.0)
@@ -293,6 +383,23 @@ def feeder_from_net(
         net=net,
         merged=keep,
     )
+
+
+def _check_options(vmin_pu: float, vmax_pu: float, s_base_kva: float | None) -> None:
+    """Voltage limits and the power base as numbers that make sense (an input error,
+    not an infeasible model later)."""
+    values = {"vmin_pu": vmin_pu, "vmax_pu": vmax_pu, "s_base_kva": s_base_kva}
+    for key, value in values.items():
+        if value is None and key == "s_base_kva":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise NetworkError(f"network.options.{key}: {value!r} is not a positive number")
+        if not math.isfinite(value):
+            raise NetworkError(f"network.options.{key}: {value!r} is not finite")
+    if not vmin_pu < vmax_pu:
+        raise NetworkError(
+            f"network.options: vmin_pu {float(vmin_pu)!r} is not below vmax_pu {float(vmax_pu)!r}"
+        )
 
 
 def in_service(net, table: str) -> pd.DataFrame:
@@ -653,6 +760,14 @@ def feeder_profiles(
     if not profiles or profiles[("load", "p_mw")].empty:
         raise NetworkError(f"network {feeder.name}: has no SimBench profiles")
     rows = slice(start, start + periods * step)
+    available = len(profiles[("load", "p_mw")])
+    if rows.stop > available:
+        first = max(0, (available - start) // step)
+        raise NetworkError(
+            f"horizon: periods {first}-{periods - 1} run past the end of the SimBench "
+            f"profiles of {feeder.name} ({available} 15-minute steps from 1 January; the "
+            f"horizon starts at step {start}): start earlier or use fewer periods"
+        )
     columns = {}
     for table, quantity, name in (
         ("load", "p_mw", "load_p_kw"),

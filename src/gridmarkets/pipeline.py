@@ -29,7 +29,7 @@ from gridmarkets import registry
 from gridmarkets.errors import CaseError
 from gridmarkets.results import Result
 from gridmarkets.specs.adapter import Built, CaseAdapter, Injections
-from gridmarkets.specs.base import CaseBase
+from gridmarkets.specs.base import CaseBase, check_buses
 
 
 def run_case(
@@ -77,6 +77,8 @@ class CaseRun:
         losses = loss_mode(case, adapter)  # before the feeder: a bad mode fails fast
         if feeder is None:
             feeder = load_feeder(case)
+        if feeder is not None:
+            check_buses(case, feeder)
         return cls(case, adapter, feeder, losses)
 
     def build(self) -> Built:

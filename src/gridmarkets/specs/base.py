@@ -17,6 +17,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    NonNegativeInt,
     PositiveFloat,
     field_validator,
     model_validator,
@@ -125,6 +126,18 @@ class Horizon(Spec):
         return [self.start + k * step for k in range(self.periods)]
 
 
+class NetworkOptions(Spec):
+    """Options of :func:`gridmarkets.networks.load`; the feeder checks vmin_pu < vmax_pu
+    against its defaults (0.95 and 1.05 pu where a bus has no limits)."""
+
+    vmin_pu: PositiveFloat | None = Field(None, description="lower voltage limit (pu)")
+    vmax_pu: PositiveFloat | None = Field(None, description="upper voltage limit (pu)")
+    s_base_kva: PositiveFloat | None = Field(None, description="per-unit power base (kVA)")
+    ext_grid: NonNegativeInt | None = Field(
+        None, description="the external grid whose feeder to keep when the net has several"
+    )
+
+
 class NetworkSpec(Spec):
     """Where the feeder comes from: a pandapower built-in, a SimBench code or a file."""
 
@@ -132,7 +145,7 @@ class NetworkSpec(Spec):
     name: str | None = Field(None, description="pandapower.networks function name")
     code: str | None = Field(None, description="SimBench code, e.g. 1-LV-rural1--0-sw")
     path: str | None = Field(None, description="pandapower JSON file")
-    options: dict[str, Any] = Field(default_factory=dict)
+    options: NetworkOptions = Field(default_factory=NetworkOptions)
     losses: Literal["none", "linear", "iterate"] = Field(
         "iterate",
         description=(
@@ -218,3 +231,22 @@ def buses_named(case: BaseModel) -> list[tuple[str, int]]:
 
     walk(case.model_dump(exclude={"network"}), "")
     return found
+
+
+def check_buses(case: BaseModel, feeder: Any) -> None:
+    """Every bus the case names is a bus of its feeder (before anything is built).
+
+    Raises
+    ------
+    CaseError : naming the field, the bus and the feeder.
+    """
+    from gridmarkets.errors import CaseError
+
+    missing = [(path, bus) for path, bus in buses_named(case) if bus not in feeder.merged]
+    if missing:
+        named = "; ".join(f"{path}: bus {bus}" for path, bus in missing[:5])
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise CaseError(
+            f"{named}{more}: not a bus of the feeder {feeder.name} (its buses are "
+            f"{min(feeder.merged)}..{max(feeder.merged)}; see `gridmarkets networks`)"
+        )
