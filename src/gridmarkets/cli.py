@@ -19,6 +19,7 @@ from rich.table import Table
 from gridmarkets import pipeline, registry, results
 from gridmarkets.case import load_case, read_yaml, shipped_cases_dir
 from gridmarkets.errors import GridmarketsError
+from gridmarkets.inputs import output_folder, solve_options
 
 app = typer.Typer(
     help="Optimization models for distribution-level electricity markets.",
@@ -71,9 +72,9 @@ def solve(
 ) -> None:
     """Solve CASE and write summary.json, CSV tables and plots."""
     spec = load_case(resolve_case_path(case), set_ or [])
-    options = {"time_limit": time_limit, "mip_gap": mip_gap, "threads": threads}
-    result = pipeline.run_case(spec, {k: v for k, v in options.items() if v is not None})
-    target = out_dir or Path("results") / spec.name
+    options = solve_options(time_limit=time_limit, mip_gap=mip_gap, threads=threads)
+    target = output_folder(out_dir or Path("results") / spec.name)
+    result = pipeline.run_case(spec, options)
     results.write(result, target, spec.name)
     _print_summary(result.summary(spec.name), target)
 
@@ -155,7 +156,7 @@ def sweep(
     from gridmarkets.study import load_study
 
     spec = load_study(study)
-    target = out_dir or Path("results") / spec.name
+    target = output_folder(out_dir or Path("results") / spec.name)
     try:
         frame = batch.run(spec, workers=workers, scheduler=scheduler, out=target)
     except KeyboardInterrupt:

@@ -14,6 +14,7 @@ numpy's repr.
 
 from __future__ import annotations
 
+import math
 import os
 import stat
 import tempfile
@@ -84,8 +85,12 @@ def decode(raw: bytes, source: str) -> str:
         ) from None
 
 
-class StrictLoader(yaml.SafeLoader):
-    """PyYAML's SafeLoader that refuses duplicate keys, impossible dates and alias bombs."""
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's, where installed
+
+
+class StrictLoader(SAFE_LOADER):
+    """PyYAML's safe loader (libyaml's where installed) that refuses duplicate keys,
+    impossible dates and alias bombs."""
 
     def get_single_node(self):
         node = super().get_single_node()
@@ -111,7 +116,7 @@ StrictLoader.add_constructor("tag:yaml.org,2002:timestamp", StrictLoader.constru
 StrictLoader.add_constructor("tag:yaml.org,2002:map", StrictLoader.construct_yaml_map)
 
 
-def refuse_duplicate_keys(loader: yaml.SafeLoader, node: yaml.MappingNode) -> None:
+def refuse_duplicate_keys(loader: Any, node: yaml.MappingNode) -> None:
     """A key given twice in one mapping is an error naming it and the first one's line
     (merge keys ``<<`` may be overridden, as YAML intends)."""
     seen: dict[Any, int] = {}
@@ -198,6 +203,19 @@ def output_folder(path: str | Path, what: str = "--out") -> Path:
     except OSError as err:
         raise InputError(f"{what} {path}: cannot write there ({err.strerror})") from None
     return path
+
+
+def solve_options(**options: float | int | None) -> dict[str, float | int]:
+    """The command line's solver options that were given (``--time-limit``, ...), each
+    a finite number: positive, a gap at least 0."""
+    given = {key: value for key, value in options.items() if value is not None}
+    for key, value in given.items():
+        low_ok = value >= 0 if key == "mip_gap" else value > 0
+        if not math.isfinite(value) or not low_ok:
+            flag = "--" + key.replace("_", "-")
+            need = "at least 0" if key == "mip_gap" else "above 0"
+            raise InputError(f"{flag}: {plain(value)} is not a finite number {need}")
+    return given
 
 
 def check_name(name: str) -> str:
