@@ -12,7 +12,7 @@ from gridmarkets.models.aggregator import Control, HomeSpec, IncentiveSpec, buil
 from gridmarkets.models.prosumer import PricesSpec
 from gridmarkets.results import Result
 from gridmarkets.specs.adapter import Built, grid_checks, no_checks
-from gridmarkets.specs.base import CaseBase
+from gridmarkets.specs.base import CaseBase, NumberOrNaN
 
 
 class CaseSpec(CaseBase):
@@ -23,7 +23,7 @@ class CaseSpec(CaseBase):
     method: Literal["bigm", "strong_duality"] = "bigm"
     prices: PricesSpec
     commitment_kw: assets.Profile = Field(description="committed net injection (kW)")
-    commitment_kvar: assets.Profile | None = Field(
+    commitment_kvar: assets.Profile | list[NumberOrNaN] | None = Field(
         None, description="committed reactive injection (kvar); null or NaN: none"
     )
     incentive: IncentiveSpec = Field(default_factory=IncentiveSpec)

@@ -7,6 +7,7 @@ it lives here, apart from the loading glue in :mod:`gridmarkets.case`.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import types
 import typing
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
+    AllowInfNan,
     BaseModel,
     ConfigDict,
     Field,
@@ -28,6 +30,16 @@ from gridmarkets.inputs import check_name
 MAX_MAGNITUDE = 1e15
 """Largest magnitude of a number in a case: HiGHS's ``large_matrix_value`` (beyond it a
 coefficient is refused) and far below its infinite bound, 1e20."""
+
+
+def _not_infinite(value: float) -> float:
+    if math.isinf(value):
+        raise ValueError(f"{value!r} is not finite")
+    return value
+
+
+NumberOrNaN = Annotated[float, AllowInfNan(True), AfterValidator(_not_infinite)]
+"""A finite number or NaN, where a field documents what NaN means ("none")."""
 
 Name = Annotated[str, AfterValidator(check_name)]
 """A case's or study's name: it names the default output folder, so it is not a path."""
