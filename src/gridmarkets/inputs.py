@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import resource
 import stat
 import tempfile
 from pathlib import Path
@@ -216,6 +217,51 @@ def solve_options(**options: float | int | None) -> dict[str, float | int]:
             need = "at least 0" if key == "mip_gap" else "above 0"
             raise InputError(f"{flag}: {plain(value)} is not a finite number {need}")
     return given
+
+
+def memory_available_bytes() -> int:
+    """The memory this process may still take (bytes): the least of the machine's
+    available memory, the cgroup's remaining limit and the address-space limit
+    (``ulimit -v``) less what the process already maps."""
+    bounds = [
+        _meminfo("MemAvailable") or os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    ]
+    cgroup = Path("/sys/fs/cgroup")
+    limit = _read_number(cgroup / "memory.max")
+    if limit is not None:
+        bounds.append(limit - (_read_number(cgroup / "memory.current") or 0))
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY:
+        bounds.append(soft - (_status_kib("VmSize") or 0) * 1024)
+    return max(0, min(bounds))
+
+
+def _meminfo(key: str) -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _status_kib(key: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _read_number(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
 
 
 def check_name(name: str) -> str:

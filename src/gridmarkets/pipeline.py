@@ -29,7 +29,7 @@ from gridmarkets import registry
 from gridmarkets.errors import CaseError
 from gridmarkets.results import Result
 from gridmarkets.specs.adapter import Built, CaseAdapter, Injections
-from gridmarkets.specs.base import CaseBase, check_buses
+from gridmarkets.specs.base import CaseBase, check_buses, check_model_size
 
 
 def run_case(
@@ -79,6 +79,7 @@ class CaseRun:
             feeder = load_feeder(case)
         if feeder is not None:
             check_buses(case, feeder)
+        check_model_size(case, feeder)
         return cls(case, adapter, feeder, losses)
 
     def build(self) -> Built:

@@ -391,3 +391,28 @@ def test_anchors_and_merge_keys_still_load(tmp_path):
 
     spelled = load_case(tmp_path / "case.yaml").model_dump(exclude={"name"})
     assert spelled == load_case(tmp_path / "lem_copperplate.yaml").model_dump(exclude={"name"})
+
+
+def test_a_year_of_periods_on_a_feeder_is_refused_with_its_size(tmp_path):
+    """periods: 35136 (the schema's maximum) on lem_lv_grid, in a process limited to
+    4 GB of address space (about 2 GB are mapped by the imports): refused before
+    building, with the estimated size, where the unguarded build ran past 5 GB."""
+    import resource
+    import subprocess
+    import sys
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (4 * 1024**3, resource.RLIM_INFINITY))
+
+    began = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "gridmarkets", "solve", "lem_lv_grid", "--set",
+         "horizon.periods=35136", "--out", str(tmp_path)],
+        capture_output=True, text=True, preexec_fn=limit, timeout=600,
+    )  # fmt: skip
+    message = " ".join(done.stderr.split())
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "horizon.periods: 35136 periods on the feeder 1-LV-rural1--0-sw" in message
+    assert "million variables and constraints" in message and "GB of memory available" in message
+    assert time.perf_counter() - began < 120
