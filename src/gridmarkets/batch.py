@@ -60,8 +60,10 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_complet
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import ExitStack, contextmanager
 from importlib.metadata import version
+from multiprocessing import forkserver
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pandas as pd
 from rich.progress import (
@@ -389,9 +391,17 @@ def _executors(workers, scheduler, n_todo: int, stack: ExitStack) -> Callable[[]
 
 def _pool_context() -> multiprocessing.context.BaseContext:
     """Forkserver: workers fork from a clean server (no threads of ours, like rich's
-    refresher, are copied) that has already imported the heavy modules once."""
+    refresher, are copied) that has already imported the heavy modules once.
+
+    The server is started as ``python -c``, which puts the working directory first on
+    its import path (Python 3.11 ignores the parent's path there), so a ``concurrent.py``
+    planted in that folder would run in every worker: it starts with ``PYTHONSAFEPATH``
+    set, which leaves the working directory out. The workers then take this process's
+    import path."""
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["gridmarkets.batch", "pyomo.environ"])
+    with mock.patch.dict(os.environ, PYTHONSAFEPATH="1"):
+        forkserver.ensure_running()
     return context
 
 
