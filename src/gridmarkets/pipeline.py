@@ -26,7 +26,8 @@ import numpy as np
 import pandas as pd
 
 from gridmarkets import registry
-from gridmarkets.errors import CaseError
+from gridmarkets.case_terms import labeler
+from gridmarkets.errors import CaseError, InfeasibleError
 from gridmarkets.results import Result
 from gridmarkets.specs.adapter import Built, CaseAdapter, Injections
 from gridmarkets.specs.base import CaseBase
@@ -51,7 +52,12 @@ def run_case(
     solve_options = dict(solve_options or {})
     run = CaseRun.start(case, feeder)
     built = run.build()
-    result, iteration = run.solve(built, solve_options)
+    try:
+        result, iteration = run.solve(built, solve_options)
+    except InfeasibleError as err:  # the diagnosis in the case's terms
+        if err.diagnosis is not None and built.model is not None:
+            err.diagnosis = err.diagnosis.in_case_terms(labeler(case, built.model))
+        raise
     return run.complete(built, result, iteration, solve_options)
 
 
