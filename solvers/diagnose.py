@@ -1,22 +1,28 @@
-"""Explain infeasibility by the constraints that conflict, within a time limit.
+"""Explain infeasibility by the constraints that conflict, in bounded time.
 
-First HiGHS's irreducible infeasible subsystem (IIS) of the LP (or of the LP
-relaxation of a MILP). When that finds nothing (a MILP whose relaxation is feasible),
-an elastic re-solve: every row gets a nonnegative slack in each direction, the total
-slack is minimised with the integers kept, and the rows that needed slack are the
-conflict; then, to say what they conflict with, a second elastic re-solve holds those
-rows exactly, the integers are fixed where it put them, and the IIS of that LP names the
-constraints and bounds they meet there (an appliance that must run meets the import
-limit and the balance of the periods it runs in).
+An elastic re-solve first: every row gets a nonnegative slack in each direction and
+the total slack is minimised over the LP (a MILP's relaxation); the rows that need
+slack are where the model fails (its *extent*). Then an irreducible infeasible
+subsystem (IIS, HiGHS) near the row that needs the most: the rows within k steps of it
+(row - column - row), k growing until they are infeasible on their own, and their IIS,
+which is an IIS of the whole model. A market infeasible in every period gets the
+conflict of one period in seconds where the IIS of the whole model took minutes.
+
+A MILP whose relaxation is feasible: the elastic re-solve keeps the integers, and its
+relaxed rows are the conflict; to say what they conflict with, a second elastic
+re-solve holds those rows exactly, the integers are fixed where it put them, and the
+IIS of that LP names the constraints and bounds they meet there (an appliance that must
+run meets the import limit and the balance of the periods it runs in).
 
 The diagnosis has a time limit of its own (the caller's ``time_limit``, else
-:data:`DEFAULT_TIME_LIMIT_S`): when the IIS runs out of time, the elastic re-solve
-(one LP) gives a partial answer, marked as such.
+:data:`DEFAULT_TIME_LIMIT_S`): when it runs out before an IIS, the extent is reported as
+a partial answer, marked as such.
 
 Members carry their Pyomo names, so a family such as
 ``prosumers[h3].battery.soc_dynamics[5]`` carries its participant, asset and period;
 :meth:`Diagnosis.in_case_terms` adds the case element each comes from (a participant,
-a device, a case field), given a function that knows the case.
+a device, a case field), given a function that knows the case
+(:func:`gridmarkets.case_terms.labeler`).
 """
 
 from __future__ import annotations
@@ -28,13 +34,14 @@ from typing import Any
 
 import highspy
 import numpy as np
+import scipy.sparse as sp
 
 from gridmarkets.solvers.highs import INF, StandardForm
 
 DEFAULT_TIME_LIMIT_S = 30.0
-_IIS_SHARE = 0.75  # of the time limit for the IIS; the rest is the elastic re-solve's
 _TOL = 1e-7
 _SHOWN = 4  # members listed per family in a report
+_TAILS = 8  # elements listed per report line
 _BOUND_NAMES = {
     int(highspy.IisBoundStatus.kIisBoundStatusLower): "lower",
     int(highspy.IisBoundStatus.kIisBoundStatusUpper): "upper",
@@ -82,6 +89,8 @@ class Diagnosis:
     conflicts: tuple[Conflict, ...]
     complete: bool = True
     time_limit_s: float = DEFAULT_TIME_LIMIT_S
+    extent: tuple[Conflict, ...] = ()  # the rows an elastic re-solve relaxes
+    seconds: float | None = None  # how long the diagnosis took
 
     @property
     def families(self) -> list[str]:
@@ -100,12 +109,9 @@ class Diagnosis:
     def in_case_terms(self, label: Labeler) -> Diagnosis:
         """The same diagnosis with each member's case element and period from ``label``
         (called with the member; None: no element)."""
-        labelled = []
-        for conflict in self.conflicts:
-            found = label(conflict) if conflict.component is not None else None
-            element, period = found or ("", None)
-            labelled.append(replace(conflict, element=element, period=period))
-        return replace(self, conflicts=tuple(labelled))
+        return replace(
+            self, conflicts=_labelled(self.conflicts, label), extent=_labelled(self.extent, label)
+        )
 
     def report(self) -> str:
         """A few lines a user can act on: by case element where known, else by family."""
@@ -116,17 +122,48 @@ class Diagnosis:
                 f"\npartial answer: the diagnosis stopped at its {self.time_limit_s:g} s time "
                 "limit (give a longer --time-limit for a complete one)"
             )
+        took = "" if self.seconds is None else f" in {self.seconds:.1f} s"
         if not self.conflicts:
-            return f"diagnosis ({how}): no conflicting set could be isolated{partial}"
+            return f"diagnosis ({how}{took}): no conflicting set could be isolated{partial}"
         if self.elements:
-            lines = [f"conflicting case elements, by {how}:"]
-            groups = _grouped(self.conflicts, lambda c: c.element or f"(model) {c.family}")
+            lines = [f"conflicting case elements, by {how}{took}:"]
+            groups = _grouped(self.conflicts, lambda c: _head(c.element) or f"(model) {c.family}")
         else:
-            lines = [f"conflicting constraints, by {how}, by family:"]
+            lines = [f"conflicting constraints, by {how}{took}, by family:"]
             groups = _grouped(self.conflicts, lambda c: c.family)
         for key, members in groups.items():
-            lines.append(f"  - {key}: {_describe(members)}")
+            lines.append(f"  - {key}{_tails(members)}: {_describe(members)}")
+        if self.method == "iis" and len(self.extent) > 1:
+            periods = _ranges([c.period for c in self.extent if c.period is not None])
+            where = f" in period(s) {periods}" if periods else ""
+            lines.append(
+                f"where it fails: an elastic re-solve relaxes {len(self.extent)} "
+                f"constraint(s){where}; the set above is the conflict around one of them"
+            )
         return "\n".join(lines) + partial
+
+
+def _labelled(conflicts: tuple[Conflict, ...], label: Labeler) -> tuple[Conflict, ...]:
+    labelled = []
+    for conflict in conflicts:
+        found = label(conflict) if conflict.component is not None else None
+        element, period = found or ("", None)
+        labelled.append(replace(conflict, element=element, period=period))
+    return tuple(labelled)
+
+
+def _head(element: str) -> str:
+    """An element's text before its last word when it has several (``network bus 5``:
+    ``network bus``): elements that differ only there share a report line."""
+    return element.rsplit(" ", 1)[0]
+
+
+def _tails(members: list[Conflict]) -> str:
+    tails = list(dict.fromkeys(c.element.rsplit(" ", 1)[1] for c in members if " " in c.element))
+    if not tails:
+        return ""
+    more = f" and {len(tails) - _TAILS} more" if len(tails) > _TAILS else ""
+    return " " + ", ".join(tails[:_TAILS]) + more
 
 
 def _grouped(conflicts, key) -> dict[str, list[Conflict]]:
@@ -176,9 +213,8 @@ class _Clock:
     def left(self) -> float:
         return max(self.deadline - time.monotonic(), 0.0)
 
-    def share(self, fraction: float) -> _Clock:
-        """A clock of ``fraction`` of the time left."""
-        return _Clock(self.left() * fraction)
+    def elapsed(self) -> float:
+        return self.seconds - (self.deadline - time.monotonic())
 
 
 def _row_conflict(con, detail: str) -> Conflict:
@@ -200,45 +236,19 @@ def _highs(options: dict, clock: _Clock) -> highspy.Highs:
     return highs
 
 
-def _relaxed(highs: highspy.Highs, n: int) -> None:
-    highs.changeColsIntegrality(
-        n, np.arange(n, dtype=np.int32), np.full(n, highspy.HighsVarType.kContinuous)
-    )
-
-
-def _iis(form: StandardForm, options: dict, clock: _Clock, lp=None) -> tuple[list, bool]:
-    """(conflicts of the IIS of ``lp`` (default: the LP relaxation), whether HiGHS had
-    the time to finish it)."""
-    highs = _highs(options, clock)
-    highs.setOptionValue("iis_strategy", int(highspy.IisStrategy.kIisStrategyIrreducible))
-    highs.setOptionValue("iis_time_limit", max(clock.left(), 1e-3))
-    lp = form.lp if lp is None else lp
-    highs.passModel(lp)
-    if form.is_mip:
-        _relaxed(highs, form.lp.num_col_)
-    status, iis = highs.getIis()
-    finished = clock.left() > 0
-    if status != highspy.HighsStatus.kOk or not iis.valid_ or not len(iis.row_index_):
-        return [], finished
-    conflicts = list(
-        {form.rows[i].name: _row_conflict(form.rows[i], "") for i in iis.row_index_}.values()
-    )
-    for j, bound in zip(iis.col_index_, iis.col_bound_, strict=True):
-        if int(bound) in _BOUND_NAMES:
-            side, lower, upper = _BOUND_NAMES[int(bound)], lp.col_lower_[j], lp.col_upper_[j]
-            conflicts.append(_bound_conflict(form.columns[j], side, lower, upper))
-    return conflicts, finished
-
-
 def _elastic(
-    form: StandardForm, options: dict, clock: _Clock, hard: np.ndarray | None = None
+    lp: highspy.HighsLp, options: dict, clock: _Clock, relax: bool, hard: np.ndarray | None = None
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Minimise the total slack the rows need (integers kept); rows in ``hard`` get
-    none. Returns (slack per row, column values), or (None, None) without an answer."""
-    lp = form.lp
+    """Minimise the total slack the rows of ``lp`` need (its integers kept unless
+    ``relax``); rows in ``hard`` get none. Returns (slack per row, column values), or
+    (None, None) without an answer (no such point, or the time ran out)."""
     n, m = lp.num_col_, lp.num_row_
     highs = _highs(options, clock)
     highs.passModel(lp)
+    if relax and len(lp.integrality_):
+        highs.changeColsIntegrality(
+            n, np.arange(n, dtype=np.int32), np.full(n, highspy.HighsVarType.kContinuous)
+        )
     highs.changeObjectiveSense(highspy.ObjSense.kMinimize)
     highs.changeColsCost(n, np.arange(n, dtype=np.int32), np.zeros(n))
     upper = np.full(m, INF)
@@ -263,6 +273,75 @@ def _slack_conflicts(form: StandardForm, slack: np.ndarray) -> list[Conflict]:
     return list(conflicts.values())
 
 
+def _matrix(lp: highspy.HighsLp) -> sp.csc_array:
+    a = lp.a_matrix_
+    shape = (lp.num_row_, lp.num_col_)
+    parts = (np.asarray(a.value_), np.asarray(a.index_), np.asarray(a.start_))
+    if a.format_ == highspy.MatrixFormat.kColwise:
+        return sp.csc_array(parts, shape=shape)
+    return sp.csr_array(parts, shape=shape).tocsc()
+
+
+def _sub_lp(lp: highspy.HighsLp, a: sp.csc_array, rows, cols) -> highspy.HighsLp:
+    """The LP of ``rows`` over ``cols`` (every column those rows touch), no objective."""
+    part = a[rows][:, cols].tocsc()
+    matrix = highspy.HighsSparseMatrix()
+    matrix.format_ = highspy.MatrixFormat.kColwise
+    matrix.num_row_, matrix.num_col_ = len(rows), len(cols)
+    matrix.start_, matrix.index_, matrix.value_ = part.indptr, part.indices, part.data
+    sub = highspy.HighsLp()
+    sub.num_col_, sub.num_row_ = len(cols), len(rows)
+    sub.col_cost_ = np.zeros(len(cols))
+    sub.col_lower_ = np.asarray(lp.col_lower_)[cols]
+    sub.col_upper_ = np.asarray(lp.col_upper_)[cols]
+    sub.row_lower_ = np.asarray(lp.row_lower_)[rows]
+    sub.row_upper_ = np.asarray(lp.row_upper_)[rows]
+    sub.a_matrix_ = matrix
+    return sub
+
+
+def _iis(form: StandardForm, lp, rows, cols, options: dict, clock: _Clock) -> list[Conflict]:
+    """The IIS of the sub-LP ``lp`` (its rows and columns are ``rows`` and ``cols`` of
+    the model), or [] when it is feasible (or the time ran out)."""
+    highs = _highs(options, clock)
+    highs.setOptionValue("iis_strategy", int(highspy.IisStrategy.kIisStrategyIrreducible))
+    highs.setOptionValue("iis_time_limit", max(clock.left(), 1e-3))
+    highs.passModel(lp)
+    status, iis = highs.getIis()
+    if status != highspy.HighsStatus.kOk or not iis.valid_ or not len(iis.row_index_):
+        return []
+    members = {
+        form.rows[rows[i]].name: _row_conflict(form.rows[rows[i]], "") for i in iis.row_index_
+    }
+    conflicts = list(members.values())
+    for j, bound in zip(iis.col_index_, iis.col_bound_, strict=True):
+        if int(bound) in _BOUND_NAMES:
+            side, lower, upper = _BOUND_NAMES[int(bound)], lp.col_lower_[j], lp.col_upper_[j]
+            conflicts.append(_bound_conflict(form.columns[cols[j]], side, lower, upper))
+    return conflicts
+
+
+def _local_iis(
+    form: StandardForm, lp: highspy.HighsLp, slack: np.ndarray, options: dict, clock: _Clock
+) -> tuple[list[Conflict], bool]:
+    """An IIS found near the row that needs the most slack: the rows within k steps of it
+    (row - column - row), k growing until they are infeasible on their own, then their
+    IIS (an IIS of a part is an IIS of the whole). Far faster than the IIS of a large
+    model whose conflict repeats (every period of a market). Returns (conflicts,
+    whether it finished in time)."""
+    a = _matrix(lp)
+    by_row = a.tocsr()
+    rows = np.array([int(np.argmax(slack))])
+    while clock.left() > 0:
+        grown = np.unique(a[:, np.unique(by_row[rows].indices)].indices)
+        cols = np.unique(by_row[grown].indices)
+        conflicts = _iis(form, _sub_lp(lp, a, grown, cols), grown, cols, options, clock)
+        if conflicts or len(grown) == len(rows):
+            return conflicts, clock.left() > 0
+        rows = grown
+    return [], False
+
+
 def _with_integers_fixed(form: StandardForm, x: np.ndarray) -> highspy.HighsLp:
     lp = highspy.HighsLp()
     for name in ("num_col_", "num_row_", "col_cost_", "row_lower_", "row_upper_", "a_matrix_"):
@@ -274,22 +353,38 @@ def _with_integers_fixed(form: StandardForm, x: np.ndarray) -> highspy.HighsLp:
     return lp
 
 
-def _from_elastic(form: StandardForm, options: dict, clock: _Clock) -> Diagnosis:
-    """The rows an elastic re-solve relaxes; for a MILP also what they meet where they
-    hold (module docstring)."""
-    slack, _ = _elastic(form, options, clock)
+def _explained(
+    method: str, form: StandardForm, lp, slack: np.ndarray, extent: list, options, clock
+) -> Diagnosis:
+    """An IIS of the infeasible LP ``lp`` near where its elastic re-solve needs slack;
+    without one in time, the ``extent`` (the rows an elastic re-solve relaxes) as a
+    partial answer."""
+    found, finished = _local_iis(form, lp, slack, options, clock)
+    if not found:
+        return Diagnosis("elastic", tuple(extent), finished, clock.seconds)
+    first = [c for c in extent if method == "elastic+iis"]
+    seen = {c.name for c in first}
+    conflicts = first + [c for c in found if c.name not in seen]
+    return Diagnosis(method, tuple(conflicts), finished, clock.seconds, tuple(extent))
+
+
+def _integer_conflict(form: StandardForm, options: dict, clock: _Clock) -> Diagnosis:
+    """A MILP whose relaxation is feasible: the rows an elastic re-solve (integers kept)
+    relaxes, and what they meet where they hold (module docstring)."""
+    slack, _ = _elastic(form.lp, options, clock, relax=False)
     if slack is None:
         return Diagnosis("elastic", (), False, clock.seconds)
-    conflicts = _slack_conflicts(form, slack)
-    if not form.is_mip or not conflicts:
-        return Diagnosis("elastic", tuple(conflicts), time_limit_s=clock.seconds)
-    _, x = _elastic(form, options, clock, hard=np.flatnonzero(slack > _TOL))
+    relaxed = _slack_conflicts(form, slack)
+    if not relaxed:
+        return Diagnosis("elastic", (), True, clock.seconds)
+    _, x = _elastic(form.lp, options, clock, relax=False, hard=np.flatnonzero(slack > _TOL))
     if x is None:  # they conflict among themselves (or the time ran out)
-        return Diagnosis("elastic", tuple(conflicts), clock.left() > 0, clock.seconds)
-    met, finished = _iis(form, options, clock, _with_integers_fixed(form, x))
-    seen = {c.name for c in conflicts}
-    conflicts += [c for c in met if c.name not in seen]
-    return Diagnosis("elastic+iis", tuple(conflicts), finished, clock.seconds)
+        return Diagnosis("elastic", tuple(relaxed), clock.left() > 0, clock.seconds)
+    fixed = _with_integers_fixed(form, x)
+    slack, _ = _elastic(fixed, options, clock, relax=False)
+    if slack is None or not (slack > _TOL).any():
+        return Diagnosis("elastic", tuple(relaxed), slack is not None, clock.seconds)
+    return _explained("elastic+iis", form, fixed, slack, relaxed, options, clock)
 
 
 def diagnose(
@@ -303,15 +398,21 @@ def diagnose(
     options : HiGHS options for the diagnosing solves; its ``time_limit`` (e.g. the
         caller's, so a diagnosis never outlasts the solve it explains) bounds the whole
         diagnosis, :data:`DEFAULT_TIME_LIMIT_S` without one.
-    label : the case element of a Pyomo component (:meth:`Diagnosis.in_case_terms`).
+    label : the case element of a member (:meth:`Diagnosis.in_case_terms`).
     """
     options = dict(options or {})
     clock = _Clock(float(options.pop("time_limit", DEFAULT_TIME_LIMIT_S)))
-    conflicts, finished = _iis(form, options, clock.share(_IIS_SHARE))
-    if conflicts:
-        diagnosis = Diagnosis("iis", tuple(conflicts), finished, clock.seconds)
-    elif not finished:  # out of time: the one-LP elastic re-solve, as a partial answer
-        diagnosis = replace(_from_elastic(form, options, clock), complete=False)
-    else:
-        diagnosis = _from_elastic(form, options, clock)
+    diagnosis = replace(_diagnosis(form, options, clock), seconds=clock.elapsed())
     return diagnosis if label is None else diagnosis.in_case_terms(label)
+
+
+def _diagnosis(form: StandardForm, options: dict, clock: _Clock) -> Diagnosis:
+    slack, _ = _elastic(form.lp, options, clock, relax=True)
+    if slack is None:
+        diagnosis = Diagnosis("elastic", (), False, clock.seconds)
+    elif (slack > _TOL).any():  # the LP (the relaxation of a MILP) is infeasible
+        extent = _slack_conflicts(form, slack)
+        diagnosis = _explained("iis", form, form.lp, slack, extent, options, clock)
+    else:
+        diagnosis = _integer_conflict(form, options, clock)
+    return diagnosis

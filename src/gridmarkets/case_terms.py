@@ -3,7 +3,7 @@
 A diagnosis (:mod:`gridmarkets.solvers.diagnose`) names Pyomo components such as
 ``home[h3].ev.soc_dynamics[5]`` or ``accepted_kw[1235]``; :func:`labeler` maps them back
 to the case file: ``prosumers.h3.ev.stays.0``, ``participants.pv_a.blocks.0`` or
-``profile_bids.sell_blocks.0 (pv_12)``, ``prosumers.h3.import_limit_kw``,
+``profile_bids.sell_blocks.0 for pv_12``, ``prosumers.h3.import_limit_kw``,
 ``upstream.capacity_kw``, ``network bus 5`` — with the period where there is one.
 
 The labels are derived from the models' own structure, without a table per model:
@@ -138,7 +138,7 @@ def _bid_element(case: Any, model: Any, row: Any) -> tuple[str, Any] | None:
     owner, block = bid["participant"], int(bid["block"])
     if owner in (getattr(case, "participants", None) or {}):
         return f"participants.{owner}.blocks.{block}", period
-    return f"profile_bids.{bid['side']}_blocks.{block} ({owner})", period
+    return f"profile_bids.{bid['side']}_blocks.{block} for {owner}", period
 
 
 def _network_element(component: Any, model: Any, index: tuple) -> str:
