@@ -39,6 +39,7 @@ import scipy.sparse as sp
 from gridmarkets.solvers.highs import INF, StandardForm
 
 DEFAULT_TIME_LIMIT_S = 30.0
+LABELER_ATTR = "_gridmarkets_labeler"  # a model's own Labeler, set by whoever built it
 _TOL = 1e-7
 _SHOWN = 4  # members listed per family in a report
 _TAILS = 8  # elements listed per report line
@@ -398,11 +399,14 @@ def diagnose(
     options : HiGHS options for the diagnosing solves; its ``time_limit`` (e.g. the
         caller's, so a diagnosis never outlasts the solve it explains) bounds the whole
         diagnosis, :data:`DEFAULT_TIME_LIMIT_S` without one.
-    label : the case element of a member (:meth:`Diagnosis.in_case_terms`).
+    label : the case element of a member (:meth:`Diagnosis.in_case_terms`); default:
+        the model's own, its attribute :data:`LABELER_ATTR` (the case pipeline sets it).
     """
     options = dict(options or {})
     clock = _Clock(float(options.pop("time_limit", DEFAULT_TIME_LIMIT_S)))
     diagnosis = replace(_diagnosis(form, options, clock), seconds=clock.elapsed())
+    members = form.rows or form.columns
+    label = label or (getattr(members[0].model(), LABELER_ATTR, None) if members else None)
     return diagnosis if label is None else diagnosis.in_case_terms(label)
 
 

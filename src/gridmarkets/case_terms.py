@@ -51,7 +51,7 @@ def labeler(case: Any, model: Any) -> Labeler:
         blocks = _ancestry(component, model)
         index = _index(component)
         period = index[-1] if index and _hashable(index[-1]) and index[-1] in periods else None
-        if "network" in [b.parent_component().local_name for b in blocks]:
+        if "network" in [b.parent_component().local_name for b in blocks]:  # attach_grid's
             return _network_element(component, model, index), period
         if not blocks and component.parent_component().local_name in _BID_FAMILIES:
             return _bid_element(case, model, index[0])
@@ -147,9 +147,9 @@ def _network_element(component: Any, model: Any, index: tuple) -> str:
     sets = [s.local_name for s in component.parent_component().index_set().subsets()]
     if feeder is None or not index or not sets:
         return "network"
-    if sets[0] == "BUSES":
+    if "BUSES" in sets[0]:  # BUSES, BUSES_BELOW_ROOT
         return f"network bus {index[0]}"
-    if sets[0] in ("BRANCHES", "RATED_BRANCHES") and index[0] in feeder.branches.index:
+    if "BRANCHES" in sets[0] and index[0] in feeder.branches.index:
         branch = feeder.branches.loc[index[0]]
         return f"network {branch['kind']} {branch['element']}"
     return "network"

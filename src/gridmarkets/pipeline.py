@@ -27,8 +27,9 @@ import pandas as pd
 
 from gridmarkets import registry
 from gridmarkets.case_terms import labeler
-from gridmarkets.errors import CaseError, InfeasibleError
+from gridmarkets.errors import CaseError
 from gridmarkets.results import Result
+from gridmarkets.solvers.diagnose import LABELER_ATTR
 from gridmarkets.specs.adapter import Built, CaseAdapter, Injections
 from gridmarkets.specs.base import CaseBase
 
@@ -52,12 +53,7 @@ def run_case(
     solve_options = dict(solve_options or {})
     run = CaseRun.start(case, feeder)
     built = run.build()
-    try:
-        result, iteration = run.solve(built, solve_options)
-    except InfeasibleError as err:  # the diagnosis in the case's terms
-        if err.diagnosis is not None and built.model is not None:
-            err.diagnosis = err.diagnosis.in_case_terms(labeler(case, built.model))
-        raise
+    result, iteration = run.solve(built, solve_options)
     return run.complete(built, result, iteration, solve_options)
 
 
@@ -86,8 +82,12 @@ class CaseRun:
         return cls(case, adapter, feeder, losses)
 
     def build(self) -> Built:
-        """The adapter's build, with the formulation of the losses mode."""
-        return self.adapter.build(self.case, self.feeder, formulation(self.feeder, self.losses))
+        """The adapter's build, with the formulation of the losses mode; the model
+        carries its case's labels, so a diagnosis names the case's elements."""
+        built = self.adapter.build(self.case, self.feeder, formulation(self.feeder, self.losses))
+        if built.model is not None:
+            setattr(built.model, LABELER_ATTR, labeler(self.case, built.model))
+        return built
 
     def solve(self, built: Built, solve_options: dict[str, Any]) -> tuple[Result, Any]:
         """Solve the built model (iterating the losses when asked) and read its results.

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -141,3 +142,56 @@ def test_relaxing_the_named_import_limit_makes_the_kiln_case_solve(tmp_path):
         tmp_path,
     )
     assert run.returncode == 0, run.stderr
+
+
+# --- a participant's block against a voltage limit, in a solve and in a sweep -------------
+
+
+@pytest.fixture(scope="module")
+def voltage_case(tmp_path_factory):
+    """case33bw with bus 5 held at 1.02 pu or more: only pv_a's injection there lifts it."""
+    import pandapower
+    import pandapower.networks as pn
+
+    folder = tmp_path_factory.mktemp("voltage")
+    net = pn.case33bw()
+    net.bus.loc[5, "min_vm_pu"] = 1.02
+    pandapower.to_json(net, str(folder / "net.json"))
+    case = {
+        "model": "lem",
+        "horizon": {"periods": 2},
+        "network": {"source": "file", "path": str(folder / "net.json"), "losses": "none"},
+        "upstream": {"import_price": 100, "export_price": 20, "capacity_kw": 5000},
+        "participants": {
+            "shop": {"side": "buy", "bus": 5, "blocks": [{"quantity_kw": 10, "price": 90}]},
+            "pv_a": {"side": "sell", "bus": 5, "blocks": [{"quantity_kw": 20, "price": 10}]},
+        },
+    }
+    path = folder / "voltage.yaml"
+    path.write_text(yaml.safe_dump(case))
+    return path
+
+
+def test_a_voltage_conflict_names_the_participant_and_the_bus(voltage_case, tmp_path):
+    run = gridmarkets("solve", voltage_case, "--out", tmp_path)
+    assert run.returncode == 1 and "Traceback" not in run.stderr + run.stdout
+    pv = next(line for line in run.stderr.splitlines() if "participants.pv_a.blocks.0:" in line)
+    assert "accepted_kw (upper bound)" in pv and "[0, 20]" in pv
+    buses = next(line for line in run.stderr.splitlines() if "network bus" in line)
+    assert "voltage_limit" in buses and "network.voltage_limit[5," in buses
+    # the named bound is the one that binds: a larger pv_a lifts bus 5 to 1.02 pu
+    bigger = "participants.pv_a.blocks.0.quantity_kw=2000"
+    assert gridmarkets("solve", voltage_case, "--set", bigger, "--out", tmp_path).returncode == 0
+
+
+def test_a_sweep_row_names_the_participant_even_on_a_reused_model(voltage_case, tmp_path):
+    study = tmp_path / "study.yaml"
+    values = "{participants.pv_a.blocks.0.quantity_kw: {values: [2000, 20]}}"
+    study.write_text(f"base: {voltage_case}\nparameters: {values}\n")
+    run = gridmarkets("sweep", study, "--workers", "1", "--out", tmp_path / "out")
+    assert run.returncode == 0, run.stderr  # an infeasible scenario is an answer
+    table = pd.read_csv(tmp_path / "out" / "scenarios.csv")
+    infeasible = table[table["status"] == "infeasible"]
+    assert len(infeasible) == 1 and bool(infeasible["reused"].item())
+    assert "participants.pv_a.blocks.0" in infeasible["message"].item()
+    assert (table.loc[table["status"] != "infeasible", "status"] == "optimal").all()
