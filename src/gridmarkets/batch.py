@@ -67,7 +67,14 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    CancelledError,
+    Executor,
+    Future,
+    ProcessPoolExecutor,
+    wait,
+)
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import ExitStack, contextmanager
 from importlib.metadata import version
@@ -456,7 +463,7 @@ class _Executors:
     def open(self, n_todo: int) -> Executor:
         """A fresh executor for ``n_todo`` scenarios."""
         if self.client is not None:
-            return self.client.get_executor(pure=False)
+            return _DaskExecutor(self.client)
         size = max(1, min(self.workers or os.cpu_count() or 1, n_todo))
         return ProcessPoolExecutor(size, mp_context=_pool_context())
 
@@ -479,6 +486,50 @@ class _Executors:
                 f"for {self.no_workers_timeout_s:g} s; the finished rows are stored; "
                 f"{n_waiting} scenario(s) did not finish (start workers and re-run to resume)"
             )
+
+
+class _DaskExecutor(Executor):
+    """A Dask client's tasks as ``concurrent.futures`` futures. Unlike the client's own
+    executor it lets the cluster forget each task once its row is handed over, so a
+    worker that dies later makes Dask recompute only unfinished scenarios (a result
+    still held for a client is recomputed when the worker holding it dies)."""
+
+    def __init__(self, client):
+        self.client = client
+        self.running: set = set()
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        task = self.client.submit(fn, *args, pure=False, **kwargs)
+        future: Future = Future()
+        future.set_running_or_notify_cancel()
+        self.running.add(task)
+        task.add_done_callback(lambda task: self._hand_over(task, future))
+        return future
+
+    def _hand_over(self, task, future: Future) -> None:
+        """Runs in a thread of Dask's when the task ends: its outcome to ``future``."""
+        try:
+            if task.status == "finished":
+                future.set_result(task.result())
+            else:  # erred (a worker lost too often: KilledWorker) or cancelled
+                future.set_exception(task.exception() or CancelledError(task.key))
+        except BaseException as err:  # the result could not be fetched
+            future.set_exception(err)
+        finally:
+            self.running.discard(task)
+            task.release()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Wait for the running tasks, or (``wait=False``) cancel them."""
+        tasks = list(self.running)
+        if not tasks:
+            return
+        if wait and not cancel_futures:
+            from distributed.client import _wait
+
+            self.client.sync(_wait, tasks)
+        else:
+            self.client.cancel(tasks)
 
 
 def _connect(scheduler, timeout_s: float, stack: ExitStack):
