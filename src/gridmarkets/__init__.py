@@ -1,5 +1,14 @@
 """gridmarkets: optimization models for distribution-level electricity markets."""
 
+import os
+import sys
+
+# ``python -m gridmarkets`` puts the working directory first on the import path, so a
+# module planted there (``csv.py``, ``concurrent.py``) would shadow the one we import:
+# take it off before importing anything else (a script's own folder is left alone).
+if sys.argv[:1] == ["-m"] and sys.path[:1] == [os.getcwd()]:
+    del sys.path[0]
+
 from importlib.metadata import PackageNotFoundError, version
 
 try:

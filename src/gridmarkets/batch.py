@@ -24,6 +24,17 @@ worker that dies is handled by Dask, which reschedules its tasks; a scenario tha
 still cannot finish is reported as ``lost`` in the returned frame, is not stored, and
 runs again at the next re-run.
 
+A Dask cluster that cannot be reached within ``connect_timeout_s`` is an
+:class:`SchedulerError` (exit 2); one that has had no worker for ``no_workers_timeout_s``
+while scenarios wait stops the study with a :class:`WorkerError` (exit 1), its finished
+rows stored, instead of waiting for a worker that may never come.
+
+One sweep at a time per output folder: a sweep holds ``DIR/study.lock`` (an OS file lock
+through ``filelock``, released by the OS when its process dies, so a killed sweep's lock
+is taken over by the next) while it runs, and ``DIR/study.lock.holder`` names it (host,
+process and start time). A second sweep into the same folder stops with a
+:class:`FolderLockedError` (exit 2) naming the folder and the holder.
+
 Interruption: on Ctrl-C (or any exception in the parent) the scenarios not started are
 cancelled, those running finish and are stored, and the exception propagates. The local
 pool starts its workers from a forkserver, so a script that calls :func:`run` needs the
@@ -56,14 +67,24 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    CancelledError,
+    Executor,
+    Future,
+    ProcessPoolExecutor,
+    wait,
+)
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import ExitStack, contextmanager
 from importlib.metadata import version
+from multiprocessing import forkserver
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pandas as pd
+from filelock import FileLock, Timeout
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -88,7 +109,11 @@ from gridmarkets.errors import (
 from gridmarkets.study import Scenario, Study, load_study
 
 STORE_NAME = "study.sqlite"
+LOCK_NAME = "study.lock"
 POOL_STARTS = 3
+CONNECT_TIMEOUT_S = 10.0
+NO_WORKERS_TIMEOUT_S = 60.0
+_POLL_S = 1.0  # how often a waiting study checks that its cluster still has workers
 TIMINGS = ["build_seconds", "translate_seconds", "solve_seconds", "wall_seconds"]
 PROVENANCE = ["case_hash", "gridmarkets_version", "pyomo_version", "highs_version"]
 Runner = Callable[[Any, dict[str, Any]], Any]
@@ -119,9 +144,18 @@ _NOT_KPIS |= set(PROVENANCE)
 
 
 class WorkerError(GridmarketsError):
-    """Worker processes kept dying: the finished rows are stored, a re-run resumes."""
+    """Worker processes kept dying, or a Dask cluster has no worker left: the finished
+    rows are stored, a re-run resumes."""
 
     exit_code = 1
+
+
+class SchedulerError(InputError):
+    """The Dask scheduler given cannot be reached."""
+
+
+class FolderLockedError(InputError):
+    """Another sweep is writing into the output folder."""
 
 
 # --- one scenario, on a worker ----------------------------------------------------------
@@ -275,6 +309,8 @@ def run(
     progress: bool = True,
     runner: Runner | None = None,
     reuse: bool | None = None,
+    connect_timeout_s: float = CONNECT_TIMEOUT_S,
+    no_workers_timeout_s: float = NO_WORKERS_TIMEOUT_S,
 ) -> pd.DataFrame:
     """Run a study's scenarios and return one row per scenario.
 
@@ -291,33 +327,73 @@ def run(
     runner : replaces :func:`gridmarkets.pipeline.run_case` (a picklable function).
     reuse : keep built models between scenarios that change only data (see the
         module); None takes the study's ``reuse``.
+    connect_timeout_s : how long to try to reach the Dask scheduler.
+    no_workers_timeout_s : how long scenarios may wait on a Dask cluster without a
+        worker before the study stops.
 
     Returns
     -------
     pandas.DataFrame : scenario, one column per parameter (its dotted path), status,
         one column per KPI, message, objective, gap, timings, ``reused``,
         ``ac_check.<item>``, case hash, versions, worker and finish time.
+
+    Raises
+    ------
+    FolderLockedError : another sweep writes into ``out``.
+    SchedulerError : the scheduler cannot be reached.
+    WorkerError : the local workers kept dying, or the cluster had no worker for
+        ``no_workers_timeout_s``; the finished rows are stored.
     """
     if workers is not None and scheduler is not None:
         raise InputError("workers: the Dask cluster decides its workers; give one or the other")
     study = study if isinstance(study, Study) else load_study(study)
     folder = None if out is None else Path(out)
-    if folder is not None:
-        folder.mkdir(parents=True, exist_ok=True)
     options = json.dumps(study.solve_options, sort_keys=True)
+    timeouts = (connect_timeout_s, no_workers_timeout_s)
     with ExitStack() as stack:
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(folder_lock(folder))
         store = ResultStore(":memory:" if folder is None else folder / STORE_NAME)
         stack.callback(store.close)
         job = (study.solve_options, runner, study.spec.reuse if reuse is None else reuse)
-        lost = _run_missing(study, store, options, workers, scheduler, progress, job, stack)
+        executors = _Executors(workers, scheduler, timeouts, stack)
+        lost = _run_missing(study, store, options, executors, progress, job, stack)
         frame = to_frame(study, store.rows(options), lost)
-    if folder is not None:
-        frame.to_csv(folder / "scenarios.csv", index=False)
-        plot_kpis(frame, study, folder / "plots")
+        if folder is not None:
+            frame.to_csv(folder / "scenarios.csv", index=False)
+            plot_kpis(frame, study, folder / "plots")
     return frame
 
 
-def _run_missing(study, store, options, workers, scheduler, progress, job, stack):
+@contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """Hold ``folder``'s sweep lock while the block runs (see the module docstring).
+
+    Raises
+    ------
+    FolderLockedError : another live process holds it, named by its holder file.
+    """
+    lock = FileLock(folder / LOCK_NAME, timeout=0)
+    holder = folder / f"{LOCK_NAME}.holder"
+    try:
+        lock.acquire()
+    except Timeout:
+        who = holder.read_text().strip() if holder.is_file() else "an unknown process"
+        raise FolderLockedError(
+            f"{folder}: another sweep is writing into this folder ({who}); wait for it "
+            "to finish or give another --out folder"
+        ) from None
+    try:
+        started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        holder.write_text(f"process {socket.gethostname()}:{os.getpid()}, since {started}\n")
+        yield
+    finally:
+        holder.unlink(missing_ok=True)
+        lock.release()
+
+
+def _run_missing(study, store, options, executors, progress, job, stack):
     """Run the scenarios not in the store; return those lost to dying workers."""
     done = store.rows(options)
     todo = list({s.case_hash: s for s in study.scenarios if s.case_hash not in done}.values())
@@ -329,7 +405,6 @@ def _run_missing(study, store, options, workers, scheduler, progress, job, stack
     bar = stack.enter_context(_progress_bar(progress))
     task = bar.add_task(study.name, total=len(done) + len(todo), completed=len(done))
     record.advance = lambda: bar.advance(task)
-    executors = _executors(workers, scheduler, len(todo), stack)
     return _execute(todo, job, executors, record)
 
 
@@ -374,24 +449,121 @@ def _progress_bar(show: bool) -> Iterator[Progress]:
         yield bar
 
 
-def _executors(workers, scheduler, n_todo: int, stack: ExitStack) -> Callable[[], Executor]:
-    """A function that opens a fresh executor: a local process pool or a Dask client's."""
-    if scheduler is None:
-        size = max(1, min(workers or os.cpu_count() or 1, n_todo))
-        return lambda: ProcessPoolExecutor(size, mp_context=_pool_context())
-    from distributed import Client
+class _Executors:
+    """Opens fresh executors (a local process pool, or a Dask client's) and checks,
+    while scenarios wait, that a Dask cluster still has workers."""
 
-    client = scheduler
-    if not isinstance(scheduler, Client):
-        client = stack.enter_context(Client(scheduler, set_as_default=False))
-    return lambda: client.get_executor(pure=False)
+    def __init__(self, workers, scheduler, timeouts: tuple[float, float], stack: ExitStack):
+        self.workers, self.client = workers, None
+        self.no_workers_timeout_s = timeouts[1]
+        self.idle_since: float | None = None
+        if scheduler is not None:
+            self.client = _connect(scheduler, timeouts[0], stack)
+
+    def open(self, n_todo: int) -> Executor:
+        """A fresh executor for ``n_todo`` scenarios."""
+        if self.client is not None:
+            return _DaskExecutor(self.client)
+        size = max(1, min(self.workers or os.cpu_count() or 1, n_todo))
+        return ProcessPoolExecutor(size, mp_context=_pool_context())
+
+    def check(self, n_waiting: int) -> None:
+        """Raise WorkerError once a Dask cluster has had no worker for the timeout."""
+        if self.client is None:
+            return
+        try:
+            workers = len(self.client.nthreads())
+        except OSError:  # the scheduler itself is gone: no worker either
+            workers = 0
+        now = time.monotonic()
+        if workers:
+            self.idle_since = None
+            return
+        self.idle_since = self.idle_since or now
+        if now - self.idle_since >= self.no_workers_timeout_s:
+            raise WorkerError(
+                f"the Dask cluster at {self.client.scheduler.address} has had no worker "
+                f"for {self.no_workers_timeout_s:g} s; the finished rows are stored; "
+                f"{n_waiting} scenario(s) did not finish (start workers and re-run to resume)"
+            )
+
+
+class _DaskExecutor(Executor):
+    """A Dask client's tasks as ``concurrent.futures`` futures. Unlike the client's own
+    executor it lets the cluster forget each task once its row is handed over, so a
+    worker that dies later makes Dask recompute only unfinished scenarios (a result
+    still held for a client is recomputed when the worker holding it dies)."""
+
+    def __init__(self, client):
+        self.client = client
+        self.running: set = set()
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        task = self.client.submit(fn, *args, pure=False, **kwargs)
+        future: Future = Future()
+        future.set_running_or_notify_cancel()
+        self.running.add(task)
+        task.add_done_callback(lambda task: self._hand_over(task, future))
+        return future
+
+    def _hand_over(self, task, future: Future) -> None:
+        """Runs in a thread of Dask's when the task ends: its outcome to ``future``."""
+        try:
+            if task.status == "finished":
+                future.set_result(task.result())
+            else:  # erred (a worker lost too often: KilledWorker) or cancelled
+                future.set_exception(task.exception() or CancelledError(task.key))
+        except BaseException as err:  # the result could not be fetched
+            future.set_exception(err)
+        finally:
+            self.running.discard(task)
+            task.release()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Wait for the running tasks, or (``wait=False``) cancel them."""
+        tasks = list(self.running)
+        if not tasks:
+            return
+        if wait and not cancel_futures:
+            from distributed.client import _wait
+
+            self.client.sync(_wait, tasks)
+        else:
+            self.client.cancel(tasks)
+
+
+def _connect(scheduler, timeout_s: float, stack: ExitStack):
+    """A Dask client of ``scheduler`` (an address, or a Client used as given)."""
+    from distributed import Client
+    from distributed.comm import resolve_address
+
+    if isinstance(scheduler, Client):
+        return scheduler
+    try:
+        resolve_address(scheduler)  # a malformed address or unknown host fails here, fast
+        client = Client(scheduler, timeout=timeout_s, set_as_default=False)
+    except (OSError, ValueError, TypeError) as err:
+        raise SchedulerError(
+            f"--scheduler {scheduler}: cannot reach a Dask scheduler there within "
+            f"{timeout_s:g} s ({type(err).__name__}: {err}); is it running, and is the "
+            "address tcp://host:port?"
+        ) from None
+    return stack.enter_context(client)
 
 
 def _pool_context() -> multiprocessing.context.BaseContext:
     """Forkserver: workers fork from a clean server (no threads of ours, like rich's
-    refresher, are copied) that has already imported the heavy modules once."""
+    refresher, are copied) that has already imported the heavy modules once.
+
+    The server is started as ``python -c``, which puts the working directory first on
+    its import path (Python 3.11 ignores the parent's path there), so a ``concurrent.py``
+    planted in that folder would run in every worker: it starts with ``PYTHONSAFEPATH``
+    set, which leaves the working directory out. The workers then take this process's
+    import path."""
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["gridmarkets.batch", "pyomo.environ"])
+    with mock.patch.dict(os.environ, PYTHONSAFEPATH="1"):
+        forkserver.ensure_running()
     return context
 
 
@@ -399,8 +571,8 @@ def _execute(todo, job, executors, record) -> dict[Scenario, str]:
     """Run every scenario, restarting a broken local pool; return the lost ones."""
     lost: dict[Scenario, str] = {}
     for _ in range(POOL_STARTS):
-        with executors() as executor:
-            todo, failed = _drain(executor, todo, job, record)
+        with executors.open(len(todo)) as executor:
+            todo, failed = _drain(executor, todo, job, record, executors.check)
         lost.update(failed)
         if not todo:
             return lost
@@ -410,13 +582,13 @@ def _execute(todo, job, executors, record) -> dict[Scenario, str]:
     )
 
 
-def _drain(executor: Executor, todo: list[Scenario], job, record):
+def _drain(executor: Executor, todo: list[Scenario], job, record, check):
     """Submit, then record rows as they finish; return (unfinished, lost with reason)."""
     futures = {executor.submit(run_scenario, s.case, *job): s for s in todo}
     kept: set[Future] = set()
     lost: dict[Scenario, str] = {}
     try:
-        for future in as_completed(futures):
+        for future in _as_finished(futures, check):
             try:
                 row = future.result()
             except BrokenProcessPool:
@@ -433,6 +605,17 @@ def _drain(executor: Executor, todo: list[Scenario], job, record):
     _keep_finished(futures, kept, record)
     unfinished = [s for f, s in futures.items() if f not in kept and s not in lost]
     return unfinished, lost
+
+
+def _as_finished(futures, check: Callable[[int], None]) -> Iterator[Future]:
+    """The futures as they finish; ``check(waiting)`` runs whenever none has finished
+    for a while (it may raise to stop waiting)."""
+    pending = set(futures)
+    while pending:
+        done, pending = wait(pending, timeout=_POLL_S, return_when=FIRST_COMPLETED)
+        if not done:
+            check(len(pending))
+        yield from done
 
 
 def _stop(executor: Executor) -> None:
@@ -500,6 +683,32 @@ def _all_kpis(rows) -> list[str]:
     for row in rows:
         names.update(dict.fromkeys(json.loads(row.get("kpis") or "{}")))
     return list(names)
+
+
+FAILED = ("error", "lost", "not_run")  # statuses of scenarios that gave no answer
+NO_SOLUTION = ("infeasible", "unbounded", "limit_reached", "no_solution")
+
+
+def failures(frame: pd.DataFrame) -> str | None:
+    """What a sweep's exit code reports: None when every scenario ran to an answer.
+
+    A scenario failed when it raised (``error``) or was lost with its worker; an
+    infeasible (or unbounded, ...) scenario is an answer, unless no scenario at all has
+    a solution. The text counts them by status.
+    """
+    counts = frame["status"].value_counts()
+    failed = counts.reindex(FAILED).dropna()
+    solved = len(frame) - int(counts.reindex([*FAILED, *NO_SOLUTION]).sum())
+    if failed.empty and solved:
+        return None
+    by_status = ", ".join(f"{status}: {int(n)}" for status, n in counts.items())
+    if failed.empty:
+        return f"no scenario of {len(frame)} has a solution ({by_status})"
+    retry = "; a re-run retries the lost ones" if "lost" in failed else ""
+    return (
+        f"{int(failed.sum())} of {len(frame)} scenarios failed ({by_status}); their "
+        f"reasons are in the message column{retry}"
+    )
 
 
 def kpi_names(frame: pd.DataFrame) -> list[str]:

@@ -151,7 +151,10 @@ def sweep(
         Path | None, typer.Option("--out", help="output folder [results/<study>]")
     ] = None,
 ) -> None:
-    """Run STUDY's scenarios (resumable): write study.sqlite, scenarios.csv and plots."""
+    """Run STUDY's scenarios (resumable): write study.sqlite, scenarios.csv and plots.
+
+    Exit 1 when a scenario raised or was lost with its worker, or none has a solution.
+    """
     from gridmarkets import batch
     from gridmarkets.study import load_study
 
@@ -164,6 +167,7 @@ def sweep(
         raise typer.Exit(130) from None
     out.print(batch.summary_table(frame, spec))
     out.print(f"results written to {target}/")
-    if (frame["status"] == "lost").any():
-        err.print("some scenarios were lost with their workers; run again to retry them")
+    failed = batch.failures(frame)
+    if failed:
+        err.print(f"[bold red]error:[/] {failed}", highlight=False)
         raise typer.Exit(1)

@@ -26,8 +26,10 @@ import numpy as np
 import pandas as pd
 
 from gridmarkets import registry
+from gridmarkets.case_terms import labeler
 from gridmarkets.errors import CaseError
 from gridmarkets.results import Result
+from gridmarkets.solvers.diagnose import LABELER_ATTR
 from gridmarkets.specs.adapter import Built, CaseAdapter, Injections
 from gridmarkets.specs.base import CaseBase, check_buses, check_model_size
 
@@ -83,8 +85,12 @@ class CaseRun:
         return cls(case, adapter, feeder, losses)
 
     def build(self) -> Built:
-        """The adapter's build, with the formulation of the losses mode."""
-        return self.adapter.build(self.case, self.feeder, formulation(self.feeder, self.losses))
+        """The adapter's build, with the formulation of the losses mode; the model
+        carries its case's labels, so a diagnosis names the case's elements."""
+        built = self.adapter.build(self.case, self.feeder, formulation(self.feeder, self.losses))
+        if built.model is not None:
+            setattr(built.model, LABELER_ATTR, labeler(self.case, built.model))
+        return built
 
     def solve(self, built: Built, solve_options: dict[str, Any]) -> tuple[Result, Any]:
         """Solve the built model (iterating the losses when asked) and read its results.

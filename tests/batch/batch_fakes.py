@@ -5,12 +5,15 @@ checks every row against the formula. Each finished computation appends the pric
 ``ledger``, so a test counts how often each scenario was computed. While the file
 ``trap`` exists, the scenario priced ``trap_price`` deletes it, then raises
 KeyboardInterrupt (``trap_mode="interrupt"``) or kills its worker process
-(``trap_mode="exit"``): the trap fires once.
+(``trap_mode="exit"``): the trap fires once. With ``store``, it first writes the prices
+the results store holds at that moment to ``<trap>.stored``.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +51,7 @@ class LinearRunner:
     trap_price: float | None = None
     trap_mode: str = "interrupt"
     sleep: float = 0.0
+    store: Path | None = None
 
     def __call__(self, case, solve_options):
         price = case.participants["chp_c"].blocks[0].price
@@ -69,9 +73,22 @@ class LinearRunner:
             Path(self.trap).unlink()
         except FileNotFoundError:
             return
+        if self.store is not None:
+            stored = "\n".join(map(str, stored_prices(self.store)))
+            Path(self.trap).with_suffix(".stored").write_text(stored)
         if self.trap_mode == "exit":
             os._exit(3)
         raise KeyboardInterrupt
+
+
+def stored_prices(store: Path) -> list[float]:
+    """The prices of the rows a results store holds (none before its table exists)."""
+    try:
+        with sqlite3.connect(store) as db:
+            rows = db.execute("SELECT parameters FROM scenarios").fetchall()
+    except sqlite3.OperationalError:
+        return []
+    return [float(json.loads(text)[PRICE]) for (text,) in rows]
 
 
 def ledger_counts(ledger: Path) -> dict[float, int]:
