@@ -231,30 +231,33 @@ def check_summary(feeder, injections: Injections) -> dict[str, Any]:
 def check_summary_3ph(feeder, injections: Injections) -> dict[str, Any]:
     """pandapower's ``runpp_3ph`` check of per-phase injections
     (:func:`~gridmarkets.networks.ac_check_3ph`): per-phase voltages, errors and
-    loadings, the unbalance (:meth:`~gridmarkets.networks.three_phase.ThreePhaseACCheck.summary`).
+    loadings, the unbalance (:meth:`~gridmarkets.networks.three_phase.ThreePhaseACCheck.summary`),
+    with ``enforced_limits``, ``enforced_violations`` as :func:`check_summary` has them
+    (a voltage limit holds on every phase, a thermal limit a third of the rating per
+    phase).
 
-    The injections are those a LinDist3Flow cleared (``injections.handles``), or per
-    (bus, phase) rows (``injections.phased``: schedules no network formulation held).
-    With a LinDist3Flow, also ``enforced_limits``, ``enforced_violations`` as
-    :func:`check_summary` has them (a voltage limit holds on every phase, a thermal
-    limit a third of the rating per phase) and ``model_voltage_error_pu``, max |V of
-    the model - V of AC| over buses, phases and periods."""
+    The injections are those a LinDist3Flow cleared (``injections.handles``; then also
+    ``model_voltage_error_pu``, max |V of the model - V of AC| over buses, phases and
+    periods), or per (bus, phase) rows (``injections.phased``: schedules or a baseline
+    no network formulation held, so no limit was enforced)."""
     from gridmarkets.networks import ac_check_3ph
 
     handles = injections.handles
     if handles is None:
-        return ac_check_3ph(feeder, *injections.phase_keyed()).summary()
-    p_kw, q_kvar = handles.phase_injection_values()
-    ac = ac_check_3ph(handles.feeder, p_kw, q_kvar, handles.periods)
+        ac = ac_check_3ph(feeder, *injections.phase_keyed())
+    else:
+        p_kw, q_kvar = handles.phase_injection_values()
+        ac = ac_check_3ph(handles.feeder, p_kw, q_kvar, handles.periods)
     violations = ac.violations()
     enforced = enforced_mask(feeder, handles, violations)
     summary = ac.summary()
     summary["enforced_limits"] = enforced_limits(feeder, handles)
     summary["enforced_violations_count"] = int(enforced.sum())
     summary["enforced_violations"] = violations[enforced].to_dict(orient="records")
-    keys = ac.buses[["bus", "phase", "period"]].itertuples(index=False, name=None)
-    v_model = np.sqrt(np.maximum([handles.voltage_sq[key].value for key in keys], 0.0))
-    summary["model_voltage_error_pu"] = float(np.abs(v_model - ac.buses["v_pu_ac"]).max())
+    if handles is not None:
+        keys = ac.buses[["bus", "phase", "period"]].itertuples(index=False, name=None)
+        v_model = np.sqrt(np.maximum([handles.voltage_sq[key].value for key in keys], 0.0))
+        summary["model_voltage_error_pu"] = float(np.abs(v_model - ac.buses["v_pu_ac"]).max())
     return summary
 
 
