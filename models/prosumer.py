@@ -25,6 +25,8 @@ supply at the root meet the grid through :func:`gridmarkets.networks.attach_grid
 (LinDistFlow by default, so the feeder's voltage and thermal limits bind; the homes
 draw no reactive power: unity power factor); without it they are independent and the
 AC check shows what their uncoordinated schedules do to the feeder.
+:func:`rolling_horizon` operates a home model-predictively (re-plans every period over
+a moving window with its realised state pinned) and reports its cost against perfect foresight.
 
 Phases: on a three-phase feeder (LinDist3Flow) a home is connected to some phases
 (``phase``, default "abc": its inflexible load, and every device without a ``phase`` of
@@ -36,8 +38,6 @@ phase phi the power of the devices connected there (a k-phase device a k-th on e
     p[h,phi,t] = sum_{devices d on phi} p_net[d,t] / k_d + [load on phi] p_shed[t] / k_load
 
 which sums over phi to p_export - p_import by the energy balance.
-:func:`rolling_horizon` operates a home model-predictively (re-plans every period over
-a moving window with its realised state pinned) and reports its cost against perfect foresight.
 
 Objectives: ``"cost"`` (energy bill, demand charge, device costs, lost load),
 ``"self_sufficiency"`` (energy not supplied by the home itself: imported plus shed, kWh)
@@ -428,7 +428,9 @@ def device_phases(spec: ProsumerSpec) -> dict[str, str]:
     return phases
 
 
-def home_rows(owner: str, b: pyo.Block, spec: ProsumerSpec, periods: list, weight=1.0) -> list:
+def home_rows(
+    owner: str, b: pyo.Block, spec: ProsumerSpec, periods: list, weight: Any = 1.0
+) -> list:
     """A home's rows of :func:`~gridmarkets.networks.attach_grid`'s table: (owner, bus,
     period, p_kw, phase), its injection into the grid (kW).
 
@@ -719,7 +721,7 @@ def bus_injections(result: Result) -> pd.DataFrame:
     )
 
 
-def phase_injections(result: Result, homes: Mapping[str, ProsumerSpec]) -> pd.DataFrame:
+def connection_injections(result: Result, homes: Mapping[str, ProsumerSpec]) -> pd.DataFrame:
     """The homes' injections into the grid per connection: a long table of bus, period,
     phase and p_kw (devices on k phases as one row on their connection; shed load on the
     load's), for a three-phase AC check. Homes without a bus are left out."""

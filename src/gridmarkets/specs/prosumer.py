@@ -18,7 +18,7 @@ from gridmarkets.models.prosumer import (
     build,
     bus_injections,
     check_home,
-    phase_injections,
+    connection_injections,
     resolve_feeder_profiles,
     results,
     rolling_horizon,
@@ -177,7 +177,7 @@ def _schedule_injections(case: CaseSpec, result: Result) -> dict[str, Injections
     """The homes' net injections (no reactive power: unity power factor); per bus and
     phase on a three-phase network."""
     if three_phase(case):
-        return {"": phase_table_injections(phase_injections(result, case.prosumers))}
+        return {"": phase_table_injections(connection_injections(result, case.prosumers))}
     p_kw = bus_injections(result)
     return {"": Injections(p_kw, 0.0 * p_kw)}
 
