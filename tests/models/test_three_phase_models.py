@@ -576,3 +576,9 @@ def test_three_phase_losses_other_than_none_are_refused_naming_network_losses(na
         pipeline.CaseRun.start(
             load_case(shipped_cases_dir() / f"{name}.yaml", ["network.losses=linear"])
         )
+
+
+def test_an_aggregator_home_with_a_phase_is_refused_by_name():
+    """The aggregator reads its homes balanced: a phase there would be silently lost."""
+    with pytest.raises((ValidationError, CaseError), match=r"prosumers\.\w+\.pv\.phase"):
+        load_case(shipped_cases_dir() / "aggregator_three_homes.yaml", ["prosumers.a.pv.phase=b"])
