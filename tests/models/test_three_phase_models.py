@@ -493,8 +493,9 @@ def test_shipped_case_holds_phase_c_at_its_limit_as_runpp_3ph_confirms(name, shi
 
 @pytest.mark.slow
 def test_shipped_prosumer_case_checks_the_uncoordinated_schedule_per_phase(shipped_run):
-    """Each home scheduling alone puts phase c above its limit: the uncoordinated check
-    is runpp_3ph of the independent schedules' devices on their phases (run here)."""
+    """Each home scheduling alone puts phase c above its limit: the uncoordinated check,
+    and the case's own check with ``coordination: none``, is runpp_3ph of the
+    independent schedules' devices on their phases (run here)."""
     case, feeder, result = shipped_run("prosumer_lv_three_phase")
     alone = prosumer.schedule(case.prosumers, case.prices, periods=2)
     v = runpp_3ph_voltages(
@@ -504,6 +505,9 @@ def test_shipped_prosumer_case_checks_the_uncoordinated_schedule_per_phase(shipp
     _check_against(summary, v)
     assert summary["max_vm_pu_c"] > 1.15 and summary["violations_count"] > 0
     assert result.kpis["cost_uncoordinated"] < result.kpis["cost"]
+    uncoordinated = pipeline.run_case(case.model_copy(update={"coordination": "none"}))
+    _check_against(uncoordinated.ac_check, v)  # the same schedules, the case's own check
+    assert uncoordinated.ac_check["enforced_limits"]["formulation"] == "none"
 
 
 @pytest.mark.slow
