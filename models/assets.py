@@ -16,6 +16,11 @@ by period ``t`` is its value at the *end* of period ``t``.
 
 Profiles (load, PV, outdoor temperature) are a number (constant), a list with one value
 per period, or a :class:`CsvProfile` naming a column of a CSV file.
+
+Phases: on a three-phase feeder every device is connected to a phase, two phases or all
+three (``phase``: "b" for a single-phase PV, "abc" for a three-phase heat pump; absent:
+its owner's connection). A connection to k phases puts a k-th of the device's power on
+each (:func:`gridmarkets.networks.attach_grid`).
 """
 
 from __future__ import annotations
@@ -25,18 +30,47 @@ import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import pandas as pd
 import pyomo.environ as pyo
-from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, model_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    model_validator,
+)
 
 from gridmarkets.errors import InputError
 from gridmarkets.inputs import read_text
 from gridmarkets.specs.base import Spec
 
 PROFILE_DIR = Path(__file__).resolve().parents[1] / "data" / "profiles"
+
+
+def phase_label(value: str | None) -> str | None:
+    """A phase label as its connection ("CB" -> "bc"); None stays None (the owner's)."""
+    from gridmarkets.networks.three_phase import connection
+
+    if value is None:
+        return None
+    name = connection(value)
+    if name is None:
+        raise ValueError(f"{value!r} is not a, b, c or a combination of them (e.g. 'bc')")
+    return name
+
+
+Phase = Annotated[
+    str | None,
+    AfterValidator(phase_label),
+    Field(
+        description="phases it is connected to on a three-phase network (network.phases: "
+        "three): 'a', 'b', 'c', two of them or 'abc'; absent: its owner's connection"
+    ),
+]
 
 
 class CsvProfile(Spec):
@@ -191,6 +225,7 @@ class PVSpec(Spec):
     profile_kw: Profile = Field(description="available AC power per period (kW)")
     curtailable: bool = Field(True, description="may produce less than available")
     curtailment_cost_per_mwh: NonNegativeFloat = Field(0.0, description="cost of energy spilled")
+    phase: Phase = None
 
 
 def add_pv(block: pyo.Block, spec: PVSpec, periods: Sequence[int], period_hours: float):
@@ -241,6 +276,7 @@ class BatterySpec(Spec):
     relaxed: bool = Field(
         False, description="drop the binary that forbids charging and discharging at once"
     )
+    phase: Phase = None
 
     @model_validator(mode="after")
     def _soc_window(self) -> BatterySpec:
@@ -356,6 +392,7 @@ class EVSpec(Spec):
     p_discharge_max_kw: NonNegativeFloat = Field(0.0, description="V2G power rating")
     eta_discharge: float = Field(0.95, gt=0, le=1)
     stays: list[StaySpec] = Field(min_length=1)
+    phase: Phase = None
 
     @model_validator(mode="after")
     def _consistent(self) -> EVSpec:
@@ -458,6 +495,7 @@ class ApplianceSpec(Spec):
     latest_end: NonNegativeInt | None = Field(
         None, description="period by whose start it has finished (default: the horizon's end)"
     )
+    phase: Phase = None
 
     @model_validator(mode="after")
     def _window(self) -> ApplianceSpec:
@@ -546,6 +584,7 @@ class HeatPumpSpec(Spec):
     t_initial_c: float = Field(description="indoor temperature before period 0")
     t_min_c: float = Field(description="lowest comfortable indoor temperature")
     t_max_c: float = Field(description="highest comfortable indoor temperature")
+    phase: Phase = None
 
     @model_validator(mode="after")
     def _band(self) -> HeatPumpSpec:

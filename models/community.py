@@ -19,6 +19,10 @@ formulation :func:`gridmarkets.networks.attach_grid` picks: CopperPlate without 
 feeder, LinDistFlow's nodal balances on one (members and shared assets at their buses,
 the point of connection at the feeder's root; unity power factor: no reactive
 injections); the prices come from :func:`gridmarkets.networks.nodal_prices` either way.
+On a three-phase feeder (LinDist3Flow) members and their devices connect to phases as
+prosumers do (:func:`gridmarkets.models.prosumer.home_rows`), shared assets by their
+``phase`` (and their devices'); the point of connection is balanced (its price is the
+same on every phase).
 
 Objectives: ``"cost"`` (grid energy, demand charge at the connection, device costs,
 lost load, currency), ``"self_sufficiency"`` (energy not supplied within the
@@ -68,7 +72,7 @@ from pydantic import Field, NonNegativeFloat, PositiveFloat, model_validator
 
 from gridmarkets.errors import InputError
 from gridmarkets.models import allocation, assets, prosumer
-from gridmarkets.models.assets import BatterySpec, Profile, PVSpec
+from gridmarkets.models.assets import BatterySpec, Phase, Profile, PVSpec
 from gridmarkets.models.prosumer import PricesSpec, ProsumerSpec
 from gridmarkets.plots import save_figure
 from gridmarkets.results import Result
@@ -95,6 +99,11 @@ class SharedAssetSpec(Spec):
     pv: PVSpec | None = None
     battery: BatterySpec | None = None
     owners: dict[str, NonNegativeFloat] = Field(default_factory=dict, description="shares")
+    phase: Phase = Field(
+        None,
+        description="phases it is connected to on a three-phase network (its devices' "
+        "unless they name their own); absent: 'abc'",
+    )
 
     @model_validator(mode="after")
     def _something(self) -> SharedAssetSpec:
@@ -360,10 +369,6 @@ def _add_connection(m, connection: ConnectionSpec) -> None:
     )
 
 
-def _member_injection(m, i, t):
-    return m.home[i].p_export_kw[t] - m.home[i].p_import_kw[t]
-
-
 def _add_grid(m, feeder, formulation) -> None:
     """The community bus, or the feeder's nodal balances, through ``attach_grid``.
 
@@ -377,17 +382,35 @@ def _add_grid(m, feeder, formulation) -> None:
     if formulation is None and feeder is not None:
         formulation = LinDistFlow(upstream_reactive=m.mode == "grid")
     root = None if feeder is None else feeder.root
-    rows = []
-    for t in m.PERIODS:
-        rows.append(("connection", root, t, m.p_grid_import_kw[t] - m.p_grid_export_kw[t]))
-        rows += [(f"members.{i}", m.specs[i].bus, t, _member_injection(m, i, t)) for i in m.MEMBERS]
-        rows += [
-            (f"shared.{a}", m.shared_specs[a].bus, t, m.shared[a].p_net_kw[t]) for a in m.SHARED
-        ]
-    table = pd.DataFrame(rows, columns=["owner", "bus", "period", "p_kw"])
+    periods = list(m.PERIODS)
+    rows = [
+        ("connection", root, t, m.p_grid_import_kw[t] - m.p_grid_export_kw[t], "abc")
+        for t in periods
+    ]
+    for i in m.MEMBERS:
+        owner, home = f"members.{i}", m.home[i]
+        rows += prosumer.home_rows(owner, home, m.specs[i], periods, m.in_coalition[i])
+    for a in m.SHARED:
+        rows += _shared_rows(m, a, periods)
+    table = pd.DataFrame(rows, columns=["owner", "bus", "period", "p_kw", "phase"])
     attach_grid(
         m, feeder, list(m.PERIODS), table, formulation=formulation, period_hours=m.period_hours
     )
+
+
+def _shared_rows(m, a: str, periods: list) -> list:
+    """A shared asset's rows (owner, bus, period, p_kw, phase): one per period on its
+    connection, or one per device connection when its devices name their own."""
+    spec, b = m.shared_specs[a], m.shared[a]
+    phases = {name: getattr(spec, name).phase or spec.phase or "abc" for name in b.devices}
+    if len(set(phases.values())) == 1:
+        return [(f"shared.{a}", spec.bus, t, b.p_net_kw[t], *set(phases.values())) for t in periods]
+    factor = m.shared_factor[a]
+    return [
+        (f"shared.{a}", spec.bus, t, factor * b.devices[name][t], phase)
+        for name, phase in phases.items()
+        for t in periods
+    ]
 
 
 def _add_objective(m, weights: dict[str, float], voll: float) -> None:
@@ -531,7 +554,9 @@ def _exchange_table(m, prices: pd.DataFrame | None, meters, shared) -> pd.DataFr
     )
     if prices is not None:
         at_connection = prices if m.feeder is None else prices[prices["bus"] == m.feeder.root]
-        at_connection = at_connection.set_index("period")["price"].reindex(periods)
+        # one price per period (on three phases the root's is the same on every phase)
+        at_connection = at_connection.drop_duplicates("period").set_index("period")["price"]
+        at_connection = at_connection.reindex(periods)
         table["internal_price"] = at_connection.to_numpy()
     return table
 

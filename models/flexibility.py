@@ -60,6 +60,16 @@ needs keep the branch's flow after the purchase, P and Q, inside a polygon of th
 target loading, so kvar bought against an overvoltage counts on the branches it loads;
 :func:`compare` sets its cost beside the pool.
 
+Three-phase feeders (``formulation=LinDist3Flow()``): an offer may carry ``phase``
+("a", "bc", "abc", ...; missing: "abc"), the phases its resource is connected to
+(a k-phase offer moves a k-th of its kW on each), and the baseline may be given per
+phase (rows (bus, phase), phases "a", "b", "c"). Every scenario's grid is a
+LinDist3Flow, so the DSO buys until each phase keeps its own voltage and thermal limits;
+its needs are those per-phase limits (a ``needs`` table, which bounds balanced flows, is
+refused), and the AC check is pandapower's ``runpp_3ph``. ``feeder_prices`` (each
+scenario's nodal prices, per phase on three phases) tell what one more kW of baseline
+demand at a bus would cost the procurement.
+
 Units: kW, kvar, currency per MWh (capacity: per MW and hour), currency.
 """
 
@@ -313,6 +323,13 @@ def prepare_offers(offers: pd.DataFrame, products: pd.DataFrame) -> pd.DataFrame
             "is for active-power offers; a reactive offer's quantity is its kvar",
         )
         table[column] = pd.to_numeric(table[column], errors="coerce")
+    if "phase" in table:
+        from gridmarkets.networks.three_phase import connection
+
+        phase = table["phase"].map(connection)
+        _reject(table, phase.isna(), "phase", "is not a, b, c or a combination of them")
+        table["phase"] = phase
+        reactive_columns.append("phase")
     return table[OFFER_COLUMNS + reactive_columns]
 
 
@@ -649,14 +666,25 @@ def _add_resources(m, resources: pd.DataFrame | None) -> None:
 
 
 def _bus_dict(feeder, frame: pd.DataFrame | None, periods: list) -> dict:
+    """Baseline values keyed (bus, phase, period): rows (bus, phase) keep their phase
+    ("a", "b", "c"), rows by bus are "abc"; the root's rows are left out (the slack)."""
     if frame is None:
         return {}
-    grouped = frame.groupby(frame.index.map(feeder.merged)).sum()
+    if "phase" in (frame.index.names or ()):
+        bus = frame.index.get_level_values(0).map(feeder.merged)
+        phase = frame.index.get_level_values("phase").astype(str)
+    else:
+        bus, phase = frame.index.map(feeder.merged), pd.Index(["abc"] * len(frame))
+    if bus.isna().any():
+        raise InputError(
+            f"baseline: bus {frame.index[bus.isna()][0]!r} is not a bus of feeder {feeder.name}"
+        )
+    grouped = frame.groupby([bus, phase]).sum()
     return {
-        (bus, t): float(grouped.at[bus, t])
-        for bus in grouped.index
+        (b, ph, t): float(grouped.at[(b, ph), t])
+        for b, ph in grouped.index
         for t in periods
-        if t in grouped.columns and bus != feeder.root
+        if t in grouped.columns and b != feeder.root
     }
 
 
@@ -693,11 +721,13 @@ def _scenario_injections(m, feeder, scenario: str) -> pd.DataFrame:
     """The long injection table of one scenario (kW, kvar; positive into the grid)."""
     keys = set(m.baseline_p) | set(m.baseline_q)
     rows = [
-        ("baseline", bus, t, m.baseline_p.get((bus, t), 0.0), m.baseline_q.get((bus, t), 0.0))
-        for bus, t in sorted(keys)
+        ("baseline", k[0], k[2], m.baseline_p.get(k, 0.0), m.baseline_q.get(k, 0.0), k[1])
+        for k in sorted(keys)
     ]
-    rows += [("upstream", feeder.root, t, m.p_root_kw[scenario, t], 0.0) for t in m.PERIODS]
-    for (seller, bus, t), group in m.offers.groupby(["seller", "bus", "period"]).groups.items():
+    rows += [("upstream", feeder.root, t, m.p_root_kw[scenario, t], 0.0, "abc") for t in m.PERIODS]
+    offers = m.offers.assign(phase=m.offers.get("phase", "abc"))
+    for key, group in offers.groupby(["seller", "bus", "period", "phase"]).groups.items():
+        seller, bus, t, phase = key
         rows.append(
             (
                 f"offers.{seller}",
@@ -705,9 +735,10 @@ def _scenario_injections(m, feeder, scenario: str) -> pd.DataFrame:
                 t,
                 _seller_delta(m, group, scenario, False),
                 _seller_delta(m, group, scenario, True),
+                phase,
             )
         )
-    return pd.DataFrame(rows, columns=["owner", "bus", "period", "p_kw", "q_kvar"])
+    return pd.DataFrame(rows, columns=["owner", "bus", "period", "p_kw", "q_kvar", "phase"])
 
 
 def _add_needs(m, needs: pd.DataFrame) -> None:
@@ -718,7 +749,12 @@ def _add_needs(m, needs: pd.DataFrame) -> None:
     m.THERMAL_NEEDS = pyo.Set(initialize=list(thermal), doc="branch needs (rows of needs)")
     m.VOLTAGE_NEEDS = pyo.Set(initialize=list(voltage), doc="bus needs (rows of needs)")
     first = m.scenario["dispatch"].handles
-    if first.polygon is None:  # a formulation without branch flows (CopperPlate)
+    if first.formulation == "lindist3flow" and len(m.needs):
+        raise InputError(
+            "needs: on a three-phase feeder the DSO's needs are LinDist3Flow's own per-phase "
+            "voltage and thermal limits; a needs table bounds balanced flows (pass none)"
+        )
+    if first.polygon is None or first.formulation == "lindist3flow":  # no balanced flows
         if len(m.needs):
             raise InputError(
                 f"needs: the DSO's needs bound branch flows and voltages, which formulation "
@@ -805,7 +841,9 @@ def results(
         marginal_price (the requirement's dual, currency per MW and hour).
     sellers : seller, accepted_kw, revenue, cost (at their bids), profit.
     needs : the DSO's needs with ``binding`` (a positive dual on its constraint).
-    injections : bus, period, scenario, p_kw, q_kvar (baseline plus activation).
+    injections : bus, period, scenario, p_kw, q_kvar (baseline plus activation); on a
+        three-phase feeder per bus and phase (column ``phase``).
+    feeder_prices : with a network, each scenario's nodal prices (:func:`_feeder_prices`).
 
     With a network and ``ac``, ``result.ac_check`` holds pandapower's AC check of the
     baseline (``before``) and of every scenario (``dispatch`` = after the DSO's
@@ -825,6 +863,8 @@ def results(
     if m.feeder is not None:
         tables["needs"] = _needs_table(m, solution)
         tables["injections"] = _injections_table(m)
+        if solution.duals_from is not None:
+            tables["feeder_prices"] = _feeder_prices(m, solution)
     kpis = _kpis(m, solution, accepted, tables["requirements"])
     result = Result("flexibility", tables, kpis, solution, plots={"accepted": accepted_plot})
     if m.feeder is not None and ac:
@@ -862,8 +902,8 @@ def zones(m, solution: Solution) -> pd.DataFrame:
         if m.scenario[s].handles.thermal_limit is None:
             continue
         duals = solution.dual(m.scenario[s].handles.thermal_limit)
-        for line, _, t in duals.index[duals.abs() > 1e-9]:
-            binding[t].add(line)
+        for key in duals.index[duals.abs() > 1e-9]:  # (line, [phase,] side, period)
+            binding[key[-1]].add(key[0])
     if len(m.THERMAL_NEEDS):
         duals = solution.dual(m.need_thermal)
         for n in {k[0] for k in duals.index[duals.abs() > 1e-9]}:
@@ -925,36 +965,73 @@ def _needs_table(m, solution: Solution) -> pd.DataFrame:
     return needs.assign(binding=binding)
 
 
+def _feeder_prices(m, solution: Solution) -> pd.DataFrame:
+    """Every scenario's nodal prices (:func:`~gridmarkets.networks.nodal_prices`, per
+    phase on three phases) with a column ``scenario``: the procurement's cost of one
+    more kW of demand at a bus (phase) in that scenario (currency/MWh); baseline demand
+    is in every scenario, so its marginal cost is their sum."""
+    from gridmarkets.networks import nodal_prices
+
+    frames = [nodal_prices(m.scenario[s].handles, solution).assign(scenario=s) for s in m.SCENARIOS]
+    return pd.concat(frames, ignore_index=True)
+
+
+def _three_phase(m) -> bool:
+    return m.feeder is not None and m.scenario["dispatch"].handles.formulation == "lindist3flow"
+
+
 def _injections_table(m) -> pd.DataFrame:
+    """bus, period, scenario, p_kw, q_kvar; on three phases one row per bus and phase
+    (column ``phase``)."""
     rows = []
     for s in m.SCENARIOS:
         h = m.scenario[s].handles
-        p, q = h.injection_values()
+        if _three_phase(m):
+            p, q = h.phase_injection_values()  # buses x phases x periods
+        else:
+            p, q = (a[:, None, :] for a in h.injection_values())
         for i, bus in enumerate(m.feeder.buses.index):
-            for k, t in enumerate(h.periods):
-                rows.append((bus, t, s, p[i, k], q[i, k]))
-    return pd.DataFrame(rows, columns=["bus", "period", "scenario", "p_kw", "q_kvar"])
+            for j in range(p.shape[1]):
+                rows += [(bus, j, t, s, p[i, j, k], q[i, j, k]) for k, t in enumerate(h.periods)]
+    table = pd.DataFrame(rows, columns=["bus", "phase", "period", "scenario", "p_kw", "q_kvar"])
+    if not _three_phase(m):
+        return table.drop(columns="phase")
+    from gridmarkets.networks.three_phase import PHASES
+
+    return table.assign(phase=table["phase"].map(dict(enumerate(PHASES))))
 
 
 def _ac_checks(m, injections: pd.DataFrame, kpis: dict) -> dict[str, Any]:
-    from gridmarkets.networks import ac_check
-
-    periods = list(m.PERIODS)
-    base_p = _frame(m.baseline_p, m.feeder, periods)
-    checks = {"before": ac_check(m.feeder, base_p, _frame(m.baseline_q, m.feeder, periods))}
+    """pandapower's AC check of the baseline and of every scenario (``runpp_3ph`` of
+    each phase's injections on a three-phase feeder)."""
+    checks = {"before": _ac_check(m, m.baseline_p, m.baseline_q)}
     for s, group in injections.groupby("scenario", sort=False):
-        p = group.pivot(index="bus", columns="period", values="p_kw")
-        q = group.pivot(index="bus", columns="period", values="q_kvar")
-        checks[s] = ac_check(m.feeder, p, q)
+        phase = group["phase"] if "phase" in group else ["abc"] * len(group)
+        keys = list(zip(group["bus"], phase, group["period"], strict=True))
+        p, q = (dict(zip(keys, group[c], strict=True)) for c in ("p_kw", "q_kvar"))
+        checks[s] = _ac_check(m, p, q)
     for name, check in checks.items():
         kpis[f"violations_{name}"] = len(check.violations())
     m.ac_checks = checks
     return {name: check.summary() for name, check in checks.items()}
 
 
+def _ac_check(m, p_kw: dict, q_kvar: dict):
+    """The AC check of injections keyed (bus, phase, period) (kW, kvar)."""
+    periods = list(m.PERIODS)
+    if _three_phase(m):
+        from gridmarkets.networks import ac_check_3ph
+
+        return ac_check_3ph(m.feeder, p_kw, q_kvar, periods)
+    from gridmarkets.networks import ac_check
+
+    frames = (_frame(values, m.feeder, periods) for values in (p_kw, q_kvar))
+    return ac_check(m.feeder, *frames)
+
+
 def _frame(values: dict, feeder, periods: list) -> pd.DataFrame:
     frame = pd.DataFrame(0.0, index=feeder.buses.index, columns=periods)
-    for (bus, t), v in values.items():
+    for (bus, _, t), v in values.items():
         frame.at[bus, t] += v
     return frame
 
@@ -1136,7 +1213,8 @@ def bilateral(
       with a vertex on the baseline flow's direction (exact when the flow only shrinks).
 
     Branches and buses without a need are not modelled: the pool (:func:`clear`) is
-    the mode that keeps every limit.
+    the mode that keeps every limit. The sensitivities are balanced (single-phase): an
+    offer on fewer than three phases (``phase``) is refused; the pool clears those.
 
     Parameters
     ----------
@@ -1163,6 +1241,8 @@ def bilateral(
 
     products = load_products() if products is None else products
     table = prepare_offers(offers, products)
+    if "phase" in table:
+        _reject(table, table["phase"].ne("abc"), "phase", "is not 'abc': bilateral is balanced")
     owners = table.assign(owner="offers." + table["seller"].astype(str))
     placed(owners, feeder, sorted(set(table["period"])))  # every bus on the feeder
     needs = baseline_flows(feeder, needs.reset_index(drop=True), baseline_p_kw, baseline_q_kvar)

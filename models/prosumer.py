@@ -28,6 +28,17 @@ AC check shows what their uncoordinated schedules do to the feeder.
 :func:`rolling_horizon` operates a home model-predictively (re-plans every period over
 a moving window with its realised state pinned) and reports its cost against perfect foresight.
 
+Phases: on a three-phase feeder (LinDist3Flow) a home is connected to some phases
+(``phase``, default "abc": its inflexible load, and every device without a ``phase`` of
+its own) and each device to its own (a single-phase PV on "b", a three-phase heat pump
+on "abc"). The meter nets over the phases (one import and one export per home, as
+Europe's summing meters do); the grid sees each phase apart: the home injects on
+phase phi the power of the devices connected there (a k-phase device a k-th on each)::
+
+    p[h,phi,t] = sum_{devices d on phi} p_net[d,t] / k_d + [load on phi] p_shed[t] / k_load
+
+which sums over phi to p_export - p_import by the energy balance.
+
 Objectives: ``"cost"`` (energy bill, demand charge, device costs, lost load),
 ``"self_sufficiency"`` (energy not supplied by the home itself: imported plus shed, kWh)
 or a weighted mix ``{"cost": 1.0, "self_sufficiency": 50.0}`` (the second weight in
@@ -55,6 +66,7 @@ from gridmarkets.models.assets import (
     EVSpec,
     FeederProfile,
     HeatPumpSpec,
+    Phase,
     Profile,
     PVSpec,
     StaySpec,
@@ -85,6 +97,11 @@ class ProsumerSpec(Spec):
     export_limit_kw: NonNegativeFloat | None = Field(None, description="feed-in limit")
     demand_charge_per_kw: NonNegativeFloat = Field(
         0.0, description="currency per kW of the horizon's peak import"
+    )
+    phase: Phase = Field(
+        None,
+        description="phases the home is connected to on a three-phase network: its "
+        "inflexible load's, and its devices' unless they name their own; absent: 'abc'",
     )
 
 
@@ -377,9 +394,9 @@ def add_network(
 
         p[j,t] = sum_{h at j} (p_export[h,t] - p_import[h,t]) + [j = root] p_upstream[t]
 
-    The homes' devices carry no reactive power: they are at unity power factor (no
-    ``q_kvar`` in the table). The formulation's components land in ``m.network``, its
-    handles in ``m.handles``.
+    and per phase on a three-phase feeder (:func:`home_rows`). The homes' devices carry
+    no reactive power: they are at unity power factor (no ``q_kvar`` in the table). The
+    formulation's components land in ``m.network``, its handles in ``m.handles``.
     """
     from gridmarkets.networks import attach_grid
 
@@ -388,16 +405,52 @@ def add_network(
     )
     if m.mode != "grid":
         m.p_upstream_kw.fix(0.0)
-    rows = [("upstream", feeder.root, t, m.p_upstream_kw[t]) for t in m.PERIODS]
-    rows += [
-        (f"prosumers.{pid}", m.specs[pid].bus, t, b.p_export_kw[t] - b.p_import_kw[t])
-        for pid, b in m.home.items()
-        for t in m.PERIODS
-    ]
-    table = pd.DataFrame(rows, columns=["owner", "bus", "period", "p_kw"])
+    rows = [("upstream", feeder.root, t, m.p_upstream_kw[t], "abc") for t in m.PERIODS]
+    for pid, b in m.home.items():
+        rows += home_rows(f"prosumers.{pid}", b, m.specs[pid], list(m.PERIODS))
+    table = pd.DataFrame(rows, columns=["owner", "bus", "period", "p_kw", "phase"])
     attach_grid(
         m, feeder, list(m.PERIODS), table, formulation=formulation, period_hours=m.period_hours
     )
+
+
+def device_phases(spec: ProsumerSpec) -> dict[str, str]:
+    """Each device's connection, by its name in ``block.devices`` ("load", "pv", ...,
+    "appliance:<name>"): its own ``phase``, else the home's, else "abc"."""
+    home = spec.phase or "abc"
+    phases = {"load": home}
+    for name in DEVICES:
+        device = getattr(spec, name)
+        if device is not None:
+            phases[name] = device.phase or home
+    for name, appliance in spec.appliances.items():
+        phases[f"appliance:{name}"] = appliance.phase or home
+    return phases
+
+
+def home_rows(
+    owner: str, b: pyo.Block, spec: ProsumerSpec, periods: list, weight: Any = 1.0
+) -> list:
+    """A home's rows of :func:`~gridmarkets.networks.attach_grid`'s table: (owner, bus,
+    period, p_kw, phase), its injection into the grid (kW).
+
+    All on "abc": one row per period, the meter's export - import. Otherwise one row per
+    connection its devices use and period, ``weight`` times the devices' power there
+    (shed load with the load): they add up to export - import by the energy balance.
+    ``weight`` is a community's membership (0 for an idle member, whose meter is fixed
+    at 0 but whose deactivated devices are not).
+    """
+    phases = device_phases(spec)
+    if set(phases.values()) == {"abc"}:
+        return [(owner, spec.bus, t, b.p_export_kw[t] - b.p_import_kw[t], "abc") for t in periods]
+    rows = []
+    for connection in sorted(set(phases.values())):
+        names = [name for name, phase in phases.items() if phase == connection]
+        shed = phases["load"] == connection
+        for t in periods:
+            p = sum(b.devices[name][t] for name in names) + (b.p_shed_kw[t] if shed else 0.0)
+            rows.append((owner, spec.bus, t, weight * p, connection))
+    return rows
 
 
 def _device_blocks(b: pyo.Block) -> list[pyo.Block]:
@@ -666,6 +719,21 @@ def bus_injections(result: Result) -> pd.DataFrame:
     return grid.assign(p_kw=grid["export_kw"] - grid["import_kw"]).pivot_table(
         index="bus", columns="period", values="p_kw", aggfunc="sum", fill_value=0.0
     )
+
+
+def connection_injections(result: Result, homes: Mapping[str, ProsumerSpec]) -> pd.DataFrame:
+    """The homes' injections into the grid per connection: a long table of bus, period,
+    phase and p_kw (devices on k phases as one row on their connection; shed load on the
+    load's), for a three-phase AC check. Homes without a bus are left out."""
+    power = result.power[result.power["device"] != "grid"]
+    phases = {pid: device_phases(spec) for pid, spec in homes.items()}
+    device = power["device"].where(power["device"] != "shed", "load")
+    phase = [phases[pid][name] for pid, name in zip(power["prosumer"], device, strict=True)]
+    bus = power["prosumer"].map({pid: spec.bus for pid, spec in homes.items()})
+    table = pd.DataFrame(
+        {"bus": bus, "period": power["period"], "phase": phase, "p_kw": power["p_kw"]}
+    )
+    return table.dropna(subset=["bus"])
 
 
 # --- plots ------------------------------------------------------------------------------

@@ -37,6 +37,36 @@ def radial_net(
     return net
 
 
+def runpp_3ph_voltages(net, buses, injections, periods, *, own_elements: bool = False):
+    """pandapower's runpp_3ph of per-phase injections, one run per period.
+
+    ``injections``: a long table bus, phase (a connection: "a", "bc", "abc", ...),
+    period, p_kw (into the grid); a connection to k phases puts a k-th on each, as one
+    wye asymmetric sgen per row. The net's own loads and generators are switched off
+    unless ``own_elements``. Returns (buses x 3 x periods) phase voltages in pu.
+    """
+    import copy
+
+    import numpy as np
+
+    net = copy.deepcopy(net)
+    if not own_elements:
+        for table in ("load", "sgen", "asymmetric_load", "asymmetric_sgen"):
+            net[table]["in_service"] = False
+    out = np.empty((len(buses), 3, len(periods)))
+    for k, t in enumerate(periods):
+        rows = injections[injections["period"] == t]
+        added = []
+        for row in rows.itertuples():
+            share = row.p_kw / len(row.phase) / 1000
+            powers = {f"p_{p}_mw": share if p in row.phase else 0.0 for p in "abc"}
+            added.append(pp.create_asymmetric_sgen(net, row.bus, **powers))
+        pp.runpp_3ph(net, numba=False)
+        out[:, :, k] = net.res_bus_3ph.loc[list(buses), [f"vm_{p}_pu" for p in "abc"]].to_numpy()
+        net.asymmetric_sgen = net.asymmetric_sgen.drop(added)
+    return out
+
+
 LV = [1, 2, 3, 4, 5]  # the LV buses of lv_net: 1 (transformer), 1-2-3-4 and 2-5
 
 

@@ -73,8 +73,9 @@ class CaseRun:
         three = case.network is not None and case.network.phases == "three"
         if three and not adapter.three_phase:
             raise CaseError(
-                f"network.phases: 'three' is not available for {case.model} cases (the "
-                "LEM clears on three-phase feeders; this model reads the feeder balanced)"
+                f"network.phases: 'three' is not available for {case.model} cases (this "
+                "model reads the feeder balanced; the LEM, prosumer, community and "
+                "flexibility models clear on three-phase feeders)"
             )
         losses = loss_mode(case, adapter)  # before the feeder: a bad mode fails fast
         if feeder is None:
@@ -220,8 +221,8 @@ def check_summary(feeder, injections: Injections) -> dict[str, Any]:
     and, where a LinDistFlow cleared them, ``model_voltage_error_pu`` (max |V of the
     model - V of AC| over buses and periods).
     """
-    if _is_three_phase(injections.handles):
-        return check_summary_3ph(feeder, injections.handles)
+    if _is_three_phase(injections.handles) or injections.phased:
+        return check_summary_3ph(feeder, injections)
     from gridmarkets.networks import ac_check
 
     ac = ac_check(feeder, injections.p_kw, injections.q_kvar)
@@ -236,27 +237,36 @@ def check_summary(feeder, injections: Injections) -> dict[str, Any]:
     return summary
 
 
-def check_summary_3ph(feeder, handles) -> dict[str, Any]:
-    """pandapower's ``runpp_3ph`` check of the per-phase injections a LinDist3Flow
-    cleared (:func:`~gridmarkets.networks.ac_check_3ph`): per-phase voltages, errors and
+def check_summary_3ph(feeder, injections: Injections) -> dict[str, Any]:
+    """pandapower's ``runpp_3ph`` check of per-phase injections
+    (:func:`~gridmarkets.networks.ac_check_3ph`): per-phase voltages, errors and
     loadings, the unbalance (:meth:`~gridmarkets.networks.three_phase.ThreePhaseACCheck.summary`),
     with ``enforced_limits``, ``enforced_violations`` as :func:`check_summary` has them
     (a voltage limit holds on every phase, a thermal limit a third of the rating per
-    phase) and ``model_voltage_error_pu``, max |V of the model - V of AC| over buses,
-    phases and periods."""
+    phase).
+
+    The injections are those a LinDist3Flow cleared (``injections.handles``; then also
+    ``model_voltage_error_pu``, max |V of the model - V of AC| over buses, phases and
+    periods), or per (bus, phase) rows (``injections.phased``: schedules or a baseline
+    no network formulation held, so no limit was enforced)."""
     from gridmarkets.networks import ac_check_3ph
 
-    p_kw, q_kvar = handles.phase_injection_values()
-    ac = ac_check_3ph(handles.feeder, p_kw, q_kvar, handles.periods)
+    handles = injections.handles
+    if handles is None:
+        ac = ac_check_3ph(feeder, *injections.phase_keyed())
+    else:
+        p_kw, q_kvar = handles.phase_injection_values()
+        ac = ac_check_3ph(handles.feeder, p_kw, q_kvar, handles.periods)
     violations = ac.violations()
     enforced = enforced_mask(feeder, handles, violations)
     summary = ac.summary()
     summary["enforced_limits"] = enforced_limits(feeder, handles)
     summary["enforced_violations_count"] = int(enforced.sum())
     summary["enforced_violations"] = violations[enforced].to_dict(orient="records")
-    keys = ac.buses[["bus", "phase", "period"]].itertuples(index=False, name=None)
-    v_model = np.sqrt(np.maximum([handles.voltage_sq[key].value for key in keys], 0.0))
-    summary["model_voltage_error_pu"] = float(np.abs(v_model - ac.buses["v_pu_ac"]).max())
+    if handles is not None:
+        keys = ac.buses[["bus", "phase", "period"]].itertuples(index=False, name=None)
+        v_model = np.sqrt(np.maximum([handles.voltage_sq[key].value for key in keys], 0.0))
+        summary["model_voltage_error_pu"] = float(np.abs(v_model - ac.buses["v_pu_ac"]).max())
     return summary
 
 

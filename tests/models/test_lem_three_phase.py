@@ -264,6 +264,6 @@ def test_a_phase_on_a_single_phase_network_names_the_field():
 
 
 def test_other_models_refuse_a_three_phase_network_naming_network_phases():
-    path = shipped_cases_dir() / "prosumer_feeder.yaml"
-    with pytest.raises(CaseError, match=r"network\.phases: 'three'.*prosumer"):
+    path = shipped_cases_dir() / "p2p_feeder.yaml"
+    with pytest.raises(CaseError, match=r"network\.phases: 'three'.*p2p"):
         pipeline.CaseRun.start(load_case(path, ["network.phases=three", "network.losses=none"]))

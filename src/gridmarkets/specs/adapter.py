@@ -27,10 +27,17 @@ if TYPE_CHECKING:
 LOSS_MODES = ("none", "linear", "iterate")
 
 
+def three_phase(case: CaseBase) -> bool:
+    """Whether the case clears on a three-phase network (``network.phases: three``)."""
+    return case.network is not None and case.network.phases == "three"
+
+
 @dataclass(frozen=True)
 class Injections:
     """Net injections the AC check runs on: kW and kvar, buses x periods, into the grid.
 
+    Rows are buses, or (bus, phase) pairs ("a", "b", "c") for per-phase injections on a
+    three-phase feeder (``phased``: the check is pandapower's ``runpp_3ph``).
     ``handles`` are the network formulation that cleared them, when one did: the AC
     check then reports which of its limits the AC flow still violates.
     """
@@ -38,6 +45,20 @@ class Injections:
     p_kw: pd.DataFrame
     q_kvar: pd.DataFrame
     handles: NetworkHandles | None = None
+
+    @property
+    def phased(self) -> bool:
+        """Whether the rows are (bus, phase) pairs."""
+        return "phase" in (self.p_kw.index.names or ())
+
+    def phase_keyed(self) -> tuple[dict, dict, list]:
+        """Per-phase injections keyed (bus, phase, period) as
+        :func:`~gridmarkets.networks.ac_check_3ph` takes them, and the periods."""
+        keyed = [
+            {key: float(v) for key, v in frame.stack().items()}
+            for frame in (self.p_kw, self.q_kvar)
+        ]
+        return keyed[0], keyed[1], list(self.p_kw.columns)
 
 
 def handles_injections(handles: NetworkHandles) -> Injections:
@@ -68,6 +89,30 @@ def table_injections(table: pd.DataFrame) -> Injections:
             index="bus", columns="period", values=column, aggfunc="sum", fill_value=0.0
         )
         for column in ("p_kw", "q_kvar")
+    )
+    return Injections(p_kw, q_kvar)
+
+
+def phase_table_injections(table: pd.DataFrame) -> Injections:
+    """Per-phase injections from a long table with a ``phase`` column of connections
+    ("a", "bc", "abc", ...): a connection to k phases puts a k-th on each, as
+    LinDist3Flow reads it. Without ``q_kvar``, Q = 0. Rows without a bus are left out."""
+    from gridmarkets.networks.three_phase import CONNECTIONS, PHASES, WEIGHTS, connection
+
+    table = table.dropna(subset=["bus"])
+    if "q_kvar" not in table:
+        table = table.assign(q_kvar=0.0)
+    weights = WEIGHTS[[CONNECTIONS.index(connection(c)) for c in table["phase"]]]
+    frames = []
+    for k, phase in enumerate(PHASES):
+        share = table[["p_kw", "q_kvar"]].mul(weights[:, k], axis=0)
+        frames.append(table[["bus", "period"]].assign(phase=phase, **share))
+    long = pd.concat(frames, ignore_index=True)
+    p_kw, q_kvar = (
+        long.pivot_table(
+            index=["bus", "phase"], columns="period", values=c, aggfunc="sum", fill_value=0.0
+        )
+        for c in ("p_kw", "q_kvar")
     )
     return Injections(p_kw, q_kvar)
 

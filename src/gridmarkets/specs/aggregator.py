@@ -13,6 +13,7 @@ from gridmarkets.models.prosumer import PricesSpec
 from gridmarkets.results import Result
 from gridmarkets.specs.adapter import Built, grid_checks, no_checks
 from gridmarkets.specs.base import CaseBase, NumberOrNaN
+from gridmarkets.specs.prosumer import check_phases
 
 
 class CaseSpec(CaseBase):
@@ -49,6 +50,7 @@ class CaseSpec(CaseBase):
             prosumer.check_home(home, n, f"prosumers.{h}")
             if self.network is not None and home.bus is None:
                 raise ValueError(f"prosumers.{h}.bus: required on a network")
+            check_phases(home, self, f"prosumers.{h}")  # the aggregator reads homes balanced
         return self
 
 

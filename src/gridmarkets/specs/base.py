@@ -183,7 +183,8 @@ class NetworkSpec(Spec):
             "and one price per bus) or 'three' (each phase apart, LinDist3Flow with the "
             "lines' zero-sequence data: per-phase voltages, limits and prices; "
             "participants may name their phase; lossless, and the AC check is pandapower's "
-            "runpp_3ph). 'three' is for the LEM (model: lem) only."
+            "runpp_3ph). 'three' is for the LEM, prosumer, community and flexibility "
+            "models."
         ),
     )
     losses_tolerance_pu: PositiveFloat = Field(

@@ -22,8 +22,9 @@ from gridmarkets.models.community import (
 )
 from gridmarkets.models.prosumer import Objective, PricesSpec, ProsumerSpec
 from gridmarkets.results import Result
-from gridmarkets.specs.adapter import LOSS_MODES, Built, grid_checks
+from gridmarkets.specs.adapter import LOSS_MODES, Built, grid_checks, three_phase
 from gridmarkets.specs.base import CaseBase, Spec
+from gridmarkets.specs.prosumer import check_phases
 
 
 class AllocationSpec(Spec):
@@ -70,7 +71,9 @@ class CaseSpec(CaseBase):
             prosumer.check_home(home, n, f"members.{mid}")
             if self.network is not None and home.bus is None:
                 raise ValueError(f"members.{mid}.bus: required on a network")
+            check_phases(home, self, f"members.{mid}")
         for aid, asset in self.shared.items():
+            check_phases(asset, self, f"shared.{aid}")
             unknown = set(asset.owners) - set(self.members)
             if unknown:
                 raise ValueError(f"shared.{aid}.owners: {sorted(unknown)} are not members")
@@ -102,16 +105,19 @@ class CommunityAdapter:
     """Community cases: one schedule; with ``allocation`` the cost is then split among
     the members (the table ``allocation``; KPIs ``community_value`` and
     ``in_core_<rule>``, 1 or 0). On a network the AC check runs on the injections the
-    community's LinDistFlow held (P and Q).
+    community's LinDistFlow held (P and Q); on a three-phase network (``network.phases:
+    three``) its LinDist3Flow's, per phase, with pandapower's ``runpp_3ph``.
 
     Losses: every mode on a network; ``none`` with ``allocation``, whose coalitions
     are re-solves of the lossless schedule (their values would otherwise mix loss models).
     """
 
-    three_phase = False  # reads a feeder balanced (network.phases: one)
+    three_phase = True  # network.phases: three: LinDist3Flow and runpp_3ph (lossless)
 
     def losses(self, case: CaseSpec) -> tuple[str, ...]:
-        return LOSS_MODES if case.network is not None and case.allocation is None else ("none",)
+        """Every mode on a single-phase network without allocation; otherwise none."""
+        single = case.network is not None and not three_phase(case)
+        return LOSS_MODES if single and case.allocation is None else ("none",)
 
     def build(self, case: CaseSpec, feeder, formulation) -> Built:
         options = case_options(case, feeder, formulation)

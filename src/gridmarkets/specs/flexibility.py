@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 from dataclasses import dataclass
 from functools import partial
@@ -11,6 +13,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field, NonNegativeFloat, PositiveFloat, model_validator
 
+from gridmarkets.models.assets import Phase
 from gridmarkets.models.flexibility import (
     DSO_PRODUCT,
     DSO_PRODUCTS,
@@ -27,7 +30,7 @@ from gridmarkets.models.flexibility import (
     tso_requirements,
 )
 from gridmarkets.results import Result
-from gridmarkets.specs.adapter import Built, Injections, handles_injections
+from gridmarkets.specs.adapter import Built, Injections, handles_injections, three_phase
 from gridmarkets.specs.base import CaseBase, Spec
 
 
@@ -52,13 +55,24 @@ class SellerSpec(Spec):
     up_kw: NonNegativeFloat | None = Field(None, description="upward headroom, all offers")
     down_kw: NonNegativeFloat | None = Field(None, description="downward headroom, all offers")
     s_max_kva: PositiveFloat | None = Field(None, description="inverter apparent-power rating")
+    phase: Phase = Field(
+        None,
+        description="phases its resource is connected to on a three-phase network "
+        "(network.phases: three): 'a', 'b', 'c', two of them or 'abc' (absent)",
+    )
 
 
 class BaselineSpec(Spec):
-    """The baseline: the feeder's own loads and PV from its SimBench profiles, scaled."""
+    """The baseline: the feeder's own loads and PV, scaled: from its SimBench profiles,
+    or on a three-phase network the net's own elements per phase, in every period."""
 
     load_scale: NonNegativeFloat = 1.0
     pv_scale: NonNegativeFloat = 1.0
+    sellers: bool = Field(
+        False,
+        description="add every seller's p_baseline_kw to the baseline at its bus (and "
+        "phases): resources the feeder's own elements do not hold",
+    )
 
 
 class PVOffersSpec(Spec):
@@ -89,8 +103,20 @@ class CaseSpec(CaseBase):
     @model_validator(mode="after")
     def _consistent(self) -> CaseSpec:
         n = self.horizon.periods
-        if self.network is None or self.network.source != "simbench":
-            raise ValueError("network: a flexibility case needs a SimBench network (profiles)")
+        if self.network is None:
+            raise ValueError("network: a flexibility case needs a network")
+        if three_phase(self):
+            self._check_three_phase()
+        elif self.network.source != "simbench":
+            raise ValueError(
+                "network: a flexibility case needs a SimBench network (profiles), or "
+                "network.phases: three (the net's own elements as the baseline)"
+            )
+        for sid, seller in self.sellers.items():
+            if seller.phase is not None and not three_phase(self):
+                raise ValueError(
+                    f"sellers.{sid}.phase: needs a three-phase network (network.phases: three)"
+                )
         known = set(load_products().index)
         for name, value in self.tso_requirements.items():
             if name not in known:
@@ -106,8 +132,68 @@ class CaseSpec(CaseBase):
                     raise ValueError(f"sellers.{sid}.offers.{k}.quantity_kw: {len(q)} values")
         return self
 
+    def _check_three_phase(self) -> None:
+        """What a three-phase case cannot do: the bilateral mode (balanced
+        sensitivities) and, off SimBench, PV offers (they need PV profiles)."""
+        if self.mode != "pool":
+            raise ValueError(
+                f"mode: {self.mode!r} is not available on network.phases: three (the "
+                "bilateral procurement is balanced); use 'pool'"
+            )
+        if self.network.source != "simbench" and self.pv_offers is not None:
+            raise ValueError("pv_offers: needs a SimBench network (its PV profiles)")
+
 
 def case_baseline(case: CaseSpec, feeder) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Baseline p_kw and q_kvar (buses x periods; rows (bus, phase) from a net's own
+    elements on three phases) and PV output (kW, SimBench only), with the sellers'
+    baselines when ``baseline.sellers``."""
+    if case.network.source == "simbench":
+        p_kw, q_kvar, pv_kw = profile_baseline(case, feeder)
+    else:
+        p_kw, q_kvar = net_baseline(case, feeder)
+        pv_kw = pd.DataFrame(columns=p_kw.columns, dtype=float)
+    if case.baseline.sellers:
+        p_kw = p_kw.add(seller_baseline(case, p_kw), fill_value=0.0)
+    return p_kw, q_kvar, pv_kw
+
+
+def seller_baseline(case: CaseSpec, like: pd.DataFrame) -> pd.DataFrame:
+    """The sellers' p_baseline_kw in every period of ``like``, with its rows: by bus,
+    or by (bus, phase) with a seller on k phases putting a k-th on each."""
+    phased = "phase" in (like.index.names or ())
+    rows = []
+    for s in case.sellers.values():
+        phases = (s.phase or "abc") if phased else "-"
+        rows += [(s.bus, phase, s.p_baseline_kw / len(phases)) for phase in phases]
+    table = pd.DataFrame(rows, columns=["bus", "phase", "p_kw"])
+    per_row = table.groupby(["bus", "phase"] if phased else "bus")["p_kw"].sum()
+    return pd.DataFrame({t: per_row for t in like.columns})
+
+
+def net_baseline(case: CaseSpec, feeder) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The net's own elements per phase (``networks.three_phase.phase_injections``),
+    loads times ``baseline.load_scale`` and static generators times ``pv_scale``, in
+    every period: rows (bus, phase), columns periods (kW, kvar)."""
+    from gridmarkets.networks.three_phase import phase_injections
+
+    net = copy.deepcopy(feeder.net)
+    scales = {"load": case.baseline.load_scale, "sgen": case.baseline.pv_scale}
+    for table, scale in scales.items():
+        for name in (table, f"asymmetric_{table}"):
+            frame = getattr(net, name, None)
+            if frame is not None and len(frame):
+                frame["scaling"] = frame["scaling"] * scale
+    tables = phase_injections(dataclasses.replace(feeder, net=net))
+    periods = range(case.horizon.periods)
+    frames = []
+    for table in tables:
+        stacked = table.rename_axis(index="bus", columns="phase").stack()
+        frames.append(pd.DataFrame({t: stacked for t in periods}))
+    return frames[0], frames[1]
+
+
+def profile_baseline(case: CaseSpec, feeder) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Baseline p_kw and q_kvar (buses x periods) and PV output (kW) from the profiles."""
     from gridmarkets.networks import feeder_profiles
 
@@ -138,6 +224,11 @@ def case_offers(case: CaseSpec, pv_kw: pd.DataFrame) -> tuple[pd.DataFrame, pd.D
             ]
         limits = [np.nan if v is None else v for v in (s.up_kw, s.down_kw, s.s_max_kva)]
         resources += [(sid, t, s.p_baseline_kw, 0.0, *limits) for t in periods]
+    table = pd.DataFrame(offers, columns=OFFER_COLUMNS)
+    if three_phase(case):  # every seller's phases; PV buses (SimBench) are balanced
+        phases = {sid: s.phase or "abc" for sid, s in case.sellers.items()}
+        table["phase"] = table["seller"].map(phases)
+    offers = list(table.itertuples(index=False, name=None))
     spec = case.pv_offers
     if spec is not None:
         for bus in pv_kw.index[pv_kw.max(axis=1) > 0]:
@@ -153,7 +244,7 @@ def case_offers(case: CaseSpec, pv_kw: pd.DataFrame) -> tuple[pd.DataFrame, pd.D
                         row = (sid, bus, t, REACTIVE_PRODUCT, direction, q_room)
                         offers.append((*row, spec.capacity_price, spec.reactive_price))
     return (
-        pd.DataFrame(offers, columns=OFFER_COLUMNS),
+        pd.DataFrame(offers, columns=list(table.columns)).fillna({"phase": "abc"}),
         pd.DataFrame(resources, columns=RESOURCE_COLUMNS),
     )
 
@@ -170,9 +261,12 @@ class Market:
 
     @classmethod
     def of(cls, case: CaseSpec, feeder) -> Market:
-        """The baseline from the feeder's profiles, the offers, and the DSO's needs."""
+        """The baseline, the offers, and the DSO's needs (on three phases none: the
+        LinDist3Flow's own per-phase limits are the needs)."""
         base_p, base_q, pv_kw = case_baseline(case, feeder)
         offers, resources = case_offers(case, pv_kw)
+        if three_phase(case):
+            return cls(base_p, base_q, offers, resources, pd.DataFrame())
         needs = dso_needs(
             feeder,
             base_p,
@@ -210,13 +304,17 @@ class FlexibilityAdapter:
     grid, and the pool holds one per scenario. ``bilateral``: the DSO's procurement (no
     network formulation: losses none), checked ``before`` and at ``dispatch``. ``both``:
     the pool, plus the bilateral result's accepted offers (``bilateral_accepted``) and
-    the comparison (``comparison``).
+    the comparison (``comparison``). On a three-phase network (``network.phases:
+    three``): the pool on LinDist3Flow, the sellers on their phases, the baseline
+    per phase, checked with pandapower's ``runpp_3ph``.
     """
 
-    three_phase = False  # reads a feeder balanced (network.phases: one)
+    three_phase = True  # network.phases: three: pool on LinDist3Flow, runpp_3ph (lossless)
 
     def losses(self, case: CaseSpec) -> tuple[str, ...]:
-        return ("none",) if case.mode == "bilateral" else ("none", "linear")
+        """none and linear for the pool on a single-phase network; otherwise none."""
+        single_pool = case.mode != "bilateral" and not three_phase(case)
+        return ("none", "linear") if single_pool else ("none",)
 
     def build(self, case: CaseSpec, feeder, formulation) -> Built:
         market = Market.of(case, feeder)

@@ -18,6 +18,7 @@ from gridmarkets.models.prosumer import (
     build,
     bus_injections,
     check_home,
+    connection_injections,
     resolve_feeder_profiles,
     results,
     rolling_horizon,
@@ -25,7 +26,14 @@ from gridmarkets.models.prosumer import (
 )
 from gridmarkets.pipeline import check_summary
 from gridmarkets.results import Result
-from gridmarkets.specs.adapter import LOSS_MODES, Built, Injections, grid_checks
+from gridmarkets.specs.adapter import (
+    LOSS_MODES,
+    Built,
+    Injections,
+    grid_checks,
+    phase_table_injections,
+    three_phase,
+)
 from gridmarkets.specs.base import CaseBase, Spec
 
 
@@ -52,7 +60,8 @@ class CaseSpec(CaseBase):
     coordination: Literal["none", "lindistflow"] = Field(
         "none",
         description="on a network: 'none' schedules every home alone (then checks the "
-        "feeder); 'lindistflow' schedules them together within the feeder's limits",
+        "feeder); 'lindistflow' schedules them together within the feeder's limits "
+        "(LinDist3Flow, per phase, on network.phases: three)",
     )
     prices: PricesSpec | None = Field(None, description="required when mode is grid")
     value_of_lost_load_per_mwh: PositiveFloat = 10_000.0
@@ -85,7 +94,28 @@ class CaseSpec(CaseBase):
                 raise ValueError(f"prosumers.{pid}.bus: required on a network")
             if self.network is None and _feeder_profiles(home):
                 raise ValueError(f"prosumers.{pid}: a feeder profile needs a network")
+            check_phases(home, self, f"prosumers.{pid}")
         return self
+
+
+def stated_phases(owner: Spec) -> list[str]:
+    """The fields of a home (or shared asset) that name a phase: "phase", "pv.phase",
+    "appliances.<name>.phase", ..."""
+    names = ("pv", "battery", "ev", "heat_pump")
+    devices = {name: getattr(owner, name, None) for name in names}
+    devices.update({f"appliances.{k}": a for k, a in getattr(owner, "appliances", {}).items()})
+    named = ["phase"] if owner.phase is not None else []
+    return named + [f"{k}.phase" for k, d in devices.items() if d is not None and d.phase]
+
+
+def check_phases(owner: Spec, case: CaseBase, path: str) -> None:
+    """A phase is only meaningful on a three-phase network: elsewhere an error naming it."""
+    named = stated_phases(owner)
+    if named and not three_phase(case):
+        raise ValueError(
+            f"{path}.{named[0]}: needs a three-phase network (network.phases: three); a "
+            "single-phase network reads every device balanced"
+        )
 
 
 def case_options(case: CaseSpec) -> dict[str, Any]:
@@ -112,11 +142,12 @@ class ProsumerAdapter:
     their check under ``uncoordinated``.
     """
 
-    three_phase = False  # reads a feeder balanced (network.phases: one)
+    three_phase = True  # network.phases: three: LinDist3Flow and runpp_3ph (lossless)
 
     def losses(self, case: CaseSpec) -> tuple[str, ...]:
+        """Every mode coordinated on a single-phase feeder; otherwise none."""
         coordinated = case.network is not None and case.coordination == "lindistflow"
-        return LOSS_MODES if coordinated else ("none",)
+        return LOSS_MODES if coordinated and not three_phase(case) else ("none",)
 
     def build(self, case: CaseSpec, feeder, formulation) -> Built:
         if case.rolling is not None:
@@ -128,7 +159,7 @@ class ProsumerAdapter:
         homes = resolve_feeder_profiles(homes, feeder, case.horizon)
         if case.coordination == "none":
             m = build(homes, case.prices, **case_options(case))
-            return Built(m, partial(results, m), _schedule_injections)
+            return Built(m, partial(results, m), partial(_schedule_injections, case))
         m = build(homes, case.prices, network=feeder, formulation=formulation, **case_options(case))
         return Built(m, partial(results, m), grid_checks(m.handles), grid=m.handles)
 
@@ -138,11 +169,15 @@ class ProsumerAdapter:
         homes = resolve_feeder_profiles(case.prosumers, feeder, case.horizon)
         alone = schedule(homes, case.prices, solve_options=solve_options, **case_options(case))
         result.kpis["cost_uncoordinated"] = alone.kpis["cost"]
-        result.ac_check["uncoordinated"] = check_summary(feeder, _schedule_injections(alone)[""])
+        checks = _schedule_injections(case, alone)[""]
+        result.ac_check["uncoordinated"] = check_summary(feeder, checks)
 
 
-def _schedule_injections(result: Result) -> dict[str, Injections]:
-    """The homes' net injections (no reactive power: unity power factor)."""
+def _schedule_injections(case: CaseSpec, result: Result) -> dict[str, Injections]:
+    """The homes' net injections (no reactive power: unity power factor); per bus and
+    phase on a three-phase network."""
+    if three_phase(case):
+        return {"": phase_table_injections(connection_injections(result, case.prosumers))}
     p_kw = bus_injections(result)
     return {"": Injections(p_kw, 0.0 * p_kw)}
 
