@@ -412,7 +412,8 @@ def _add_curves(m, curves: pd.DataFrame) -> None:
     if not len(curves):
         return
     m.CURVES = pyo.Set(initialize=curves.index.tolist(), doc="quadratic participants' curves")
-    bounds = dict(zip(curves.index, zip(curves["p_min_kw"], curves["p_max_kw"])))
+    limits = zip(curves["p_min_kw"], curves["p_max_kw"], strict=True)
+    bounds = dict(zip(curves.index, limits, strict=True))
     m.curve_kw = pyo.Var(
         m.CURVES,
         bounds=lambda m, c: bounds[c],
