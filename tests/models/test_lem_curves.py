@@ -116,8 +116,12 @@ def hand_quantities(curves, steps, lam):
     if marginal:
         (i,) = marginal
         q_steps[i] = 0.0
-        balance = sum(q if c["side"] == "sell" else -q for c, q in zip(curves, q_curves))
-        balance += sum(q if s == "sell" else -q for (s, _, _), q in zip(steps, q_steps))
+        balance = sum(
+            q if c["side"] == "sell" else -q for c, q in zip(curves, q_curves, strict=True)
+        )
+        balance += sum(
+            q if s == "sell" else -q for (s, _, _), q in zip(steps, q_steps, strict=True)
+        )
         q_steps[i] = -balance if steps[i][0] == "sell" else balance
     return q_curves, q_steps
 
@@ -425,7 +429,7 @@ def test_bad_curves_name_the_row_and_column(change, column):
 
 def test_a_curve_off_the_feeder_names_its_participant_and_bus():
     with pytest.raises(InputError, match=r"g: bus 999 is not a bus of feeder"):
-        lem.build(None, curves=one_curve(bus=999), network=load("case33bw"))
+        lem.build(None, curves=one_curve().assign(bus=[1, 999]), network=load("case33bw"))
 
 
 def test_curves_refuse_pay_as_bid_integer_blocks_and_update():
