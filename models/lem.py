@@ -93,6 +93,7 @@ BID_COLUMNS = ["participant", "side", "quantity_kw", "price", "period", "block",
 OPTIONAL_COLUMNS = ["indivisible", "min_acceptance", "q_kvar", "power_factor", "phase"]
 CURVE_COLUMNS = ["participant", "side", "period", "bus", "a", "b", "p_min_kw", "p_max_kw"]
 UPSTREAM = "upstream"
+_NO_CURVES = pd.DataFrame(columns=CURVE_COLUMNS)
 _REL_TOL = 1e-6  # a block is at a bound within a millionth of its quantity ...
 _NOISE_KW = 1e-9  # ... and, when the solver resolves it, within its values' noise
 _RESOLUTION_KW = 1e-7  # HiGHS's primal feasibility tolerance: smaller blocks are unresolved
@@ -312,11 +313,13 @@ def build(
     """
     started = time.perf_counter()
     table = prepare_bids(pd.DataFrame(columns=BID_COLUMNS[:4]) if bids is None else bids)
-    curve_table = prepare_curves(curves)
+    # without curves: no checks or placement, the block market builds as before
+    curve_table = prepare_curves(curves) if curves is not None else _NO_CURVES
     periods = sorted(set(table["period"]) | set(curve_table["period"]))
     periods = periods or [0]
     table = _place_bids(table, network, periods)
-    curve_table = _place_bids(curve_table, network, periods)
+    if len(curve_table):
+        curve_table = _place_bids(curve_table, network, periods)
     m = pyo.ConcreteModel(name="lem")
     m.bids = table
     m.curves = curve_table
