@@ -84,6 +84,7 @@ import pyomo.environ as pyo
 from pyomo.core.expr.numeric_expr import LinearExpression, MonomialTermExpression
 
 from gridmarkets.errors import InputError
+from gridmarkets.models.participants import curve_welfare
 from gridmarkets.networks.coupling import NetworkFormulation, attach_grid, placed
 from gridmarkets.networks.feeder import Feeder
 from gridmarkets.results import Result
@@ -451,16 +452,10 @@ def _curve_injections(m) -> pd.DataFrame:
 
 
 def _curve_welfare(m):
-    """The curves' part of the welfare (currency): a buy curve's utility
-    ``(b p - a p^2) dt/1000``, minus a sell curve's cost ``(a p^2 + b p) dt/1000``;
-    concave, so the clearing is a convex QP."""
-    per_kw = m.period_hours / 1000.0
-    sign = np.where(m.curves["side"] == "buy", 1.0, -1.0)
-    linear = (sign * m.curves["b"].to_numpy() * per_kw).tolist()
-    quadratic = (-m.curves["a"].to_numpy() * per_kw).tolist()
-    return pyo.quicksum(
-        c1 * p + c2 * p**2 for c1, c2, p in zip(linear, quadratic, m.curve_kw.values(), strict=True)
-    )
+    """The curves' part of the welfare (currency, :func:`~gridmarkets.models.participants.
+    curve_welfare`): concave, so the clearing is a convex QP."""
+    c = m.curves
+    return curve_welfare(c["side"], c["a"], c["b"], list(m.curve_kw.values()), m.period_hours)
 
 
 @gc_paused()
