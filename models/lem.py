@@ -40,6 +40,12 @@ is below its optimality tolerance, so the LP cannot tell accepting them from not
 decided by their own merit order against the resolved market, which buys at its
 supporting interval's low end and sells at its high end (the nodal price on a
 feeder). So a market mixing 1e-9 and 1e9 kW blocks clears as its merit order does.
+A QP clearing (curves or inter-temporal participants) is solved with its welfare per
+MWh (times 1000 / dt), and more so that its smallest curvature 2 a is at least 1
+(:func:`~gridmarkets.solvers.scale_objective_by`): in currency its Hessian entries,
+2 a dt / 1000, sit near HiGHS's tolerances, and HiGHS 1.16's QP solver cycled without
+end on small markets of identical curves (tests/models/test_lem_curves.py). The objective
+and the prices are reported unscaled.
 
 Quadratic curves. A participant may instead give a curve per period: output (sell) or
 consumption (buy) p in [``p_min_kw``, ``p_max_kw``] kW, continuous, with a cost (sell)
@@ -88,7 +94,13 @@ from gridmarkets.models.participants import curve_welfare
 from gridmarkets.networks.coupling import NetworkFormulation, attach_grid, placed
 from gridmarkets.networks.feeder import Feeder
 from gridmarkets.results import Result
-from gridmarkets.solvers import Solution, price_milp_by, record_build_time, solve
+from gridmarkets.solvers import (
+    Solution,
+    price_milp_by,
+    record_build_time,
+    scale_objective_by,
+    solve,
+)
 from gridmarkets.solvers.highs import gc_paused
 
 BID_COLUMNS = ["participant", "side", "quantity_kw", "price", "period", "block", "bus"]
@@ -348,10 +360,21 @@ def build(
     )
     _add_welfare(m, table)
     price_milp_by(m, "convex_hull")
+    if len(curve_table):
+        scale_objective_by(m, _welfare_scale(curve_table, period_hours))
     if extra is not None:
         extra(m)
     record_build_time(m, time.perf_counter() - started)
     return m
+
+
+def _welfare_scale(curves: pd.DataFrame, period_hours: float) -> float:
+    """What the solver multiplies a QP clearing's welfare by (module docstring, Scale):
+    per MWh (1000 / dt), and more if need be so that its smallest curvature 2 a is at
+    least 1."""
+    curvature = 2.0 * curves["a"].to_numpy()
+    smallest = curvature[curvature > 0].min(initial=1.0)
+    return 1000.0 / period_hours * max(1.0, 1.0 / smallest)
 
 
 def _place_bids(table: pd.DataFrame, feeder: Feeder | None, periods: Sequence) -> pd.DataFrame:
