@@ -90,7 +90,18 @@ import pyomo.environ as pyo
 from pyomo.core.expr.numeric_expr import LinearExpression, MonomialTermExpression
 
 from gridmarkets.errors import InputError
-from gridmarkets.models.participants import curve_welfare
+from gridmarkets.models.participants import (
+    Participant,
+    add_participants,
+    best_response,
+    curvatures,
+    curve_welfare,
+    objective_scale,
+    prepare_participants,
+    profit,
+    schedule_table,
+    value_without_trading,
+)
 from gridmarkets.networks.coupling import NetworkFormulation, attach_grid, placed
 from gridmarkets.networks.feeder import Feeder
 from gridmarkets.results import Result
@@ -306,6 +317,8 @@ def build(
     indivisible: bool = False,
     min_acceptance: float | None = None,
     extra: Callable[[pyo.ConcreteModel], None] | None = None,
+    participants: Sequence[Participant | dict] | None = None,
+    periods: Sequence[int] | None = None,
 ) -> pyo.ConcreteModel:
     """Build the social-welfare clearing as a Pyomo model.
 
@@ -328,19 +341,25 @@ def build(
     min_acceptance : a ratio in (0, 1]: an accepted block is accepted at least this much.
     extra : a function called with the model before the objective is final, to add
         user constraints.
+    participants : participants with their own model (module docstring, Participants;
+        :mod:`~gridmarkets.models.participants`): curves, storage, flexible loads,
+        device bids, as specs or dicts with a ``kind``. None: none.
+    periods : the market's periods (default: those of the bids and curves); needed
+        when only participants define the horizon.
     """
     started = time.perf_counter()
     table = prepare_bids(pd.DataFrame(columns=BID_COLUMNS[:4]) if bids is None else bids)
     # without curves: no checks or placement, the block market builds as before
     curve_table = prepare_curves(curves) if curves is not None else _NO_CURVES
-    periods = sorted(set(table["period"]) | set(curve_table["period"]))
-    periods = periods or [0]
+    specs = prepare_participants(participants)
+    periods = _market_periods(periods, table, curve_table, specs)
     table = _place_bids(table, network, periods)
     if len(curve_table):
         curve_table = _place_bids(curve_table, network, periods)
     m = pyo.ConcreteModel(name="lem")
     m.bids = table
     m.curves = curve_table
+    m.participant_specs = specs
     m.upstream = upstream
     m.feeder = network
     m.period_hours = period_hours
@@ -349,6 +368,7 @@ def build(
     _add_acceptance(m, table, indivisible, min_acceptance)
     _refuse_integer_curves(m)
     _add_curves(m, curve_table)
+    _add_market_participants(m, specs, network)
     _add_upstream(m, upstream)
     attach_grid(
         m,
@@ -360,21 +380,52 @@ def build(
     )
     _add_welfare(m, table)
     price_milp_by(m, "convex_hull")
-    if len(curve_table):
-        scale_objective_by(m, _welfare_scale(curve_table, period_hours))
+    if len(curve_table) or specs:
+        a = np.concatenate([curve_table["a"].to_numpy(float), curvatures(specs)])
+        scale_objective_by(m, objective_scale(a, period_hours))
     if extra is not None:
         extra(m)
     record_build_time(m, time.perf_counter() - started)
     return m
 
 
-def _welfare_scale(curves: pd.DataFrame, period_hours: float) -> float:
-    """What the solver multiplies a QP clearing's welfare by (module docstring, Scale):
-    per MWh (1000 / dt), and more if need be so that its smallest curvature 2 a is at
-    least 1."""
-    curvature = 2.0 * curves["a"].to_numpy()
-    smallest = curvature[curvature > 0].min(initial=1.0)
-    return 1000.0 / period_hours * max(1.0, 1.0 / smallest)
+def _market_periods(periods, table, curves, specs) -> list[int]:
+    """The given periods, else those of the bids and curves (0 alone when none)."""
+    found = sorted(set(table["period"]) | set(curves["period"]))
+    if periods is None:
+        if specs and not found:
+            raise InputError("periods: give the market's periods (only participants are in it)")
+        return found or [0]
+    periods = sorted(int(t) for t in periods)
+    outside = sorted(set(found) - set(periods))
+    if outside:
+        raise InputError(f"periods: bids or curves in period {outside[0]}, not a market period")
+    return periods
+
+
+def _add_market_participants(m, specs: list, feeder: Feeder | None) -> None:
+    """Participants on their own blocks (:func:`~gridmarkets.models.participants.
+    add_participants`), their buses checked as the bids' are."""
+    if not specs:
+        return
+    owners = pd.DataFrame(
+        {
+            "owner": [s.participant for s in specs],
+            "bus": [s.bus for s in specs],
+            "period": m.PERIODS.first(),
+        }
+    )
+    m.participant_buses = placed(owners, feeder, list(m.PERIODS))["bus"].tolist()
+    overlap = set(m.bids["participant"]) | set(m.curves["participant"])
+    clash = [s.participant for s in specs if s.participant in overlap]
+    if clash:
+        raise InputError(
+            f"participants: {clash[0]!r} also has bids or curves; give it one name per model"
+        )
+    m.participants_welfare = pyo.Expression(
+        expr=add_participants(m, specs, list(m.PERIODS), m.period_hours),
+        doc="sum_n welfare[n]: utilities less costs of the participants' own models  (currency)",
+    )
 
 
 def _place_bids(table: pd.DataFrame, feeder: Feeder | None, periods: Sequence) -> pd.DataFrame:
@@ -501,6 +552,8 @@ def _injections(m, table: pd.DataFrame, feeder: Feeder | None) -> pd.DataFrame:
         terms["phase"] = table["phase"].to_numpy()  # the upstream grid's rows: "abc"
     if len(m.curves):
         terms = pd.concat([terms, _curve_injections(m)], ignore_index=True)
+    if m.participant_specs:
+        terms = pd.concat([terms, _participant_injections(m)], ignore_index=True)
     if m.upstream is None:
         return terms
     periods = list(m.PERIODS)
@@ -518,16 +571,34 @@ def _injections(m, table: pd.DataFrame, feeder: Feeder | None) -> pd.DataFrame:
     return pd.concat([terms, grid], ignore_index=True)
 
 
+def _participant_injections(m) -> pd.DataFrame:
+    """Participants' injection terms: ``participant_kw[n, t]`` at unity power factor."""
+    keys = list(m.participant_kw)
+    bus = dict(zip(m.PARTICIPANTS, m.participant_buses, strict=True))
+    return pd.DataFrame(
+        {
+            "owner": [n for n, _ in keys],
+            "bus": [bus[n] for n, _ in keys],
+            "period": [t for _, t in keys],
+            "variable": list(m.participant_kw.values()),
+            "p_coef": 1.0,
+            "q_coef": 0.0,
+        }
+    )
+
+
 def _add_welfare(m, table: pd.DataFrame) -> None:
     welfare = _welfare(m, table)
     if len(m.curves):  # only then: the block market's objective stays a LinearExpression
         welfare = welfare + _curve_welfare(m)
+    if m.participant_specs:
+        welfare = welfare + m.participants_welfare
     m.social_welfare = pyo.Objective(
         expr=welfare,
         sense=pyo.maximize,
         doc="sum_buy price q dt - sum_sell price q dt - import cost + export revenue"
         " + sum_buy-curves (b p - a p^2) dt/1000 - sum_sell-curves (a p^2 + b p) dt/1000"
-        "  (currency)",
+        " + sum_participants welfare[n]  (currency)",
     )
 
 
@@ -564,10 +635,11 @@ def update(m: pyo.ConcreteModel, bids: pd.DataFrame, *, upstream: Upstream | Non
     The model is left unchanged when the update is refused.
     """
     started = time.perf_counter()
-    if len(m.curves):
+    if len(m.curves) or m.participant_specs:
         raise InputError(
-            f"curves: the market has {len(m.curves)} quadratic curve(s); update() changes "
-            "blocks only: build the market again"
+            f"curves, participants: the market has {len(m.curves)} quadratic curve(s) and "
+            f"{len(m.participant_specs)} participant(s); update() changes blocks only: "
+            "build the market again"
         )
     table = _place_bids(prepare_bids(bids), m.feeder, list(m.PERIODS))
     data = [c for c in ("quantity_kw", "price", "q_kvar") if c in table]
@@ -603,7 +675,7 @@ def results(
 ) -> Result:
     """Tidy tables (accepted, prices, settlement, parties, upstream), KPIs and the
     certificates (module docstring) of a cleared market."""
-    _check_pricing(pricing, m.curves)
+    _check_pricing(pricing, m.curves, m.participant_specs)
     from gridmarkets.networks import nodal_prices
 
     nodal = nodal_prices(m.handles, solution)
@@ -623,26 +695,92 @@ def results(
     if len(curves):
         curves = _with_prices(m, curves, block_prices)
         settled = pd.concat([settled, _settle_curves(curves, m)], ignore_index=True)
-    settlement = _settlement_table(settled)
+    if m.participant_specs:
+        schedules = _with_prices(m, _schedules(m), block_prices)
+        responses = _best_responses(m, schedules)
+        settled = pd.concat([settled, _settle_participants(m, schedules, responses)])
+    settlement = _settlement_table(settled.reset_index(drop=True))
     parties = _parties_table(m, settlement, settled, prices, upstream)
     kpis = _kpis(m, solution, settled, upstream) | _certificates(m, settlement, parties)
     tables = {"accepted": accepted, "prices": prices, "settlement": settlement}
     if len(curves):
         tables["accepted_curves"] = curves
+    if m.participant_specs:
+        tables["schedules"] = schedules
+        tables["best_responses"] = responses
+        kpis |= _best_response_certificate(responses)
     tables["parties"] = parties
     if upstream is not None:
         tables["upstream"] = upstream
     return Result("lem", tables, kpis, solution)
 
 
-def _check_pricing(pricing: str, curves: pd.DataFrame | None) -> None:
+def _check_pricing(pricing: str, curves: pd.DataFrame | None, participants=None) -> None:
     if pricing not in ("uniform", "pay_as_bid"):
         raise InputError(f"pricing: {pricing!r} is not 'uniform' or 'pay_as_bid'")
-    if pricing == "pay_as_bid" and curves is not None and len(curves):
+    if pricing == "pay_as_bid" and ((curves is not None and len(curves)) or participants):
         raise InputError(
-            "pricing: 'pay_as_bid' is not defined for quadratic curves (a curve has no "
-            "single bid price); use 'uniform'"
+            "pricing: 'pay_as_bid' is not defined for quadratic curves or participants "
+            "(they have no single bid price); use 'uniform'"
         )
+
+
+def _best_responses(m, schedules: pd.DataFrame) -> pd.DataFrame:
+    """The competitive-equilibrium certificate of each participant: its profit on the
+    cleared schedule at the market's prices (welfare plus revenue, currency) against
+    its best response, re-solved alone as a price-taker
+    (:func:`~gridmarkets.models.participants.best_response`); and its alternative, the
+    welfare of not trading when it can do without the market (NaN otherwise)."""
+    periods, hours = list(m.PERIODS), m.period_hours
+    rows = []
+    for spec in m.participant_specs:
+        own = schedules[schedules["participant"] == spec.participant]
+        price, p_net = own["price"].to_numpy(float), own["p_net_kw"].to_numpy(float)
+        cleared = profit(pyo.value(m.participant[spec.participant].welfare), p_net, price, hours)
+        best, _ = best_response(spec, price, periods, hours)
+        alone = value_without_trading(spec, periods, hours)
+        rows.append((spec.participant, spec.kind, cleared, best, best - cleared, alone))
+    columns = ["participant", "kind", "profit", "best_profit", "lost_opportunity", "no_trade"]
+    return pd.DataFrame(rows, columns=columns).astype({"no_trade": float})
+
+
+def _settle_participants(m, schedules: pd.DataFrame, responses: pd.DataFrame) -> pd.DataFrame:
+    """Participants' rows for the settlement: one per period with its energy (bought
+    positive) and payment at the market price; the participant's surplus (its cleared
+    profit), best surplus and alternative on its first period's row. The alternative
+    is not trading where the participant can do without the market, else its best
+    response (it has no other), so its gain is then minus its lost opportunity."""
+    hours = m.period_hours
+    settled = schedules.assign(
+        side=np.where(schedules["p_net_kw"] > 0, "sell", "buy"),
+        quantity_kw=schedules["p_net_kw"].abs(),
+        offered_kw=schedules["p_net_kw"].abs(),
+        market_price=schedules["price"],
+        energy_kwh=-schedules["p_net_kw"] * hours,
+        curve=True,
+    )
+    settled["payment"] = settled["energy_kwh"] * settled["price"] / 1000.0
+    first = ~settled.duplicated("participant")
+    by_name = responses.set_index("participant")
+    reference = by_name["no_trade"].fillna(by_name["best_profit"])
+    for column, values in (
+        ("surplus", by_name["profit"]),
+        ("best_surplus", by_name["best_profit"]),
+        ("reference", reference),
+    ):
+        settled[column] = np.where(first, settled["participant"].map(values), 0.0)
+    return settled.drop(columns=["kind", "p_net_kw", "soc_kwh"])
+
+
+def _best_response_certificate(responses: pd.DataFrame) -> dict[str, float]:
+    """``participants_max_lost_opportunity`` (currency) and ``participants_best_response``
+    (1 when every participant's cleared profit is its best response's to 1e-6 of it)."""
+    lost = responses["lost_opportunity"].to_numpy(float)
+    tolerance = _REL_TOL * np.maximum(1.0, responses["best_profit"].abs().to_numpy(float))
+    return {
+        "participants_max_lost_opportunity": float(lost.max(initial=0.0)),
+        "participants_best_response": float((np.abs(lost) <= tolerance).all()),
+    }
 
 
 def _curves_table(m) -> pd.DataFrame:
@@ -700,11 +838,20 @@ def _curve_phases(m) -> pd.Series:
     return curves["phase"] if "phase" in curves else pd.Series("abc", index=curves.index)
 
 
-def _with_prices(m, curves: pd.DataFrame, prices: pd.DataFrame) -> pd.DataFrame:
-    """The curves with the market price at their bus, period (and connection)."""
-    keyed = curves.assign(phase=_curve_phases(m)) if _three_phase(m) else curves
+def _with_prices(m, table: pd.DataFrame, prices: pd.DataFrame) -> pd.DataFrame:
+    """Curves or participants' schedules with the market price at their bus, period
+    (and connection, "abc" when none is given)."""
+    keyed = table.assign(phase=table.get("phase", "abc")) if _three_phase(m) else table
     price = keyed.merge(prices[[*_keys(m), "price"]], on=_keys(m), how="left")["price"]
-    return curves.assign(price=price.to_numpy())
+    return table.assign(price=price.to_numpy())
+
+
+def _schedules(m) -> pd.DataFrame:
+    """The participants' schedules (:func:`~gridmarkets.models.participants.
+    schedule_table`) at their buses as placed on the feeder."""
+    table = schedule_table(m, m.participant_specs)
+    buses = dict(zip(m.PARTICIPANTS, m.participant_buses, strict=True))
+    return table.assign(bus=table["participant"].map(buses))
 
 
 def _settle_curves(curves: pd.DataFrame, m) -> pd.DataFrame:
@@ -776,7 +923,7 @@ def _block_prices(m, prices: pd.DataFrame) -> pd.DataFrame:
         return prices.drop_duplicates(_keys(m))
     from gridmarkets.networks.three_phase import connection_prices
 
-    phases = set(_block_phases(m)) | set(_curve_phases(m))
+    phases = set(_block_phases(m)) | set(_curve_phases(m)) | {"abc"}
     return connection_prices(prices, sorted(phases))
 
 
@@ -902,6 +1049,11 @@ def _prices_table(m, nodal: pd.DataFrame, accepted, upstream) -> pd.DataFrame:
     else the dual (a MILP whose integer choices no single price supports)."""
     if m.feeder is not None:
         return nodal.assign(price_low=nodal["price"], price_high=nodal["price"])
+    if m.participant_specs:  # their schedules are supported by the dual; not analysed
+        table = nodal[["period", "price"]].drop_duplicates("period")
+        return table.assign(
+            price_low=table["price"], price_high=table["price"], dual=table["price"]
+        )
     low, high = price_interval(accepted, upstream, m.upstream)
     table = nodal[["period", "price"]].drop_duplicates("period").set_index("period")
     table["price_low"] = low.reindex(table.index).fillna(-np.inf)
@@ -1127,7 +1279,7 @@ def clear(
     **build_options: Any,
 ) -> Result:
     """Build, solve and report a market clearing in one call (see :func:`build`)."""
-    _check_pricing(pricing, curves)
+    _check_pricing(pricing, curves, build_options.get("participants"))
     m = build(bids, curves=curves, upstream=upstream, network=network, **build_options)
     solution = solve(m, **(solve_options or {}))
     return results(m, solution, pricing)
