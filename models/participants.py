@@ -162,7 +162,8 @@ def add_participant(
     periods = list(periods)
     if isinstance(spec, INTER_TEMPORAL):
         _check_consecutive(spec, periods)
-    return adders[type(spec)](block, spec, periods, period_hours)
+    (add,) = [add for kind, add in adders.items() if isinstance(spec, kind)]
+    return add(block, spec, periods, period_hours)
 
 
 def add_curve(block: pyo.Block, spec: CurveBid, periods: Sequence[int], period_hours: float):

@@ -184,9 +184,10 @@ def test_every_participant_best_responds_at_the_cleared_prices(seed, hours):
 
 
 def test_a_storage_charges_cheap_and_discharges_dear_to_its_capacity():
-    """Designed: one seller at 20 then 200, one buyer at 150 in both periods; a
-    lossless 4 kWh storage, empty, 4 kW: it charges 4 kWh in period 0 and sells them in
-    period 1, setting the price at 150 (period 1's marginal seller is the storage...)."""
+    """Designed: one seller at 20 then 200, one buyer of 5 kW at 150 in both periods; a
+    lossless 4 kWh storage, empty, 4 kW: it charges 4 kWh in period 0 (the seller, with
+    room, sets 20) and sells them in period 1, where the buyer is served 4 of its 5 kW
+    and sets 150."""
     bids = pd.DataFrame(
         [
             {"participant": "g", "side": "sell", "quantity_kw": 10.0, "price": 20.0, "period": 0},
@@ -235,13 +236,14 @@ def budget_market(energy_kwh: float, supply_prices: np.ndarray, utility: float, 
 
 
 def greedy_welfare(energy_kwh, supply_prices, utility, p_max, hours):
-    """Fill the cheapest periods below the utility, p_max each, until the budget."""
-    left, welfare, marginal = energy_kwh, 0.0, None
+    """Fill the cheapest periods below the utility, p_max each, until the budget: the
+    welfare, the budget's value per MWh (utility less the marginal period's price) and
+    whether it binds."""
+    left, welfare = energy_kwh, 0.0
     for price in sorted(p for p in supply_prices if p < utility):
         take = min(p_max * hours, left)
         welfare += (utility - price) * take / 1000
         left -= take
-        marginal = price if take > 0 else marginal
         if left <= 0:
             return welfare, utility - price, True  # the budget binds
     return welfare, 0.0, False
@@ -265,7 +267,7 @@ def test_a_48_period_energy_budget_binds_where_it_should_and_its_dual_is_its_val
         dual = -solution.dual(budget)
         assert dual * 1000 == pytest.approx(value_per_mwh, abs=1e-6)
         step = 1e-3
-        m_more, more = budget_market(energy + step, prices, utility, p_max)
+        _, more = budget_market(energy + step, prices, utility, p_max)
         assert (more.objective - solution.objective) / step == pytest.approx(dual, abs=1e-6)
         assert binds or dual == pytest.approx(0.0, abs=1e-9)
 
@@ -354,7 +356,7 @@ def test_a_device_bid_is_scheduled_by_the_market_and_delivered_by_the_home():
 
 @pytest.mark.parametrize("seed", range(4))
 def test_curve_participants_clear_as_the_curves_table_and_the_hand_crossing(seed):
-    from tests.models.test_lem_curves import hand_clearing, hand_quantities, reported_price
+    from test_lem_curves import hand_clearing, hand_quantities, reported_price
 
     rng = np.random.default_rng(seed)
     rows = [
