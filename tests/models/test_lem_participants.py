@@ -408,3 +408,81 @@ def test_bad_participants_name_the_entry_and_field():
         lem.build(None, participants=[storage])
     with pytest.raises(InputError, match=r"s: a storage participant needs consecutive periods"):
         lem.build(None, participants=[storage], periods=[0, 2])
+
+
+# ---------------------------------------------------------------- structure
+
+
+def test_a_block_only_market_builds_as_before():
+    """No participant blocks, no objective scaling, a LinearExpression welfare (the
+    1,000 x 96 benchmark's path)."""
+    from pyomo.core.expr.numeric_expr import LinearExpression
+
+    from gridmarkets.solvers.highs import OBJECTIVE_SCALE_ATTR
+
+    bids, _ = random_market(0, 4)
+    m = lem.build(bids, upstream=lem.Upstream(200.0, 10.0))
+    assert not hasattr(m, "PARTICIPANTS") and not hasattr(m, "participant_kw")
+    assert not hasattr(m, OBJECTIVE_SCALE_ATTR)
+    assert type(m.social_welfare.expr) is LinearExpression
+    with_storage = lem.build(
+        bids, participants=[random_market(0, 4)[1][0]], upstream=lem.Upstream(200.0, 10.0)
+    )
+    assert getattr(with_storage, OBJECTIVE_SCALE_ATTR) == 10  # per MWh: 2^10 ~ 1000 / 1 h
+
+
+def test_on_a_feeder_each_participant_is_priced_at_its_bus():
+    """A storage at the end of case33bw and a flexible load near the root, LinDistFlow
+    with losses: each is settled and best-responds at its own bus's nodal price."""
+    from gridmarkets.networks import LinDistFlow, load
+
+    feeder = load("case33bw")
+    bids = pd.DataFrame(
+        [
+            {
+                "participant": "pv",
+                "side": "sell",
+                "quantity_kw": 300.0,
+                "price": p,
+                "period": t,
+                "bus": 17,
+            }
+            for t, p in enumerate([20.0, 20.0, 180.0, 180.0])
+        ]
+        + [
+            {
+                "participant": "town",
+                "side": "buy",
+                "quantity_kw": 200.0,
+                "price": 250.0,
+                "period": t,
+                "bus": 24,
+            }
+            for t in range(4)
+        ]
+    )
+    specs = [
+        parts.StorageBid(participant="s", bus=32, capacity_kwh=200.0, p_charge_max_kw=100.0),
+        parts.FlexibleLoad(
+            participant="f", bus=2, energy_kwh=150.0, p_max_kw=80.0, utility_per_mwh=120.0
+        ),
+    ]
+    upstream = lem.Upstream(import_price=150.0, export_price=10.0)
+    result = lem.clear(
+        bids,
+        participants=specs,
+        upstream=upstream,
+        network=feeder,
+        formulation=LinDistFlow(losses="linear"),
+    )
+    nodal = result.prices.set_index(["bus", "period"])["price"]
+    responses = result.tables["best_responses"].set_index("participant")
+    schedules = result.tables["schedules"]
+    for spec in specs:
+        price = nodal.loc[spec.bus].reindex(range(4)).to_numpy()
+        own = schedules[schedules["participant"] == spec.participant]
+        assert own["price"].to_numpy() == pytest.approx(price)
+        best = BEST[spec.kind](spec, price, 1.0)
+        assert responses.loc[spec.participant, "profit"] == pytest.approx(best, abs=TOL)
+    assert len(set(nodal.round(6))) > 2  # the buses' prices do differ
+    assert abs(result.kpis["reconciliation_error"]) <= 1e-6
