@@ -40,6 +40,32 @@ is below its optimality tolerance, so the LP cannot tell accepting them from not
 decided by their own merit order against the resolved market, which buys at its
 supporting interval's low end and sells at its high end (the nodal price on a
 feeder). So a market mixing 1e-9 and 1e9 kW blocks clears as its merit order does.
+A QP clearing (curves or inter-temporal participants) is solved with its welfare per
+MWh (times 1000 / dt), and more so that its smallest curvature 2 a is at least 1
+(:func:`~gridmarkets.solvers.scale_objective_by`): in currency its Hessian entries,
+2 a dt / 1000, sit near HiGHS's tolerances, and HiGHS 1.16's QP solver cycled without
+end on small markets of identical curves (tests/models/test_lem_curves.py). The objective
+and the prices are reported unscaled.
+
+Quadratic curves. A participant may instead give a curve per period: output (sell) or
+consumption (buy) p in [``p_min_kw``, ``p_max_kw``] kW, continuous, with a cost (sell)
+``C(p) = a p^2 + b p`` or a utility (buy) ``U(p) = b p - a p^2`` in currency/MWh x kW,
+i.e. ``a`` in currency/MWh per kW and ``b`` in currency/MWh, so over a period of dt
+hours the cost or utility is ``C(p) dt / 1000`` currency; ``a >= 0`` (convex cost,
+concave utility). Marginal cost ``2 a p + b``, marginal utility ``b - 2 a p``
+(currency/MWh). ``p_min_kw > 0`` is a must-run minimum, always produced or consumed
+(no on/off choice, so the market stays a convex QP). The welfare adds the utilities
+and subtracts the costs; prices stay the balances' duals, and without a network a curve
+above its minimum bounds the price interval as an accepted block at its marginal value
+does, one below its maximum as a block with room (an interior curve with ``a > 0`` pins
+it). At the market price a curve's best response is
+``clip((price - b) / (2 a), p_min, p_max)`` (sell) or ``clip((b - price) / (2 a), ...)``
+(buy), the bound its margin points to when ``a = 0``. Its gain is measured against its
+alternative at the same price: producing or consuming only ``p_min_kw`` (not trading
+when that is 0); a must-run participant that loses money at its minimum is not owed
+uplift for it. Curves are settled at the uniform or nodal price only (pay-as-bid is
+refused), cannot be combined with indivisible blocks or minimum acceptances (a
+mixed-integer QP), and a market with curves is built again rather than updated.
 
 Certificates (KPIs): ``min_gain``, the smallest participant gain against not trading
 (surplus plus uplift), and ``individually_rational`` when it is at least minus
@@ -64,15 +90,35 @@ import pyomo.environ as pyo
 from pyomo.core.expr.numeric_expr import LinearExpression, MonomialTermExpression
 
 from gridmarkets.errors import InputError
+from gridmarkets.models.participants import (
+    Participant,
+    add_participants,
+    best_response,
+    curvatures,
+    curve_welfare,
+    objective_scale,
+    prepare_participants,
+    profit,
+    schedule_table,
+    value_without_trading,
+)
 from gridmarkets.networks.coupling import NetworkFormulation, attach_grid, placed
 from gridmarkets.networks.feeder import Feeder
 from gridmarkets.results import Result
-from gridmarkets.solvers import Solution, price_milp_by, record_build_time, solve
+from gridmarkets.solvers import (
+    Solution,
+    price_milp_by,
+    record_build_time,
+    scale_objective_by,
+    solve,
+)
 from gridmarkets.solvers.highs import gc_paused
 
 BID_COLUMNS = ["participant", "side", "quantity_kw", "price", "period", "block", "bus"]
 OPTIONAL_COLUMNS = ["indivisible", "min_acceptance", "q_kvar", "power_factor", "phase"]
+CURVE_COLUMNS = ["participant", "side", "period", "bus", "a", "b", "p_min_kw", "p_max_kw"]
 UPSTREAM = "upstream"
+_NO_CURVES = pd.DataFrame(columns=CURVE_COLUMNS)
 _REL_TOL = 1e-6  # a block is at a bound within a millionth of its quantity ...
 _NOISE_KW = 1e-9  # ... and, when the solver resolves it, within its values' noise
 _RESOLUTION_KW = 1e-7  # HiGHS's primal feasibility tolerance: smaller blocks are unresolved
@@ -131,13 +177,13 @@ def prepare_bids(bids: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def _connections(table: pd.DataFrame) -> pd.Series:
+def _connections(table: pd.DataFrame, what: str = "bids") -> pd.Series:
     """The ``phase`` column as connections ("a", "bc", "abc", ...; missing: "abc",
     balanced three-phase), letters sorted; anything else is an error naming the row."""
     from gridmarkets.networks.three_phase import connection
 
     phase = table["phase"].map(connection)
-    _reject(table, phase.isna(), "phase", "is not a, b, c or a combination of them")
+    _reject(table, phase.isna(), "phase", "is not a, b, c or a combination of them", what)
     return phase
 
 
@@ -172,6 +218,58 @@ def check_reactive(table: pd.DataFrame, reject: Callable | None = None) -> None:
     reject(table, given & pf.notna(), "power_factor", "and q_kvar are both given; give one")
 
 
+def prepare_curves(curves: pd.DataFrame | None) -> pd.DataFrame:
+    """Check a curves table (:func:`build`) and fill its optional columns (period 0,
+    bus None, p_min_kw 0); errors name the row and the column."""
+    if curves is None:
+        curves = pd.DataFrame(columns=["participant", "side", "a", "b", "p_max_kw"])
+    missing = {"participant", "side", "a", "b", "p_max_kw"} - set(curves.columns)
+    if missing:
+        raise InputError(f"curves: missing column(s) {sorted(missing)}")
+    unknown = set(curves.columns) - set(CURVE_COLUMNS) - {"q_kvar", "power_factor", "phase"}
+    if unknown:
+        raise InputError(f"curves: unknown column(s) {sorted(unknown)}")
+    table = curves.reset_index(drop=True).copy()
+    for column, default in (("period", 0), ("p_min_kw", 0.0)):
+        value = pd.to_numeric(table.get(column, default), errors="coerce")
+        table[column] = pd.Series(value, index=table.index).fillna(default)
+    if "bus" not in table:
+        table["bus"] = None
+    _reject(
+        table, ~table["side"].isin(["buy", "sell"]), "side", "must be 'buy' or 'sell'", "curves"
+    )
+    for column in ("a", "b", "p_min_kw", "p_max_kw", "period"):
+        as_number = pd.to_numeric(table[column], errors="coerce")
+        bad = as_number.isna() | ~np.isfinite(as_number)
+        _reject(table, bad, column, "must be a number", "curves")
+        table[column] = as_number.astype(float)
+    _reject(table, table["period"] % 1 != 0, "period", "must be a whole number", "curves")
+    _reject(table, table["period"] < 0, "period", "must not be negative", "curves")
+    table["period"] = table["period"].astype(int)
+    _reject(
+        table,
+        table["a"] < 0,
+        "a",
+        "must not be negative (a convex cost, a concave utility)",
+        "curves",
+    )
+    _reject(table, table["p_min_kw"] < 0, "p_min_kw", "must not be negative", "curves")
+    below = table["p_max_kw"] < table["p_min_kw"]
+    _reject(table, below, "p_max_kw", "is below p_min_kw", "curves")
+    duplicate = table.duplicated(["participant", "side", "period"], keep=False)
+    _reject(table, duplicate, "period", "repeats (participant, side, period)", "curves")
+    check_reactive(table, lambda *args: _reject(*args, "curves"))
+    if "phase" in table:
+        table["phase"] = _connections(table, "curves")
+    return table
+
+
+def curve_reactive_ratio(curves: pd.DataFrame) -> np.ndarray:
+    """kvar per kW of each curve: ``q_kvar`` is given at ``p_max_kw`` (as a block's at
+    its quantity), ``power_factor`` as for blocks (:func:`reactive_ratio`)."""
+    return reactive_ratio(curves.assign(quantity_kw=curves["p_max_kw"]))
+
+
 def reactive_ratio(table: pd.DataFrame) -> np.ndarray:
     """Reactive power per kW of each block (kvar/kW), in the block's own direction.
 
@@ -197,18 +295,21 @@ def reactive_ratio(table: pd.DataFrame) -> np.ndarray:
     return ratio
 
 
-def _reject(table: pd.DataFrame, mask: pd.Series, column: str, reason: str) -> None:
+def _reject(
+    table: pd.DataFrame, mask: pd.Series, column: str, reason: str, what: str = "bids"
+) -> None:
     if mask.any():
         row = table[mask].iloc[0]
         raise InputError(
-            f"bids row {row.name} (participant {row['participant']!r}): {column} "
+            f"{what} row {row.name} (participant {row['participant']!r}): {column} "
             f"{row[column]!r} {reason} ({int(mask.sum())} such row(s))"
         )
 
 
 def build(
-    bids: pd.DataFrame,
+    bids: pd.DataFrame | None,
     *,
+    curves: pd.DataFrame | None = None,
     upstream: Upstream | None = None,
     network: Feeder | None = None,
     formulation: NetworkFormulation | None = None,
@@ -216,6 +317,8 @@ def build(
     indivisible: bool = False,
     min_acceptance: float | None = None,
     extra: Callable[[pyo.ConcreteModel], None] | None = None,
+    participants: Sequence[Participant | dict] | None = None,
+    periods: Sequence[int] | None = None,
 ) -> pyo.ConcreteModel:
     """Build the social-welfare clearing as a Pyomo model.
 
@@ -223,7 +326,12 @@ def build(
     ----------
     bids : table with columns participant, side, quantity_kw, price (currency/MWh) and
         optional period, block, bus, indivisible (bool per block), min_acceptance,
-        q_kvar or power_factor (reactive power, :func:`reactive_ratio`).
+        q_kvar or power_factor (reactive power, :func:`reactive_ratio`); None: no blocks.
+    curves : quadratic participants (module docstring, Quadratic curves), one row per
+        participant, side and period: participant, side, a (currency/MWh per kW), b
+        (currency/MWh), p_max_kw and optional period, bus, p_min_kw (default 0; above 0
+        a must-run minimum), q_kvar (at p_max_kw) or power_factor, phase. None: none.
+        With curves the market is a QP: uniform pricing, no integer blocks.
     upstream : the upstream grid; None for an islanded market.
     network : a :class:`~gridmarkets.networks.Feeder` (LinDistFlow, nodal prices) or
         None (one balance per period).
@@ -233,19 +341,34 @@ def build(
     min_acceptance : a ratio in (0, 1]: an accepted block is accepted at least this much.
     extra : a function called with the model before the objective is final, to add
         user constraints.
+    participants : participants with their own model (module docstring, Participants;
+        :mod:`~gridmarkets.models.participants`): curves, storage, flexible loads,
+        device bids, as specs or dicts with a ``kind``. None: none.
+    periods : the market's periods (default: those of the bids and curves); needed
+        when only participants define the horizon.
     """
     started = time.perf_counter()
-    table = prepare_bids(bids)
-    periods = sorted(set(table["period"]) | ({0} if table.empty else set()))
+    table = prepare_bids(pd.DataFrame(columns=BID_COLUMNS[:4]) if bids is None else bids)
+    # without curves: no checks or placement, the block market builds as before
+    curve_table = prepare_curves(curves) if curves is not None else _NO_CURVES
+    specs = prepare_participants(participants)
+    periods = _market_periods(periods, table, curve_table, specs)
     table = _place_bids(table, network, periods)
+    if len(curve_table):
+        curve_table = _place_bids(curve_table, network, periods)
     m = pyo.ConcreteModel(name="lem")
     m.bids = table
+    m.curves = curve_table
+    m.participant_specs = specs
     m.upstream = upstream
     m.feeder = network
     m.period_hours = period_hours
     m.BIDS = pyo.Set(initialize=table.index.tolist(), doc="bid and offer blocks")
     m.PERIODS = pyo.Set(initialize=periods, doc="market periods")
     _add_acceptance(m, table, indivisible, min_acceptance)
+    _refuse_integer_curves(m)
+    _add_curves(m, curve_table)
+    _add_market_participants(m, specs, network)
     _add_upstream(m, upstream)
     attach_grid(
         m,
@@ -257,10 +380,52 @@ def build(
     )
     _add_welfare(m, table)
     price_milp_by(m, "convex_hull")
+    if len(curve_table) or specs:
+        a = np.concatenate([curve_table["a"].to_numpy(float), curvatures(specs)])
+        scale_objective_by(m, objective_scale(a, period_hours))
     if extra is not None:
         extra(m)
     record_build_time(m, time.perf_counter() - started)
     return m
+
+
+def _market_periods(periods, table, curves, specs) -> list[int]:
+    """The given periods, else those of the bids and curves (0 alone when none)."""
+    found = sorted(set(table["period"]) | set(curves["period"]))
+    if periods is None:
+        if specs and not found:
+            raise InputError("periods: give the market's periods (only participants are in it)")
+        return found or [0]
+    periods = sorted(int(t) for t in periods)
+    outside = sorted(set(found) - set(periods))
+    if outside:
+        raise InputError(f"periods: bids or curves in period {outside[0]}, not a market period")
+    return periods
+
+
+def _add_market_participants(m, specs: list, feeder: Feeder | None) -> None:
+    """Participants on their own blocks (:func:`~gridmarkets.models.participants.
+    add_participants`), their buses checked as the bids' are."""
+    if not specs:
+        return
+    owners = pd.DataFrame(
+        {
+            "owner": [s.participant for s in specs],
+            "bus": [s.bus for s in specs],
+            "period": m.PERIODS.first(),
+        }
+    )
+    m.participant_buses = placed(owners, feeder, list(m.PERIODS))["bus"].tolist()
+    overlap = set(m.bids["participant"]) | set(m.curves["participant"])
+    clash = [s.participant for s in specs if s.participant in overlap]
+    if clash:
+        raise InputError(
+            f"participants: {clash[0]!r} also has bids or curves; give it one name per model"
+        )
+    m.participants_welfare = pyo.Expression(
+        expr=add_participants(m, specs, list(m.PERIODS), m.period_hours),
+        doc="sum_n welfare[n]: utilities less costs of the participants' own models  (currency)",
+    )
 
 
 def _place_bids(table: pd.DataFrame, feeder: Feeder | None, periods: Sequence) -> pd.DataFrame:
@@ -312,6 +477,61 @@ def _add_upstream(m, upstream: Upstream | None) -> None:
     m.export_kw = pyo.Var(m.PERIODS, bounds=(0, cap), doc="export to the upstream grid (kW)")
 
 
+def _refuse_integer_curves(m) -> None:
+    """Curves make the welfare quadratic; with integer blocks that is a mixed-integer QP,
+    which HiGHS does not solve: refused here, in the market's terms."""
+    if len(m.curves) and hasattr(m, "INTEGER_BIDS"):
+        first = m.bids.loc[list(m.INTEGER_BIDS)[0]]
+        raise InputError(
+            f"curves: a market with quadratic curves cannot have indivisible blocks or "
+            f"minimum acceptances (bids row {first.name}, participant "
+            f"{first['participant']!r}, and {len(m.INTEGER_BIDS)} such block(s) in all): "
+            "the clearing would be a mixed-integer QP, which HiGHS does not solve"
+        )
+
+
+def _add_curves(m, curves: pd.DataFrame) -> None:
+    """One continuous output or consumption per curve, between its bounds."""
+    if not len(curves):
+        return
+    m.CURVES = pyo.Set(initialize=curves.index.tolist(), doc="quadratic participants' curves")
+    limits = zip(curves["p_min_kw"], curves["p_max_kw"], strict=True)
+    bounds = dict(zip(curves.index, limits, strict=True))
+    m.curve_kw = pyo.Var(
+        m.CURVES,
+        bounds=lambda m, c: bounds[c],
+        doc="output (sell) or consumption (buy) of curve c: p_min_kw[c] <= p[c] <= "
+        "p_max_kw[c]  (kW); p_min_kw > 0 is a must-run minimum, not an on/off choice",
+    )
+
+
+def _curve_injections(m) -> pd.DataFrame:
+    """Curves' injection terms: a sell curve injects p, a buy curve withdraws it, each
+    with its kvar per kW (:func:`curve_reactive_ratio`)."""
+    curves = m.curves
+    sign = np.where(curves["side"] == "sell", 1.0, -1.0)
+    terms = pd.DataFrame(
+        {
+            "owner": curves["participant"].to_numpy(),
+            "bus": curves["bus"].to_numpy(),
+            "period": curves["period"].to_numpy(),
+            "variable": list(m.curve_kw.values()),
+            "p_coef": sign,
+            "q_coef": sign * curve_reactive_ratio(curves),
+        }
+    )
+    if "phase" in curves:
+        terms["phase"] = curves["phase"].to_numpy()
+    return terms
+
+
+def _curve_welfare(m):
+    """The curves' part of the welfare (currency, :func:`~gridmarkets.models.participants.
+    curve_welfare`): concave, so the clearing is a convex QP."""
+    c = m.curves
+    return curve_welfare(c["side"], c["a"], c["b"], list(m.curve_kw.values()), m.period_hours)
+
+
 @gc_paused()
 def _injections(m, table: pd.DataFrame, feeder: Feeder | None) -> pd.DataFrame:
     """The market's injections as terms (one row per block, a hundred thousand on the
@@ -330,6 +550,10 @@ def _injections(m, table: pd.DataFrame, feeder: Feeder | None) -> pd.DataFrame:
     )
     if "phase" in table:
         terms["phase"] = table["phase"].to_numpy()  # the upstream grid's rows: "abc"
+    if len(m.curves):
+        terms = pd.concat([terms, _curve_injections(m)], ignore_index=True)
+    if m.participant_specs:
+        terms = pd.concat([terms, _participant_injections(m)], ignore_index=True)
     if m.upstream is None:
         return terms
     periods = list(m.PERIODS)
@@ -347,11 +571,34 @@ def _injections(m, table: pd.DataFrame, feeder: Feeder | None) -> pd.DataFrame:
     return pd.concat([terms, grid], ignore_index=True)
 
 
+def _participant_injections(m) -> pd.DataFrame:
+    """Participants' injection terms: ``participant_kw[n, t]`` at unity power factor."""
+    keys = list(m.participant_kw)
+    bus = dict(zip(m.PARTICIPANTS, m.participant_buses, strict=True))
+    return pd.DataFrame(
+        {
+            "owner": [n for n, _ in keys],
+            "bus": [bus[n] for n, _ in keys],
+            "period": [t for _, t in keys],
+            "variable": list(m.participant_kw.values()),
+            "p_coef": 1.0,
+            "q_coef": 0.0,
+        }
+    )
+
+
 def _add_welfare(m, table: pd.DataFrame) -> None:
+    welfare = _welfare(m, table)
+    if len(m.curves):  # only then: the block market's objective stays a LinearExpression
+        welfare = welfare + _curve_welfare(m)
+    if m.participant_specs:
+        welfare = welfare + m.participants_welfare
     m.social_welfare = pyo.Objective(
-        expr=_welfare(m, table),
+        expr=welfare,
         sense=pyo.maximize,
-        doc="sum_buy price q dt - sum_sell price q dt - import cost + export revenue  (currency)",
+        doc="sum_buy price q dt - sum_sell price q dt - import cost + export revenue"
+        " + sum_buy-curves (b p - a p^2) dt/1000 - sum_sell-curves (a p^2 + b p) dt/1000"
+        " + sum_participants welfare[n]  (currency)",
     )
 
 
@@ -382,11 +629,18 @@ def update(m: pyo.ConcreteModel, bids: pd.DataFrame, *, upstream: Upstream | Non
 
     Raises
     ------
-    InputError : anything else differs (build the model again), or a block with a
-        minimum acceptance changes its quantity (a coefficient of its constraints).
+    InputError : anything else differs (build the model again), a block with a
+        minimum acceptance changes its quantity (a coefficient of its constraints), or
+        the market has quadratic curves (build it again).
     The model is left unchanged when the update is refused.
     """
     started = time.perf_counter()
+    if len(m.curves) or m.participant_specs:
+        raise InputError(
+            f"curves, participants: the market has {len(m.curves)} quadratic curve(s) and "
+            f"{len(m.participant_specs)} participant(s); update() changes blocks only: "
+            "build the market again"
+        )
     table = _place_bids(prepare_bids(bids), m.feeder, list(m.PERIODS))
     data = [c for c in ("quantity_kw", "price", "q_kvar") if c in table]
     if not table.drop(columns=data).equals(m.bids.drop(columns=data, errors="ignore")):
@@ -421,27 +675,226 @@ def results(
 ) -> Result:
     """Tidy tables (accepted, prices, settlement, parties, upstream), KPIs and the
     certificates (module docstring) of a cleared market."""
-    if pricing not in ("uniform", "pay_as_bid"):
-        raise InputError(f"pricing: {pricing!r} is not 'uniform' or 'pay_as_bid'")
+    _check_pricing(pricing, m.curves, m.participant_specs)
     from gridmarkets.networks import nodal_prices
 
     nodal = nodal_prices(m.handles, solution)
     upstream = _upstream_table(m)
     unresolved = _unresolved_blocks(m)
+    curves = _curves_table(m)
     accepted = _accepted_table(m)
-    prices = _prices_table(m, nodal, accepted[~unresolved], upstream)
+    resolved = accepted[~unresolved]
+    if len(curves):
+        resolved = pd.concat([resolved, _curve_steps(curves)], ignore_index=True)
+    prices = _prices_table(m, nodal, resolved, upstream)
+    block_prices = _block_prices(m, prices)
     if unresolved.any():
-        _accept_at_prices(m, unresolved, _block_prices(m, prices))
+        _accept_at_prices(m, unresolved, block_prices)
         accepted = _accepted_table(m)
-    settled = _settle(accepted, _block_prices(m, prices), m, pricing)
-    settlement = _settlement_table(settled)
+    settled = _settle(accepted, block_prices, m, pricing)
+    if len(curves):
+        curves = _with_prices(m, curves, block_prices)
+        settled = pd.concat([settled, _settle_curves(curves, m)], ignore_index=True)
+    if m.participant_specs:
+        schedules = _with_prices(m, _schedules(m), block_prices)
+        responses = _best_responses(m, schedules)
+        settled = pd.concat([settled, _settle_participants(m, schedules, responses)])
+    settlement = _settlement_table(settled.reset_index(drop=True))
     parties = _parties_table(m, settlement, settled, prices, upstream)
     kpis = _kpis(m, solution, settled, upstream) | _certificates(m, settlement, parties)
     tables = {"accepted": accepted, "prices": prices, "settlement": settlement}
+    if len(curves):
+        tables["accepted_curves"] = curves
+    if m.participant_specs:
+        tables["schedules"] = schedules
+        tables["best_responses"] = responses
+        kpis |= _best_response_certificate(responses)
     tables["parties"] = parties
     if upstream is not None:
         tables["upstream"] = upstream
     return Result("lem", tables, kpis, solution)
+
+
+def _check_pricing(pricing: str, curves: pd.DataFrame | None, participants=None) -> None:
+    if pricing not in ("uniform", "pay_as_bid"):
+        raise InputError(f"pricing: {pricing!r} is not 'uniform' or 'pay_as_bid'")
+    if pricing == "pay_as_bid" and ((curves is not None and len(curves)) or participants):
+        raise InputError(
+            "pricing: 'pay_as_bid' is not defined for quadratic curves or participants "
+            "(they have no single bid price); use 'uniform'"
+        )
+
+
+def _best_responses(m, schedules: pd.DataFrame) -> pd.DataFrame:
+    """The competitive-equilibrium certificate of each participant: its profit on the
+    cleared schedule at the market's prices (welfare plus revenue, currency) against
+    its best response, re-solved alone as a price-taker
+    (:func:`~gridmarkets.models.participants.best_response`); and its alternative, the
+    welfare of not trading when it can do without the market (NaN otherwise)."""
+    periods, hours = list(m.PERIODS), m.period_hours
+    rows = []
+    for spec in m.participant_specs:
+        own = schedules[schedules["participant"] == spec.participant]
+        price, p_net = own["price"].to_numpy(float), own["p_net_kw"].to_numpy(float)
+        cleared = profit(pyo.value(m.participant[spec.participant].welfare), p_net, price, hours)
+        best, _ = best_response(spec, price, periods, hours)
+        alone = value_without_trading(spec, periods, hours)
+        rows.append((spec.participant, spec.kind, cleared, best, best - cleared, alone))
+    columns = ["participant", "kind", "profit", "best_profit", "lost_opportunity", "no_trade"]
+    return pd.DataFrame(rows, columns=columns).astype({"no_trade": float})
+
+
+def _settle_participants(m, schedules: pd.DataFrame, responses: pd.DataFrame) -> pd.DataFrame:
+    """Participants' rows for the settlement: one per period with its energy (bought
+    positive) and payment at the market price; the participant's surplus (its cleared
+    profit), best surplus and alternative on its first period's row. The alternative
+    is not trading where the participant can do without the market, else its best
+    response (it has no other), so its gain is then minus its lost opportunity."""
+    hours = m.period_hours
+    settled = schedules.assign(
+        side=np.where(schedules["p_net_kw"] > 0, "sell", "buy"),
+        quantity_kw=schedules["p_net_kw"].abs(),
+        offered_kw=schedules["p_net_kw"].abs(),
+        market_price=schedules["price"],
+        energy_kwh=-schedules["p_net_kw"] * hours,
+        curve=True,
+    )
+    settled["payment"] = settled["energy_kwh"] * settled["price"] / 1000.0
+    first = ~settled.duplicated("participant")
+    by_name = responses.set_index("participant")
+    reference = by_name["no_trade"].fillna(by_name["best_profit"])
+    for column, values in (
+        ("surplus", by_name["profit"]),
+        ("best_surplus", by_name["best_profit"]),
+        ("reference", reference),
+    ):
+        settled[column] = np.where(first, settled["participant"].map(values), 0.0)
+    return settled.drop(columns=["kind", "p_net_kw", "soc_kwh"])
+
+
+def _best_response_certificate(responses: pd.DataFrame) -> dict[str, float]:
+    """``participants_max_lost_opportunity`` (currency) and ``participants_best_response``
+    (1 when every participant's cleared profit is its best response's to 1e-6 of it)."""
+    lost = responses["lost_opportunity"].to_numpy(float)
+    tolerance = _REL_TOL * np.maximum(1.0, responses["best_profit"].abs().to_numpy(float))
+    return {
+        "participants_max_lost_opportunity": float(lost.max(initial=0.0)),
+        "participants_best_response": float((np.abs(lost) <= tolerance).all()),
+    }
+
+
+def _curves_table(m) -> pd.DataFrame:
+    """Each curve with its cleared quantity (kW), kvar and marginal value at it
+    (currency/MWh): a sell curve's marginal cost ``2 a p + b``, a buy curve's marginal
+    utility ``b - 2 a p``."""
+    curves = m.curves
+    if not len(curves):
+        return pd.DataFrame()
+    p = np.array([pyo.value(v) for v in m.curve_kw.values()], dtype=float)
+    p = np.clip(p, curves["p_min_kw"].to_numpy(), curves["p_max_kw"].to_numpy())
+    sign = np.where(curves["side"] == "sell", 1.0, -1.0)
+    a, b = curves["a"].to_numpy(), curves["b"].to_numpy()
+    phase = {"phase": _curve_phases(m)} if "phase" in curves or _three_phase(m) else {}
+    return pd.DataFrame(
+        {
+            "participant": curves["participant"],
+            "side": curves["side"],
+            "period": curves["period"],
+            "bus": curves["bus"],
+            **phase,
+            "a": a,
+            "b": b,
+            "p_min_kw": curves["p_min_kw"],
+            "p_max_kw": curves["p_max_kw"],
+            "quantity_kw": p,
+            "q_kvar": curve_reactive_ratio(curves) * p,
+            "marginal_value": b + sign * 2.0 * a * p,
+        }
+    )
+
+
+def _curve_steps(curves: pd.DataFrame) -> pd.DataFrame:
+    """Curves as the blocks :func:`price_interval` reads: a curve whose output is above
+    its minimum bounds the price as an accepted block at its marginal value does, one
+    below its maximum as a block with room; a fixed curve (p_min = p_max, or narrower
+    than the solver resolves) bounds nothing."""
+    if not len(curves):
+        return pd.DataFrame()
+    width = (curves["p_max_kw"] - curves["p_min_kw"]).to_numpy()
+    steps = pd.DataFrame(
+        {
+            "period": curves["period"],
+            "side": curves["side"],
+            "offered_kw": width,
+            "bid_price": curves["marginal_value"],
+            "quantity_kw": np.clip(curves["quantity_kw"] - curves["p_min_kw"], 0.0, width),
+        }
+    )
+    return steps[width >= _RESOLUTION_KW]
+
+
+def _curve_phases(m) -> pd.Series:
+    curves = m.curves
+    return curves["phase"] if "phase" in curves else pd.Series("abc", index=curves.index)
+
+
+def _with_prices(m, table: pd.DataFrame, prices: pd.DataFrame) -> pd.DataFrame:
+    """Curves or participants' schedules with the market price at their bus, period
+    (and connection, "abc" when none is given)."""
+    keyed = table.assign(phase=table.get("phase", "abc")) if _three_phase(m) else table
+    price = keyed.merge(prices[[*_keys(m), "price"]], on=_keys(m), how="left")["price"]
+    return table.assign(price=price.to_numpy())
+
+
+def _schedules(m) -> pd.DataFrame:
+    """The participants' schedules (:func:`~gridmarkets.models.participants.
+    schedule_table`) at their buses as placed on the feeder."""
+    table = schedule_table(m, m.participant_specs)
+    buses = dict(zip(m.PARTICIPANTS, m.participant_buses, strict=True))
+    return table.assign(bus=table["participant"].map(buses))
+
+
+def _settle_curves(curves: pd.DataFrame, m) -> pd.DataFrame:
+    """Curves settled at the market price (uniform pricing), as :func:`_settle` settles
+    blocks. At price lambda a curve's surplus is ``f(p) dt/1000`` with
+    ``f(p) = s (b - lambda) p - a p^2`` (s = +1 buy, -1 sell: utility less payment,
+    payment less cost). Its best response maximises f over [p_min, p_max]:
+    ``clip(s (b - lambda) / (2 a), p_min, p_max)``, or for a = 0 the bound the sign of
+    ``s (b - lambda)`` points to. ``reference`` is f at p_min, what the participant would
+    make producing or consuming only its must-run minimum (0 when p_min = 0): its gain
+    is measured against that (module docstring)."""
+    per_kw = m.period_hours / 1000.0
+    s = np.where(curves["side"] == "buy", 1.0, -1.0)
+    a, b, lam = curves["a"].to_numpy(), curves["b"].to_numpy(), curves["price"].to_numpy()
+    low, high = curves["p_min_kw"].to_numpy(), curves["p_max_kw"].to_numpy()
+    slope = s * (b - lam)  # currency/MWh per kW of output or consumption
+    with np.errstate(divide="ignore", invalid="ignore"):
+        interior = np.where(a > 0, slope / (2.0 * a), np.where(slope > 0, high, low))
+    best = np.clip(interior, low, high)
+
+    def value(p):
+        return (slope * p - a * p**2) * per_kw
+
+    p = curves["quantity_kw"].to_numpy()
+    energy = s * p * m.period_hours  # as blocks: bought energy positive
+    return pd.DataFrame(
+        {
+            "participant": curves["participant"],
+            "side": curves["side"],
+            "period": curves["period"],
+            "bus": curves["bus"],
+            "offered_kw": high,
+            "quantity_kw": p,
+            "market_price": lam,
+            "price": lam,
+            "energy_kwh": energy,
+            "payment": energy * lam / 1000.0,
+            "surplus": value(p),
+            "best_surplus": value(best),
+            "reference": value(low),
+            "curve": True,
+        }
+    )
 
 
 def _keys(m) -> list[str]:
@@ -470,7 +923,8 @@ def _block_prices(m, prices: pd.DataFrame) -> pd.DataFrame:
         return prices.drop_duplicates(_keys(m))
     from gridmarkets.networks.three_phase import connection_prices
 
-    return connection_prices(prices, sorted(set(_block_phases(m))))
+    phases = set(_block_phases(m)) | set(_curve_phases(m)) | {"abc"}
+    return connection_prices(prices, sorted(phases))
 
 
 def _unresolved_blocks(m) -> np.ndarray:
@@ -595,6 +1049,11 @@ def _prices_table(m, nodal: pd.DataFrame, accepted, upstream) -> pd.DataFrame:
     else the dual (a MILP whose integer choices no single price supports)."""
     if m.feeder is not None:
         return nodal.assign(price_low=nodal["price"], price_high=nodal["price"])
+    if m.participant_specs:  # their schedules are supported by the dual; not analysed
+        table = nodal[["period", "price"]].drop_duplicates("period")
+        return table.assign(
+            price_low=table["price"], price_high=table["price"], dual=table["price"]
+        )
     low, high = price_interval(accepted, upstream, m.upstream)
     table = nodal[["period", "price"]].drop_duplicates("period").set_index("period")
     table["price_low"] = low.reindex(table.index).fillna(-np.inf)
@@ -676,18 +1135,24 @@ def _settle(accepted, prices, m, pricing: str) -> pd.DataFrame:
     margin = sign * (settled["bid_price"] - settled["price"]) * per_kw  # currency per kW
     settled["surplus"] = margin * settled["quantity_kw"]  # value - paid; paid - cost
     settled["best_surplus"] = np.maximum(margin, 0.0) * settled["offered_kw"]
+    settled["reference"] = 0.0  # a block's alternative: not trading
+    settled["curve"] = False
     return settled
 
 
 def _settlement_table(settled: pd.DataFrame) -> pd.DataFrame:
     """Per participant: energy, payment, surplus; ``uplift``, what it would lose at the
-    prices, paid back to it; ``gain`` against not trading (surplus + uplift); and
+    prices against its alternative, paid back to it; ``gain`` against its alternative
+    (surplus - reference + uplift; the alternative is not trading, for a curve with a
+    must-run minimum producing or consuming only that minimum); and
     ``lost_opportunity``, its best response's surplus beyond the cleared one (a block's
-    best response is all or nothing, whether or not it is divisible)."""
-    columns = ["energy_kwh", "payment", "surplus", "best_surplus"]
+    best response is all or nothing, whether or not it is divisible; a curve's in
+    closed form, :func:`_settle_curves`)."""
+    columns = ["energy_kwh", "payment", "surplus", "best_surplus", "reference"]
     table = settled.groupby("participant", sort=False)[columns].sum().reset_index()
-    table["uplift"] = np.maximum(0.0, -table["surplus"])
-    table["gain"] = table["surplus"] + table["uplift"]
+    reference = table.pop("reference")
+    table["uplift"] = np.maximum(0.0, reference - table["surplus"])
+    table["gain"] = table["surplus"] - reference + table["uplift"]
     table["lost_opportunity"] = table.pop("best_surplus") - table["surplus"]
     return table
 
@@ -760,7 +1225,8 @@ def _kpis(m, solution: Solution, settled: pd.DataFrame, upstream) -> dict[str, f
     upstream_cost = 0.0 if upstream is None else _upstream_cost(upstream, hours / 1000)
     payments_in = float(settled.loc[buy, "payment"].sum())
     payments_out = float(-settled.loc[sell, "payment"].sum())
-    unmatched = (settled["offered_kw"] - settled["quantity_kw"]) * hours
+    unmatched = (settled["offered_kw"] - settled["quantity_kw"]).where(~settled["curve"], 0.0)
+    unmatched = unmatched * hours  # blocks only: a curve below its maximum is its choice
     return {
         "social_welfare": solution.objective,
         "buyers_surplus": float(settled.loc[buy, "surplus"].sum()),
@@ -782,6 +1248,11 @@ def _kpis(m, solution: Solution, settled: pd.DataFrame, upstream) -> dict[str, f
 def _certificates(m, settlement: pd.DataFrame, parties: pd.DataFrame) -> dict[str, float]:
     """Individual rationality, best responses and the closed settlement (module docstring)."""
     stake = (m.bids["price"].abs() * m.bids["quantity_kw"]).sum() * m.period_hours / 1000
+    if len(m.curves):  # a bound on |cost| or |utility| over [0, p_max]
+        c = m.curves
+        stake += ((c["a"] * c["p_max_kw"] + c["b"].abs()) * c["p_max_kw"]).sum() * (
+            m.period_hours / 1000
+        )
     tolerance = _REL_TOL * float(stake)
     empty = settlement.empty
     min_gain = 0.0 if empty else float(settlement["gain"].min())
@@ -798,8 +1269,9 @@ def _certificates(m, settlement: pd.DataFrame, parties: pd.DataFrame) -> dict[st
 
 
 def clear(
-    bids: pd.DataFrame,
+    bids: pd.DataFrame | None,
     *,
+    curves: pd.DataFrame | None = None,
     upstream: Upstream | None = None,
     network: Feeder | None = None,
     pricing: Literal["uniform", "pay_as_bid"] = "uniform",
@@ -807,14 +1279,18 @@ def clear(
     **build_options: Any,
 ) -> Result:
     """Build, solve and report a market clearing in one call (see :func:`build`)."""
-    m = build(bids, upstream=upstream, network=network, **build_options)
+    _check_pricing(pricing, curves, build_options.get("participants"))
+    m = build(bids, curves=curves, upstream=upstream, network=network, **build_options)
     solution = solve(m, **(solve_options or {}))
     return results(m, solution, pricing)
 
 
 def bus_injections(result: Result) -> pd.DataFrame:
-    """Participants' net injection (kW) per bus (rows) and period (columns)."""
+    """Participants' net injection (kW) per bus (rows) and period (columns), blocks
+    and curves."""
     accepted = result.accepted
+    if "accepted_curves" in result.tables:
+        accepted = pd.concat([accepted, result.tables["accepted_curves"]], ignore_index=True)
     sign = np.where(accepted["side"] == "sell", 1.0, -1.0)
     return accepted.assign(p_kw=sign * accepted["quantity_kw"]).pivot_table(
         index="bus", columns="period", values="p_kw", aggfunc="sum", fill_value=0.0
