@@ -20,13 +20,18 @@ sells to j (negative: buys)::
     sum_sell q - sum_buy q + import - export - sum_j trade_kw[i,j,t] = 0    (balance, kW)
     trade_kw[i,j,t] + trade_kw[j,i,t] = 0                               (reciprocity)
     welfare = sum_buy price q dt - sum_sell price q dt - import cost + export revenue
-              - sum_(i,j) cost_ij (sell_kw + buy_kw) dt - gamma/2 (sell_kw^2 + buy_kw^2) dt
+              - sum_(i,j,t) (s_ijt sell_kw + b_ijt buy_kw) dt
+              - gamma/2 (sell_kw^2 + buy_kw^2) dt
 
 The dual of a reciprocity constraint is the bilateral price of the pair (what one more
 kW that the pair must deliver would cost), at the root; each side settles it at its own
-node (see Settlement below). ``cost_ij``
-(currency/MWh, >= 0) is peer i's preference cost of trading with j — distance, lower for
-green energy or neighbours — (:func:`hop_costs` derives one from the feeder). Without
+node (see Settlement below). ``s_ijt`` and ``b_ijt`` (currency/MWh, >= 0) are what i
+pays per MWh it sells to / buys from j in period t: its preference cost of trading
+with j — distance, lower for green energy or neighbours; one value, one per pair, or
+one per pair and period — (:func:`hop_costs` derives one from the feeder), the same
+on both sides, plus, when j is of another community, its community's export cost
+(selling) or import cost (buying): a community's boundary may cost differently in
+and out (``boundary_costs``). Without
 distinct preference costs an LP's bilateral trades are rarely unique (many pairs may
 carry the same energy at the same welfare); with them they are, but cycles of trades
 whose costs nearly cancel leave welfare almost flat, so the distributed solution
@@ -55,14 +60,14 @@ for peer i's own variables read, per period (currency/MWh)::
                            block), none where the reverse, in part only where equal
     import:                capacity_kw where import_price < lam_i, none where >, in
                            between only where equal (export mirrored at export_price)
-    trade with j:          pi_ij - cost_ij <= lam_i <= pi_ij + cost_ij, selling only
+    trade with j:          pi_ij - s_ij <= lam_i <= pi_ij + b_ij, selling only
                            where the left holds with equality, buying only the right
 
 Add rho_i throughout and they are the optimality conditions of peer i's own problem,
 with lam_i + rho_i the multiplier of its balance, when it trades with j at
 ``pi_ij + rho_i`` and with the grid at ``import_price + rho_i`` and ``export_price +
 rho_i``. That problem is a convex LP (with ``quadratic``, a QP whose trade condition adds
-gamma x to cost_ij), so the cleared schedule is
+gamma x to s_ij and b_ij), so the cleared schedule is
 the peer's best response at those prices. Hence the rule: a trade is settled at each
 end's nodal price -- the seller is paid ``pi_ij + rho_seller``, the buyer pays ``pi_ij
 + rho_buyer`` -- and the difference, ``rho_buyer - rho_seller`` per MWh, is a network
@@ -116,7 +121,9 @@ class Market:
     peers, managers : agent ids; ``agents = peers + managers``.
     periods : sorted periods.
     pairs : ordered trading pairs (both directions of every edge).
-    cost : preference cost per ordered pair (currency/MWh).
+    sell_cost, buy_cost : (pairs x periods) what ``pairs[p][0]`` pays per MWh it sells
+        to / buys from ``pairs[p][1]`` (currency/MWh, >= 0): its preference cost plus,
+        across a community boundary, its community's export / import cost.
     bus, community : per peer (None when not given).
     upstream : tariffs and per-peer connection capacity, or None (no grid).
     feeder : the feeder for network-aware clearing, or None.
@@ -127,7 +134,8 @@ class Market:
     managers: list[str]
     periods: list[int]
     pairs: list[tuple[str, str]]
-    cost: dict[tuple[str, str], float]
+    sell_cost: np.ndarray
+    buy_cost: np.ndarray
     bus: dict[str, Any]
     community: dict[str, Any]
     upstream: Upstream | None
@@ -228,6 +236,7 @@ def prepare(
     graph: str | Sequence[Sequence[str]] = "complete",
     communities: dict[str, str] | None = None,
     preferences: pd.DataFrame | None = None,
+    boundary_costs: pd.DataFrame | None = None,
     upstream: Upstream | None = None,
     network: Any = None,
     period_hours: float = 1.0,
@@ -255,13 +264,16 @@ def prepare(
     if architecture != "full":
         edges, managers = _with_managers(edges, peers, community)
     pairs = [e for a, b in edges for e in ((a, b), (b, a))]
+    community_of = {**community, **{m: m.removeprefix(MANAGER_PREFIX) for m in managers}}
+    sell_cost, buy_cost = _pair_costs(pairs, periods, preferences, community_of, boundary_costs)
     return Market(
         bids=table,
         peers=peers,
         managers=managers,
         periods=periods,
         pairs=pairs,
-        cost=_pair_costs(pairs, preferences),
+        sell_cost=sell_cost,
+        buy_cost=buy_cost,
         bus=bus,
         community=community,
         upstream=upstream,
@@ -293,21 +305,89 @@ def _with_managers(edges, peers, community) -> tuple[list, list[str]]:
     return [*edges, *links, *itertools.combinations(managers, 2)], managers
 
 
-def _pair_costs(pairs, preferences: pd.DataFrame | None) -> dict[tuple[str, str], float]:
-    cost = dict.fromkeys(pairs, 0.0)
+def _pair_costs(
+    market_pairs: list[tuple[str, str]],
+    periods: list[int],
+    preferences: pd.DataFrame | None,
+    community_of: dict[str, Any],
+    boundary_costs: pd.DataFrame | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sell and buy cost of every ordered pair and period (currency/MWh): the pair's
+    preference cost on both sides plus, when the pair crosses a community boundary,
+    the export cost (selling) and import cost (buying) of the owner's community."""
+    preference = _preference_costs(market_pairs, periods, preferences)
+    export, imports = _boundary_costs(market_pairs, community_of, boundary_costs)
+    return preference + export[:, None], preference + imports[:, None]
+
+
+def _preference_costs(pairs, periods, preferences: pd.DataFrame | None) -> np.ndarray:
+    """(pairs x periods) preference costs: a row with a ``period`` sets that period, a
+    row without one (no column, or empty) every period no row of its own sets."""
+    cost = np.zeros((len(pairs), len(periods)))
     if preferences is None or len(preferences) == 0:
         return cost
     missing = {"peer", "partner", "cost"} - set(preferences.columns)
     if missing:
         raise InputError(f"preferences: missing column(s) {sorted(missing)}")
-    for k, row in preferences.reset_index(drop=True).iterrows():
+    unknown = set(preferences.columns) - {"peer", "partner", "cost", "period"}
+    if unknown:
+        raise InputError(f"preferences: unknown column(s) {sorted(unknown)}")
+    row_of, column_of = {p: k for k, p in enumerate(pairs)}, {t: k for k, t in enumerate(periods)}
+    table = preferences.reset_index(drop=True)
+    period = table["period"] if "period" in table else pd.Series(np.nan, index=table.index)
+    seen: dict[tuple, int] = {}
+    for k, row in table.iterrows():
         key = (str(row["peer"]), str(row["partner"]))
-        if key not in cost:
+        if key not in row_of:
             raise InputError(f"preferences row {k}: {key[0]!r} does not trade with {key[1]!r}")
-        if not row["cost"] >= 0:
+        if not (np.isfinite(row["cost"]) and row["cost"] >= 0):
             raise InputError(f"preferences row {k}: cost {row['cost']!r} must be >= 0")
-        cost[key] = float(row["cost"])
+        t = None if pd.isna(period[k]) else float(period[k])
+        if t is not None and t not in column_of:
+            raise InputError(f"preferences row {k}: period {t:g} is not a period of the bids")
+        t = None if t is None else int(t)
+        if (key, t) in seen:
+            raise InputError(
+                f"preferences row {k}: repeats row {seen[key, t]} ({key[0]}, "
+                f"{key[1]}, period {'all' if t is None else t})"
+            )
+        seen[key, t] = k
+    for (key, t), k in sorted(seen.items(), key=lambda item: item[0][1] is not None):
+        columns = slice(None) if t is None else column_of[t]
+        cost[row_of[key], columns] = float(table.at[k, "cost"])
     return cost
+
+
+def _boundary_costs(pairs, community_of: dict[str, Any], boundary_costs: pd.DataFrame | None):
+    """Per ordered pair: the owner's export and import cost when the partner is of
+    another community (currency/MWh), else 0."""
+    export, imports = np.zeros(len(pairs)), np.zeros(len(pairs))
+    if boundary_costs is None or len(boundary_costs) == 0:
+        return export, imports
+    columns = {"community", "import_cost", "export_cost"}
+    if set(boundary_costs.columns) != columns:
+        raise InputError(
+            f"boundary_costs: columns {sorted(boundary_costs.columns)}, expected {sorted(columns)}"
+        )
+    table = boundary_costs.reset_index(drop=True)
+    known = {c for c in community_of.values() if c is not None}
+    for k, row in table.iterrows():
+        if row["community"] not in known:
+            raise InputError(f"boundary_costs row {k}: {row['community']!r} is not a community")
+        for name in ("import_cost", "export_cost"):
+            if not (np.isfinite(row[name]) and row[name] >= 0):
+                raise InputError(f"boundary_costs row {k}: {name} {row[name]!r} must be >= 0")
+    repeated = table["community"].duplicated()
+    if repeated.any():
+        raise InputError(f"boundary_costs row {int(repeated.idxmax())}: community repeated")
+    costs = table.set_index("community")
+    for p, (i, j) in enumerate(pairs):
+        mine, theirs = community_of.get(i), community_of.get(j)
+        if mine is None or theirs is None:
+            raise InputError(f"boundary_costs: {(i if mine is None else j)!r} has no community")
+        if mine != theirs and mine in costs.index:
+            export[p], imports[p] = costs.at[mine, "export_cost"], costs.at[mine, "import_cost"]
+    return export, imports
 
 
 # --- the central LP -------------------------------------------------------------------
@@ -320,6 +400,7 @@ def build(
     graph: str | Sequence[Sequence[str]] = "complete",
     communities: dict[str, str] | None = None,
     preferences: pd.DataFrame | None = None,
+    boundary_costs: pd.DataFrame | None = None,
     upstream: Upstream | None = None,
     network: Any = None,
     formulation: Any = None,
@@ -335,7 +416,13 @@ def build(
     architecture : ``"full"``, ``"community"`` or ``"hybrid"``.
     graph : ``"complete"``, ``"neighbours"`` or a list of peer pairs.
     communities : community per peer (``community`` and ``hybrid``).
-    preferences : table peer, partner, cost (currency/MWh, >= 0) per ordered pair.
+    preferences : table peer, partner, cost (currency/MWh, >= 0) per ordered pair,
+        optionally with a ``period``: a row with a period sets the pair's cost in that
+        period, a row without one in every other period.
+    boundary_costs : table community, import_cost, export_cost (currency/MWh, >= 0):
+        what an agent of the community (a peer or its manager) pays per MWh it buys
+        from / sells to an agent of another community, on top of its preference cost
+        (trades with the upstream grid pay the tariffs only).
     upstream : import/export tariffs; ``capacity_kw`` bounds each peer's import and
         export. None: no grid.
     network : a Feeder: the peers' injections meet its network formulation (LinDistFlow
@@ -358,6 +445,7 @@ def build(
         graph=graph,
         communities=communities,
         preferences=preferences,
+        boundary_costs=boundary_costs,
         upstream=upstream,
         network=network,
         period_hours=period_hours,
@@ -522,6 +610,7 @@ def injections_terms(m, market: Market) -> pd.DataFrame:
 
 def _add_welfare(m, market: Market) -> None:
     per_kw = market.period_hours / 1000.0
+    sell, buy = market.sell_cost, market.buy_cost
     table = market.bids
     value = np.where(table["side"] == "buy", 1.0, -1.0) * table["price"].to_numpy() * per_kw
     welfare = sum(v * m.accepted_kw[b] for v, b in zip(value, table.index, strict=True))
@@ -533,10 +622,10 @@ def _add_welfare(m, market: Market) -> None:
             for k, t in enumerate(market.periods)
         )
     welfare -= sum(
-        per_kw * market.cost[i, j] * (m.sell_kw[i, j, t] + m.buy_kw[i, j, t])
-        for i, j in market.pairs
-        for t in market.periods
-        if market.cost[i, j] > 0
+        per_kw * (sell[p, k] * m.sell_kw[i, j, t] + buy[p, k] * m.buy_kw[i, j, t])
+        for p, (i, j) in enumerate(market.pairs)
+        for k, t in enumerate(market.periods)
+        if sell[p, k] > 0 or buy[p, k] > 0
     )
     if market.quadratic > 0:
         welfare -= sum(
@@ -548,7 +637,8 @@ def _add_welfare(m, market: Market) -> None:
         expr=welfare,
         sense=pyo.maximize,
         doc="sum_buy price q dt - sum_sell price q dt - import cost + export revenue "
-        "- sum cost_ij (sell + buy) dt - gamma/2 (sell^2 + buy^2) dt  (currency)",
+        "- sum (sell_cost_ijt sell + buy_cost_ijt buy) dt - gamma/2 (sell^2 + buy^2) dt  "
+        "(currency)",
     )
 
 
@@ -688,7 +778,8 @@ def pair_prices_table(market: Market, outcome: Outcome) -> pd.DataFrame:
     """The bilateral prices every agent faces, traded or not: one row per ordered pair
     and period with ``price`` = the pair's price + the agent's node price (currency/MWh;
     what the agent is paid per MWh it sells to ``partner``, or pays per MWh it buys),
-    ``cost`` (its preference cost of trading with ``partner``, currency/MWh) and
+    ``sell_cost`` and ``buy_cost`` (what it pays per MWh it sells to / buys from
+    ``partner`` on top of the price: preference and boundary costs, currency/MWh) and
     ``trade_kw`` (what it sells, negative: buys)."""
     agent = {a: k for k, a in enumerate(market.agents)}
     owner = np.array([agent[i] for i, _ in market.pairs], dtype=int)
@@ -699,7 +790,8 @@ def pair_prices_table(market: Market, outcome: Outcome) -> pd.DataFrame:
             "partner": np.repeat([j for _, j in market.pairs], n_t),
             "period": np.tile(market.periods, len(market.pairs)),
             "price": (outcome.price + outcome.node_price[owner]).ravel(),
-            "cost": np.repeat([market.cost[pair] for pair in market.pairs], n_t),
+            "sell_cost": market.sell_cost.ravel(),
+            "buy_cost": market.buy_cost.ravel(),
             "trade_kw": outcome.trade_kw.ravel(),
         }
     )
@@ -751,16 +843,14 @@ def peers_table(market: Market, outcome: Outcome) -> pd.DataFrame:
     out = acc.groupby("peer").sum().reindex(market.agents).fillna(0.0)
     x, price = outcome.trade_kw, outcome.price
     owner = [i for i, _ in market.pairs]
-    cost = np.array([market.cost[p] for p in market.pairs])[:, None]
+    paid = market.sell_cost * np.clip(x, 0, None) + market.buy_cost * np.clip(-x, 0, None)
     per_pair = pd.DataFrame(
         {
             "peer": owner,
             "sold_kwh": np.clip(x, 0, None).sum(axis=1) * dt,
             "bought_kwh": np.clip(-x, 0, None).sum(axis=1) * dt,
             "trade_payment": -(x * price).sum(axis=1) * dt / 1000,
-            "preference_cost": (cost * np.abs(x) + market.quadratic / 2 * x**2).sum(axis=1)
-            * dt
-            / 1000,
+            "preference_cost": (paid + market.quadratic / 2 * x**2).sum(axis=1) * dt / 1000,
         }
     )
     out = out.join(per_pair.groupby("peer").sum()).fillna(0.0)
@@ -987,7 +1077,8 @@ def exchange_problem(market: Market):
         item_quantity_kw=np.concatenate(quantities).astype(float),
         pair_from=np.array([index[i] for i, _ in market.pairs], dtype=int),
         pair_to=np.array([index[j] for _, j in market.pairs], dtype=int),
-        pair_cost=np.array([market.cost[p] for p in market.pairs], dtype=float),
+        pair_cost=market.sell_cost,
+        pair_buy_cost=market.buy_cost,
         quadratic=market.quadratic,
     )
 

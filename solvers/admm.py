@@ -4,13 +4,15 @@ The problem (the peer-to-peer market of :mod:`gridmarkets.models.p2p`, and any m
 of agents that trade bilaterally and otherwise only face their own price-quantity
 steps): for every agent ``i`` and period ``t``, minimise over its own decisions
 
-    sum_items side * threshold * taken  +  sum_j (kappa_ij |x_ij| + gamma/2 x_ij^2)
+    sum_items side * threshold * taken
+        + sum_j (s_ij max(x_ij, 0) + b_ij max(-x_ij, 0) + gamma/2 x_ij^2)
     s.t.  sum_supply taken - sum_demand taken = sum_j x_ij        (energy balance, kW)
           0 <= taken <= quantity                                  (kW)
 
 where ``x_ij`` is what i sells to j (negative: buys), supply items (sell blocks, grid
 import) cost their threshold and demand items (buy blocks, grid export) earn theirs
-(currency/MWh). The agents are coupled only by reciprocity, ``x_ij + x_ji = 0``.
+(currency/MWh), and ``s_ij``, ``b_ij`` (per period) are what i pays per MWh it sells to
+/ buys from j. The agents are coupled only by reciprocity, ``x_ij + x_ji = 0``.
 
 Consensus ADMM (Boyd et al. 2011, section 7; the P2P form of Sorin, Bobo and Pinson,
 IEEE TPWRS 34(2) 2019) copies every trade into a consensus variable ``z`` with
@@ -23,14 +25,14 @@ IEEE TPWRS 34(2) 2019) copies every trade into a consensus variable ``z`` with
 (with over-relaxation, ``alpha x + (1 - alpha) z^k`` in place of ``x`` in the last two)
 
 Each agent's step is solved exactly in closed form: for a multiplier ``mu`` of its
-energy balance every trade is a soft threshold, ``x_ij = S(rho a_ij - mu, kappa_ij) /
-(gamma + rho)``, and every item is taken when its threshold is on the right side of
-``mu``; the balance is monotone in ``mu``, found by bisection for all agents and
-periods at once (numpy), and items whose threshold is ``mu`` close the balance. The
-bilateral price of the trade i -> j is ``-rho u_ij`` (currency/MWh); ``z`` is
-reciprocal exactly, and the stopping test is Boyd's on the primal residual
-``||x - z||`` and the dual residual ``rho ||z^{k+1} - z^k||``, with residual balancing
-of ``rho``.
+energy balance every trade is a soft threshold, ``x_ij = (max(w - s_ij, 0) + min(w +
+b_ij, 0)) / (gamma + rho)`` with ``w = rho a_ij - mu``, and every item is taken when
+its threshold is on the right side of ``mu``; the balance is monotone in ``mu``,
+found by bisection for all agents and periods at once (numpy), and items whose
+threshold is ``mu`` close the balance. The bilateral price of the trade i -> j is
+``-rho u_ij`` (currency/MWh); ``z`` is reciprocal exactly, and the stopping test is
+Boyd's on the primal residual ``||x - z||`` and the dual residual ``rho ||z^{k+1} -
+z^k||``, with residual balancing of ``rho``.
 """
 
 from __future__ import annotations
@@ -64,8 +66,11 @@ class ExchangeProblem:
     item_quantity_kw : (items,) size of the step (kW); ``inf`` for an unlimited grid.
     pair_from, pair_to : (pairs,) agents of each ordered trading pair; both
         directions of every edge are present.
-    pair_cost : (pairs,) ``kappa``: what ``pair_from`` pays per MWh traded with
-        ``pair_to`` in either direction (currency/MWh, >= 0).
+    pair_cost : (pairs,) or (pairs x periods): what ``pair_from`` pays per MWh it
+        sells to ``pair_to`` (currency/MWh, >= 0), and per MWh it buys unless
+        ``pair_buy_cost`` is given.
+    pair_buy_cost : like ``pair_cost``: what ``pair_from`` pays per MWh it buys from
+        ``pair_to``; None: ``pair_cost``.
     quadratic : ``gamma``: the strictly convex trade term ((currency/MWh)/kW, >= 0).
     """
 
@@ -79,6 +84,7 @@ class ExchangeProblem:
     pair_to: np.ndarray
     pair_cost: np.ndarray
     quadratic: float = 0.0
+    pair_buy_cost: np.ndarray | None = None
     reverse: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -88,8 +94,20 @@ class ExchangeProblem:
         missing = [(a, b) for a, b in position if (b, a) not in position]
         if missing:
             raise InputError(f"ADMM pairs: {missing[0]} has no reverse pair")
-        if (self.pair_cost < 0).any() or self.quadratic < 0:
-            raise InputError("ADMM pair costs and the quadratic term must not be negative")
+        shape = (len(self.pair_from), self.n_periods)
+        buy = self.pair_cost if self.pair_buy_cost is None else self.pair_buy_cost
+        for name, cost in (("pair_cost", self.pair_cost), ("pair_buy_cost", buy)):
+            cost = np.asarray(cost, dtype=float)
+            if cost.shape not in (shape, shape[:1]):
+                raise InputError(
+                    f"ADMM {name}: shape {cost.shape}, expected {shape} or {shape[:1]}"
+                )
+            if (cost < 0).any():
+                raise InputError(f"ADMM {name}: negative costs")
+        if self.quadratic < 0:
+            raise InputError("ADMM quadratic term: must not be negative")
+        self.pair_cost = _per_period(self.pair_cost, shape)
+        self.pair_buy_cost = _per_period(buy, shape)
         self.reverse = np.array([position[(b, a)] for a, b in position], dtype=int)
 
     @property
@@ -125,9 +143,14 @@ class ADMMResult:
     seconds: float
 
 
-def _soft(w: np.ndarray, kappa: np.ndarray) -> np.ndarray:
-    """Soft threshold ``sign(w) max(|w| - kappa, 0)`` for ``kappa >= 0`` (fewer temporaries)."""
-    return np.maximum(w - kappa, 0.0) + np.minimum(w + kappa, 0.0)
+def _per_period(cost: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    cost = np.asarray(cost, dtype=float)
+    return np.broadcast_to(cost[:, None] if cost.ndim == 1 else cost, shape).copy()
+
+
+def _soft(w: np.ndarray, sell: np.ndarray, buy: np.ndarray) -> np.ndarray:
+    """Asymmetric soft threshold ``max(w - sell, 0) + min(w + buy, 0)`` (costs >= 0)."""
+    return np.maximum(w - sell, 0.0) + np.minimum(w + buy, 0.0)
 
 
 class _LocalSolver:
@@ -140,11 +163,11 @@ class _LocalSolver:
         self.unlimited = ~np.isfinite(problem.item_quantity_kw)
         self.finite_q = np.where(self.unlimited, 0.0, problem.item_quantity_kw)
         self.sign = np.where(problem.item_supply, -1.0, 1.0)  # contribution to g when taken
-        self.cost = problem.pair_cost[:, None]
+        self.sell_cost, self.buy_cost = problem.pair_cost, problem.pair_buy_cost
 
     def _trades(self, mu: np.ndarray, a: np.ndarray, rho: float) -> np.ndarray:
         w = rho * a - mu[self.pair_unit]
-        return _soft(w, self.cost) / (self.p.quadratic + rho)
+        return _soft(w, self.sell_cost, self.buy_cost) / (self.p.quadratic + rho)
 
     def _items(self, mu: np.ndarray) -> np.ndarray:
         """Balance contribution of the items strictly decided at ``mu`` (per unit)."""
@@ -162,8 +185,8 @@ class _LocalSolver:
         w = rho * a
         lo = np.full(n, np.inf)
         hi = np.full(n, -np.inf)
-        np.minimum.at(lo, self.pair_unit.ravel(), (w - self.cost).ravel())
-        np.maximum.at(hi, self.pair_unit.ravel(), (w + self.cost).ravel())
+        np.minimum.at(lo, self.pair_unit.ravel(), (w - self.sell_cost).ravel())
+        np.maximum.at(hi, self.pair_unit.ravel(), (w + self.buy_cost).ravel())
         np.minimum.at(lo, p.item_unit, p.item_threshold)
         np.maximum.at(hi, p.item_unit, p.item_threshold)
         lo = np.where(np.isfinite(lo), lo - 1.0, 0.0)
