@@ -87,6 +87,7 @@ Units: kW, kWh, currency/MWh; a positive payment is paid by the peer.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from collections.abc import Callable, Sequence
@@ -127,6 +128,7 @@ class Market:
     bus, community : per peer (None when not given).
     upstream : tariffs and per-peer connection capacity, or None (no grid).
     feeder : the feeder for network-aware clearing, or None.
+    budgets : energy budgets (see :func:`build`), one row each.
     """
 
     bids: pd.DataFrame
@@ -143,6 +145,7 @@ class Market:
     period_hours: float
     quadratic: float
     architecture: str
+    budgets: pd.DataFrame
 
     @property
     def agents(self) -> list[str]:
@@ -161,6 +164,13 @@ class Market:
     def tariffs(self) -> tuple[np.ndarray, np.ndarray]:
         """Import and export prices per period (currency/MWh)."""
         return self.upstream.per_period(self.periods)
+
+    @property
+    def model_peers(self) -> list[str]:
+        """Peers whose own problem is not period-separable steps (a budget couples
+        their periods): solved as a model, alone or in ADMM."""
+        coupled = set(self.budgets["participant"])
+        return [p for p in self.peers if p in coupled]
 
 
 def trading_graph(
@@ -241,6 +251,7 @@ def prepare(
     network: Any = None,
     period_hours: float = 1.0,
     quadratic: float = 0.0,
+    budgets: pd.DataFrame | None = None,
 ) -> Market:
     """Check the inputs and gather them as a :class:`Market` (see :func:`build`)."""
     table = prepare_bids(bids)
@@ -281,7 +292,44 @@ def prepare(
         period_hours=period_hours,
         quadratic=quadratic,
         architecture=architecture,
+        budgets=_prepare_budgets(budgets, peers, periods),
     )
+
+
+BUDGET_COLUMNS = ["participant", "side", "first_period", "last_period", "min_kwh", "max_kwh"]
+
+
+def _prepare_budgets(budgets: pd.DataFrame | None, peers: list[str], periods: list[int]):
+    """Check an energy budgets table (see :func:`build`); ``side`` defaults to buy and a
+    missing bound to none (NaN)."""
+    if budgets is None or len(budgets) == 0:
+        return pd.DataFrame(columns=BUDGET_COLUMNS)
+    unknown = set(budgets.columns) - set(BUDGET_COLUMNS)
+    missing = {"participant", "first_period", "last_period"} - set(budgets.columns)
+    if unknown or missing:
+        raise InputError(
+            f"budgets: unknown column(s) {sorted(unknown)}, missing column(s) {sorted(missing)}"
+        )
+    table = budgets.reset_index(drop=True).reindex(columns=BUDGET_COLUMNS)
+    table["side"] = table["side"].fillna("buy")
+    table[["min_kwh", "max_kwh"]] = table[["min_kwh", "max_kwh"]].astype(float)
+    for k, row in table.iterrows():
+        where = f"budgets row {k}"
+        if row["participant"] not in peers:
+            raise InputError(f"{where}: participant {row['participant']!r} is not a peer")
+        if row["side"] not in ("buy", "sell"):
+            raise InputError(f"{where}: side {row['side']!r} is not buy or sell")
+        for name in ("first_period", "last_period"):
+            if row[name] not in periods:
+                raise InputError(f"{where}: {name} {row[name]!r} is not a period of the bids")
+        if row["first_period"] > row["last_period"]:
+            raise InputError(f"{where}: first_period is after last_period")
+        low, high = row["min_kwh"], row["max_kwh"]
+        if np.isnan(low) and np.isnan(high):
+            raise InputError(f"{where}: neither min_kwh nor max_kwh is given")
+        if low < 0 or high < 0 or low > high:
+            raise InputError(f"{where}: min_kwh {low:g}, max_kwh {high:g}: need 0 <= min <= max")
+    return table
 
 
 def _peer_buses(table: pd.DataFrame) -> dict[str, Any]:
@@ -406,6 +454,7 @@ def build(
     formulation: Any = None,
     period_hours: float = 1.0,
     quadratic: float = 0.0,
+    budgets: pd.DataFrame | None = None,
     extra: Callable[[pyo.ConcreteModel], None] | None = None,
 ) -> pyo.ConcreteModel:
     """Build the central P2P clearing as a Pyomo model (see the module docstring).
@@ -431,6 +480,10 @@ def build(
         it must be lossless.
     period_hours : length of a period (h).
     quadratic : gamma of the tie-breaking term ((currency/MWh)/kW); > 0 makes a QP.
+    budgets : energy budgets coupling a peer's periods: table participant, side
+        (``buy``, the default: the energy its buy blocks take; ``sell``: the energy its
+        sell blocks give), first_period, last_period (the window, inclusive), min_kwh,
+        max_kwh (either may be missing: no bound).
     extra : called with the model before it is returned, to add user constraints.
 
     Returns
@@ -450,12 +503,11 @@ def build(
         network=network,
         period_hours=period_hours,
         quadratic=quadratic,
+        budgets=budgets,
     )
     m = pyo.ConcreteModel(name="p2p")
     m.market = market
-    _add_sets(m, market)
-    _add_blocks(m, market)
-    _add_upstream(m, market)
+    _add_own(m, market)
     _add_trades(m, market)
     _add_balances(m, market)
     _add_network(m, market, formulation)
@@ -464,6 +516,15 @@ def build(
         extra(m)
     record_build_time(m, time.perf_counter() - started)
     return m
+
+
+def _add_own(m, market: Market) -> None:
+    """The agents' own decisions: blocks, grid trade, budgets, and ``net_kw``."""
+    _add_sets(m, market)
+    _add_blocks(m, market)
+    _add_upstream(m, market)
+    _add_net(m, market)
+    _add_budgets(m, market)
 
 
 def _add_sets(m, market: Market) -> None:
@@ -517,15 +578,12 @@ def _add_trades(m, market: Market) -> None:
     )
 
 
-def _add_balances(m, market: Market) -> None:
+def _add_net(m, market: Market) -> None:
     table = market.bids
     sign = np.where(table["side"] == "sell", 1.0, -1.0)
     blocks: dict[tuple, list] = {}
     for b, peer, t, s in zip(table.index, table["participant"], table["period"], sign, strict=True):
         blocks.setdefault((peer, t), []).append(s * m.accepted_kw[b])
-    partners: dict[str, list[str]] = {a: [] for a in market.agents}
-    for i, j in market.pairs:
-        partners[i].append(j)
     m.net_kw = pyo.Expression(
         m.AGENTS,
         m.PERIODS,
@@ -533,11 +591,50 @@ def _add_balances(m, market: Market) -> None:
         doc="net[i,t] = sum_sell q - sum_buy q: the agent's own injection  (kW)",
     )
 
+
+def _add_budgets(m, market: Market) -> None:
+    table, bids = market.budgets, market.bids
+    in_window = {
+        k: bids.index[
+            (bids["participant"] == row.participant)
+            & (bids["side"] == row.side)
+            & bids["period"].between(row.first_period, row.last_period)
+        ]
+        for k, row in zip(table.index, table.itertuples(), strict=True)
+    }
+    m.BUDGETS = pyo.Set(initialize=table.index.tolist(), doc="energy budgets")
+    m.budget_energy_kwh = pyo.Expression(
+        m.BUDGETS,
+        rule=lambda m, k: market.period_hours * sum(m.accepted_kw[b] for b in in_window[k]),
+        doc="E[k] = dt sum_(t in window, b of the side) q[b,t]  (kWh)",
+    )
+    m.energy_budget_max = pyo.Constraint(
+        [k for k in table.index if not np.isnan(table.at[k, "max_kwh"])],
+        rule=lambda m, k: m.budget_energy_kwh[k] <= table.at[k, "max_kwh"],
+        doc="E[k] <= max_kwh[k]  (kWh)",
+    )
+    m.energy_budget_min = pyo.Constraint(
+        [k for k in table.index if not np.isnan(table.at[k, "min_kwh"])],
+        rule=lambda m, k: m.budget_energy_kwh[k] >= table.at[k, "min_kwh"],
+        doc="E[k] >= min_kwh[k]  (kWh)",
+    )
+
+
+def _grid_kw(m, market: Market, i: str, t) -> Any:
+    """What agent i takes from the upstream grid in period t (kW; 0 for managers)."""
+    if market.upstream is None or i not in market.peers:
+        return 0
+    return m.import_kw[i, t] - m.export_kw[i, t]
+
+
+def _add_balances(m, market: Market) -> None:
+    partners: dict[str, list[str]] = {a: [] for a in market.agents}
+    for i, j in market.pairs:
+        partners[i].append(j)
+
     def balance(m, i, t):
-        grid = 0
-        if market.upstream is not None and i not in market.managers:
-            grid = m.import_kw[i, t] - m.export_kw[i, t]
-        return m.net_kw[i, t] + grid - sum(m.trade_kw[i, j, t] for j in partners[i]) == 0
+        sold = sum(m.trade_kw[i, j, t] for j in partners[i])
+        return m.net_kw[i, t] + _grid_kw(m, market, i, t) - sold == 0
 
     m.energy_balance = pyo.Constraint(
         m.AGENTS,
@@ -608,9 +705,10 @@ def injections_terms(m, market: Market) -> pd.DataFrame:
     return pd.concat([blocks, upstream], ignore_index=True)
 
 
-def _add_welfare(m, market: Market) -> None:
+def own_welfare(m, market: Market) -> Any:
+    """The agents' own welfare (currency): the value of their accepted bids minus the
+    cost of their offers, plus their grid trade at the tariffs."""
     per_kw = market.period_hours / 1000.0
-    sell, buy = market.sell_cost, market.buy_cost
     table = market.bids
     value = np.where(table["side"] == "buy", 1.0, -1.0) * table["price"].to_numpy() * per_kw
     welfare = sum(v * m.accepted_kw[b] for v, b in zip(value, table.index, strict=True))
@@ -621,6 +719,46 @@ def _add_welfare(m, market: Market) -> None:
             for i in market.peers
             for k, t in enumerate(market.periods)
         )
+    return welfare
+
+
+def own_model(
+    market: Market, agent: str, node_price: np.ndarray | None = None
+) -> tuple[pyo.ConcreteModel, list, Any]:
+    """One agent's own decisions alone, built as in the central model.
+
+    ``node_price`` (per period, currency/MWh) is added to its tariffs. Returns the model
+    (no objective), what it injects into its trades per period (kW: own net plus grid
+    trade) and its own welfare (currency).
+    """
+    upstream = market.upstream
+    if upstream is not None and node_price is not None:
+        imp, exp = market.tariffs()
+        upstream = Upstream(imp + node_price, exp + node_price, upstream.capacity_kw)
+    n_t = len(market.periods)
+    own = dataclasses.replace(
+        market,
+        bids=market.bids[market.bids["participant"] == agent],
+        peers=[agent] if agent in market.peers else [],
+        managers=[agent] if agent in market.managers else [],
+        pairs=[],
+        sell_cost=np.zeros((0, n_t)),
+        buy_cost=np.zeros((0, n_t)),
+        budgets=market.budgets[market.budgets["participant"] == agent],
+        upstream=upstream,
+        feeder=None,
+    )
+    m = pyo.ConcreteModel(name=f"p2p agent {agent}")
+    m.market = own
+    _add_own(m, own)
+    injection = [m.net_kw[agent, t] + _grid_kw(m, own, agent, t) for t in own.periods]
+    return m, injection, own_welfare(m, own)
+
+
+def _add_welfare(m, market: Market) -> None:
+    per_kw = market.period_hours / 1000.0
+    sell, buy = market.sell_cost, market.buy_cost
+    welfare = own_welfare(m, market)
     welfare -= sum(
         per_kw * (sell[p, k] * m.sell_kw[i, j, t] + buy[p, k] * m.buy_kw[i, j, t])
         for p, (i, j) in enumerate(market.pairs)
@@ -662,6 +800,8 @@ class Outcome:
         0 at the root, without a network and for community managers (at the root).
     network_rent : what the nodal prices collect from the injections the grid carries,
         ``-sum_(b,t) node_price[b,t] p[b,t] dt`` (currency): the DSO's receipts.
+    budget_value : per budget, the welfare one more MWh of budget brings
+        (currency/MWh; both bounds moved together; 0 where neither binds).
     """
 
     accepted_kw: np.ndarray
@@ -672,6 +812,7 @@ class Outcome:
     balance_price: np.ndarray
     node_price: np.ndarray
     network_rent: float = 0.0
+    budget_value: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
 
 
 def central_outcome(m: pyo.ConcreteModel, solution: Solution) -> Outcome:
@@ -710,7 +851,42 @@ def central_outcome(m: pyo.ConcreteModel, solution: Solution) -> Outcome:
         price.reshape(shape),
         balance.reshape(len(market.agents), len(periods)),
         *_node_prices(m, solution),
+        budget_value=budget_values(m, solution, scale=1000.0),
     )
+
+
+def budget_values(m: pyo.Block, solution: Solution, scale: float) -> np.ndarray:
+    """Per budget of ``m``, minus the duals of its bounds times ``scale`` (from the
+    objective's units per kWh to welfare per MWh of budget, currency/MWh)."""
+    table = m.market.budgets
+    dual = pd.Series(0.0, index=table.index)
+    for family in (m.energy_budget_max, m.energy_budget_min):
+        if len(family):
+            dual = dual.add(solution.dual(family), fill_value=0.0)
+    return 0.0 - scale * dual.to_numpy()  # 0.0 -: no -0.0 where nothing binds
+
+
+def budgets_table(market: Market, outcome: Outcome) -> pd.DataFrame:
+    """The energy budgets with the energy used (kWh), whether a bound binds, and the
+    welfare one more MWh of budget brings (``value_per_mwh``, currency/MWh)."""
+    table = market.budgets.copy()
+    bids = market.bids
+    energy = []
+    for row in table.itertuples():
+        rows = (
+            (bids["participant"] == row.participant)
+            & (bids["side"] == row.side)
+            & bids["period"].between(row.first_period, row.last_period)
+        ).to_numpy()
+        energy.append(float(outcome.accepted_kw[rows].sum()) * market.period_hours)
+    table["energy_kwh"] = energy
+    tol = 1e-6 * np.maximum(1.0, table["energy_kwh"].abs())
+    at_bound = ((table["energy_kwh"] - table["max_kwh"]).abs() <= tol) | (
+        (table["energy_kwh"] - table["min_kwh"]).abs() <= tol
+    )
+    table["binding"] = at_bound & (np.abs(outcome.budget_value) > 1e-9)
+    table["value_per_mwh"] = outcome.budget_value
+    return table
 
 
 def _node_prices(m: pyo.ConcreteModel, solution: Solution) -> tuple[np.ndarray, float]:
@@ -919,7 +1095,8 @@ def grid_only(market: Market, node_price: np.ndarray | None = None) -> pd.Series
     ``import_price + node_price``, and export, a demand step at ``export_price +
     node_price`` (each up to ``capacity_kw``): the peer's best, by merit order
     (:func:`merit_order_surplus`). ``node_price`` (peers x periods, currency/MWh; 0 by
-    default) is the network charge its grid trade pays in the cleared market.
+    default) is the network charge its grid trade pays in the cleared market. A peer
+    whose periods are coupled (:attr:`Market.model_peers`) solves its own model.
     """
     n_t, table = len(market.periods), market.bids
     node = np.zeros((len(market.peers), n_t)) if node_price is None else node_price
@@ -944,7 +1121,20 @@ def grid_only(market: Market, node_price: np.ndarray | None = None) -> pd.Series
             demand_kw = np.append(demand_kw, grid_out)
         gain = merit_order_surplus(supply_price, supply_kw, demand_price, demand_kw)
         surplus[i] += gain * market.period_hours / 1000
+    for i, peer in enumerate(market.peers):
+        if peer in market.model_peers:
+            surplus[i] = _grid_only_model(market, peer, node[i])
     return pd.Series(surplus, index=market.peers, name="baseline_surplus")
+
+
+def _grid_only_model(market: Market, peer: str, node_price: np.ndarray) -> float:
+    """A model peer's best surplus with the grid alone (currency): its own model, no trade."""
+    m, injection, welfare = own_model(market, peer, node_price)
+    m.no_trade = pyo.Constraint(
+        range(len(injection)), rule=lambda m, k: injection[k] == 0, doc="trades = 0  (kW)"
+    )
+    m.own_welfare = pyo.Objective(expr=welfare, sense=pyo.maximize, doc="own welfare (currency)")
+    return solve(m).objective
 
 
 def merit_order_surplus(
@@ -1017,6 +1207,8 @@ def tables(
     }
     if market.upstream is not None:
         out["upstream"] = upstream_table(market, outcome)
+    if len(market.budgets):
+        out["budgets"] = budgets_table(market, outcome)
     is_peer = peers["peer"].isin(market.peers)
     p2p_trades = trades[trades["seller"].isin(market.peers)]
     consumed = float(peers["consumed_kwh"].sum())
@@ -1051,7 +1243,7 @@ def results(m: pyo.ConcreteModel, solution: Solution) -> Result:
 
 def exchange_problem(market: Market):
     """The market as an :class:`~gridmarkets.solvers.admm.ExchangeProblem`."""
-    from gridmarkets.solvers.admm import ExchangeProblem
+    from gridmarkets.solvers.admm import ExchangeProblem, ModelAgent
 
     index = {a: k for k, a in enumerate(market.agents)}
     period = {t: k for k, t in enumerate(market.periods)}
@@ -1068,6 +1260,9 @@ def exchange_problem(market: Market):
             supply.append(np.full(grid_units.size, is_supply))
             thresholds.append(np.tile(tariff, len(market.peers)))
             quantities.append(np.full(grid_units.size, float(cap)))
+    models = {
+        index[p]: ModelAgent(*own_model(market, p), market.period_hours) for p in market.model_peers
+    }
     return ExchangeProblem(
         n_agents=len(market.agents),
         n_periods=n_t,
@@ -1080,22 +1275,42 @@ def exchange_problem(market: Market):
         pair_cost=market.sell_cost,
         pair_buy_cost=market.buy_cost,
         quadratic=market.quadratic,
+        model_agents=models,
     )
 
 
-def admm_outcome(market: Market, run) -> Outcome:
-    """An :class:`Outcome` from an ADMM run (consensus trades, which are reciprocal)."""
-    n_bids, n_t = len(market.bids), len(market.periods)
-    taken = run.taken_kw
-    grid = taken[n_bids:]
-    n_peers = len(market.peers)
-    if market.upstream is None:
-        imp = exp = np.zeros((n_peers, n_t))
-    else:
+def admm_outcome(market: Market, problem, run) -> Outcome:
+    """An :class:`Outcome` from an ADMM run (consensus trades, which are reciprocal);
+    model agents' own decisions and budget values from their last step."""
+    n_bids, n_t, n_peers = len(market.bids), len(market.periods), len(market.peers)
+    taken = run.taken_kw.copy()
+    imp = exp = np.zeros((n_peers, n_t))
+    if market.upstream is not None:
+        grid = taken[n_bids:]
         imp = grid[: n_peers * n_t].reshape(n_peers, n_t)
         exp = grid[n_peers * n_t :].reshape(n_peers, n_t)
+    budget_value = pd.Series(0.0, index=market.budgets.index)
+    position = {b: k for k, b in enumerate(market.bids.index)}
+    for model in problem.model_agents.values():
+        m = model.model
+        taken[[position[b] for b in m.BIDS]] = [m.accepted_kw[b].value for b in m.BIDS]
+        if market.upstream is not None:
+            k, (peer,) = market.peers.index(m.market.peers[0]), m.market.peers
+            imp[k] = [m.import_kw[peer, t].value for t in market.periods]
+            exp[k] = [m.export_kw[peer, t].value for t in market.periods]
+        values = budget_values(m, model.solution, scale=market.period_hours)
+        budget_value[m.market.budgets.index] = values
     node = np.zeros((len(market.agents), n_t))  # ADMM clears without a network
-    return Outcome(taken[:n_bids], imp, exp, run.trade_kw, run.price, run.balance_price, node)
+    return Outcome(
+        taken[:n_bids],
+        imp,
+        exp,
+        run.trade_kw,
+        run.price,
+        run.balance_price,
+        node,
+        budget_value=budget_value.to_numpy(),
+    )
 
 
 def welfare_of(market: Market, outcome: Outcome) -> float:
@@ -1127,8 +1342,9 @@ def clear_admm(bids: pd.DataFrame, *, admm: dict[str, Any] | None = None, **opti
     if options.pop("network", None) is not None or options.pop("formulation", None) is not None:
         raise InputError("method admm: network-aware clearing is central only; use dso_check")
     market = prepare(bids, **options)
-    run = consensus_admm(exchange_problem(market), **(admm or {}))
-    outcome = admm_outcome(market, run)
+    problem = exchange_problem(market)
+    run = consensus_admm(problem, **(admm or {}))
+    outcome = admm_outcome(market, problem, run)
     welfare = welfare_of(market, outcome)
     out, kpis = tables(market, outcome, welfare)
     out["admm_log"] = run.log

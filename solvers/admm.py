@@ -33,6 +33,12 @@ threshold is ``mu`` close the balance. The bilateral price of the trade i -> j i
 ``-rho u_ij`` (currency/MWh); ``z`` is reciprocal exactly, and the stopping test is
 Boyd's on the primal residual ``||x - z||`` and the dual residual ``rho ||z^{k+1} -
 z^k||``, with residual balancing of ``rho``.
+
+Agents whose own problem is not a set of steps -- quadratic costs, storage, an energy
+budget coupling their periods -- are :class:`ModelAgent`: their own decisions are a
+Pyomo model, and their step is that model plus their trades and the penalty above,
+a convex QP solved with :func:`gridmarkets.solvers.solve` (the same layer as every
+central model); their balance multipliers are the duals of its balances.
 """
 
 from __future__ import annotations
@@ -42,12 +48,112 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import pyomo.environ as pyo
+import scipy.sparse as sp
 
 from gridmarkets.errors import InputError
+from gridmarkets.solvers.highs import compile_model, highs_options, solve_compiled
 
 _BISECTIONS = 80
 _WARM = 0.5  # currency/MWh either side of the previous multiplier
 _MU_TOL = 1e-9  # currency/MWh
+
+
+class ModelAgent:
+    """An agent whose own problem is a Pyomo model, stepped as a QP through the solve layer.
+
+    Parameters
+    ----------
+    model : a Pyomo model of the agent's own decisions, with no objective.
+    injection_kw : per period (in order), the expression of what the agent injects
+        into its trades (kW): its own supply minus demand, grid trade included.
+    welfare : the agent's own welfare (currency), maximised.
+    period_hours : length of a period (h), which turns welfare into the step's units.
+
+    :meth:`attach` (called by :class:`ExchangeProblem`) adds its trades ``admm_sell_kw``,
+    ``admm_buy_kw`` (kW >= 0) with its partners, the balance ``trade_balance[k]``:
+    ``injection_kw[k] - sum_p (sell_kw[p,k] - buy_kw[p,k]) = 0``, whose duals are its
+    balance multipliers (currency/MWh), and the objective ``own_step``; the model is
+    compiled once (:func:`~gridmarkets.solvers.highs.compile_model`). Each
+    :meth:`step` adds the penalty ``rho/2 (x - a)^2`` to the compiled arrays (it changes
+    every iteration; ``x = sell - buy``) and solves them with
+    :func:`~gridmarkets.solvers.highs.solve_compiled`, which loads the point into the
+    model: after the run the model holds the agent's last step.
+    """
+
+    def __init__(self, model: pyo.ConcreteModel, injection_kw: list, welfare, period_hours: float):
+        self.model = model
+        self.injection_kw = injection_kw
+        self.welfare = welfare
+        self.per_mwh = 1000.0 / period_hours
+
+    def attach(self, rows: np.ndarray, sell: np.ndarray, buy: np.ndarray, quadratic: float):
+        """Add trades over ``rows`` (the agent's pairs) with their costs, the balance and
+        the objective without the penalty, and compile."""
+        m, n_t = self.model, sell.shape[1]
+        self.rows = rows
+        m.ADMM_PAIRS = pyo.RangeSet(0, len(rows) - 1, doc="the agent's trading pairs")
+        m.ADMM_PERIODS = pyo.RangeSet(0, n_t - 1, doc="period positions")
+        index = (m.ADMM_PAIRS, m.ADMM_PERIODS)
+        m.admm_sell_kw = pyo.Var(*index, bounds=(0, None), doc="sold to partner p  (kW)")
+        m.admm_buy_kw = pyo.Var(*index, bounds=(0, None), doc="bought from partner p  (kW)")
+        m.trade_balance = pyo.Constraint(
+            m.ADMM_PERIODS,
+            rule=lambda m, k: (
+                self.injection_kw[k]
+                - sum(m.admm_sell_kw[p, k] - m.admm_buy_kw[p, k] for p in m.ADMM_PAIRS)
+                == 0
+            ),
+            doc="injection[k] - sum_p (sell[p,k] - buy[p,k]) = 0  (kW); dual: the agent's "
+            "balance multiplier (currency/MWh)",
+        )
+
+        def trade_cost(m, p, k):
+            x = m.admm_sell_kw[p, k] - m.admm_buy_kw[p, k]
+            paid = sell[p, k] * m.admm_sell_kw[p, k] + buy[p, k] * m.admm_buy_kw[p, k]
+            return paid + quadratic / 2 * x**2 if quadratic else paid
+
+        m.own_step = pyo.Objective(
+            expr=-self.per_mwh * self.welfare
+            + sum(trade_cost(m, p, k) for p in m.ADMM_PAIRS for k in m.ADMM_PERIODS),
+            doc="-welfare 1000/dt + sum s sell + b buy + gamma/2 x^2  ((currency/MWh) kW); "
+            "each step adds rho/2 (x - a)^2",
+        )
+        self._compile()
+
+    def _compile(self) -> None:
+        m = self.model
+        self.form = compile_model(m)
+        self.cost = np.asarray(self.form.lp.col_cost_, dtype=float).copy()
+        self.offset = self.form.objective_offset
+        n = len(self.form.columns)
+        self.base_hessian = sp.csc_array((n, n)) if self.form.hessian is None else self.form.hessian
+        where = {id(v): k for k, v in enumerate(self.form.columns)}
+        shape = (len(m.ADMM_PAIRS), len(m.ADMM_PERIODS))
+        self.sell_col = np.array([where[id(m.admm_sell_kw[i])] for i in m.admm_sell_kw])
+        self.buy_col = np.array([where[id(m.admm_buy_kw[i])] for i in m.admm_buy_kw])
+        self.sell_col, self.buy_col = self.sell_col.reshape(shape), self.buy_col.reshape(shape)
+        s, b = self.sell_col.ravel(), self.buy_col.ravel()
+        rows, cols = np.concatenate([s, b, s, b]), np.concatenate([s, b, b, s])
+        values = np.repeat([1.0, 1.0, -1.0, -1.0], s.size)
+        self.penalty_hessian = sp.csc_array((values, (rows, cols)), shape=(n, n))  # (s - b)^2
+
+    def step(self, target_kw: np.ndarray, rho: float) -> tuple[np.ndarray, np.ndarray]:
+        """The agent's trades (its pairs x periods) and balance multipliers (periods):
+        the compiled objective plus ``rho/2 (sell - buy - a)^2``."""
+        form, lp = self.form, self.form.lp
+        cost = self.cost.copy()
+        np.add.at(cost, self.sell_col.ravel(), -rho * target_kw.ravel())
+        np.add.at(cost, self.buy_col.ravel(), rho * target_kw.ravel())
+        lp.col_cost_ = cost
+        form.hessian = self.base_hessian + rho * self.penalty_hessian
+        form.objective_offset = self.offset + rho / 2 * float(np.sum(target_kw**2))
+        lp.offset_ = form.objective_offset
+        self.solution = solve_compiled(self.model, form, 0.0, highs_options())
+        value = np.array([v.value for v in form.columns])
+        x = value[self.sell_col] - value[self.buy_col]
+        mu = self.solution.dual(self.model.trade_balance).to_numpy()
+        return x, mu
 
 
 @dataclass
@@ -71,6 +177,8 @@ class ExchangeProblem:
         ``pair_buy_cost`` is given.
     pair_buy_cost : like ``pair_cost``: what ``pair_from`` pays per MWh it buys from
         ``pair_to``; None: ``pair_cost``.
+    model_agents : agents (by number) stepped by their own model instead of the closed
+        form; their items, if any, are ignored.
     quadratic : ``gamma``: the strictly convex trade term ((currency/MWh)/kW, >= 0).
     """
 
@@ -85,6 +193,7 @@ class ExchangeProblem:
     pair_cost: np.ndarray
     quadratic: float = 0.0
     pair_buy_cost: np.ndarray | None = None
+    model_agents: dict[int, ModelAgent] = field(default_factory=dict)
     reverse: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -108,6 +217,9 @@ class ExchangeProblem:
             raise InputError("ADMM quadratic term: must not be negative")
         self.pair_cost = _per_period(self.pair_cost, shape)
         self.pair_buy_cost = _per_period(buy, shape)
+        for agent, model in self.model_agents.items():
+            rows = np.flatnonzero(self.pair_from == agent)
+            model.attach(rows, self.pair_cost[rows], self.pair_buy_cost[rows], self.quadratic)
         self.reverse = np.array([position[(b, a)] for a, b in position], dtype=int)
 
     @property
@@ -286,6 +398,9 @@ def consensus_admm(
     x = taken = mu = None
     for k in range(1, max_iterations + 1):
         x, taken, mu = local.solve(z - u, rho, mu)
+        for agent, model in problem.model_agents.items():
+            units = slice(agent * problem.n_periods, (agent + 1) * problem.n_periods)
+            x[model.rows], mu[units] = model.step((z - u)[model.rows], rho)
         relaxed = relaxation * x + (1.0 - relaxation) * z
         z_new = 0.5 * (relaxed - relaxed[rev])
         u = u + 0.5 * (relaxed + relaxed[rev])
