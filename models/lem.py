@@ -41,6 +41,26 @@ decided by their own merit order against the resolved market, which buys at its
 supporting interval's low end and sells at its high end (the nodal price on a
 feeder). So a market mixing 1e-9 and 1e9 kW blocks clears as its merit order does.
 
+Quadratic curves. A participant may instead give a curve per period: output (sell) or
+consumption (buy) p in [``p_min_kw``, ``p_max_kw``] kW, continuous, with a cost (sell)
+``C(p) = a p^2 + b p`` or a utility (buy) ``U(p) = b p - a p^2`` in currency/MWh x kW,
+i.e. ``a`` in currency/MWh per kW and ``b`` in currency/MWh, so over a period of dt
+hours the cost or utility is ``C(p) dt / 1000`` currency; ``a >= 0`` (convex cost,
+concave utility). Marginal cost ``2 a p + b``, marginal utility ``b - 2 a p``
+(currency/MWh). ``p_min_kw > 0`` is a must-run minimum, always produced or consumed
+(no on/off choice, so the market stays a convex QP). The welfare adds the utilities
+and subtracts the costs; prices stay the balances' duals, and without a network a curve
+above its minimum bounds the price interval as an accepted block at its marginal value
+does, one below its maximum as a block with room (an interior curve with ``a > 0`` pins
+it). At the market price a curve's best response is
+``clip((price - b) / (2 a), p_min, p_max)`` (sell) or ``clip((b - price) / (2 a), ...)``
+(buy), the bound its margin points to when ``a = 0``. Its gain is measured against its
+alternative at the same price: producing or consuming only ``p_min_kw`` (not trading
+when that is 0); a must-run participant that loses money at its minimum is not owed
+uplift for it. Curves are settled at the uniform or nodal price only (pay-as-bid is
+refused), cannot be combined with indivisible blocks or minimum acceptances (a
+mixed-integer QP), and a market with curves is built again rather than updated.
+
 Certificates (KPIs): ``min_gain``, the smallest participant gain against not trading
 (surplus plus uplift), and ``individually_rational`` when it is at least minus
 ``gain_tolerance`` (a millionth of the market's stake, sum |price| q dt);
@@ -64,6 +84,7 @@ import pyomo.environ as pyo
 from pyomo.core.expr.numeric_expr import LinearExpression, MonomialTermExpression
 
 from gridmarkets.errors import InputError
+from gridmarkets.models.participants import curve_welfare
 from gridmarkets.networks.coupling import NetworkFormulation, attach_grid, placed
 from gridmarkets.networks.feeder import Feeder
 from gridmarkets.results import Result
@@ -72,7 +93,9 @@ from gridmarkets.solvers.highs import gc_paused
 
 BID_COLUMNS = ["participant", "side", "quantity_kw", "price", "period", "block", "bus"]
 OPTIONAL_COLUMNS = ["indivisible", "min_acceptance", "q_kvar", "power_factor", "phase"]
+CURVE_COLUMNS = ["participant", "side", "period", "bus", "a", "b", "p_min_kw", "p_max_kw"]
 UPSTREAM = "upstream"
+_NO_CURVES = pd.DataFrame(columns=CURVE_COLUMNS)
 _REL_TOL = 1e-6  # a block is at a bound within a millionth of its quantity ...
 _NOISE_KW = 1e-9  # ... and, when the solver resolves it, within its values' noise
 _RESOLUTION_KW = 1e-7  # HiGHS's primal feasibility tolerance: smaller blocks are unresolved
@@ -131,13 +154,13 @@ def prepare_bids(bids: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def _connections(table: pd.DataFrame) -> pd.Series:
+def _connections(table: pd.DataFrame, what: str = "bids") -> pd.Series:
     """The ``phase`` column as connections ("a", "bc", "abc", ...; missing: "abc",
     balanced three-phase), letters sorted; anything else is an error naming the row."""
     from gridmarkets.networks.three_phase import connection
 
     phase = table["phase"].map(connection)
-    _reject(table, phase.isna(), "phase", "is not a, b, c or a combination of them")
+    _reject(table, phase.isna(), "phase", "is not a, b, c or a combination of them", what)
     return phase
 
 
@@ -172,6 +195,58 @@ def check_reactive(table: pd.DataFrame, reject: Callable | None = None) -> None:
     reject(table, given & pf.notna(), "power_factor", "and q_kvar are both given; give one")
 
 
+def prepare_curves(curves: pd.DataFrame | None) -> pd.DataFrame:
+    """Check a curves table (:func:`build`) and fill its optional columns (period 0,
+    bus None, p_min_kw 0); errors name the row and the column."""
+    if curves is None:
+        curves = pd.DataFrame(columns=["participant", "side", "a", "b", "p_max_kw"])
+    missing = {"participant", "side", "a", "b", "p_max_kw"} - set(curves.columns)
+    if missing:
+        raise InputError(f"curves: missing column(s) {sorted(missing)}")
+    unknown = set(curves.columns) - set(CURVE_COLUMNS) - {"q_kvar", "power_factor", "phase"}
+    if unknown:
+        raise InputError(f"curves: unknown column(s) {sorted(unknown)}")
+    table = curves.reset_index(drop=True).copy()
+    for column, default in (("period", 0), ("p_min_kw", 0.0)):
+        value = pd.to_numeric(table.get(column, default), errors="coerce")
+        table[column] = pd.Series(value, index=table.index).fillna(default)
+    if "bus" not in table:
+        table["bus"] = None
+    _reject(
+        table, ~table["side"].isin(["buy", "sell"]), "side", "must be 'buy' or 'sell'", "curves"
+    )
+    for column in ("a", "b", "p_min_kw", "p_max_kw", "period"):
+        as_number = pd.to_numeric(table[column], errors="coerce")
+        bad = as_number.isna() | ~np.isfinite(as_number)
+        _reject(table, bad, column, "must be a number", "curves")
+        table[column] = as_number.astype(float)
+    _reject(table, table["period"] % 1 != 0, "period", "must be a whole number", "curves")
+    _reject(table, table["period"] < 0, "period", "must not be negative", "curves")
+    table["period"] = table["period"].astype(int)
+    _reject(
+        table,
+        table["a"] < 0,
+        "a",
+        "must not be negative (a convex cost, a concave utility)",
+        "curves",
+    )
+    _reject(table, table["p_min_kw"] < 0, "p_min_kw", "must not be negative", "curves")
+    below = table["p_max_kw"] < table["p_min_kw"]
+    _reject(table, below, "p_max_kw", "is below p_min_kw", "curves")
+    duplicate = table.duplicated(["participant", "side", "period"], keep=False)
+    _reject(table, duplicate, "period", "repeats (participant, side, period)", "curves")
+    check_reactive(table, lambda *args: _reject(*args, "curves"))
+    if "phase" in table:
+        table["phase"] = _connections(table, "curves")
+    return table
+
+
+def curve_reactive_ratio(curves: pd.DataFrame) -> np.ndarray:
+    """kvar per kW of each curve: ``q_kvar`` is given at ``p_max_kw`` (as a block's at
+    its quantity), ``power_factor`` as for blocks (:func:`reactive_ratio`)."""
+    return reactive_ratio(curves.assign(quantity_kw=curves["p_max_kw"]))
+
+
 def reactive_ratio(table: pd.DataFrame) -> np.ndarray:
     """Reactive power per kW of each block (kvar/kW), in the block's own direction.
 
@@ -197,18 +272,21 @@ def reactive_ratio(table: pd.DataFrame) -> np.ndarray:
     return ratio
 
 
-def _reject(table: pd.DataFrame, mask: pd.Series, column: str, reason: str) -> None:
+def _reject(
+    table: pd.DataFrame, mask: pd.Series, column: str, reason: str, what: str = "bids"
+) -> None:
     if mask.any():
         row = table[mask].iloc[0]
         raise InputError(
-            f"bids row {row.name} (participant {row['participant']!r}): {column} "
+            f"{what} row {row.name} (participant {row['participant']!r}): {column} "
             f"{row[column]!r} {reason} ({int(mask.sum())} such row(s))"
         )
 
 
 def build(
-    bids: pd.DataFrame,
+    bids: pd.DataFrame | None,
     *,
+    curves: pd.DataFrame | None = None,
     upstream: Upstream | None = None,
     network: Feeder | None = None,
     formulation: NetworkFormulation | None = None,
@@ -223,7 +301,12 @@ def build(
     ----------
     bids : table with columns participant, side, quantity_kw, price (currency/MWh) and
         optional period, block, bus, indivisible (bool per block), min_acceptance,
-        q_kvar or power_factor (reactive power, :func:`reactive_ratio`).
+        q_kvar or power_factor (reactive power, :func:`reactive_ratio`); None: no blocks.
+    curves : quadratic participants (module docstring, Quadratic curves), one row per
+        participant, side and period: participant, side, a (currency/MWh per kW), b
+        (currency/MWh), p_max_kw and optional period, bus, p_min_kw (default 0; above 0
+        a must-run minimum), q_kvar (at p_max_kw) or power_factor, phase. None: none.
+        With curves the market is a QP: uniform pricing, no integer blocks.
     upstream : the upstream grid; None for an islanded market.
     network : a :class:`~gridmarkets.networks.Feeder` (LinDistFlow, nodal prices) or
         None (one balance per period).
@@ -235,17 +318,25 @@ def build(
         user constraints.
     """
     started = time.perf_counter()
-    table = prepare_bids(bids)
-    periods = sorted(set(table["period"]) | ({0} if table.empty else set()))
+    table = prepare_bids(pd.DataFrame(columns=BID_COLUMNS[:4]) if bids is None else bids)
+    # without curves: no checks or placement, the block market builds as before
+    curve_table = prepare_curves(curves) if curves is not None else _NO_CURVES
+    periods = sorted(set(table["period"]) | set(curve_table["period"]))
+    periods = periods or [0]
     table = _place_bids(table, network, periods)
+    if len(curve_table):
+        curve_table = _place_bids(curve_table, network, periods)
     m = pyo.ConcreteModel(name="lem")
     m.bids = table
+    m.curves = curve_table
     m.upstream = upstream
     m.feeder = network
     m.period_hours = period_hours
     m.BIDS = pyo.Set(initialize=table.index.tolist(), doc="bid and offer blocks")
     m.PERIODS = pyo.Set(initialize=periods, doc="market periods")
     _add_acceptance(m, table, indivisible, min_acceptance)
+    _refuse_integer_curves(m)
+    _add_curves(m, curve_table)
     _add_upstream(m, upstream)
     attach_grid(
         m,
@@ -312,6 +403,61 @@ def _add_upstream(m, upstream: Upstream | None) -> None:
     m.export_kw = pyo.Var(m.PERIODS, bounds=(0, cap), doc="export to the upstream grid (kW)")
 
 
+def _refuse_integer_curves(m) -> None:
+    """Curves make the welfare quadratic; with integer blocks that is a mixed-integer QP,
+    which HiGHS does not solve: refused here, in the market's terms."""
+    if len(m.curves) and hasattr(m, "INTEGER_BIDS"):
+        first = m.bids.loc[list(m.INTEGER_BIDS)[0]]
+        raise InputError(
+            f"curves: a market with quadratic curves cannot have indivisible blocks or "
+            f"minimum acceptances (bids row {first.name}, participant "
+            f"{first['participant']!r}, and {len(m.INTEGER_BIDS)} such block(s) in all): "
+            "the clearing would be a mixed-integer QP, which HiGHS does not solve"
+        )
+
+
+def _add_curves(m, curves: pd.DataFrame) -> None:
+    """One continuous output or consumption per curve, between its bounds."""
+    if not len(curves):
+        return
+    m.CURVES = pyo.Set(initialize=curves.index.tolist(), doc="quadratic participants' curves")
+    limits = zip(curves["p_min_kw"], curves["p_max_kw"], strict=True)
+    bounds = dict(zip(curves.index, limits, strict=True))
+    m.curve_kw = pyo.Var(
+        m.CURVES,
+        bounds=lambda m, c: bounds[c],
+        doc="output (sell) or consumption (buy) of curve c: p_min_kw[c] <= p[c] <= "
+        "p_max_kw[c]  (kW); p_min_kw > 0 is a must-run minimum, not an on/off choice",
+    )
+
+
+def _curve_injections(m) -> pd.DataFrame:
+    """Curves' injection terms: a sell curve injects p, a buy curve withdraws it, each
+    with its kvar per kW (:func:`curve_reactive_ratio`)."""
+    curves = m.curves
+    sign = np.where(curves["side"] == "sell", 1.0, -1.0)
+    terms = pd.DataFrame(
+        {
+            "owner": curves["participant"].to_numpy(),
+            "bus": curves["bus"].to_numpy(),
+            "period": curves["period"].to_numpy(),
+            "variable": list(m.curve_kw.values()),
+            "p_coef": sign,
+            "q_coef": sign * curve_reactive_ratio(curves),
+        }
+    )
+    if "phase" in curves:
+        terms["phase"] = curves["phase"].to_numpy()
+    return terms
+
+
+def _curve_welfare(m):
+    """The curves' part of the welfare (currency, :func:`~gridmarkets.models.participants.
+    curve_welfare`): concave, so the clearing is a convex QP."""
+    c = m.curves
+    return curve_welfare(c["side"], c["a"], c["b"], list(m.curve_kw.values()), m.period_hours)
+
+
 @gc_paused()
 def _injections(m, table: pd.DataFrame, feeder: Feeder | None) -> pd.DataFrame:
     """The market's injections as terms (one row per block, a hundred thousand on the
@@ -330,6 +476,8 @@ def _injections(m, table: pd.DataFrame, feeder: Feeder | None) -> pd.DataFrame:
     )
     if "phase" in table:
         terms["phase"] = table["phase"].to_numpy()  # the upstream grid's rows: "abc"
+    if len(m.curves):
+        terms = pd.concat([terms, _curve_injections(m)], ignore_index=True)
     if m.upstream is None:
         return terms
     periods = list(m.PERIODS)
@@ -348,10 +496,15 @@ def _injections(m, table: pd.DataFrame, feeder: Feeder | None) -> pd.DataFrame:
 
 
 def _add_welfare(m, table: pd.DataFrame) -> None:
+    welfare = _welfare(m, table)
+    if len(m.curves):  # only then: the block market's objective stays a LinearExpression
+        welfare = welfare + _curve_welfare(m)
     m.social_welfare = pyo.Objective(
-        expr=_welfare(m, table),
+        expr=welfare,
         sense=pyo.maximize,
-        doc="sum_buy price q dt - sum_sell price q dt - import cost + export revenue  (currency)",
+        doc="sum_buy price q dt - sum_sell price q dt - import cost + export revenue"
+        " + sum_buy-curves (b p - a p^2) dt/1000 - sum_sell-curves (a p^2 + b p) dt/1000"
+        "  (currency)",
     )
 
 
@@ -382,11 +535,17 @@ def update(m: pyo.ConcreteModel, bids: pd.DataFrame, *, upstream: Upstream | Non
 
     Raises
     ------
-    InputError : anything else differs (build the model again), or a block with a
-        minimum acceptance changes its quantity (a coefficient of its constraints).
+    InputError : anything else differs (build the model again), a block with a
+        minimum acceptance changes its quantity (a coefficient of its constraints), or
+        the market has quadratic curves (build it again).
     The model is left unchanged when the update is refused.
     """
     started = time.perf_counter()
+    if len(m.curves):
+        raise InputError(
+            f"curves: the market has {len(m.curves)} quadratic curve(s); update() changes "
+            "blocks only: build the market again"
+        )
     table = _place_bids(prepare_bids(bids), m.feeder, list(m.PERIODS))
     data = [c for c in ("quantity_kw", "price", "q_kvar") if c in table]
     if not table.drop(columns=data).equals(m.bids.drop(columns=data, errors="ignore")):
@@ -421,27 +580,151 @@ def results(
 ) -> Result:
     """Tidy tables (accepted, prices, settlement, parties, upstream), KPIs and the
     certificates (module docstring) of a cleared market."""
-    if pricing not in ("uniform", "pay_as_bid"):
-        raise InputError(f"pricing: {pricing!r} is not 'uniform' or 'pay_as_bid'")
+    _check_pricing(pricing, m.curves)
     from gridmarkets.networks import nodal_prices
 
     nodal = nodal_prices(m.handles, solution)
     upstream = _upstream_table(m)
     unresolved = _unresolved_blocks(m)
+    curves = _curves_table(m)
     accepted = _accepted_table(m)
-    prices = _prices_table(m, nodal, accepted[~unresolved], upstream)
+    resolved = accepted[~unresolved]
+    if len(curves):
+        resolved = pd.concat([resolved, _curve_steps(curves)], ignore_index=True)
+    prices = _prices_table(m, nodal, resolved, upstream)
+    block_prices = _block_prices(m, prices)
     if unresolved.any():
-        _accept_at_prices(m, unresolved, _block_prices(m, prices))
+        _accept_at_prices(m, unresolved, block_prices)
         accepted = _accepted_table(m)
-    settled = _settle(accepted, _block_prices(m, prices), m, pricing)
+    settled = _settle(accepted, block_prices, m, pricing)
+    if len(curves):
+        curves = _with_prices(m, curves, block_prices)
+        settled = pd.concat([settled, _settle_curves(curves, m)], ignore_index=True)
     settlement = _settlement_table(settled)
     parties = _parties_table(m, settlement, settled, prices, upstream)
     kpis = _kpis(m, solution, settled, upstream) | _certificates(m, settlement, parties)
     tables = {"accepted": accepted, "prices": prices, "settlement": settlement}
+    if len(curves):
+        tables["accepted_curves"] = curves
     tables["parties"] = parties
     if upstream is not None:
         tables["upstream"] = upstream
     return Result("lem", tables, kpis, solution)
+
+
+def _check_pricing(pricing: str, curves: pd.DataFrame | None) -> None:
+    if pricing not in ("uniform", "pay_as_bid"):
+        raise InputError(f"pricing: {pricing!r} is not 'uniform' or 'pay_as_bid'")
+    if pricing == "pay_as_bid" and curves is not None and len(curves):
+        raise InputError(
+            "pricing: 'pay_as_bid' is not defined for quadratic curves (a curve has no "
+            "single bid price); use 'uniform'"
+        )
+
+
+def _curves_table(m) -> pd.DataFrame:
+    """Each curve with its cleared quantity (kW), kvar and marginal value at it
+    (currency/MWh): a sell curve's marginal cost ``2 a p + b``, a buy curve's marginal
+    utility ``b - 2 a p``."""
+    curves = m.curves
+    if not len(curves):
+        return pd.DataFrame()
+    p = np.array([pyo.value(v) for v in m.curve_kw.values()], dtype=float)
+    p = np.clip(p, curves["p_min_kw"].to_numpy(), curves["p_max_kw"].to_numpy())
+    sign = np.where(curves["side"] == "sell", 1.0, -1.0)
+    a, b = curves["a"].to_numpy(), curves["b"].to_numpy()
+    phase = {"phase": _curve_phases(m)} if "phase" in curves or _three_phase(m) else {}
+    return pd.DataFrame(
+        {
+            "participant": curves["participant"],
+            "side": curves["side"],
+            "period": curves["period"],
+            "bus": curves["bus"],
+            **phase,
+            "a": a,
+            "b": b,
+            "p_min_kw": curves["p_min_kw"],
+            "p_max_kw": curves["p_max_kw"],
+            "quantity_kw": p,
+            "q_kvar": curve_reactive_ratio(curves) * p,
+            "marginal_value": b + sign * 2.0 * a * p,
+        }
+    )
+
+
+def _curve_steps(curves: pd.DataFrame) -> pd.DataFrame:
+    """Curves as the blocks :func:`price_interval` reads: a curve whose output is above
+    its minimum bounds the price as an accepted block at its marginal value does, one
+    below its maximum as a block with room; a fixed curve (p_min = p_max, or narrower
+    than the solver resolves) bounds nothing."""
+    if not len(curves):
+        return pd.DataFrame()
+    width = (curves["p_max_kw"] - curves["p_min_kw"]).to_numpy()
+    steps = pd.DataFrame(
+        {
+            "period": curves["period"],
+            "side": curves["side"],
+            "offered_kw": width,
+            "bid_price": curves["marginal_value"],
+            "quantity_kw": np.clip(curves["quantity_kw"] - curves["p_min_kw"], 0.0, width),
+        }
+    )
+    return steps[width >= _RESOLUTION_KW]
+
+
+def _curve_phases(m) -> pd.Series:
+    curves = m.curves
+    return curves["phase"] if "phase" in curves else pd.Series("abc", index=curves.index)
+
+
+def _with_prices(m, curves: pd.DataFrame, prices: pd.DataFrame) -> pd.DataFrame:
+    """The curves with the market price at their bus, period (and connection)."""
+    keyed = curves.assign(phase=_curve_phases(m)) if _three_phase(m) else curves
+    price = keyed.merge(prices[[*_keys(m), "price"]], on=_keys(m), how="left")["price"]
+    return curves.assign(price=price.to_numpy())
+
+
+def _settle_curves(curves: pd.DataFrame, m) -> pd.DataFrame:
+    """Curves settled at the market price (uniform pricing), as :func:`_settle` settles
+    blocks. At price lambda a curve's surplus is ``f(p) dt/1000`` with
+    ``f(p) = s (b - lambda) p - a p^2`` (s = +1 buy, -1 sell: utility less payment,
+    payment less cost). Its best response maximises f over [p_min, p_max]:
+    ``clip(s (b - lambda) / (2 a), p_min, p_max)``, or for a = 0 the bound the sign of
+    ``s (b - lambda)`` points to. ``reference`` is f at p_min, what the participant would
+    make producing or consuming only its must-run minimum (0 when p_min = 0): its gain
+    is measured against that (module docstring)."""
+    per_kw = m.period_hours / 1000.0
+    s = np.where(curves["side"] == "buy", 1.0, -1.0)
+    a, b, lam = curves["a"].to_numpy(), curves["b"].to_numpy(), curves["price"].to_numpy()
+    low, high = curves["p_min_kw"].to_numpy(), curves["p_max_kw"].to_numpy()
+    slope = s * (b - lam)  # currency/MWh per kW of output or consumption
+    with np.errstate(divide="ignore", invalid="ignore"):
+        interior = np.where(a > 0, slope / (2.0 * a), np.where(slope > 0, high, low))
+    best = np.clip(interior, low, high)
+
+    def value(p):
+        return (slope * p - a * p**2) * per_kw
+
+    p = curves["quantity_kw"].to_numpy()
+    energy = s * p * m.period_hours  # as blocks: bought energy positive
+    return pd.DataFrame(
+        {
+            "participant": curves["participant"],
+            "side": curves["side"],
+            "period": curves["period"],
+            "bus": curves["bus"],
+            "offered_kw": high,
+            "quantity_kw": p,
+            "market_price": lam,
+            "price": lam,
+            "energy_kwh": energy,
+            "payment": energy * lam / 1000.0,
+            "surplus": value(p),
+            "best_surplus": value(best),
+            "reference": value(low),
+            "curve": True,
+        }
+    )
 
 
 def _keys(m) -> list[str]:
@@ -470,7 +753,8 @@ def _block_prices(m, prices: pd.DataFrame) -> pd.DataFrame:
         return prices.drop_duplicates(_keys(m))
     from gridmarkets.networks.three_phase import connection_prices
 
-    return connection_prices(prices, sorted(set(_block_phases(m))))
+    phases = set(_block_phases(m)) | set(_curve_phases(m))
+    return connection_prices(prices, sorted(phases))
 
 
 def _unresolved_blocks(m) -> np.ndarray:
@@ -676,18 +960,24 @@ def _settle(accepted, prices, m, pricing: str) -> pd.DataFrame:
     margin = sign * (settled["bid_price"] - settled["price"]) * per_kw  # currency per kW
     settled["surplus"] = margin * settled["quantity_kw"]  # value - paid; paid - cost
     settled["best_surplus"] = np.maximum(margin, 0.0) * settled["offered_kw"]
+    settled["reference"] = 0.0  # a block's alternative: not trading
+    settled["curve"] = False
     return settled
 
 
 def _settlement_table(settled: pd.DataFrame) -> pd.DataFrame:
     """Per participant: energy, payment, surplus; ``uplift``, what it would lose at the
-    prices, paid back to it; ``gain`` against not trading (surplus + uplift); and
+    prices against its alternative, paid back to it; ``gain`` against its alternative
+    (surplus - reference + uplift; the alternative is not trading, for a curve with a
+    must-run minimum producing or consuming only that minimum); and
     ``lost_opportunity``, its best response's surplus beyond the cleared one (a block's
-    best response is all or nothing, whether or not it is divisible)."""
-    columns = ["energy_kwh", "payment", "surplus", "best_surplus"]
+    best response is all or nothing, whether or not it is divisible; a curve's in
+    closed form, :func:`_settle_curves`)."""
+    columns = ["energy_kwh", "payment", "surplus", "best_surplus", "reference"]
     table = settled.groupby("participant", sort=False)[columns].sum().reset_index()
-    table["uplift"] = np.maximum(0.0, -table["surplus"])
-    table["gain"] = table["surplus"] + table["uplift"]
+    reference = table.pop("reference")
+    table["uplift"] = np.maximum(0.0, reference - table["surplus"])
+    table["gain"] = table["surplus"] - reference + table["uplift"]
     table["lost_opportunity"] = table.pop("best_surplus") - table["surplus"]
     return table
 
@@ -760,7 +1050,8 @@ def _kpis(m, solution: Solution, settled: pd.DataFrame, upstream) -> dict[str, f
     upstream_cost = 0.0 if upstream is None else _upstream_cost(upstream, hours / 1000)
     payments_in = float(settled.loc[buy, "payment"].sum())
     payments_out = float(-settled.loc[sell, "payment"].sum())
-    unmatched = (settled["offered_kw"] - settled["quantity_kw"]) * hours
+    unmatched = (settled["offered_kw"] - settled["quantity_kw"]).where(~settled["curve"], 0.0)
+    unmatched = unmatched * hours  # blocks only: a curve below its maximum is its choice
     return {
         "social_welfare": solution.objective,
         "buyers_surplus": float(settled.loc[buy, "surplus"].sum()),
@@ -782,6 +1073,11 @@ def _kpis(m, solution: Solution, settled: pd.DataFrame, upstream) -> dict[str, f
 def _certificates(m, settlement: pd.DataFrame, parties: pd.DataFrame) -> dict[str, float]:
     """Individual rationality, best responses and the closed settlement (module docstring)."""
     stake = (m.bids["price"].abs() * m.bids["quantity_kw"]).sum() * m.period_hours / 1000
+    if len(m.curves):  # a bound on |cost| or |utility| over [0, p_max]
+        c = m.curves
+        stake += ((c["a"] * c["p_max_kw"] + c["b"].abs()) * c["p_max_kw"]).sum() * (
+            m.period_hours / 1000
+        )
     tolerance = _REL_TOL * float(stake)
     empty = settlement.empty
     min_gain = 0.0 if empty else float(settlement["gain"].min())
@@ -798,8 +1094,9 @@ def _certificates(m, settlement: pd.DataFrame, parties: pd.DataFrame) -> dict[st
 
 
 def clear(
-    bids: pd.DataFrame,
+    bids: pd.DataFrame | None,
     *,
+    curves: pd.DataFrame | None = None,
     upstream: Upstream | None = None,
     network: Feeder | None = None,
     pricing: Literal["uniform", "pay_as_bid"] = "uniform",
@@ -807,14 +1104,18 @@ def clear(
     **build_options: Any,
 ) -> Result:
     """Build, solve and report a market clearing in one call (see :func:`build`)."""
-    m = build(bids, upstream=upstream, network=network, **build_options)
+    _check_pricing(pricing, curves)
+    m = build(bids, curves=curves, upstream=upstream, network=network, **build_options)
     solution = solve(m, **(solve_options or {}))
     return results(m, solution, pricing)
 
 
 def bus_injections(result: Result) -> pd.DataFrame:
-    """Participants' net injection (kW) per bus (rows) and period (columns)."""
+    """Participants' net injection (kW) per bus (rows) and period (columns), blocks
+    and curves."""
     accepted = result.accepted
+    if "accepted_curves" in result.tables:
+        accepted = pd.concat([accepted, result.tables["accepted_curves"]], ignore_index=True)
     sign = np.where(accepted["side"] == "sell", 1.0, -1.0)
     return accepted.assign(p_kw=sign * accepted["quantity_kw"]).pivot_table(
         index="bus", columns="period", values="p_kw", aggfunc="sum", fill_value=0.0
