@@ -98,8 +98,9 @@ import numpy as np
 import pandas as pd
 import pyomo.environ as pyo
 
-from gridmarkets.errors import InputError
-from gridmarkets.models.lem import Upstream, prepare_bids, reactive_ratio
+from gridmarkets.errors import InfeasibleError, InputError
+from gridmarkets.models.lem import BID_COLUMNS, Upstream, prepare_bids, reactive_ratio
+from gridmarkets.models.participants import Participant, add_participant
 from gridmarkets.results import Result
 from gridmarkets.solvers import Solution, record_build_time, solve
 
@@ -129,6 +130,7 @@ class Market:
     upstream : tariffs and per-peer connection capacity, or None (no grid).
     feeder : the feeder for network-aware clearing, or None.
     budgets : energy budgets (see :func:`build`), one row each.
+    participants : the peers stated in the participant vocabulary, by peer id.
     """
 
     bids: pd.DataFrame
@@ -146,6 +148,7 @@ class Market:
     quadratic: float
     architecture: str
     budgets: pd.DataFrame
+    participants: dict[str, Participant]
 
     @property
     def agents(self) -> list[str]:
@@ -168,8 +171,9 @@ class Market:
     @property
     def model_peers(self) -> list[str]:
         """Peers whose own problem is not period-separable steps (a budget couples
-        their periods): solved as a model, alone or in ADMM."""
-        coupled = set(self.budgets["participant"])
+        their periods, or a participant: curves, storage, loads, devices): solved as a
+        model, alone or in ADMM."""
+        coupled = set(self.budgets["participant"]) | set(self.participants)
         return [p for p in self.peers if p in coupled]
 
 
@@ -252,18 +256,21 @@ def prepare(
     period_hours: float = 1.0,
     quadratic: float = 0.0,
     budgets: pd.DataFrame | None = None,
+    participants: Sequence[Participant] = (),
+    periods: Sequence[int] | None = None,
 ) -> Market:
     """Check the inputs and gather them as a :class:`Market` (see :func:`build`)."""
-    table = prepare_bids(bids)
-    peers = list(dict.fromkeys(table["participant"].astype(str)))
+    table = prepare_bids(pd.DataFrame(columns=BID_COLUMNS[:4]) if bids is None else bids)
     table["participant"] = table["participant"].astype(str)
-    bus = _peer_buses(table)
+    specs = _participants_by_peer(participants)
+    peers = list(dict.fromkeys([*table["participant"], *specs]))
+    bus = _peer_buses(table, specs)
     community = {p: (communities or {}).get(p) for p in peers}
     if architecture not in ("full", "community", "hybrid"):
         raise InputError(f"architecture: {architecture!r} is not full, community or hybrid")
     if quadratic < 0:
         raise InputError(f"quadratic: {quadratic} is negative")
-    periods = sorted(set(table["period"])) or [0]
+    periods = sorted(set(table["period"]) | set(periods or [])) or [0]
     if upstream is not None:
         imp, exp = upstream.per_period(periods)
         if np.any(exp > imp):
@@ -293,7 +300,17 @@ def prepare(
         quadratic=quadratic,
         architecture=architecture,
         budgets=_prepare_budgets(budgets, peers, periods),
+        participants=specs,
     )
+
+
+def _participants_by_peer(participants: Sequence[Participant]) -> dict[str, Participant]:
+    specs: dict[str, Participant] = {}
+    for k, spec in enumerate(participants):
+        if spec.participant in specs:
+            raise InputError(f"participants[{k}]: {spec.participant!r} is stated twice")
+        specs[spec.participant] = spec
+    return specs
 
 
 BUDGET_COLUMNS = ["participant", "side", "first_period", "last_period", "min_kwh", "max_kwh"]
@@ -332,8 +349,9 @@ def _prepare_budgets(budgets: pd.DataFrame | None, peers: list[str], periods: li
     return table
 
 
-def _peer_buses(table: pd.DataFrame) -> dict[str, Any]:
-    """The bus of every peer: all its blocks are at one bus (None without a network)."""
+def _peer_buses(table: pd.DataFrame, specs: dict[str, Participant]) -> dict[str, Any]:
+    """The bus of every peer: all its blocks and its participant are at one bus (None
+    without a network)."""
     buses = table.groupby("participant", sort=False)["bus"].unique()
     several = buses[buses.map(len) > 1]
     if len(several):
@@ -341,7 +359,14 @@ def _peer_buses(table: pd.DataFrame) -> dict[str, Any]:
         raise InputError(
             f"bids: peer {peer!r} has blocks at buses {', '.join(found)}; one bus a peer"
         )
-    return buses.map(lambda b: b[0]).to_dict()
+    bus = buses.map(lambda b: b[0]).to_dict()
+    for peer, spec in specs.items():
+        if peer in bus and bus[peer] != spec.bus:
+            raise InputError(
+                f"participants: {peer!r} is at bus {spec.bus}, its blocks at bus {bus[peer]}"
+            )
+        bus[peer] = spec.bus
+    return bus
 
 
 def _with_managers(edges, peers, community) -> tuple[list, list[str]]:
@@ -455,6 +480,8 @@ def build(
     period_hours: float = 1.0,
     quadratic: float = 0.0,
     budgets: pd.DataFrame | None = None,
+    participants: Sequence[Participant] = (),
+    periods: Sequence[int] | None = None,
     extra: Callable[[pyo.ConcreteModel], None] | None = None,
 ) -> pyo.ConcreteModel:
     """Build the central P2P clearing as a Pyomo model (see the module docstring).
@@ -484,6 +511,12 @@ def build(
         (``buy``, the default: the energy its buy blocks take; ``sell``: the energy its
         sell blocks give), first_period, last_period (the window, inclusive), min_kwh,
         max_kwh (either may be missing: no bound).
+    participants : peers stated in the vocabulary of
+        :mod:`gridmarkets.models.participants` (quadratic curves with p_min/p_max,
+        storage, flexible loads with an energy budget, devices), each the peer named
+        by its ``participant`` (which may also have blocks, at the same bus).
+    periods : the market's periods (default: those of the bids); needed when the
+        peers are participants only.
     extra : called with the model before it is returned, to add user constraints.
 
     Returns
@@ -504,6 +537,8 @@ def build(
         period_hours=period_hours,
         quadratic=quadratic,
         budgets=budgets,
+        participants=participants,
+        periods=periods,
     )
     m = pyo.ConcreteModel(name="p2p")
     m.market = market
@@ -519,9 +554,10 @@ def build(
 
 
 def _add_own(m, market: Market) -> None:
-    """The agents' own decisions: blocks, grid trade, budgets, and ``net_kw``."""
+    """The agents' own decisions: blocks, participants, grid trade, budgets, ``net_kw``."""
     _add_sets(m, market)
     _add_blocks(m, market)
+    _add_participants(m, market)
     _add_upstream(m, market)
     _add_net(m, market)
     _add_budgets(m, market)
@@ -542,6 +578,32 @@ def _add_blocks(m, market: Market) -> None:
         m.BIDS,
         bounds=lambda m, b: (0, quantity[b]),
         doc="accepted quantity of block b: 0 <= q[b] <= quantity_kw[b]  (kW)",
+    )
+
+
+def _add_participants(m, market: Market) -> None:
+    """Every participant's own model (:func:`~gridmarkets.models.participants.
+    add_participant`) in its block, its net injection copied into one variable per
+    period (what the balances and the grid read) and its welfare."""
+    m.PARTICIPANTS = pyo.Set(initialize=list(market.participants), doc="participant peers")
+    m.participant = pyo.Block(m.PARTICIPANTS, doc="a participant's own model")
+    handles = {
+        name: add_participant(m.participant[name], spec, market.periods, market.period_hours)
+        for name, spec in market.participants.items()
+    }
+    m.participant_kw = pyo.Var(
+        m.PARTICIPANTS, m.PERIODS, doc="participant's net injection, into its bus  (kW)"
+    )
+    m.participant_injection = pyo.Constraint(
+        m.PARTICIPANTS,
+        m.PERIODS,
+        rule=lambda m, i, t: m.participant_kw[i, t] == handles[i][0][t],
+        doc="participant_kw[i,t] = p_net[i,t] of its own model  (kW)",
+    )
+    m.participant_welfare = pyo.Expression(
+        m.PARTICIPANTS,
+        rule=lambda m, i: handles[i][1],
+        doc="utility minus cost of the participant's schedule  (currency)",
     )
 
 
@@ -584,11 +646,15 @@ def _add_net(m, market: Market) -> None:
     blocks: dict[tuple, list] = {}
     for b, peer, t, s in zip(table.index, table["participant"], table["period"], sign, strict=True):
         blocks.setdefault((peer, t), []).append(s * m.accepted_kw[b])
+    for i in market.participants:
+        for t in market.periods:
+            blocks.setdefault((i, t), []).append(m.participant_kw[i, t])
     m.net_kw = pyo.Expression(
         m.AGENTS,
         m.PERIODS,
         rule=lambda m, i, t: sum(blocks.get((i, t), [])),
-        doc="net[i,t] = sum_sell q - sum_buy q: the agent's own injection  (kW)",
+        doc="net[i,t] = sum_sell q - sum_buy q + participant_kw[i,t]: the agent's own "
+        "injection  (kW)",
     )
 
 
@@ -677,8 +743,9 @@ def _add_network(m, market: Market, formulation) -> None:
 def injections_terms(m, market: Market) -> pd.DataFrame:
     """The market's long injection table in term form (owner, bus, period, variable,
     p_coef, q_coef): every block injects ``+-accepted_kw`` kW (sell +, buy -) and its
-    reactive ratio times that in kvar (:func:`~gridmarkets.models.lem.reactive_ratio`);
-    the upstream grid injects ``upstream_kw`` at the root."""
+    reactive ratio times that in kvar (:func:`~gridmarkets.models.lem.reactive_ratio`),
+    every participant its ``participant_kw`` (unity power factor); the upstream grid
+    injects ``upstream_kw`` at the root."""
     table = market.bids
     sign = np.where(table["side"] == "sell", 1.0, -1.0)
     blocks = pd.DataFrame(
@@ -689,6 +756,17 @@ def injections_terms(m, market: Market) -> pd.DataFrame:
             "variable": [m.accepted_kw[b] for b in table.index],
             "p_coef": sign,
             "q_coef": sign * reactive_ratio(table),
+        }
+    )
+    names = list(market.participants)
+    participants = pd.DataFrame(
+        {
+            "owner": np.repeat(names, len(market.periods)),
+            "bus": np.repeat([market.bus[i] for i in names], len(market.periods)),
+            "period": np.tile(market.periods, len(names)),
+            "variable": [m.participant_kw[i, t] for i in names for t in market.periods],
+            "p_coef": 1.0,
+            "q_coef": 0.0,
         }
     )
     root = None if market.feeder is None else market.feeder.root
@@ -702,16 +780,18 @@ def injections_terms(m, market: Market) -> pd.DataFrame:
             "q_coef": 0.0,
         }
     )
-    return pd.concat([blocks, upstream], ignore_index=True)
+    return pd.concat([blocks, participants, upstream], ignore_index=True)
 
 
 def own_welfare(m, market: Market) -> Any:
     """The agents' own welfare (currency): the value of their accepted bids minus the
-    cost of their offers, plus their grid trade at the tariffs."""
+    cost of their offers, their participants' welfare, and their grid trade at the
+    tariffs."""
     per_kw = market.period_hours / 1000.0
     table = market.bids
     value = np.where(table["side"] == "buy", 1.0, -1.0) * table["price"].to_numpy() * per_kw
     welfare = sum(v * m.accepted_kw[b] for v, b in zip(value, table.index, strict=True))
+    welfare += sum(m.participant_welfare[i] for i in market.participants)
     if market.upstream is not None:
         imp, exp = market.tariffs()
         welfare += sum(
@@ -745,6 +825,7 @@ def own_model(
         sell_cost=np.zeros((0, n_t)),
         buy_cost=np.zeros((0, n_t)),
         budgets=market.budgets[market.budgets["participant"] == agent],
+        participants={k: v for k, v in market.participants.items() if k == agent},
         upstream=upstream,
         feeder=None,
     )
@@ -802,6 +883,8 @@ class Outcome:
         ``-sum_(b,t) node_price[b,t] p[b,t] dt`` (currency): the DSO's receipts.
     budget_value : per budget, the welfare one more MWh of budget brings
         (currency/MWh; both bounds moved together; 0 where neither binds).
+    participant_kw, participant_welfare : (participants x periods) net injections
+        (kW) and (participants,) welfare (currency) of the participant peers.
     """
 
     accepted_kw: np.ndarray
@@ -813,6 +896,8 @@ class Outcome:
     node_price: np.ndarray
     network_rent: float = 0.0
     budget_value: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    participant_kw: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 0)))
+    participant_welfare: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
 
 
 def central_outcome(m: pyo.ConcreteModel, solution: Solution) -> Outcome:
@@ -852,7 +937,18 @@ def central_outcome(m: pyo.ConcreteModel, solution: Solution) -> Outcome:
         balance.reshape(len(market.agents), len(periods)),
         *_node_prices(m, solution),
         budget_value=budget_values(m, solution, scale=1000.0),
+        **participant_values(m),
     )
+
+
+def participant_values(m: pyo.Block) -> dict[str, np.ndarray]:
+    """The solved participants' ``participant_kw`` and ``participant_welfare`` of ``m``."""
+    names, periods = list(m.market.participants), m.market.periods
+    kw = [[m.participant_kw[i, t].value for t in periods] for i in names]
+    return {
+        "participant_kw": np.array(kw, dtype=float).reshape(len(names), len(periods)),
+        "participant_welfare": np.array([pyo.value(m.participant_welfare[i]) for i in names]),
+    }
 
 
 def budget_values(m: pyo.Block, solution: Solution, scale: float) -> np.ndarray:
@@ -1000,9 +1096,9 @@ def peers_table(market: Market, outcome: Outcome) -> pd.DataFrame:
     """Per agent: energy (kWh), grid trade, P2P trade, its settlement, costs, surplus.
 
     ``value`` is the value of consumption minus the cost of production at the agent's
-    bid prices; ``trade_payment`` pays its trades at the bilateral prices,
-    ``network_charge`` its node's price on its trades and grid trade (see the module
-    docstring), ``grid_cost`` the tariffs; ``payment`` is their sum and
+    bid prices, plus its participant's welfare; ``trade_payment`` pays its trades at
+    the bilateral prices, ``network_charge`` its node's price on its trades and grid
+    trade (see the module docstring), ``grid_cost`` the tariffs; ``payment`` is their sum and
     ``surplus = value - payment - preference_cost`` (currency). The surpluses and the
     DSO's network charges add up to the social welfare.
     """
@@ -1016,7 +1112,16 @@ def peers_table(market: Market, outcome: Outcome) -> pd.DataFrame:
             "value": -sign * table["price"].to_numpy() * outcome.accepted_kw * dt / 1000,
         }
     )
-    out = acc.groupby("peer").sum().reindex(market.agents).fillna(0.0)
+    p_kw = outcome.participant_kw
+    own = pd.DataFrame(
+        {
+            "peer": list(market.participants),
+            "produced_kwh": np.clip(p_kw, 0, None).sum(axis=1) * dt,
+            "consumed_kwh": np.clip(-p_kw, 0, None).sum(axis=1) * dt,
+            "value": outcome.participant_welfare,
+        }
+    )
+    out = pd.concat([acc, own]).groupby("peer").sum().reindex(market.agents).fillna(0.0)
     x, price = outcome.trade_kw, outcome.price
     owner = [i for i, _ in market.pairs]
     paid = market.sell_cost * np.clip(x, 0, None) + market.buy_cost * np.clip(-x, 0, None)
@@ -1078,11 +1183,22 @@ def upstream_table(market: Market, outcome: Outcome) -> pd.DataFrame:
 
 def injections_table(market: Market, outcome: Outcome) -> pd.DataFrame:
     """Each peer's physical net injection per period, positive into the grid: ``p_kw``
-    and ``q_kvar`` (each block's reactive ratio times its accepted kW)."""
+    and ``q_kvar`` (each block's reactive ratio times its accepted kW; participants at
+    unity power factor)."""
     table = market.bids
     sign = np.where(table["side"] == "sell", 1.0, -1.0)
     p_kw = sign * outcome.accepted_kw
     net = table.assign(p_kw=p_kw, q_kvar=p_kw * reactive_ratio(table))
+    names, n_t = list(market.participants), len(market.periods)
+    own = pd.DataFrame(
+        {
+            "participant": np.repeat(names, n_t),
+            "period": np.tile(market.periods, len(names)),
+            "p_kw": outcome.participant_kw.ravel(),
+            "q_kvar": 0.0,
+        }
+    )
+    net = pd.concat([net[own.columns], own]) if len(names) else net
     net = net.groupby(["participant", "period"], as_index=False)[["p_kw", "q_kvar"]].sum()
     net = net.rename(columns={"participant": "peer"})
     return net.assign(bus=net["peer"].map(market.bus))[["peer", "bus", "period", "p_kw", "q_kvar"]]
@@ -1109,7 +1225,7 @@ def grid_only(market: Market, node_price: np.ndarray | None = None) -> pd.Series
     order = np.lexsort((period, peer))
     starts = np.flatnonzero(np.diff(peer[order] * n_t + period[order], prepend=-1))
     surplus = np.zeros(len(market.peers))
-    for rows in np.split(order, starts[1:]):
+    for rows in np.split(order, starts[1:]) if len(order) else []:
         i, k, own = peer[rows[0]], period[rows[0]], sell[rows]
         supply_price, supply_kw = price[rows][own], kw[rows][own]
         demand_price, demand_kw = price[rows][~own], kw[rows][~own]
@@ -1128,13 +1244,17 @@ def grid_only(market: Market, node_price: np.ndarray | None = None) -> pd.Series
 
 
 def _grid_only_model(market: Market, peer: str, node_price: np.ndarray) -> float:
-    """A model peer's best surplus with the grid alone (currency): its own model, no trade."""
+    """A model peer's best surplus with the grid alone (currency): its own model, no
+    trade; NaN when it cannot stand alone (a must-run output and no grid to take it)."""
     m, injection, welfare = own_model(market, peer, node_price)
     m.no_trade = pyo.Constraint(
         range(len(injection)), rule=lambda m, k: injection[k] == 0, doc="trades = 0  (kW)"
     )
     m.own_welfare = pyo.Objective(expr=welfare, sense=pyo.maximize, doc="own welfare (currency)")
-    return solve(m).objective
+    try:
+        return solve(m).objective
+    except InfeasibleError:
+        return float("nan")
 
 
 def merit_order_surplus(
@@ -1187,14 +1307,16 @@ def tables(
 
     Certificates: every peer's ``gain`` over its grid-only baseline at its prices
     (``min_gain``; ``individually_rational`` when it is at least ``-gain_tolerance``,
-    ``rel_tol`` times :func:`market_scale`), and ``reconciliation_error``, the sum of the
+    ``rel_tol`` times :func:`market_scale` plus the participants' welfare in absolute
+    value; peers that cannot stand alone have no baseline, NaN), and ``reconciliation_error``, the sum of the
     settlement table (currency).
     """
     trades = trades_table(market, outcome)
     peers = peers_table(market, outcome)
     baseline = grid_only(market, outcome.node_price[: len(market.peers)])
     peers = peers.join(baseline, on="peer")
-    peers["baseline_surplus"] = peers["baseline_surplus"].fillna(0.0)
+    is_manager = peers["peer"].isin(market.managers)
+    peers.loc[is_manager, "baseline_surplus"] = 0.0  # NaN: a peer that cannot stand alone
     peers["gain"] = peers["surplus"] - peers["baseline_surplus"]
     settlement = settlement_table(peers, outcome.network_rent)
     out = {
@@ -1212,7 +1334,8 @@ def tables(
     is_peer = peers["peer"].isin(market.peers)
     p2p_trades = trades[trades["seller"].isin(market.peers)]
     consumed = float(peers["consumed_kwh"].sum())
-    tolerance = rel_tol * market_scale(market)
+    stake = market_scale(market) + float(np.abs(outcome.participant_welfare).sum())
+    tolerance = rel_tol * stake
     kpis = {
         "social_welfare": welfare,
         "baseline_welfare": float(peers.loc[is_peer, "baseline_surplus"].sum()),
@@ -1290,9 +1413,17 @@ def admm_outcome(market: Market, problem, run) -> Outcome:
         imp = grid[: n_peers * n_t].reshape(n_peers, n_t)
         exp = grid[n_peers * n_t :].reshape(n_peers, n_t)
     budget_value = pd.Series(0.0, index=market.budgets.index)
+    names = list(market.participants)
+    participant_kw, participant_welfare = np.zeros((len(names), n_t)), np.zeros(len(names))
     position = {b: k for k, b in enumerate(market.bids.index)}
     for model in problem.model_agents.values():
         m = model.model
+        if len(m.PARTICIPANTS):
+            values, k = participant_values(m), names.index(m.market.peers[0])
+            participant_kw[k], participant_welfare[k] = (
+                values["participant_kw"][0],
+                values["participant_welfare"][0],
+            )
         taken[[position[b] for b in m.BIDS]] = [m.accepted_kw[b].value for b in m.BIDS]
         if market.upstream is not None:
             k, (peer,) = market.peers.index(m.market.peers[0]), m.market.peers
@@ -1310,6 +1441,8 @@ def admm_outcome(market: Market, problem, run) -> Outcome:
         run.balance_price,
         node,
         budget_value=budget_value.to_numpy(),
+        participant_kw=participant_kw,
+        participant_welfare=participant_welfare,
     )
 
 
