@@ -20,13 +20,18 @@ sells to j (negative: buys)::
     sum_sell q - sum_buy q + import - export - sum_j trade_kw[i,j,t] = 0    (balance, kW)
     trade_kw[i,j,t] + trade_kw[j,i,t] = 0                               (reciprocity)
     welfare = sum_buy price q dt - sum_sell price q dt - import cost + export revenue
-              - sum_(i,j) cost_ij (sell_kw + buy_kw) dt - gamma/2 (sell_kw^2 + buy_kw^2) dt
+              - sum_(i,j,t) (s_ijt sell_kw + b_ijt buy_kw) dt
+              - gamma/2 (sell_kw^2 + buy_kw^2) dt
 
 The dual of a reciprocity constraint is the bilateral price of the pair (what one more
 kW that the pair must deliver would cost), at the root; each side settles it at its own
-node (see Settlement below). ``cost_ij``
-(currency/MWh, >= 0) is peer i's preference cost of trading with j — distance, lower for
-green energy or neighbours — (:func:`hop_costs` derives one from the feeder). Without
+node (see Settlement below). ``s_ijt`` and ``b_ijt`` (currency/MWh, >= 0) are what i
+pays per MWh it sells to / buys from j in period t: its preference cost of trading
+with j — distance, lower for green energy or neighbours; one value, one per pair, or
+one per pair and period — (:func:`hop_costs` derives one from the feeder), the same
+on both sides, plus, when j is of another community, its community's export cost
+(selling) or import cost (buying): a community's boundary may cost differently in
+and out (``boundary_costs``). Without
 distinct preference costs an LP's bilateral trades are rarely unique (many pairs may
 carry the same energy at the same welfare); with them they are, but cycles of trades
 whose costs nearly cancel leave welfare almost flat, so the distributed solution
@@ -55,14 +60,14 @@ for peer i's own variables read, per period (currency/MWh)::
                            block), none where the reverse, in part only where equal
     import:                capacity_kw where import_price < lam_i, none where >, in
                            between only where equal (export mirrored at export_price)
-    trade with j:          pi_ij - cost_ij <= lam_i <= pi_ij + cost_ij, selling only
+    trade with j:          pi_ij - s_ij <= lam_i <= pi_ij + b_ij, selling only
                            where the left holds with equality, buying only the right
 
 Add rho_i throughout and they are the optimality conditions of peer i's own problem,
 with lam_i + rho_i the multiplier of its balance, when it trades with j at
 ``pi_ij + rho_i`` and with the grid at ``import_price + rho_i`` and ``export_price +
 rho_i``. That problem is a convex LP (with ``quadratic``, a QP whose trade condition adds
-gamma x to cost_ij), so the cleared schedule is
+gamma x to s_ij and b_ij), so the cleared schedule is
 the peer's best response at those prices. Hence the rule: a trade is settled at each
 end's nodal price -- the seller is paid ``pi_ij + rho_seller``, the buyer pays ``pi_ij
 + rho_buyer`` -- and the difference, ``rho_buyer - rho_seller`` per MWh, is a network
@@ -82,6 +87,7 @@ Units: kW, kWh, currency/MWh; a positive payment is paid by the peer.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from collections.abc import Callable, Sequence
@@ -92,8 +98,9 @@ import numpy as np
 import pandas as pd
 import pyomo.environ as pyo
 
-from gridmarkets.errors import InputError
-from gridmarkets.models.lem import Upstream, prepare_bids, reactive_ratio
+from gridmarkets.errors import InfeasibleError, InputError
+from gridmarkets.models.lem import BID_COLUMNS, Upstream, prepare_bids, reactive_ratio
+from gridmarkets.models.participants import Participant, add_participant
 from gridmarkets.results import Result
 from gridmarkets.solvers import Solution, record_build_time, solve
 
@@ -116,10 +123,14 @@ class Market:
     peers, managers : agent ids; ``agents = peers + managers``.
     periods : sorted periods.
     pairs : ordered trading pairs (both directions of every edge).
-    cost : preference cost per ordered pair (currency/MWh).
+    sell_cost, buy_cost : (pairs x periods) what ``pairs[p][0]`` pays per MWh it sells
+        to / buys from ``pairs[p][1]`` (currency/MWh, >= 0): its preference cost plus,
+        across a community boundary, its community's export / import cost.
     bus, community : per peer (None when not given).
     upstream : tariffs and per-peer connection capacity, or None (no grid).
     feeder : the feeder for network-aware clearing, or None.
+    budgets : energy budgets (see :func:`build`), one row each.
+    participants : the peers stated in the participant vocabulary, by peer id.
     """
 
     bids: pd.DataFrame
@@ -127,7 +138,8 @@ class Market:
     managers: list[str]
     periods: list[int]
     pairs: list[tuple[str, str]]
-    cost: dict[tuple[str, str], float]
+    sell_cost: np.ndarray
+    buy_cost: np.ndarray
     bus: dict[str, Any]
     community: dict[str, Any]
     upstream: Upstream | None
@@ -135,6 +147,8 @@ class Market:
     period_hours: float
     quadratic: float
     architecture: str
+    budgets: pd.DataFrame
+    participants: dict[str, Participant]
 
     @property
     def agents(self) -> list[str]:
@@ -153,6 +167,14 @@ class Market:
     def tariffs(self) -> tuple[np.ndarray, np.ndarray]:
         """Import and export prices per period (currency/MWh)."""
         return self.upstream.per_period(self.periods)
+
+    @property
+    def model_peers(self) -> list[str]:
+        """Peers whose own problem is not period-separable steps (a budget couples
+        their periods, or a participant: curves, storage, loads, devices): solved as a
+        model, alone or in ADMM."""
+        coupled = set(self.budgets["participant"]) | set(self.participants)
+        return [p for p in self.peers if p in coupled]
 
 
 def trading_graph(
@@ -228,22 +250,27 @@ def prepare(
     graph: str | Sequence[Sequence[str]] = "complete",
     communities: dict[str, str] | None = None,
     preferences: pd.DataFrame | None = None,
+    boundary_costs: pd.DataFrame | None = None,
     upstream: Upstream | None = None,
     network: Any = None,
     period_hours: float = 1.0,
     quadratic: float = 0.0,
+    budgets: pd.DataFrame | None = None,
+    participants: Sequence[Participant] = (),
+    periods: Sequence[int] | None = None,
 ) -> Market:
     """Check the inputs and gather them as a :class:`Market` (see :func:`build`)."""
-    table = prepare_bids(bids)
-    peers = list(dict.fromkeys(table["participant"].astype(str)))
+    table = prepare_bids(pd.DataFrame(columns=BID_COLUMNS[:4]) if bids is None else bids)
     table["participant"] = table["participant"].astype(str)
-    bus = _peer_buses(table)
+    specs = _participants_by_peer(participants)
+    peers = list(dict.fromkeys([*table["participant"], *specs]))
+    bus = _peer_buses(table, specs)
     community = {p: (communities or {}).get(p) for p in peers}
     if architecture not in ("full", "community", "hybrid"):
         raise InputError(f"architecture: {architecture!r} is not full, community or hybrid")
     if quadratic < 0:
         raise InputError(f"quadratic: {quadratic} is negative")
-    periods = sorted(set(table["period"])) or [0]
+    periods = sorted(set(table["period"]) | set(periods or [])) or [0]
     if upstream is not None:
         imp, exp = upstream.per_period(periods)
         if np.any(exp > imp):
@@ -255,13 +282,16 @@ def prepare(
     if architecture != "full":
         edges, managers = _with_managers(edges, peers, community)
     pairs = [e for a, b in edges for e in ((a, b), (b, a))]
+    community_of = {**community, **{m: m.removeprefix(MANAGER_PREFIX) for m in managers}}
+    sell_cost, buy_cost = _pair_costs(pairs, periods, preferences, community_of, boundary_costs)
     return Market(
         bids=table,
         peers=peers,
         managers=managers,
         periods=periods,
         pairs=pairs,
-        cost=_pair_costs(pairs, preferences),
+        sell_cost=sell_cost,
+        buy_cost=buy_cost,
         bus=bus,
         community=community,
         upstream=upstream,
@@ -269,11 +299,59 @@ def prepare(
         period_hours=period_hours,
         quadratic=quadratic,
         architecture=architecture,
+        budgets=_prepare_budgets(budgets, peers, periods),
+        participants=specs,
     )
 
 
-def _peer_buses(table: pd.DataFrame) -> dict[str, Any]:
-    """The bus of every peer: all its blocks are at one bus (None without a network)."""
+def _participants_by_peer(participants: Sequence[Participant]) -> dict[str, Participant]:
+    specs: dict[str, Participant] = {}
+    for k, spec in enumerate(participants):
+        if spec.participant in specs:
+            raise InputError(f"participants[{k}]: {spec.participant!r} is stated twice")
+        specs[spec.participant] = spec
+    return specs
+
+
+BUDGET_COLUMNS = ["participant", "side", "first_period", "last_period", "min_kwh", "max_kwh"]
+
+
+def _prepare_budgets(budgets: pd.DataFrame | None, peers: list[str], periods: list[int]):
+    """Check an energy budgets table (see :func:`build`); ``side`` defaults to buy and a
+    missing bound to none (NaN)."""
+    if budgets is None or len(budgets) == 0:
+        return pd.DataFrame(columns=BUDGET_COLUMNS)
+    unknown = set(budgets.columns) - set(BUDGET_COLUMNS)
+    missing = {"participant", "first_period", "last_period"} - set(budgets.columns)
+    if unknown or missing:
+        raise InputError(
+            f"budgets: unknown column(s) {sorted(unknown)}, missing column(s) {sorted(missing)}"
+        )
+    table = budgets.reset_index(drop=True).reindex(columns=BUDGET_COLUMNS)
+    table["side"] = table["side"].fillna("buy")
+    table[["min_kwh", "max_kwh"]] = table[["min_kwh", "max_kwh"]].astype(float)
+    for k, row in table.iterrows():
+        where = f"budgets row {k}"
+        if row["participant"] not in peers:
+            raise InputError(f"{where}: participant {row['participant']!r} is not a peer")
+        if row["side"] not in ("buy", "sell"):
+            raise InputError(f"{where}: side {row['side']!r} is not buy or sell")
+        for name in ("first_period", "last_period"):
+            if row[name] not in periods:
+                raise InputError(f"{where}: {name} {row[name]!r} is not a period of the bids")
+        if row["first_period"] > row["last_period"]:
+            raise InputError(f"{where}: first_period is after last_period")
+        low, high = row["min_kwh"], row["max_kwh"]
+        if np.isnan(low) and np.isnan(high):
+            raise InputError(f"{where}: neither min_kwh nor max_kwh is given")
+        if low < 0 or high < 0 or low > high:
+            raise InputError(f"{where}: min_kwh {low:g}, max_kwh {high:g}: need 0 <= min <= max")
+    return table
+
+
+def _peer_buses(table: pd.DataFrame, specs: dict[str, Participant]) -> dict[str, Any]:
+    """The bus of every peer: all its blocks and its participant are at one bus (None
+    without a network)."""
     buses = table.groupby("participant", sort=False)["bus"].unique()
     several = buses[buses.map(len) > 1]
     if len(several):
@@ -281,7 +359,14 @@ def _peer_buses(table: pd.DataFrame) -> dict[str, Any]:
         raise InputError(
             f"bids: peer {peer!r} has blocks at buses {', '.join(found)}; one bus a peer"
         )
-    return buses.map(lambda b: b[0]).to_dict()
+    bus = buses.map(lambda b: b[0]).to_dict()
+    for peer, spec in specs.items():
+        if peer in bus and bus[peer] != spec.bus:
+            raise InputError(
+                f"participants: {peer!r} is at bus {spec.bus}, its blocks at bus {bus[peer]}"
+            )
+        bus[peer] = spec.bus
+    return bus
 
 
 def _with_managers(edges, peers, community) -> tuple[list, list[str]]:
@@ -293,21 +378,89 @@ def _with_managers(edges, peers, community) -> tuple[list, list[str]]:
     return [*edges, *links, *itertools.combinations(managers, 2)], managers
 
 
-def _pair_costs(pairs, preferences: pd.DataFrame | None) -> dict[tuple[str, str], float]:
-    cost = dict.fromkeys(pairs, 0.0)
+def _pair_costs(
+    market_pairs: list[tuple[str, str]],
+    periods: list[int],
+    preferences: pd.DataFrame | None,
+    community_of: dict[str, Any],
+    boundary_costs: pd.DataFrame | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sell and buy cost of every ordered pair and period (currency/MWh): the pair's
+    preference cost on both sides plus, when the pair crosses a community boundary,
+    the export cost (selling) and import cost (buying) of the owner's community."""
+    preference = _preference_costs(market_pairs, periods, preferences)
+    export, imports = _boundary_costs(market_pairs, community_of, boundary_costs)
+    return preference + export[:, None], preference + imports[:, None]
+
+
+def _preference_costs(pairs, periods, preferences: pd.DataFrame | None) -> np.ndarray:
+    """(pairs x periods) preference costs: a row with a ``period`` sets that period, a
+    row without one (no column, or empty) every period no row of its own sets."""
+    cost = np.zeros((len(pairs), len(periods)))
     if preferences is None or len(preferences) == 0:
         return cost
     missing = {"peer", "partner", "cost"} - set(preferences.columns)
     if missing:
         raise InputError(f"preferences: missing column(s) {sorted(missing)}")
-    for k, row in preferences.reset_index(drop=True).iterrows():
+    unknown = set(preferences.columns) - {"peer", "partner", "cost", "period"}
+    if unknown:
+        raise InputError(f"preferences: unknown column(s) {sorted(unknown)}")
+    row_of, column_of = {p: k for k, p in enumerate(pairs)}, {t: k for k, t in enumerate(periods)}
+    table = preferences.reset_index(drop=True)
+    period = table["period"] if "period" in table else pd.Series(np.nan, index=table.index)
+    seen: dict[tuple, int] = {}
+    for k, row in table.iterrows():
         key = (str(row["peer"]), str(row["partner"]))
-        if key not in cost:
+        if key not in row_of:
             raise InputError(f"preferences row {k}: {key[0]!r} does not trade with {key[1]!r}")
-        if not row["cost"] >= 0:
+        if not (np.isfinite(row["cost"]) and row["cost"] >= 0):
             raise InputError(f"preferences row {k}: cost {row['cost']!r} must be >= 0")
-        cost[key] = float(row["cost"])
+        t = None if pd.isna(period[k]) else float(period[k])
+        if t is not None and t not in column_of:
+            raise InputError(f"preferences row {k}: period {t:g} is not a period of the bids")
+        t = None if t is None else int(t)
+        if (key, t) in seen:
+            raise InputError(
+                f"preferences row {k}: repeats row {seen[key, t]} ({key[0]}, "
+                f"{key[1]}, period {'all' if t is None else t})"
+            )
+        seen[key, t] = k
+    for (key, t), k in sorted(seen.items(), key=lambda item: item[0][1] is not None):
+        columns = slice(None) if t is None else column_of[t]
+        cost[row_of[key], columns] = float(table.at[k, "cost"])
     return cost
+
+
+def _boundary_costs(pairs, community_of: dict[str, Any], boundary_costs: pd.DataFrame | None):
+    """Per ordered pair: the owner's export and import cost when the partner is of
+    another community (currency/MWh), else 0."""
+    export, imports = np.zeros(len(pairs)), np.zeros(len(pairs))
+    if boundary_costs is None or len(boundary_costs) == 0:
+        return export, imports
+    columns = {"community", "import_cost", "export_cost"}
+    if set(boundary_costs.columns) != columns:
+        raise InputError(
+            f"boundary_costs: columns {sorted(boundary_costs.columns)}, expected {sorted(columns)}"
+        )
+    table = boundary_costs.reset_index(drop=True)
+    known = {c for c in community_of.values() if c is not None}
+    for k, row in table.iterrows():
+        if row["community"] not in known:
+            raise InputError(f"boundary_costs row {k}: {row['community']!r} is not a community")
+        for name in ("import_cost", "export_cost"):
+            if not (np.isfinite(row[name]) and row[name] >= 0):
+                raise InputError(f"boundary_costs row {k}: {name} {row[name]!r} must be >= 0")
+    repeated = table["community"].duplicated()
+    if repeated.any():
+        raise InputError(f"boundary_costs row {int(repeated.idxmax())}: community repeated")
+    costs = table.set_index("community")
+    for p, (i, j) in enumerate(pairs):
+        mine, theirs = community_of.get(i), community_of.get(j)
+        if mine is None or theirs is None:
+            raise InputError(f"boundary_costs: {(i if mine is None else j)!r} has no community")
+        if mine != theirs and mine in costs.index:
+            export[p], imports[p] = costs.at[mine, "export_cost"], costs.at[mine, "import_cost"]
+    return export, imports
 
 
 # --- the central LP -------------------------------------------------------------------
@@ -320,11 +473,15 @@ def build(
     graph: str | Sequence[Sequence[str]] = "complete",
     communities: dict[str, str] | None = None,
     preferences: pd.DataFrame | None = None,
+    boundary_costs: pd.DataFrame | None = None,
     upstream: Upstream | None = None,
     network: Any = None,
     formulation: Any = None,
     period_hours: float = 1.0,
     quadratic: float = 0.0,
+    budgets: pd.DataFrame | None = None,
+    participants: Sequence[Participant] = (),
+    periods: Sequence[int] | None = None,
     extra: Callable[[pyo.ConcreteModel], None] | None = None,
 ) -> pyo.ConcreteModel:
     """Build the central P2P clearing as a Pyomo model (see the module docstring).
@@ -335,7 +492,13 @@ def build(
     architecture : ``"full"``, ``"community"`` or ``"hybrid"``.
     graph : ``"complete"``, ``"neighbours"`` or a list of peer pairs.
     communities : community per peer (``community`` and ``hybrid``).
-    preferences : table peer, partner, cost (currency/MWh, >= 0) per ordered pair.
+    preferences : table peer, partner, cost (currency/MWh, >= 0) per ordered pair,
+        optionally with a ``period``: a row with a period sets the pair's cost in that
+        period, a row without one in every other period.
+    boundary_costs : table community, import_cost, export_cost (currency/MWh, >= 0):
+        what an agent of the community (a peer or its manager) pays per MWh it buys
+        from / sells to an agent of another community, on top of its preference cost
+        (trades with the upstream grid pay the tariffs only).
     upstream : import/export tariffs; ``capacity_kw`` bounds each peer's import and
         export. None: no grid.
     network : a Feeder: the peers' injections meet its network formulation (LinDistFlow
@@ -344,6 +507,16 @@ def build(
         it must be lossless.
     period_hours : length of a period (h).
     quadratic : gamma of the tie-breaking term ((currency/MWh)/kW); > 0 makes a QP.
+    budgets : energy budgets coupling a peer's periods: table participant, side
+        (``buy``, the default: the energy its buy blocks take; ``sell``: the energy its
+        sell blocks give), first_period, last_period (the window, inclusive), min_kwh,
+        max_kwh (either may be missing: no bound).
+    participants : peers stated in the vocabulary of
+        :mod:`gridmarkets.models.participants` (quadratic curves with p_min/p_max,
+        storage, flexible loads with an energy budget, devices), each the peer named
+        by its ``participant`` (which may also have blocks, at the same bus).
+    periods : the market's periods (default: those of the bids); needed when the
+        peers are participants only.
     extra : called with the model before it is returned, to add user constraints.
 
     Returns
@@ -358,16 +531,18 @@ def build(
         graph=graph,
         communities=communities,
         preferences=preferences,
+        boundary_costs=boundary_costs,
         upstream=upstream,
         network=network,
         period_hours=period_hours,
         quadratic=quadratic,
+        budgets=budgets,
+        participants=participants,
+        periods=periods,
     )
     m = pyo.ConcreteModel(name="p2p")
     m.market = market
-    _add_sets(m, market)
-    _add_blocks(m, market)
-    _add_upstream(m, market)
+    _add_own(m, market)
     _add_trades(m, market)
     _add_balances(m, market)
     _add_network(m, market, formulation)
@@ -376,6 +551,16 @@ def build(
         extra(m)
     record_build_time(m, time.perf_counter() - started)
     return m
+
+
+def _add_own(m, market: Market) -> None:
+    """The agents' own decisions: blocks, participants, grid trade, budgets, ``net_kw``."""
+    _add_sets(m, market)
+    _add_blocks(m, market)
+    _add_participants(m, market)
+    _add_upstream(m, market)
+    _add_net(m, market)
+    _add_budgets(m, market)
 
 
 def _add_sets(m, market: Market) -> None:
@@ -393,6 +578,32 @@ def _add_blocks(m, market: Market) -> None:
         m.BIDS,
         bounds=lambda m, b: (0, quantity[b]),
         doc="accepted quantity of block b: 0 <= q[b] <= quantity_kw[b]  (kW)",
+    )
+
+
+def _add_participants(m, market: Market) -> None:
+    """Every participant's own model (:func:`~gridmarkets.models.participants.
+    add_participant`) in its block, its net injection copied into one variable per
+    period (what the balances and the grid read) and its welfare."""
+    m.PARTICIPANTS = pyo.Set(initialize=list(market.participants), doc="participant peers")
+    m.participant = pyo.Block(m.PARTICIPANTS, doc="a participant's own model")
+    handles = {
+        name: add_participant(m.participant[name], spec, market.periods, market.period_hours)
+        for name, spec in market.participants.items()
+    }
+    m.participant_kw = pyo.Var(
+        m.PARTICIPANTS, m.PERIODS, doc="participant's net injection, into its bus  (kW)"
+    )
+    m.participant_injection = pyo.Constraint(
+        m.PARTICIPANTS,
+        m.PERIODS,
+        rule=lambda m, i, t: m.participant_kw[i, t] == handles[i][0][t],
+        doc="participant_kw[i,t] = p_net[i,t] of its own model  (kW)",
+    )
+    m.participant_welfare = pyo.Expression(
+        m.PARTICIPANTS,
+        rule=lambda m, i: handles[i][1],
+        doc="utility minus cost of the participant's schedule  (currency)",
     )
 
 
@@ -429,27 +640,67 @@ def _add_trades(m, market: Market) -> None:
     )
 
 
-def _add_balances(m, market: Market) -> None:
+def _add_net(m, market: Market) -> None:
     table = market.bids
     sign = np.where(table["side"] == "sell", 1.0, -1.0)
     blocks: dict[tuple, list] = {}
     for b, peer, t, s in zip(table.index, table["participant"], table["period"], sign, strict=True):
         blocks.setdefault((peer, t), []).append(s * m.accepted_kw[b])
-    partners: dict[str, list[str]] = {a: [] for a in market.agents}
-    for i, j in market.pairs:
-        partners[i].append(j)
+    for i in market.participants:
+        for t in market.periods:
+            blocks.setdefault((i, t), []).append(m.participant_kw[i, t])
     m.net_kw = pyo.Expression(
         m.AGENTS,
         m.PERIODS,
         rule=lambda m, i, t: sum(blocks.get((i, t), [])),
-        doc="net[i,t] = sum_sell q - sum_buy q: the agent's own injection  (kW)",
+        doc="net[i,t] = sum_sell q - sum_buy q + participant_kw[i,t]: the agent's own "
+        "injection  (kW)",
     )
 
+
+def _add_budgets(m, market: Market) -> None:
+    table, bids = market.budgets, market.bids
+    in_window = {
+        k: bids.index[
+            (bids["participant"] == row.participant)
+            & (bids["side"] == row.side)
+            & bids["period"].between(row.first_period, row.last_period)
+        ]
+        for k, row in zip(table.index, table.itertuples(), strict=True)
+    }
+    m.BUDGETS = pyo.Set(initialize=table.index.tolist(), doc="energy budgets")
+    m.budget_energy_kwh = pyo.Expression(
+        m.BUDGETS,
+        rule=lambda m, k: market.period_hours * sum(m.accepted_kw[b] for b in in_window[k]),
+        doc="E[k] = dt sum_(t in window, b of the side) q[b,t]  (kWh)",
+    )
+    m.energy_budget_max = pyo.Constraint(
+        [k for k in table.index if not np.isnan(table.at[k, "max_kwh"])],
+        rule=lambda m, k: m.budget_energy_kwh[k] <= table.at[k, "max_kwh"],
+        doc="E[k] <= max_kwh[k]  (kWh)",
+    )
+    m.energy_budget_min = pyo.Constraint(
+        [k for k in table.index if not np.isnan(table.at[k, "min_kwh"])],
+        rule=lambda m, k: m.budget_energy_kwh[k] >= table.at[k, "min_kwh"],
+        doc="E[k] >= min_kwh[k]  (kWh)",
+    )
+
+
+def _grid_kw(m, market: Market, i: str, t) -> Any:
+    """What agent i takes from the upstream grid in period t (kW; 0 for managers)."""
+    if market.upstream is None or i not in market.peers:
+        return 0
+    return m.import_kw[i, t] - m.export_kw[i, t]
+
+
+def _add_balances(m, market: Market) -> None:
+    partners: dict[str, list[str]] = {a: [] for a in market.agents}
+    for i, j in market.pairs:
+        partners[i].append(j)
+
     def balance(m, i, t):
-        grid = 0
-        if market.upstream is not None and i not in market.managers:
-            grid = m.import_kw[i, t] - m.export_kw[i, t]
-        return m.net_kw[i, t] + grid - sum(m.trade_kw[i, j, t] for j in partners[i]) == 0
+        sold = sum(m.trade_kw[i, j, t] for j in partners[i])
+        return m.net_kw[i, t] + _grid_kw(m, market, i, t) - sold == 0
 
     m.energy_balance = pyo.Constraint(
         m.AGENTS,
@@ -492,8 +743,9 @@ def _add_network(m, market: Market, formulation) -> None:
 def injections_terms(m, market: Market) -> pd.DataFrame:
     """The market's long injection table in term form (owner, bus, period, variable,
     p_coef, q_coef): every block injects ``+-accepted_kw`` kW (sell +, buy -) and its
-    reactive ratio times that in kvar (:func:`~gridmarkets.models.lem.reactive_ratio`);
-    the upstream grid injects ``upstream_kw`` at the root."""
+    reactive ratio times that in kvar (:func:`~gridmarkets.models.lem.reactive_ratio`),
+    every participant its ``participant_kw`` (unity power factor); the upstream grid
+    injects ``upstream_kw`` at the root."""
     table = market.bids
     sign = np.where(table["side"] == "sell", 1.0, -1.0)
     blocks = pd.DataFrame(
@@ -504,6 +756,17 @@ def injections_terms(m, market: Market) -> pd.DataFrame:
             "variable": [m.accepted_kw[b] for b in table.index],
             "p_coef": sign,
             "q_coef": sign * reactive_ratio(table),
+        }
+    )
+    names = list(market.participants)
+    participants = pd.DataFrame(
+        {
+            "owner": np.repeat(names, len(market.periods)),
+            "bus": np.repeat([market.bus[i] for i in names], len(market.periods)),
+            "period": np.tile(market.periods, len(names)),
+            "variable": [m.participant_kw[i, t] for i in names for t in market.periods],
+            "p_coef": 1.0,
+            "q_coef": 0.0,
         }
     )
     root = None if market.feeder is None else market.feeder.root
@@ -517,14 +780,18 @@ def injections_terms(m, market: Market) -> pd.DataFrame:
             "q_coef": 0.0,
         }
     )
-    return pd.concat([blocks, upstream], ignore_index=True)
+    return pd.concat([blocks, participants, upstream], ignore_index=True)
 
 
-def _add_welfare(m, market: Market) -> None:
+def own_welfare(m, market: Market) -> Any:
+    """The agents' own welfare (currency): the value of their accepted bids minus the
+    cost of their offers, their participants' welfare, and their grid trade at the
+    tariffs."""
     per_kw = market.period_hours / 1000.0
     table = market.bids
     value = np.where(table["side"] == "buy", 1.0, -1.0) * table["price"].to_numpy() * per_kw
     welfare = sum(v * m.accepted_kw[b] for v, b in zip(value, table.index, strict=True))
+    welfare += sum(m.participant_welfare[i] for i in market.participants)
     if market.upstream is not None:
         imp, exp = market.tariffs()
         welfare += sum(
@@ -532,11 +799,52 @@ def _add_welfare(m, market: Market) -> None:
             for i in market.peers
             for k, t in enumerate(market.periods)
         )
+    return welfare
+
+
+def own_model(
+    market: Market, agent: str, node_price: np.ndarray | None = None
+) -> tuple[pyo.ConcreteModel, list, Any]:
+    """One agent's own decisions alone, built as in the central model.
+
+    ``node_price`` (per period, currency/MWh) is added to its tariffs. Returns the model
+    (no objective), what it injects into its trades per period (kW: own net plus grid
+    trade) and its own welfare (currency).
+    """
+    upstream = market.upstream
+    if upstream is not None and node_price is not None:
+        imp, exp = market.tariffs()
+        upstream = Upstream(imp + node_price, exp + node_price, upstream.capacity_kw)
+    n_t = len(market.periods)
+    own = dataclasses.replace(
+        market,
+        bids=market.bids[market.bids["participant"] == agent],
+        peers=[agent] if agent in market.peers else [],
+        managers=[agent] if agent in market.managers else [],
+        pairs=[],
+        sell_cost=np.zeros((0, n_t)),
+        buy_cost=np.zeros((0, n_t)),
+        budgets=market.budgets[market.budgets["participant"] == agent],
+        participants={k: v for k, v in market.participants.items() if k == agent},
+        upstream=upstream,
+        feeder=None,
+    )
+    m = pyo.ConcreteModel(name=f"p2p agent {agent}")
+    m.market = own
+    _add_own(m, own)
+    injection = [m.net_kw[agent, t] + _grid_kw(m, own, agent, t) for t in own.periods]
+    return m, injection, own_welfare(m, own)
+
+
+def _add_welfare(m, market: Market) -> None:
+    per_kw = market.period_hours / 1000.0
+    sell, buy = market.sell_cost, market.buy_cost
+    welfare = own_welfare(m, market)
     welfare -= sum(
-        per_kw * market.cost[i, j] * (m.sell_kw[i, j, t] + m.buy_kw[i, j, t])
-        for i, j in market.pairs
-        for t in market.periods
-        if market.cost[i, j] > 0
+        per_kw * (sell[p, k] * m.sell_kw[i, j, t] + buy[p, k] * m.buy_kw[i, j, t])
+        for p, (i, j) in enumerate(market.pairs)
+        for k, t in enumerate(market.periods)
+        if sell[p, k] > 0 or buy[p, k] > 0
     )
     if market.quadratic > 0:
         welfare -= sum(
@@ -548,7 +856,8 @@ def _add_welfare(m, market: Market) -> None:
         expr=welfare,
         sense=pyo.maximize,
         doc="sum_buy price q dt - sum_sell price q dt - import cost + export revenue "
-        "- sum cost_ij (sell + buy) dt - gamma/2 (sell^2 + buy^2) dt  (currency)",
+        "- sum (sell_cost_ijt sell + buy_cost_ijt buy) dt - gamma/2 (sell^2 + buy^2) dt  "
+        "(currency)",
     )
 
 
@@ -572,6 +881,10 @@ class Outcome:
         0 at the root, without a network and for community managers (at the root).
     network_rent : what the nodal prices collect from the injections the grid carries,
         ``-sum_(b,t) node_price[b,t] p[b,t] dt`` (currency): the DSO's receipts.
+    budget_value : per budget, the welfare one more MWh of budget brings
+        (currency/MWh; both bounds moved together; 0 where neither binds).
+    participant_kw, participant_welfare : (participants x periods) net injections
+        (kW) and (participants,) welfare (currency) of the participant peers.
     """
 
     accepted_kw: np.ndarray
@@ -582,6 +895,9 @@ class Outcome:
     balance_price: np.ndarray
     node_price: np.ndarray
     network_rent: float = 0.0
+    budget_value: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    participant_kw: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 0)))
+    participant_welfare: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
 
 
 def central_outcome(m: pyo.ConcreteModel, solution: Solution) -> Outcome:
@@ -620,7 +936,53 @@ def central_outcome(m: pyo.ConcreteModel, solution: Solution) -> Outcome:
         price.reshape(shape),
         balance.reshape(len(market.agents), len(periods)),
         *_node_prices(m, solution),
+        budget_value=budget_values(m, solution, scale=1000.0),
+        **participant_values(m),
     )
+
+
+def participant_values(m: pyo.Block) -> dict[str, np.ndarray]:
+    """The solved participants' ``participant_kw`` and ``participant_welfare`` of ``m``."""
+    names, periods = list(m.market.participants), m.market.periods
+    kw = [[m.participant_kw[i, t].value for t in periods] for i in names]
+    return {
+        "participant_kw": np.array(kw, dtype=float).reshape(len(names), len(periods)),
+        "participant_welfare": np.array([pyo.value(m.participant_welfare[i]) for i in names]),
+    }
+
+
+def budget_values(m: pyo.Block, solution: Solution, scale: float) -> np.ndarray:
+    """Per budget of ``m``, minus the duals of its bounds times ``scale`` (from the
+    objective's units per kWh to welfare per MWh of budget, currency/MWh)."""
+    table = m.market.budgets
+    dual = pd.Series(0.0, index=table.index)
+    for family in (m.energy_budget_max, m.energy_budget_min):
+        if len(family):
+            dual = dual.add(solution.dual(family), fill_value=0.0)
+    return 0.0 - scale * dual.to_numpy()  # 0.0 -: no -0.0 where nothing binds
+
+
+def budgets_table(market: Market, outcome: Outcome) -> pd.DataFrame:
+    """The energy budgets with the energy used (kWh), whether a bound binds, and the
+    welfare one more MWh of budget brings (``value_per_mwh``, currency/MWh)."""
+    table = market.budgets.copy()
+    bids = market.bids
+    energy = []
+    for row in table.itertuples():
+        rows = (
+            (bids["participant"] == row.participant)
+            & (bids["side"] == row.side)
+            & bids["period"].between(row.first_period, row.last_period)
+        ).to_numpy()
+        energy.append(float(outcome.accepted_kw[rows].sum()) * market.period_hours)
+    table["energy_kwh"] = energy
+    tol = 1e-6 * np.maximum(1.0, table["energy_kwh"].abs())
+    at_bound = ((table["energy_kwh"] - table["max_kwh"]).abs() <= tol) | (
+        (table["energy_kwh"] - table["min_kwh"]).abs() <= tol
+    )
+    table["binding"] = at_bound & (np.abs(outcome.budget_value) > 1e-9)
+    table["value_per_mwh"] = outcome.budget_value
+    return table
 
 
 def _node_prices(m: pyo.ConcreteModel, solution: Solution) -> tuple[np.ndarray, float]:
@@ -688,7 +1050,8 @@ def pair_prices_table(market: Market, outcome: Outcome) -> pd.DataFrame:
     """The bilateral prices every agent faces, traded or not: one row per ordered pair
     and period with ``price`` = the pair's price + the agent's node price (currency/MWh;
     what the agent is paid per MWh it sells to ``partner``, or pays per MWh it buys),
-    ``cost`` (its preference cost of trading with ``partner``, currency/MWh) and
+    ``sell_cost`` and ``buy_cost`` (what it pays per MWh it sells to / buys from
+    ``partner`` on top of the price: preference and boundary costs, currency/MWh) and
     ``trade_kw`` (what it sells, negative: buys)."""
     agent = {a: k for k, a in enumerate(market.agents)}
     owner = np.array([agent[i] for i, _ in market.pairs], dtype=int)
@@ -699,7 +1062,8 @@ def pair_prices_table(market: Market, outcome: Outcome) -> pd.DataFrame:
             "partner": np.repeat([j for _, j in market.pairs], n_t),
             "period": np.tile(market.periods, len(market.pairs)),
             "price": (outcome.price + outcome.node_price[owner]).ravel(),
-            "cost": np.repeat([market.cost[pair] for pair in market.pairs], n_t),
+            "sell_cost": market.sell_cost.ravel(),
+            "buy_cost": market.buy_cost.ravel(),
             "trade_kw": outcome.trade_kw.ravel(),
         }
     )
@@ -732,9 +1096,9 @@ def peers_table(market: Market, outcome: Outcome) -> pd.DataFrame:
     """Per agent: energy (kWh), grid trade, P2P trade, its settlement, costs, surplus.
 
     ``value`` is the value of consumption minus the cost of production at the agent's
-    bid prices; ``trade_payment`` pays its trades at the bilateral prices,
-    ``network_charge`` its node's price on its trades and grid trade (see the module
-    docstring), ``grid_cost`` the tariffs; ``payment`` is their sum and
+    bid prices, plus its participant's welfare; ``trade_payment`` pays its trades at
+    the bilateral prices, ``network_charge`` its node's price on its trades and grid
+    trade (see the module docstring), ``grid_cost`` the tariffs; ``payment`` is their sum and
     ``surplus = value - payment - preference_cost`` (currency). The surpluses and the
     DSO's network charges add up to the social welfare.
     """
@@ -748,19 +1112,26 @@ def peers_table(market: Market, outcome: Outcome) -> pd.DataFrame:
             "value": -sign * table["price"].to_numpy() * outcome.accepted_kw * dt / 1000,
         }
     )
-    out = acc.groupby("peer").sum().reindex(market.agents).fillna(0.0)
+    p_kw = outcome.participant_kw
+    own = pd.DataFrame(
+        {
+            "peer": list(market.participants),
+            "produced_kwh": np.clip(p_kw, 0, None).sum(axis=1) * dt,
+            "consumed_kwh": np.clip(-p_kw, 0, None).sum(axis=1) * dt,
+            "value": outcome.participant_welfare,
+        }
+    )
+    out = pd.concat([acc, own]).groupby("peer").sum().reindex(market.agents).fillna(0.0)
     x, price = outcome.trade_kw, outcome.price
     owner = [i for i, _ in market.pairs]
-    cost = np.array([market.cost[p] for p in market.pairs])[:, None]
+    paid = market.sell_cost * np.clip(x, 0, None) + market.buy_cost * np.clip(-x, 0, None)
     per_pair = pd.DataFrame(
         {
             "peer": owner,
             "sold_kwh": np.clip(x, 0, None).sum(axis=1) * dt,
             "bought_kwh": np.clip(-x, 0, None).sum(axis=1) * dt,
             "trade_payment": -(x * price).sum(axis=1) * dt / 1000,
-            "preference_cost": (cost * np.abs(x) + market.quadratic / 2 * x**2).sum(axis=1)
-            * dt
-            / 1000,
+            "preference_cost": (paid + market.quadratic / 2 * x**2).sum(axis=1) * dt / 1000,
         }
     )
     out = out.join(per_pair.groupby("peer").sum()).fillna(0.0)
@@ -812,11 +1183,22 @@ def upstream_table(market: Market, outcome: Outcome) -> pd.DataFrame:
 
 def injections_table(market: Market, outcome: Outcome) -> pd.DataFrame:
     """Each peer's physical net injection per period, positive into the grid: ``p_kw``
-    and ``q_kvar`` (each block's reactive ratio times its accepted kW)."""
+    and ``q_kvar`` (each block's reactive ratio times its accepted kW; participants at
+    unity power factor)."""
     table = market.bids
     sign = np.where(table["side"] == "sell", 1.0, -1.0)
     p_kw = sign * outcome.accepted_kw
     net = table.assign(p_kw=p_kw, q_kvar=p_kw * reactive_ratio(table))
+    names, n_t = list(market.participants), len(market.periods)
+    own = pd.DataFrame(
+        {
+            "participant": np.repeat(names, n_t),
+            "period": np.tile(market.periods, len(names)),
+            "p_kw": outcome.participant_kw.ravel(),
+            "q_kvar": 0.0,
+        }
+    )
+    net = pd.concat([net[own.columns], own]) if len(names) else net
     net = net.groupby(["participant", "period"], as_index=False)[["p_kw", "q_kvar"]].sum()
     net = net.rename(columns={"participant": "peer"})
     return net.assign(bus=net["peer"].map(market.bus))[["peer", "bus", "period", "p_kw", "q_kvar"]]
@@ -829,7 +1211,8 @@ def grid_only(market: Market, node_price: np.ndarray | None = None) -> pd.Series
     ``import_price + node_price``, and export, a demand step at ``export_price +
     node_price`` (each up to ``capacity_kw``): the peer's best, by merit order
     (:func:`merit_order_surplus`). ``node_price`` (peers x periods, currency/MWh; 0 by
-    default) is the network charge its grid trade pays in the cleared market.
+    default) is the network charge its grid trade pays in the cleared market. A peer
+    whose periods are coupled (:attr:`Market.model_peers`) solves its own model.
     """
     n_t, table = len(market.periods), market.bids
     node = np.zeros((len(market.peers), n_t)) if node_price is None else node_price
@@ -842,7 +1225,7 @@ def grid_only(market: Market, node_price: np.ndarray | None = None) -> pd.Series
     order = np.lexsort((period, peer))
     starts = np.flatnonzero(np.diff(peer[order] * n_t + period[order], prepend=-1))
     surplus = np.zeros(len(market.peers))
-    for rows in np.split(order, starts[1:]):
+    for rows in np.split(order, starts[1:]) if len(order) else []:
         i, k, own = peer[rows[0]], period[rows[0]], sell[rows]
         supply_price, supply_kw = price[rows][own], kw[rows][own]
         demand_price, demand_kw = price[rows][~own], kw[rows][~own]
@@ -854,7 +1237,24 @@ def grid_only(market: Market, node_price: np.ndarray | None = None) -> pd.Series
             demand_kw = np.append(demand_kw, grid_out)
         gain = merit_order_surplus(supply_price, supply_kw, demand_price, demand_kw)
         surplus[i] += gain * market.period_hours / 1000
+    for i, peer in enumerate(market.peers):
+        if peer in market.model_peers:
+            surplus[i] = _grid_only_model(market, peer, node[i])
     return pd.Series(surplus, index=market.peers, name="baseline_surplus")
+
+
+def _grid_only_model(market: Market, peer: str, node_price: np.ndarray) -> float:
+    """A model peer's best surplus with the grid alone (currency): its own model, no
+    trade; NaN when it cannot stand alone (a must-run output and no grid to take it)."""
+    m, injection, welfare = own_model(market, peer, node_price)
+    m.no_trade = pyo.Constraint(
+        range(len(injection)), rule=lambda m, k: injection[k] == 0, doc="trades = 0  (kW)"
+    )
+    m.own_welfare = pyo.Objective(expr=welfare, sense=pyo.maximize, doc="own welfare (currency)")
+    try:
+        return solve(m).objective
+    except InfeasibleError:
+        return float("nan")
 
 
 def merit_order_surplus(
@@ -907,14 +1307,16 @@ def tables(
 
     Certificates: every peer's ``gain`` over its grid-only baseline at its prices
     (``min_gain``; ``individually_rational`` when it is at least ``-gain_tolerance``,
-    ``rel_tol`` times :func:`market_scale`), and ``reconciliation_error``, the sum of the
+    ``rel_tol`` times :func:`market_scale` plus the participants' welfare in absolute
+    value; peers that cannot stand alone have no baseline, NaN), and ``reconciliation_error``, the sum of the
     settlement table (currency).
     """
     trades = trades_table(market, outcome)
     peers = peers_table(market, outcome)
     baseline = grid_only(market, outcome.node_price[: len(market.peers)])
     peers = peers.join(baseline, on="peer")
-    peers["baseline_surplus"] = peers["baseline_surplus"].fillna(0.0)
+    is_manager = peers["peer"].isin(market.managers)
+    peers.loc[is_manager, "baseline_surplus"] = 0.0  # NaN: a peer that cannot stand alone
     peers["gain"] = peers["surplus"] - peers["baseline_surplus"]
     settlement = settlement_table(peers, outcome.network_rent)
     out = {
@@ -927,10 +1329,13 @@ def tables(
     }
     if market.upstream is not None:
         out["upstream"] = upstream_table(market, outcome)
+    if len(market.budgets):
+        out["budgets"] = budgets_table(market, outcome)
     is_peer = peers["peer"].isin(market.peers)
     p2p_trades = trades[trades["seller"].isin(market.peers)]
     consumed = float(peers["consumed_kwh"].sum())
-    tolerance = rel_tol * market_scale(market)
+    stake = market_scale(market) + float(np.abs(outcome.participant_welfare).sum())
+    tolerance = rel_tol * stake
     kpis = {
         "social_welfare": welfare,
         "baseline_welfare": float(peers.loc[is_peer, "baseline_surplus"].sum()),
@@ -961,7 +1366,7 @@ def results(m: pyo.ConcreteModel, solution: Solution) -> Result:
 
 def exchange_problem(market: Market):
     """The market as an :class:`~gridmarkets.solvers.admm.ExchangeProblem`."""
-    from gridmarkets.solvers.admm import ExchangeProblem
+    from gridmarkets.solvers.admm import ExchangeProblem, ModelAgent
 
     index = {a: k for k, a in enumerate(market.agents)}
     period = {t: k for k, t in enumerate(market.periods)}
@@ -978,6 +1383,9 @@ def exchange_problem(market: Market):
             supply.append(np.full(grid_units.size, is_supply))
             thresholds.append(np.tile(tariff, len(market.peers)))
             quantities.append(np.full(grid_units.size, float(cap)))
+    models = {
+        index[p]: ModelAgent(*own_model(market, p), market.period_hours) for p in market.model_peers
+    }
     return ExchangeProblem(
         n_agents=len(market.agents),
         n_periods=n_t,
@@ -987,24 +1395,55 @@ def exchange_problem(market: Market):
         item_quantity_kw=np.concatenate(quantities).astype(float),
         pair_from=np.array([index[i] for i, _ in market.pairs], dtype=int),
         pair_to=np.array([index[j] for _, j in market.pairs], dtype=int),
-        pair_cost=np.array([market.cost[p] for p in market.pairs], dtype=float),
+        pair_cost=market.sell_cost,
+        pair_buy_cost=market.buy_cost,
         quadratic=market.quadratic,
+        model_agents=models,
     )
 
 
-def admm_outcome(market: Market, run) -> Outcome:
-    """An :class:`Outcome` from an ADMM run (consensus trades, which are reciprocal)."""
-    n_bids, n_t = len(market.bids), len(market.periods)
-    taken = run.taken_kw
-    grid = taken[n_bids:]
-    n_peers = len(market.peers)
-    if market.upstream is None:
-        imp = exp = np.zeros((n_peers, n_t))
-    else:
+def admm_outcome(market: Market, problem, run) -> Outcome:
+    """An :class:`Outcome` from an ADMM run (consensus trades, which are reciprocal);
+    model agents' own decisions and budget values from their last step."""
+    n_bids, n_t, n_peers = len(market.bids), len(market.periods), len(market.peers)
+    taken = run.taken_kw.copy()
+    imp = exp = np.zeros((n_peers, n_t))
+    if market.upstream is not None:
+        grid = taken[n_bids:]
         imp = grid[: n_peers * n_t].reshape(n_peers, n_t)
         exp = grid[n_peers * n_t :].reshape(n_peers, n_t)
+    budget_value = pd.Series(0.0, index=market.budgets.index)
+    names = list(market.participants)
+    participant_kw, participant_welfare = np.zeros((len(names), n_t)), np.zeros(len(names))
+    position = {b: k for k, b in enumerate(market.bids.index)}
+    for model in problem.model_agents.values():
+        m = model.model
+        if len(m.PARTICIPANTS):
+            values, k = participant_values(m), names.index(m.market.peers[0])
+            participant_kw[k], participant_welfare[k] = (
+                values["participant_kw"][0],
+                values["participant_welfare"][0],
+            )
+        taken[[position[b] for b in m.BIDS]] = [m.accepted_kw[b].value for b in m.BIDS]
+        if market.upstream is not None:
+            k, (peer,) = market.peers.index(m.market.peers[0]), m.market.peers
+            imp[k] = [m.import_kw[peer, t].value for t in market.periods]
+            exp[k] = [m.export_kw[peer, t].value for t in market.periods]
+        values = budget_values(m, model.solution, scale=market.period_hours)
+        budget_value[m.market.budgets.index] = values
     node = np.zeros((len(market.agents), n_t))  # ADMM clears without a network
-    return Outcome(taken[:n_bids], imp, exp, run.trade_kw, run.price, run.balance_price, node)
+    return Outcome(
+        taken[:n_bids],
+        imp,
+        exp,
+        run.trade_kw,
+        run.price,
+        run.balance_price,
+        node,
+        budget_value=budget_value.to_numpy(),
+        participant_kw=participant_kw,
+        participant_welfare=participant_welfare,
+    )
 
 
 def welfare_of(market: Market, outcome: Outcome) -> float:
@@ -1036,8 +1475,9 @@ def clear_admm(bids: pd.DataFrame, *, admm: dict[str, Any] | None = None, **opti
     if options.pop("network", None) is not None or options.pop("formulation", None) is not None:
         raise InputError("method admm: network-aware clearing is central only; use dso_check")
     market = prepare(bids, **options)
-    run = consensus_admm(exchange_problem(market), **(admm or {}))
-    outcome = admm_outcome(market, run)
+    problem = exchange_problem(market)
+    run = consensus_admm(problem, **(admm or {}))
+    outcome = admm_outcome(market, problem, run)
     welfare = welfare_of(market, outcome)
     out, kpis = tables(market, outcome, welfare)
     out["admm_log"] = run.log

@@ -4,13 +4,15 @@ The problem (the peer-to-peer market of :mod:`gridmarkets.models.p2p`, and any m
 of agents that trade bilaterally and otherwise only face their own price-quantity
 steps): for every agent ``i`` and period ``t``, minimise over its own decisions
 
-    sum_items side * threshold * taken  +  sum_j (kappa_ij |x_ij| + gamma/2 x_ij^2)
+    sum_items side * threshold * taken
+        + sum_j (s_ij max(x_ij, 0) + b_ij max(-x_ij, 0) + gamma/2 x_ij^2)
     s.t.  sum_supply taken - sum_demand taken = sum_j x_ij        (energy balance, kW)
           0 <= taken <= quantity                                  (kW)
 
 where ``x_ij`` is what i sells to j (negative: buys), supply items (sell blocks, grid
 import) cost their threshold and demand items (buy blocks, grid export) earn theirs
-(currency/MWh). The agents are coupled only by reciprocity, ``x_ij + x_ji = 0``.
+(currency/MWh), and ``s_ij``, ``b_ij`` (per period) are what i pays per MWh it sells to
+/ buys from j. The agents are coupled only by reciprocity, ``x_ij + x_ji = 0``.
 
 Consensus ADMM (Boyd et al. 2011, section 7; the P2P form of Sorin, Bobo and Pinson,
 IEEE TPWRS 34(2) 2019) copies every trade into a consensus variable ``z`` with
@@ -23,14 +25,20 @@ IEEE TPWRS 34(2) 2019) copies every trade into a consensus variable ``z`` with
 (with over-relaxation, ``alpha x + (1 - alpha) z^k`` in place of ``x`` in the last two)
 
 Each agent's step is solved exactly in closed form: for a multiplier ``mu`` of its
-energy balance every trade is a soft threshold, ``x_ij = S(rho a_ij - mu, kappa_ij) /
-(gamma + rho)``, and every item is taken when its threshold is on the right side of
-``mu``; the balance is monotone in ``mu``, found by bisection for all agents and
-periods at once (numpy), and items whose threshold is ``mu`` close the balance. The
-bilateral price of the trade i -> j is ``-rho u_ij`` (currency/MWh); ``z`` is
-reciprocal exactly, and the stopping test is Boyd's on the primal residual
-``||x - z||`` and the dual residual ``rho ||z^{k+1} - z^k||``, with residual balancing
-of ``rho``.
+energy balance every trade is a soft threshold, ``x_ij = (max(w - s_ij, 0) + min(w +
+b_ij, 0)) / (gamma + rho)`` with ``w = rho a_ij - mu``, and every item is taken when
+its threshold is on the right side of ``mu``; the balance is monotone in ``mu``,
+found by bisection for all agents and periods at once (numpy), and items whose
+threshold is ``mu`` close the balance. The bilateral price of the trade i -> j is
+``-rho u_ij`` (currency/MWh); ``z`` is reciprocal exactly, and the stopping test is
+Boyd's on the primal residual ``||x - z||`` and the dual residual ``rho ||z^{k+1} -
+z^k||``, with residual balancing of ``rho``.
+
+Agents whose own problem is not a set of steps -- quadratic costs, storage, an energy
+budget coupling their periods -- are :class:`ModelAgent`: their own decisions are a
+Pyomo model, and their step is that model plus their trades and the penalty above,
+a convex QP solved with :func:`gridmarkets.solvers.solve` (the same layer as every
+central model); their balance multipliers are the duals of its balances.
 """
 
 from __future__ import annotations
@@ -40,12 +48,112 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import pyomo.environ as pyo
+import scipy.sparse as sp
 
 from gridmarkets.errors import InputError
+from gridmarkets.solvers.highs import compile_model, highs_options, solve_compiled
 
 _BISECTIONS = 80
 _WARM = 0.5  # currency/MWh either side of the previous multiplier
 _MU_TOL = 1e-9  # currency/MWh
+
+
+class ModelAgent:
+    """An agent whose own problem is a Pyomo model, stepped as a QP through the solve layer.
+
+    Parameters
+    ----------
+    model : a Pyomo model of the agent's own decisions, with no objective.
+    injection_kw : per period (in order), the expression of what the agent injects
+        into its trades (kW): its own supply minus demand, grid trade included.
+    welfare : the agent's own welfare (currency), maximised.
+    period_hours : length of a period (h), which turns welfare into the step's units.
+
+    :meth:`attach` (called by :class:`ExchangeProblem`) adds its trades ``admm_sell_kw``,
+    ``admm_buy_kw`` (kW >= 0) with its partners, the balance ``trade_balance[k]``:
+    ``injection_kw[k] - sum_p (sell_kw[p,k] - buy_kw[p,k]) = 0``, whose duals are its
+    balance multipliers (currency/MWh), and the objective ``own_step``; the model is
+    compiled once (:func:`~gridmarkets.solvers.highs.compile_model`). Each
+    :meth:`step` adds the penalty ``rho/2 (x - a)^2`` to the compiled arrays (it changes
+    every iteration; ``x = sell - buy``) and solves them with
+    :func:`~gridmarkets.solvers.highs.solve_compiled`, which loads the point into the
+    model: after the run the model holds the agent's last step.
+    """
+
+    def __init__(self, model: pyo.ConcreteModel, injection_kw: list, welfare, period_hours: float):
+        self.model = model
+        self.injection_kw = injection_kw
+        self.welfare = welfare
+        self.per_mwh = 1000.0 / period_hours
+
+    def attach(self, rows: np.ndarray, sell: np.ndarray, buy: np.ndarray, quadratic: float):
+        """Add trades over ``rows`` (the agent's pairs) with their costs, the balance and
+        the objective without the penalty, and compile."""
+        m, n_t = self.model, sell.shape[1]
+        self.rows = rows
+        m.ADMM_PAIRS = pyo.RangeSet(0, len(rows) - 1, doc="the agent's trading pairs")
+        m.ADMM_PERIODS = pyo.RangeSet(0, n_t - 1, doc="period positions")
+        index = (m.ADMM_PAIRS, m.ADMM_PERIODS)
+        m.admm_sell_kw = pyo.Var(*index, bounds=(0, None), doc="sold to partner p  (kW)")
+        m.admm_buy_kw = pyo.Var(*index, bounds=(0, None), doc="bought from partner p  (kW)")
+        m.trade_balance = pyo.Constraint(
+            m.ADMM_PERIODS,
+            rule=lambda m, k: (
+                self.injection_kw[k]
+                - sum(m.admm_sell_kw[p, k] - m.admm_buy_kw[p, k] for p in m.ADMM_PAIRS)
+                == 0
+            ),
+            doc="injection[k] - sum_p (sell[p,k] - buy[p,k]) = 0  (kW); dual: the agent's "
+            "balance multiplier (currency/MWh)",
+        )
+
+        def trade_cost(m, p, k):
+            x = m.admm_sell_kw[p, k] - m.admm_buy_kw[p, k]
+            paid = sell[p, k] * m.admm_sell_kw[p, k] + buy[p, k] * m.admm_buy_kw[p, k]
+            return paid + quadratic / 2 * x**2 if quadratic else paid
+
+        m.own_step = pyo.Objective(
+            expr=-self.per_mwh * self.welfare
+            + sum(trade_cost(m, p, k) for p in m.ADMM_PAIRS for k in m.ADMM_PERIODS),
+            doc="-welfare 1000/dt + sum s sell + b buy + gamma/2 x^2  ((currency/MWh) kW); "
+            "each step adds rho/2 (x - a)^2",
+        )
+        self._compile()
+
+    def _compile(self) -> None:
+        m = self.model
+        self.form = compile_model(m)
+        self.cost = np.asarray(self.form.lp.col_cost_, dtype=float).copy()
+        self.offset = self.form.objective_offset
+        n = len(self.form.columns)
+        self.base_hessian = sp.csc_array((n, n)) if self.form.hessian is None else self.form.hessian
+        where = {id(v): k for k, v in enumerate(self.form.columns)}
+        shape = (len(m.ADMM_PAIRS), len(m.ADMM_PERIODS))
+        self.sell_col = np.array([where[id(m.admm_sell_kw[i])] for i in m.admm_sell_kw])
+        self.buy_col = np.array([where[id(m.admm_buy_kw[i])] for i in m.admm_buy_kw])
+        self.sell_col, self.buy_col = self.sell_col.reshape(shape), self.buy_col.reshape(shape)
+        s, b = self.sell_col.ravel(), self.buy_col.ravel()
+        rows, cols = np.concatenate([s, b, s, b]), np.concatenate([s, b, b, s])
+        values = np.repeat([1.0, 1.0, -1.0, -1.0], s.size)
+        self.penalty_hessian = sp.csc_array((values, (rows, cols)), shape=(n, n))  # (s - b)^2
+
+    def step(self, target_kw: np.ndarray, rho: float) -> tuple[np.ndarray, np.ndarray]:
+        """The agent's trades (its pairs x periods) and balance multipliers (periods):
+        the compiled objective plus ``rho/2 (sell - buy - a)^2``."""
+        form, lp = self.form, self.form.lp
+        cost = self.cost.copy()
+        np.add.at(cost, self.sell_col.ravel(), -rho * target_kw.ravel())
+        np.add.at(cost, self.buy_col.ravel(), rho * target_kw.ravel())
+        lp.col_cost_ = cost
+        form.hessian = self.base_hessian + rho * self.penalty_hessian
+        form.objective_offset = self.offset + rho / 2 * float(np.sum(target_kw**2))
+        lp.offset_ = form.objective_offset
+        self.solution = solve_compiled(self.model, form, 0.0, highs_options())
+        value = np.array([v.value for v in form.columns])
+        x = value[self.sell_col] - value[self.buy_col]
+        mu = self.solution.dual(self.model.trade_balance).to_numpy()
+        return x, mu
 
 
 @dataclass
@@ -64,8 +172,13 @@ class ExchangeProblem:
     item_quantity_kw : (items,) size of the step (kW); ``inf`` for an unlimited grid.
     pair_from, pair_to : (pairs,) agents of each ordered trading pair; both
         directions of every edge are present.
-    pair_cost : (pairs,) ``kappa``: what ``pair_from`` pays per MWh traded with
-        ``pair_to`` in either direction (currency/MWh, >= 0).
+    pair_cost : (pairs,) or (pairs x periods): what ``pair_from`` pays per MWh it
+        sells to ``pair_to`` (currency/MWh, >= 0), and per MWh it buys unless
+        ``pair_buy_cost`` is given.
+    pair_buy_cost : like ``pair_cost``: what ``pair_from`` pays per MWh it buys from
+        ``pair_to``; None: ``pair_cost``.
+    model_agents : agents (by number) stepped by their own model instead of the closed
+        form; their items, if any, are ignored.
     quadratic : ``gamma``: the strictly convex trade term ((currency/MWh)/kW, >= 0).
     """
 
@@ -79,6 +192,8 @@ class ExchangeProblem:
     pair_to: np.ndarray
     pair_cost: np.ndarray
     quadratic: float = 0.0
+    pair_buy_cost: np.ndarray | None = None
+    model_agents: dict[int, ModelAgent] = field(default_factory=dict)
     reverse: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -88,8 +203,23 @@ class ExchangeProblem:
         missing = [(a, b) for a, b in position if (b, a) not in position]
         if missing:
             raise InputError(f"ADMM pairs: {missing[0]} has no reverse pair")
-        if (self.pair_cost < 0).any() or self.quadratic < 0:
-            raise InputError("ADMM pair costs and the quadratic term must not be negative")
+        shape = (len(self.pair_from), self.n_periods)
+        buy = self.pair_cost if self.pair_buy_cost is None else self.pair_buy_cost
+        for name, cost in (("pair_cost", self.pair_cost), ("pair_buy_cost", buy)):
+            cost = np.asarray(cost, dtype=float)
+            if cost.shape not in (shape, shape[:1]):
+                raise InputError(
+                    f"ADMM {name}: shape {cost.shape}, expected {shape} or {shape[:1]}"
+                )
+            if (cost < 0).any():
+                raise InputError(f"ADMM {name}: negative costs")
+        if self.quadratic < 0:
+            raise InputError("ADMM quadratic term: must not be negative")
+        self.pair_cost = _per_period(self.pair_cost, shape)
+        self.pair_buy_cost = _per_period(buy, shape)
+        for agent, model in self.model_agents.items():
+            rows = np.flatnonzero(self.pair_from == agent)
+            model.attach(rows, self.pair_cost[rows], self.pair_buy_cost[rows], self.quadratic)
         self.reverse = np.array([position[(b, a)] for a, b in position], dtype=int)
 
     @property
@@ -125,9 +255,14 @@ class ADMMResult:
     seconds: float
 
 
-def _soft(w: np.ndarray, kappa: np.ndarray) -> np.ndarray:
-    """Soft threshold ``sign(w) max(|w| - kappa, 0)`` for ``kappa >= 0`` (fewer temporaries)."""
-    return np.maximum(w - kappa, 0.0) + np.minimum(w + kappa, 0.0)
+def _per_period(cost: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    cost = np.asarray(cost, dtype=float)
+    return np.broadcast_to(cost[:, None] if cost.ndim == 1 else cost, shape).copy()
+
+
+def _soft(w: np.ndarray, sell: np.ndarray, buy: np.ndarray) -> np.ndarray:
+    """Asymmetric soft threshold ``max(w - sell, 0) + min(w + buy, 0)`` (costs >= 0)."""
+    return np.maximum(w - sell, 0.0) + np.minimum(w + buy, 0.0)
 
 
 class _LocalSolver:
@@ -140,11 +275,11 @@ class _LocalSolver:
         self.unlimited = ~np.isfinite(problem.item_quantity_kw)
         self.finite_q = np.where(self.unlimited, 0.0, problem.item_quantity_kw)
         self.sign = np.where(problem.item_supply, -1.0, 1.0)  # contribution to g when taken
-        self.cost = problem.pair_cost[:, None]
+        self.sell_cost, self.buy_cost = problem.pair_cost, problem.pair_buy_cost
 
     def _trades(self, mu: np.ndarray, a: np.ndarray, rho: float) -> np.ndarray:
         w = rho * a - mu[self.pair_unit]
-        return _soft(w, self.cost) / (self.p.quadratic + rho)
+        return _soft(w, self.sell_cost, self.buy_cost) / (self.p.quadratic + rho)
 
     def _items(self, mu: np.ndarray) -> np.ndarray:
         """Balance contribution of the items strictly decided at ``mu`` (per unit)."""
@@ -162,8 +297,8 @@ class _LocalSolver:
         w = rho * a
         lo = np.full(n, np.inf)
         hi = np.full(n, -np.inf)
-        np.minimum.at(lo, self.pair_unit.ravel(), (w - self.cost).ravel())
-        np.maximum.at(hi, self.pair_unit.ravel(), (w + self.cost).ravel())
+        np.minimum.at(lo, self.pair_unit.ravel(), (w - self.sell_cost).ravel())
+        np.maximum.at(hi, self.pair_unit.ravel(), (w + self.buy_cost).ravel())
         np.minimum.at(lo, p.item_unit, p.item_threshold)
         np.maximum.at(hi, p.item_unit, p.item_threshold)
         lo = np.where(np.isfinite(lo), lo - 1.0, 0.0)
@@ -263,6 +398,9 @@ def consensus_admm(
     x = taken = mu = None
     for k in range(1, max_iterations + 1):
         x, taken, mu = local.solve(z - u, rho, mu)
+        for agent, model in problem.model_agents.items():
+            units = slice(agent * problem.n_periods, (agent + 1) * problem.n_periods)
+            x[model.rows], mu[units] = model.step((z - u)[model.rows], rho)
         relaxed = relaxation * x + (1.0 - relaxation) * z
         z_new = 0.5 * (relaxed - relaxed[rev])
         u = u + 0.5 * (relaxed + relaxed[rev])

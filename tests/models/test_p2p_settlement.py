@@ -63,7 +63,7 @@ def own_optimum(bids, pair_prices, grid_prices, capacity_kw, period_hours, bound
             bounds += [(0.0, capacity_kw)] * 2
         if trades:
             for row in pair_prices[pair_prices["period"] == t].itertuples():
-                cost += [-(row.price - row.cost), row.price + row.cost]  # sell, buy
+                cost += [-(row.price - row.sell_cost), row.price + row.buy_cost]  # sell, buy
                 balance += [-1.0, 1.0]
                 bounds += [(0.0, bound)] * 2
         if not cost:
