@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import highspy
 import numpy as np
 
-from gridmarkets.solvers.highs import INF, StandardForm
+from gridmarkets.solvers.highs import INF, StandardForm, new_highs
 
 _TOL = 1e-7
 _SHOWN = 4  # members listed per family in a report
@@ -77,8 +77,7 @@ def _row_conflict(con, detail: str) -> Conflict:
 
 
 def _highs(options: dict) -> highspy.Highs:
-    highs = highspy.Highs()
-    highs.setOptionValue("output_flag", False)
+    highs = new_highs()
     for name, value in options.items():
         highs.setOptionValue(name, value)
     return highs

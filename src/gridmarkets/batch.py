@@ -64,6 +64,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -370,7 +371,7 @@ def _progress_bar(show: bool) -> Iterator[Progress]:
         TextColumn("ETA"),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, disable=not show) as bar:
+    with Progress(*columns, console=Console(stderr=True), disable=not show) as bar:
         yield bar
 
 

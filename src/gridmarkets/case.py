@@ -16,13 +16,16 @@ import hashlib
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from pydantic import ValidationError
 
 from gridmarkets.errors import CaseError
-from gridmarkets.specs.base import CaseBase, Horizon, NetworkSpec, Spec
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
+    from gridmarkets.specs.base import CaseBase, Horizon, NetworkSpec, Spec
 
 __all__ = [
     "CaseBase",
@@ -36,6 +39,20 @@ __all__ = [
     "shipped_cases_dir",
     "validate",
 ]
+
+
+SHARED_SPECS = ("CaseBase", "Horizon", "NetworkSpec", "Spec")
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's, where installed
+
+
+def __getattr__(name: str) -> Any:
+    """The shared specs re-exported from :mod:`gridmarkets.specs.base`, imported on first
+    use: listing or reading case files (``gridmarkets cases``) does not load pydantic."""
+    if name in SHARED_SPECS:
+        from gridmarkets.specs import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def shipped_cases_dir() -> Path:
@@ -58,7 +75,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CaseError(f"{path}: no such file")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=SAFE_LOADER)
     except yaml.YAMLError as err:
         raise CaseError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(data, dict):
@@ -68,6 +85,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 def validate(data: dict[str, Any], source: str = "<case>") -> CaseBase:
     """Validate a case mapping with the spec of the model it names."""
+    from pydantic import ValidationError
+
     from gridmarkets.registry import case_class
 
     if not isinstance(data, dict):

@@ -1,0 +1,149 @@
+"""Logging, progress and stage timings: the standard library's ``logging`` with rich on
+stderr, so stdout keeps only what a command prints as its result.
+
+Library code logs to ``logging.getLogger(__name__)`` and wraps its long loops in
+:func:`track`; nothing is shown until an application configures logging. The CLI calls
+:func:`configure`: a rich handler on stderr, ``gridmarkets`` at INFO (``--quiet``:
+WARNING; ``--verbose``: DEBUG, which also routes HiGHS's own log through logging, see
+:func:`gridmarkets.solvers.highs.new_highs`). :func:`track` draws a rich progress bar on
+stderr while the ``gridmarkets`` logger is enabled for INFO and stderr is a terminal;
+nested loops share one display.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+LOGGER = "gridmarkets"
+QUIET, NORMAL, VERBOSE = -1, 0, 1
+_LEVELS = {QUIET: logging.WARNING, NORMAL: logging.INFO, VERBOSE: logging.DEBUG}
+
+T = TypeVar("T")
+_lock = threading.Lock()
+_display = None  # the one active rich Progress (nested loops add their task to it)
+
+
+def configure(verbosity: int = NORMAL) -> None:
+    """Show gridmarkets's log on stderr through rich.
+
+    Parameters
+    ----------
+    verbosity : QUIET (-1: warnings and errors), NORMAL (0: progress and stages) or
+        VERBOSE (1: debug messages and HiGHS's log).
+    """
+    from rich.console import Console
+    from rich.logging import RichHandler
+
+    handler = RichHandler(
+        console=Console(stderr=True),
+        show_path=False,
+        markup=False,
+        rich_tracebacks=False,
+        log_time_format="[%X]",
+    )
+    root = logging.getLogger()
+    root.handlers = [h for h in root.handlers if not isinstance(h, RichHandler)] + [handler]
+    root.setLevel(logging.WARNING)  # other libraries: warnings and errors only
+    logging.getLogger(LOGGER).setLevel(_LEVELS[max(QUIET, min(VERBOSE, verbosity))])
+    logging.captureWarnings(True)
+
+
+def showing_progress() -> bool:
+    """Whether :func:`track` draws: gridmarkets logs at INFO and stderr is a terminal."""
+    if not logging.getLogger(LOGGER).isEnabledFor(logging.INFO):
+        return False
+    import sys
+
+    return sys.stderr.isatty()
+
+
+def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+    """Yield ``items`` with a progress bar on stderr (see :func:`showing_progress`).
+
+    Parameters
+    ----------
+    items : what the loop runs over.
+    description : what the loop does ("AC check", "re-plans", ...).
+    total : the number of items, when ``items`` has no ``len``.
+    """
+    if total is None and hasattr(items, "__len__"):
+        total = len(items)
+    if not showing_progress():
+        yield from items
+        return
+    with _progress() as display:
+        task = display.add_task(description, total=total)
+        try:
+            for item in items:
+                yield item
+                display.advance(task)
+        finally:
+            display.remove_task(task)
+
+
+@contextmanager
+def _progress():
+    """The active progress display, or a new one (transient: gone when done)."""
+    global _display
+    with _lock:
+        outer = _display is None
+        if outer:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            _display = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
+            _display.start()
+        display = _display
+    try:
+        yield display
+    finally:
+        if outer:
+            with _lock:
+                display.stop()
+                _display = None
+
+
+class StageTimer:
+    """Wall time per named stage of a run (seconds, in the order first timed).
+
+    ``with timer.stage("solve"): ...`` adds the block's wall time to "solve" and logs
+    the stage at INFO; :attr:`seconds` maps stages to their times.
+    """
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str, message: str | None = None) -> Iterator[None]:
+        """Time the block as stage ``name``; log ``message`` (default: the name) first."""
+        logger = logging.getLogger(LOGGER)
+        logger.info("%s", message or name)
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - started
+            self.seconds[name] = self.seconds.get(name, 0.0) + elapsed
+            logger.debug("%s took %.2f s", name, elapsed)
+
+    def add(self, name: str, seconds: float) -> None:
+        """Add ``seconds`` measured elsewhere to stage ``name``."""
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
