@@ -48,6 +48,7 @@ import pyomo.environ as pyo
 from pydantic import Field, NonNegativeFloat
 
 from gridmarkets.errors import InputError
+from gridmarkets.log import track
 from gridmarkets.models import assets
 from gridmarkets.models.assets import (
     ApplianceSpec,
@@ -859,7 +860,7 @@ def rolling_horizon(
     decisions: dict[str, dict[int, float]] = {}
     log = []
     options = dict(solve_options or {})
-    for t in range(n):
+    for t in track(range(n), "re-plans (rolling horizon)"):
         end = min(n, t + window)
         seen = {
             col: np.r_[actual[col].iloc[t], forecast[col].iloc[t + 1 : end]]

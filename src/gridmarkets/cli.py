@@ -11,19 +11,21 @@ need them, so ``gridmarkets --help`` and ``gridmarkets cases`` start at once.
 
 from __future__ import annotations
 
+import json
+import sys
 import time
+from functools import wraps
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 
-STARTED = time.perf_counter()  # the summary's "startup" stage counts from here
+from gridmarkets import log
 
-import json  # noqa: E402
-import sys  # noqa: E402
-from functools import wraps  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import TYPE_CHECKING, Annotated, Any  # noqa: E402
+# the summary's "startup" stage counts from the start of the process
+STARTED = time.perf_counter() - log.process_age_seconds()
 
 import typer  # noqa: E402
 
-from gridmarkets import __version__, log  # noqa: E402
+from gridmarkets import __version__  # noqa: E402
 from gridmarkets.errors import GridmarketsError  # noqa: E402
 
 if TYPE_CHECKING:

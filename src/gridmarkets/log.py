@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
@@ -68,20 +68,28 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
     Parameters
     ----------
     items : what the loop runs over.
-    description : what the loop does ("AC check", "re-plans", ...).
+    description : what the loop does ("AC power flow", "re-plans", ...).
     total : the number of items, when ``items`` has no ``len``.
     """
     if total is None and hasattr(items, "__len__"):
         total = len(items)
+    with progress_task(description, total) as advance:
+        for item in items:
+            yield item
+            advance()
+
+
+@contextmanager
+def progress_task(description: str, total: int | None = None) -> Iterator[Callable[[], None]]:
+    """A task on the shared progress display while the block runs (an elapsed-time
+    spinner when ``total`` is None); yields the function that advances it by one."""
     if not showing_progress():
-        yield from items
+        yield lambda: None
         return
     with _progress() as display:
         task = display.add_task(description, total=total)
         try:
-            for item in items:
-                yield item
-                display.advance(task)
+            yield lambda: display.advance(task)
         finally:
             display.remove_task(task)
 
@@ -98,11 +106,13 @@ def _progress():
                 BarColumn,
                 MofNCompleteColumn,
                 Progress,
+                SpinnerColumn,
                 TextColumn,
                 TimeElapsedColumn,
             )
 
             _display = Progress(
+                SpinnerColumn(),
                 TextColumn("{task.description}"),
                 BarColumn(),
                 MofNCompleteColumn(),
@@ -121,11 +131,26 @@ def _progress():
                 _display = None
 
 
+def process_age_seconds() -> float:
+    """Seconds since this process started (Linux: from /proc, to 1/100 s, so the
+    interpreter's own start-up counts); 0.0 where /proc is not available."""
+    import os
+
+    try:
+        with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
+            started_ticks = int(stat.read().rsplit(")", 1)[1].split()[19])
+            now = float(uptime.read().split()[0])
+    except (OSError, IndexError, ValueError):
+        return 0.0
+    return max(0.0, now - started_ticks / os.sysconf("SC_CLK_TCK"))
+
+
 class StageTimer:
     """Wall time per named stage of a run (seconds, in the order first timed).
 
-    ``with timer.stage("solve"): ...`` adds the block's wall time to "solve" and logs
-    the stage at INFO; :attr:`seconds` maps stages to their times.
+    ``with timer.stage("solve"): ...`` adds the block's wall time to "solve", logs the
+    stage and shows it as a spinner with its elapsed time (where :func:`track` draws);
+    :attr:`seconds` maps stages to their times.
     """
 
     def __init__(self) -> None:
@@ -133,12 +158,14 @@ class StageTimer:
 
     @contextmanager
     def stage(self, name: str, message: str | None = None) -> Iterator[None]:
-        """Time the block as stage ``name``; log ``message`` (default: the name) first."""
+        """Time the block as stage ``name``; log ``message`` first at INFO (without a
+        message, the stage's name at DEBUG)."""
         logger = logging.getLogger(LOGGER)
-        logger.info("%s", message or name)
+        logger.log(logging.DEBUG if message is None else logging.INFO, "%s", message or name)
         started = time.perf_counter()
         try:
-            yield
+            with progress_task(message or name):
+                yield
         finally:
             elapsed = time.perf_counter() - started
             self.seconds[name] = self.seconds.get(name, 0.0) + elapsed

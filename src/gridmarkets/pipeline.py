@@ -133,7 +133,7 @@ class CaseRun:
         if self.feeder is not None:
             with self.timer.stage("ac_check", "checking with pandapower's AC power flow"):
                 check(result, built, self.feeder, self.losses, iteration)
-        with self.timer.stage("finish", f"finishing the {self.case.model} case"):
+        with self.timer.stage("finish"):
             self.adapter.finish(self.case, result, self.feeder, solve_options)
         result.timings = dict(self.timer.seconds)
         logging.getLogger(__name__).debug("stage times (s): %s", result.timings)
