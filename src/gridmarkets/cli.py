@@ -42,10 +42,12 @@ VERSIONED = ("pyomo", "highspy", "pandapower")
 
 
 def console(stderr: bool = False) -> Console:
-    """A rich console on stdout (results) or stderr (messages)."""
+    """A rich console on stdout (results) or stderr (messages: the log's own)."""
+    if stderr:
+        return log.stderr_console()
     from rich.console import Console
 
-    return Console(stderr=stderr)
+    return Console()
 
 
 def _user_errors(command):

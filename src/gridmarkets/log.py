@@ -12,6 +12,7 @@ nested loops share one display.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -36,11 +37,10 @@ def configure(verbosity: int = NORMAL) -> None:
     verbosity : QUIET (-1: warnings and errors), NORMAL (0: progress and stages) or
         VERBOSE (1: debug messages and HiGHS's log).
     """
-    from rich.console import Console
     from rich.logging import RichHandler
 
     handler = RichHandler(
-        console=Console(stderr=True),
+        console=stderr_console(),
         show_path=False,
         markup=False,
         rich_tracebacks=False,
@@ -51,6 +51,15 @@ def configure(verbosity: int = NORMAL) -> None:
     root.setLevel(logging.WARNING)  # other libraries: warnings and errors only
     logging.getLogger(LOGGER).setLevel(_LEVELS[max(QUIET, min(VERBOSE, verbosity))])
     logging.captureWarnings(True)
+
+
+@functools.cache
+def stderr_console():
+    """The one rich console on stderr, shared by the log and the progress display (so
+    log lines print above a live progress bar)."""
+    from rich.console import Console
+
+    return Console(stderr=True)
 
 
 def showing_progress() -> bool:
@@ -101,7 +110,6 @@ def _progress():
     with _lock:
         outer = _display is None
         if outer:
-            from rich.console import Console
             from rich.progress import (
                 BarColumn,
                 MofNCompleteColumn,
@@ -117,7 +125,7 @@ def _progress():
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeElapsedColumn(),
-                console=Console(stderr=True),
+                console=stderr_console(),
                 transient=True,
             )
             _display.start()
