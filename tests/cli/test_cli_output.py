@@ -4,9 +4,11 @@ in a sweep), the log on stderr, stage times that add up to the wall time, --json
 
 import json
 import os
+import pty
 import re
 import subprocess
 import sys
+import threading
 import time
 import tomllib
 from pathlib import Path
@@ -113,17 +115,58 @@ def test_stage_times_sum_to_the_measured_wall_time(feeder_run):
     assert summary["solve_seconds"] <= stages["solve"]
 
 
+def gridmarkets_on_a_terminal(*args) -> tuple[str, str, float]:
+    """Run the command with stderr on a pseudo-terminal (where progress is drawn) and
+    stdout on a pipe; return stdout, what the terminal received, and the wall time."""
+    master, slave = pty.openpty()
+    received: list[bytes] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # the last writer closed the terminal
+                return
+            if not chunk:
+                return
+            received.append(chunk)
+
+    reader = threading.Thread(target=drain)
+    env = {**os.environ, "MPLBACKEND": "Agg", "COLUMNS": "100"}
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gridmarkets", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        text=True,
+        env=env,
+    )
+    os.close(slave)
+    reader.start()
+    stdout, _ = process.communicate(timeout=900)
+    wall = time.perf_counter() - started
+    reader.join(timeout=60)
+    os.close(master)
+    assert process.returncode == 0, b"".join(received).decode(errors="replace")[-3000:]
+    return stdout, b"".join(received).decode(errors="replace"), wall
+
+
 @pytest.mark.solve
-def test_rolling_horizon_replans_are_in_the_stage_times(tmp_path):
-    """prosumer_week_mpc re-plans 168 times: the solve stage holds every re-plan (its
-    own replan_seconds), and the stages still add up to the wall time."""
-    run, wall = gridmarkets("solve", "prosumer_week_mpc", "--out", tmp_path, "--json", "--no-plots")
-    assert run.returncode == 0, run.stderr
-    summary = json.loads(run.stdout)
+def test_rolling_horizon_replans_show_progress_and_are_in_the_stage_times(tmp_path):
+    """prosumer_week_mpc re-plans 168 times: on a terminal a progress bar counts the
+    re-plans; the solve stage holds every re-plan (the model's own replan_seconds); the
+    stages still add up to the wall time; stdout is the JSON summary alone."""
+    stdout, terminal, wall = gridmarkets_on_a_terminal(
+        "solve", "prosumer_week_mpc", "--out", tmp_path, "--json", "--no-plots"
+    )
+    summary = json.loads(stdout)
     timings = summary["timings"]
     assert summary["kpis"]["replans"] == 168
     assert timings["solve"] >= summary["kpis"]["replan_seconds"] > 0
     assert abs(timings["total"] - wall) <= 0.1 * wall, (timings, wall)
+    assert "re-plans (rolling horizon)" in terminal
+    counts = {int(k) for k in re.findall(r"(\d+)/168", terminal)}
+    assert len(counts) > 1 and max(counts) > 84  # the bar moved through the week
 
 
 @pytest.mark.solve
@@ -152,6 +195,29 @@ def test_quiet_leaves_stderr_empty_on_success(tmp_path):
     assert run.returncode == 0, run.stderr
     assert run.stderr == ""
     assert_only_a_table(run.stdout, "lem_copperplate (lem)", tmp_path)
+
+
+@pytest.mark.solve
+def test_a_library_solve_writes_nothing_to_stdout():
+    """HiGHS's banner is written from C on file descriptor 1 by the first Highs of a
+    process: a notebook or script that clears a market sees nothing on stdout, also
+    when an infeasible model is diagnosed (HiGHS's IIS)."""
+    code = (
+        "import pandas as pd, pyomo.environ as pyo\n"
+        "from gridmarkets.models import lem\n"
+        "from gridmarkets.errors import InfeasibleError\n"
+        "from gridmarkets.solvers import solve\n"
+        "bids = pd.DataFrame({'participant': ['pv', 'home'], 'side': ['sell', 'buy'],"
+        " 'quantity_kw': [5.0, 4.0], 'price': [20.0, 300.0]})\n"
+        "assert abs(lem.clear(bids).kpis['traded_kwh'] - 4.0) < 1e-6\n"
+        "m = pyo.ConcreteModel(); m.x = pyo.Var(bounds=(0, 1))\n"
+        "m.c = pyo.Constraint(expr=m.x >= 2); m.o = pyo.Objective(expr=m.x)\n"
+        "try:\n    solve(m)\nexcept InfeasibleError as err:\n"
+        "    assert 'c' in str(err)\nelse:\n    raise AssertionError('not infeasible')\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == ""
 
 
 @pytest.mark.unit
