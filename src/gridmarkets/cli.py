@@ -32,7 +32,9 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 app = typer.Typer(
-    help="Optimization models for distribution-level electricity markets.",
+    help="Optimization models for distribution-level electricity markets.\n\n"
+    "stdout holds only a command's result; the log (stage by stage), progress bars and "
+    "errors go to stderr.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -105,11 +107,7 @@ def options(
         bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")
     ] = False,
 ) -> None:
-    """Optimization models for distribution-level electricity markets.
-
-    The log and progress go to stderr (stage by stage; --verbose adds HiGHS's log,
-    --quiet keeps warnings and errors); stdout holds only the result.
-    """
+    """Options for every command: the log's verbosity and --version."""
     if verbose and quiet:
         raise typer.BadParameter("--verbose and --quiet exclude each other")
     log.configure(log.VERBOSE if verbose else log.QUIET if quiet else log.NORMAL)

@@ -35,7 +35,8 @@ def configure(verbosity: int = NORMAL) -> None:
     Parameters
     ----------
     verbosity : QUIET (-1: warnings and errors), NORMAL (0: progress and stages) or
-        VERBOSE (1: debug messages and HiGHS's log).
+        VERBOSE (1: debug messages and HiGHS's log). In a notebook or script,
+        ``configure()`` shows the stages and progress bars of the runs that follow.
     """
     from rich.logging import RichHandler
 
@@ -63,12 +64,12 @@ def stderr_console():
 
 
 def showing_progress() -> bool:
-    """Whether :func:`track` draws: gridmarkets logs at INFO and stderr is a terminal."""
+    """Whether :func:`track` draws: gridmarkets logs at INFO and stderr is a terminal
+    (or a Jupyter notebook's output)."""
     if not logging.getLogger(LOGGER).isEnabledFor(logging.INFO):
         return False
-    import sys
-
-    return sys.stderr.isatty()
+    console = stderr_console()
+    return console.is_terminal or console.is_jupyter
 
 
 def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
