@@ -757,7 +757,7 @@ def bid_curves(
     model = build({participant: home}, prices, **build_options)
     b = model.home[participant]
     rows = []
-    for t in model.PERIODS:
+    for t in track(model.PERIODS, "bid curves (periods)"):
         saved = (pyo.value(model.import_price_per_mwh[t]), pyo.value(model.export_price_per_mwh[t]))
         net = []
         for price in ladder:

@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 from gridmarkets.errors import InputError
+from gridmarkets.log import track
 
 _BISECTIONS = 80
 _WARM = 0.5  # currency/MWh either side of the previous multiplier
@@ -261,7 +262,7 @@ def consensus_admm(
     rows: list[dict[str, float]] = []
     converged = False
     x = taken = mu = None
-    for k in range(1, max_iterations + 1):
+    for k in track(range(1, max_iterations + 1), "ADMM iterations (at most)"):
         x, taken, mu = local.solve(z - u, rho, mu)
         relaxed = relaxation * x + (1.0 - relaxation) * z
         z_new = 0.5 * (relaxed - relaxed[rev])
