@@ -113,7 +113,6 @@ def _progress():
         if outer:
             from rich.progress import (
                 BarColumn,
-                MofNCompleteColumn,
                 Progress,
                 SpinnerColumn,
                 TextColumn,
@@ -124,7 +123,7 @@ def _progress():
                 SpinnerColumn(),
                 TextColumn("{task.description}"),
                 BarColumn(),
-                MofNCompleteColumn(),
+                _count_column(),
                 TimeElapsedColumn(),
                 console=stderr_console(),
                 transient=True,
@@ -152,6 +151,17 @@ def process_age_seconds() -> float:
     except (OSError, IndexError, ValueError):
         return 0.0
     return max(0.0, now - started_ticks / os.sysconf("SC_CLK_TCK"))
+
+
+def _count_column():
+    """k/n for a loop; nothing for a stage's spinner, which has no count."""
+    from rich.progress import MofNCompleteColumn
+
+    class CountColumn(MofNCompleteColumn):
+        def render(self, task):
+            return super().render(task) if task.total is not None else ""
+
+    return CountColumn()
 
 
 class StageTimer:
