@@ -6,8 +6,8 @@ Library code logs to ``logging.getLogger(__name__)`` and wraps its long loops in
 :func:`configure`: a rich handler on stderr, ``gridmarkets`` at INFO (``--quiet``:
 WARNING; ``--verbose``: DEBUG, which also routes HiGHS's own log through logging, see
 :func:`gridmarkets.solvers.highs.new_highs`). :func:`track` draws a rich progress bar on
-stderr while the ``gridmarkets`` logger is enabled for INFO and stderr is a terminal;
-nested loops share one display.
+stderr while the ``gridmarkets`` logger is enabled for INFO and stderr is a terminal (or a
+notebook); nested loops share one display.
 """
 
 from __future__ import annotations
