@@ -71,6 +71,7 @@ import pyomo.environ as pyo
 from pydantic import Field, NonNegativeFloat, PositiveFloat, model_validator
 
 from gridmarkets.errors import InputError
+from gridmarkets.log import track
 from gridmarkets.models import allocation, assets, prosumer
 from gridmarkets.models.assets import BatterySpec, Phase, Profile, PVSpec
 from gridmarkets.models.prosumer import PricesSpec, ProsumerSpec
@@ -737,7 +738,7 @@ class CommunityGame(allocation.CostGame):
                     chunks, pool.map(_solve_chunk, [(self._args, c) for c in chunks]), strict=True
                 ):
                     self.values.update(zip(chunk, values, strict=True))
-        return {c: self(c) for c in coalitions}
+        return {c: self(c) for c in track(coalitions, "coalitions")}
 
     def evaluate_all(self) -> dict[frozenset, float]:
         """cost(S) for every coalition, in ``workers`` processes when above 1."""

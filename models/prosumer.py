@@ -59,6 +59,7 @@ import pyomo.environ as pyo
 from pydantic import Field, NonNegativeFloat
 
 from gridmarkets.errors import InputError
+from gridmarkets.log import track
 from gridmarkets.models import assets
 from gridmarkets.models.assets import (
     ApplianceSpec,
@@ -828,7 +829,7 @@ def bid_curves(
     b = model.home[participant]
     _fix_inter_temporal_devices(model, b, solve_options)
     rows = []
-    for t in model.PERIODS:
+    for t in track(model.PERIODS, "bid curves (periods)"):
         saved = (pyo.value(model.import_price_per_mwh[t]), pyo.value(model.export_price_per_mwh[t]))
         net = []
         for price in ladder:
@@ -955,7 +956,7 @@ def rolling_horizon(
     decisions: dict[str, dict[int, float]] = {}
     log = []
     options = dict(solve_options or {})
-    for t in range(n):
+    for t in track(range(n), "re-plans (rolling horizon)"):
         end = min(n, t + window)
         seen = {
             col: np.r_[actual[col].iloc[t], forecast[col].iloc[t + 1 : end]]

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from gridmarkets.errors import NetworkError
+from gridmarkets.log import track
 from gridmarkets.networks.feeder import INJECTION_SIGNS, Feeder
 from gridmarkets.networks.lindistflow import (
     OperatingPoint,
@@ -46,7 +47,7 @@ def run_ac(feeder: Feeder, p_pu: np.ndarray, q_pu: np.ndarray) -> dict[str, np.n
     for name in ("p_pu", "q_pu", "loading_percent"):
         out[name] = np.empty((len(feeder.branches), periods))
     out["losses_kw"] = np.empty(periods)
-    for t in range(periods):
+    for t in track(range(periods), f"AC power flow of {feeder.name}"):
         net.sgen.loc[sgens, "p_mw"] = np.where(buses == feeder.root, 0.0, p_pu[:, t] * scale)
         net.sgen.loc[sgens, "q_mvar"] = np.where(buses == feeder.root, 0.0, q_pu[:, t] * scale)
         try:

@@ -74,6 +74,19 @@ JSON_ALLOWED = {
     "builtins": {"tuple", "set", "frozenset", "complex"},
 }
 
+# The SimBench grids (code without its scenario, switch variant) that load as one radial
+# feeder: measured by loading scenario 0 of every LV and MV grid. The MV grids but urban
+# have two parallel HV/MV transformers (a loop), and the HV, EHV and multi-level grids
+# (one tried per level) several external grids.
+SIMBENCH_FEEDERS = {
+    *(
+        (f"1-LV-{grid}", variant)
+        for grid in ("rural1", "rural2", "rural3", "semiurb4", "semiurb5", "urban6")
+        for variant in ("sw", "no_sw")
+    ),
+    ("1-MV-urban", "sw"),
+}
+
 # Networks whose own data need an option to become one radial feeder.
 BUILTIN_OPTIONS = {"mv_oberrhein": {"ext_grid": 0}}
 
@@ -188,13 +201,31 @@ class Feeder:
         return index.get_indexer([self.merged.get(b, b) for b in buses])
 
 
-def available_networks() -> list[tuple[str, str]]:
-    """The pandapower built-ins and SimBench codes :func:`load` accepts, with a description."""
+def available_networks(feeders_only: bool = False) -> list[tuple[str, str]]:
+    """The pandapower built-ins and SimBench codes :func:`load` accepts, with a description.
+
+    Parameters
+    ----------
+    feeders_only : only the SimBench codes known to load as one radial feeder
+        (:data:`SIMBENCH_FEEDERS`); False: every SimBench code, the others described as
+        not loading as one.
+    """
     import simbench
 
     listed = [(name, text) for name, text in BUILTINS.items()]
     codes = [c for c in simbench.collect_all_simbench_codes() if "complete_data" not in c]
-    return listed + [(code, "SimBench (with a year of 15-minute profiles)") for code in codes]
+    for code in codes:
+        if is_simbench_feeder(code):
+            listed.append((code, "SimBench feeder (with a year of 15-minute profiles)"))
+        elif not feeders_only:
+            listed.append((code, "SimBench; not one radial feeder (several sources or a loop)"))
+    return listed
+
+
+def is_simbench_feeder(code: str) -> bool:
+    """Whether the SimBench ``code`` is one of :data:`SIMBENCH_FEEDERS` (any scenario)."""
+    grid, _, variant = code.partition("--")
+    return (grid, variant.split("-", 1)[-1]) in SIMBENCH_FEEDERS
 
 
 def load(spec: str | Mapping[str, Any]) -> Feeder:

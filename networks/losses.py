@@ -12,6 +12,7 @@ import pandas as pd
 import pyomo.environ as pyo
 
 from gridmarkets.errors import NetworkError
+from gridmarkets.log import track
 from gridmarkets.networks.ac_check import run_ac
 from gridmarkets.networks.handles import NetworkHandles, value_array
 from gridmarkets.networks.lindistflow import OperatingPoint, linear_operating_point
@@ -71,7 +72,7 @@ def iterate_losses(
     # a start at the flat point solves lossless: agreeing voltages then say nothing of
     # the losses, so at least one round at an AC point follows
     lossless = all(not any(param.extract_values().values()) for param in handles.losses.values())
-    for iteration in range(1, max_iterations + 1):
+    for iteration in track(range(1, max_iterations + 1), "loss iterations (at most)"):
         if point is not None:  # only before another solve: the parameters stay the solution's
             _relinearise(handles, point)
         solution = solve(model, **(solve_options or {}))

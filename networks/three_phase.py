@@ -50,6 +50,7 @@ import pandas as pd
 import pyomo.environ as pyo
 
 from gridmarkets.errors import NetworkError
+from gridmarkets.log import track
 from gridmarkets.networks.feeder import Feeder, feeder_from_net, load, net_injections
 from gridmarkets.networks.handles import NetworkHandles, kept
 from gridmarkets.networks.lindistflow import _add_sets, branch_arrays, polygon_directions
@@ -925,7 +926,7 @@ def run_ac_3ph(feeder: Feeder, p_kw: np.ndarray, q_kvar: np.ndarray) -> dict[str
     out = {"vm_pu": np.empty((len(buses), 3, n_t)), "vuf_percent": np.empty((len(buses), n_t))}
     for name in ("p_kw", "loading_percent"):
         out[name] = np.empty((len(feeder.branches), 3, n_t))
-    for t in range(n_t):
+    for t in track(range(n_t), f"three-phase AC power flow of {feeder.name}"):
         for k, phase in enumerate(PHASES):
             net.asymmetric_sgen.loc[sgens, f"p_{phase}_mw"] = p_kw[below, k, t] / 1000.0
             net.asymmetric_sgen.loc[sgens, f"q_{phase}_mvar"] = q_kvar[below, k, t] / 1000.0

@@ -52,6 +52,7 @@ import pyomo.environ as pyo
 import scipy.sparse as sp
 
 from gridmarkets.errors import InputError
+from gridmarkets.log import track
 from gridmarkets.solvers.highs import compile_model, highs_options, solve_compiled
 
 _BISECTIONS = 80
@@ -396,7 +397,7 @@ def consensus_admm(
     rows: list[dict[str, float]] = []
     converged = False
     x = taken = mu = None
-    for k in range(1, max_iterations + 1):
+    for k in track(range(1, max_iterations + 1), "ADMM iterations (at most)"):
         x, taken, mu = local.solve(z - u, rho, mu)
         for agent, model in problem.model_agents.items():
             units = slice(agent * problem.n_periods, (agent + 1) * problem.n_periods)

@@ -36,7 +36,7 @@ import highspy
 import numpy as np
 import scipy.sparse as sp
 
-from gridmarkets.solvers.highs import INF, StandardForm
+from gridmarkets.solvers.highs import INF, StandardForm, new_highs
 
 DEFAULT_TIME_LIMIT_S = 30.0
 LABELER_ATTR = "_gridmarkets_labeler"  # a model's own Labeler, set by whoever built it
@@ -229,8 +229,7 @@ def _bound_conflict(var, side: str, lower: float, upper: float) -> Conflict:
 
 
 def _highs(options: dict, clock: _Clock) -> highspy.Highs:
-    highs = highspy.Highs()
-    highs.setOptionValue("output_flag", False)
+    highs = new_highs()
     for name, value in options.items():
         highs.setOptionValue(name, value)
     highs.setOptionValue("time_limit", max(clock.left(), 1e-3))

@@ -26,7 +26,11 @@ from __future__ import annotations
 
 import gc
 import itertools
+import logging
 import operator
+import os
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -561,9 +565,58 @@ class _Parts:
         return sp.csc_array(data, shape=shape)
 
 
+logger = logging.getLogger(__name__)
+_banner_lock = threading.Lock()
+_banner_shown = False
+
+
+def new_highs() -> highspy.Highs:
+    """A Highs instance that writes nothing to stdout.
+
+    HiGHS prints its banner on stdout (file descriptor 1, from C) when the first instance
+    of a process is created; that one creation runs with descriptor 1 pointed at a
+    temporary file, and the banner goes to this module's logger at DEBUG. The instance's
+    own log is off, or, when this logger is enabled for DEBUG (``gridmarkets --verbose``),
+    routed through it by HiGHS's logging callback instead of the console.
+    """
+    highs = _first_highs() if not _banner_shown else highspy.Highs()
+    verbose = logger.isEnabledFor(logging.DEBUG)
+    highs.setOptionValue("output_flag", verbose)
+    highs.setOptionValue("log_to_console", False)
+    if verbose:
+        highs.cbLogging.subscribe(_log_highs_message)
+    return highs
+
+
+def _first_highs() -> highspy.Highs:
+    global _banner_shown
+    with _banner_lock:
+        if _banner_shown:
+            return highspy.Highs()
+        sys.stdout.flush()
+        saved = os.dup(1)
+        with tempfile.TemporaryFile(mode="w+") as banner:
+            os.dup2(banner.fileno(), 1)
+            try:
+                highs = highspy.Highs()
+            finally:
+                os.dup2(saved, 1)
+                os.close(saved)
+            banner.seek(0)
+            for line in banner.read().splitlines():
+                logger.debug("%s", line)
+        _banner_shown = True
+    return highs
+
+
+def _log_highs_message(event: Any) -> None:
+    message = event.message.rstrip()
+    if message:
+        logger.debug("%s", message)
+
+
 def _new_highs(options: dict[str, Any]) -> highspy.Highs:
-    highs = highspy.Highs()
-    highs.setOptionValue("output_flag", False)
+    highs = new_highs()
     for name, value in options.items():
         if highs.setOptionValue(name, value) != highspy.HighsStatus.kOk:
             raise SolverOptionError(f"HiGHS option {name}={value!r} is not accepted")

@@ -85,6 +85,7 @@ from unittest import mock
 
 import pandas as pd
 from filelock import FileLock, Timeout
+from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -445,7 +446,7 @@ def _progress_bar(show: bool) -> Iterator[Progress]:
         TextColumn("ETA"),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, disable=not show) as bar:
+    with Progress(*columns, console=Console(stderr=True), disable=not show) as bar:
         yield bar
 
 

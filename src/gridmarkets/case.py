@@ -16,14 +16,17 @@ import hashlib
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from pydantic import ValidationError
 
 from gridmarkets.errors import CaseError, InputError
 from gridmarkets.inputs import StrictLoader, read_yaml_file
-from gridmarkets.specs.base import CaseBase, Horizon, NetworkSpec, Spec
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
+    from gridmarkets.specs.base import CaseBase, Horizon, NetworkSpec, Spec
 
 __all__ = [
     "CaseBase",
@@ -37,6 +40,19 @@ __all__ = [
     "shipped_cases_dir",
     "validate",
 ]
+
+
+SHARED_SPECS = ("CaseBase", "Horizon", "NetworkSpec", "Spec")
+
+
+def __getattr__(name: str) -> Any:
+    """The shared specs re-exported from :mod:`gridmarkets.specs.base`, imported on first
+    use: listing or reading case files (``gridmarkets cases``) does not load pydantic."""
+    if name in SHARED_SPECS:
+        from gridmarkets.specs import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def shipped_cases_dir() -> Path:
@@ -71,6 +87,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 def validate(data: dict[str, Any], source: str = "<case>") -> CaseBase:
     """Validate a case mapping with the spec of the model it names."""
+    from pydantic import ValidationError
+
     from gridmarkets.registry import case_class
 
     if not isinstance(data, dict):

@@ -19,7 +19,8 @@ summary says which mode ran.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,7 @@ import pandas as pd
 from gridmarkets import registry
 from gridmarkets.case_terms import labeler
 from gridmarkets.errors import CaseError
+from gridmarkets.log import StageTimer
 from gridmarkets.results import Result
 from gridmarkets.solvers.diagnose import LABELER_ATTR
 from gridmarkets.specs.adapter import Built, CaseAdapter, Injections
@@ -48,7 +50,8 @@ def run_case(
     Returns
     -------
     Result, with ``ac_check`` holding pandapower's AC check of the model's own bus
-    injections (P and Q) on a feeder, and which losses mode ran.
+    injections (P and Q) on a feeder, and which losses mode ran, and ``timings`` the
+    wall time of each stage (load, build, solve, ac_check, finish; seconds).
     """
     solve_options = dict(solve_options or {})
     run = CaseRun.start(case, feeder)
@@ -59,12 +62,14 @@ def run_case(
 
 @dataclass(frozen=True)
 class CaseRun:
-    """One case on its way through the pipeline: its adapter, feeder and losses mode."""
+    """One case on its way through the pipeline: its adapter, feeder and losses mode, and
+    the wall time of each stage so far (``timer``)."""
 
     case: CaseBase
     adapter: CaseAdapter
     feeder: Any
     losses: str | None
+    timer: StageTimer = field(default_factory=StageTimer)
 
     @classmethod
     def start(cls, case: CaseBase, feeder: Any = None) -> CaseRun:
@@ -78,17 +83,22 @@ class CaseRun:
                 "flexibility models clear on three-phase feeders)"
             )
         losses = loss_mode(case, adapter)  # before the feeder: a bad mode fails fast
-        if feeder is None:
-            feeder = load_feeder(case)
+        timer = StageTimer()
+        if feeder is None and case.network is not None:
+            with timer.stage("load", f"loading the network {_network_name(case)}"):
+                feeder = load_feeder(case)
         if feeder is not None:
             check_buses(case, feeder)
         check_model_size(case, feeder)
-        return cls(case, adapter, feeder, losses)
+        return cls(case, adapter, feeder, losses, timer)
 
     def build(self) -> Built:
         """The adapter's build, with the formulation of the losses mode; the model
         carries its case's labels, so a diagnosis names the case's elements."""
-        built = self.adapter.build(self.case, self.feeder, formulation(self.feeder, self.losses))
+        with self.timer.stage("build", f"building the {self.case.model} model"):
+            built = self.adapter.build(
+                self.case, self.feeder, formulation(self.feeder, self.losses)
+            )
         if built.model is not None:
             setattr(built.model, LABELER_ATTR, labeler(self.case, built.model))
         return built
@@ -99,6 +109,10 @@ class CaseRun:
         Returns the Result and the :class:`~gridmarkets.networks.LossIteration` (None
         unless the losses mode is "iterate").
         """
+        with self.timer.stage("solve", "solving"):
+            return self._solve(built, solve_options)
+
+    def _solve(self, built: Built, solve_options: dict[str, Any]) -> tuple[Result, Any]:
         if built.model is None:
             return built.run(solve_options), None
         options = {**built.solve_options, **solve_options}
@@ -126,10 +140,21 @@ class CaseRun:
     def complete(
         self, built: Built, result: Result, iteration: Any, solve_options: dict[str, Any]
     ) -> Result:
-        """The AC check, then what the adapter adds (coalitions, DSO check, ...)."""
-        check(result, built, self.feeder, self.losses, iteration)
-        self.adapter.finish(self.case, result, self.feeder, solve_options)
+        """The AC check, then what the adapter adds (coalitions, DSO check, ...); the
+        stages' wall times go to ``result.timings``."""
+        if self.feeder is not None:
+            with self.timer.stage("ac_check", "checking with pandapower's AC power flow"):
+                check(result, built, self.feeder, self.losses, iteration)
+        with self.timer.stage("finish"):
+            self.adapter.finish(self.case, result, self.feeder, solve_options)
+        result.timings = dict(self.timer.seconds)
+        logging.getLogger(__name__).debug("stage times (s): %s", result.timings)
         return result
+
+
+def _network_name(case: CaseBase) -> str:
+    locator = case.network.locator()
+    return str(locator.get("code") or locator.get("name") or locator.get("path") or "")
 
 
 def load_feeder(case: CaseBase):

@@ -26,6 +26,7 @@ class Result:
     solution : the solver's :class:`~gridmarkets.solvers.Solution`.
     ac_check : the AC power-flow check's summary, where the model has a network.
     plots : functions ``(result, path)`` that each write one PNG, by file stem.
+    timings : wall time per stage of the run that made it (seconds, by stage name).
     """
 
     model: str
@@ -34,6 +35,7 @@ class Result:
     solution: Solution
     ac_check: dict[str, Any] | None = None
     plots: dict[str, Callable[[Result, Path], None]] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
 
     def __getattr__(self, name: str) -> pd.DataFrame:
         tables = self.__dict__.get("tables", {})
@@ -42,7 +44,8 @@ class Result:
         raise AttributeError(name)
 
     def summary(self, case_name: str | None = None) -> dict[str, Any]:
-        """summary.json's content: case, model, status, timings, sizes, KPIs, AC check."""
+        """summary.json's content: case, model, status, solver timings and sizes, KPIs,
+        AC check, and the wall time of each stage (``timings``) with their ``total``."""
         return _jsonable(
             {
                 "case": case_name,
@@ -50,6 +53,7 @@ class Result:
                 **self.solution.summary(),
                 "kpis": self.kpis,
                 "ac_check": self.ac_check,
+                "timings": {**self.timings, "total": sum(self.timings.values())},
             }
         )
 
@@ -66,14 +70,17 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def write(result: Result, out_dir: str | Path, case_name: str | None = None) -> Path:
-    """Write summary.json, one CSV per table and the plots (plots/*.png)."""
+def write(
+    result: Result, out_dir: str | Path, case_name: str | None = None, *, plots: bool = True
+) -> Path:
+    """Write summary.json, one CSV per table and (unless ``plots`` is False) the plots
+    (plots/*.png)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(result.summary(case_name), indent=2))
     for name, table in result.tables.items():
         table.to_csv(out / f"{name}.csv", index=False)
-    if result.plots:
+    if plots and result.plots:
         plot_dir = out / "plots"
         plot_dir.mkdir(exist_ok=True)
         for stem, draw in result.plots.items():
