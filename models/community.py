@@ -183,7 +183,9 @@ def build(
     network : a :class:`~gridmarkets.networks.Feeder` for the internal network; None:
         one community bus.
     formulation : a :class:`~gridmarkets.networks.NetworkFormulation`; default
-        LinDistFlow on a feeder, CopperPlate (one balance per period) without one.
+        LinDistFlow on a feeder (LinDist3Flow on a
+        :class:`~gridmarkets.networks.ThreePhaseFeeder`), CopperPlate (one balance per
+        period) without one.
     coalition : the members modelled (default: all); shared assets and the connection
         capacity are scaled by the shares they hold.
     value_of_lost_load_per_mwh : the cost of shed load (islanded).
@@ -376,12 +378,14 @@ def _add_grid(m, feeder, formulation) -> None:
     Every member's meter, every shared asset and the point of connection (at the
     feeder's root) is one owner of the injection table. Without a feeder, CopperPlate
     writes the community balance; on one, LinDistFlow (by default) balances every bus,
-    and an islanded community draws no reactive power from upstream.
+    and an islanded community draws no reactive power from upstream; a
+    :class:`~gridmarkets.networks.ThreePhaseFeeder` gets LinDist3Flow likewise.
     """
-    from gridmarkets.networks import LinDistFlow, attach_grid
+    from gridmarkets.networks import LinDist3Flow, LinDistFlow, ThreePhaseFeeder, attach_grid
 
     if formulation is None and feeder is not None:
-        formulation = LinDistFlow(upstream_reactive=m.mode == "grid")
+        default = LinDist3Flow if isinstance(feeder, ThreePhaseFeeder) else LinDistFlow
+        formulation = default(upstream_reactive=m.mode == "grid")
     root = None if feeder is None else feeder.root
     periods = list(m.PERIODS)
     rows = [

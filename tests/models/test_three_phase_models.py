@@ -295,6 +295,31 @@ def test_community_coalition_re_solve_matches_a_fresh_build(feeder, unbalanced_c
         assert solve(m).objective == pytest.approx(solve(fresh).objective, rel=1e-9)
 
 
+def test_community_game_on_a_three_phase_feeder_prices_coalitions_per_phase(feeder):
+    """A cost game built without a formulation (as a case's allocation builds it) values
+    each coalition on LinDist3Flow: homes 3 and 4, whose phase-a limit binds, cost what
+    a fresh LinDist3Flow build says, more than a balanced LinDistFlow would."""
+    game = community.CommunityGame(
+        unbalanced_homes(), SHARED, PRICES, build_options={"periods": 3, "network": feeder}
+    )
+
+    def by_themselves(formulation) -> float:
+        m = community.build(
+            unbalanced_homes(),
+            SHARED,
+            PRICES,
+            periods=3,
+            network=feeder,
+            formulation=formulation,
+            coalition=["h3", "h4"],
+        )
+        return solve(m).objective
+
+    value = game(frozenset({"h3", "h4"}))
+    assert value == pytest.approx(by_themselves(LinDist3Flow()), rel=1e-9)
+    assert value > by_themselves(LinDistFlow()) + 0.1
+
+
 # --------------------------------------------------------------------- flexibility
 
 

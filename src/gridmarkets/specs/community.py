@@ -120,6 +120,8 @@ class CommunityAdapter:
         return LOSS_MODES if single and case.allocation is None else ("none",)
 
     def build(self, case: CaseSpec, feeder, formulation) -> Built:
+        if three_phase(case):  # the model's own LinDist3Flow, as its coalitions get it
+            formulation = None
         options = case_options(case, feeder, formulation)
         m = build(case.members, case.shared, case.prices, **options)
         if feeder is None:

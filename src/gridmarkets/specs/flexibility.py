@@ -164,8 +164,11 @@ def seller_baseline(case: CaseSpec, like: pd.DataFrame) -> pd.DataFrame:
     phased = "phase" in (like.index.names or ())
     rows = []
     for s in case.sellers.values():
-        phases = (s.phase or "abc") if phased else "-"
-        rows += [(s.bus, phase, s.p_baseline_kw / len(phases)) for phase in phases]
+        if phased:
+            phases = s.phase or "abc"
+            rows += [(s.bus, phase, s.p_baseline_kw / len(phases)) for phase in phases]
+        else:
+            rows.append((s.bus, "abc", s.p_baseline_kw))
     table = pd.DataFrame(rows, columns=["bus", "phase", "p_kw"])
     per_row = table.groupby(["bus", "phase"] if phased else "bus")["p_kw"].sum()
     return pd.DataFrame({t: per_row for t in like.columns})
