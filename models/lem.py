@@ -67,6 +67,19 @@ uplift for it. Curves are settled at the uniform or nodal price only (pay-as-bid
 refused), cannot be combined with indivisible blocks or minimum acceptances (a
 mixed-integer QP), and a market with curves is built again rather than updated.
 
+Participants. Curves, storage, flexible loads and device bids may also come as
+participants with their own model (:mod:`~gridmarkets.models.participants`): each on its
+own block ``m.participant[n]``, its net injection ``participant_kw[n, t]`` in the
+balances (unity power factor) and its welfare in the objective. Their schedules are in
+the ``schedules`` table. Without a network their prices are the balances' duals (the
+interval of supporting prices is not analysed: ``price_low = price_high = price``). Each
+participant is re-solved alone as a price-taker at the cleared prices
+(``best_responses``: cleared profit, best profit, lost opportunity, and ``no_trade``,
+its welfare without trading, NaN when it cannot do without the market); its gain is
+against not trading where it can, else against that best response (its only
+alternative). ``participants_best_response`` is 1 when every lost opportunity is within
+a millionth of the participant's best profit (at least 1e-6 currency).
+
 Certificates (KPIs): ``min_gain``, the smallest participant gain against not trading
 (surplus plus uplift), and ``individually_rational`` when it is at least minus
 ``gain_tolerance`` (a millionth of the market's stake, sum |price| q dt);
@@ -923,7 +936,8 @@ def _block_prices(m, prices: pd.DataFrame) -> pd.DataFrame:
         return prices.drop_duplicates(_keys(m))
     from gridmarkets.networks.three_phase import connection_prices
 
-    phases = set(_block_phases(m)) | set(_curve_phases(m)) | {"abc"}
+    phases = set(_block_phases(m)) | set(_curve_phases(m))
+    phases |= {"abc"} if m.participant_specs else set()  # participants are balanced
     return connection_prices(prices, sorted(phases))
 
 
