@@ -94,7 +94,9 @@ class CurveBid(_Bidder):
 class StorageBid(_Bidder, BatterySpec):
     """A battery offered to the market (see :class:`~gridmarkets.models.assets.
     BatterySpec`); ``degradation_cost_per_mwh`` is the cycling cost per MWh of
-    throughput."""
+    throughput. Without its binary (``relaxed``, the default) it may charge and
+    discharge at once, which pays only at a negative price (it burns energy in its
+    losses); its schedule is then the best response of that same model."""
 
     kind: Literal["storage"] = "storage"
     relaxed: bool = Field(
