@@ -708,17 +708,18 @@ def results(
     if len(curves):
         curves = _with_prices(m, curves, block_prices)
         settled = pd.concat([settled, _settle_curves(curves, m)], ignore_index=True)
+    responses = None
     if m.participant_specs:
         schedules = _with_prices(m, _schedules(m), block_prices)
         responses = _best_responses(m, schedules)
         settled = pd.concat([settled, _settle_participants(m, schedules, responses)])
     settlement = _settlement_table(settled.reset_index(drop=True))
     parties = _parties_table(m, settlement, settled, prices, upstream)
-    kpis = _kpis(m, solution, settled, upstream) | _certificates(m, settlement, parties)
+    kpis = _kpis(m, solution, settled, upstream) | _certificates(m, settlement, parties, responses)
     tables = {"accepted": accepted, "prices": prices, "settlement": settlement}
     if len(curves):
         tables["accepted_curves"] = curves
-    if m.participant_specs:
+    if responses is not None:
         tables["schedules"] = schedules
         tables["best_responses"] = responses
         kpis |= _best_response_certificate(responses)
@@ -1259,7 +1260,9 @@ def _kpis(m, solution: Solution, settled: pd.DataFrame, upstream) -> dict[str, f
     }
 
 
-def _certificates(m, settlement: pd.DataFrame, parties: pd.DataFrame) -> dict[str, float]:
+def _certificates(
+    m, settlement: pd.DataFrame, parties: pd.DataFrame, responses: pd.DataFrame | None = None
+) -> dict[str, float]:
     """Individual rationality, best responses and the closed settlement (module docstring)."""
     stake = (m.bids["price"].abs() * m.bids["quantity_kw"]).sum() * m.period_hours / 1000
     if len(m.curves):  # a bound on |cost| or |utility| over [0, p_max]
@@ -1267,6 +1270,8 @@ def _certificates(m, settlement: pd.DataFrame, parties: pd.DataFrame) -> dict[st
         stake += ((c["a"] * c["p_max_kw"] + c["b"].abs()) * c["p_max_kw"]).sum() * (
             m.period_hours / 1000
         )
+    if responses is not None:  # participants: their best profits
+        stake += responses["best_profit"].abs().sum()
     tolerance = _REL_TOL * float(stake)
     empty = settlement.empty
     min_gain = 0.0 if empty else float(settlement["gain"].min())
