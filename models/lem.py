@@ -708,10 +708,8 @@ def results(
     if len(curves):
         curves = _with_prices(m, curves, block_prices)
         settled = pd.concat([settled, _settle_curves(curves, m)], ignore_index=True)
-    responses = None
-    if m.participant_specs:
-        schedules = _with_prices(m, _schedules(m), block_prices)
-        responses = _best_responses(m, schedules)
+    schedules, responses = _participants_at_prices(m, block_prices)
+    if responses is not None:
         settled = pd.concat([settled, _settle_participants(m, schedules, responses)])
     settlement = _settlement_table(settled.reset_index(drop=True))
     parties = _parties_table(m, settlement, settled, prices, upstream)
@@ -737,6 +735,15 @@ def _check_pricing(pricing: str, curves: pd.DataFrame | None, participants=None)
             "pricing: 'pay_as_bid' is not defined for quadratic curves or participants "
             "(they have no single bid price); use 'uniform'"
         )
+
+
+def _participants_at_prices(m, prices: pd.DataFrame) -> tuple:
+    """(schedules with their prices, best responses) of the participants with their own
+    model; (None, None) without any."""
+    if not m.participant_specs:
+        return None, None
+    schedules = _with_prices(m, _schedules(m), prices)
+    return schedules, _best_responses(m, schedules)
 
 
 def _best_responses(m, schedules: pd.DataFrame) -> pd.DataFrame:
