@@ -67,6 +67,19 @@ uplift for it. Curves are settled at the uniform or nodal price only (pay-as-bid
 refused), cannot be combined with indivisible blocks or minimum acceptances (a
 mixed-integer QP), and a market with curves is built again rather than updated.
 
+Participants. Curves, storage, flexible loads and device bids may also come as
+participants with their own model (:mod:`~gridmarkets.models.participants`): each on its
+own block ``m.participant[n]``, its net injection ``participant_kw[n, t]`` in the
+balances (unity power factor) and its welfare in the objective. Their schedules are in
+the ``schedules`` table. Without a network their prices are the balances' duals (the
+interval of supporting prices is not analysed: ``price_low = price_high = price``). Each
+participant is re-solved alone as a price-taker at the cleared prices
+(``best_responses``: cleared profit, best profit, lost opportunity, and ``no_trade``,
+its welfare without trading, NaN when it cannot do without the market); its gain is
+against not trading where it can, else against that best response (its only
+alternative). ``participants_best_response`` is 1 when every lost opportunity is within
+a millionth of the participant's best profit (at least 1e-6 currency).
+
 Certificates (KPIs): ``min_gain``, the smallest participant gain against not trading
 (surplus plus uplift), and ``individually_rational`` when it is at least minus
 ``gain_tolerance`` (a millionth of the market's stake, sum |price| q dt);
@@ -695,17 +708,16 @@ def results(
     if len(curves):
         curves = _with_prices(m, curves, block_prices)
         settled = pd.concat([settled, _settle_curves(curves, m)], ignore_index=True)
-    if m.participant_specs:
-        schedules = _with_prices(m, _schedules(m), block_prices)
-        responses = _best_responses(m, schedules)
+    schedules, responses = _participants_at_prices(m, block_prices)
+    if responses is not None:
         settled = pd.concat([settled, _settle_participants(m, schedules, responses)])
     settlement = _settlement_table(settled.reset_index(drop=True))
     parties = _parties_table(m, settlement, settled, prices, upstream)
-    kpis = _kpis(m, solution, settled, upstream) | _certificates(m, settlement, parties)
+    kpis = _kpis(m, solution, settled, upstream) | _certificates(m, settlement, parties, responses)
     tables = {"accepted": accepted, "prices": prices, "settlement": settlement}
     if len(curves):
         tables["accepted_curves"] = curves
-    if m.participant_specs:
+    if responses is not None:
         tables["schedules"] = schedules
         tables["best_responses"] = responses
         kpis |= _best_response_certificate(responses)
@@ -723,6 +735,15 @@ def _check_pricing(pricing: str, curves: pd.DataFrame | None, participants=None)
             "pricing: 'pay_as_bid' is not defined for quadratic curves or participants "
             "(they have no single bid price); use 'uniform'"
         )
+
+
+def _participants_at_prices(m, prices: pd.DataFrame) -> tuple:
+    """(schedules with their prices, best responses) of the participants with their own
+    model; (None, None) without any."""
+    if not m.participant_specs:
+        return None, None
+    schedules = _with_prices(m, _schedules(m), prices)
+    return schedules, _best_responses(m, schedules)
 
 
 def _best_responses(m, schedules: pd.DataFrame) -> pd.DataFrame:
@@ -923,7 +944,8 @@ def _block_prices(m, prices: pd.DataFrame) -> pd.DataFrame:
         return prices.drop_duplicates(_keys(m))
     from gridmarkets.networks.three_phase import connection_prices
 
-    phases = set(_block_phases(m)) | set(_curve_phases(m)) | {"abc"}
+    phases = set(_block_phases(m)) | set(_curve_phases(m))
+    phases |= {"abc"} if m.participant_specs else set()  # participants are balanced
     return connection_prices(prices, sorted(phases))
 
 
@@ -1245,7 +1267,9 @@ def _kpis(m, solution: Solution, settled: pd.DataFrame, upstream) -> dict[str, f
     }
 
 
-def _certificates(m, settlement: pd.DataFrame, parties: pd.DataFrame) -> dict[str, float]:
+def _certificates(
+    m, settlement: pd.DataFrame, parties: pd.DataFrame, responses: pd.DataFrame | None = None
+) -> dict[str, float]:
     """Individual rationality, best responses and the closed settlement (module docstring)."""
     stake = (m.bids["price"].abs() * m.bids["quantity_kw"]).sum() * m.period_hours / 1000
     if len(m.curves):  # a bound on |cost| or |utility| over [0, p_max]
@@ -1253,6 +1277,8 @@ def _certificates(m, settlement: pd.DataFrame, parties: pd.DataFrame) -> dict[st
         stake += ((c["a"] * c["p_max_kw"] + c["b"].abs()) * c["p_max_kw"]).sum() * (
             m.period_hours / 1000
         )
+    if responses is not None:  # participants: their best profits
+        stake += responses["best_profit"].abs().sum()
     tolerance = _REL_TOL * float(stake)
     empty = settlement.empty
     min_gain = 0.0 if empty else float(settlement["gain"].min())

@@ -94,7 +94,9 @@ class CurveBid(_Bidder):
 class StorageBid(_Bidder, BatterySpec):
     """A battery offered to the market (see :class:`~gridmarkets.models.assets.
     BatterySpec`); ``degradation_cost_per_mwh`` is the cycling cost per MWh of
-    throughput."""
+    throughput. Without its binary (``relaxed``, the default) it may charge and
+    discharge at once, which pays only at a negative price (it burns energy in its
+    losses); its schedule is then the best response of that same model."""
 
     kind: Literal["storage"] = "storage"
     relaxed: bool = Field(
@@ -266,7 +268,7 @@ def add_flexible_load(
 def add_device_bid(block: pyo.Block, spec: DeviceBid, periods: Sequence[int], period_hours: float):
     """The home's devices with the EMS's blocks; net injection within its connection
     limits, welfare minus the devices' costs."""
-    from gridmarkets.models.prosumer import check_home
+    from gridmarkets.models.prosumer import DEVICES, check_home
 
     home = spec.home
     try:
@@ -276,7 +278,7 @@ def add_device_bid(block: pyo.Block, spec: DeviceBid, periods: Sequence[int], pe
     net = []
     block.load = pyo.Block(doc="inflexible load")
     net.append(assets.add_load(block.load, home.load_kw, periods, period_hours))
-    for name, add in DEVICE_ADDERS.items():
+    for name, add in DEVICES.items():
         device = getattr(home, name)
         if device is not None:
             block.add_component(name, pyo.Block(doc=name))
@@ -295,14 +297,6 @@ def add_device_bid(block: pyo.Block, spec: DeviceBid, periods: Sequence[int], pe
     costs = [device.cost for device in devices if device.component("cost") is not None]
     block.welfare = pyo.Expression(expr=-pyo.quicksum(costs), doc="-sum_devices cost  (currency)")
     return block.p_net_kw, block.welfare
-
-
-DEVICE_ADDERS = {
-    "pv": assets.add_pv,
-    "battery": assets.add_battery,
-    "ev": assets.add_ev,
-    "heat_pump": assets.add_heat_pump,
-}
 
 
 def _add_connection_limits(block: pyo.Block, home: ProsumerSpec, periods: Sequence[int]) -> None:

@@ -173,6 +173,16 @@ def test_every_participant_best_responds_at_the_cleared_prices(seed, hours):
     assert responses.loc["wash", "profit"] == pytest.approx(by_hand, abs=1e-9)
     assert result.kpis["participants_best_response"] == 1.0
     assert result.kpis["participants_max_lost_opportunity"] <= TOL
+    # nobody is worse off than its alternative: the storages and the free load can stay
+    # out (their no-trade welfare is 0), the others have only their best response
+    gain = result.settlement.set_index("participant")["gain"]
+    for name in ("s1", "wash"):
+        assert responses.loc[name, "no_trade"] == pytest.approx(0.0, abs=1e-9)
+        assert gain[name] == pytest.approx(responses.loc[name, "profit"], abs=1e-9)
+    assert np.isnan(responses.loc["s2", "no_trade"])  # it must end fuller than it starts
+    assert np.isnan(responses.loc["ev", "no_trade"])  # it must get 4 kWh
+    assert np.isnan(responses.loc["hp", "no_trade"])  # it must run at 0.5 kW at least
+    assert result.kpis["individually_rational"] == 1.0
     # every period balances: blocks, participants and the upstream grid
     accepted = result.accepted.assign(
         p=lambda a: np.where(a["side"] == "sell", 1, -1) * a["quantity_kw"]
