@@ -27,7 +27,7 @@ import pandas as pd
 
 from gridmarkets import registry
 from gridmarkets.errors import CaseError
-from gridmarkets.results import Result
+from gridmarkets.results import Result, add_timestamps
 from gridmarkets.specs.adapter import Built, CaseAdapter, Injections
 from gridmarkets.specs.base import CaseBase
 
@@ -52,7 +52,19 @@ def run_case(
     run = CaseRun.start(case, feeder)
     built = run.build()
     result, iteration = run.solve(built, solve_options)
-    return run.complete(built, result, iteration, solve_options)
+    return present(case, run.complete(built, result, iteration, solve_options), run.feeder)
+
+
+def present(case: CaseBase, result: Result, feeder: Any = None) -> Result:
+    """Make the result readable (in place): the case's currency, a ``timestamp`` column
+    after ``period`` in every table when the case has ``horizon.start``, and the plots
+    of :func:`gridmarkets.plots.plots_for`."""
+    from gridmarkets import plots
+
+    result.currency = case.currency
+    add_timestamps(result.tables, case.horizon.timestamps())
+    result.plots = plots.plots_for(result, feeder)
+    return result
 
 
 @dataclass(frozen=True)
@@ -190,7 +202,9 @@ def check(result: Result, built: Built, feeder, losses: str | None, iteration: A
     checks = built.checks(result) if feeder is not None else {}
     if not checks:
         return
-    summaries = {name: check_summary(feeder, inj) for name, inj in checks.items()}
+    checked = {name: run_check(feeder, inj) for name, inj in checks.items()}
+    result.tables.update(network_tables({name: ac for name, (_, ac) in checked.items()}))
+    summaries = {name: summary for name, (summary, _) in checked.items()}
     summary = summaries.pop("") if set(summaries) == {""} else summaries
     summary["losses"] = losses
     if iteration is not None:
@@ -199,9 +213,32 @@ def check(result: Result, built: Built, feeder, losses: str | None, iteration: A
     result.ac_check = summary
 
 
+def network_tables(checks: dict[str, Any]) -> dict[str, pd.DataFrame]:
+    """``buses`` and ``branches``: the AC checks' per-element tables, like pandapower's
+    ``res_bus`` and ``res_line``, each quantity linear and AC (:class:`~gridmarkets.
+    networks.ACCheck`; per phase on a three-phase feeder). Several checks (the
+    flexibility market's scenarios) are stacked under a first column ``scenario``."""
+    tables = {}
+    for kind in ("buses", "branches"):
+        if set(checks) == {""}:
+            tables[kind] = getattr(checks[""], kind).copy()
+            continue
+        frames = [getattr(ac, kind).assign(scenario=name) for name, ac in checks.items()]
+        table = pd.concat(frames, ignore_index=True)
+        tables[kind] = table[["scenario", *table.columns.drop("scenario")]]
+    return tables
+
+
 def check_summary(feeder, injections: Injections) -> dict[str, Any]:
     """pandapower's AC check of the injections, naming every violation of a limit the
-    linear model enforced.
+    linear model enforced (:func:`run_check`'s summary)."""
+    return run_check(feeder, injections)[0]
+
+
+def run_check(feeder, injections: Injections) -> tuple[dict[str, Any], Any]:
+    """pandapower's AC check of the injections: its summary, naming every violation of
+    a limit the linear model enforced, and the check itself (:class:`~gridmarkets.
+    networks.ACCheck`, or its three-phase sibling).
 
     Keys beyond :meth:`~gridmarkets.networks.ACCheck.summary`'s: ``enforced_limits``
     (what LinDistFlow held the solution to: voltage bounds at its buses below the root
@@ -212,7 +249,7 @@ def check_summary(feeder, injections: Injections) -> dict[str, Any]:
     model - V of AC| over buses and periods).
     """
     if _is_three_phase(injections.handles):
-        return check_summary_3ph(feeder, injections.handles)
+        return check_3ph(feeder, injections.handles)
     from gridmarkets.networks import ac_check
 
     ac = ac_check(feeder, injections.p_kw, injections.q_kvar)
@@ -224,17 +261,19 @@ def check_summary(feeder, injections: Injections) -> dict[str, Any]:
     summary["enforced_violations"] = violations[enforced].to_dict(orient="records")
     if _is_lindistflow(injections.handles):
         summary["model_voltage_error_pu"] = model_voltage_error(injections.handles, ac.buses)
-    return summary
+    return summary, ac
 
 
-def check_summary_3ph(feeder, handles) -> dict[str, Any]:
-    """pandapower's ``runpp_3ph`` check of the per-phase injections a LinDist3Flow
-    cleared (:func:`~gridmarkets.networks.ac_check_3ph`): per-phase voltages, errors and
-    loadings, the unbalance (:meth:`~gridmarkets.networks.three_phase.ThreePhaseACCheck.summary`),
-    with ``enforced_limits``, ``enforced_violations`` as :func:`check_summary` has them
-    (a voltage limit holds on every phase, a thermal limit a third of the rating per
-    phase) and ``model_voltage_error_pu``, max |V of the model - V of AC| over buses,
-    phases and periods."""
+def check_3ph(feeder, handles) -> tuple[dict[str, Any], Any]:
+    """The summary and the check itself of pandapower's ``runpp_3ph`` check of the
+    per-phase injections a LinDist3Flow cleared (:func:`~gridmarkets.networks.ac_check_3ph`).
+
+    The summary: per-phase voltages, errors and loadings, the unbalance
+    (:meth:`~gridmarkets.networks.three_phase.ThreePhaseACCheck.summary`), with
+    ``enforced_limits``, ``enforced_violations`` as :func:`run_check` has them (a voltage
+    limit holds on every phase, a thermal limit a third of the rating per phase) and
+    ``model_voltage_error_pu``, max |V of the model - V of AC| over buses, phases and
+    periods."""
     from gridmarkets.networks import ac_check_3ph
 
     p_kw, q_kvar = handles.phase_injection_values()
@@ -248,7 +287,7 @@ def check_summary_3ph(feeder, handles) -> dict[str, Any]:
     keys = ac.buses[["bus", "phase", "period"]].itertuples(index=False, name=None)
     v_model = np.sqrt(np.maximum([handles.voltage_sq[key].value for key in keys], 0.0))
     summary["model_voltage_error_pu"] = float(np.abs(v_model - ac.buses["v_pu_ac"]).max())
-    return summary
+    return summary, ac
 
 
 def _is_three_phase(handles) -> bool:
