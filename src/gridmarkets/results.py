@@ -41,6 +41,10 @@ MONEY: dict[str, str] = {
             "capacity_price",
             "activation_price",
             "incentive_per_mwh",
+            "node_price",
+            "marginal_value",
+            "seller_price",
+            "buyer_price",
         ],
         "price",
     ),
@@ -60,6 +64,10 @@ MONEY: dict[str, str] = {
             "standalone_cost",
             "incentive_paid",
             "dso_cost",
+            "trade_payment",
+            "preference_cost",
+            "network_payment",
+            "baseline_surplus",
             # the community's cost allocations and savings, per rule
             *(f"{p}{r}" for p in ("", "savings_") for r in ALLOCATION_RULES),
             # KPIs
@@ -82,9 +90,23 @@ MONEY: dict[str, str] = {
             "sellers_revenue",
             "sellers_profit",
             "bilateral_dso_cost",
+            "cost_uncoordinated",
+            "baseline_welfare",
+            "network_charges",
+            "gain_vs_grid",
+            "gain_tolerance",
+            "reconciliation_error",
         ],
         "amount",
     ),
+}
+
+#: Money whose kind depends on the table, by (model, table): these win over MONEY.
+MONEY_BY_TABLE: dict[tuple[str, str], dict[str, str]] = {
+    ("p2p", "trades"): {"network_charge": "price"},
+    ("p2p", "peers"): {"network_charge": "amount", "value": "amount"},
+    ("p2p", "pair_prices"): {"cost": "price"},
+    ("aggregator", "verify"): {"value": "amount", "optimum": "amount"},
 }
 
 #: The parts of a nodal price (:func:`gridmarkets.networks.nodal_prices`), prices too,
@@ -99,12 +121,16 @@ WRITTEN_NAMES: dict[tuple[str, str], dict[str, str]] = {
     ("lem", "accepted"): {"quantity_kw": "accepted_kw"},
     ("flexibility", "accepted"): {"quantity_kw": "offered_kw"},
     ("flexibility", "bilateral_accepted"): {"quantity_kw": "offered_kw"},
+    ("p2p", "trades"): {"quantity_kw": "traded_kw"},
 }
 
 
-def money_kind(name: str, table: str | None = None) -> str | None:
+def money_kind(name: str, table: str | None = None, model: str | None = None) -> str | None:
     """The kind of money (a key of :data:`MONEY_UNITS`) or None (not money) of a column
-    of ``table`` (None: a KPI)."""
+    of ``model``'s ``table`` (None: a KPI)."""
+    by_table = MONEY_BY_TABLE.get((model, table), {})
+    if name in by_table:
+        return by_table[name]
     if table in PRICE_TABLES and name.removesuffix("_q") in (*PRICE_PARTS, "price"):
         return "reactive_price" if name.endswith("_q") else "price"
     return MONEY.get(name)
@@ -118,18 +144,18 @@ MONEY_UNITS = {
 }
 
 
-def money_name(name: str, currency: str, table: str | None = None) -> str:
+def money_name(name: str, currency: str, table: str | None = None, model: str | None = None) -> str:
     """The name with its unit: ``price`` -> ``price_eur_per_mwh``, ``payment`` ->
     ``payment_eur``; names that are not money come back unchanged."""
-    kind = money_kind(name, table)
+    kind = money_kind(name, table, model)
     if kind is None:
         return name
     return name.removesuffix("_per_mwh") + MONEY_UNITS[kind][0].format(code=currency.lower())
 
 
-def unit_label(name: str, currency: str, table: str | None = None) -> str:
+def unit_label(name: str, currency: str, table: str | None = None, model: str | None = None) -> str:
     """A plot label: ``price (EUR/MWh)``, ``payment (EUR)``, ``p_kw`` -> ``p (kW)``."""
-    kind = money_kind(name, table)
+    kind = money_kind(name, table, model)
     if kind is not None:
         unit = MONEY_UNITS[kind][1].format(currency=currency)
         return f"{name.removesuffix('_per_mwh').replace('_', ' ')} ({unit})"
@@ -191,7 +217,13 @@ class Result:
         )
 
     def summary(self, case_name: str | None = None) -> dict[str, Any]:
-        """summary.json's content: case, model, status, timings, sizes, KPIs, AC check."""
+        """summary.json's content: case, model, currency, status, timings, sizes, KPIs,
+        the units of the objective and of the KPIs that are money, AC check."""
+        units = {"objective": self.currency}
+        for name in self.kpis:
+            kind = money_kind(name)
+            if kind is not None:
+                units[name] = MONEY_UNITS[kind][1].format(currency=self.currency)
         return _jsonable(
             {
                 "case": case_name,
@@ -199,6 +231,7 @@ class Result:
                 "currency": self.currency,
                 **self.solution.summary(),
                 "kpis": self.kpis,
+                "units": units,
                 "ac_check": self.ac_check,
             }
         )
@@ -244,7 +277,7 @@ def written_columns(result: Result, name: str) -> dict[str, str]:
     """In-memory column -> written header, for table ``name`` of ``result``."""
     renames = WRITTEN_NAMES.get((result.model, name), {})
     return {
-        column: money_name(renames.get(column, column), result.currency, name)
+        column: money_name(renames.get(column, column), result.currency, name, result.model)
         for column in result.tables[name].columns
     }
 
@@ -260,7 +293,6 @@ def write(result: Result, out_dir: str | Path, case_name: str | None = None) -> 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = result.summary(case_name)
-    summary["kpis"] = {money_name(k, result.currency): v for k, v in summary["kpis"].items()}
     summary["tables"] = {}
     for name, table in result.tables.items():
         path = out / f"{name}.csv"
@@ -269,7 +301,7 @@ def write(result: Result, out_dir: str | Path, case_name: str | None = None) -> 
             continue
         written = _rounded(table).rename(columns=written_columns(result, name))
         written.to_csv(path, index=False, float_format=FLOAT_FORMAT)
-        summary["tables"][name] = {c: str(t) for c, t in written.dtypes.items()}
+        summary["tables"][name] = {c: _kind(written[c]) for c in written.columns}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     if result.plots:
         plot_dir = out / "plots"
@@ -277,6 +309,15 @@ def write(result: Result, out_dir: str | Path, case_name: str | None = None) -> 
         for stem, draw in result.plots.items():
             draw(result, plot_dir / f"{stem}.png")
     return out
+
+
+def _kind(column: pd.Series) -> str:
+    """A column's type as summary.json records it: numpy's name, "str" for text without
+    missing values (read back as text, empty strings included), else "object" (read as
+    inferred; a CSV file writes a missing value and an empty string alike)."""
+    if column.dtype != object:
+        return str(column.dtype)
+    return "str" if len(column) and column.map(type).eq(str).all() else "object"
 
 
 def _rounded(table: pd.DataFrame) -> pd.DataFrame:
@@ -306,11 +347,10 @@ def read(out_dir: str | Path) -> Result:
         name: _read_table(out / f"{name}.csv", dtypes, model, name, currency)
         for name, dtypes in summary.get("tables", {}).items()
     }
-    kpis = {_unmoney(k, currency, None): v for k, v in summary.get("kpis", {}).items()}
     return Result(
         model,
         tables,
-        kpis,
+        summary.get("kpis", {}),
         solution_of(summary),
         ac_check=summary.get("ac_check"),
         currency=currency,
@@ -320,18 +360,22 @@ def read(out_dir: str | Path) -> Result:
 def _read_table(path: Path, dtypes: dict[str, str], model: str, name: str, currency: str):
     dates = [c for c, t in dtypes.items() if t.startswith("datetime")]
     typed = {c: t for c, t in dtypes.items() if t != "object" and c not in dates}
-    table = pd.read_csv(path, dtype=typed, parse_dates=dates, keep_default_na=True)
+    missing = {c: [""] for c, t in dtypes.items() if t != "str"}  # text keeps ""
+    table = pd.read_csv(
+        path, dtype=typed, parse_dates=dates, keep_default_na=False, na_values=missing
+    )
     back = {v: k for k, v in WRITTEN_NAMES.get((model, name), {}).items()}
-    return table.rename(columns=lambda c: back.get(_unmoney(c, currency, name), c))
+    unit_free = table.rename(columns=lambda c: _unmoney(c, currency, name, model))
+    return unit_free.rename(columns=lambda c: back.get(c, c))
 
 
-def _unmoney(written: str, currency: str, table: str | None) -> str:
+def _unmoney(written: str, currency: str, table: str | None, model: str | None = None) -> str:
     """The name :func:`money_name` turned into ``written`` (or ``written`` itself)."""
     code = currency.lower()
     stems = [written.replace(f"_{code}_per_mwh", "_per_mwh")]
     stems += [written.removesuffix(suffix.format(code=code)) for suffix, _ in MONEY_UNITS.values()]
     for stem in stems:
-        if stem != written and money_name(stem, currency, table) == written:
+        if stem != written and money_name(stem, currency, table, model) == written:
             return stem
     return written
 
