@@ -36,6 +36,7 @@ STYLE = {
     "legend.fontsize": 8,
     "legend.frameon": False,
     "figure.dpi": 110,
+    "axes.axisbelow": True,
 }
 
 
@@ -92,23 +93,32 @@ def set_time_axis(ax, table: pd.DataFrame) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
+def all_periods(table: pd.DataFrame) -> np.ndarray:
+    """Every period from the table's first to its last (tables may skip some)."""
+    periods = table["period"].dropna().astype(int)
+    return np.arange(periods.min(), periods.max() + 1)
+
+
 def period_edges(table: pd.DataFrame) -> np.ndarray:
-    """Where each of the table's periods starts, and where the last one ends: the x
-    values of a step drawn over whole periods (one more than the periods)."""
-    times = time_of(table.drop_duplicates("period").sort_values("period")).to_numpy()
-    step = times[1] - times[0] if len(times) > 1 else _one_period(times)
-    return np.append(times, times[-1] + step)
-
-
-def _one_period(times: np.ndarray):
-    return np.timedelta64(1, "h") if np.issubdtype(times.dtype, np.datetime64) else 1
+    """Where each period of :func:`all_periods` starts, and where the last one ends: the
+    x values of steps drawn over whole periods (one more than the periods)."""
+    first = table.drop_duplicates("period").sort_values("period")
+    periods, times = first["period"].to_numpy(), time_of(first).to_numpy()
+    if len(periods) > 1:
+        step = (times[-1] - times[0]) / (periods[-1] - periods[0])
+    else:
+        step = np.timedelta64(1, "h") if np.issubdtype(times.dtype, np.datetime64) else 1
+    return times[0] + np.arange(len(all_periods(table)) + 1) * step
 
 
 def step(ax, table: pd.DataFrame, y: str | pd.Series, **kw) -> None:
-    """Draw ``y`` (a column of ``table``, one row per period) as steps over whole periods."""
+    """Draw ``y`` (a column of ``table``, one row per period) as steps over whole
+    periods; periods the table skips are gaps."""
     values = table[y] if isinstance(y, str) else y
-    ordered = values.to_numpy()[np.argsort(table["period"].to_numpy(), kind="stable")]
-    ax.stairs(ordered, period_edges(table), baseline=None, **kw)
+    by_period = pd.Series(values.to_numpy(), index=table["period"].to_numpy())
+    ax.stairs(
+        by_period.reindex(all_periods(table)).to_numpy(), period_edges(table), baseline=None, **kw
+    )
 
 
 # --- what each model draws -------------------------------------------------------------
@@ -245,10 +255,11 @@ def feeder_map_plot(result: Result, path: Path, feeder: Any) -> None:
 # --- prosumer and community ------------------------------------------------------------
 
 
-def stacked_power(ax, wide: pd.DataFrame, edges) -> None:
-    """Stack columns of power (rows: periods) over whole periods (``edges``, one more
-    than the rows): positive parts up, negative parts down, one colour and one legend
-    entry per column."""
+def stacked_power(ax, wide: pd.DataFrame, table: pd.DataFrame) -> None:
+    """Stack columns of power (rows: ``table``'s periods) over whole periods: positive
+    parts up, negative parts down, one colour and one legend entry per column."""
+    wide = wide.reindex(all_periods(table)).fillna(0.0)
+    edges = period_edges(table)
     import matplotlib.pyplot as plt
 
     colours = dict(zip(wide.columns, plt.get_cmap("tab10").colors, strict=False))
@@ -272,7 +283,7 @@ def schedule_plot(result: Result, path: Path) -> None:
     power = result.power
     wide = power.pivot_table(index="period", columns="device", values="p_kw", aggfunc="sum")
     fig, ax = figure()
-    stacked_power(ax, wide, period_edges(power))
+    stacked_power(ax, wide, power)
     ax.set_ylabel("power into the home's bus (kW)")
     set_time_axis(ax, power)
     ax.set_title("device schedule (all homes)")
@@ -313,7 +324,8 @@ def exchange_plot(result: Result, path: Path) -> None:
     x = result.exchange
     fig, ax = figure()
     step(ax, x, x["grid_import_kw"] - x["grid_export_kw"], label="grid import (net)")
-    step(ax, x, x["members_import_kw"] - x["members_export_kw"], label="members' net import")
+    members = x["members_import_kw"] - x["members_export_kw"]
+    step(ax, x, members, ls="--", lw=1.8, label="members' net import")  # often = shared
     step(ax, x, "shared_kw", label="shared assets' output")
     ax.axhline(0, color="black", lw=0.6)
     ax.set_ylabel("power (kW)")
@@ -394,7 +406,7 @@ def p2p_trade_plot(result: Result, path: Path) -> None:
     injections = result.injections
     wide = injections.pivot_table(index="period", columns="peer", values="p_kw", aggfunc="sum")
     fig, ax = figure()
-    stacked_power(ax, wide, period_edges(injections))
+    stacked_power(ax, wide, injections)
     ax.set_ylabel("net injection (kW, + sells)")
     set_time_axis(ax, injections)
     ax.set_title("peers' net positions")
@@ -402,17 +414,31 @@ def p2p_trade_plot(result: Result, path: Path) -> None:
     save_figure(fig, path)
 
 
+#: Prices closer than this (currency/MWh) are drawn as one line: ADMM's tolerance.
+SAME_PRICE = 1e-3
+
+
 def p2p_price_plot(result: Result, path: Path) -> None:
-    """The price each peer pays or earns at its node per period."""
+    """Each peer's marginal value of energy per period (its balance's multiplier plus
+    its node price: the price it trades at the margin), with the grid's tariffs."""
     prices = result.grid_prices
-    value = "node_price" if "node_price" in prices else "price"
+    wide = prices.pivot_table(index="period", columns="peer", values="marginal_value")
+    spread = (wide.max(axis=1) - wide.min(axis=1)).max()
+    if len(wide.columns) > 1 and spread < SAME_PRICE:  # one line, not one per peer
+        wide = wide.mean(axis=1).to_frame(f"every peer (within {spread:.1g})")
     fig, ax = figure()
-    for peer, g in prices.groupby("peer"):
-        step(ax, g, value, lw=0.9, label=str(peer))
-    ax.set_ylabel(unit_label("price", result.currency))
+    edges = period_edges(prices)
+    for peer in wide.columns:
+        ax.stairs(wide[peer].to_numpy(), edges, baseline=None, lw=1.2, label=str(peer))
+    tariffs = result.tables.get("upstream")
+    for column, colour in (("import_price", "black"), ("export_price", "grey")):
+        if tariffs is not None and column in tariffs:
+            name = column.replace("_price", " tariff")
+            step(ax, tariffs, column, color=colour, ls=":", lw=1, label=name)
+    ax.set_ylabel(unit_label("marginal_value", result.currency))
     set_time_axis(ax, prices)
-    ax.set_title("peers' node prices")
-    outside_legend(ax, title="peer", ncols=1 + prices["peer"].nunique() // 16)
+    ax.set_title("peers' marginal value of energy")
+    outside_legend(ax, ncols=1 + prices["peer"].nunique() // 16)
     save_figure(fig, path)
 
 
@@ -422,21 +448,21 @@ def p2p_price_plot(result: Result, path: Path) -> None:
 def accepted_plot(result: Result, path: Path) -> None:
     """Accepted flexibility per period, stacked by product and direction: active-power
     products in kW (top), reactive ones in kvar (bottom)."""
+    from gridmarkets.models.flexibility import REACTIVE_PRODUCT
+
     acc = result.accepted.assign(
         offer=result.accepted["product"] + " " + result.accepted["direction"]
     )
-    reactive = acc["product"].str.contains("reactive|kvar|_q", case=False, regex=True)
+    reactive = acc["product"] == REACTIVE_PRODUCT
     parts = [("kW", acc[~reactive]), ("kvar", acc[reactive])]
     parts = [(unit, part) for unit, part in parts if part["accepted_kw"].abs().sum() > 0]
     fig, axes = figure(max(len(parts), 1), 1, size=(9, 3 + 2.2 * len(parts)), sharex=True)
     axes = np.atleast_1d(axes)
-    periods = sorted(acc["period"].unique())
-    x = period_edges(acc)
     for ax, (unit, part) in zip(axes, parts, strict=False):
         wide = part.pivot_table(
             index="period", columns="offer", values="accepted_kw", aggfunc="sum"
-        ).reindex(periods, fill_value=0.0)
-        stacked_power(ax, wide.fillna(0.0), x)
+        )
+        stacked_power(ax, wide, acc)
         ax.set_ylabel(f"accepted ({unit})")
         outside_legend(ax)
     set_time_axis(axes[-1], acc)
@@ -468,3 +494,84 @@ MODEL_PLOTS: dict[str, dict[str, tuple[str, Plot]]] = {
     "p2p": {"trades": ("injections", p2p_trade_plot), "prices": ("grid_prices", p2p_price_plot)},
     "flexibility": {"accepted": ("accepted", accepted_plot)},
 }
+
+
+# --- sweeps ------------------------------------------------------------------------------------
+
+
+def sweep_plots(frame: pd.DataFrame, study, folder: str | Path) -> list[Path]:
+    """One PNG per KPI of a sweep (:func:`gridmarkets.batch.to_frame`'s frame).
+
+    A grid over two numeric parameters: a heatmap of the KPI (the mean where other
+    parameters vary too). Otherwise one panel per numeric parameter: each scenario and,
+    where values repeat, the mean per value. Axes are labelled from the parameters'
+    names and units (:func:`gridmarkets.study.parameter_label`).
+
+    Returns
+    -------
+    list of Path : the files written, ``<folder>/<kpi>.png``.
+    """
+    from gridmarkets.batch import kpi_names
+
+    params = [p for p in study.parameters if _numeric(frame[p]) is not None]
+    if not params:
+        return []
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    currency = study.scenarios[0].case.get("currency", "EUR") if study.scenarios else "EUR"
+    grid = study.spec.design == "grid" and len(params) == 2
+    draw = sweep_heatmap if grid else sweep_panels
+    paths = []
+    for kpi in kpi_names(frame):
+        path = folder / f"{kpi.replace('/', '_')}.png"
+        draw(frame, kpi, params, currency, path)
+        paths.append(path)
+    return paths
+
+
+def _numeric(column: pd.Series) -> pd.Series | None:
+    values = pd.to_numeric(column, errors="coerce")
+    return values if values.notna().all() else None
+
+
+def sweep_panels(frame, kpi: str, params: list[str], currency: str, path: Path) -> None:
+    """The KPI against each parameter, one panel each."""
+    from gridmarkets.study import parameter_label
+
+    fig, axes = figure(1, len(params), size=(4.2 * len(params), 3.6), squeeze=False)
+    y = pd.to_numeric(frame[kpi], errors="coerce")
+    for ax, param in zip(axes[0], params, strict=True):
+        x = _numeric(frame[param])
+        ax.scatter(x, y, s=16, alpha=0.7, label="scenario")
+        means = y.groupby(x).mean()
+        if len(means) < len(x.dropna()):
+            ax.plot(means.index, means.to_numpy(), color="tab:red", lw=1.2, label="mean")
+            ax.legend()
+        ax.set_xlabel(parameter_label(param, currency))
+        ax.set_ylabel(unit_label(kpi, currency))
+    fig.suptitle(unit_label(kpi, currency).split(" (")[0])
+    save_figure(fig, path)
+
+
+def sweep_heatmap(frame, kpi: str, params: list[str], currency: str, path: Path) -> None:
+    """The KPI over a two-parameter grid, each cell annotated with its value."""
+    from gridmarkets.study import parameter_label
+
+    first, second = params
+    values = frame.assign(
+        **{p: _numeric(frame[p]) for p in params}, value=pd.to_numeric(frame[kpi], errors="coerce")
+    ).pivot_table(index=second, columns=first, values="value", aggfunc="mean")
+    fig, ax = figure(size=(1.6 + 0.9 * values.shape[1], 1.8 + 0.5 * values.shape[0]))
+    image = ax.imshow(values.to_numpy(), origin="lower", aspect="auto", cmap="viridis")
+    fig.colorbar(image, ax=ax, label=unit_label(kpi, currency))
+    ax.set_xticks(range(values.shape[1]), [f"{v:g}" for v in values.columns])
+    ax.set_yticks(range(values.shape[0]), [f"{v:g}" for v in values.index])
+    ax.set_xlabel(parameter_label(first, currency))
+    ax.set_ylabel(parameter_label(second, currency))
+    ax.grid(False)
+    middle = np.nanmean(values.to_numpy()) if values.notna().any().any() else 0.0
+    for (row, col), value in np.ndenumerate(values.to_numpy()):
+        colour = "black" if value > middle else "white"
+        ax.text(col, row, f"{value:.3g}", ha="center", va="center", fontsize=7, color=colour)
+    ax.set_title(unit_label(kpi, currency).split(" (")[0])
+    save_figure(fig, path)
