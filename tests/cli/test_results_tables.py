@@ -335,3 +335,54 @@ def test_buses_and_branches_agree_with_pandapowers_result_tables(tmp_path_factor
     assert (buses["v_pu_linear"] - buses["v_pu_ac"]).abs().max() < 0.01
     assert (buses["v_pu_linear"] != buses["v_pu_ac"]).any()
     assert {"feeder_map"} <= set(result.plots)
+
+
+# --- sweep plots ---------------------------------------------------------------------------------
+
+
+@pytest.mark.unit
+def test_sweep_axes_are_labelled_from_the_parameter_path_and_its_unit():
+    from gridmarkets.study import parameter_label
+
+    assert parameter_label("participants.chp_c.blocks.0.price") == "chp_c price (EUR/MWh)"
+    assert parameter_label("participants.home_1.blocks.0.quantity_kw") == "home_1 quantity (kW)"
+    assert parameter_label("upstream.import_price", "CHF") == "upstream import price (CHF/MWh)"
+    assert parameter_label("horizon.periods") == "horizon periods"
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("design", ["grid", "latin_hypercube"])
+def test_sweep_plots_write_one_png_per_kpi(tmp_path, design, monkeypatch):
+    from types import SimpleNamespace
+
+    from gridmarkets import plots
+
+    a, b = "participants.chp_c.blocks.0.price", "participants.shop_4.blocks.0.price"
+    points = [(x, y) for x in (30, 60, 90) for y in (100, 180)]
+    frame = pd.DataFrame(
+        {
+            "scenario": range(len(points)),
+            a: [x for x, _ in points],
+            b: [y for _, y in points],
+            "status": "optimal",
+            "social_welfare": [x / 10 + y / 100 for x, y in points],
+            "traded_kwh": [1.0 + x for x, _ in points],
+            "message": None,
+        }
+    )
+    study = SimpleNamespace(
+        parameters=[a, b],
+        spec=SimpleNamespace(design=design),
+        scenarios=[SimpleNamespace(case={"currency": "EUR"})],
+    )
+    drawn = []
+    for name in ("sweep_heatmap", "sweep_panels"):
+        draw = getattr(plots, name)
+        monkeypatch.setattr(
+            plots, name, lambda *args, name=name, draw=draw: (drawn.append(name), draw(*args))
+        )
+    paths = plots.sweep_plots(frame, study, tmp_path)
+    assert [p.name for p in paths] == ["social_welfare.png", "traded_kwh.png"]
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
+    expected = "sweep_heatmap" if design == "grid" else "sweep_panels"
+    assert drawn == [expected, expected]
