@@ -260,7 +260,8 @@ def run_check(feeder, injections: Injections) -> tuple[dict[str, Any], Any]:
     summary["enforced_violations_count"] = int(enforced.sum())
     summary["enforced_violations"] = violations[enforced].to_dict(orient="records")
     if _is_lindistflow(injections.handles):
-        summary["model_voltage_error_pu"] = model_voltage_error(injections.handles, ac.buses)
+        add_model_voltages(ac.buses, model_voltages(injections.handles, ac.buses))
+        summary["model_voltage_error_pu"] = model_voltage_error(ac.buses)
     return summary, ac
 
 
@@ -285,8 +286,10 @@ def check_3ph(feeder, handles) -> tuple[dict[str, Any], Any]:
     summary["enforced_violations_count"] = int(enforced.sum())
     summary["enforced_violations"] = violations[enforced].to_dict(orient="records")
     keys = ac.buses[["bus", "phase", "period"]].itertuples(index=False, name=None)
-    v_model = np.sqrt(np.maximum([handles.voltage_sq[key].value for key in keys], 0.0))
-    summary["model_voltage_error_pu"] = float(np.abs(v_model - ac.buses["v_pu_ac"]).max())
+    add_model_voltages(
+        ac.buses, np.sqrt(np.maximum([handles.voltage_sq[key].value for key in keys], 0.0))
+    )
+    summary["model_voltage_error_pu"] = model_voltage_error(ac.buses)
     return summary, ac
 
 
@@ -333,14 +336,25 @@ def enforced_mask(feeder, handles, violations: pd.DataFrame) -> pd.Series:
     )
 
 
-def model_voltage_error(handles, ac_buses: pd.DataFrame) -> float:
-    """max |sqrt(v_sq of the model) - V of AC| over the model's buses and periods (pu)."""
+def model_voltages(handles, buses: pd.DataFrame) -> np.ndarray:
+    """The model's own voltage sqrt(v_sq) (pu) at each (bus, period) row of ``buses``."""
     from gridmarkets.networks.handles import value_array
 
-    buses, periods = list(handles.feeder.buses.index), list(handles.periods)
-    v_model = np.sqrt(np.maximum(value_array(handles.voltage_sq, buses, periods), 0.0))
-    v_ac = ac_buses.pivot(index="bus", columns="period", values="v_pu_ac")
-    return float(np.abs(v_model - v_ac.loc[buses, periods].to_numpy()).max())
+    rows, periods = list(handles.feeder.buses.index), list(handles.periods)
+    v_sq = value_array(handles.voltage_sq, rows, periods)
+    v = pd.DataFrame(np.sqrt(np.maximum(v_sq, 0.0)), index=rows, columns=periods).stack()
+    return v.reindex(pd.MultiIndex.from_frame(buses[["bus", "period"]])).to_numpy()
+
+
+def add_model_voltages(buses: pd.DataFrame, v_pu: np.ndarray) -> None:
+    """Put the model's own voltages (``v_pu_model``) next to the linear ones (in place):
+    where the model iterated its losses they differ from the lossless ``v_pu_linear``."""
+    buses.insert(buses.columns.get_loc("v_pu_linear") + 1, "v_pu_model", v_pu)
+
+
+def model_voltage_error(buses: pd.DataFrame) -> float:
+    """max |V of the model - V of AC| over buses (and phases) and periods (pu)."""
+    return float((buses["v_pu_model"] - buses["v_pu_ac"]).abs().max())
 
 
 class ReusingRunner:

@@ -386,3 +386,16 @@ def test_sweep_plots_write_one_png_per_kpi(tmp_path, design, monkeypatch):
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
     expected = "sweep_heatmap" if design == "grid" else "sweep_panels"
     assert drawn == [expected, expected]
+
+
+@pytest.mark.slow
+def test_the_models_own_voltages_are_written_next_to_the_lossless_ones(tmp_path_factory):
+    """lem_lv_grid iterates its losses against pandapower: its own voltages (v_pu_model)
+    are nearer the AC ones than the lossless LinDistFlow of the same injections."""
+    _, result, out = solved("lem_lv_grid", tmp_path_factory)
+    assert result.ac_check["losses"] == "iterate"
+    buses = pd.read_csv(out / "buses.csv")
+    model = (buses["v_pu_model"] - buses["v_pu_ac"]).abs().max()
+    lossless = (buses["v_pu_linear"] - buses["v_pu_ac"]).abs().max()
+    assert model < lossless
+    assert model == pytest.approx(result.ac_check["model_voltage_error_pu"], abs=1e-9)
