@@ -10,7 +10,7 @@ it; it draws with Agg when headless.
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
+from functools import partial, wraps
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,25 +40,32 @@ STYLE = {
 }
 
 
+def styled(draw: Callable) -> Callable:
+    """Draw in the plots' one style (:data:`STYLE`): a decorator of every plot."""
+
+    @wraps(draw)
+    def styled_draw(*args, **kwargs):
+        import matplotlib
+
+        with matplotlib.rc_context(STYLE):
+            return draw(*args, **kwargs)
+
+    return styled_draw
+
+
 def figure(rows: int = 1, cols: int = 1, *, size: tuple[float, float] = (9, 3.8), **kw):
-    """A new figure in the plots' one style: (fig, axes) as ``plt.subplots`` returns."""
-    import matplotlib
+    """A new figure and its axes (as ``plt.subplots`` returns them), outside pyplot: no
+    backend is switched and no window opens, so plotting is safe headless and in
+    notebooks alike."""
+    from matplotlib.figure import Figure
 
-    if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
-        matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(rows, cols, figsize=size, layout="constrained", **kw)
-    return fig, axes
+    fig = Figure(figsize=size, layout="constrained")
+    return fig, fig.subplots(rows, cols, **kw)
 
 
 def save_figure(fig, path: Path) -> None:
-    """Write a matplotlib figure as a PNG (110 dpi) and close it."""
-    import matplotlib.pyplot as plt
-
+    """Write a matplotlib figure as a PNG (110 dpi)."""
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def outside_legend(ax, **kw) -> None:
@@ -150,6 +157,7 @@ def _has_rows(result: Result, table: str) -> bool:
 # --- prices ----------------------------------------------------------------------------
 
 
+@styled
 def price_heatmap(result: Result, path: Path, table: str = "prices") -> None:
     """Nodal prices as a heatmap: one row per bus (and phase), time across."""
     prices = result.tables[table]
@@ -177,6 +185,7 @@ def _time_text(value) -> str:
     return str(value)
 
 
+@styled
 def uniform_price_plot(result: Result, path: Path) -> None:
     """The uniform clearing price per period and its interval of equally valid prices."""
     prices = result.prices
@@ -215,6 +224,7 @@ def supply_demand_curves(ax, accepted, period: int, currency: str = "EUR") -> No
     ax.set_ylabel(unit_label("bid_price", currency))
 
 
+@styled
 def supply_demand_plot(result: Result, path: Path) -> None:
     """Supply and demand curves of the period with the most traded energy."""
     accepted = result.accepted
@@ -232,13 +242,13 @@ def supply_demand_plot(result: Result, path: Path) -> None:
 # --- the network -------------------------------------------------------------------------
 
 
+@styled
 def feeder_map_plot(result: Result, path: Path, feeder: Any) -> None:
     """The feeder twice: buses coloured by their worst AC voltage (farthest from 1 pu
     over the periods), branches by their highest AC loading; per phase on a three-phase
     feeder, and over every scenario where there are several."""
     from gridmarkets.networks.plot import plot_feeder
 
-    feeder = getattr(feeder, "balanced", feeder)  # a ThreePhaseFeeder's own Feeder
     buses, branches = result.buses, result.branches
     deviation = (buses["v_pu_ac"] - 1.0).abs()
     worst = buses.loc[deviation.groupby(buses["bus"]).idxmax()].set_index("bus")["v_pu_ac"]
@@ -260,9 +270,9 @@ def stacked_power(ax, wide: pd.DataFrame, table: pd.DataFrame) -> None:
     parts up, negative parts down, one colour and one legend entry per column."""
     wide = wide.reindex(all_periods(table)).fillna(0.0)
     edges = period_edges(table)
-    import matplotlib.pyplot as plt
+    from matplotlib import colormaps
 
-    colours = dict(zip(wide.columns, plt.get_cmap("tab10").colors, strict=False))
+    colours = dict(zip(wide.columns, colormaps["tab10"].colors, strict=False))
     for sign in (1, -1):
         part = wide.clip(lower=0) if sign > 0 else wide.clip(upper=0)
         part = part.loc[:, part.abs().sum() > 1e-9]
@@ -278,6 +288,7 @@ def stacked_power(ax, wide: pd.DataFrame, table: pd.DataFrame) -> None:
     ax.axhline(0, color="black", lw=0.6)
 
 
+@styled
 def schedule_plot(result: Result, path: Path) -> None:
     """Stacked device power per period, summed over homes (positive = into the bus)."""
     power = result.power
@@ -291,6 +302,7 @@ def schedule_plot(result: Result, path: Path) -> None:
     save_figure(fig, path)
 
 
+@styled
 def soc_plot(result: Result, path: Path) -> None:
     """State of charge of every battery and EV."""
     storage = result.storage
@@ -305,6 +317,7 @@ def soc_plot(result: Result, path: Path) -> None:
     save_figure(fig, path)
 
 
+@styled
 def tariff_plot(result: Result, path: Path) -> None:
     """Import and export prices per period (the first home's tariffs)."""
     grid = result.grid
@@ -319,6 +332,7 @@ def tariff_plot(result: Result, path: Path) -> None:
     save_figure(fig, path)
 
 
+@styled
 def exchange_plot(result: Result, path: Path) -> None:
     """Grid exchange, members' net meter flow and shared assets per period."""
     x = result.exchange
@@ -335,6 +349,7 @@ def exchange_plot(result: Result, path: Path) -> None:
     save_figure(fig, path)
 
 
+@styled
 def shared_plot(result: Result, path: Path) -> None:
     """Shared batteries' state of charge (kWh, left) and shared PV output (kW, right)."""
     shared = result.shared
@@ -362,6 +377,7 @@ def shared_plot(result: Result, path: Path) -> None:
 # --- aggregator ----------------------------------------------------------------------------
 
 
+@styled
 def portfolio_plot(result: Result, path: Path) -> None:
     """The portfolio's net power against the aggregator's commitment (kW, and kvar
     on a second panel where the case commits reactive power)."""
@@ -383,6 +399,7 @@ def portfolio_plot(result: Result, path: Path) -> None:
     save_figure(fig, path)
 
 
+@styled
 def incentive_plot(result: Result, path: Path) -> None:
     """The incentive each group of homes is offered per period."""
     incentives = result.incentives
@@ -401,6 +418,7 @@ def incentive_plot(result: Result, path: Path) -> None:
 # --- P2P -----------------------------------------------------------------------------------
 
 
+@styled
 def p2p_trade_plot(result: Result, path: Path) -> None:
     """Each peer's net injection per period (positive = sells), stacked."""
     injections = result.injections
@@ -418,6 +436,7 @@ def p2p_trade_plot(result: Result, path: Path) -> None:
 SAME_PRICE = 1e-3
 
 
+@styled
 def p2p_price_plot(result: Result, path: Path) -> None:
     """Each peer's marginal value of energy per period (its balance's multiplier plus
     its node price: the price it trades at the margin), with the grid's tariffs."""
@@ -445,6 +464,7 @@ def p2p_price_plot(result: Result, path: Path) -> None:
 # --- flexibility ---------------------------------------------------------------------------
 
 
+@styled
 def accepted_plot(result: Result, path: Path) -> None:
     """Accepted flexibility per period, stacked by product and direction: active-power
     products in kW (top), reactive ones in kvar (bottom)."""
@@ -534,6 +554,7 @@ def _numeric(column: pd.Series) -> pd.Series | None:
     return values if values.notna().all() else None
 
 
+@styled
 def sweep_panels(frame, kpi: str, params: list[str], currency: str, path: Path) -> None:
     """The KPI against each parameter, one panel each."""
     from gridmarkets.study import parameter_label
@@ -553,6 +574,7 @@ def sweep_panels(frame, kpi: str, params: list[str], currency: str, path: Path) 
     save_figure(fig, path)
 
 
+@styled
 def sweep_heatmap(frame, kpi: str, params: list[str], currency: str, path: Path) -> None:
     """The KPI over a two-parameter grid, each cell annotated with its value."""
     from gridmarkets.study import parameter_label
