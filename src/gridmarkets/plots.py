@@ -146,7 +146,12 @@ def plots_for(result: Result, feeder: Any = None) -> dict[str, Plot]:
             plots.pop(name, None)  # the uniform price plot
             plots[name] = partial(price_heatmap, table=name)
     if feeder is not None and _has_rows(result, "buses") and _has_rows(result, "branches"):
-        plots["feeder_map"] = partial(feeder_map_plot, feeder=feeder)
+        buses = result.tables["buses"]
+        if "scenario" not in buses:
+            plots["feeder_map"] = partial(feeder_map_plot, feeder=feeder)
+        for scenario in buses["scenario"].unique() if "scenario" in buses else ():
+            draw = partial(feeder_map_plot, feeder=feeder, scenario=scenario)
+            plots[f"feeder_map_{scenario}"] = draw
     return plots
 
 
@@ -243,13 +248,16 @@ def supply_demand_plot(result: Result, path: Path) -> None:
 
 
 @styled
-def feeder_map_plot(result: Result, path: Path, feeder: Any) -> None:
+def feeder_map_plot(result: Result, path: Path, feeder: Any, scenario: str | None = None) -> None:
     """The feeder twice: buses coloured by their worst AC voltage (farthest from 1 pu
-    over the periods), branches by their highest AC loading; per phase on a three-phase
-    feeder, and over every scenario where there are several."""
+    over the periods and, on a three-phase feeder, the phases), branches by their
+    highest AC loading; of one ``scenario`` where the network tables have several."""
     from gridmarkets.networks.plot import plot_feeder
 
     buses, branches = result.buses, result.branches
+    if scenario is not None:
+        buses = buses[buses["scenario"] == scenario]
+        branches = branches[branches["scenario"] == scenario]
     deviation = (buses["v_pu_ac"] - 1.0).abs()
     worst = buses.loc[deviation.groupby(buses["bus"]).idxmax()].set_index("bus")["v_pu_ac"]
     loading = branches.groupby("branch")["loading_percent_ac"].max()
@@ -258,7 +266,8 @@ def feeder_map_plot(result: Result, path: Path, feeder: Any) -> None:
     plot_feeder(feeder, loading, axes[1], on="branch", label="highest loading, AC (%)")
     axes[0].set_title(f"worst voltage: {worst.min():.3f} to {worst.max():.3f} pu")
     axes[1].set_title(f"highest loading: {loading.max():.0f} %")
-    fig.suptitle(f"{feeder.name}, over all periods")
+    where = "" if scenario is None else f", scenario {scenario}"
+    fig.suptitle(f"{feeder.name}{where}, over all periods")
     save_figure(fig, path)
 
 
