@@ -327,16 +327,20 @@ def soc_plot(result: Result, path: Path) -> None:
 
 
 @styled
-def tariff_plot(result: Result, path: Path) -> None:
-    """Import and export prices per period (the first home's tariffs)."""
+def home_price_plot(result: Result, path: Path) -> None:
+    """The first home's import and export tariffs (where it has a grid connection) and
+    its marginal price, the dual of its energy balance: what energy is worth at home."""
     grid = result.grid
     first = grid[grid["prosumer"] == grid["prosumer"].iloc[0]]
-    fig, ax = figure(size=(9, 3))
-    step(ax, first, "import_price", label="import")
-    step(ax, first, "export_price", label="export")
+    fig, ax = figure(size=(9, 3.2))
+    for column, name in (("import_price", "import tariff"), ("export_price", "export tariff")):
+        if first[column].abs().max() > 0:
+            step(ax, first, column, lw=1.5, label=name)
+    if "marginal_price" in first:
+        step(ax, first, "marginal_price", ls="--", color="black", lw=1, label="marginal price")
     ax.set_ylabel(unit_label("price", result.currency))
     set_time_axis(ax, first)
-    ax.set_title("tariffs")
+    ax.set_title(f"prices at {first['prosumer'].iloc[0]}")
     outside_legend(ax)
     save_figure(fig, path)
 
@@ -508,7 +512,7 @@ MODEL_PLOTS: dict[str, dict[str, tuple[str, Plot]]] = {
     "prosumer": {
         "schedule": ("power", schedule_plot),
         "soc": ("storage", soc_plot),
-        "tariffs": ("grid", tariff_plot),
+        "prices": ("grid", home_price_plot),
     },
     "community": {
         "exchange": ("exchange", exchange_plot),
