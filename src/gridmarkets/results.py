@@ -153,18 +153,7 @@ def money_name(name: str, currency: str, table: str | None = None, model: str | 
     return name.removesuffix("_per_mwh") + MONEY_UNITS[kind][0].format(code=currency.lower())
 
 
-def unit_label(name: str, currency: str, table: str | None = None, model: str | None = None) -> str:
-    """A plot label: ``price (EUR/MWh)``, ``payment (EUR)``, ``p_kw`` -> ``p (kW)``."""
-    kind = money_kind(name, table, model)
-    if kind is not None:
-        unit = MONEY_UNITS[kind][1].format(currency=currency)
-        return f"{name.removesuffix('_per_mwh').replace('_', ' ')} ({unit})"
-    for suffix, unit in UNIT_SUFFIXES.items():
-        if name.endswith(suffix):
-            return f"{name.removesuffix(suffix).replace('_', ' ')} ({unit})"
-    return name.replace("_", " ")
-
-
+#: Units a column name ends with, for plot labels.
 UNIT_SUFFIXES = {
     "_kw": "kW",
     "_kvar": "kvar",
@@ -177,6 +166,18 @@ UNIT_SUFFIXES = {
     "_c": "°C",
     "_seconds": "s",
 }
+
+
+def unit_label(name: str, currency: str, table: str | None = None, model: str | None = None) -> str:
+    """A plot label: ``price (EUR/MWh)``, ``payment (EUR)``, ``p_kw`` -> ``p (kW)``."""
+    kind = money_kind(name, table, model)
+    if kind is not None:
+        unit = MONEY_UNITS[kind][1].format(currency=currency)
+        return f"{name.removesuffix('_per_mwh').replace('_', ' ')} ({unit})"
+    for suffix, unit in UNIT_SUFFIXES.items():
+        if name.endswith(suffix):
+            return f"{name.removesuffix(suffix).replace('_', ' ')} ({unit})"
+    return name.replace("_", " ")
 
 
 @dataclass
