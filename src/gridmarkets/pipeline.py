@@ -52,7 +52,7 @@ def run_case(
     run = CaseRun.start(case, feeder)
     built = run.build()
     result, iteration = run.solve(built, solve_options)
-    return present(case, run.complete(built, result, iteration, solve_options), run.feeder)
+    return run.complete(built, result, iteration, solve_options)
 
 
 def present(case: CaseBase, result: Result, feeder: Any = None) -> Result:
@@ -128,10 +128,11 @@ class CaseRun:
     def complete(
         self, built: Built, result: Result, iteration: Any, solve_options: dict[str, Any]
     ) -> Result:
-        """The AC check, then what the adapter adds (coalitions, DSO check, ...)."""
+        """The AC check, what the adapter adds (coalitions, DSO check, ...), then the
+        result made readable (:func:`present`)."""
         check(result, built, self.feeder, self.losses, iteration)
         self.adapter.finish(self.case, result, self.feeder, solve_options)
-        return result
+        return present(self.case, result, self.feeder)
 
 
 def load_feeder(case: CaseBase):
