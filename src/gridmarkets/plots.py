@@ -274,14 +274,16 @@ def feeder_map_plot(result: Result, path: Path, feeder: Any, scenario: str | Non
 # --- prosumer and community ------------------------------------------------------------
 
 
-def stacked_power(ax, wide: pd.DataFrame, table: pd.DataFrame) -> None:
+def stacked_power(ax, wide: pd.DataFrame, table: pd.DataFrame, names=None) -> None:
     """Stack columns of power (rows: ``table``'s periods) over whole periods: positive
-    parts up, negative parts down, one colour and one legend entry per column."""
-    wide = wide.reindex(all_periods(table)).fillna(0.0)
-    edges = period_edges(table)
+    parts up, negative parts down, one colour and one legend entry per column (colours
+    in the order of ``names``, default the columns, so panels can share them)."""
     from matplotlib import colormaps
 
-    colours = dict(zip(wide.columns, colormaps["tab10"].colors, strict=False))
+    wide = wide.reindex(all_periods(table)).fillna(0.0)
+    edges = period_edges(table)
+    names = list(wide.columns) if names is None else list(names)
+    colours = dict(zip(names, colormaps["tab10"].colors, strict=False))
     for sign in (1, -1):
         part = wide.clip(lower=0) if sign > 0 else wide.clip(upper=0)
         part = part.loc[:, part.abs().sum() > 1e-9]
@@ -495,7 +497,7 @@ def accepted_plot(result: Result, path: Path) -> None:
         wide = part.pivot_table(
             index="period", columns="offer", values="accepted_kw", aggfunc="sum"
         )
-        stacked_power(ax, wide, acc)
+        stacked_power(ax, wide, acc, names=sorted(acc["offer"].unique()))
         ax.set_ylabel(f"accepted ({unit})")
         outside_legend(ax)
     set_time_axis(axes[-1], acc)
