@@ -143,16 +143,20 @@ def plots_for(result: Result, feeder: Any = None) -> dict[str, Plot]:
     for name in ("prices", "feeder_prices"):
         table = result.tables.get(name)
         if table is not None and "bus" in table and table["bus"].notna().any():
-            plots.pop(name, None)  # the uniform price plot
-            plots[name] = partial(price_heatmap, table=name)
+            plots[name] = partial(price_heatmap, table=name)  # instead of one uniform price
     if feeder is not None and _has_rows(result, "buses") and _has_rows(result, "branches"):
-        buses = result.tables["buses"]
-        if "scenario" not in buses:
-            plots["feeder_map"] = partial(feeder_map_plot, feeder=feeder)
-        for scenario in buses["scenario"].unique() if "scenario" in buses else ():
-            draw = partial(feeder_map_plot, feeder=feeder, scenario=scenario)
-            plots[f"feeder_map_{scenario}"] = draw
+        plots.update(feeder_maps(result.tables["buses"], feeder))
     return plots
+
+
+def feeder_maps(buses: pd.DataFrame, feeder: Any) -> dict[str, Plot]:
+    """One feeder map, or one per scenario where the network tables stack several."""
+    if "scenario" not in buses:
+        return {"feeder_map": partial(feeder_map_plot, feeder=feeder)}
+    return {
+        f"feeder_map_{scenario}": partial(feeder_map_plot, feeder=feeder, scenario=scenario)
+        for scenario in buses["scenario"].unique()
+    }
 
 
 def _has_rows(result: Result, table: str) -> bool:
@@ -173,8 +177,8 @@ def price_heatmap(result: Result, path: Path, table: str = "prices") -> None:
     image = ax.imshow(grid.to_numpy(), aspect="auto", cmap="viridis", interpolation="nearest")
     fig.colorbar(image, ax=ax, label=unit_label("price", result.currency, table))
     labels = [" ".join(map(str, k)) if isinstance(k, tuple) else str(k) for k in grid.index]
-    step = max(1, len(labels) // 40)
-    ax.set_yticks(range(0, len(labels), step), labels[::step])
+    every = max(1, len(labels) // 40)  # at most about 40 row labels
+    ax.set_yticks(range(0, len(labels), every), labels[::every])
     ax.set_ylabel(" and ".join(rows))
     ticks = np.linspace(0, len(times) - 1, min(8, len(times))).round().astype(int)
     ax.set_xticks(ticks, [_time_text(times.iloc[k]) for k in ticks])
@@ -193,8 +197,7 @@ def _time_text(value) -> str:
 @styled
 def uniform_price_plot(result: Result, path: Path) -> None:
     """The uniform clearing price per period and its interval of equally valid prices."""
-    prices = result.prices
-    prices = prices.sort_values("period")
+    prices = result.prices.sort_values("period")
     x = period_edges(prices)
     fig, ax = figure()
     step(ax, prices, "price", label="price", lw=1.5)
