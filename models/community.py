@@ -75,7 +75,6 @@ from gridmarkets.log import track
 from gridmarkets.models import allocation, assets, prosumer
 from gridmarkets.models.assets import BatterySpec, Phase, Profile, PVSpec
 from gridmarkets.models.prosumer import PricesSpec, ProsumerSpec
-from gridmarkets.plots import save_figure
 from gridmarkets.results import Result
 from gridmarkets.solvers import Solution, record_build_time, solve
 from gridmarkets.specs.base import Spec
@@ -495,8 +494,7 @@ def results(model: pyo.ConcreteModel, solution: Solution) -> Result:
         for name in ("shared", "exchange"):
             tables[name].insert(1, "timestamp", tables[name]["period"].map(stamps))
     kpis = _kpis(model, tables)
-    plots = {"exchange": exchange_plot, "shared": shared_plot}
-    return Result("community", tables, kpis, solution, plots=plots)
+    return Result("community", tables, kpis, solution)
 
 
 def _value(component) -> float:
@@ -620,40 +618,6 @@ def _kpis(m, tables: dict[str, pd.DataFrame]) -> dict[str, float]:
         "members": len(members),
     }
     return {k: float(v) for k, v in kpis.items()}
-
-
-# --- plots ------------------------------------------------------------------------------
-
-
-def exchange_plot(result: Result, path) -> None:
-    """Grid exchange, members' net meter flow and shared assets per period."""
-    import matplotlib.pyplot as plt
-
-    x = result.exchange
-    fig, ax = plt.subplots(figsize=(9, 4))
-    ax.step(x["period"], x["grid_import_kw"] - x["grid_export_kw"], where="post", label="grid")
-    members = x["members_import_kw"] - x["members_export_kw"]
-    ax.step(x["period"], members, where="post", label="members' net import")
-    ax.step(x["period"], x["shared_kw"], where="post", label="shared assets")
-    ax.axhline(0, color="black", lw=0.6)
-    ax.set_xlabel("period")
-    ax.set_ylabel("kW")
-    ax.legend(fontsize=8)
-    save_figure(fig, path)
-
-
-def shared_plot(result: Result, path) -> None:
-    """State of charge of the shared batteries and output of the shared PV."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9, 3.5))
-    for (aid, device), g in result.shared.groupby(["asset", "device"]):
-        y = g["soc_kwh"] if device == "battery" else g["p_kw"]
-        ax.plot(g["period"], y, label=f"{aid} {device} ({'kWh' if device == 'battery' else 'kW'})")
-    ax.set_xlabel("period")
-    if len(result.shared):
-        ax.legend(fontsize=7)
-    save_figure(fig, path)
 
 
 # --- one call ---------------------------------------------------------------------------

@@ -866,7 +866,7 @@ def results(
         if solution.duals_from is not None:
             tables["feeder_prices"] = _feeder_prices(m, solution)
     kpis = _kpis(m, solution, accepted, tables["requirements"])
-    result = Result("flexibility", tables, kpis, solution, plots={"accepted": accepted_plot})
+    result = Result("flexibility", tables, kpis, solution)
     if m.feeder is not None and ac:
         result.ac_check = _ac_checks(m, tables["injections"], kpis)
     return result
@@ -1061,29 +1061,6 @@ def clear(
     """Build, solve and report a pool clearing in one call (see :func:`build`)."""
     m = build(offers, **build_options)
     return results(m, solve(m, **dict(solve_options or {})), pricing, ac=ac)
-
-
-# --- plots ---------------------------------------------------------------------------
-
-
-def accepted_plot(result: Result, path: Path) -> None:
-    """Accepted kW (kvar) per period, stacked by product and direction, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    acc = result.accepted
-    table = acc.assign(offer=acc["product"] + " " + acc["direction"]).pivot_table(
-        index="period", columns="offer", values="accepted_kw", aggfunc="sum", fill_value=0.0
-    )
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    table.plot.bar(stacked=True, ax=ax)
-    ax.set_ylabel("accepted (kW, kvar)")
-    ax.set_title("accepted flexibility by product")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 # --- bilateral mode ------------------------------------------------------------------

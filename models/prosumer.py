@@ -50,7 +50,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -72,7 +71,6 @@ from gridmarkets.models.assets import (
     PVSpec,
     StaySpec,
 )
-from gridmarkets.plots import save_figure
 from gridmarkets.results import Result
 from gridmarkets.solvers import Solution, record_build_time, solve
 from gridmarkets.specs.base import Spec
@@ -501,8 +499,7 @@ def results(model: pyo.ConcreteModel, solution: Solution) -> Result:
             if "period" in table:
                 table.insert(2, "timestamp", table["period"].map(stamps))
     kpis = _totals(tables["prosumers"], tables["grid"])
-    plots = {"schedule": schedule_plot, "soc": soc_plot, "prices": price_plot}
-    return Result("prosumer", tables, kpis, solution, plots=plots)
+    return Result("prosumer", tables, kpis, solution)
 
 
 def _value(component) -> float:
@@ -735,55 +732,6 @@ def connection_injections(result: Result, homes: Mapping[str, ProsumerSpec]) -> 
         {"bus": bus, "period": power["period"], "phase": phase, "p_kw": power["p_kw"]}
     )
     return table.dropna(subset=["bus"])
-
-
-# --- plots ------------------------------------------------------------------------------
-
-
-def schedule_plot(result: Result, path: Path) -> None:
-    """Stacked device power per period, summed over homes (positive = into the bus)."""
-    import matplotlib.pyplot as plt
-
-    wide = result.power.pivot_table(index="period", columns="device", values="p_kw", aggfunc="sum")
-    fig, ax = plt.subplots(figsize=(9, 4))
-    for sign in (1, -1):
-        part = wide.clip(lower=0) if sign > 0 else wide.clip(upper=0)
-        part = part.loc[:, part.abs().sum() > 1e-9]
-        if not part.empty:
-            ax.stackplot(part.index, part.T.to_numpy(), labels=part.columns, step="post")
-    ax.axhline(0, color="black", lw=0.6)
-    ax.set_xlabel("period")
-    ax.set_ylabel("power into the home's bus (kW)")
-    ax.legend(fontsize=7, ncol=4, loc="upper left")
-    save_figure(fig, path)
-
-
-def soc_plot(result: Result, path: Path) -> None:
-    """State of charge of every battery and EV."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9, 3.5))
-    for (pid, device), group in result.storage.groupby(["prosumer", "device"]):
-        ax.plot(group["period"], group["soc_kwh"], label=f"{pid} {device}")
-    ax.set_xlabel("period")
-    ax.set_ylabel("state of charge (kWh)")
-    if len(result.storage):
-        ax.legend(fontsize=7)
-    save_figure(fig, path)
-
-
-def price_plot(result: Result, path: Path) -> None:
-    """Import and export prices per period."""
-    import matplotlib.pyplot as plt
-
-    first = result.grid[result.grid["prosumer"] == result.grid["prosumer"].iloc[0]]
-    fig, ax = plt.subplots(figsize=(9, 3))
-    ax.step(first["period"], first["import_price"], where="post", label="import")
-    ax.step(first["period"], first["export_price"], where="post", label="export")
-    ax.set_xlabel("period")
-    ax.set_ylabel("price (currency/MWh)")
-    ax.legend()
-    save_figure(fig, path)
 
 
 # --- bid curves -------------------------------------------------------------------------

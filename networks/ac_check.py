@@ -31,7 +31,7 @@ def run_ac(feeder: Feeder, p_pu: np.ndarray, q_pu: np.ndarray) -> dict[str, np.n
     Returns
     -------
     dict of arrays: vm_pu (buses x periods); p_pu, q_pu (series flow at each branch's
-    sending end) and loading_percent (branches x periods); losses_kw (periods).
+    sending end), loading_percent and loss_kw (branches x periods); losses_kw (periods).
     """
     import pandapower as pp
 
@@ -44,7 +44,7 @@ def run_ac(feeder: Feeder, p_pu: np.ndarray, q_pu: np.ndarray) -> dict[str, np.n
     scale = feeder.s_base_kva / 1000.0
     periods = p_pu.shape[1]
     out = {name: np.empty((len(buses), periods)) for name in ("vm_pu",)}
-    for name in ("p_pu", "q_pu", "loading_percent"):
+    for name in ("p_pu", "q_pu", "loading_percent", "loss_kw"):
         out[name] = np.empty((len(feeder.branches), periods))
     out["losses_kw"] = np.empty(periods)
     for t in track(range(periods), f"AC power flow of {feeder.name}"):
@@ -85,6 +85,7 @@ def _read_period(feeder: Feeder, net, out: dict, t: int) -> None:
         out["p_pu"][rows, t] = p - br["g_pu"].to_numpy()[rows] / 2 * v_sq
         out["q_pu"][rows, t] = q + br["b_pu"].to_numpy()[rows] / 2 * v_sq
         out["loading_percent"][rows, t] = res["loading_percent"].to_numpy()
+        out["loss_kw"][rows, t] = res["pl_mw"].to_numpy() * 1000.0
     lines = br.loc[br["kind"] == "line", "element"]
     trafos = br.loc[br["kind"] == "trafo", "element"]
     losses = net.res_line.loc[lines, "pl_mw"].sum() + net.res_trafo.loc[trafos, "pl_mw"].sum()
@@ -106,7 +107,8 @@ class ACCheck:
     ----------
     buses : bus, period, v_pu_linear, v_pu_ac, error_pu, vmin_pu, vmax_pu.
     branches : branch, period, from_bus, to_bus, kind, element, p_kw_linear, p_kw_ac,
-        loading_percent_linear, loading_percent_ac.
+        q_kvar_linear, q_kvar_ac (series flows at the sending end), loading_percent_linear,
+        loading_percent_ac, loss_kw_linear, loss_kw_ac.
     losses : period, loss_kw_linear, loss_kw_ac.
     """
 
@@ -157,6 +159,10 @@ class ACCheck:
         }
 
 
+#: The branch quantities an :class:`ACCheck` reports twice, ``_linear`` and ``_ac``.
+AC_COLUMNS = ("p_kw", "q_kvar", "loading_percent", "loss_kw")
+
+
 def ac_check(
     feeder: Feeder,
     p_kw,
@@ -191,11 +197,13 @@ def ac_check(
     buses["v_pu_ac"] = ac["vm_pu"].ravel()
     buses["error_pu"] = buses["v_pu_linear"] - buses["v_pu_ac"]
     buses = buses.join(feeder.buses[["vmin_pu", "vmax_pu"]], on="bus")
-    branches = lin_branches.rename(
-        columns={"p_kw": "p_kw_linear", "loading_percent": "loading_percent_linear"}
-    ).drop(columns=["q_kvar", "loss_kw"])
+    branches = lin_branches.rename(columns=lambda c: f"{c}_linear" if c in AC_COLUMNS else c)
     branches["p_kw_ac"] = ac_branches["p_kw"].to_numpy()
+    branches["q_kvar_ac"] = ac_branches["q_kvar"].to_numpy()
     branches["loading_percent_ac"] = ac["loading_percent"].ravel()
+    branches["loss_kw_ac"] = ac["loss_kw"].ravel()
+    order = [f"{c}_{side}" for c in AC_COLUMNS for side in ("linear", "ac")]
+    branches = branches[[*branches.columns.drop(order), *order]]
     loss_linear = (linear["ell"] * feeder.branches["r_pu"].to_numpy()[:, None]).sum(axis=0)
     losses = pd.DataFrame(
         {

@@ -47,7 +47,7 @@ def plot_feeder(
     nodes = nx.draw_networkx_nodes(graph, pos, node_color=node_color, node_size=30, ax=ax)
     nx.draw_networkx_nodes(graph, pos, nodelist=[feeder.root], node_shape="s", node_size=80, ax=ax)
     if values is not None:
-        plt.colorbar(nodes if on_buses else drawn, ax=ax, label=label)
+        ax.figure.colorbar(nodes if on_buses else drawn, ax=ax, label=label)
     ax.set_title(feeder.name)
     ax.set_axis_off()
     return ax

@@ -733,44 +733,13 @@ def summary_table(frame: pd.DataFrame, study: Study) -> Table:
 
 
 def plot_kpis(frame: pd.DataFrame, study: Study, folder: str | Path) -> list[Path]:
-    """One PNG per KPI, a panel per numeric parameter: each scenario and the mean per value.
+    """One PNG per KPI (:func:`gridmarkets.plots.sweep_plots`): a heatmap over a grid of
+    two parameters, else a panel per numeric parameter.
 
     Returns
     -------
     list of Path : the files written, ``<folder>/<kpi>.png``.
     """
-    import matplotlib
+    from gridmarkets.plots import sweep_plots
 
-    matplotlib.use("Agg")
-    params = [p for p in study.parameters if _numeric(frame[p]) is not None]
-    if not params:
-        return []
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    return [_plot_kpi(frame, name, params, folder) for name in kpi_names(frame)]
-
-
-def _plot_kpi(frame: pd.DataFrame, kpi: str, params: list[str], folder: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(params), figsize=(4 * len(params), 3.5), squeeze=False)
-    y = pd.to_numeric(frame[kpi], errors="coerce")
-    for ax, param in zip(axes[0], params, strict=True):
-        x = _numeric(frame[param])
-        ax.scatter(x, y, s=14, alpha=0.6)
-        means = y.groupby(x).mean()
-        if len(means) < len(x.dropna()):
-            ax.plot(means.index, means.to_numpy(), color="tab:red", lw=1, label="mean")
-            ax.legend()
-        ax.set_xlabel(param)
-        ax.set_ylabel(kpi)
-    fig.tight_layout()
-    path = folder / f"{kpi.replace('/', '_')}.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def _numeric(column: pd.Series) -> pd.Series | None:
-    values = pd.to_numeric(column, errors="coerce")
-    return values if values.notna().all() else None
+    return sweep_plots(frame, study, folder)

@@ -173,8 +173,9 @@ def solve(
         result.timings = {**timer.seconds, **result.timings}
         results.write(result, target, spec.name, plots=not no_plots)
     result.timings["write"] = timer.seconds["write"]
-    summary = result.summary(spec.name)
-    (target / "summary.json").write_text(json.dumps(summary, indent=2))  # with "write"
+    written = json.loads((target / "summary.json").read_text())  # its tables' types
+    summary = {**written, **result.summary(spec.name)}  # now with "write"
+    (target / "summary.json").write_text(json.dumps(summary, indent=2))
     if as_json:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
     else:

@@ -30,7 +30,7 @@ from gridmarkets import registry
 from gridmarkets.case_terms import labeler
 from gridmarkets.errors import CaseError
 from gridmarkets.log import StageTimer
-from gridmarkets.results import Result
+from gridmarkets.results import Result, add_timestamps
 from gridmarkets.solvers.diagnose import LABELER_ATTR
 from gridmarkets.specs.adapter import Built, CaseAdapter, Injections
 from gridmarkets.specs.base import CaseBase, check_buses, check_model_size
@@ -58,6 +58,18 @@ def run_case(
     built = run.build()
     result, iteration = run.solve(built, solve_options)
     return run.complete(built, result, iteration, solve_options)
+
+
+def present(case: CaseBase, result: Result, feeder: Any = None) -> Result:
+    """Make the result readable (in place): the case's currency, a ``timestamp`` column
+    after ``period`` in every table when the case has ``horizon.start``, and the plots
+    of :func:`gridmarkets.plots.plots_for`."""
+    from gridmarkets import plots
+
+    result.currency = case.currency
+    add_timestamps(result.tables, case.horizon.timestamps())
+    result.plots = plots.plots_for(result, feeder)
+    return result
 
 
 @dataclass(frozen=True)
@@ -140,13 +152,15 @@ class CaseRun:
     def complete(
         self, built: Built, result: Result, iteration: Any, solve_options: dict[str, Any]
     ) -> Result:
-        """The AC check, then what the adapter adds (coalitions, DSO check, ...); the
-        stages' wall times go to ``result.timings``."""
+        """The AC check, what the adapter adds (coalitions, DSO check, ...), then the
+        result made readable (:func:`present`); the stages' wall times go to
+        ``result.timings``."""
         if self.feeder is not None:
             with self.timer.stage("ac_check", "checking with pandapower's AC power flow"):
                 check(result, built, self.feeder, self.losses, iteration)
         with self.timer.stage("finish"):
             self.adapter.finish(self.case, result, self.feeder, solve_options)
+            present(self.case, result, self.feeder)
         result.timings = dict(self.timer.seconds)
         logging.getLogger(__name__).debug("stage times (s): %s", result.timings)
         return result
@@ -225,7 +239,9 @@ def check(result: Result, built: Built, feeder, losses: str | None, iteration: A
     checks = built.checks(result) if feeder is not None else {}
     if not checks:
         return
-    summaries = {name: check_summary(feeder, inj) for name, inj in checks.items()}
+    checked = {name: run_check(feeder, inj) for name, inj in checks.items()}
+    result.tables.update(network_tables({name: ac for name, (_, ac) in checked.items()}))
+    summaries = {name: summary for name, (summary, _) in checked.items()}
     summary = summaries.pop("") if set(summaries) == {""} else summaries
     summary["losses"] = losses
     if iteration is not None:
@@ -234,9 +250,32 @@ def check(result: Result, built: Built, feeder, losses: str | None, iteration: A
     result.ac_check = summary
 
 
+def network_tables(checks: dict[str, Any]) -> dict[str, pd.DataFrame]:
+    """``buses`` and ``branches``: the AC checks' per-element tables, like pandapower's
+    ``res_bus`` and ``res_line``, each quantity linear and AC (:class:`~gridmarkets.
+    networks.ACCheck`; per phase on a three-phase feeder). Several checks (the
+    flexibility market's scenarios) are stacked under a first column ``scenario``."""
+    tables = {}
+    for kind in ("buses", "branches"):
+        if set(checks) == {""}:
+            tables[kind] = getattr(checks[""], kind).copy()
+            continue
+        frames = [getattr(ac, kind).assign(scenario=name) for name, ac in checks.items()]
+        table = pd.concat(frames, ignore_index=True)
+        tables[kind] = table[["scenario", *table.columns.drop("scenario")]]
+    return tables
+
+
 def check_summary(feeder, injections: Injections) -> dict[str, Any]:
     """pandapower's AC check of the injections, naming every violation of a limit the
-    linear model enforced.
+    linear model enforced (:func:`run_check`'s summary)."""
+    return run_check(feeder, injections)[0]
+
+
+def run_check(feeder, injections: Injections) -> tuple[dict[str, Any], Any]:
+    """pandapower's AC check of the injections: its summary, naming every violation of
+    a limit the linear model enforced, and the check itself (:class:`~gridmarkets.
+    networks.ACCheck`, or its three-phase sibling).
 
     Keys beyond :meth:`~gridmarkets.networks.ACCheck.summary`'s: ``enforced_limits``
     (what LinDistFlow held the solution to: voltage bounds at its buses below the root
@@ -247,7 +286,7 @@ def check_summary(feeder, injections: Injections) -> dict[str, Any]:
     model - V of AC| over buses and periods).
     """
     if _is_three_phase(injections.handles) or injections.phased:
-        return check_summary_3ph(feeder, injections)
+        return check_3ph(feeder, injections)
     from gridmarkets.networks import ac_check
 
     ac = ac_check(feeder, injections.p_kw, injections.q_kvar)
@@ -258,17 +297,19 @@ def check_summary(feeder, injections: Injections) -> dict[str, Any]:
     summary["enforced_violations_count"] = int(enforced.sum())
     summary["enforced_violations"] = violations[enforced].to_dict(orient="records")
     if _is_lindistflow(injections.handles):
-        summary["model_voltage_error_pu"] = model_voltage_error(injections.handles, ac.buses)
-    return summary
+        add_model_voltages(ac.buses, model_voltages(injections.handles, ac.buses))
+        summary["model_voltage_error_pu"] = model_voltage_error(ac.buses)
+    return summary, ac
 
 
-def check_summary_3ph(feeder, injections: Injections) -> dict[str, Any]:
-    """pandapower's ``runpp_3ph`` check of per-phase injections
-    (:func:`~gridmarkets.networks.ac_check_3ph`): per-phase voltages, errors and
-    loadings, the unbalance (:meth:`~gridmarkets.networks.three_phase.ThreePhaseACCheck.summary`),
-    with ``enforced_limits``, ``enforced_violations`` as :func:`check_summary` has them
-    (a voltage limit holds on every phase, a thermal limit a third of the rating per
-    phase).
+def check_3ph(feeder, injections: Injections) -> tuple[dict[str, Any], Any]:
+    """The summary and the check itself of pandapower's ``runpp_3ph`` check of per-phase
+    injections (:func:`~gridmarkets.networks.ac_check_3ph`).
+
+    The summary: per-phase voltages, errors and loadings, the unbalance
+    (:meth:`~gridmarkets.networks.three_phase.ThreePhaseACCheck.summary`), with
+    ``enforced_limits``, ``enforced_violations`` as :func:`run_check` has them (a voltage
+    limit holds on every phase, a thermal limit a third of the rating per phase).
 
     The injections are those a LinDist3Flow cleared (``injections.handles``; then also
     ``model_voltage_error_pu``, max |V of the model - V of AC| over buses, phases and
@@ -290,9 +331,11 @@ def check_summary_3ph(feeder, injections: Injections) -> dict[str, Any]:
     summary["enforced_violations"] = violations[enforced].to_dict(orient="records")
     if handles is not None:
         keys = ac.buses[["bus", "phase", "period"]].itertuples(index=False, name=None)
-        v_model = np.sqrt(np.maximum([handles.voltage_sq[key].value for key in keys], 0.0))
-        summary["model_voltage_error_pu"] = float(np.abs(v_model - ac.buses["v_pu_ac"]).max())
-    return summary
+        add_model_voltages(
+            ac.buses, np.sqrt(np.maximum([handles.voltage_sq[key].value for key in keys], 0.0))
+        )
+        summary["model_voltage_error_pu"] = model_voltage_error(ac.buses)
+    return summary, ac
 
 
 def _is_three_phase(handles) -> bool:
@@ -338,14 +381,25 @@ def enforced_mask(feeder, handles, violations: pd.DataFrame) -> pd.Series:
     )
 
 
-def model_voltage_error(handles, ac_buses: pd.DataFrame) -> float:
-    """max |sqrt(v_sq of the model) - V of AC| over the model's buses and periods (pu)."""
+def model_voltages(handles, buses: pd.DataFrame) -> np.ndarray:
+    """The model's own voltage sqrt(v_sq) (pu) at each (bus, period) row of ``buses``."""
     from gridmarkets.networks.handles import value_array
 
-    buses, periods = list(handles.feeder.buses.index), list(handles.periods)
-    v_model = np.sqrt(np.maximum(value_array(handles.voltage_sq, buses, periods), 0.0))
-    v_ac = ac_buses.pivot(index="bus", columns="period", values="v_pu_ac")
-    return float(np.abs(v_model - v_ac.loc[buses, periods].to_numpy()).max())
+    rows, periods = list(handles.feeder.buses.index), list(handles.periods)
+    v_sq = value_array(handles.voltage_sq, rows, periods)
+    v = pd.DataFrame(np.sqrt(np.maximum(v_sq, 0.0)), index=rows, columns=periods).stack()
+    return v.reindex(pd.MultiIndex.from_frame(buses[["bus", "period"]])).to_numpy()
+
+
+def add_model_voltages(buses: pd.DataFrame, v_pu: np.ndarray) -> None:
+    """Put the model's own voltages (``v_pu_model``) next to the linear ones (in place):
+    where the model iterated its losses they differ from the lossless ``v_pu_linear``."""
+    buses.insert(buses.columns.get_loc("v_pu_linear") + 1, "v_pu_model", v_pu)
+
+
+def model_voltage_error(buses: pd.DataFrame) -> float:
+    """max |V of the model - V of AC| over buses (and phases) and periods (pu)."""
+    return float((buses["v_pu_model"] - buses["v_pu_ac"]).abs().max())
 
 
 class ReusingRunner:

@@ -129,6 +129,21 @@ class Study:
         return self.spec.solve_options.model_dump(exclude_none=True)
 
 
+#: Path parts that only hold a case's elements: left out of a parameter's label.
+CONTAINERS = {"participants", "peers", "members", "prosumers", "homes", "shared", "blocks"}
+
+
+def parameter_label(path: str, currency: str = "EUR") -> str:
+    """A plot label for a dotted path: ``participants.chp_c.blocks.0.price`` -> ``chp_c
+    price (EUR/MWh)``, ``horizon.periods`` -> ``horizon periods``; the unit from the
+    last part's name (:func:`gridmarkets.results.unit_label`)."""
+    from gridmarkets.results import unit_label
+
+    *where, field = path.split(".")
+    context = [part for part in where if part not in CONTAINERS and not part.isdigit()]
+    return " ".join([*context, unit_label(field, currency)])
+
+
 def load_study(path: str | Path) -> Study:
     """Read and validate a study file and expand its scenarios.
 

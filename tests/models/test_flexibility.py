@@ -486,5 +486,5 @@ def test_written_results_balance_buyers_payments_with_sellers_revenue(noon_case,
     kpis = json.loads((out / "summary.json").read_text())["kpis"]
     assert kpis["dso_cost"] + kpis["tso_cost"] == pytest.approx(kpis["sellers_revenue"])
     sellers = pd.read_csv(out / "sellers.csv")
-    assert sellers["revenue"].sum() == pytest.approx(kpis["sellers_revenue"])
+    assert sellers["revenue_eur"].sum() == pytest.approx(kpis["sellers_revenue"])
     assert (out / "plots" / "accepted.png").stat().st_size > 0

@@ -215,6 +215,14 @@ class CaseBase(Spec):
     )
     description: str = ""
     horizon: Horizon = Field(default_factory=Horizon)
+    currency: str = Field(
+        "EUR",
+        pattern=r"^[A-Z]{3}$",
+        description=(
+            "ISO 4217 code of the currency every price (per MWh) and amount of the case "
+            "is in; written tables and plots name it (price_eur_per_mwh, payment_eur)"
+        ),
+    )
     network: NetworkSpec | None = None
 
     @model_validator(mode="after")

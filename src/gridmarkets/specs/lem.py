@@ -15,7 +15,7 @@ from pydantic import (
     model_validator,
 )
 
-from gridmarkets import pipeline, plots
+from gridmarkets import pipeline
 from gridmarkets.models import participants as parts
 from gridmarkets.models.lem import BID_COLUMNS, Upstream, build, results, update
 from gridmarkets.results import Result
@@ -318,7 +318,7 @@ class LemAdapter:
         return market(m, case)
 
     def finish(self, case: CaseSpec, result: Result, feeder, solve_options: dict) -> None:
-        result.plots = {"prices": plots.price_plot, "supply_demand": plots.supply_demand_plot}
+        """Nothing to add (the plots are :func:`gridmarkets.plots.plots_for`'s)."""
 
 
 def market(m, case: CaseSpec) -> Built:
