@@ -64,6 +64,7 @@ import pyomo.environ as pyo
 from pyomo.core.expr.numeric_expr import LinearExpression, MonomialTermExpression
 
 from gridmarkets.errors import InputError
+from gridmarkets.inputs import plain
 from gridmarkets.networks.coupling import NetworkFormulation, attach_grid, placed
 from gridmarkets.networks.feeder import Feeder
 from gridmarkets.results import Result
@@ -202,7 +203,7 @@ def _reject(table: pd.DataFrame, mask: pd.Series, column: str, reason: str) -> N
         row = table[mask].iloc[0]
         raise InputError(
             f"bids row {row.name} (participant {row['participant']!r}): {column} "
-            f"{row[column]!r} {reason} ({int(mask.sum())} such row(s))"
+            f"{plain(row[column])} {reason} ({int(mask.sum())} such row(s))"
         )
 
 

@@ -93,6 +93,7 @@ import pandas as pd
 import pyomo.environ as pyo
 
 from gridmarkets.errors import InputError
+from gridmarkets.inputs import plain
 from gridmarkets.models.lem import Upstream, prepare_bids, reactive_ratio
 from gridmarkets.results import Result
 from gridmarkets.solvers import Solution, record_build_time, solve
@@ -305,7 +306,7 @@ def _pair_costs(pairs, preferences: pd.DataFrame | None) -> dict[tuple[str, str]
         if key not in cost:
             raise InputError(f"preferences row {k}: {key[0]!r} does not trade with {key[1]!r}")
         if not row["cost"] >= 0:
-            raise InputError(f"preferences row {k}: cost {row['cost']!r} must be >= 0")
+            raise InputError(f"preferences row {k}: cost {plain(row['cost'])} must be >= 0")
         cost[key] = float(row["cost"])
     return cost
 

@@ -30,7 +30,8 @@ import networkx as nx
 import numpy as np
 import pandas as pd
 
-from gridmarkets.errors import NetworkError
+from gridmarkets.errors import InputError, NetworkError
+from gridmarkets.inputs import plain, read_text
 
 DEFAULT_VMIN_PU = 0.95
 DEFAULT_VMAX_PU = 1.05
@@ -280,9 +281,6 @@ def read_net_json(path: str | Path):
     """
     import pandapower as pp
 
-    from gridmarkets.errors import InputError
-    from gridmarkets.inputs import read_text
-
     source = f"network file {path}"
     try:
         text = read_text(path, "network file")
@@ -393,12 +391,12 @@ def _check_options(vmin_pu: float, vmax_pu: float, s_base_kva: float | None) -> 
         if value is None and key == "s_base_kva":
             continue
         if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-            raise NetworkError(f"network.options.{key}: {value!r} is not a positive number")
+            raise NetworkError(f"network.options.{key}: {plain(value)} is not a positive number")
         if not math.isfinite(value):
-            raise NetworkError(f"network.options.{key}: {value!r} is not finite")
+            raise NetworkError(f"network.options.{key}: {plain(value)} is not finite")
     if not vmin_pu < vmax_pu:
         raise NetworkError(
-            f"network.options: vmin_pu {float(vmin_pu)!r} is not below vmax_pu {float(vmax_pu)!r}"
+            f"network.options: vmin_pu {plain(vmin_pu)} is not below vmax_pu {plain(vmax_pu)}"
         )
 
 

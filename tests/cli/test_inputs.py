@@ -295,17 +295,26 @@ def test_time_limit_nan_is_refused(tmp_path):
     assert "--time-limit: nan" in message
 
 
-def test_messages_print_plain_numbers(tmp_path):
-    """A numpy value in a message is printed as a number (a negative s_base through the
-    Python API reaches the feeder's own check)."""
+def test_messages_print_plain_numbers():
+    """numpy values in messages print as numbers: a LEM bids table (pandas gives numpy
+    floats) and the feeder's own option check through the Python API."""
     import numpy as np
+    import pandas as pd
 
-    from gridmarkets.errors import NetworkError
+    from gridmarkets.errors import InputError, NetworkError
+    from gridmarkets.models.lem import prepare_bids
     from gridmarkets.networks import load
 
+    assert repr(np.float64(-1.0)) != "-1.0"  # what an unguarded message would print
+    bids = pd.DataFrame(
+        {"participant": ["a"], "side": ["buy"], "quantity_kw": [-1.0], "price": [10.0]}
+    )
+    with pytest.raises(InputError) as err:
+        prepare_bids(bids)
+    assert "quantity_kw -1.0 must not be negative" in str(err.value)
     with pytest.raises(NetworkError) as err:
         load({"source": "pandapower", "name": "case33bw", "options": {"vmin_pu": np.float64(1.1)}})
-    assert "np.float64" not in str(err.value) and "vmin_pu 1.1 is not below" in str(err.value)
+    assert "vmin_pu 1.1 is not below" in str(err.value) and "np." not in str(err.value)
 
 
 # --- output folders ---------------------------------------------------------------------
