@@ -110,10 +110,8 @@ class Horizon(Spec):
     start: dt.datetime | None = Field(
         None, description="timestamp of period 0; SimBench profiles are read from here"
     )
-    periods: int = Field(24, ge=1, le=35136, strict=True, description="number of periods")
-    resolution_minutes: int = Field(
-        60, ge=1, le=1440, strict=True, description="length of a period"
-    )
+    periods: int = Field(24, ge=1, le=35136, description="number of periods")
+    resolution_minutes: int = Field(60, ge=1, le=1440, description="length of a period")
 
     @model_validator(mode="after")
     def _ends_before_year_10000(self) -> Horizon:
