@@ -425,3 +425,54 @@ def test_a_year_of_periods_on_a_feeder_is_refused_with_its_size(tmp_path):
     assert "horizon.periods: 35136 periods on the feeder 1-LV-rural1--0-sw" in message
     assert "million variables and constraints" in message and "GB of memory available" in message
     assert time.perf_counter() - began < 120
+
+
+def net_file_with(tmp_path: Path, table: str, edit) -> Path:
+    """case33bw written by pandapower, one table's JSON rows edited by ``edit``."""
+    import json
+
+    import pandapower as pp
+    import pandapower.networks as pn
+
+    tree = json.loads(pp.to_json(pn.case33bw()))
+    frame = json.loads(tree["_object"][table]["_object"])
+    edit(frame)
+    tree["_object"][table]["_object"] = json.dumps(frame)
+    path = tmp_path / "net.json"
+    path.write_text(json.dumps(tree))
+    return path
+
+
+def on_file(net: Path) -> str:
+    return shipped("p2p_feeder").replace(
+        "network: {source: pandapower, name: case33bw}", f"network: {{source: file, path: {net}}}"
+    )
+
+
+def test_a_network_file_missing_a_column_names_table_and_column(tmp_path):
+    def drop_resistance(frame):
+        k = frame["columns"].index("r_ohm_per_km")
+        frame["columns"].pop(k)
+        for row in frame["data"]:
+            row.pop(k)
+
+    net = net_file_with(tmp_path, "line", drop_resistance)
+    code, message = solve(tmp_path, on_file(net))
+    assert code == 2
+    assert f"network file {net}: table line has no column r_ohm_per_km" in message
+
+
+def test_a_network_file_with_a_load_at_a_missing_bus_names_the_load(tmp_path):
+    import pandapower.networks as pn
+
+    stray = int(pn.case33bw().bus.index.max()) + 100
+    moved = []
+
+    def move_the_fourth_load(frame):
+        frame["data"][3][frame["columns"].index("bus")] = stray
+        moved.append(frame["index"][3])
+
+    net = net_file_with(tmp_path, "load", move_the_fourth_load)
+    code, message = solve(tmp_path, on_file(net))
+    assert code == 2
+    assert f"network file {net}: load {moved[0]}: bus {stray} is not a bus" in message
