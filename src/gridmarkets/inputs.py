@@ -31,8 +31,8 @@ from gridmarkets.errors import InputError
 MAX_FILE_BYTES = 200 * 1024**2
 """Largest file read (bytes): a year of 15-minute profiles or a SimBench net is far below."""
 
-MAX_YAML_BYTES = 10 * 1024**2
-"""Largest case or study file (bytes)."""
+MAX_YAML_BYTES = 50 * 1024**2
+"""Largest case or study file (bytes): a year of 15-minute values for 100 participants."""
 
 MAX_YAML_NODES = 1_000_000
 """Most values aliases may add to a YAML document when expanded."""
