@@ -66,7 +66,7 @@ class Spec(BaseModel):
 
     @field_validator("*")
     @classmethod
-    def _not_huge(cls, value: Any, info) -> Any:
+    def _not_huge(cls, value: Any) -> Any:
         for number in _floats(value):
             if abs(number) > MAX_MAGNITUDE:
                 raise ValueError(
@@ -152,7 +152,9 @@ class NetworkSpec(Spec):
     """Where the feeder comes from: a pandapower built-in, a SimBench code or a file."""
 
     source: Literal["pandapower", "simbench", "file"]
-    name: str | None = Field(None, description="pandapower.networks function name")
+    name: str | None = Field(
+        None, description="a pandapower built-in of those `gridmarkets networks` lists"
+    )
     code: str | None = Field(None, description="SimBench code, e.g. 1-LV-rural1--0-sw")
     path: str | None = Field(None, description="pandapower JSON file")
     options: NetworkOptions = Field(default_factory=NetworkOptions)
