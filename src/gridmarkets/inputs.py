@@ -81,6 +81,12 @@ def decode(raw: bytes, source: str) -> str:
     """UTF-8 bytes as text; an InputError naming the line of the first bad byte."""
     if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
         raise InputError(f"{source}: is UTF-16 encoded; save it as UTF-8")
+    if b"\x00" in raw:
+        line = raw[: raw.index(b"\x00")].count(b"\n") + 1
+        raise InputError(
+            f"{source}: line {line}: a NUL byte (UTF-16 without a byte order mark, or not "
+            "a text file); save it as UTF-8"
+        )
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:

@@ -66,6 +66,12 @@ def test_a_utf16_file_is_named_as_utf16(tmp_path):
     assert "case.yaml" in message and "UTF-16" in message
 
 
+def test_utf16_without_a_byte_order_mark_is_named(tmp_path):
+    code, message = solve(tmp_path, shipped("lem_copperplate").encode("utf-16-le"))
+    assert code == 2
+    assert "line 1: a NUL byte (UTF-16 without a byte order mark" in message
+
+
 def test_a_latin1_byte_names_its_line(tmp_path):
     text = shipped("lem_copperplate") + "# café\n"
     raw = text.encode("latin-1")
