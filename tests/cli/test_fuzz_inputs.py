@@ -270,3 +270,6 @@ def test_every_shipped_file_passes_the_boundary_unchanged(source):
 
     loaded = load_study(source) if source in STUDIES else load_case(source)
     assert loaded.name == source.stem
+    if source in CASES:  # its buses on its feeder, its size within memory
+        run = pipeline.CaseRun.start(loaded, cached_feeder(loaded))
+        assert run.case is loaded
