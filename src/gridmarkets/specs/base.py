@@ -61,7 +61,7 @@ class Spec(BaseModel):
             for name, value in data.items():
                 field = cls.model_fields.get(name) if isinstance(name, str) else None
                 if field is not None and _has_bool(value) and not _takes_bool(field.annotation):
-                    raise ValueError(f"{name}: {value!r} is a yes/no value, not a number")
+                    raise ValueError(f"{name}: {value!r} is yes/no, which this field does not take")
         return data
 
     @field_validator("*")
