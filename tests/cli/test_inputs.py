@@ -482,3 +482,23 @@ def test_a_network_file_with_a_load_at_a_missing_bus_names_the_load(tmp_path):
     code, message = solve(tmp_path, on_file(net))
     assert code == 2
     assert f"network file {net}: load {moved[0]}: bus {stray} is not a bus" in message
+
+
+def test_a_study_with_a_duplicate_key_is_refused_by_sweep(tmp_path):
+    study = (CASES.parent / "studies" / "lem_chp_price.yaml").read_text() + "design: zip\n"
+    (tmp_path / "study.yaml").write_text(study)
+    result = CliRunner().invoke(app, ["sweep", str(tmp_path / "study.yaml"), "--out", tmp_path])
+    message = " ".join(result.output.split())
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    first, second = line_of(study, "design:"), line_of(study, "design:", 2)
+    assert f"line {second}, column 1: duplicate key 'design' (first given on line {first})" in (
+        message
+    )
+
+
+def test_an_impossible_date_through_set_names_the_field(tmp_path):
+    code, message = gridmarkets(
+        "solve", CASES / "lem_lv_grid.yaml", "--set", "horizon.start=2016-02-30", "--out", tmp_path
+    )
+    assert code == 2
+    assert "horizon.start" in message
