@@ -85,9 +85,9 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import pyomo.environ as pyo
-import yaml
 
 from gridmarkets.errors import InfeasibleError, InputError
+from gridmarkets.inputs import read_yaml_file
 from gridmarkets.models.lem import check_reactive, reactive_ratio
 from gridmarkets.results import Result
 from gridmarkets.solvers import Solution, record_build_time, solve
@@ -142,7 +142,9 @@ def load_products(path: str | Path | None = None) -> pd.DataFrame:
     that are illustrative defaults, not published values).
     """
     path = Path(path) if path is not None else products_path()
-    data = yaml.safe_load(path.read_text())
+    data = read_yaml_file(path)
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise InputError(f"{path}: expected a mapping of products, each a mapping")
     table = pd.DataFrame.from_dict(data, orient="index").rename_axis("product")
     bad = ~table["direction"].isin(["up", "down", "symmetric"])
     if bad.any():

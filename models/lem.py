@@ -103,6 +103,7 @@ import pyomo.environ as pyo
 from pyomo.core.expr.numeric_expr import LinearExpression, MonomialTermExpression
 
 from gridmarkets.errors import InputError
+from gridmarkets.inputs import plain
 from gridmarkets.models.participants import (
     Participant,
     add_participants,
@@ -315,7 +316,7 @@ def _reject(
         row = table[mask].iloc[0]
         raise InputError(
             f"{what} row {row.name} (participant {row['participant']!r}): {column} "
-            f"{row[column]!r} {reason} ({int(mask.sum())} such row(s))"
+            f"{plain(row[column])} {reason} ({int(mask.sum())} such row(s))"
         )
 
 

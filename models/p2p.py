@@ -99,6 +99,7 @@ import pandas as pd
 import pyomo.environ as pyo
 
 from gridmarkets.errors import InfeasibleError, InputError
+from gridmarkets.inputs import plain
 from gridmarkets.models.lem import BID_COLUMNS, Upstream, prepare_bids, reactive_ratio
 from gridmarkets.models.participants import Participant, add_participant
 from gridmarkets.results import Result
@@ -414,7 +415,7 @@ def _preference_costs(pairs, periods, preferences: pd.DataFrame | None) -> np.nd
         if key not in row_of:
             raise InputError(f"preferences row {k}: {key[0]!r} does not trade with {key[1]!r}")
         if not (np.isfinite(row["cost"]) and row["cost"] >= 0):
-            raise InputError(f"preferences row {k}: cost {row['cost']!r} must be >= 0")
+            raise InputError(f"preferences row {k}: cost {plain(row['cost'])} must be >= 0")
         t = None if pd.isna(period[k]) else float(period[k])
         if t is not None and t not in column_of:
             raise InputError(f"preferences row {k}: period {t:g} is not a period of the bids")

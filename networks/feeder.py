@@ -30,7 +30,8 @@ import networkx as nx
 import numpy as np
 import pandas as pd
 
-from gridmarkets.errors import NetworkError
+from gridmarkets.errors import InputError, NetworkError
+from gridmarkets.inputs import plain, read_text
 
 DEFAULT_VMIN_PU = 0.95
 DEFAULT_VMAX_PU = 1.05
@@ -311,9 +312,6 @@ def read_net_json(path: str | Path):
     """
     import pandapower as pp
 
-    from gridmarkets.errors import InputError
-    from gridmarkets.inputs import read_text
-
     source = f"network file {path}"
     try:
         text = read_text(path, "network file")
@@ -329,10 +327,78 @@ def read_net_json(path: str | Path):
         net = pp.from_json_string(text)
     except Exception as err:  # pandapower raises anything from a malformed table
         raise NetworkError(f"{source}: pandapower cannot read it ({err})") from None
-    missing = [table for table in ("bus", "line", "ext_grid") if table not in net]
-    if missing:
-        raise NetworkError(f"{source}: the net has no table {', '.join(missing)}")
+    check_net_tables(net, source)
     return net
+
+
+# The columns the feeder reads, by table (a table with rows must have them).
+REQUIRED_COLUMNS = {
+    "bus": ("vn_kv", "in_service"),
+    "line": (
+        "from_bus",
+        "to_bus",
+        "length_km",
+        "r_ohm_per_km",
+        "x_ohm_per_km",
+        "c_nf_per_km",
+        "max_i_ka",
+        "df",
+        "parallel",
+        "in_service",
+    ),
+    "trafo": (
+        "hv_bus",
+        "lv_bus",
+        "sn_mva",
+        "vn_hv_kv",
+        "vn_lv_kv",
+        "vk_percent",
+        "vkr_percent",
+        "pfe_kw",
+        "parallel",
+        "in_service",
+    ),
+    "ext_grid": ("bus", "vm_pu", "in_service"),
+    "switch": ("bus", "element", "et", "closed"),
+    "load": ("bus", "p_mw", "q_mvar", "scaling", "in_service"),
+    "sgen": ("bus", "p_mw", "q_mvar", "scaling", "in_service"),
+}
+
+# Columns that name a bus, by table.
+BUS_COLUMNS = {
+    "line": ("from_bus", "to_bus"),
+    "trafo": ("hv_bus", "lv_bus"),
+    "ext_grid": ("bus",),
+    "switch": ("bus",),
+    "load": ("bus",),
+    "sgen": ("bus",),
+}
+
+
+def check_net_tables(net, source: str) -> None:
+    """A net read from a file has buses, the columns the feeder reads in every table
+    with rows, and elements only at buses it has.
+
+    Raises
+    ------
+    NetworkError : naming the file, the table and the columns or element.
+    """
+    if "bus" not in net or net.bus.empty:
+        raise NetworkError(f"{source}: the net has no buses")
+    for table, columns in REQUIRED_COLUMNS.items():
+        frame = net[table] if table in net else pd.DataFrame()
+        missing = [c for c in columns if c not in frame] if len(frame) else []
+        if missing:
+            raise NetworkError(f"{source}: table {table} has no column {', '.join(missing)}")
+    for table, columns in BUS_COLUMNS.items():
+        frame = net[table] if table in net else pd.DataFrame()
+        for column in columns:
+            stray = frame.index[~frame[column].isin(net.bus.index)] if len(frame) else []
+            if len(stray):
+                bus = frame.at[stray[0], column]
+                raise NetworkError(
+                    f"{source}: {table} {stray[0]}: {column} {plain(bus)} is not a bus"
+                )
 
 
 def _check_json_classes(node: Any, source: str, where: str) -> None:
@@ -424,12 +490,12 @@ def _check_options(vmin_pu: float, vmax_pu: float, s_base_kva: float | None) -> 
         if value is None and key == "s_base_kva":
             continue
         if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-            raise NetworkError(f"network.options.{key}: {value!r} is not a positive number")
+            raise NetworkError(f"network.options.{key}: {plain(value)} is not a positive number")
         if not math.isfinite(value):
-            raise NetworkError(f"network.options.{key}: {value!r} is not finite")
+            raise NetworkError(f"network.options.{key}: {plain(value)} is not finite")
     if not vmin_pu < vmax_pu:
         raise NetworkError(
-            f"network.options: vmin_pu {float(vmin_pu)!r} is not below vmax_pu {float(vmax_pu)!r}"
+            f"network.options: vmin_pu {plain(vmin_pu)} is not below vmax_pu {plain(vmax_pu)}"
         )
 
 

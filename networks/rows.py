@@ -19,6 +19,7 @@ import pyomo.environ as pyo
 from pyomo.core.expr.numeric_expr import LinearExpression
 
 from gridmarkets.errors import NetworkError
+from gridmarkets.inputs import plain
 from gridmarkets.networks.handles import LinearInjections
 from gridmarkets.solvers.arrays import ArrayConstraint, RowArrays, relation
 from gridmarkets.solvers.highs import linear_pairs, monomial_pairs
@@ -47,9 +48,13 @@ def check_keys(buses, periods: list, *tables: Mapping) -> None:
     for table in tables:
         for bus, t in table:
             if buses is not None and bus not in buses:
-                raise NetworkError(f"injection at bus {bus!r}, which is not a bus of the feeder")
+                raise NetworkError(
+                    f"injection at bus {plain(bus)}, which is not a bus of the feeder"
+                )
             if t not in known:
-                raise NetworkError(f"injection at bus {bus!r} in period {t!r}, not a market period")
+                raise NetworkError(
+                    f"injection at bus {plain(bus)} in period {plain(t)}, not a market period"
+                )
 
 
 @dataclass

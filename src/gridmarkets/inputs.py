@@ -5,18 +5,19 @@ Case and study files, profile CSVs and network JSON files are read with a size l
 the first byte that is not (a UTF-16 file is named as such). YAML is read with
 :class:`StrictLoader`: PyYAML's safe loader (no Python objects) that refuses a key
 given twice in one mapping (naming the key and both lines), a date that does not
-exist (``2016-13-45``) and aliases that would expand to more than
-:data:`MAX_YAML_NODES` values (the "billion laughs"), before anything is built from
-them. Output folders are checked before a model is built
-(:func:`output_folder`), and :func:`plain` prints numbers in messages without
-numpy's repr.
+exist (``2016-13-45``) and aliases that would add more than :data:`MAX_YAML_NODES`
+values when expanded (the "billion laughs"), before anything is built from them.
+
+Also here: :func:`output_folder` (an ``--out`` checked before a model is built),
+:func:`check_name` (a case's or study's name is not a path), :func:`solve_options`
+(the command line's solver options finite), :func:`memory_available_bytes` (for the
+model-size guard) and :func:`plain` (numbers in messages without numpy's repr).
 """
 
 from __future__ import annotations
 
 import math
 import os
-import resource
 import stat
 import tempfile
 from pathlib import Path
@@ -30,22 +31,26 @@ from gridmarkets.errors import InputError
 MAX_FILE_BYTES = 200 * 1024**2
 """Largest file read (bytes): a year of 15-minute profiles or a SimBench net is far below."""
 
-MAX_YAML_BYTES = 10 * 1024**2
-"""Largest case or study file (bytes)."""
+MAX_YAML_BYTES = 50 * 1024**2
+"""Largest case or study file (bytes): a year of 15-minute values for 100 participants."""
 
 MAX_YAML_NODES = 1_000_000
-"""Most values a YAML file may hold once its aliases are expanded."""
+"""Most values aliases may add to a YAML document when expanded."""
 
 __all__ = [
     "MAX_FILE_BYTES",
     "MAX_YAML_BYTES",
     "MAX_YAML_NODES",
     "StrictLoader",
+    "check_name",
+    "decode",
     "load_yaml",
+    "memory_available_bytes",
     "output_folder",
     "plain",
     "read_text",
     "read_yaml_file",
+    "solve_options",
 ]
 
 
@@ -76,6 +81,12 @@ def decode(raw: bytes, source: str) -> str:
     """UTF-8 bytes as text; an InputError naming the line of the first bad byte."""
     if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
         raise InputError(f"{source}: is UTF-16 encoded; save it as UTF-8")
+    if b"\x00" in raw:
+        line = raw[: raw.index(b"\x00")].count(b"\n") + 1
+        raise InputError(
+            f"{source}: line {line}: a NUL byte (UTF-16 without a byte order mark, or not "
+            "a text file); save it as UTF-8"
+        )
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
@@ -96,7 +107,7 @@ class StrictLoader(SAFE_LOADER):
     def get_single_node(self):
         node = super().get_single_node()
         if node is not None:
-            expanded_size(node, {}, set())
+            refuse_alias_bombs(node)
         return node
 
     def construct_mapping(self, node, deep=False):
@@ -138,15 +149,32 @@ def refuse_duplicate_keys(loader: Any, node: yaml.MappingNode) -> None:
             continue  # an unhashable key: SafeLoader's own error names it
 
 
+def refuse_alias_bombs(node: yaml.Node) -> None:
+    """An error when aliases add more than :data:`MAX_YAML_NODES` values to a document
+    (the file's own values are bounded by its size), or when an alias sits inside the
+    node it names."""
+    sizes: dict[int, int] = {}
+    added = expanded_size(node, sizes, set()) - len(sizes)
+    if added > MAX_YAML_NODES:
+        raise yaml.YAMLError(
+            f"its aliases expand it by {added:,} values, more than the {MAX_YAML_NODES:,} allowed"
+        )
+
+
 def expanded_size(node: yaml.Node, sizes: dict[int, int], open_: set[int]) -> int:
-    """How many values ``node`` holds with every alias expanded; an error past
-    :data:`MAX_YAML_NODES` or for an alias inside itself. Shared nodes are counted
-    once each (memoised), so the count takes time linear in the file."""
+    """How many values ``node`` holds with every alias expanded (keys count as values).
+
+    Shared nodes are counted once each (``sizes`` memoises them: it ends with one entry
+    per distinct node), so the count takes time linear in the file and no memory for
+    the expansion itself.
+    """
     key = id(node)
     if key in sizes:
         return sizes[key]
     if key in open_:
-        raise yaml.YAMLError(f"an alias refers to a node that contains it{_where(node)}")
+        raise yaml.YAMLError(
+            f"an alias refers to a node that contains it (line {node.start_mark.line + 1})"
+        )
     open_.add(key)
     size = 1
     if isinstance(node, yaml.SequenceNode):
@@ -155,16 +183,8 @@ def expanded_size(node: yaml.Node, sizes: dict[int, int], open_: set[int]) -> in
         for k, v in node.value:
             size += expanded_size(k, sizes, open_) + expanded_size(v, sizes, open_)
     open_.discard(key)
-    if size > MAX_YAML_NODES:
-        raise yaml.YAMLError(
-            f"its aliases expand to more than {MAX_YAML_NODES:,} values{_where(node)}"
-        )
     sizes[key] = size
     return size
-
-
-def _where(node: yaml.Node) -> str:
-    return f" (the node at line {node.start_mark.line + 1})"
 
 
 def load_yaml(text: str, source: str) -> Any:
@@ -230,10 +250,20 @@ def memory_available_bytes() -> int:
     limit = _read_number(cgroup / "memory.max")
     if limit is not None:
         bounds.append(limit - (_read_number(cgroup / "memory.current") or 0))
-    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
-    if soft != resource.RLIM_INFINITY:
+    soft = _address_space_limit()
+    if soft is not None:
         bounds.append(soft - (_status_kib("VmSize") or 0) * 1024)
     return max(0, min(bounds))
+
+
+def _address_space_limit() -> int | None:
+    """``ulimit -v`` in bytes; None without one (or without :mod:`resource`, Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    return None if soft == resource.RLIM_INFINITY else soft
 
 
 def _meminfo(key: str) -> int | None:

@@ -66,6 +66,12 @@ def test_a_utf16_file_is_named_as_utf16(tmp_path):
     assert "case.yaml" in message and "UTF-16" in message
 
 
+def test_utf16_without_a_byte_order_mark_is_named(tmp_path):
+    code, message = solve(tmp_path, shipped("lem_copperplate").encode("utf-16-le"))
+    assert code == 2
+    assert "line 1: a NUL byte (UTF-16 without a byte order mark" in message
+
+
 def test_a_latin1_byte_names_its_line(tmp_path):
     text = shipped("lem_copperplate") + "# café\n"
     raw = text.encode("latin-1")
@@ -295,17 +301,26 @@ def test_time_limit_nan_is_refused(tmp_path):
     assert "--time-limit: nan" in message
 
 
-def test_messages_print_plain_numbers(tmp_path):
-    """A numpy value in a message is printed as a number (a negative s_base through the
-    Python API reaches the feeder's own check)."""
+def test_messages_print_plain_numbers():
+    """numpy values in messages print as numbers: a LEM bids table (pandas gives numpy
+    floats) and the feeder's own option check through the Python API."""
     import numpy as np
+    import pandas as pd
 
-    from gridmarkets.errors import NetworkError
+    from gridmarkets.errors import InputError, NetworkError
+    from gridmarkets.models.lem import prepare_bids
     from gridmarkets.networks import load
 
+    assert repr(np.float64(-1.0)) != "-1.0"  # what an unguarded message would print
+    bids = pd.DataFrame(
+        {"participant": ["a"], "side": ["buy"], "quantity_kw": [-1.0], "price": [10.0]}
+    )
+    with pytest.raises(InputError) as err:
+        prepare_bids(bids)
+    assert "quantity_kw -1.0 must not be negative" in str(err.value)
     with pytest.raises(NetworkError) as err:
         load({"source": "pandapower", "name": "case33bw", "options": {"vmin_pu": np.float64(1.1)}})
-    assert "np.float64" not in str(err.value) and "vmin_pu 1.1 is not below" in str(err.value)
+    assert "vmin_pu 1.1 is not below" in str(err.value) and "np." not in str(err.value)
 
 
 # --- output folders ---------------------------------------------------------------------
@@ -361,7 +376,7 @@ def test_an_alias_bomb_fails_fast_in_bounded_memory(tmp_path):
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert code == 2
-    assert "aliases expand to more than" in message
+    assert "its aliases expand it by" in message
     assert seconds < 10 and peak < 100 * 1024**2
 
 
@@ -416,3 +431,74 @@ def test_a_year_of_periods_on_a_feeder_is_refused_with_its_size(tmp_path):
     assert "horizon.periods: 35136 periods on the feeder 1-LV-rural1--0-sw" in message
     assert "million variables and constraints" in message and "GB of memory available" in message
     assert time.perf_counter() - began < 120
+
+
+def net_file_with(tmp_path: Path, table: str, edit) -> Path:
+    """case33bw written by pandapower, one table's JSON rows edited by ``edit``."""
+    import json
+
+    import pandapower as pp
+    import pandapower.networks as pn
+
+    tree = json.loads(pp.to_json(pn.case33bw()))
+    frame = json.loads(tree["_object"][table]["_object"])
+    edit(frame)
+    tree["_object"][table]["_object"] = json.dumps(frame)
+    path = tmp_path / "net.json"
+    path.write_text(json.dumps(tree))
+    return path
+
+
+def on_file(net: Path) -> str:
+    return shipped("p2p_feeder").replace(
+        "network: {source: pandapower, name: case33bw}", f"network: {{source: file, path: {net}}}"
+    )
+
+
+def test_a_network_file_missing_a_column_names_table_and_column(tmp_path):
+    def drop_resistance(frame):
+        k = frame["columns"].index("r_ohm_per_km")
+        frame["columns"].pop(k)
+        for row in frame["data"]:
+            row.pop(k)
+
+    net = net_file_with(tmp_path, "line", drop_resistance)
+    code, message = solve(tmp_path, on_file(net))
+    assert code == 2
+    assert f"network file {net}: table line has no column r_ohm_per_km" in message
+
+
+def test_a_network_file_with_a_load_at_a_missing_bus_names_the_load(tmp_path):
+    import pandapower.networks as pn
+
+    stray = int(pn.case33bw().bus.index.max()) + 100
+    moved = []
+
+    def move_the_fourth_load(frame):
+        frame["data"][3][frame["columns"].index("bus")] = stray
+        moved.append(frame["index"][3])
+
+    net = net_file_with(tmp_path, "load", move_the_fourth_load)
+    code, message = solve(tmp_path, on_file(net))
+    assert code == 2
+    assert f"network file {net}: load {moved[0]}: bus {stray} is not a bus" in message
+
+
+def test_a_study_with_a_duplicate_key_is_refused_by_sweep(tmp_path):
+    study = (CASES.parent / "studies" / "lem_chp_price.yaml").read_text() + "design: zip\n"
+    (tmp_path / "study.yaml").write_text(study)
+    result = CliRunner().invoke(app, ["sweep", str(tmp_path / "study.yaml"), "--out", tmp_path])
+    message = " ".join(result.output.split())
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    first, second = line_of(study, "design:"), line_of(study, "design:", 2)
+    assert f"line {second}, column 1: duplicate key 'design' (first given on line {first})" in (
+        message
+    )
+
+
+def test_an_impossible_date_through_set_names_the_field(tmp_path):
+    code, message = gridmarkets(
+        "solve", CASES / "lem_lv_grid.yaml", "--set", "horizon.start=2016-02-30", "--out", tmp_path
+    )
+    assert code == 2
+    assert "horizon.start" in message

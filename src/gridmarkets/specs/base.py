@@ -61,12 +61,12 @@ class Spec(BaseModel):
             for name, value in data.items():
                 field = cls.model_fields.get(name) if isinstance(name, str) else None
                 if field is not None and _has_bool(value) and not _takes_bool(field.annotation):
-                    raise ValueError(f"{name}: {value!r} is a yes/no value, not a number")
+                    raise ValueError(f"{name}: {value!r} is yes/no, which this field does not take")
         return data
 
     @field_validator("*")
     @classmethod
-    def _not_huge(cls, value: Any, info) -> Any:
+    def _not_huge(cls, value: Any) -> Any:
         for number in _floats(value):
             if abs(number) > MAX_MAGNITUDE:
                 raise ValueError(
@@ -110,10 +110,8 @@ class Horizon(Spec):
     start: dt.datetime | None = Field(
         None, description="timestamp of period 0; SimBench profiles are read from here"
     )
-    periods: int = Field(24, ge=1, le=35136, strict=True, description="number of periods")
-    resolution_minutes: int = Field(
-        60, ge=1, le=1440, strict=True, description="length of a period"
-    )
+    periods: int = Field(24, ge=1, le=35136, description="number of periods")
+    resolution_minutes: int = Field(60, ge=1, le=1440, description="length of a period")
 
     @model_validator(mode="after")
     def _ends_before_year_10000(self) -> Horizon:
@@ -154,7 +152,9 @@ class NetworkSpec(Spec):
     """Where the feeder comes from: a pandapower built-in, a SimBench code or a file."""
 
     source: Literal["pandapower", "simbench", "file"]
-    name: str | None = Field(None, description="pandapower.networks function name")
+    name: str | None = Field(
+        None, description="a pandapower built-in of those `gridmarkets networks` lists"
+    )
     code: str | None = Field(None, description="SimBench code, e.g. 1-LV-rural1--0-sw")
     path: str | None = Field(None, description="pandapower JSON file")
     options: NetworkOptions = Field(default_factory=NetworkOptions)
