@@ -153,7 +153,10 @@ class Diagnosis:
 def _labelled(conflicts: tuple[Conflict, ...], label: Labeler) -> tuple[Conflict, ...]:
     labelled = []
     for conflict in conflicts:
-        found = label(conflict) if conflict.component is not None else None
+        try:
+            found = label(conflict) if conflict.component is not None else None
+        except Exception:  # a label that fails must not hide the diagnosis: no element
+            found = None
         element, period = found or ("", None)
         labelled.append(replace(conflict, element=element, period=period))
     return tuple(labelled)
