@@ -37,6 +37,7 @@ _BOUND_FIELDS = {
     "import_kw": "upstream.capacity_kw",
     "export_kw": "upstream.capacity_kw",
 }
+_NOT_PERIODS = {"STAYS"}  # index sets of integers that are not periods
 _BID_FAMILIES = {"accepted_kw", "is_accepted", "acceptance_upper", "acceptance_lower"}
 
 
@@ -51,6 +52,8 @@ def labeler(case: Any, model: Any) -> Labeler:
         blocks = _ancestry(component, model)
         index = _index(component)
         period = index[-1] if index and _hashable(index[-1]) and index[-1] in periods else None
+        if _last_set(component) in _NOT_PERIODS:
+            period = None
         if "network" in [b.parent_component().local_name for b in blocks]:  # attach_grid's
             return _network_element(component, model, index), period
         if not blocks and component.parent_component().local_name in _BID_FAMILIES:
@@ -82,6 +85,11 @@ def _ancestry(component: Any, model: Any) -> list:
 def _index(component: Any) -> tuple:
     index = component.index()
     return index if isinstance(index, tuple) else ((index,) if index is not None else ())
+
+
+def _last_set(component: Any) -> str:
+    sets = list(component.parent_component().index_set().subsets())
+    return sets[-1].local_name if sets else ""
 
 
 def _hashable(value: Any) -> bool:

@@ -195,3 +195,28 @@ def test_a_sweep_row_names_the_participant_even_on_a_reused_model(voltage_case, 
     assert len(infeasible) == 1 and bool(infeasible["reused"].item())
     assert "participants.pv_a.blocks.0" in infeasible["message"].item()
     assert (table.loc[table["status"] != "infeasible", "status"] == "optimal").all()
+
+
+# --- an EV stay against the import limit -------------------------------------------------
+
+STAYS = (
+    'prosumers.home.ev.stays=[{"arrival": 0, "departure": 7, "soc_arrival_kwh": 20.0, '
+    '"soc_departure_kwh": 35.0}, {"arrival": 18, "departure": 24, "soc_arrival_kwh": 25.0, '
+    '"soc_departure_kwh": 50.0}]'
+)
+
+
+def test_an_ev_stay_against_the_import_limit_names_the_stay_and_the_limit(tmp_path):
+    """The evening stay asks for 25 kWh in 6 h; 3 kW of import cannot bring it."""
+    limit = "prosumers.home.import_limit_kw=3"
+    run = gridmarkets(
+        "solve", CASES / "prosumer_home.yaml", "--set", STAYS, "--set", limit, "--out", tmp_path
+    )
+    assert run.returncode == 1 and "Traceback" not in run.stderr + run.stdout
+    stay = next(line for line in run.stderr.splitlines() if "prosumers.home.ev.stays." in line)
+    assert "prosumers.home.ev.stays.1:" in stay and "in period(s) 18-23" in stay  # its stay
+    assert "prosumers.home.ev.stays.0" not in run.stderr  # the morning stay is not in it
+    assert "prosumers.home.import_limit_kw:" in run.stderr
+    # the limit named is the one that binds: with the case's own 17 kW the stay is met
+    run = gridmarkets("solve", CASES / "prosumer_home.yaml", "--set", STAYS, "--out", tmp_path)
+    assert run.returncode == 0, run.stderr
