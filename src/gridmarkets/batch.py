@@ -20,9 +20,11 @@ Failures: a scenario without a solution (infeasible, unbounded, a limit) or one 
 raises is stored with its status and message and the study goes on. A worker process
 that dies breaks the local pool: the finished rows are kept and the unfinished
 scenarios are resubmitted to a new pool (at most :data:`POOL_STARTS` pools). A Dask
-worker that dies is handled by Dask, which reschedules its tasks; a scenario that
-still cannot finish is reported as ``lost`` in the returned frame, is not stored, and
-runs again at the next re-run.
+worker that dies is handled by Dask, which reschedules its tasks (each task is
+forgotten by the cluster once its row is handed over, so only unfinished scenarios are
+recomputed); a scenario that still cannot finish is reported as ``lost`` in the
+returned frame, is not stored, and runs again at the next re-run. Worker processes of
+the local pool do not import modules from the working directory.
 
 A Dask cluster that cannot be reached within ``connect_timeout_s`` is an
 :class:`SchedulerError` (exit 2); one that has had no worker for ``no_workers_timeout_s``
