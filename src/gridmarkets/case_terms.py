@@ -14,8 +14,9 @@ The labels are derived from the models' own structure, without a table per model
 - an unindexed block named as a field of the enclosing element is that field
   (``battery``, ``ev``, ``pv``, ``heat_pump``; the inflexible ``load`` is ``load_kw``);
 - a variable whose bound is a case field is that field (a home's import and export
-  are bounded by its ``import_limit_kw`` and ``export_limit_kw``; the LEM's upstream
-  import and export by ``upstream.capacity_kw``);
+  are bounded by its ``import_limit_kw`` and ``export_limit_kw``, a community's
+  connection by ``connection.capacity_kw``, the LEM's upstream import and export by
+  ``upstream.capacity_kw``);
 - an EV's members are the stay their period falls in;
 - an LEM block ``b`` (``accepted_kw[b]``, ...) is row ``b`` of the model's bids table:
   a participant's block or a profile bid;
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gridmarkets.solvers.diagnose import Conflict, Labeler
+from gridmarkets.solvers.diagnose import Conflict, Diagnosis, Labeler
 
 _FIELD_ALIASES = {"load": "load_kw"}
 _BOUND_FIELDS = {
@@ -36,6 +37,8 @@ _BOUND_FIELDS = {
     "p_export_kw": "export_limit_kw",
     "import_kw": "upstream.capacity_kw",
     "export_kw": "upstream.capacity_kw",
+    "p_grid_import_kw": "connection.capacity_kw",
+    "p_grid_export_kw": "connection.capacity_kw",
 }
 _NOT_PERIODS = {"STAYS"}  # index sets of integers that are not periods
 _BID_FAMILIES = {"accepted_kw", "is_accepted", "acceptance_upper", "acceptance_lower"}
@@ -67,9 +70,19 @@ def labeler(case: Any, model: Any) -> Labeler:
         if hasattr(spec, "stays"):  # an EV: the stay of the period (or the stay indexed)
             stay = _stay(spec, name, index, period)
             path = path if stay is None else [*path, "stays", str(stay)]
-        return (".".join(path), period) if path else None
+        return ".".join(path), period
 
     return label
+
+
+def in_case_terms(diagnosis: Diagnosis | None, case: Any) -> Diagnosis | None:
+    """``diagnosis`` with the elements of ``case``, unless it has them already (a model
+    the pipeline built carries its labels; one a case module built itself, such as a
+    coalition's re-solve, gets them here)."""
+    if diagnosis is None or diagnosis.elements or not diagnosis.conflicts:
+        return diagnosis
+    model = diagnosis.conflicts[0].component.model()
+    return diagnosis.in_case_terms(labeler(case, model))
 
 
 def _ancestry(component: Any, model: Any) -> list:

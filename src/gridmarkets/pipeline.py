@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 
 from gridmarkets import registry
-from gridmarkets.case_terms import labeler
-from gridmarkets.errors import CaseError
+from gridmarkets.case_terms import in_case_terms, labeler
+from gridmarkets.errors import CaseError, InfeasibleError
 from gridmarkets.results import Result
 from gridmarkets.solvers.diagnose import LABELER_ATTR
 from gridmarkets.specs.adapter import Built, CaseAdapter, Injections
@@ -53,8 +53,12 @@ def run_case(
     solve_options = dict(solve_options or {})
     run = CaseRun.start(case, feeder)
     built = run.build()
-    result, iteration = run.solve(built, solve_options)
-    return run.complete(built, result, iteration, solve_options)
+    try:
+        result, iteration = run.solve(built, solve_options)
+        return run.complete(built, result, iteration, solve_options)
+    except InfeasibleError as err:  # a model the case module built itself
+        err.diagnosis = in_case_terms(err.diagnosis, case)
+        raise
 
 
 @dataclass(frozen=True)

@@ -220,3 +220,36 @@ def test_an_ev_stay_against_the_import_limit_names_the_stay_and_the_limit(tmp_pa
     # the limit named is the one that binds: with the case's own 17 kW the stay is met
     run = gridmarkets("solve", CASES / "prosumer_home.yaml", "--set", STAYS, "--out", tmp_path)
     assert run.returncode == 0, run.stderr
+
+
+COMMUNITY_KILN = 'members.h9.appliances={"kiln": {"profile_kw": [40.0], "earliest_start": 0}}'
+
+
+def test_a_community_member_s_appliance_names_the_member_its_appliance_and_limit(tmp_path):
+    case, alone = CASES / "community_feeder.yaml", "allocation=null"  # the schedule only
+    limit = "members.h9.import_limit_kw=10"
+    run = gridmarkets(
+        "solve", case, "--set", COMMUNITY_KILN, "--set", limit, "--set", alone, "--out", tmp_path
+    )
+    assert run.returncode == 1 and "Traceback" not in run.stderr + run.stdout
+    for element in ("members.h9.appliances.kiln:", "members.h9.import_limit_kw:"):
+        assert element in run.stderr
+    relaxed = "members.h9.import_limit_kw=60"
+    run = gridmarkets(
+        "solve", case, "--set", COMMUNITY_KILN, "--set", relaxed, "--set", alone, "--out", tmp_path
+    )
+    assert run.returncode == 0, run.stderr
+
+
+def test_a_coalition_re_solve_names_the_connection_share_it_holds(tmp_path):
+    """With the allocation, h9's coalition re-solve holds its share of the connection:
+    a model the case module builds itself, labelled all the same."""
+    case = CASES / "community_feeder.yaml"
+    data = yaml.safe_load(case.read_text())
+    share_kw = data["connection"]["capacity_kw"] / len(data["members"])  # equal shares
+    relaxed = "members.h9.import_limit_kw=60"
+    run = gridmarkets("solve", case, "--set", COMMUNITY_KILN, "--set", relaxed, "--out", tmp_path)
+    assert run.returncode == 1 and "Traceback" not in run.stderr + run.stdout
+    line = next(line for line in run.stderr.splitlines() if "connection.capacity_kw:" in line)
+    assert f"(upper bound, [0, {share_kw:g}])" in line
+    assert "members.h9:" in run.stderr and "members.h9.appliances.kiln:" in run.stderr
