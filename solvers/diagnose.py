@@ -48,6 +48,11 @@ _BOUND_NAMES = {
     int(highspy.IisBoundStatus.kIisBoundStatusUpper): "upper",
     int(highspy.IisBoundStatus.kIisBoundStatusBoxed): "lower and upper",
 }
+_MARGINAL = (
+    f": an elastic re-solve holds every constraint within {_TOL:g}, so the model is "
+    "infeasible only by the solver's tolerances (a limit at the very edge of what the data "
+    "allow, or badly scaled numbers)"
+)
 _HOW = {
     "iis": "irreducible infeasible subsystem (HiGHS IIS)",
     "elastic": "elastic re-solve (least total violation)",
@@ -125,7 +130,8 @@ class Diagnosis:
             )
         took = "" if self.seconds is None else f" in {self.seconds:.1f} s"
         if not self.conflicts:
-            return f"diagnosis ({how}{took}): no conflicting set could be isolated{partial}"
+            why = "" if partial else _MARGINAL
+            return f"diagnosis ({how}{took}): no conflicting set could be isolated{why}{partial}"
         if self.elements:
             lines = [f"conflicting case elements, by {how}{took}:"]
             groups = _grouped(self.conflicts, lambda c: _head(c.element) or f"(model) {c.family}")
@@ -147,7 +153,10 @@ class Diagnosis:
 def _labelled(conflicts: tuple[Conflict, ...], label: Labeler) -> tuple[Conflict, ...]:
     labelled = []
     for conflict in conflicts:
-        found = label(conflict) if conflict.component is not None else None
+        try:
+            found = label(conflict) if conflict.component is not None else None
+        except Exception:  # a label that fails must not hide the diagnosis: no element
+            found = None
         element, period = found or ("", None)
         labelled.append(replace(conflict, element=element, period=period))
     return tuple(labelled)
@@ -416,6 +425,8 @@ def _diagnosis(form: StandardForm, options: dict, clock: _Clock) -> Diagnosis:
     elif (slack > _TOL).any():  # the LP (the relaxation of a MILP) is infeasible
         extent = _slack_conflicts(form, slack)
         diagnosis = _explained("iis", form, form.lp, slack, extent, options, clock)
-    else:
+    elif form.is_mip:
         diagnosis = _integer_conflict(form, options, clock)
+    else:  # every row holds: infeasible only by the solver's tolerances
+        diagnosis = Diagnosis("elastic", (), True, clock.seconds)
     return diagnosis

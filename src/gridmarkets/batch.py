@@ -20,9 +20,11 @@ Failures: a scenario without a solution (infeasible, unbounded, a limit) or one 
 raises is stored with its status and message and the study goes on. A worker process
 that dies breaks the local pool: the finished rows are kept and the unfinished
 scenarios are resubmitted to a new pool (at most :data:`POOL_STARTS` pools). A Dask
-worker that dies is handled by Dask, which reschedules its tasks; a scenario that
-still cannot finish is reported as ``lost`` in the returned frame, is not stored, and
-runs again at the next re-run.
+worker that dies is handled by Dask, which reschedules its tasks (each task is
+forgotten by the cluster once its row is handed over, so only unfinished scenarios are
+recomputed); a scenario that still cannot finish is reported as ``lost`` in the
+returned frame, is not stored, and runs again at the next re-run. Worker processes of
+the local pool do not import modules from the working directory.
 
 A Dask cluster that cannot be reached within ``connect_timeout_s`` is an
 :class:`SchedulerError` (exit 2); one that has had no worker for ``no_workers_timeout_s``
@@ -67,14 +69,8 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import (
-    FIRST_COMPLETED,
-    CancelledError,
-    Executor,
-    Future,
-    ProcessPoolExecutor,
-    wait,
-)
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor
+from concurrent.futures import wait as futures_wait
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import ExitStack, contextmanager
 from importlib.metadata import version
@@ -497,40 +493,39 @@ class _DaskExecutor(Executor):
 
     def __init__(self, client):
         self.client = client
-        self.running: set = set()
+        self.running: dict[Any, Future] = {}  # Dask task -> its future here
+        self.stopped = False
 
     def submit(self, fn, /, *args, **kwargs) -> Future:
         task = self.client.submit(fn, *args, pure=False, **kwargs)
         future: Future = Future()
         future.set_running_or_notify_cancel()
-        self.running.add(task)
-        task.add_done_callback(lambda task: self._hand_over(task, future))
+        self.running[task] = future
+        task.add_done_callback(self._hand_over)
         return future
 
-    def _hand_over(self, task, future: Future) -> None:
-        """Runs in a thread of Dask's when the task ends: its outcome to ``future``."""
+    def _hand_over(self, task) -> None:
+        """Runs in a thread of Dask's when the task ends: its outcome to its future."""
+        future = self.running.pop(task)
         try:
             if task.status == "finished":
                 future.set_result(task.result())
             else:  # erred (a worker lost too often: KilledWorker) or cancelled
-                future.set_exception(task.exception() or CancelledError(task.key))
-        except BaseException as err:  # the result could not be fetched
+                future.set_exception(task.exception())
+        except BaseException as err:  # cancelled, or the result could not be fetched
             future.set_exception(err)
         finally:
-            self.running.discard(task)
             task.release()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Wait for the running tasks, or (``wait=False``) cancel them."""
-        tasks = list(self.running)
-        if not tasks:
+        """Wait for the running tasks, or (``wait=False``) cancel them; once."""
+        if self.stopped:
             return
+        self.stopped = True
         if wait and not cancel_futures:
-            from distributed.client import _wait
-
-            self.client.sync(_wait, tasks)
+            futures_wait(list(dict(self.running).values()))
         else:
-            self.client.cancel(tasks)
+            self.client.cancel(list(dict(self.running)))
 
 
 def _connect(scheduler, timeout_s: float, stack: ExitStack):
@@ -613,7 +608,7 @@ def _as_finished(futures, check: Callable[[int], None]) -> Iterator[Future]:
     for a while (it may raise to stop waiting)."""
     pending = set(futures)
     while pending:
-        done, pending = wait(pending, timeout=_POLL_S, return_when=FIRST_COMPLETED)
+        done, pending = futures_wait(pending, timeout=_POLL_S, return_when=FIRST_COMPLETED)
         if not done:
             check(len(pending))
         yield from done

@@ -14,8 +14,9 @@ The labels are derived from the models' own structure, without a table per model
 - an unindexed block named as a field of the enclosing element is that field
   (``battery``, ``ev``, ``pv``, ``heat_pump``; the inflexible ``load`` is ``load_kw``);
 - a variable whose bound is a case field is that field (a home's import and export
-  are bounded by its ``import_limit_kw`` and ``export_limit_kw``; the LEM's upstream
-  import and export by ``upstream.capacity_kw``);
+  are bounded by its ``import_limit_kw`` and ``export_limit_kw``, a community's
+  connection by ``connection.capacity_kw``, the LEM's upstream import and export by
+  ``upstream.capacity_kw``);
 - an EV's members are the stay their period falls in;
 - an LEM block ``b`` (``accepted_kw[b]``, ...) is row ``b`` of the model's bids table:
   a participant's block or a profile bid;
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gridmarkets.solvers.diagnose import Conflict, Labeler
+from gridmarkets.solvers.diagnose import Conflict, Diagnosis, Labeler
 
 _FIELD_ALIASES = {"load": "load_kw"}
 _BOUND_FIELDS = {
@@ -36,7 +37,10 @@ _BOUND_FIELDS = {
     "p_export_kw": "export_limit_kw",
     "import_kw": "upstream.capacity_kw",
     "export_kw": "upstream.capacity_kw",
+    "p_grid_import_kw": "connection.capacity_kw",
+    "p_grid_export_kw": "connection.capacity_kw",
 }
+_NOT_PERIODS = {"STAYS"}  # index sets of integers that are not periods
 _BID_FAMILIES = {"accepted_kw", "is_accepted", "acceptance_upper", "acceptance_lower"}
 
 
@@ -51,6 +55,8 @@ def labeler(case: Any, model: Any) -> Labeler:
         blocks = _ancestry(component, model)
         index = _index(component)
         period = index[-1] if index and _hashable(index[-1]) and index[-1] in periods else None
+        if _last_set(component) in _NOT_PERIODS:
+            period = None
         if "network" in [b.parent_component().local_name for b in blocks]:  # attach_grid's
             return _network_element(component, model, index), period
         if not blocks and component.parent_component().local_name in _BID_FAMILIES:
@@ -64,9 +70,19 @@ def labeler(case: Any, model: Any) -> Labeler:
         if hasattr(spec, "stays"):  # an EV: the stay of the period (or the stay indexed)
             stay = _stay(spec, name, index, period)
             path = path if stay is None else [*path, "stays", str(stay)]
-        return (".".join(path), period) if path else None
+        return ".".join(path), period
 
     return label
+
+
+def in_case_terms(diagnosis: Diagnosis | None, case: Any) -> Diagnosis | None:
+    """``diagnosis`` with the elements of ``case``, unless it has them already (a model
+    the pipeline built carries its labels; one a case module built itself, such as a
+    coalition's re-solve, gets them here)."""
+    if diagnosis is None or diagnosis.elements or not diagnosis.conflicts:
+        return diagnosis
+    model = diagnosis.conflicts[0].component.model()
+    return diagnosis.in_case_terms(labeler(case, model))
 
 
 def _ancestry(component: Any, model: Any) -> list:
@@ -82,6 +98,11 @@ def _ancestry(component: Any, model: Any) -> list:
 def _index(component: Any) -> tuple:
     index = component.index()
     return index if isinstance(index, tuple) else ((index,) if index is not None else ())
+
+
+def _last_set(component: Any) -> str:
+    sets = list(component.parent_component().index_set().subsets())
+    return sets[-1].local_name if sets else ""
 
 
 def _hashable(value: Any) -> bool:

@@ -27,8 +27,8 @@ import numpy as np
 import pandas as pd
 
 from gridmarkets import registry
-from gridmarkets.case_terms import labeler
-from gridmarkets.errors import CaseError
+from gridmarkets.case_terms import in_case_terms, labeler
+from gridmarkets.errors import CaseError, InfeasibleError
 from gridmarkets.log import StageTimer
 from gridmarkets.results import Result, add_timestamps
 from gridmarkets.solvers.diagnose import LABELER_ATTR
@@ -56,8 +56,12 @@ def run_case(
     solve_options = dict(solve_options or {})
     run = CaseRun.start(case, feeder)
     built = run.build()
-    result, iteration = run.solve(built, solve_options)
-    return run.complete(built, result, iteration, solve_options)
+    try:
+        result, iteration = run.solve(built, solve_options)
+        return run.complete(built, result, iteration, solve_options)
+    except InfeasibleError as err:  # a model the case module built itself
+        err.diagnosis = in_case_terms(err.diagnosis, case)
+        raise
 
 
 def present(case: CaseBase, result: Result, feeder: Any = None) -> Result:

@@ -36,7 +36,7 @@ def gridmarkets(*args) -> subprocess.CompletedProcess:
 
 
 def diagnosis_seconds(stderr: str) -> float:
-    return float(re.search(r"by [^\n]* in ([0-9.]+) s", stderr).group(1))
+    return float(re.search(r"(?:by|diagnosis \()[^\n]* in ([0-9.]+) s\b", stderr).group(1))
 
 
 # --- the islanded LV market without its backup generator ---------------------------------
@@ -195,3 +195,74 @@ def test_a_sweep_row_names_the_participant_even_on_a_reused_model(voltage_case, 
     assert len(infeasible) == 1 and bool(infeasible["reused"].item())
     assert "participants.pv_a.blocks.0" in infeasible["message"].item()
     assert (table.loc[table["status"] != "infeasible", "status"] == "optimal").all()
+
+
+# --- an EV stay against the import limit -------------------------------------------------
+
+STAYS = (
+    'prosumers.home.ev.stays=[{"arrival": 0, "departure": 7, "soc_arrival_kwh": 20.0, '
+    '"soc_departure_kwh": 35.0}, {"arrival": 18, "departure": 24, "soc_arrival_kwh": 25.0, '
+    '"soc_departure_kwh": 50.0}]'
+)
+
+
+def test_an_ev_stay_against_the_import_limit_names_the_stay_and_the_limit(tmp_path):
+    """The evening stay asks for 25 kWh in 6 h; 3 kW of import cannot bring it."""
+    limit = "prosumers.home.import_limit_kw=3"
+    run = gridmarkets(
+        "solve", CASES / "prosumer_home.yaml", "--set", STAYS, "--set", limit, "--out", tmp_path
+    )
+    assert run.returncode == 1 and "Traceback" not in run.stderr + run.stdout
+    stay = next(line for line in run.stderr.splitlines() if "prosumers.home.ev.stays." in line)
+    assert "prosumers.home.ev.stays.1:" in stay and "in period(s) 18-23" in stay  # its stay
+    assert "prosumers.home.ev.stays.0" not in run.stderr  # the morning stay is not in it
+    assert "prosumers.home.import_limit_kw:" in run.stderr
+    # the limit named is the one that binds: with the case's own 17 kW the stay is met
+    run = gridmarkets("solve", CASES / "prosumer_home.yaml", "--set", STAYS, "--out", tmp_path)
+    assert run.returncode == 0, run.stderr
+
+
+COMMUNITY_KILN = 'members.h9.appliances={"kiln": {"profile_kw": [40.0], "earliest_start": 0}}'
+
+
+def test_a_community_member_s_appliance_names_the_member_its_appliance_and_limit(tmp_path):
+    case, alone = CASES / "community_feeder.yaml", "allocation=null"  # the schedule only
+    limit = "members.h9.import_limit_kw=10"
+    run = gridmarkets(
+        "solve", case, "--set", COMMUNITY_KILN, "--set", limit, "--set", alone, "--out", tmp_path
+    )
+    assert run.returncode == 1 and "Traceback" not in run.stderr + run.stdout
+    for element in ("members.h9.appliances.kiln:", "members.h9.import_limit_kw:"):
+        assert element in run.stderr
+    relaxed = "members.h9.import_limit_kw=60"
+    run = gridmarkets(
+        "solve", case, "--set", COMMUNITY_KILN, "--set", relaxed, "--set", alone, "--out", tmp_path
+    )
+    assert run.returncode == 0, run.stderr
+
+
+def test_a_coalition_re_solve_names_the_connection_share_it_holds(tmp_path):
+    """With the allocation, h9's coalition re-solve holds its share of the connection:
+    a model the case module builds itself, labelled all the same."""
+    case = CASES / "community_feeder.yaml"
+    data = yaml.safe_load(case.read_text())
+    share_kw = data["connection"]["capacity_kw"] / len(data["members"])  # equal shares
+    relaxed = "members.h9.import_limit_kw=60"
+    run = gridmarkets("solve", case, "--set", COMMUNITY_KILN, "--set", relaxed, "--out", tmp_path)
+    assert run.returncode == 1 and "Traceback" not in run.stderr + run.stdout
+    line = next(line for line in run.stderr.splitlines() if "connection.capacity_kw:" in line)
+    assert f"(upper bound, [0, {share_kw:g}])" in line
+    assert "members.h9:" in run.stderr and "members.h9.appliances.kiln:" in run.stderr
+
+
+@pytest.mark.slow
+def test_the_907_bus_three_phase_diagnosis_keeps_its_time_limit(tmp_path):
+    """HiGHS calls the IEEE European LV feeder with vmin 1.05 pu infeasible; its
+    diagnosis took 8 min before. Now it ends within its default time limit, with a
+    partial answer or the verdict that the model fails only by the solver's tolerances."""
+    case, vmin = CASES / "lem_lv_three_phase.yaml", "network.options.vmin_pu=1.05"
+    run = gridmarkets("solve", case, "--set", vmin, "--out", tmp_path)
+    assert run.returncode == 1 and "Traceback" not in run.stderr + run.stdout
+    assert diagnosis_seconds(run.stderr) <= 1.05 * DEFAULT_TIME_LIMIT_S
+    verdicts = ("partial answer", "infeasible only by the solver's tolerances")
+    assert any(verdict in run.stderr for verdict in verdicts)

@@ -83,3 +83,15 @@ def test_the_time_limit_gives_a_partial_answer_marked_so():
     assert time.monotonic() - started < 2.0
     assert not diagnosis.complete
     assert "partial answer" in diagnosis.report()
+
+
+def test_a_model_every_row_of_which_holds_is_called_marginal_not_explained():
+    """What the diagnosis says when HiGHS calls a model infeasible that an elastic
+    re-solve satisfies (a marginal case, as HiGHS's presolve on the 907-bus feeder with
+    vmin 1.05 pu): here a feasible model stands for it."""
+    m = chain_model()
+    m.at_most.deactivate()  # the chain is now feasible: x = y = z = 5
+    assert feasible([name for name in ROWS if name != "at_most"])
+    diagnosis = diagnose(compile_model(m))
+    assert diagnosis.complete and not diagnosis.conflicts
+    assert "infeasible only by the solver's tolerances" in diagnosis.report()
