@@ -1308,8 +1308,8 @@ def tables(
     Certificates: every peer's ``gain`` over its grid-only baseline at its prices
     (``min_gain``; ``individually_rational`` when it is at least ``-gain_tolerance``,
     ``rel_tol`` times :func:`market_scale` plus the participants' welfare in absolute
-    value; peers that cannot stand alone have no baseline, NaN), and ``reconciliation_error``, the sum of the
-    settlement table (currency).
+    value; peers that cannot stand alone have no baseline, NaN), and
+    ``reconciliation_error``, the sum of the settlement table (currency).
     """
     trades = trades_table(market, outcome)
     peers = peers_table(market, outcome)
