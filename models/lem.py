@@ -40,6 +40,12 @@ is below its optimality tolerance, so the LP cannot tell accepting them from not
 decided by their own merit order against the resolved market, which buys at its
 supporting interval's low end and sells at its high end (the nodal price on a
 feeder). So a market mixing 1e-9 and 1e9 kW blocks clears as its merit order does.
+A QP clearing (curves or inter-temporal participants) is solved with its welfare per
+MWh (times 1000 / dt), and more so that its smallest curvature 2 a is at least 1
+(:func:`~gridmarkets.solvers.scale_objective_by`): in currency its Hessian entries,
+2 a dt / 1000, sit near HiGHS's tolerances, and HiGHS 1.16's QP solver cycled without
+end on small markets of identical curves (tests/models/test_lem_curves.py). The objective
+and the prices are reported unscaled.
 
 Quadratic curves. A participant may instead give a curve per period: output (sell) or
 consumption (buy) p in [``p_min_kw``, ``p_max_kw``] kW, continuous, with a cost (sell)
@@ -60,6 +66,19 @@ when that is 0); a must-run participant that loses money at its minimum is not o
 uplift for it. Curves are settled at the uniform or nodal price only (pay-as-bid is
 refused), cannot be combined with indivisible blocks or minimum acceptances (a
 mixed-integer QP), and a market with curves is built again rather than updated.
+
+Participants. Curves, storage, flexible loads and device bids may also come as
+participants with their own model (:mod:`~gridmarkets.models.participants`): each on its
+own block ``m.participant[n]``, its net injection ``participant_kw[n, t]`` in the
+balances (unity power factor) and its welfare in the objective. Their schedules are in
+the ``schedules`` table. Without a network their prices are the balances' duals (the
+interval of supporting prices is not analysed: ``price_low = price_high = price``). Each
+participant is re-solved alone as a price-taker at the cleared prices
+(``best_responses``: cleared profit, best profit, lost opportunity, and ``no_trade``,
+its welfare without trading, NaN when it cannot do without the market); its gain is
+against not trading where it can, else against that best response (its only
+alternative). ``participants_best_response`` is 1 when every lost opportunity is within
+a millionth of the participant's best profit (at least 1e-6 currency).
 
 Certificates (KPIs): ``min_gain``, the smallest participant gain against not trading
 (surplus plus uplift), and ``individually_rational`` when it is at least minus
@@ -84,11 +103,28 @@ import pyomo.environ as pyo
 from pyomo.core.expr.numeric_expr import LinearExpression, MonomialTermExpression
 
 from gridmarkets.errors import InputError
-from gridmarkets.models.participants import curve_welfare
+from gridmarkets.models.participants import (
+    Participant,
+    add_participants,
+    best_response,
+    curvatures,
+    curve_welfare,
+    objective_scale,
+    prepare_participants,
+    profit,
+    schedule_table,
+    value_without_trading,
+)
 from gridmarkets.networks.coupling import NetworkFormulation, attach_grid, placed
 from gridmarkets.networks.feeder import Feeder
 from gridmarkets.results import Result
-from gridmarkets.solvers import Solution, price_milp_by, record_build_time, solve
+from gridmarkets.solvers import (
+    Solution,
+    price_milp_by,
+    record_build_time,
+    scale_objective_by,
+    solve,
+)
 from gridmarkets.solvers.highs import gc_paused
 
 BID_COLUMNS = ["participant", "side", "quantity_kw", "price", "period", "block", "bus"]
@@ -294,6 +330,8 @@ def build(
     indivisible: bool = False,
     min_acceptance: float | None = None,
     extra: Callable[[pyo.ConcreteModel], None] | None = None,
+    participants: Sequence[Participant | dict] | None = None,
+    periods: Sequence[int] | None = None,
 ) -> pyo.ConcreteModel:
     """Build the social-welfare clearing as a Pyomo model.
 
@@ -316,19 +354,25 @@ def build(
     min_acceptance : a ratio in (0, 1]: an accepted block is accepted at least this much.
     extra : a function called with the model before the objective is final, to add
         user constraints.
+    participants : participants with their own model (module docstring, Participants;
+        :mod:`~gridmarkets.models.participants`): curves, storage, flexible loads,
+        device bids, as specs or dicts with a ``kind``. None: none.
+    periods : the market's periods (default: those of the bids and curves); needed
+        when only participants define the horizon.
     """
     started = time.perf_counter()
     table = prepare_bids(pd.DataFrame(columns=BID_COLUMNS[:4]) if bids is None else bids)
     # without curves: no checks or placement, the block market builds as before
     curve_table = prepare_curves(curves) if curves is not None else _NO_CURVES
-    periods = sorted(set(table["period"]) | set(curve_table["period"]))
-    periods = periods or [0]
+    specs = prepare_participants(participants)
+    periods = _market_periods(periods, table, curve_table, specs)
     table = _place_bids(table, network, periods)
     if len(curve_table):
         curve_table = _place_bids(curve_table, network, periods)
     m = pyo.ConcreteModel(name="lem")
     m.bids = table
     m.curves = curve_table
+    m.participant_specs = specs
     m.upstream = upstream
     m.feeder = network
     m.period_hours = period_hours
@@ -337,6 +381,7 @@ def build(
     _add_acceptance(m, table, indivisible, min_acceptance)
     _refuse_integer_curves(m)
     _add_curves(m, curve_table)
+    _add_market_participants(m, specs, network)
     _add_upstream(m, upstream)
     attach_grid(
         m,
@@ -348,10 +393,52 @@ def build(
     )
     _add_welfare(m, table)
     price_milp_by(m, "convex_hull")
+    if len(curve_table) or specs:
+        a = np.concatenate([curve_table["a"].to_numpy(float), curvatures(specs)])
+        scale_objective_by(m, objective_scale(a, period_hours))
     if extra is not None:
         extra(m)
     record_build_time(m, time.perf_counter() - started)
     return m
+
+
+def _market_periods(periods, table, curves, specs) -> list[int]:
+    """The given periods, else those of the bids and curves (0 alone when none)."""
+    found = sorted(set(table["period"]) | set(curves["period"]))
+    if periods is None:
+        if specs and not found:
+            raise InputError("periods: give the market's periods (only participants are in it)")
+        return found or [0]
+    periods = sorted(int(t) for t in periods)
+    outside = sorted(set(found) - set(periods))
+    if outside:
+        raise InputError(f"periods: bids or curves in period {outside[0]}, not a market period")
+    return periods
+
+
+def _add_market_participants(m, specs: list, feeder: Feeder | None) -> None:
+    """Participants on their own blocks (:func:`~gridmarkets.models.participants.
+    add_participants`), their buses checked as the bids' are."""
+    if not specs:
+        return
+    owners = pd.DataFrame(
+        {
+            "owner": [s.participant for s in specs],
+            "bus": [s.bus for s in specs],
+            "period": m.PERIODS.first(),
+        }
+    )
+    m.participant_buses = placed(owners, feeder, list(m.PERIODS))["bus"].tolist()
+    overlap = set(m.bids["participant"]) | set(m.curves["participant"])
+    clash = [s.participant for s in specs if s.participant in overlap]
+    if clash:
+        raise InputError(
+            f"participants: {clash[0]!r} also has bids or curves; give it one name per model"
+        )
+    m.participants_welfare = pyo.Expression(
+        expr=add_participants(m, specs, list(m.PERIODS), m.period_hours),
+        doc="sum_n welfare[n]: utilities less costs of the participants' own models  (currency)",
+    )
 
 
 def _place_bids(table: pd.DataFrame, feeder: Feeder | None, periods: Sequence) -> pd.DataFrame:
@@ -478,6 +565,8 @@ def _injections(m, table: pd.DataFrame, feeder: Feeder | None) -> pd.DataFrame:
         terms["phase"] = table["phase"].to_numpy()  # the upstream grid's rows: "abc"
     if len(m.curves):
         terms = pd.concat([terms, _curve_injections(m)], ignore_index=True)
+    if m.participant_specs:
+        terms = pd.concat([terms, _participant_injections(m)], ignore_index=True)
     if m.upstream is None:
         return terms
     periods = list(m.PERIODS)
@@ -495,16 +584,34 @@ def _injections(m, table: pd.DataFrame, feeder: Feeder | None) -> pd.DataFrame:
     return pd.concat([terms, grid], ignore_index=True)
 
 
+def _participant_injections(m) -> pd.DataFrame:
+    """Participants' injection terms: ``participant_kw[n, t]`` at unity power factor."""
+    keys = list(m.participant_kw)
+    bus = dict(zip(m.PARTICIPANTS, m.participant_buses, strict=True))
+    return pd.DataFrame(
+        {
+            "owner": [n for n, _ in keys],
+            "bus": [bus[n] for n, _ in keys],
+            "period": [t for _, t in keys],
+            "variable": list(m.participant_kw.values()),
+            "p_coef": 1.0,
+            "q_coef": 0.0,
+        }
+    )
+
+
 def _add_welfare(m, table: pd.DataFrame) -> None:
     welfare = _welfare(m, table)
     if len(m.curves):  # only then: the block market's objective stays a LinearExpression
         welfare = welfare + _curve_welfare(m)
+    if m.participant_specs:
+        welfare = welfare + m.participants_welfare
     m.social_welfare = pyo.Objective(
         expr=welfare,
         sense=pyo.maximize,
         doc="sum_buy price q dt - sum_sell price q dt - import cost + export revenue"
         " + sum_buy-curves (b p - a p^2) dt/1000 - sum_sell-curves (a p^2 + b p) dt/1000"
-        "  (currency)",
+        " + sum_participants welfare[n]  (currency)",
     )
 
 
@@ -541,10 +648,11 @@ def update(m: pyo.ConcreteModel, bids: pd.DataFrame, *, upstream: Upstream | Non
     The model is left unchanged when the update is refused.
     """
     started = time.perf_counter()
-    if len(m.curves):
+    if len(m.curves) or m.participant_specs:
         raise InputError(
-            f"curves: the market has {len(m.curves)} quadratic curve(s); update() changes "
-            "blocks only: build the market again"
+            f"curves, participants: the market has {len(m.curves)} quadratic curve(s) and "
+            f"{len(m.participant_specs)} participant(s); update() changes blocks only: "
+            "build the market again"
         )
     table = _place_bids(prepare_bids(bids), m.feeder, list(m.PERIODS))
     data = [c for c in ("quantity_kw", "price", "q_kvar") if c in table]
@@ -580,7 +688,7 @@ def results(
 ) -> Result:
     """Tidy tables (accepted, prices, settlement, parties, upstream), KPIs and the
     certificates (module docstring) of a cleared market."""
-    _check_pricing(pricing, m.curves)
+    _check_pricing(pricing, m.curves, m.participant_specs)
     from gridmarkets.networks import nodal_prices
 
     nodal = nodal_prices(m.handles, solution)
@@ -600,26 +708,100 @@ def results(
     if len(curves):
         curves = _with_prices(m, curves, block_prices)
         settled = pd.concat([settled, _settle_curves(curves, m)], ignore_index=True)
-    settlement = _settlement_table(settled)
+    schedules, responses = _participants_at_prices(m, block_prices)
+    if responses is not None:
+        settled = pd.concat([settled, _settle_participants(m, schedules, responses)])
+    settlement = _settlement_table(settled.reset_index(drop=True))
     parties = _parties_table(m, settlement, settled, prices, upstream)
-    kpis = _kpis(m, solution, settled, upstream) | _certificates(m, settlement, parties)
+    kpis = _kpis(m, solution, settled, upstream) | _certificates(m, settlement, parties, responses)
     tables = {"accepted": accepted, "prices": prices, "settlement": settlement}
     if len(curves):
         tables["accepted_curves"] = curves
+    if responses is not None:
+        tables["schedules"] = schedules
+        tables["best_responses"] = responses
+        kpis |= _best_response_certificate(responses)
     tables["parties"] = parties
     if upstream is not None:
         tables["upstream"] = upstream
     return Result("lem", tables, kpis, solution)
 
 
-def _check_pricing(pricing: str, curves: pd.DataFrame | None) -> None:
+def _check_pricing(pricing: str, curves: pd.DataFrame | None, participants=None) -> None:
     if pricing not in ("uniform", "pay_as_bid"):
         raise InputError(f"pricing: {pricing!r} is not 'uniform' or 'pay_as_bid'")
-    if pricing == "pay_as_bid" and curves is not None and len(curves):
+    if pricing == "pay_as_bid" and ((curves is not None and len(curves)) or participants):
         raise InputError(
-            "pricing: 'pay_as_bid' is not defined for quadratic curves (a curve has no "
-            "single bid price); use 'uniform'"
+            "pricing: 'pay_as_bid' is not defined for quadratic curves or participants "
+            "(they have no single bid price); use 'uniform'"
         )
+
+
+def _participants_at_prices(m, prices: pd.DataFrame) -> tuple:
+    """(schedules with their prices, best responses) of the participants with their own
+    model; (None, None) without any."""
+    if not m.participant_specs:
+        return None, None
+    schedules = _with_prices(m, _schedules(m), prices)
+    return schedules, _best_responses(m, schedules)
+
+
+def _best_responses(m, schedules: pd.DataFrame) -> pd.DataFrame:
+    """The competitive-equilibrium certificate of each participant: its profit on the
+    cleared schedule at the market's prices (welfare plus revenue, currency) against
+    its best response, re-solved alone as a price-taker
+    (:func:`~gridmarkets.models.participants.best_response`); and its alternative, the
+    welfare of not trading when it can do without the market (NaN otherwise)."""
+    periods, hours = list(m.PERIODS), m.period_hours
+    rows = []
+    for spec in m.participant_specs:
+        own = schedules[schedules["participant"] == spec.participant]
+        price, p_net = own["price"].to_numpy(float), own["p_net_kw"].to_numpy(float)
+        cleared = profit(pyo.value(m.participant[spec.participant].welfare), p_net, price, hours)
+        best, _ = best_response(spec, price, periods, hours)
+        alone = value_without_trading(spec, periods, hours)
+        rows.append((spec.participant, spec.kind, cleared, best, best - cleared, alone))
+    columns = ["participant", "kind", "profit", "best_profit", "lost_opportunity", "no_trade"]
+    return pd.DataFrame(rows, columns=columns).astype({"no_trade": float})
+
+
+def _settle_participants(m, schedules: pd.DataFrame, responses: pd.DataFrame) -> pd.DataFrame:
+    """Participants' rows for the settlement: one per period with its energy (bought
+    positive) and payment at the market price; the participant's surplus (its cleared
+    profit), best surplus and alternative on its first period's row. The alternative
+    is not trading where the participant can do without the market, else its best
+    response (it has no other), so its gain is then minus its lost opportunity."""
+    hours = m.period_hours
+    settled = schedules.assign(
+        side=np.where(schedules["p_net_kw"] > 0, "sell", "buy"),
+        quantity_kw=schedules["p_net_kw"].abs(),
+        offered_kw=schedules["p_net_kw"].abs(),
+        market_price=schedules["price"],
+        energy_kwh=-schedules["p_net_kw"] * hours,
+        curve=True,
+    )
+    settled["payment"] = settled["energy_kwh"] * settled["price"] / 1000.0
+    first = ~settled.duplicated("participant")
+    by_name = responses.set_index("participant")
+    reference = by_name["no_trade"].fillna(by_name["best_profit"])
+    for column, values in (
+        ("surplus", by_name["profit"]),
+        ("best_surplus", by_name["best_profit"]),
+        ("reference", reference),
+    ):
+        settled[column] = np.where(first, settled["participant"].map(values), 0.0)
+    return settled.drop(columns=["kind", "p_net_kw", "soc_kwh"])
+
+
+def _best_response_certificate(responses: pd.DataFrame) -> dict[str, float]:
+    """``participants_max_lost_opportunity`` (currency) and ``participants_best_response``
+    (1 when every participant's cleared profit is its best response's to 1e-6 of it)."""
+    lost = responses["lost_opportunity"].to_numpy(float)
+    tolerance = _REL_TOL * np.maximum(1.0, responses["best_profit"].abs().to_numpy(float))
+    return {
+        "participants_max_lost_opportunity": float(lost.max(initial=0.0)),
+        "participants_best_response": float((np.abs(lost) <= tolerance).all()),
+    }
 
 
 def _curves_table(m) -> pd.DataFrame:
@@ -677,11 +859,20 @@ def _curve_phases(m) -> pd.Series:
     return curves["phase"] if "phase" in curves else pd.Series("abc", index=curves.index)
 
 
-def _with_prices(m, curves: pd.DataFrame, prices: pd.DataFrame) -> pd.DataFrame:
-    """The curves with the market price at their bus, period (and connection)."""
-    keyed = curves.assign(phase=_curve_phases(m)) if _three_phase(m) else curves
+def _with_prices(m, table: pd.DataFrame, prices: pd.DataFrame) -> pd.DataFrame:
+    """Curves or participants' schedules with the market price at their bus, period
+    (and connection, "abc" when none is given)."""
+    keyed = table.assign(phase=table.get("phase", "abc")) if _three_phase(m) else table
     price = keyed.merge(prices[[*_keys(m), "price"]], on=_keys(m), how="left")["price"]
-    return curves.assign(price=price.to_numpy())
+    return table.assign(price=price.to_numpy())
+
+
+def _schedules(m) -> pd.DataFrame:
+    """The participants' schedules (:func:`~gridmarkets.models.participants.
+    schedule_table`) at their buses as placed on the feeder."""
+    table = schedule_table(m, m.participant_specs)
+    buses = dict(zip(m.PARTICIPANTS, m.participant_buses, strict=True))
+    return table.assign(bus=table["participant"].map(buses))
 
 
 def _settle_curves(curves: pd.DataFrame, m) -> pd.DataFrame:
@@ -754,6 +945,7 @@ def _block_prices(m, prices: pd.DataFrame) -> pd.DataFrame:
     from gridmarkets.networks.three_phase import connection_prices
 
     phases = set(_block_phases(m)) | set(_curve_phases(m))
+    phases |= {"abc"} if m.participant_specs else set()  # participants are balanced
     return connection_prices(prices, sorted(phases))
 
 
@@ -879,6 +1071,11 @@ def _prices_table(m, nodal: pd.DataFrame, accepted, upstream) -> pd.DataFrame:
     else the dual (a MILP whose integer choices no single price supports)."""
     if m.feeder is not None:
         return nodal.assign(price_low=nodal["price"], price_high=nodal["price"])
+    if m.participant_specs:  # their schedules are supported by the dual; not analysed
+        table = nodal[["period", "price"]].drop_duplicates("period")
+        return table.assign(
+            price_low=table["price"], price_high=table["price"], dual=table["price"]
+        )
     low, high = price_interval(accepted, upstream, m.upstream)
     table = nodal[["period", "price"]].drop_duplicates("period").set_index("period")
     table["price_low"] = low.reindex(table.index).fillna(-np.inf)
@@ -1070,7 +1267,9 @@ def _kpis(m, solution: Solution, settled: pd.DataFrame, upstream) -> dict[str, f
     }
 
 
-def _certificates(m, settlement: pd.DataFrame, parties: pd.DataFrame) -> dict[str, float]:
+def _certificates(
+    m, settlement: pd.DataFrame, parties: pd.DataFrame, responses: pd.DataFrame | None = None
+) -> dict[str, float]:
     """Individual rationality, best responses and the closed settlement (module docstring)."""
     stake = (m.bids["price"].abs() * m.bids["quantity_kw"]).sum() * m.period_hours / 1000
     if len(m.curves):  # a bound on |cost| or |utility| over [0, p_max]
@@ -1078,6 +1277,8 @@ def _certificates(m, settlement: pd.DataFrame, parties: pd.DataFrame) -> dict[st
         stake += ((c["a"] * c["p_max_kw"] + c["b"].abs()) * c["p_max_kw"]).sum() * (
             m.period_hours / 1000
         )
+    if responses is not None:  # participants: their best profits
+        stake += responses["best_profit"].abs().sum()
     tolerance = _REL_TOL * float(stake)
     empty = settlement.empty
     min_gain = 0.0 if empty else float(settlement["gain"].min())
@@ -1104,7 +1305,7 @@ def clear(
     **build_options: Any,
 ) -> Result:
     """Build, solve and report a market clearing in one call (see :func:`build`)."""
-    _check_pricing(pricing, curves)
+    _check_pricing(pricing, curves, build_options.get("participants"))
     m = build(bids, curves=curves, upstream=upstream, network=network, **build_options)
     solution = solve(m, **(solve_options or {}))
     return results(m, solution, pricing)

@@ -45,8 +45,17 @@ from collections.abc import Sequence
 from typing import Annotated, Literal
 
 import numpy as np
+import pandas as pd
 import pyomo.environ as pyo
-from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, model_validator
+from pydantic import (
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 from gridmarkets.errors import InputError
 from gridmarkets.models import assets
@@ -85,7 +94,9 @@ class CurveBid(_Bidder):
 class StorageBid(_Bidder, BatterySpec):
     """A battery offered to the market (see :class:`~gridmarkets.models.assets.
     BatterySpec`); ``degradation_cost_per_mwh`` is the cycling cost per MWh of
-    throughput."""
+    throughput. Without its binary (``relaxed``, the default) it may charge and
+    discharge at once, which pays only at a negative price (it burns energy in its
+    losses); its schedule is then the best response of that same model."""
 
     kind: Literal["storage"] = "storage"
     relaxed: bool = Field(
@@ -153,7 +164,8 @@ def add_participant(
     periods = list(periods)
     if isinstance(spec, INTER_TEMPORAL):
         _check_consecutive(spec, periods)
-    return adders[type(spec)](block, spec, periods, period_hours)
+    (add,) = [add for kind, add in adders.items() if isinstance(spec, kind)]
+    return add(block, spec, periods, period_hours)
 
 
 def add_curve(block: pyo.Block, spec: CurveBid, periods: Sequence[int], period_hours: float):
@@ -256,7 +268,7 @@ def add_flexible_load(
 def add_device_bid(block: pyo.Block, spec: DeviceBid, periods: Sequence[int], period_hours: float):
     """The home's devices with the EMS's blocks; net injection within its connection
     limits, welfare minus the devices' costs."""
-    from gridmarkets.models.prosumer import check_home
+    from gridmarkets.models.prosumer import DEVICES, check_home
 
     home = spec.home
     try:
@@ -266,7 +278,7 @@ def add_device_bid(block: pyo.Block, spec: DeviceBid, periods: Sequence[int], pe
     net = []
     block.load = pyo.Block(doc="inflexible load")
     net.append(assets.add_load(block.load, home.load_kw, periods, period_hours))
-    for name, add in DEVICE_ADDERS.items():
+    for name, add in DEVICES.items():
         device = getattr(home, name)
         if device is not None:
             block.add_component(name, pyo.Block(doc=name))
@@ -285,14 +297,6 @@ def add_device_bid(block: pyo.Block, spec: DeviceBid, periods: Sequence[int], pe
     costs = [device.cost for device in devices if device.component("cost") is not None]
     block.welfare = pyo.Expression(expr=-pyo.quicksum(costs), doc="-sum_devices cost  (currency)")
     return block.p_net_kw, block.welfare
-
-
-DEVICE_ADDERS = {
-    "pv": assets.add_pv,
-    "battery": assets.add_battery,
-    "ev": assets.add_ev,
-    "heat_pump": assets.add_heat_pump,
-}
 
 
 def _add_connection_limits(block: pyo.Block, home: ProsumerSpec, periods: Sequence[int]) -> None:
@@ -326,3 +330,133 @@ def _check_consecutive(spec: Participant, periods: list[int]) -> None:
             f"{spec.participant}: a {spec.kind} participant needs consecutive periods; the "
             f"market's are {periods[:5]}..."
         )
+
+
+# --- in a market ------------------------------------------------------------------------
+
+
+def prepare_participants(items: Sequence | None, what: str = "participants") -> list:
+    """Participants as typed specs (dicts are validated by ``kind``); errors name the
+    entry and field (``participants[2].energy_kwh: ...``), names must be unique."""
+    adapter = TypeAdapter(Participant)
+    specs = []
+    for k, item in enumerate(items or []):
+        try:
+            specs.append(item if isinstance(item, _Bidder) else adapter.validate_python(item))
+        except ValidationError as error:
+            first = error.errors()[0]
+            field = ".".join(str(part) for part in first["loc"])
+            raise InputError(f"{what}[{k}].{field}: {first['msg']}") from error
+    names = [spec.participant for spec in specs]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise InputError(f"{what}: participant {repeated[0]!r} appears more than once")
+    return specs
+
+
+def add_participants(m: pyo.Block, specs: Sequence, periods: Sequence[int], period_hours: float):
+    """Every participant on its own block ``m.participant[name]``, its net injection as
+    ``m.participant_kw[name, t]`` (a variable, so a market's balances read it as one
+    term); returns the sum of their welfare (currency)."""
+    by_name = {spec.participant: spec for spec in specs}
+    m.PARTICIPANTS = pyo.Set(initialize=list(by_name), doc="participants with their own model")
+    m.participant = pyo.Block(m.PARTICIPANTS, doc="one participant's own variables")
+    m.participant_kw = pyo.Var(
+        m.PARTICIPANTS, periods, doc="net injection of participant n in period t  (kW)"
+    )
+    net, welfare = {}, []
+    for name, spec in by_name.items():
+        net[name], own = add_participant(m.participant[name], spec, periods, period_hours)
+        welfare.append(own)
+    m.participant_injection = pyo.Constraint(
+        m.PARTICIPANTS,
+        periods,
+        rule=lambda m, n, t: m.participant_kw[n, t] == net[n][t],
+        doc="p[n, t] = p_net[n, t] of participant n's own model  (kW)",
+    )
+    return pyo.quicksum(welfare)
+
+
+def curvatures(specs: Sequence) -> np.ndarray:
+    """The ``a`` of every quadratic participant's periods (currency/MWh per kW)."""
+    values = [np.atleast_1d(np.asarray(s.a, dtype=float)) for s in specs if isinstance(s, CurveBid)]
+    return np.concatenate(values) if values else np.zeros(0)
+
+
+def schedule_table(m: pyo.Block, specs: Sequence) -> pd.DataFrame:
+    """Per participant and period: kind, bus, net injection (kW) and, for a storage or a
+    device bid's battery, the state of charge at the period's end (kWh)."""
+    periods = sorted({t for _, t in m.participant_kw})
+    rows = []
+    for spec in specs:
+        block = m.participant[spec.participant]
+        battery = block if isinstance(spec, StorageBid) else block.component("battery")
+        for t in periods:
+            soc = pyo.value(battery.soc_kwh[t]) if battery is not None else np.nan
+            p = pyo.value(m.participant_kw[spec.participant, t])
+            rows.append((spec.participant, spec.kind, spec.bus, t, p, soc))
+    columns = ["participant", "kind", "bus", "period", "p_net_kw", "soc_kwh"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def profit(welfare: float, p_net_kw: np.ndarray, price_per_mwh: np.ndarray, hours: float):
+    """Welfare plus what the market pays for the net injection (currency)."""
+    return welfare + float(np.dot(price_per_mwh, p_net_kw)) * hours / 1000.0
+
+
+def best_response(
+    spec: Participant,
+    price_per_mwh: Sequence[float],
+    periods: Sequence[int],
+    period_hours: float,
+    solve_options: dict | None = None,
+) -> tuple[float, np.ndarray]:
+    """The participant alone as a price-taker: its largest profit at these prices
+    (one per period, currency/MWh) and the net injection that earns it (kW)."""
+    from gridmarkets.solvers import scale_objective_by, solve
+
+    model = pyo.ConcreteModel(name=f"best response of {spec.participant}")
+    model.own = pyo.Block()
+    p_net, welfare = add_participant(model.own, spec, periods, period_hours)
+    prices = dict(zip(periods, np.asarray(price_per_mwh, dtype=float).tolist(), strict=True))
+    revenue = pyo.quicksum(prices[t] * p_net[t] for t in periods) * period_hours / 1000.0
+    model.profit = pyo.Objective(
+        expr=welfare + revenue,
+        sense=pyo.maximize,
+        doc="welfare + sum_t price[t] p_net[t] dt / 1000  (currency)",
+    )
+    scale_objective_by(model, objective_scale(curvatures([spec]), period_hours))
+    solution = solve(model, **(solve_options or {}))
+    return solution.objective, np.array([pyo.value(p_net[t]) for t in periods])
+
+
+def objective_scale(a: np.ndarray, period_hours: float) -> float:
+    """What the solver multiplies a welfare in currency by (see
+    :func:`~gridmarkets.solvers.scale_objective_by`): per MWh (1000 / dt), and more if
+    need be so that the smallest curvature 2 a is at least 1."""
+    curvature = 2.0 * np.asarray(a, dtype=float)
+    smallest = curvature[curvature > 0].min(initial=1.0)
+    return 1000.0 / period_hours * max(1.0, 1.0 / smallest)
+
+
+def value_without_trading(
+    spec: Participant, periods: Sequence[int], period_hours: float
+) -> float | None:
+    """The participant's largest welfare with a net injection of 0 in every period
+    (currency), None when it cannot do without the market (a load to serve, an energy
+    to consume, a state of charge to reach)."""
+    from gridmarkets.errors import InfeasibleError
+    from gridmarkets.solvers import scale_objective_by, solve
+
+    model = pyo.ConcreteModel(name=f"{spec.participant} without trading")
+    model.own = pyo.Block()
+    p_net, welfare = add_participant(model.own, spec, periods, period_hours)
+    model.no_trade = pyo.Constraint(
+        periods, rule=lambda _, t: p_net[t] == 0, doc="p_net[t] = 0  (kW)"
+    )
+    model.welfare = pyo.Objective(expr=welfare, sense=pyo.maximize, doc="welfare  (currency)")
+    scale_objective_by(model, objective_scale(curvatures([spec]), period_hours))
+    try:
+        return solve(model).objective
+    except InfeasibleError:
+        return None

@@ -738,7 +738,10 @@ def bid_curves(
     the net import ``q(p)`` it chooses is read. The demand curve ``max(q, 0)`` becomes
     buy blocks and the supply curve ``max(-q, 0)`` sell blocks, so that at a market
     price on the ladder the accepted blocks sum to the EMS's own choice. ``q`` is made
-    non-increasing in ``p`` first (a MILP may not be monotone).
+    non-increasing in ``p`` first (a MILP may not be monotone). Over more than one
+    period the devices that link periods (battery, EV, heat pump, appliances) are first
+    fixed at their schedule for ``prices``, so the bids stay deliverable (see
+    :func:`_fix_inter_temporal_devices`).
 
     Parameters
     ----------
@@ -755,6 +758,7 @@ def bid_curves(
     ladder = sorted(float(p) for p in ladder)
     model = build({participant: home}, prices, **build_options)
     b = model.home[participant]
+    _fix_inter_temporal_devices(model, b, solve_options)
     rows = []
     for t in model.PERIODS:
         saved = (pyo.value(model.import_price_per_mwh[t]), pyo.value(model.export_price_per_mwh[t]))
@@ -770,6 +774,30 @@ def bid_curves(
     table["block"] = table.groupby(["side", "period"]).cumcount()
     table["bus"] = home.bus
     return table[BID_COLUMNS]
+
+
+INTER_TEMPORAL_DEVICES = ("battery", "ev", "heat_pump", "appliance")  # keys of b.devices
+
+
+def _fix_inter_temporal_devices(model: pyo.ConcreteModel, b: pyo.Block, solve_options) -> None:
+    """Over more than one period, fix the home's storage-like devices (battery, EV,
+    heat pump, appliances) at their schedule for ``prices`` before the ladder: per-period
+    curves of a device that links periods are not deliverable (a battery's curve in
+    each period assumes the others are not accepted: 2 kW of charging accepted in six
+    periods is 8.5 kWh into 2 kWh of room). The bids then carry the separable rest (PV
+    curtailment) around that plan, so whatever the market accepts the home can deliver;
+    to let the market schedule the devices, use a device bid
+    (:class:`gridmarkets.models.participants.DeviceBid`)."""
+    linked = [name for name in b.devices if name.split(":")[0] in INTER_TEMPORAL_DEVICES]
+    if len(model.PERIODS) < 2 or not linked:
+        return
+    solve(model, **dict(solve_options or {}))
+    plan = {(name, t): pyo.value(b.devices[name][t]) for name in linked for t in model.PERIODS}
+    b.device_plan = pyo.Constraint(
+        list(plan),
+        rule=lambda b, name, t: b.devices[name][t] == plan[name, t],
+        doc="p_net[d, t] = its schedule at the expected tariff, for devices linking periods (kW)",
+    )
 
 
 def curve_blocks(ladder: list[float], net_kw: np.ndarray, period: int) -> list[tuple]:

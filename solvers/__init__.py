@@ -6,6 +6,7 @@ from gridmarkets.solvers.highs import (
     compile_model,
     price_milp_by,
     record_build_time,
+    scale_objective_by,
     solve,
 )
 from gridmarkets.solvers.kkt import reformulate, verify
@@ -19,6 +20,7 @@ __all__ = [
     "price_milp_by",
     "record_build_time",
     "reformulate",
+    "scale_objective_by",
     "solve",
     "verify",
 ]

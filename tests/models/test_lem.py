@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pandas as pd
+import pyomo.environ as pyo
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -216,7 +217,8 @@ def test_unserved_and_curtailed_energy_are_reported():
 @pytest.mark.parametrize("ladder_price", [40.0, 120.0, 260.0])
 def test_the_market_accepts_the_prosumer_ems_bid_curves(ladder_price):
     """A home's bid curve cleared against one seller just below a ladder price buys
-    what the home's own EMS would import at that price (a separate EMS solve)."""
+    what the home's own EMS would import at that price (a separate EMS solve, its
+    battery at the plan the bids keep it at)."""
     seller_price = ladder_price - 1.0
     from gridmarkets.models import prosumer
     from gridmarkets.models.assets import BatterySpec
@@ -254,7 +256,16 @@ def test_the_market_accepts_the_prosumer_ems_bid_curves(ladder_price):
     sign = np.where(home_rows["side"] == "buy", 1.0, -1.0)
     bought = float((sign * home_rows["quantity_kw"]).sum())
     at_price = PricesSpec(import_price=[120.0, ladder_price], export_price=[120.0, ladder_price])
-    ems = prosumer.schedule(home, at_price, **options)
+    # the battery links the two periods: the bids keep it at its plan for the tariff
+    # (deliverable whatever is accepted); the EMS's own choice is with that plan pinned
+    plan = prosumer.schedule(home, tariff, **options).tables["storage"].set_index("period")
+    plan = plan["p_discharge_kw"] - plan["p_charge_kw"]
+
+    def pin(m):
+        battery = m.home["home"].battery
+        m.plan = pyo.Constraint(m.PERIODS, rule=lambda m, t: battery.p_net_kw[t] == plan[t])
+
+    ems = prosumer.schedule({"home": home}, at_price, extra=pin, **options)
     grid = ems.grid.set_index("period")
     expected = grid.loc[1, "import_kw"] - grid.loc[1, "export_kw"]
     assert bought == pytest.approx(expected, abs=1e-6)

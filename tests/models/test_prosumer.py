@@ -179,12 +179,24 @@ def test_bid_curves_accept_what_the_ems_would_choose():
     base = PricesSpec(import_price=[200, 100, 300], export_price=[200, 100, 300])
     ladder = [0, 150, 250, 400]
     bids = prosumer.bid_curves(home, base, ladder, periods=3)
+    # the battery links the periods: the bids keep it at its plan for the base tariff
+    # (deliverable whatever is accepted), so the EMS's choice is with that plan pinned
+    plan = prosumer.schedule(home, base, periods=3).tables["storage"]
+    plan = plan.set_index("period")["p_discharge_kw"] - plan.set_index("period")["p_charge_kw"]
+
+    def pin(m):
+        battery = m.home["home"].battery
+        m.plan = pyo.Constraint(m.PERIODS, rule=lambda m, t: battery.p_net_kw[t] == plan[t])
+
     for t in range(3):
         for price in ladder:
             tried = [200, 100, 300]
             tried[t] = price
             own = prosumer.schedule(
-                home, PricesSpec(import_price=tried, export_price=tried), periods=3
+                {"home": home},
+                PricesSpec(import_price=tried, export_price=tried),
+                periods=3,
+                extra=pin,
             )
             row = own.grid.iloc[t]
             period = bids[bids["period"] == t]

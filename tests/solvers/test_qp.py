@@ -214,3 +214,39 @@ def test_objective_neither_linear_nor_quadratic_is_refused():
 def test_persistent_lp_refuses_a_quadratic_objective():
     with pytest.raises(InputError, match="cannot hold a quadratic objective"):
         PersistentLP(off_diagonal_qp(pyo.minimize))
+
+
+@pytest.mark.parametrize("tiny", [1e-7, 1e-5, 1e-4, -1e-5])
+@pytest.mark.parametrize("active", [False, True])
+def test_tiny_nonzero_bounds_are_kept_exactly(tiny, active):
+    """HiGHS 1.16's QP solver read such bounds as 0 and ended in "Solve error" (module
+    constant QP_TINY_BOUND). min sum_k (x_k - t_k)^2 s.t. sum_k x_k = s, with x_0 >= tiny
+    (a bound on x_1 < 0 when tiny < 0): the closed form by the KKT conditions, with the
+    bound active or not."""
+    targets = np.array([3.0, -1.0, 2.0])
+    model = pyo.ConcreteModel()
+    model.x = pyo.Var(range(3))
+    k = 0 if tiny > 0 else 1
+    if tiny > 0:
+        model.x[k].setlb(tiny)
+    else:
+        model.x[k].setub(tiny)
+    total = 4.0
+    # with the bound pushed to bind: the target of x_k moves beyond it
+    targets[k] = (-5.0 if tiny > 0 else 5.0) if active else targets[k]
+    model.sum = pyo.Constraint(expr=sum(model.x.values()) == total)
+    model.cost = pyo.Objective(expr=sum((model.x[i] - targets[i]) ** 2 for i in range(3)))
+    solution = solve(model)
+    # by hand: x_i = t_i + y/2 for free i (y the multiplier of the sum); x_k = tiny if bound
+    free = [i for i in range(3) if not (active and i == k)]
+    fixed = 0.0 if not active else tiny
+    y = 2.0 * (total - fixed - targets[free].sum()) / len(free)
+    expected = targets + y / 2.0
+    if active:
+        expected[k] = tiny
+    assert solution.optimal
+    got = np.array([pyo.value(model.x[i]) for i in range(3)])
+    assert got == pytest.approx(expected, abs=1e-9)
+    assert (got[k] >= tiny - 1e-12) if tiny > 0 else (got[k] <= tiny + 1e-12)
+    assert solution.dual(model.sum) == pytest.approx(y, abs=1e-7)
+    assert solution.objective == pytest.approx(((expected - targets) ** 2).sum(), abs=1e-9)

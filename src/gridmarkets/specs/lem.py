@@ -16,6 +16,7 @@ from pydantic import (
 )
 
 from gridmarkets import pipeline, plots
+from gridmarkets.models import participants as parts
 from gridmarkets.models.lem import BID_COLUMNS, Upstream, build, results, update
 from gridmarkets.results import Result
 from gridmarkets.solvers.persistent import PersistentLP
@@ -95,6 +96,33 @@ class UpstreamSpec(Spec):
     capacity_kw: PositiveFloat | None = None
 
 
+class _Keyed(Spec):
+    """A participant with its own model in a case file: its key is its name."""
+
+    participant: str = Field("", description="(set from its key)")
+
+
+class CurveCase(_Keyed, parts.CurveBid):
+    """A quadratic cost (sell) or utility (buy) (:class:`~gridmarkets.models.
+    participants.CurveBid`)."""
+
+
+class StorageCase(_Keyed, parts.StorageBid):
+    """A battery offered to the market, :class:`~gridmarkets.models.participants.StorageBid`."""
+
+
+class FlexibleLoadCase(_Keyed, parts.FlexibleLoad):
+    """An energy budget over a window, :class:`~gridmarkets.models.participants.FlexibleLoad`."""
+
+
+class DeviceCase(_Keyed, parts.DeviceBid):
+    """A home's devices scheduled by the market (:class:`~gridmarkets.models.
+    participants.DeviceBid`)."""
+
+
+OWN_MODELS = ("curves", "storage", "flexible_loads", "devices")
+
+
 class CaseSpec(CaseBase):
     """A local electricity market case (``model: lem``)."""
 
@@ -103,14 +131,29 @@ class CaseSpec(CaseBase):
     upstream: UpstreamSpec | None = Field(None, description="absent: an islanded market")
     participants: dict[str, ParticipantSpec] = Field(default_factory=dict)
     profile_bids: ProfileBidsSpec | None = None
+    curves: dict[str, CurveCase] = Field(
+        default_factory=dict, description="quadratic costs and utilities, by participant"
+    )
+    storage: dict[str, StorageCase] = Field(
+        default_factory=dict, description="batteries offered to the market, by participant"
+    )
+    flexible_loads: dict[str, FlexibleLoadCase] = Field(
+        default_factory=dict, description="energy budgets over windows, by participant"
+    )
+    devices: dict[str, DeviceCase] = Field(
+        default_factory=dict, description="homes whose devices the market schedules"
+    )
     indivisible: bool = False
     min_acceptance: float | None = Field(None, gt=0, le=1)
 
     @model_validator(mode="after")
     def _consistent(self) -> CaseSpec:
         n = self.horizon.periods
-        if not self.participants and self.profile_bids is None:
-            raise ValueError("a market needs participants or profile_bids")
+        if not self.participants and self.profile_bids is None and not self.own_models():
+            raise ValueError(
+                "a market needs participants, profile_bids, curves, storage, flexible_loads "
+                "or devices"
+            )
         if self.profile_bids is not None and self.network is None:
             raise ValueError("profile_bids: needs a network whose loads and generators bid")
         for pid, p in self.participants.items():
@@ -123,10 +166,37 @@ class CaseSpec(CaseBase):
                 )
             for k, block in enumerate(p.blocks):
                 _check_length(block.quantity_kw, n, f"participants.{pid}.blocks.{k}.quantity_kw")
+        self._check_own_models(n)
         if self.upstream is not None:
             _check_length(self.upstream.import_price, n, "upstream.import_price")
             _check_length(self.upstream.export_price, n, "upstream.export_price")
         return self
+
+    def own_models(self) -> list:
+        """The participants with their own model, each named by its key."""
+        return [
+            spec.model_copy(update={"participant": name})
+            for section in OWN_MODELS
+            for name, spec in getattr(self, section).items()
+        ]
+
+    def _check_own_models(self, n: int) -> None:
+        """Names unique across sections and block participants; a bus on a network;
+        per-period values and windows within the horizon."""
+        seen = set(self.participants)
+        for section in OWN_MODELS:
+            for name, spec in getattr(self, section).items():
+                path = f"{section}.{name}"
+                if name in seen:
+                    raise ValueError(f"{path}: the name {name!r} is already a participant")
+                seen.add(name)
+                if self.network is not None and spec.bus is None:
+                    raise ValueError(f"{path}.bus: required on a network")
+                for field in ("a", "b", "p_min_kw", "p_max_kw", "utility_per_mwh"):
+                    _check_length(getattr(spec, field, None), n, f"{path}.{field}")
+                end = getattr(spec, "end", None)
+                if end is not None and end > n:
+                    raise ValueError(f"{path}.end: {end} is after the horizon's {n} periods")
 
 
 def _check_length(value, periods: int, path: str) -> None:
@@ -209,17 +279,22 @@ def _values(value, n: int) -> list:
     return value if isinstance(value, list) else [value] * n
 
 
-def _case_market(case: CaseSpec, feeder) -> tuple[pd.DataFrame, Upstream | None]:
+def _case_market(case: CaseSpec, feeder) -> tuple[pd.DataFrame | None, Upstream | None]:
     upstream = None if case.upstream is None else Upstream(**case.upstream.model_dump())
-    return case_bids(case, feeder), upstream
+    has_bids = case.participants or case.profile_bids is not None
+    return (case_bids(case, feeder) if has_bids else None), upstream
 
 
 def _build_options(case: CaseSpec) -> dict[str, Any]:
-    return {
+    options = {
         "period_hours": case.horizon.period_hours,
         "indivisible": case.indivisible,
         "min_acceptance": case.min_acceptance,
     }
+    own = case.own_models()
+    if own:  # only then: a block market builds as before
+        options |= {"participants": own, "periods": list(range(case.horizon.periods))}
+    return options
 
 
 class LemAdapter:
@@ -280,7 +355,8 @@ class ReusingRunner(pipeline.ReusingRunner):
       (:func:`structure_key` is equal): :func:`~gridmarkets.models.lem.update` changes
       the model in place and a :class:`~gridmarkets.solvers.persistent.PersistentLP`
       solves it from the same arrays, so the answer is the one ``run_case`` gets. A MILP
-      market (indivisible blocks, minimum acceptances) and ``network.losses: linear`` or
+      market (indivisible blocks, minimum acceptances), a market with curves, storage,
+      flexible loads or devices, and ``network.losses: linear`` or
       ``iterate`` (which change the model's loss coefficients) are built for every case.
 
     Not thread-safe: one per worker thread. After a call that raises, nothing but the
@@ -303,7 +379,7 @@ class ReusingRunner(pipeline.ReusingRunner):
             built = market(lp.model, case)
         else:
             built = run.build()
-            if hasattr(built.model, "INTEGER_BIDS") or run.losses in ("linear", "iterate"):
+            if _built_every_time(built.model) or run.losses in ("linear", "iterate"):
                 result, iteration = run.solve(built, solve_options)
                 return run.complete(built, result, iteration, solve_options)
             lp = PersistentLP(built.model)
@@ -315,3 +391,9 @@ class ReusingRunner(pipeline.ReusingRunner):
         """The kept LP if it was built for ``key``; forgotten until this call succeeds."""
         kept, self._market = self._market, None
         return kept[1] if kept is not None and kept[0] == key else None
+
+
+def _built_every_time(m) -> bool:
+    """A MILP (indivisible blocks, minimum acceptances) or a market with participants of
+    their own model (:func:`~gridmarkets.models.lem.update` changes blocks only)."""
+    return hasattr(m, "INTEGER_BIDS") or bool(m.participant_specs) or bool(len(m.curves))
