@@ -100,9 +100,14 @@ import pyomo.environ as pyo
 
 from gridmarkets.errors import InfeasibleError, InputError
 from gridmarkets.models.lem import BID_COLUMNS, Upstream, prepare_bids, reactive_ratio
-from gridmarkets.models.participants import Participant, add_participant
+from gridmarkets.models.participants import (
+    Participant,
+    add_participant,
+    curvatures,
+    objective_scale,
+)
 from gridmarkets.results import Result
-from gridmarkets.solvers import Solution, record_build_time, solve
+from gridmarkets.solvers import Solution, record_build_time, scale_objective_by, solve
 
 Architecture = Literal["full", "community", "hybrid"]
 MANAGER_PREFIX = "community:"
@@ -547,6 +552,7 @@ def build(
     _add_balances(m, market)
     _add_network(m, market, formulation)
     _add_welfare(m, market)
+    scale_objective_by(m, _objective_scale(market))
     if extra is not None:
         extra(m)
     record_build_time(m, time.perf_counter() - started)
@@ -800,6 +806,14 @@ def own_welfare(m, market: Market) -> Any:
             for k, t in enumerate(market.periods)
         )
     return welfare
+
+
+def _objective_scale(market: Market) -> float:
+    """The solver's factor on the welfare (currency): per MWh, and so that the smallest
+    curvature (the curves' 2 a, the trades' gamma) is at least 1
+    (:func:`~gridmarkets.models.participants.objective_scale`)."""
+    a = np.append(curvatures(list(market.participants.values())), market.quadratic / 2)
+    return objective_scale(a, market.period_hours)
 
 
 def own_model(
@@ -1251,6 +1265,7 @@ def _grid_only_model(market: Market, peer: str, node_price: np.ndarray) -> float
         range(len(injection)), rule=lambda m, k: injection[k] == 0, doc="trades = 0  (kW)"
     )
     m.own_welfare = pyo.Objective(expr=welfare, sense=pyo.maximize, doc="own welfare (currency)")
+    scale_objective_by(m, _objective_scale(m.market))
     try:
         return solve(m).objective
     except InfeasibleError:
