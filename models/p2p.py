@@ -552,7 +552,7 @@ def build(
     _add_balances(m, market)
     _add_network(m, market, formulation)
     _add_welfare(m, market)
-    scale_objective_by(m, _objective_scale(market))
+    _scale_quadratic(m, market)
     if extra is not None:
         extra(m)
     record_build_time(m, time.perf_counter() - started)
@@ -808,12 +808,14 @@ def own_welfare(m, market: Market) -> Any:
     return welfare
 
 
-def _objective_scale(market: Market) -> float:
-    """The solver's factor on the welfare (currency): per MWh, and so that the smallest
-    curvature (the curves' 2 a, the trades' gamma) is at least 1
-    (:func:`~gridmarkets.models.participants.objective_scale`)."""
+def _scale_quadratic(m: pyo.Block, market: Market) -> None:
+    """A quadratic welfare is solved per MWh and with its smallest curvature (the
+    curves' 2 a, the trades' gamma) at least 1 (:func:`~gridmarkets.models.participants.
+    objective_scale`; HiGHS's QP solver cycles on curvatures ~1e-5 in currency). An LP
+    is solved as stated."""
     a = np.append(curvatures(list(market.participants.values())), market.quadratic / 2)
-    return objective_scale(a, market.period_hours)
+    if (a > 0).any():
+        scale_objective_by(m, objective_scale(a, market.period_hours))
 
 
 def own_model(
@@ -1265,7 +1267,7 @@ def _grid_only_model(market: Market, peer: str, node_price: np.ndarray) -> float
         range(len(injection)), rule=lambda m, k: injection[k] == 0, doc="trades = 0  (kW)"
     )
     m.own_welfare = pyo.Objective(expr=welfare, sense=pyo.maximize, doc="own welfare (currency)")
-    scale_objective_by(m, _objective_scale(m.market))
+    _scale_quadratic(m, m.market)
     try:
         return solve(m).objective
     except InfeasibleError:
