@@ -320,7 +320,7 @@ def _case_preferences(case: CaseSpec, feeder) -> pd.DataFrame | None:
     if case.hop_cost > 0 and case.architecture != "community":
         bus = _case_buses(case)
         graph = trading_graph(list(bus), case.graph, bus=bus, feeder=feeder)
-        hops = hop_costs(bus, feeder, case.hop_cost, graph)
+        hops = hop_costs(bus, feeder, case.hop_cost, graph).reindex(columns=table.columns)
         if not hops.empty:  # explicit preferences win over hop costs
             frames = [hops, table] if len(table) else [hops]
             table = pd.concat(frames).drop_duplicates(["peer", "partner", "period"], keep="last")
