@@ -786,7 +786,8 @@ def injections_terms(m, market: Market) -> pd.DataFrame:
             "q_coef": 0.0,
         }
     )
-    return pd.concat([blocks, participants, upstream], ignore_index=True)
+    frames = [blocks, participants, upstream] if names else [blocks, upstream]
+    return pd.concat(frames, ignore_index=True)
 
 
 def own_welfare(m, market: Market) -> Any:

@@ -88,7 +88,9 @@ def day_market(energy_kwh: float = 20.0):
         "participants": specs,
         "periods": list(range(N_T)),
         "period_hours": DT,
-        "upstream": Upstream(list(rng.uniform(120, 300, N_T)), 40.0),
+        # tariffs that differ every period: no two periods are worth the same to the
+        # battery, so its schedule (and the trades) are unique
+        "upstream": Upstream(list(rng.uniform(120, 300, N_T)), list(rng.uniform(30, 60, N_T))),
         "preferences": pd.DataFrame(
             [
                 (a, b, 1.0)
