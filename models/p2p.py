@@ -13,9 +13,18 @@ Architectures (the three of the seed chapter):
   ``community:<name>`` with no energy of its own), and managers trade with each other.
 - ``hybrid``: both: peers trade on the graph and with their community's manager.
 
-The clearing is one LP (welfare maximisation). For every agent ``i`` (peer or manager),
-ordered pair (i, j) and period t, with ``trade_kw[i,j,t] = sell_kw - buy_kw`` what i
-sells to j (negative: buys)::
+Peers may also be stated in the participant vocabulary of
+:mod:`gridmarkets.models.participants` (``participants``: quadratic cost or utility
+curves with p_min/p_max, storage, flexible loads with an energy budget, device bids),
+each in its own block whose net injection ``participant_kw`` enters the peer's balance
+and whose welfare enters the objective; and a block peer may have energy budgets over a
+window of its blocks (``budgets``: ``energy_budget_max``/``energy_budget_min``, kWh).
+Peers whose periods are coupled this way, or whose costs are curved, are "model peers":
+ADMM steps them with their own model (:class:`~gridmarkets.solvers.admm.ModelAgent`).
+
+The clearing is one LP (welfare maximisation; a QP with curves or ``quadratic``). For
+every agent ``i`` (peer or manager), ordered pair (i, j) and period t, with
+``trade_kw[i,j,t] = sell_kw - buy_kw`` what i sells to j (negative: buys)::
 
     sum_sell q - sum_buy q + import - export - sum_j trade_kw[i,j,t] = 0    (balance, kW)
     trade_kw[i,j,t] + trade_kw[j,i,t] = 0                               (reciprocity)
