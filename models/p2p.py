@@ -313,7 +313,7 @@ def prepare(
         period_hours=period_hours,
         quadratic=quadratic,
         architecture=architecture,
-        budgets=_prepare_budgets(budgets, peers, periods),
+        budgets=_prepare_budgets(budgets, table, periods),
         participants=specs,
     )
 
@@ -330,9 +330,9 @@ def _participants_by_peer(participants: Sequence[Participant]) -> dict[str, Part
 BUDGET_COLUMNS = ["participant", "side", "first_period", "last_period", "min_kwh", "max_kwh"]
 
 
-def _prepare_budgets(budgets: pd.DataFrame | None, peers: list[str], periods: list[int]):
-    """Check an energy budgets table (see :func:`build`); ``side`` defaults to buy and a
-    missing bound to none (NaN)."""
+def _prepare_budgets(budgets: pd.DataFrame | None, bids: pd.DataFrame, periods: list[int]):
+    """Check an energy budgets table (see :func:`build`) against the bids it bounds;
+    ``side`` defaults to buy and a missing bound to none (NaN)."""
     if budgets is None or len(budgets) == 0:
         return pd.DataFrame(columns=BUDGET_COLUMNS)
     unknown = set(budgets.columns) - set(BUDGET_COLUMNS)
@@ -346,10 +346,13 @@ def _prepare_budgets(budgets: pd.DataFrame | None, peers: list[str], periods: li
     table[["min_kwh", "max_kwh"]] = table[["min_kwh", "max_kwh"]].astype(float)
     for k, row in table.iterrows():
         where = f"budgets row {k}"
-        if row["participant"] not in peers:
-            raise InputError(f"{where}: participant {row['participant']!r} is not a peer")
         if row["side"] not in ("buy", "sell"):
             raise InputError(f"{where}: side {row['side']!r} is not buy or sell")
+        own = (bids["participant"] == row["participant"]) & (bids["side"] == row["side"])
+        if not own.any():
+            raise InputError(
+                f"{where}: participant {row['participant']!r} has no {row['side']} blocks"
+            )
         for name in ("first_period", "last_period"):
             if row[name] not in periods:
                 raise InputError(f"{where}: {name} {row[name]!r} is not a period of the bids")
