@@ -13,9 +13,18 @@ Architectures (the three of the seed chapter):
   ``community:<name>`` with no energy of its own), and managers trade with each other.
 - ``hybrid``: both: peers trade on the graph and with their community's manager.
 
-The clearing is one LP (welfare maximisation). For every agent ``i`` (peer or manager),
-ordered pair (i, j) and period t, with ``trade_kw[i,j,t] = sell_kw - buy_kw`` what i
-sells to j (negative: buys)::
+Peers may also be stated in the participant vocabulary of
+:mod:`gridmarkets.models.participants` (``participants``: quadratic cost or utility
+curves with p_min/p_max, storage, flexible loads with an energy budget, device bids),
+each in its own block whose net injection ``participant_kw`` enters the peer's balance
+and whose welfare enters the objective; and a block peer may have energy budgets over a
+window of its blocks (``budgets``: ``energy_budget_max``/``energy_budget_min``, kWh).
+Peers whose periods are coupled this way, or whose costs are curved, are "model peers":
+ADMM steps them with their own model (:class:`~gridmarkets.solvers.admm.ModelAgent`).
+
+The clearing is one LP (welfare maximisation; a QP with curves or ``quadratic``). For
+every agent ``i`` (peer or manager), ordered pair (i, j) and period t, with
+``trade_kw[i,j,t] = sell_kw - buy_kw`` what i sells to j (negative: buys)::
 
     sum_sell q - sum_buy q + import - export - sum_j trade_kw[i,j,t] = 0    (balance, kW)
     trade_kw[i,j,t] + trade_kw[j,i,t] = 0                               (reciprocity)
@@ -101,9 +110,14 @@ import pyomo.environ as pyo
 from gridmarkets.errors import InfeasibleError, InputError
 from gridmarkets.inputs import plain
 from gridmarkets.models.lem import BID_COLUMNS, Upstream, prepare_bids, reactive_ratio
-from gridmarkets.models.participants import Participant, add_participant
+from gridmarkets.models.participants import (
+    Participant,
+    add_participant,
+    curvatures,
+    objective_scale,
+)
 from gridmarkets.results import Result
-from gridmarkets.solvers import Solution, record_build_time, solve
+from gridmarkets.solvers import Solution, record_build_time, scale_objective_by, solve
 
 Architecture = Literal["full", "community", "hybrid"]
 MANAGER_PREFIX = "community:"
@@ -300,7 +314,7 @@ def prepare(
         period_hours=period_hours,
         quadratic=quadratic,
         architecture=architecture,
-        budgets=_prepare_budgets(budgets, peers, periods),
+        budgets=_prepare_budgets(budgets, table, periods),
         participants=specs,
     )
 
@@ -317,9 +331,9 @@ def _participants_by_peer(participants: Sequence[Participant]) -> dict[str, Part
 BUDGET_COLUMNS = ["participant", "side", "first_period", "last_period", "min_kwh", "max_kwh"]
 
 
-def _prepare_budgets(budgets: pd.DataFrame | None, peers: list[str], periods: list[int]):
-    """Check an energy budgets table (see :func:`build`); ``side`` defaults to buy and a
-    missing bound to none (NaN)."""
+def _prepare_budgets(budgets: pd.DataFrame | None, bids: pd.DataFrame, periods: list[int]):
+    """Check an energy budgets table (see :func:`build`) against the bids it bounds;
+    ``side`` defaults to buy and a missing bound to none (NaN)."""
     if budgets is None or len(budgets) == 0:
         return pd.DataFrame(columns=BUDGET_COLUMNS)
     unknown = set(budgets.columns) - set(BUDGET_COLUMNS)
@@ -333,10 +347,13 @@ def _prepare_budgets(budgets: pd.DataFrame | None, peers: list[str], periods: li
     table[["min_kwh", "max_kwh"]] = table[["min_kwh", "max_kwh"]].astype(float)
     for k, row in table.iterrows():
         where = f"budgets row {k}"
-        if row["participant"] not in peers:
-            raise InputError(f"{where}: participant {row['participant']!r} is not a peer")
         if row["side"] not in ("buy", "sell"):
             raise InputError(f"{where}: side {row['side']!r} is not buy or sell")
+        own = (bids["participant"] == row["participant"]) & (bids["side"] == row["side"])
+        if not own.any():
+            raise InputError(
+                f"{where}: participant {row['participant']!r} has no {row['side']} blocks"
+            )
         for name in ("first_period", "last_period"):
             if row[name] not in periods:
                 raise InputError(f"{where}: {name} {row[name]!r} is not a period of the bids")
@@ -548,6 +565,7 @@ def build(
     _add_balances(m, market)
     _add_network(m, market, formulation)
     _add_welfare(m, market)
+    _scale_quadratic(m, market)
     if extra is not None:
         extra(m)
     record_build_time(m, time.perf_counter() - started)
@@ -781,7 +799,8 @@ def injections_terms(m, market: Market) -> pd.DataFrame:
             "q_coef": 0.0,
         }
     )
-    return pd.concat([blocks, participants, upstream], ignore_index=True)
+    frames = [blocks, participants, upstream] if names else [blocks, upstream]
+    return pd.concat(frames, ignore_index=True)
 
 
 def own_welfare(m, market: Market) -> Any:
@@ -801,6 +820,16 @@ def own_welfare(m, market: Market) -> Any:
             for k, t in enumerate(market.periods)
         )
     return welfare
+
+
+def _scale_quadratic(m: pyo.Block, market: Market) -> None:
+    """A quadratic welfare is solved per MWh and with its smallest curvature (the
+    curves' 2 a, the trades' gamma) at least 1 (:func:`~gridmarkets.models.participants.
+    objective_scale`; HiGHS's QP solver cycles on curvatures ~1e-5 in currency). An LP
+    is solved as stated."""
+    a = np.append(curvatures(list(market.participants.values())), market.quadratic / 2)
+    if (a > 0).any():
+        scale_objective_by(m, objective_scale(a, market.period_hours))
 
 
 def own_model(
@@ -1252,6 +1281,7 @@ def _grid_only_model(market: Market, peer: str, node_price: np.ndarray) -> float
         range(len(injection)), rule=lambda m, k: injection[k] == 0, doc="trades = 0  (kW)"
     )
     m.own_welfare = pyo.Objective(expr=welfare, sense=pyo.maximize, doc="own welfare (currency)")
+    _scale_quadratic(m, m.market)
     try:
         return solve(m).objective
     except InfeasibleError:
@@ -1309,8 +1339,8 @@ def tables(
     Certificates: every peer's ``gain`` over its grid-only baseline at its prices
     (``min_gain``; ``individually_rational`` when it is at least ``-gain_tolerance``,
     ``rel_tol`` times :func:`market_scale` plus the participants' welfare in absolute
-    value; peers that cannot stand alone have no baseline, NaN), and ``reconciliation_error``, the sum of the
-    settlement table (currency).
+    value; peers that cannot stand alone have no baseline, NaN), and
+    ``reconciliation_error``, the sum of the settlement table (currency).
     """
     trades = trades_table(market, outcome)
     peers = peers_table(market, outcome)

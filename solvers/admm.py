@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -82,13 +83,15 @@ class ModelAgent:
     model: after the run the model holds the agent's last step.
     """
 
-    def __init__(self, model: pyo.ConcreteModel, injection_kw: list, welfare, period_hours: float):
+    def __init__(
+        self, model: pyo.ConcreteModel, injection_kw: list, welfare: Any, period_hours: float
+    ) -> None:
         self.model = model
         self.injection_kw = injection_kw
         self.welfare = welfare
         self.per_mwh = 1000.0 / period_hours
 
-    def attach(self, rows: np.ndarray, sell: np.ndarray, buy: np.ndarray, quadratic: float):
+    def attach(self, rows: np.ndarray, sell: np.ndarray, buy: np.ndarray, quadratic: float) -> None:
         """Add trades over ``rows`` (the agent's pairs) with their costs, the balance and
         the objective without the penalty, and compile."""
         m, n_t = self.model, sell.shape[1]

@@ -157,7 +157,10 @@ def test_budget_errors_name_the_row_and_field():
     bids, _, _ = day(0)
     table = budgets()
     cases = [
-        (table.assign(participant=["flex", "nobody", "pv"]), "budgets row 1: participant"),
+        (
+            table.assign(participant=["flex", "nobody", "pv"]),
+            "row 1: participant .nobody. has no buy",
+        ),
         (table.assign(last_period=[99, 5, 47]), "budgets row 0: last_period 99"),
         (table.assign(min_kwh=[30.0, np.nan, np.nan]), r"row 0: min_kwh 30, max_kwh 20"),
         (table.assign(max_kwh=np.nan, min_kwh=np.nan), "neither min_kwh nor max_kwh"),

@@ -11,7 +11,7 @@ from gridmarkets.models import p2p
 
 pytestmark = pytest.mark.solve
 
-CASES = ["p2p_full", "p2p_community", "p2p_hybrid"]
+CASES = ["p2p_full", "p2p_community", "p2p_hybrid", "p2p_quadratic", "p2p_budgets"]
 
 
 @pytest.mark.parametrize("name", CASES)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyomo.environ as pyo
 import pytest
 
 from gridmarkets.errors import InputError
 from gridmarkets.models import p2p
 from gridmarkets.models.lem import Upstream
 from gridmarkets.solvers import solve
-from gridmarkets.solvers.admm import ExchangeProblem, consensus_admm
+from gridmarkets.solvers.admm import ExchangeProblem, ModelAgent, consensus_admm
 
 
 def two_agents(quadratic: float = 0.0) -> ExchangeProblem:
@@ -89,3 +90,34 @@ def test_admm_with_quadratic_term_matches_the_central_qp_trades_and_prices():
     # the QP's reciprocity duals and ADMM's multipliers are the same bilateral prices
     assert both["price_x"].to_numpy() == pytest.approx(both["price_y"].to_numpy(), abs=0.05)
     assert admm.kpis["social_welfare"] == pytest.approx(solution.objective, rel=1e-4)
+
+
+def buyer_model(quantity_kw: float, price: float) -> ModelAgent:
+    """A buyer of up to ``quantity_kw`` at ``price`` as a Pyomo model (one period, 1 h)."""
+    m = pyo.ConcreteModel()
+    m.q_kw = pyo.Var(bounds=(0, quantity_kw))
+    return ModelAgent(m, [-m.q_kw], price * m.q_kw / 1000, period_hours=1.0)
+
+
+@pytest.mark.solve
+@pytest.mark.parametrize("quadratic", [0.0, 0.5])
+def test_a_model_agent_steps_as_the_closed_form_does(quadratic):
+    # agent 1 (buy 3 kW at 100) stepped by its QP through the solve layer instead of the
+    # closed form: every iterate, hence the result, is the same
+    closed = consensus_admm(two_agents(quadratic), rho=5.0)
+    problem = two_agents(quadratic)
+    modelled = ExchangeProblem(
+        **{
+            name: getattr(problem, name)
+            for name in ("n_agents", "n_periods", "item_unit", "item_supply")
+            + ("item_threshold", "item_quantity_kw", "pair_from", "pair_to", "pair_cost")
+        },
+        quadratic=quadratic,
+        model_agents={1: buyer_model(3.0, 100.0)},
+    )
+    run = consensus_admm(modelled, rho=5.0)
+    assert run.converged and closed.converged
+    assert run.iterations == pytest.approx(closed.iterations, abs=2)
+    assert run.trade_kw == pytest.approx(closed.trade_kw, abs=1e-6)
+    assert run.price == pytest.approx(closed.price, abs=1e-5)
+    assert run.balance_price[1] == pytest.approx(closed.balance_price[1], abs=1e-4)

@@ -6,7 +6,14 @@ from functools import partial
 from typing import Any, Literal
 
 import pandas as pd
-from pydantic import Field, FiniteFloat, NonNegativeFloat, PositiveFloat, model_validator
+from pydantic import (
+    Field,
+    FiniteFloat,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    model_validator,
+)
 
 from gridmarkets.models.lem import Upstream
 from gridmarkets.models.p2p import (
@@ -25,6 +32,13 @@ from gridmarkets.specs.adapter import (
     table_injections,
 )
 from gridmarkets.specs.base import CaseBase, Spec
+from gridmarkets.specs.lem import (
+    OWN_MODELS,
+    CurveCase,
+    DeviceCase,
+    FlexibleLoadCase,
+    StorageCase,
+)
 
 
 class PeerBlockSpec(Spec):
@@ -44,11 +58,31 @@ class PeerSpec(Spec):
 
 
 class PreferenceSpec(Spec):
-    """Peer's preference cost of trading with partner (currency/MWh, >= 0)."""
+    """Peer's preference cost of trading with partner (currency/MWh, >= 0), in one
+    period or (no period) in every period without a row of its own."""
 
     peer: str
     partner: str
     cost: NonNegativeFloat
+    period: NonNegativeInt | None = None
+
+
+class BoundaryCostSpec(Spec):
+    """What a community's agents pay per MWh bought from / sold to another community."""
+
+    import_cost: NonNegativeFloat = Field(description="currency/MWh bought from outside")
+    export_cost: NonNegativeFloat = Field(description="currency/MWh sold outside")
+
+
+class BudgetSpec(Spec):
+    """An energy budget over a window of a peer's buy (or sell) blocks (kWh)."""
+
+    participant: str
+    side: Literal["buy", "sell"] = "buy"
+    first_period: NonNegativeInt
+    last_period: NonNegativeInt
+    min_kwh: NonNegativeFloat | None = None
+    max_kwh: NonNegativeFloat | None = None
 
 
 class UpstreamSpec(Spec):
@@ -81,13 +115,47 @@ class CaseSpec(CaseBase):
     quadratic: NonNegativeFloat = 0.0
     hop_cost: NonNegativeFloat = Field(0.0, description="currency/MWh per branch between peers")
     upstream: UpstreamSpec | None = None
-    peers: dict[str, PeerSpec] = Field(min_length=2)
+    peers: dict[str, PeerSpec] = Field(default_factory=dict, description="block peers")
+    curves: dict[str, CurveCase] = Field(
+        default_factory=dict, description="peers with quadratic costs or utilities"
+    )
+    storage: dict[str, StorageCase] = Field(default_factory=dict, description="battery peers")
+    flexible_loads: dict[str, FlexibleLoadCase] = Field(
+        default_factory=dict, description="peers with an energy budget over a window"
+    )
+    devices: dict[str, DeviceCase] = Field(
+        default_factory=dict, description="homes whose devices the market schedules"
+    )
+    communities: dict[str, str] = Field(
+        default_factory=dict, description="community of each curve, storage, load or device peer"
+    )
     preferences: list[PreferenceSpec] = Field(default_factory=list)
+    boundary_costs: dict[str, BoundaryCostSpec] = Field(
+        default_factory=dict, description="import and export costs by community"
+    )
+    budgets: list[BudgetSpec] = Field(default_factory=list)
     admm: ADMMSpec = Field(default_factory=ADMMSpec)
+
+    def own_models(self) -> list:
+        """The peers with their own model, each named by its key."""
+        return [
+            spec.model_copy(update={"participant": name})
+            for section in OWN_MODELS
+            for name, spec in getattr(self, section).items()
+        ]
+
+    def community_of(self) -> dict[str, str | None]:
+        """Every peer's community (None: none given)."""
+        own = {
+            spec.participant: self.communities.get(spec.participant) for spec in self.own_models()
+        }
+        return {**{pid: p.community for pid, p in self.peers.items()}, **own}
 
     @model_validator(mode="after")
     def _consistent(self) -> CaseSpec:
         n = self.horizon.periods
+        self._check_own_models(n)
+        self._check_costs_and_budgets(n)
         for pid, p in self.peers.items():
             for k, block in enumerate(p.blocks):
                 q = block.quantity_kw
@@ -105,9 +173,59 @@ class CaseSpec(CaseBase):
             raise ValueError("hop_cost and graph 'neighbours' need a network")
         return self
 
+    def _check_own_models(self, n: int) -> None:
+        """Names unique across sections and peers; a bus on a network; a community
+        where the architecture needs one; per-period values within the horizon."""
+        seen = set(self.peers)
+        for section in OWN_MODELS:
+            for name, spec in getattr(self, section).items():
+                path = f"{section}.{name}"
+                if name in seen:
+                    raise ValueError(f"{path}: the name {name!r} is already a peer")
+                seen.add(name)
+                if self.network is not None and spec.bus is None:
+                    raise ValueError(f"{path}.bus: required on a network")
+                if self.architecture != "full" and name not in self.communities:
+                    raise ValueError(f"communities.{name}: required by {self.architecture}")
+                for field in ("a", "b", "p_min_kw", "p_max_kw", "utility_per_mwh"):
+                    value = getattr(spec, field, None)
+                    if isinstance(value, list) and len(value) != n:
+                        raise ValueError(f"{path}.{field}: {len(value)} values for {n} periods")
+                end = getattr(spec, "end", None)
+                if end is not None and end > n:
+                    raise ValueError(f"{path}.end: {end} is after the horizon's {n} periods")
+        if len(seen) < 2:
+            raise ValueError("peers: a market needs at least two peers (any section)")
+        unknown = set(self.communities) - seen
+        if unknown:
+            raise ValueError(f"communities.{sorted(unknown)[0]}: not a peer")
+
+    def _check_costs_and_budgets(self, n: int) -> None:
+        known = {c for c in self.community_of().values() if c is not None}
+        for name in self.boundary_costs:
+            if name not in known:
+                raise ValueError(f"boundary_costs.{name}: not a community of any peer")
+        for k, row in enumerate(self.preferences):
+            if row.period is not None and row.period >= n:
+                raise ValueError(f"preferences.{k}.period: {row.period} is not below {n}")
+        for k, budget in enumerate(self.budgets):
+            path = f"budgets.{k}"
+            if budget.participant not in self.peers:
+                raise ValueError(f"{path}.participant: {budget.participant!r} is not a block peer")
+            if budget.last_period >= n or budget.first_period > budget.last_period:
+                raise ValueError(
+                    f"{path}: periods {budget.first_period}..{budget.last_period} are not a "
+                    f"window of the {n} periods"
+                )
+            if budget.min_kwh is None and budget.max_kwh is None:
+                raise ValueError(f"{path}: give min_kwh, max_kwh or both")
+
+
+BID_COLUMNS = ["participant", "side", "quantity_kw", "price", "period", "block", "bus"]
+
 
 def case_bids(case: CaseSpec) -> pd.DataFrame:
-    """The bids table of a case's peers (one row per block and period)."""
+    """The bids table of a case's block peers (one row per block and period)."""
     n = case.horizon.periods
     rows = [
         {
@@ -125,24 +243,38 @@ def case_bids(case: CaseSpec) -> pd.DataFrame:
             block.quantity_kw if isinstance(block.quantity_kw, list) else [block.quantity_kw] * n
         )
     ]
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=BID_COLUMNS)
 
 
 def market_options(case: CaseSpec, feeder) -> dict[str, Any]:
     """:func:`~gridmarkets.models.p2p.build`'s market options for a case (no network)."""
+    boundary = pd.DataFrame(
+        [{"community": name, **c.model_dump()} for name, c in case.boundary_costs.items()],
+        columns=["community", "import_cost", "export_cost"],
+    )
     options: dict[str, Any] = {
         "architecture": case.architecture,
         "graph": case.graph,
-        "communities": {pid: p.community for pid, p in case.peers.items()},
+        "communities": case.community_of(),
         "upstream": None if case.upstream is None else Upstream(**case.upstream.model_dump()),
         "period_hours": case.horizon.period_hours,
         "quadratic": case.quadratic,
         "preferences": _case_preferences(case, feeder),
+        "boundary_costs": boundary if len(boundary) else None,
+        "budgets": pd.DataFrame([b.model_dump() for b in case.budgets]) if case.budgets else None,
+        "participants": case.own_models(),
+        "periods": list(range(case.horizon.periods)),
     }
     if case.graph == "neighbours":
-        bus = {k: p.bus for k, p in case.peers.items()}
-        options["graph"] = trading_graph(list(case.peers), "neighbours", bus=bus, feeder=feeder)
+        bus = _case_buses(case)
+        options["graph"] = trading_graph(list(bus), "neighbours", bus=bus, feeder=feeder)
     return options
+
+
+def _case_buses(case: CaseSpec) -> dict[str, Any]:
+    """Every peer's bus, block peers and peers with their own model alike."""
+    own = {spec.participant: spec.bus for spec in case.own_models()}
+    return {**{pid: p.bus for pid, p in case.peers.items()}, **own}
 
 
 class P2PAdapter:
@@ -183,13 +315,13 @@ ADAPTER = P2PAdapter()
 
 def _case_preferences(case: CaseSpec, feeder) -> pd.DataFrame | None:
     table = pd.DataFrame(
-        [p.model_dump() for p in case.preferences], columns=["peer", "partner", "cost"]
+        [p.model_dump() for p in case.preferences], columns=["peer", "partner", "cost", "period"]
     )
     if case.hop_cost > 0 and case.architecture != "community":
-        bus = {k: p.bus for k, p in case.peers.items()}
-        graph = trading_graph(list(case.peers), case.graph, bus=bus, feeder=feeder)
-        hops = hop_costs(bus, feeder, case.hop_cost, graph)
+        bus = _case_buses(case)
+        graph = trading_graph(list(bus), case.graph, bus=bus, feeder=feeder)
+        hops = hop_costs(bus, feeder, case.hop_cost, graph).reindex(columns=table.columns)
         if not hops.empty:  # explicit preferences win over hop costs
             frames = [hops, table] if len(table) else [hops]
-            table = pd.concat(frames).drop_duplicates(["peer", "partner"], keep="last")
+            table = pd.concat(frames).drop_duplicates(["peer", "partner", "period"], keep="last")
     return table if len(table) else None
