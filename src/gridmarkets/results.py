@@ -115,6 +115,7 @@ MONEY_BY_TABLE: dict[tuple[str, str], dict[str, str]] = {
 PRICE_PARTS = ("energy", "losses", "congestion", "voltage")
 PRICE_TABLES = ("prices", "feeder_prices")
 
+
 def money_kind(name: str, table: str | None = None, model: str | None = None) -> str | None:
     """The kind of money (a key of :data:`MONEY_UNITS`) or None (not money) of a column
     of ``model``'s ``table`` (None: a KPI)."""
