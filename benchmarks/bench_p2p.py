@@ -55,7 +55,7 @@ def run_one(n: int, periods: int, max_iterations: int) -> dict:
     )
     admm_s = time.perf_counter() - started
     both = central.trades.merge(admm.trades, on=["seller", "buyer", "period"], how="outer")
-    error = (both["quantity_kw_x"].fillna(0) - both["quantity_kw_y"].fillna(0)).abs().max()
+    error = (both["traded_kw_x"].fillna(0) - both["traded_kw_y"].fillna(0)).abs().max()
     w_lp, w_admm = central.kpis["social_welfare"], admm.kpis["social_welfare"]
     return {
         "peers": n,
@@ -69,7 +69,7 @@ def run_one(n: int, periods: int, max_iterations: int) -> dict:
         "admm_s": admm.solution.solve_seconds,
         "admm_total_s": admm_s,
         "welfare_error": abs(w_admm - w_lp) / abs(w_lp),
-        "trade_error": error / central.trades["quantity_kw"].max(),
+        "trade_error": error / central.trades["traded_kw"].max(),
     }
 
 

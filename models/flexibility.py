@@ -834,9 +834,10 @@ def results(
 
     Tables
     ------
-    accepted : every offer with accepted_kw, above_cap, buyer ("dso" or "tso"),
-        bid_price, zone (:func:`zones`), price (settlement, currency per MW and hour)
-        and payment (currency, paid by the buyer to the seller).
+    accepted : every offer (its ``quantity_kw`` named ``offered_kw``) with accepted_kw,
+        above_cap, buyer ("dso" or "tso"), bid_price, zone (:func:`zones`), price
+        (settlement, currency per MW and hour) and payment (currency, paid by the
+        buyer to the seller).
     prices : product, direction, period, zone, price (the highest accepted
         bid_price: the uniform price, per zone where binding limits separate them).
     requirements : product, period, requirement_kw, procured_kw, shortfall_kw and
@@ -875,7 +876,7 @@ def results(
 
 
 def _accepted_table(m) -> pd.DataFrame:
-    table = m.offers.copy()
+    table = m.offers.rename(columns={"quantity_kw": "offered_kw"})
     x = np.array([pyo.value(m.accepted_kw[o]) for o in table.index], dtype=float)
     table["accepted_kw"] = np.where(np.abs(x) < _TOL, 0.0, x)
     table["buyer"] = np.where(table["product"].isin(DSO_PRODUCTS), "dso", "tso")
@@ -1342,8 +1343,7 @@ def _activated(feeder, accepted: pd.DataFrame, baseline_p, baseline_q):
     p = baseline_p.copy().astype(float)
     q = _q_or_zero(baseline_q, baseline_p).copy().astype(float)
     moved = accepted[accepted["accepted_kw"] > 0]
-    ratios = q_per_kw(moved)
-    for (_, row), ratio in zip(moved.iterrows(), ratios, strict=True):
+    for (_, row), ratio in zip(moved.iterrows(), moved["q_per_kw"], strict=True):
         sign = 1.0 if row["direction"] == "up" else -1.0
         reactive = row["product"] == REACTIVE_PRODUCT
         changes = ((q, 1.0),) if reactive else ((p, 1.0), (q, ratio))

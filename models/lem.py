@@ -775,7 +775,7 @@ def _settle_participants(m, schedules: pd.DataFrame, responses: pd.DataFrame) ->
     hours = m.period_hours
     settled = schedules.assign(
         side=np.where(schedules["p_net_kw"] > 0, "sell", "buy"),
-        quantity_kw=schedules["p_net_kw"].abs(),
+        accepted_kw=schedules["p_net_kw"].abs(),
         offered_kw=schedules["p_net_kw"].abs(),
         market_price=schedules["price"],
         energy_kwh=-schedules["p_net_kw"] * hours,
@@ -828,7 +828,7 @@ def _curves_table(m) -> pd.DataFrame:
             "b": b,
             "p_min_kw": curves["p_min_kw"],
             "p_max_kw": curves["p_max_kw"],
-            "quantity_kw": p,
+            "accepted_kw": p,
             "q_kvar": curve_reactive_ratio(curves) * p,
             "marginal_value": b + sign * 2.0 * a * p,
         }
@@ -849,7 +849,7 @@ def _curve_steps(curves: pd.DataFrame) -> pd.DataFrame:
             "side": curves["side"],
             "offered_kw": width,
             "bid_price": curves["marginal_value"],
-            "quantity_kw": np.clip(curves["quantity_kw"] - curves["p_min_kw"], 0.0, width),
+            "accepted_kw": np.clip(curves["accepted_kw"] - curves["p_min_kw"], 0.0, width),
         }
     )
     return steps[width >= _RESOLUTION_KW]
@@ -897,7 +897,7 @@ def _settle_curves(curves: pd.DataFrame, m) -> pd.DataFrame:
     def value(p):
         return (slope * p - a * p**2) * per_kw
 
-    p = curves["quantity_kw"].to_numpy()
+    p = curves["accepted_kw"].to_numpy()
     energy = s * p * m.period_hours  # as blocks: bought energy positive
     return pd.DataFrame(
         {
@@ -906,7 +906,7 @@ def _settle_curves(curves: pd.DataFrame, m) -> pd.DataFrame:
             "period": curves["period"],
             "bus": curves["bus"],
             "offered_kw": high,
-            "quantity_kw": p,
+            "accepted_kw": p,
             "market_price": lam,
             "price": lam,
             "energy_kwh": energy,
@@ -1032,7 +1032,7 @@ def _accepted_table(m) -> pd.DataFrame:
             **phase,
             "offered_kw": table["quantity_kw"],
             "bid_price": table["price"],
-            "quantity_kw": np.clip(accepted, 0.0, table["quantity_kw"].to_numpy()),
+            "accepted_kw": np.clip(accepted, 0.0, table["quantity_kw"].to_numpy()),
             "q_kvar": q_per_kw * np.clip(accepted, 0.0, None),
             "fixed": _fixed_blocks(m),
         }
@@ -1109,7 +1109,7 @@ def price_interval(
     are to :func:`_at_bounds`. Where a period's low end is above its high end, no price
     supports every block (a MILP's integer choices).
     """
-    some, room = _at_bounds(accepted["quantity_kw"], accepted["offered_kw"])
+    some, room = _at_bounds(accepted["accepted_kw"], accepted["offered_kw"])
     sell, buy = accepted["side"] == "sell", accepted["side"] == "buy"
     lows = [
         accepted.loc[sell & some, ["period", "bid_price"]],
@@ -1153,10 +1153,10 @@ def _settle(accepted, prices, m, pricing: str) -> pd.DataFrame:
     settled["price"] = settled["bid_price"] if own else settled["market_price"]
     sign = np.where(settled["side"] == "buy", 1.0, -1.0)
     per_kw = m.period_hours / 1000.0
-    settled["energy_kwh"] = sign * settled["quantity_kw"] * m.period_hours
+    settled["energy_kwh"] = sign * settled["accepted_kw"] * m.period_hours
     settled["payment"] = settled["energy_kwh"] * settled["price"] / 1000.0
     margin = sign * (settled["bid_price"] - settled["price"]) * per_kw  # currency per kW
-    settled["surplus"] = margin * settled["quantity_kw"]  # value - paid; paid - cost
+    settled["surplus"] = margin * settled["accepted_kw"]  # value - paid; paid - cost
     settled["best_surplus"] = np.maximum(margin, 0.0) * settled["offered_kw"]
     settled["reference"] = 0.0  # a block's alternative: not trading
     settled["curve"] = False
@@ -1248,7 +1248,7 @@ def _kpis(m, solution: Solution, settled: pd.DataFrame, upstream) -> dict[str, f
     upstream_cost = 0.0 if upstream is None else _upstream_cost(upstream, hours / 1000)
     payments_in = float(settled.loc[buy, "payment"].sum())
     payments_out = float(-settled.loc[sell, "payment"].sum())
-    unmatched = (settled["offered_kw"] - settled["quantity_kw"]).where(~settled["curve"], 0.0)
+    unmatched = (settled["offered_kw"] - settled["accepted_kw"]).where(~settled["curve"], 0.0)
     unmatched = unmatched * hours  # blocks only: a curve below its maximum is its choice
     return {
         "social_welfare": solution.objective,
@@ -1260,7 +1260,7 @@ def _kpis(m, solution: Solution, settled: pd.DataFrame, upstream) -> dict[str, f
         # what the operator keeps: congestion rents, minus what the network itself
         # consumes (transformer no-load losses) at the prices
         "merchandising_surplus": payments_in - payments_out - upstream_cost,
-        "traded_kwh": float(settled.loc[sell, "quantity_kw"].sum() * hours),
+        "traded_kwh": float(settled.loc[sell, "accepted_kw"].sum() * hours),
         "import_kwh": 0.0 if upstream is None else float(upstream["import_kw"].sum() * hours),
         "export_kwh": 0.0 if upstream is None else float(upstream["export_kw"].sum() * hours),
         "unserved_kwh": float(unmatched[buy].sum()),
@@ -1319,6 +1319,6 @@ def bus_injections(result: Result) -> pd.DataFrame:
     if "accepted_curves" in result.tables:
         accepted = pd.concat([accepted, result.tables["accepted_curves"]], ignore_index=True)
     sign = np.where(accepted["side"] == "sell", 1.0, -1.0)
-    return accepted.assign(p_kw=sign * accepted["quantity_kw"]).pivot_table(
+    return accepted.assign(p_kw=sign * accepted["accepted_kw"]).pivot_table(
         index="bus", columns="period", values="p_kw", aggfunc="sum", fill_value=0.0
     )

@@ -1065,10 +1065,10 @@ def trades_table(market: Market, outcome: Outcome) -> pd.DataFrame:
                 price, bought = outcome.price[p, k], -outcome.trade_kw[back, k]
                 at_ends = (price + node[agent[i], k], price + node[agent[j], k])
                 rows.append((i, j, t, sold, sold, bought, price, *at_ends))
-    columns = ["seller", "buyer", "period", "quantity_kw", "sold_kw", "bought_kw", "price"]
+    columns = ["seller", "buyer", "period", "traded_kw", "sold_kw", "bought_kw", "price"]
     table = pd.DataFrame(rows, columns=[*columns, "seller_price", "buyer_price"])
     table["network_charge"] = table["buyer_price"] - table["seller_price"]
-    table["energy_kwh"] = table["quantity_kw"] * market.period_hours
+    table["energy_kwh"] = table["traded_kw"] * market.period_hours
     table["payment"] = table["energy_kwh"] * table["buyer_price"] / 1000.0
     table["network_payment"] = table["energy_kwh"] * table["network_charge"] / 1000.0
     table["seller_bus"] = table["seller"].map(market.bus)
@@ -1618,7 +1618,7 @@ def dso_check(result: Result, feeder: Any, *, max_rounds: int = 20) -> pd.DataFr
     Returns
     -------
     One row per offending trade: seller, buyer, period, seller_bus, buyer_bus, branch
-    (the first overloaded branch it crosses), quantity_kw, cut_kw, remaining_kw. Empty
+    (the first overloaded branch it crosses), traded_kw, cut_kw, remaining_kw. Empty
     when the trades respect every rating.
     """
     below = _buses_below(feeder)
@@ -1635,12 +1635,12 @@ def dso_check(result: Result, feeder: Any, *, max_rounds: int = 20) -> pd.DataFr
             _cut_branch(trades, row, below[row.branch], feeder)
         injections = _after_cuts(result.injections, trades)
     offending = trades[trades["cut_kw"] > _TOL_KW]
-    columns = ["seller", "buyer", "period", "seller_bus", "buyer_bus", "branch", "quantity_kw"]
+    columns = ["seller", "buyer", "period", "seller_bus", "buyer_bus", "branch", "traded_kw"]
     return (
         offending[columns]
         .assign(
             cut_kw=offending["cut_kw"],
-            remaining_kw=offending["quantity_kw"] - offending["cut_kw"],
+            remaining_kw=offending["traded_kw"] - offending["cut_kw"],
         )
         .reset_index(drop=True)
     )
@@ -1653,7 +1653,7 @@ def _cut_branch(trades: pd.DataFrame, row, subtree: set, feeder) -> None:
     upward = row.p_kw < 0  # flow towards the root: sellers below, buyers above
     crossing = (seller_in & ~buyer_in) if upward else (buyer_in & ~seller_in)
     crossing &= trades["period"] == row.period
-    left = trades.loc[crossing, "quantity_kw"] - trades.loc[crossing, "cut_kw"]
+    left = trades.loc[crossing, "traded_kw"] - trades.loc[crossing, "cut_kw"]
     if left.sum() <= 0:
         return
     overload = abs(row.p_kw) - row.rating_kva

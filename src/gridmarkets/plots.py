@@ -236,7 +236,7 @@ def supply_demand_curves(ax, accepted, period: int, currency: str = "EUR") -> No
 def supply_demand_plot(result: Result, path: Path) -> None:
     """Supply and demand curves of the period with the most traded energy."""
     accepted = result.accepted
-    traded = accepted[accepted["side"] == "sell"].groupby("period")["quantity_kw"].sum()
+    traded = accepted[accepted["side"] == "sell"].groupby("period")["accepted_kw"].sum()
     period = int(traded.idxmax()) if len(traded) else int(accepted["period"].min())
     fig, ax = figure(size=(7, 4))
     supply_demand_curves(ax, accepted, period, result.currency)

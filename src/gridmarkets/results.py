@@ -1,10 +1,11 @@
 """A solved model's results, how they are written to disk and read back.
 
 A results folder holds ``summary.json``, one CSV per non-empty table and ``plots/*.png``.
-The CSV headers carry the case's currency (``price_eur_per_mwh``, ``payment_eur``) and
-name each quantity the same way in every model (:data:`WRITTEN_NAMES`); in memory the
-models' own column names stay, and :func:`read` maps the headers back to them, so
-``read(write(result))`` has the tables of ``result``.
+The CSV headers carry the case's currency (``price_eur_per_mwh``, ``payment_eur``); in
+memory the money columns keep their short names (``price``, ``payment``), and
+:func:`read` maps the headers back to them, so ``read(write(result))`` has the tables of
+``result``. Every other column is written under its in-memory name, which means the same
+in every model (``offered_kw``, ``accepted_kw``, ``traded_kw``).
 """
 
 from __future__ import annotations
@@ -113,16 +114,6 @@ MONEY_BY_TABLE: dict[tuple[str, str], dict[str, str]] = {
 #: in the tables that decompose prices.
 PRICE_PARTS = ("energy", "losses", "congestion", "voltage")
 PRICE_TABLES = ("prices", "feeder_prices")
-
-#: Columns whose in-memory name means something else in another model, by (model,
-#: table): written under the name that means the same everywhere (``offered_kw`` the
-#: amount offered, ``accepted_kw`` the amount accepted).
-WRITTEN_NAMES: dict[tuple[str, str], dict[str, str]] = {
-    ("lem", "accepted"): {"quantity_kw": "accepted_kw"},
-    ("flexibility", "accepted"): {"quantity_kw": "offered_kw"},
-    ("flexibility", "bilateral_accepted"): {"quantity_kw": "offered_kw"},
-    ("p2p", "trades"): {"quantity_kw": "traded_kw"},
-}
 
 
 def money_kind(name: str, table: str | None = None, model: str | None = None) -> str | None:
@@ -280,9 +271,8 @@ FLOAT_FORMAT = "%.12g"
 
 def written_columns(result: Result, name: str) -> dict[str, str]:
     """In-memory column -> written header, for table ``name`` of ``result``."""
-    renames = WRITTEN_NAMES.get((result.model, name), {})
     return {
-        column: money_name(renames.get(column, column), result.currency, name, result.model)
+        column: money_name(column, result.currency, name, result.model)
         for column in result.tables[name].columns
     }
 
@@ -373,9 +363,7 @@ def _read_table(path: Path, dtypes: dict[str, str], model: str, name: str, curre
     table = pd.read_csv(
         path, dtype=typed, parse_dates=dates, keep_default_na=False, na_values=missing
     )
-    back = {v: k for k, v in WRITTEN_NAMES.get((model, name), {}).items()}
-    unit_free = table.rename(columns=lambda c: _unmoney(c, currency, name, model))
-    return unit_free.rename(columns=lambda c: back.get(c, c))
+    return table.rename(columns=lambda c: _unmoney(c, currency, name, model))
 
 
 def _unmoney(written: str, currency: str, table: str | None, model: str | None = None) -> str:

@@ -118,7 +118,7 @@ def tricky_result() -> Result:
             "timestamp": [start + pd.Timedelta(hours=k) for k in range(3)],
             "bus": [5, None, 7],
             "price": [0.1 + 0.2, -1e-13, 123456.789012345],
-            "quantity_kw": [1.0, np.nan, 2.5],
+            "accepted_kw": [1.0, np.nan, 2.5],
             "fixed": [True, False, True],
             "block": [0, 1, 2],
         }
@@ -150,7 +150,7 @@ def test_written_files_have_units_rounded_floats_and_no_header_only_csv(tricky_r
     assert not (tmp_path / "appliances.csv").exists()
     text = (tmp_path / "accepted.csv").read_text()
     header, first, second, third = text.splitlines()
-    # the LEM's accepted amount is written accepted_kw, as the flexibility market has it
+    # money gains its currency; every other column keeps its in-memory name
     assert header.split(",") == [
         "participant",
         "period",
@@ -265,23 +265,41 @@ def test_every_other_shipped_case_writes_timestamps_round_trips_and_plots(slow_c
 # --- column meanings ---------------------------------------------------------------------------
 
 
+def check_same_names(result: Result, out, name: str) -> pd.DataFrame:
+    """Table ``name`` as written, whose header is the in-memory one but for money (which
+    gains its currency)."""
+    written = pd.read_csv(out / f"{name}.csv")
+    memory = result.tables[name].columns
+    assert list(written.columns) == [
+        money_name(c, result.currency, name, result.model) for c in memory
+    ]
+    return written
+
+
 @pytest.mark.solve
-def test_lem_and_p2p_write_offered_accepted_and_traded_power(tmp_path_factory):
-    _, _, out = solved("lem_copperplate", tmp_path_factory)
-    accepted = pd.read_csv(out / "accepted.csv")
-    assert (accepted["accepted_kw"] <= accepted["offered_kw"] + 1e-9).all()
-    assert accepted["accepted_kw"].sum() > 0 and "quantity_kw" not in accepted
-    _, _, out = solved("p2p_community", tmp_path_factory)
-    trades = pd.read_csv(out / "trades.csv")
-    assert np.allclose(trades["traded_kw"], trades["sold_kw"])
-    assert np.allclose(trades["traded_kw"], trades["bought_kw"])
+def test_lem_and_p2p_name_offered_accepted_and_traded_power_alike_in_memory_and_on_disk(
+    tmp_path_factory,
+):
+    _, result, out = solved("lem_copperplate", tmp_path_factory)
+    for accepted in (result.accepted, check_same_names(result, out, "accepted")):
+        assert (accepted["accepted_kw"] <= accepted["offered_kw"] + 1e-9).all()
+        assert accepted["accepted_kw"].sum() > 0 and "quantity_kw" not in accepted
+    _, result, out = solved("p2p_community", tmp_path_factory)
+    for trades in (result.trades, check_same_names(result, out, "trades")):
+        assert np.allclose(trades["traded_kw"], trades["sold_kw"])
+        assert np.allclose(trades["traded_kw"], trades["bought_kw"])
+        assert "quantity_kw" not in trades
 
 
 @pytest.mark.slow
-def test_the_flexibility_market_writes_offered_and_accepted_power(tmp_path_factory):
-    _, _, out = solved("flexibility_lv_noon", tmp_path_factory)
-    accepted = pd.read_csv(out / "accepted.csv")
-    assert (accepted["accepted_kw"] <= accepted["offered_kw"] + 1e-9).all()
+def test_the_flexibility_market_names_offered_and_accepted_power_alike_in_memory_and_on_disk(
+    tmp_path_factory,
+):
+    _, result, out = solved("flexibility_lv_noon", tmp_path_factory)
+    for table in (result.accepted, check_same_names(result, out, "accepted")):
+        assert (table["accepted_kw"] <= table["offered_kw"] + 1e-9).all()
+        assert "quantity_kw" not in table
+    accepted = check_same_names(result, out, "accepted")
     requirements = pd.read_csv(out / "requirements.csv")
     procured = accepted.groupby(["product", "period"])["accepted_kw"].sum()
     keys = pd.MultiIndex.from_frame(requirements[["product", "period"]])

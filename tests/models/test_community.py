@@ -274,7 +274,7 @@ def test_exchange_bids_clear_in_the_local_market():
     extra = pd.DataFrame(other)
     cleared = lem.clear(pd.concat([bids, extra], ignore_index=True))
     accepted = cleared.accepted[cleared.accepted["participant"] == "ec"]
-    assert accepted["quantity_kw"].sum() == pytest.approx(bids["quantity_kw"].sum())
+    assert accepted["accepted_kw"].sum() == pytest.approx(bids["quantity_kw"].sum())
 
 
 def test_case_files_run_with_allocation():
@@ -383,4 +383,4 @@ def test_exchange_bids_trade_in_the_p2p_market():
     cleared = p2p.clear(pd.concat([bids, pd.DataFrame(other)], ignore_index=True))
     trades = cleared.trades
     with_ec = trades[(trades["seller"] == "ec") | (trades["buyer"] == "ec")]
-    assert with_ec["quantity_kw"].sum() == pytest.approx(bids["quantity_kw"].sum(), rel=1e-6)
+    assert with_ec["traded_kw"].sum() == pytest.approx(bids["quantity_kw"].sum(), rel=1e-6)

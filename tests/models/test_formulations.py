@@ -216,9 +216,9 @@ def test_lem_on_a_feeder_clears_the_same_on_both(case33):
     solved = both(lem.build, bids=bids, upstream=upstream, network=case33)
     results = {name: lem.results(m, sol) for name, (m, sol) in solved.items()}
     lin, plate = results["lindistflow"], results["copperplate"]
-    assert_same_tables(lin.accepted, plate.accepted, ["quantity_kw", "q_kvar"])
+    assert_same_tables(lin.accepted, plate.accepted, ["accepted_kw", "q_kvar"])
     assert_same_tables(lin.prices, plate.prices, ["price"])
     assert_same_tables(lin.settlement, plate.settlement, ["payment", "surplus"])
     alone = lem.clear(bids, upstream=upstream)
-    assert_same_tables(alone.accepted, lin.accepted, ["quantity_kw"])
+    assert_same_tables(alone.accepted, lin.accepted, ["accepted_kw"])
     assert alone.kpis["social_welfare"] == pytest.approx(lin.kpis["social_welfare"], abs=TOL)

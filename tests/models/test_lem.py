@@ -96,7 +96,7 @@ def test_islanded_clearing_matches_the_merit_order(periods, with_upstream):
         assert row["price_high"] == pytest.approx(high)
         assert low - 1e-6 <= row["price"] <= high + 1e-6
         assert low - 1e-6 <= row["dual"] <= high + 1e-6
-        sold = accepted.query("period == @t and side == 'sell'")["quantity_kw"].sum()
+        sold = accepted.query("period == @t and side == 'sell'")["accepted_kw"].sum()
         if with_upstream:
             sold += result.upstream.set_index("period").loc[t, "import_kw"]
         assert q_min - 1e-6 <= sold <= q_max + 1e-6
@@ -183,7 +183,7 @@ def test_indivisible_blocks_are_priced_at_the_convex_hull_with_uplift():
         }
     )
     result = lem.clear(bids)
-    accepted = result.accepted.set_index("participant")["quantity_kw"]
+    accepted = result.accepted.set_index("participant")["accepted_kw"]
     # enumeration: block off -> welfare 0; block on -> 4*50 + 6*15 - 10*20 = 90 (/1000)
     assert accepted.tolist() == pytest.approx([10.0, 4.0, 6.0])
     assert result.solution.duals_from == "relaxed_lp"
@@ -208,7 +208,7 @@ def test_bad_bids_name_the_row_and_column():
 def test_unserved_and_curtailed_energy_are_reported():
     result = lem.clear(two_sided())
     offered = two_sided().groupby("side")["quantity_kw"].sum()
-    traded = result.accepted.groupby("side")["quantity_kw"].sum()
+    traded = result.accepted.groupby("side")["accepted_kw"].sum()
     assert result.kpis["unserved_kwh"] == pytest.approx(offered["buy"] - traded["buy"])
     assert result.kpis["curtailed_kwh"] == pytest.approx(offered["sell"] - traded["sell"])
     assert np.isclose(traded["buy"], traded["sell"])
@@ -254,7 +254,7 @@ def test_the_market_accepts_the_prosumer_ems_bid_curves(ladder_price):
     result = lem.clear(pd.concat([period_1, seller], ignore_index=True))
     home_rows = result.accepted[result.accepted["participant"] == "home"]
     sign = np.where(home_rows["side"] == "buy", 1.0, -1.0)
-    bought = float((sign * home_rows["quantity_kw"]).sum())
+    bought = float((sign * home_rows["accepted_kw"]).sum())
     at_price = PricesSpec(import_price=[120.0, ladder_price], export_price=[120.0, ladder_price])
     # the battery links the two periods: the bids keep it at its plan for the tariff
     # (deliverable whatever is accepted); the EMS's own choice is with that plan pinned

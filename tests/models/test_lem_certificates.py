@@ -70,7 +70,7 @@ def test_blocks_from_a_nanowatt_to_a_terawatt_clear_as_the_merit_order(exponents
     )
     reference, marginal = walk_merit_order(bids)
     result = lem.clear(bids, solve_options=QUIET)
-    got = result.accepted["quantity_kw"]
+    got = result.accepted["accepted_kw"]
     whole = ~bids.index.isin(list(marginal))
     relative = (got - reference).abs() / bids["quantity_kw"]
     assert (relative[whole] <= 1e-6).all(), bids.assign(got=got, reference=reference)[whole]
@@ -104,7 +104,7 @@ def gains(result, bids: pd.DataFrame, hours: float = 1.0) -> pd.Series:
     accepted = result.accepted
     settled = accepted.merge(result.prices[["period", "price"]], on="period")
     sign = np.where(settled["side"] == "buy", 1.0, -1.0)
-    surplus = sign * (settled["bid_price"] - settled["price"]) * settled["quantity_kw"]
+    surplus = sign * (settled["bid_price"] - settled["price"]) * settled["accepted_kw"]
     by_participant = (surplus * hours / 1000).groupby(settled["participant"]).sum()
     return by_participant + result.settlement.set_index("participant")["uplift"]
 
@@ -235,7 +235,7 @@ def test_every_shipped_market_leaves_every_participant_no_worse_off(name, pricin
     settled = result.accepted.merge(prices, on=keys, how="left")
     price = settled["bid_price"] if pricing == "pay_as_bid" else settled["price"]
     sign = np.where(settled["side"] == "buy", 1.0, -1.0)
-    surplus = sign * (settled["bid_price"] - price) * settled["quantity_kw"]
+    surplus = sign * (settled["bid_price"] - price) * settled["accepted_kw"]
     hours = case.horizon.period_hours
     gain = (surplus * hours / 1000).groupby(settled["participant"]).sum()
     gain += result.settlement.set_index("participant")["uplift"]

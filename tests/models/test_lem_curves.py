@@ -192,9 +192,9 @@ def check_against_hand(result, curves, steps=(), blocks_and_grid=()):
     got = result.tables["accepted_curves"]
     for c, q, (_, row) in zip(curves, q_curves, got.iterrows(), strict=True):
         assert row["participant"] == c["participant"]
-        assert close(row["quantity_kw"], q), (c, row["quantity_kw"], q)
+        assert close(row["accepted_kw"], q), (c, row["accepted_kw"], q)
         assert close(row["price"], prices["price"])
-        marginal = c["b"] + (2 if c["side"] == "sell" else -2) * c["a"] * row["quantity_kw"]
+        marginal = c["b"] + (2 if c["side"] == "sell" else -2) * c["a"] * row["accepted_kw"]
         assert close(row["marginal_value"], marginal)
     for model, q in zip(blocks_and_grid, q_steps, strict=True):
         assert close(model, q), (model, q)
@@ -237,7 +237,7 @@ def test_blocks_curves_and_upstream_clear_at_the_hand_crossing(market):
     upstream = lem.Upstream(import_price, export_price, capacity_kw=capacity)
     result = cleared(pd.DataFrame(blocks), curves=pd.DataFrame(rows), upstream=upstream)
     grid = result.upstream.iloc[0]
-    model = [*result.accepted["quantity_kw"], grid["import_kw"], grid["export_kw"]]
+    model = [*result.accepted["accepted_kw"], grid["import_kw"], grid["export_kw"]]
     check_against_hand(result, rows, steps, model)
 
 
@@ -275,20 +275,20 @@ def test_on_a_feeder_without_binding_limits_lindistflow_equals_copper_plate():
     for result in (lindist, copper):
         assert result.prices["price"].to_numpy() == pytest.approx(low, rel=TOL, abs=TOL)
         q_curves, q_steps = hand_quantities(rows, steps, low)
-        got = result.tables["accepted_curves"]["quantity_kw"].to_numpy()
+        got = result.tables["accepted_curves"]["accepted_kw"].to_numpy()
         assert got == pytest.approx(q_curves, rel=TOL, abs=TOL)
-        assert result.accepted["quantity_kw"].to_numpy() == pytest.approx(q_steps, abs=TOL)
+        assert result.accepted["accepted_kw"].to_numpy() == pytest.approx(q_steps, abs=TOL)
         assert abs(result.kpis["reconciliation_error"]) <= 1e-9
     parts = lindist.prices[["congestion", "voltage"]].abs().to_numpy()
     assert parts.max() < TOL  # the limits are indeed not binding
     # the curves' kvar follow their power factor at the cleared kW
     got = lindist.tables["accepted_curves"]
     ratio = np.tan(np.arccos(curves["power_factor"].to_numpy()))
-    assert got["q_kvar"].to_numpy() == pytest.approx(ratio * got["quantity_kw"].to_numpy())
+    assert got["q_kvar"].to_numpy() == pytest.approx(ratio * got["accepted_kw"].to_numpy())
     # the curves reach the network: the injections per bus include them
     injections = lem.bus_injections(lindist)[0]
     assert injections.loc[25] == pytest.approx(
-        -got.set_index("participant").loc["hp", "quantity_kw"]
+        -got.set_index("participant").loc["hp", "accepted_kw"]
     )
 
 
@@ -328,7 +328,7 @@ def test_curves_best_respond_and_the_settlement_closes(market, hours):
     price = result.prices.loc[0, "price"]
     for _, row in result.tables["accepted_curves"].iterrows():
         c = next(c for c in rows if c["participant"] == row["participant"])
-        p = row["quantity_kw"]
+        p = row["accepted_kw"]
         mine = settlement.loc[c["participant"]]
         surplus = hand_surplus(c["side"], c["a"], c["b"], price, p, hours)
         assert mine["surplus"] == pytest.approx(surplus, rel=1e-9, abs=1e-12)
@@ -373,7 +373,7 @@ def test_a_must_run_seller_below_its_cost_loses_but_is_individually_rational():
     rows = curves.to_dict("records")
     low, high = hand_clearing(rows, [])
     assert result.prices.loc[0, "price"] == pytest.approx(reported_price(low, high), abs=TOL)
-    got = result.tables["accepted_curves"].set_index("participant")["quantity_kw"]
+    got = result.tables["accepted_curves"].set_index("participant")["accepted_kw"]
     assert got.to_numpy() == pytest.approx([10.0, 10.0], abs=TOL)
     seller = result.settlement.set_index("participant").loc["g"]
     assert seller["surplus"] < 0  # paid below its cost for its must-run output

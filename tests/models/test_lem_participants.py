@@ -185,7 +185,7 @@ def test_every_participant_best_responds_at_the_cleared_prices(seed, hours):
     assert result.kpis["individually_rational"] == 1.0
     # every period balances: blocks, participants and the upstream grid
     accepted = result.accepted.assign(
-        p=lambda a: np.where(a["side"] == "sell", 1, -1) * a["quantity_kw"]
+        p=lambda a: np.where(a["side"] == "sell", 1, -1) * a["accepted_kw"]
     )
     net = accepted.groupby("period")["p"].sum() + schedules.groupby("period")["p_net_kw"].sum()
     grid = result.upstream.set_index("period")
@@ -332,7 +332,7 @@ def test_bid_curves_of_a_battery_home_stay_deliverable():
     result = lem.clear(pd.concat([bids, cheap_sellers()], ignore_index=True))
     mine = result.accepted[result.accepted["participant"] == "home"]
     sign = np.where(mine["side"] == "buy", 1.0, -1.0)
-    net = (mine.assign(p=sign * mine["quantity_kw"]).groupby("period")["p"].sum()).reindex(
+    net = (mine.assign(p=sign * mine["accepted_kw"]).groupby("period")["p"].sum()).reindex(
         range(6), fill_value=0.0
     )
     charged = (net.to_numpy() - np.array([0.5, 0.5, 0.5, 1.0, 1.0, 1.0])).clip(min=0).sum()

@@ -79,7 +79,7 @@ def test_balanced_bids_on_lindist3flow_clear_as_on_lindistflow(balanced_feeder):
     assert single.prices["congestion"].abs().max() > 10  # the line 2-3 binds
     assert single.prices["voltage"].abs().max() > 10  # and a voltage limit
     np.testing.assert_allclose(
-        three.accepted["quantity_kw"], single.accepted["quantity_kw"], atol=1e-6
+        three.accepted["accepted_kw"], single.accepted["accepted_kw"], atol=1e-6
     )
     np.testing.assert_allclose(_settled_prices(three), _settled_prices(single), atol=1e-6)
     assert three.kpis["social_welfare"] == pytest.approx(single.kpis["social_welfare"], abs=1e-6)
@@ -94,7 +94,7 @@ def test_without_a_three_phase_formulation_phases_are_summed(balanced_feeder):
     phased = lem.clear(
         BIDS.assign(phase=["c", "a", "ab", "b"]), upstream=UPSTREAM, network=balanced_feeder
     )
-    np.testing.assert_allclose(phased.accepted["quantity_kw"], plain.accepted["quantity_kw"])
+    np.testing.assert_allclose(phased.accepted["accepted_kw"], plain.accepted["accepted_kw"])
     np.testing.assert_allclose(phased.prices["price"], plain.prices["price"])
 
 
@@ -108,7 +108,7 @@ def _probe_welfare(feeder, bids, upstream, key, eps) -> float:
     probe = dict(participant="probe", side="buy", bus=bus, phase=phase, period=period)
     table = pd.concat([bids, pd.DataFrame([probe | dict(price=cap, quantity_kw=eps)])])
     result = lem.clear(table, upstream=upstream, network=feeder, formulation=LinDist3Flow())
-    accepted = result.accepted.set_index("participant").loc["probe", "quantity_kw"]
+    accepted = result.accepted.set_index("participant").loc["probe", "accepted_kw"]
     assert accepted == pytest.approx(eps, rel=1e-9)
     return result.kpis["social_welfare"] - cap * eps / 1000
 
@@ -119,9 +119,9 @@ def test_shipped_case_prices_phases_apart_as_finite_differences_say(shipped):
     price, is the welfare lost per kW of demand added on that connection (a re-solve);
     the voltage part is that less the root's; congestion plays no part."""
     case, feeder, bids, upstream, result = shipped
-    offered = result.accepted.groupby("participant")[["quantity_kw", "offered_kw"]].sum()
+    offered = result.accepted.groupby("participant")[["accepted_kw", "offered_kw"]].sum()
     pv = offered.loc[offered.index.str.startswith("pv")]
-    assert (pv["quantity_kw"] < pv["offered_kw"] - 1).any()
+    assert (pv["accepted_kw"] < pv["offered_kw"] - 1).any()
     prices = result.prices.set_index(["bus", "phase", "period"])
     at_900 = prices.xs((900, 0), level=("bus", "period"))["price"]
     assert at_900[["a", "b"]].min() - at_900["c"] > 20
@@ -156,7 +156,7 @@ def _at_their_connection_price(result, bids: pd.DataFrame) -> None:
         at = prices.loc[[(row.bus, phase, row.period) for phase in row.phase]].mean()
         price = at["price"] + q_per_kw * at["price_q"]
         margin = (row.bid_price - price) * (1 if row.side == "buy" else -1)
-        share = row.quantity_kw / row.offered_kw
+        share = row.accepted_kw / row.offered_kw
         if margin > 1e-6:
             assert share == pytest.approx(1.0, abs=1e-6), row
         elif margin < -1e-6:
@@ -176,7 +176,7 @@ def test_every_block_clears_at_its_connection_price_and_the_settlement_closes(
         result = lem.clear(
             phased, upstream=UPSTREAM, network=balanced_feeder, formulation=LinDist3Flow()
         )
-        partly = result.accepted.set_index("participant").loc[["b5", "b3"], "quantity_kw"]
+        partly = result.accepted.set_index("participant").loc[["b5", "b3"], "accepted_kw"]
         offered = BIDS.set_index("participant").loc[partly.index, "quantity_kw"]
         assert ((partly > 1) & (partly < offered - 1)).all()  # marginal on "ab" and "b"
     _at_their_connection_price(result, bids)
@@ -197,7 +197,7 @@ def _runpp_3ph_voltages(feeder, accepted: pd.DataFrame) -> np.ndarray:
     for table in ("load", "sgen", "asymmetric_load", "asymmetric_sgen"):
         net[table]["in_service"] = False
     sign = np.where(accepted["side"] == "sell", 1.0, -1.0)
-    kw = accepted.assign(kw=sign * accepted["quantity_kw"])
+    kw = accepted.assign(kw=sign * accepted["accepted_kw"])
     periods = sorted(kw["period"].unique())
     buses = list(feeder.buses.index)
     out = np.empty((len(buses), 3, len(periods)))

@@ -52,8 +52,8 @@ def test_designed_market_trades_merit_order_and_prices_from_reciprocity():
     # The chp is marginal, so every bilateral price is 90 (what the next kW costs).
     result = p2p.clear(two_sellers_one_buyer(), upstream=UPSTREAM)
     trades = result.trades.set_index("seller")
-    assert trades.loc["pv", "quantity_kw"] == pytest.approx(4.0)
-    assert trades.loc["chp", "quantity_kw"] == pytest.approx(2.0)
+    assert trades.loc["pv", "traded_kw"] == pytest.approx(4.0)
+    assert trades.loc["chp", "traded_kw"] == pytest.approx(2.0)
     assert trades["price"].to_numpy() == pytest.approx([90.0, 90.0])
     assert result.kpis["social_welfare"] == pytest.approx((6 * 300 - 4 * 20 - 2 * 90) / 1000)
     assert result.kpis["import_kwh"] == pytest.approx(0.0)
@@ -94,9 +94,7 @@ def test_preferences_steer_the_buyer_to_the_preferred_seller():
     # without a near-far edge (far could otherwise sell through near, at no cost)
     graph = [["home", "near"], ["home", "far"]]
     result = p2p.clear(bids, upstream=UPSTREAM, preferences=prefs, graph=graph)
-    assert result.trades.set_index("seller")["quantity_kw"].to_dict() == pytest.approx(
-        {"near": 5.0}
-    )
+    assert result.trades.set_index("seller")["traded_kw"].to_dict() == pytest.approx({"near": 5.0})
 
 
 def test_community_and_hybrid_route_through_managers():
@@ -132,7 +130,7 @@ def test_a_peer_without_partners_only_trades_with_the_grid():
     bids = two_sellers_one_buyer()
     result = p2p.clear(bids, upstream=UPSTREAM, graph=[["chp", "home"]])
     assert set(result.trades["seller"]) == {"chp"}
-    assert result.trades["quantity_kw"].sum() == pytest.approx(5.0)
+    assert result.trades["traded_kw"].sum() == pytest.approx(5.0)
 
 
 @pytest.mark.parametrize(
@@ -156,8 +154,8 @@ def test_admm_matches_the_central_lp(n, record_property):
     w_lp, w_admm = central.kpis["social_welfare"], admm.kpis["social_welfare"]
     assert abs(w_admm - w_lp) <= 1e-3 * abs(w_lp)
     both = central.trades.merge(admm.trades, on=["seller", "buyer", "period"], how="outer")
-    error = (both["quantity_kw_x"].fillna(0) - both["quantity_kw_y"].fillna(0)).abs().max()
-    assert error <= 0.01 * central.trades["quantity_kw"].max()
+    error = (both["traded_kw_x"].fillna(0) - both["traded_kw_y"].fillna(0)).abs().max()
+    assert error <= 0.01 * central.trades["traded_kw"].max()
     # ADMM's consensus trades are reciprocal exactly
     assert (admm.trades["sold_kw"] == admm.trades["bought_kw"]).all()
 
@@ -190,7 +188,7 @@ def test_dso_network_aware_clearing_respects_the_line_and_check_names_cuts():
     feeder = overload_feeder()
     rating = feeder.branches.set_index("to_bus").at[3, "rating_kva"]
     free = p2p.clear(overload_bids(), upstream=UPSTREAM)
-    sold = free.trades.groupby("seller")["quantity_kw"].sum()
+    sold = free.trades.groupby("seller")["traded_kw"].sum()
     assert sold["pv_park"] == pytest.approx(1600.0)
     assert ac_of(feeder, free).max_loading_percent > 100.0  # unsupervised: overloaded
 

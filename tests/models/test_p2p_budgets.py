@@ -133,8 +133,8 @@ def test_admm_with_budgeted_peers_matches_the_central_clearing():
     assert admm.kpis["converged"] == 1.0
     assert admm.kpis["social_welfare"] == pytest.approx(central.kpis["social_welfare"], rel=1e-4)
     both = central.trades.merge(admm.trades, on=["seller", "buyer", "period"], how="outer")
-    gap = (both["quantity_kw_x"].fillna(0) - both["quantity_kw_y"].fillna(0)).abs().max()
-    assert gap <= 0.01 * central.trades["quantity_kw"].max()
+    gap = (both["traded_kw_x"].fillna(0) - both["traded_kw_y"].fillna(0)).abs().max()
+    assert gap <= 0.01 * central.trades["traded_kw"].max()
     assert admm.budgets["energy_kwh"].to_numpy() == pytest.approx(
         central.budgets["energy_kwh"].to_numpy(), abs=1e-3
     )

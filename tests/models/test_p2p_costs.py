@@ -87,7 +87,7 @@ def test_costs_per_pair_and_period_clear_the_merit_order(seed):
     result = p2p.clear(bids, upstream=UPSTREAM, preferences=prefs, graph=graph)
     welfare, sold = star_merit_order(bids, prefs, sellers)
     assert result.kpis["social_welfare"] == pytest.approx(welfare, rel=1e-9)
-    trades = result.trades.set_index(["seller", "period"])["quantity_kw"]
+    trades = result.trades.set_index(["seller", "period"])["traded_kw"]
     for key, kw in sold.items():
         assert trades.get(key, 0.0) == pytest.approx(kw, abs=1e-6), key
     # the costs published per pair and period are the ones the merit order used

@@ -139,8 +139,8 @@ def test_storage_and_flexible_load_admm_matches_the_central_qp():
     assert admm.kpis["converged"] == 1.0
     assert admm.kpis["social_welfare"] == pytest.approx(central.kpis["social_welfare"], rel=1e-4)
     both = central.trades.merge(admm.trades, on=["seller", "buyer", "period"], how="outer")
-    gap = (both["quantity_kw_x"].fillna(0) - both["quantity_kw_y"].fillna(0)).abs().max()
-    assert gap <= 0.01 * central.trades["quantity_kw"].max()
+    gap = (both["traded_kw_x"].fillna(0) - both["traded_kw_y"].fillna(0)).abs().max()
+    assert gap <= 0.01 * central.trades["traded_kw"].max()
 
 
 @pytest.mark.unit

@@ -112,7 +112,7 @@ def kkt_reference(specs, periods=PERIODS):
 
 
 def trade_gap(result, trades: dict) -> float:
-    cleared = result.trades.set_index(["seller", "buyer", "period"])["quantity_kw"]
+    cleared = result.trades.set_index(["seller", "buyer", "period"])["traded_kw"]
     keys = set(cleared.index) | set(trades)
     return max(abs(cleared.get(k, 0.0) - trades.get(k, 0.0)) for k in keys)
 
@@ -178,10 +178,10 @@ def test_quadratic_peers_with_a_grid_and_communities_central_and_admm_agree():
     admm = p2p.clear(None, method="admm", admm=ADMM, **options)
     assert admm.kpis["converged"] == 1.0
     assert admm.kpis["social_welfare"] == pytest.approx(central.kpis["social_welfare"], rel=1e-4)
-    largest = central.trades["quantity_kw"].max()
+    largest = central.trades["traded_kw"].max()
     assert (
         trade_gap(
-            admm, central.trades.set_index(["seller", "buyer", "period"])["quantity_kw"].to_dict()
+            admm, central.trades.set_index(["seller", "buyer", "period"])["traded_kw"].to_dict()
         )
         <= 0.01 * largest
     )

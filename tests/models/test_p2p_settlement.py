@@ -127,7 +127,7 @@ def test_feeder_case_pays_every_seller_at_least_its_offer():
     assert (trades["seller_price"] >= trades["seller"].map(offer) - 1e-9).all()
     assert (trades["buyer_price"] <= trades["buyer"].map(offer) + 1e-9).all()
     chp = trades[trades["seller"] == "chp_24"]
-    assert chp["quantity_kw"].sum() > 0
+    assert chp["traded_kw"].sum() > 0
     assert (chp["seller_price"] >= 90.0 - 1e-9).all()
     assert result.kpis["min_gain"] >= 0.0
 
@@ -164,7 +164,7 @@ def test_congestion_rent_goes_to_the_dso_and_the_pv_park_is_paid_its_offer():
     crossing_kw = rating * math.cos(math.pi / 12)
     assert result.kpis["network_charges"] == pytest.approx((250 - 10) * crossing_kw / 1000)
     sold = result.trades[result.trades["seller"] == "pv_park"]
-    assert sold["quantity_kw"].sum() == pytest.approx(crossing_kw)
+    assert sold["traded_kw"].sum() == pytest.approx(crossing_kw)
     assert sold["seller_price"].to_numpy() == pytest.approx(10.0)
     assert sold["buyer_price"].to_numpy() == pytest.approx(250.0)
     nodal = nodal_prices(m.handles, solution).set_index("bus")["price"]

@@ -85,8 +85,8 @@ def test_admm_with_quadratic_term_matches_the_central_qp_trades_and_prices():
     central = p2p.results(m, solution)
     admm = p2p.clear(bids, upstream=upstream, quadratic=0.5, method="admm", admm={"rho": 5.0})
     both = central.trades.merge(admm.trades, on=["seller", "buyer", "period"], how="outer")
-    trade_error = (both["quantity_kw_x"].fillna(0) - both["quantity_kw_y"].fillna(0)).abs().max()
-    assert trade_error <= 1e-3 * central.trades["quantity_kw"].max()
+    trade_error = (both["traded_kw_x"].fillna(0) - both["traded_kw_y"].fillna(0)).abs().max()
+    assert trade_error <= 1e-3 * central.trades["traded_kw"].max()
     # the QP's reciprocity duals and ADMM's multipliers are the same bilateral prices
     assert both["price_x"].to_numpy() == pytest.approx(both["price_y"].to_numpy(), abs=0.05)
     assert admm.kpis["social_welfare"] == pytest.approx(solution.objective, rel=1e-4)
