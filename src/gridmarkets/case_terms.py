@@ -31,7 +31,8 @@ The labels are derived from the models' own structure, without a table per model
   trafo 0``);
 - the aggregator's commitment and incentive rows are ``commitment_kw``,
   ``commitment_kvar``, ``incentive.levels``, ``incentive.min_per_mwh`` and
-  ``incentive.max_per_mwh``;
+  ``incentive.max_per_mwh``; a follower's KKT rows are its home (``prosumers.c``), their
+  big-M bound on a multiplier ``big_m``, and have no period (they are numbered);
 - the network formulation's members are the feeder's bus or branch (``network bus 5``,
   ``network line 12``), in a flexibility market with their scenario (``scenario
   tso_up, network bus 5``);
@@ -42,6 +43,8 @@ The labels are derived from the models' own structure, without a table per model
 from __future__ import annotations
 
 from typing import Any
+
+import pyomo.environ as pyo
 
 from gridmarkets.models.p2p import MANAGER_PREFIX
 from gridmarkets.solvers.diagnose import Conflict, Diagnosis, Labeler
@@ -66,6 +69,7 @@ _FAMILY_FIELDS = {  # model-level families that stand for one case field
     "deviation_down_kvar": "commitment_kvar",
     "one_level": "incentive.levels",
     "level_chosen": "incentive.levels",
+    "multiplier_bigm": "big_m",  # a follower's KKT multiplier held by the big-M
 }
 _SELLER_LIMITS = {
     "headroom_up": "up_kw",
@@ -88,7 +92,7 @@ def labeler(case: Any, model: Any) -> Labeler:
         blocks = _ancestry(component, model)
         index = _index(component)
         period = index[-1] if index and _hashable(index[-1]) and index[-1] in periods else None
-        if _last_set(component) in _NOT_PERIODS:
+        if _last_set(component) in _NOT_PERIODS or _is_list(component):
             period = None
         name = component.parent_component().local_name
         if "network" in [b.parent_component().local_name for b in blocks]:  # attach_grid's
@@ -101,7 +105,7 @@ def labeler(case: Any, model: Any) -> Labeler:
         bound = _bound_field(name, conflict)
         if bound and hasattr(spec, bound.split(".")[0]):
             path, spec = [*path, bound], None  # the bound is that case field
-        elif not blocks and name in _FAMILY_FIELDS:
+        elif hasattr(case, _FAMILY_FIELDS.get(name, "-").split(".")[0]):
             path = [_FAMILY_FIELDS[name]]
         elif not path and index:  # indexed by a case entry: a P2P peer, its community
             path = _keyed(case, index[0])
@@ -161,6 +165,11 @@ def _index(component: Any) -> tuple:
 def _last_set(component: Any) -> str:
     sets = list(component.parent_component().index_set().subsets())
     return sets[-1].local_name if sets else ""
+
+
+def _is_list(component: Any) -> bool:
+    """A ConstraintList or VarList (a follower's KKT rows): numbered, not by period."""
+    return isinstance(component.parent_component(), pyo.ConstraintList | pyo.VarList)
 
 
 def _hashable(value: Any) -> bool:
