@@ -25,7 +25,8 @@ The labels are derived from the models' own structure, without a table per model
   manager's is its community (``community north``);
 - a flexibility offer ``o`` is row ``o`` of the model's offers table: a seller's offer
   (``sellers.battery_9.offers.1``) or a PV bus's (``pv_offers for pv_12``); a seller's
-  limits are its ``up_kw``, ``down_kw`` and ``s_max_kva``; a TSO requirement is
+  limits are its ``up_kw``, ``down_kw`` and ``s_max_kva`` (a PV bus's rating
+  ``pv_offers.inverter_kva_factor for pv_12``); a TSO requirement is
   ``tso_requirements.<product>``; a DSO need, row ``n`` of the model's needs table, is
   the margin that sets it at its bus or branch (``loading_margin_percent at network
   trafo 0``);
@@ -233,7 +234,7 @@ def _row_element(case: Any, model: Any, name: str, index: tuple) -> tuple[str, A
     if name in ("tso_requirement", "shortfall_kw"):
         return f"tso_requirements.{index[0]}", index[1]
     if name in _SELLER_LIMITS:
-        return f"{_seller(case, index[0])}.{_SELLER_LIMITS[name]}", index[1]
+        return _seller_limit(case, name, index[0]), index[1]
     if name in _NEED_MARGINS and hasattr(model, "needs"):
         need = model.needs.loc[index[0]]
         where = _feeder_element(model.feeder, need["element"], int(need["index"]))
@@ -266,6 +267,16 @@ def _offer_element(case: Any, offers: Any, row: Any) -> tuple[str, Any] | None:
         return _seller(case, seller), period
     same = offers[(offers["seller"] == seller) & (offers["period"] == period)]
     return f"sellers.{seller}.offers.{same.index.get_loc(row)}", period
+
+
+def _seller_limit(case: Any, name: str, seller: str) -> str:
+    """A seller's headroom or rating; a PV bus's rating is ``pv_offers.inverter_kva_factor``
+    and its downward room its output (``pv_offers``)."""
+    if seller in (getattr(case, "sellers", None) or {}):
+        return f"sellers.{seller}.{_SELLER_LIMITS[name]}"
+    if name == "inverter_rating":
+        return f"pv_offers.inverter_kva_factor for {seller}"
+    return _seller(case, seller)
 
 
 def _seller(case: Any, seller: str) -> str:

@@ -207,3 +207,55 @@ def test_relaxing_the_named_offer_then_the_headroom_it_meets_makes_the_case_solv
         "solve", FLEXIBILITY, *NO_PV, "--set", offer, "--set", headroom, "--out", tmp_path
     )
     assert run.returncode == 0, run.stderr
+
+
+def test_flexibility_members_name_their_offer_limit_product_and_need():
+    """The shipped case's model, each member family labelled from the tables the case
+    builds (offers and resources by case_offers, needs by dso_needs): PV offers and
+    their limits, a seller's own offers and limits, the TSO product, the DSO's needs."""
+    from gridmarkets.case_terms import labeler
+    from gridmarkets.solvers.diagnose import Conflict
+    from gridmarkets.specs.flexibility import ADAPTER, Market
+
+    case = load_case(FLEXIBILITY)
+    feeder = load_feeder(case)
+    model = ADAPTER.build(case, feeder, None).model
+    label = labeler(case, model)
+
+    def of(member, kind="constraint", detail=""):
+        family = member.parent_component().name
+        return label(Conflict(member.name, family, kind, detail, component=member))
+
+    market = Market.of(case, feeder)
+    offers = market.offers
+    for o, row in offers.iterrows():
+        element, period = of(model.accepted_kw[o], "variable bound", "upper bound, [0, 1]")
+        assert period == row["period"]
+        if row["seller"] in case.sellers:  # k-th offer of the seller in the case
+            k = int(element.rsplit(".", 1)[1])
+            spec = case.sellers[row["seller"]].offers[k]
+            assert element == f"sellers.{row['seller']}.offers.{k}"
+            assert (spec.product, spec.direction) == (row["product"], row["direction"])
+        else:  # a PV bus of the feeder
+            assert element == f"pv_offers for {row['seller']}"
+            assert int(row["seller"].removeprefix("pv_")) == row["bus"]
+    pv = next(s for s in offers["seller"] if s not in case.sellers)
+    assert of(model.headroom_down[pv, 1]) == (f"pv_offers for {pv}", 1)
+    side = next(k for k in model.INVERTER_SIDES if (pv, 1, k, "dispatch") in model.inverter_rating)
+    rating = model.inverter_rating[pv, 1, side, "dispatch"]
+    assert of(rating) == (f"pv_offers.inverter_kva_factor for {pv}", 1)
+    assert of(model.headroom_up["battery_9", 2]) == ("sellers.battery_9.up_kw", 2)
+    (product,) = case.tso_requirements
+    assert of(model.tso_requirement[product, 3]) == (f"tso_requirements.{product}", 3)
+    needs = model.needs
+    assert len(needs), "the shipped case has DSO needs (the transformer at noon)"
+    branches = feeder.branches
+    for n, need in needs.iterrows():
+        if need["limit_kind"] == "thermal":
+            member, margin = model.need_thermal[n, 0, "dispatch"], "loading_margin_percent"
+            branch = branches.loc[int(need["index"])]
+            where = f"network {branch['kind']} {branch['element']}"
+        else:
+            member, margin = model.need_voltage[n, "dispatch"], "voltage_margin_pu"
+            where = f"network bus {int(need['index'])}"
+        assert of(member) == (f"{margin} at {where}", int(need["period"]))
