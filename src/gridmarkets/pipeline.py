@@ -55,11 +55,12 @@ def run_case(
     """
     solve_options = dict(solve_options or {})
     run = CaseRun.start(case, feeder)
-    built = run.build()
     try:
+        built = run.build()
         result, iteration = run.solve(built, solve_options)
         return run.complete(built, result, iteration, solve_options)
-    except InfeasibleError as err:  # a model the case module built itself
+    except InfeasibleError as err:  # a model the case module built itself (an
+        # aggregator's stand-alone schedules, a coalition's re-solve)
         err.diagnosis = in_case_terms(err.diagnosis, case)
         raise
 
