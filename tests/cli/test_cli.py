@@ -1,30 +1,16 @@
 """The gridmarkets command: exit codes, messages without tracebacks, what it writes."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from cli_run import gridmarkets
 
 ROOT = Path(__file__).resolve().parents[2]
 CASES = ROOT / "data" / "cases"
 
 pytestmark = pytest.mark.solve
-
-
-def gridmarkets(*args, cwd=None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MPLBACKEND": "Agg"}
-    return subprocess.run(
-        [sys.executable, "-m", "gridmarkets", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=env,
-        timeout=600,
-    )
 
 
 def write_case(tmp_path, data, name="case.yaml") -> Path:

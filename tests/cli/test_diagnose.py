@@ -4,15 +4,13 @@ Each named element is checked against the case's data (the bids table, the feede
 appliance's run) and, where it is a limit, by relaxing it: the case then solves.
 """
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
+from cli_run import diagnosis_seconds, gridmarkets
 
 from gridmarkets.case import load_case
 from gridmarkets.pipeline import load_feeder
@@ -22,21 +20,6 @@ from gridmarkets.specs.lem import case_bids
 pytestmark = pytest.mark.solve
 
 CASES = Path(__file__).resolve().parents[2] / "data" / "cases"
-
-
-def gridmarkets(*args) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MPLBACKEND": "Agg"}
-    return subprocess.run(
-        [sys.executable, "-m", "gridmarkets", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-    )
-
-
-def diagnosis_seconds(stderr: str) -> float:
-    return float(re.search(r"(?:by|diagnosis \()[^\n]* in ([0-9.]+) s\b", stderr).group(1))
 
 
 # --- the islanded LV market without its backup generator ---------------------------------

@@ -7,14 +7,13 @@ the case then solves (or, where a second limit of the same element holds it, the
 diagnosis names that limit).
 """
 
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from cli_run import diagnosis_seconds, gridmarkets
 
 from gridmarkets.case import load_case
 from gridmarkets.pipeline import load_feeder
@@ -30,21 +29,6 @@ BLOCK = re.compile(
     r"(\d+) \[accepted_kw\[\d+\] \((?:upper|lower) bound, \[0, ([0-9.e+-]+)\]\)\]$",
     re.MULTILINE,
 )
-
-
-def gridmarkets(*args) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MPLBACKEND": "Agg"}
-    return subprocess.run(
-        [sys.executable, "-m", "gridmarkets", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-    )
-
-
-def diagnosis_seconds(stderr: str) -> float:
-    return float(re.search(r"(?:by|diagnosis \()[^\n]* in ([0-9.]+) s\b", stderr).group(1))
 
 
 def assert_explained(run: subprocess.CompletedProcess) -> None:

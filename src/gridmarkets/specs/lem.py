@@ -174,29 +174,42 @@ class CaseSpec(CaseBase):
 
     def own_models(self) -> list:
         """The participants with their own model, each named by its key."""
-        return [
-            spec.model_copy(update={"participant": name})
-            for section in OWN_MODELS
-            for name, spec in getattr(self, section).items()
-        ]
+        return own_models(self)
 
     def _check_own_models(self, n: int) -> None:
-        """Names unique across sections and block participants; a bus on a network;
-        per-period values and windows within the horizon."""
-        seen = set(self.participants)
-        for section in OWN_MODELS:
-            for name, spec in getattr(self, section).items():
-                path = f"{section}.{name}"
-                if name in seen:
-                    raise ValueError(f"{path}: the name {name!r} is already a participant")
-                seen.add(name)
-                if self.network is not None and spec.bus is None:
-                    raise ValueError(f"{path}.bus: required on a network")
-                for field in ("a", "b", "p_min_kw", "p_max_kw", "utility_per_mwh"):
-                    _check_length(getattr(spec, field, None), n, f"{path}.{field}")
-                end = getattr(spec, "end", None)
-                if end is not None and end > n:
-                    raise ValueError(f"{path}.end: {end} is after the horizon's {n} periods")
+        check_own_models(self, set(self.participants), "participant", n)
+
+
+def own_models(case: CaseBase) -> list:
+    """A LEM or P2P case's participants with their own model (the :data:`OWN_MODELS`
+    sections), each named by its key."""
+    return [
+        spec.model_copy(update={"participant": name})
+        for section in OWN_MODELS
+        for name, spec in getattr(case, section).items()
+    ]
+
+
+def check_own_models(case: CaseBase, seen: set[str], what: str, n: int) -> set[str]:
+    """The :data:`OWN_MODELS` sections of a LEM or P2P case over ``n`` periods: names
+    unique across sections and the ``seen`` block bidders (each a ``what``); a bus on a
+    network; per-period values and windows within the horizon. Every name, ``seen``
+    included."""
+    seen = set(seen)
+    for section in OWN_MODELS:
+        for name, spec in getattr(case, section).items():
+            path = f"{section}.{name}"
+            if name in seen:
+                raise ValueError(f"{path}: the name {name!r} is already a {what}")
+            seen.add(name)
+            if case.network is not None and spec.bus is None:
+                raise ValueError(f"{path}.bus: required on a network")
+            for field in ("a", "b", "p_min_kw", "p_max_kw", "utility_per_mwh"):
+                _check_length(getattr(spec, field, None), n, f"{path}.{field}")
+            end = getattr(spec, "end", None)
+            if end is not None and end > n:
+                raise ValueError(f"{path}.end: {end} is after the horizon's {n} periods")
+    return seen
 
 
 def _check_length(value, periods: int, path: str) -> None:

@@ -33,11 +33,12 @@ from gridmarkets.specs.adapter import (
 )
 from gridmarkets.specs.base import CaseBase, Spec
 from gridmarkets.specs.lem import (
-    OWN_MODELS,
     CurveCase,
     DeviceCase,
     FlexibleLoadCase,
     StorageCase,
+    check_own_models,
+    own_models,
 )
 
 
@@ -138,11 +139,7 @@ class CaseSpec(CaseBase):
 
     def own_models(self) -> list:
         """The peers with their own model, each named by its key."""
-        return [
-            spec.model_copy(update={"participant": name})
-            for section in OWN_MODELS
-            for name, spec in getattr(self, section).items()
-        ]
+        return own_models(self)
 
     def community_of(self) -> dict[str, str | None]:
         """Every peer's community (None: none given)."""
@@ -174,26 +171,15 @@ class CaseSpec(CaseBase):
         return self
 
     def _check_own_models(self, n: int) -> None:
-        """Names unique across sections and peers; a bus on a network; a community
-        where the architecture needs one; per-period values within the horizon."""
-        seen = set(self.peers)
-        for section in OWN_MODELS:
-            for name, spec in getattr(self, section).items():
-                path = f"{section}.{name}"
-                if name in seen:
-                    raise ValueError(f"{path}: the name {name!r} is already a peer")
-                seen.add(name)
-                if self.network is not None and spec.bus is None:
-                    raise ValueError(f"{path}.bus: required on a network")
-                if self.architecture != "full" and name not in self.communities:
-                    raise ValueError(f"communities.{name}: required by {self.architecture}")
-                for field in ("a", "b", "p_min_kw", "p_max_kw", "utility_per_mwh"):
-                    value = getattr(spec, field, None)
-                    if isinstance(value, list) and len(value) != n:
-                        raise ValueError(f"{path}.{field}: {len(value)} values for {n} periods")
-                end = getattr(spec, "end", None)
-                if end is not None and end > n:
-                    raise ValueError(f"{path}.end: {end} is after the horizon's {n} periods")
+        """:func:`~gridmarkets.specs.lem.check_own_models`, a community for each where
+        the architecture needs one, at least two peers, communities of peers only."""
+        seen = check_own_models(self, set(self.peers), "peer", n)
+        if self.architecture != "full":
+            for spec in self.own_models():
+                if spec.participant not in self.communities:
+                    raise ValueError(
+                        f"communities.{spec.participant}: required by {self.architecture}"
+                    )
         if len(seen) < 2:
             raise ValueError("peers: a market needs at least two peers (any section)")
         unknown = set(self.communities) - seen
