@@ -123,14 +123,10 @@ class DeviceCase(_Keyed, parts.DeviceBid):
 OWN_MODELS = ("curves", "storage", "flexible_loads", "devices")
 
 
-class CaseSpec(CaseBase):
-    """A local electricity market case (``model: lem``)."""
+class OwnModelSections(Spec):
+    """The sections of a LEM or P2P case whose participants bring their own model
+    (:mod:`gridmarkets.models.participants`), each keyed by the participant's name."""
 
-    model: Literal["lem"]
-    pricing: Literal["uniform", "pay_as_bid"] = "uniform"
-    upstream: UpstreamSpec | None = Field(None, description="absent: an islanded market")
-    participants: dict[str, ParticipantSpec] = Field(default_factory=dict)
-    profile_bids: ProfileBidsSpec | None = None
     curves: dict[str, CurveCase] = Field(
         default_factory=dict, description="quadratic costs and utilities, by participant"
     )
@@ -143,6 +139,24 @@ class CaseSpec(CaseBase):
     devices: dict[str, DeviceCase] = Field(
         default_factory=dict, description="homes whose devices the market schedules"
     )
+
+    def own_models(self) -> list:
+        """The participants with their own model, each named by its key."""
+        return [
+            spec.model_copy(update={"participant": name})
+            for section in OWN_MODELS
+            for name, spec in getattr(self, section).items()
+        ]
+
+
+class CaseSpec(CaseBase, OwnModelSections):
+    """A local electricity market case (``model: lem``)."""
+
+    model: Literal["lem"]
+    pricing: Literal["uniform", "pay_as_bid"] = "uniform"
+    upstream: UpstreamSpec | None = Field(None, description="absent: an islanded market")
+    participants: dict[str, ParticipantSpec] = Field(default_factory=dict)
+    profile_bids: ProfileBidsSpec | None = None
     indivisible: bool = False
     min_acceptance: float | None = Field(None, gt=0, le=1)
 
@@ -172,25 +186,11 @@ class CaseSpec(CaseBase):
             _check_length(self.upstream.export_price, n, "upstream.export_price")
         return self
 
-    def own_models(self) -> list:
-        """The participants with their own model, each named by its key."""
-        return own_models(self)
-
     def _check_own_models(self, n: int) -> None:
         check_own_models(self, set(self.participants), "participant", n)
 
 
-def own_models(case: CaseBase) -> list:
-    """A LEM or P2P case's participants with their own model (the :data:`OWN_MODELS`
-    sections), each named by its key."""
-    return [
-        spec.model_copy(update={"participant": name})
-        for section in OWN_MODELS
-        for name, spec in getattr(case, section).items()
-    ]
-
-
-def check_own_models(case: CaseBase, seen: set[str], what: str, n: int) -> set[str]:
+def check_own_models(case: OwnModelSections, seen: set[str], what: str, n: int) -> set[str]:
     """The :data:`OWN_MODELS` sections of a LEM or P2P case over ``n`` periods: names
     unique across sections and the ``seen`` block bidders (each a ``what``); a bus on a
     network; per-period values and windows within the horizon. Every name, ``seen``

@@ -32,14 +32,7 @@ from gridmarkets.specs.adapter import (
     table_injections,
 )
 from gridmarkets.specs.base import CaseBase, Spec
-from gridmarkets.specs.lem import (
-    CurveCase,
-    DeviceCase,
-    FlexibleLoadCase,
-    StorageCase,
-    check_own_models,
-    own_models,
-)
+from gridmarkets.specs.lem import OwnModelSections, check_own_models
 
 
 class PeerBlockSpec(Spec):
@@ -103,7 +96,7 @@ class ADMMSpec(Spec):
     eps_rel: PositiveFloat = 1e-6
 
 
-class CaseSpec(CaseBase):
+class CaseSpec(CaseBase, OwnModelSections):
     """A peer-to-peer trading case (``model: p2p``)."""
 
     model: Literal["p2p"]
@@ -117,16 +110,6 @@ class CaseSpec(CaseBase):
     hop_cost: NonNegativeFloat = Field(0.0, description="currency/MWh per branch between peers")
     upstream: UpstreamSpec | None = None
     peers: dict[str, PeerSpec] = Field(default_factory=dict, description="block peers")
-    curves: dict[str, CurveCase] = Field(
-        default_factory=dict, description="peers with quadratic costs or utilities"
-    )
-    storage: dict[str, StorageCase] = Field(default_factory=dict, description="battery peers")
-    flexible_loads: dict[str, FlexibleLoadCase] = Field(
-        default_factory=dict, description="peers with an energy budget over a window"
-    )
-    devices: dict[str, DeviceCase] = Field(
-        default_factory=dict, description="homes whose devices the market schedules"
-    )
     communities: dict[str, str] = Field(
         default_factory=dict, description="community of each curve, storage, load or device peer"
     )
@@ -136,10 +119,6 @@ class CaseSpec(CaseBase):
     )
     budgets: list[BudgetSpec] = Field(default_factory=list)
     admm: ADMMSpec = Field(default_factory=ADMMSpec)
-
-    def own_models(self) -> list:
-        """The peers with their own model, each named by its key."""
-        return own_models(self)
 
     def community_of(self) -> dict[str, str | None]:
         """Every peer's community (None: none given)."""
