@@ -151,7 +151,8 @@ def curve_rows(draw, n_min=2, n_max=8):
         side = "sell" if i == 0 else "buy" if i == 1 else draw(st.sampled_from(["sell", "buy"]))
         p_max = draw(st.floats(0.5, 100.0))
         must_run = draw(st.booleans())
-        p_min = draw(st.floats(0.0, p_max)) if must_run else 0.0
+        # a nonzero minimum is at least lem.MIN_MUST_RUN_KW (smaller ones are refused)
+        p_min = draw(st.floats(lem.MIN_MUST_RUN_KW, p_max)) if must_run else 0.0
         b = draw(st.floats(0.0, 80.0)) if side == "sell" else draw(st.floats(40.0, 200.0))
         row = {
             "participant": f"{side}{i}",
@@ -444,9 +445,9 @@ def test_curves_refuse_pay_as_bid_integer_blocks_and_update():
 
 
 # Instances HiGHS 1.16's QP solver failed on before the fixes, each against the hand clearing.
-C1 = [  # a lower bound of 1e-5 kW, which HiGHS's QP solver read as 0 ("Solve error")
+C1 = [  # a lower bound of 1e-3 kW: at 1e-7 .. 1e-4 HiGHS's QP solver read it as 0
     ("sell0", "sell", 0.16982703901878113, 1.0, 0.0, 80.05634184281482),
-    ("buy1", "buy", 0.7862514979267563, 100.0, 1e-05, 74.71671715011266),
+    ("buy1", "buy", 0.7862514979267563, 100.0, 1e-03, 74.71671715011266),
     ("buy2", "buy", 1.384049288882631, 76.27009842273364, 32.22145124363781, 76.91669333731863),
     ("sell3", "sell", 1.01, 18.2194435542513, 0.0, 43.333813732359886),
 ]
@@ -472,3 +473,29 @@ def test_markets_highs_failed_on_clear_at_the_hand_crossing(market, hours):
     rows = pd.DataFrame(market, columns=columns)
     result = cleared(None, curves=rows, period_hours=hours)
     check_against_hand(result, rows.to_dict("records"))
+
+
+def test_a_must_run_minimum_below_a_watt_is_refused_naming_the_field():
+    """HiGHS 1.16's QP solver ends in "Solve error" on this market (a 1e-6 kW minimum
+    beside two sell blocks); the LEM refuses such a minimum instead of failing in the
+    solver, and clears the same market with the minimum at lem.MIN_MUST_RUN_KW."""
+    curves = pd.DataFrame(
+        [
+            {"participant": "sell0", "side": "sell", "a": 1.0, "b": 0.0, "p_max_kw": 1.0},
+            {"participant": "buy1", "side": "buy", "a": 1.0, "b": 40.0, "p_max_kw": 1.0},
+        ]
+    )
+    blocks = pd.DataFrame(
+        [
+            {"participant": "block0", "side": "sell", "price": 3.0, "quantity_kw": 1.0},
+            {"participant": "block1", "side": "sell", "price": 4.0, "quantity_kw": 1.0},
+        ]
+    )
+    upstream = lem.Upstream(2.0, 1.0, capacity_kw=0.0)
+    with pytest.raises(InputError, match=r"curves row 1 \(participant 'buy1'\): p_min_kw"):
+        lem.clear(blocks, curves=curves.assign(p_min_kw=[0.0, 1e-6]), upstream=upstream)
+    rows = curves.assign(p_min_kw=[0.0, lem.MIN_MUST_RUN_KW])
+    result = cleared(blocks, curves=rows, upstream=upstream)
+    steps = [("sell", 3.0, 1.0), ("sell", 4.0, 1.0), ("sell", 2.0, 0.0), ("buy", 1.0, 0.0)]
+    model = [*result.accepted["accepted_kw"], 0.0, 0.0]
+    check_against_hand(result, rows.to_dict("records"), steps, model)
