@@ -23,3 +23,12 @@ def gridmarkets(*args, cwd=None, timeout: float = 900) -> subprocess.CompletedPr
 def diagnosis_seconds(stderr: str) -> float:
     """The time a printed infeasibility diagnosis says it took (s)."""
     return float(re.search(r"(?:by|diagnosis \()[^\n]* in ([0-9.]+) s\b", stderr).group(1))
+
+
+def paths(node, prefix=()):
+    """Every location in a nested case (mappings and lists), as a tuple of keys."""
+    items = node.items() if isinstance(node, dict) else enumerate(node)
+    for key, child in items:
+        yield (*prefix, key)
+        if isinstance(child, dict | list):
+            yield from paths(child, (*prefix, key))

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cli_run import paths
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -59,15 +60,6 @@ pytestmark = pytest.mark.slow
 class BoundaryPassed(Exception):
     """Raised by the test's runner once a slow case or a study has passed the input
     boundary (it is not solved)."""
-
-
-def paths(node, prefix=()):
-    """Every location in a nested mapping, as a tuple of keys."""
-    items = node.items() if isinstance(node, dict) else enumerate(node)
-    for key, child in items:
-        yield (*prefix, key)
-        if isinstance(child, dict | list):
-            yield from paths(child, (*prefix, key))
 
 
 NUMBERS = st.sampled_from([0, -0.0, 1e-300, -1e300, 1e300, 1e16, -1, 2**63, float("nan")])

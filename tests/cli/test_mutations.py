@@ -3,6 +3,7 @@
 import copy
 
 import pytest
+from cli_run import paths
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -27,15 +28,6 @@ BASE = {
         "gen": {"side": "sell", "blocks": [{"quantity_kw": 4, "price": 50, "indivisible": True}]},
     },
 }
-
-
-def paths(node, prefix=()):
-    """Every dotted location in a nested case, as a tuple of keys."""
-    items = node.items() if isinstance(node, dict) else enumerate(node)
-    for key, child in items:
-        yield (*prefix, key)
-        if isinstance(child, dict | list):
-            yield from paths(child, (*prefix, key))
 
 
 PATHS = list(paths(BASE))
