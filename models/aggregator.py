@@ -56,6 +56,8 @@ import numpy as np
 import pandas as pd
 import pyomo.environ as pyo
 from pydantic import Field, PositiveFloat, model_validator
+from pyomo.common.collections import ComponentMap
+from pyomo.contrib.fbbt.fbbt import compute_bounds_on_expr
 
 from gridmarkets.errors import InputError
 from gridmarkets.models import assets, prosumer
@@ -63,6 +65,7 @@ from gridmarkets.models.assets import BatterySpec, PVSpec
 from gridmarkets.models.prosumer import PricesSpec, ProsumerSpec
 from gridmarkets.results import Result
 from gridmarkets.solvers import Solution, kkt, record_build_time, solve
+from gridmarkets.solvers.kkt import DualBound
 from gridmarkets.specs.base import Spec
 
 if TYPE_CHECKING:
@@ -138,6 +141,7 @@ def build(
     method: kkt.Method = "bigm",
     big_m: float = 10.0,
     extra: Callable[[pyo.ConcreteModel], None] | None = None,
+    derive_big_m: bool = True,
 ) -> pyo.ConcreteModel:
     """Build the aggregator's problem as one Pyomo model (a MILP when bilevel).
 
@@ -166,9 +170,12 @@ def build(
     formulation : a :class:`~gridmarkets.networks.NetworkFormulation` for ``network``
         (default LinDistFlow; ``CopperPlate()``: no grid limits).
     method : "bigm", or "strong_duality" (incentive levels only: exact with binaries).
-    big_m : bound on the followers' multipliers (currency per kW and period);
-        :func:`results` reports any multiplier at it.
+    big_m : bound on the followers' multipliers (currency per kW and period) where none
+        is derived; :func:`results` reports any multiplier at it.
     extra : called with the model at the end, to add user constraints.
+    derive_big_m : bound each home's multipliers by :func:`multiplier_bounds` (derived
+        from its tariff, incentive range and devices) where its conditions hold; False:
+        ``big_m`` for every multiplier.
 
     Returns
     -------
@@ -209,7 +216,12 @@ def build(
     if network is not None:
         _add_network(m, network, formulation)
     if control == "incentive":
-        m.followers = kkt.reformulate(m, [m.home[h] for h in homes], method=method, big_m=big_m)
+        bounds = ComponentMap()
+        for h, spec in homes.items() if derive_big_m else ():
+            bounds.update(multiplier_bounds(m, m.home[h], spec, incentive_range(incentive)))
+        m.followers = kkt.reformulate(
+            m, [m.home[h] for h in homes], method=method, big_m=big_m, dual_bounds=bounds
+        )
         _add_bilevel_cost(m, fairness_weight)
     else:
         m.followers = []
@@ -403,6 +415,119 @@ def _add_reactive(m: pyo.ConcreteModel, b: pyo.Block, spec: ReactiveSpec) -> Non
         rule=lambda b, t: b.q_inverter_kvar[t] - b.q_load_kvar[t],
         doc="q_net[t] = q_inverter[t] - q_load[t]  (kvar, into the grid)",
     )
+
+
+# --- multiplier bounds ------------------------------------------------------------------
+
+
+def incentive_range(incentive: IncentiveSpec) -> tuple[float, float]:
+    """(lowest, highest) incentive the leader may offer (currency/MWh)."""
+    if incentive.levels is None:
+        return incentive.min_per_mwh, incentive.max_per_mwh
+    return min(incentive.levels), max(incentive.levels)
+
+
+def multiplier_bounds(
+    m: pyo.ConcreteModel, b: pyo.Block, spec: HomeSpec, incentive: tuple[float, float]
+) -> ComponentMap:
+    """Bounds on a home's KKT multipliers from its tariff, incentive range and devices.
+
+    Every bound holds for *some* optimal dual of the home's LP at *every* incentive in
+    ``incentive`` (currency/MWh), so used as ``M_dual`` it removes no response of the
+    home; multipliers are in currency per unit of their row (kW, kWh) and period. Empty
+    (``big_m`` applies) unless the home's conditions hold: ``c_imp[t] >= c_exp[t]``, the
+    import limit covers the devices' largest draw and the export limit their largest
+    injection in every period. The EV's and heat pump's own sides keep ``big_m``.
+
+    Derivation, per constraint family (``dt`` hours, ``D`` the demand charge):
+
+    1. Dropped sides (bound 0): the connection's upper limits, the peak's upper bound,
+       the inverter's capability and reactive bounds. Without them the home's optimal
+       cost is the same at every incentive: its ``q`` costs nothing (set it to 0,
+       inside the polygon since S >= the PV's power), ``p_import - p_export`` is the
+       devices' draw, within the limits, and cutting a simultaneous import and export
+       by the same amount changes the cost by ``-(c_imp - c_exp) dt/1000 <= 0``. An
+       optimal dual of that LP, extended by zeros, is optimal for the home's LP.
+    2. Energy value ``nu[t]`` of the balance (currency per kW): stationarity of import
+       and export gives ``nu = a[t] + mu_peak[t] - lam_imp = b[t] + lam_exp`` with
+       ``a[t] = (c_imp[t] + pi) dt/1000``, ``b[t] = (c_exp[t] + pi) dt/1000``, and the
+       peak's ``sum_t mu_peak[t] + lam_peak = D``: so ``b[t] <= nu[t] <= a[t] + D``,
+       ``lam_imp, lam_exp <= (c_imp[t] - c_exp[t]) dt/1000 + D`` (the incentive
+       cancels; closed form, reached when a home exports with D = 0),
+       ``mu_peak[t], lam_peak <= D``.
+    3. Curtailment: ``lam - mu = c_curt dt/1000 + nu[t]``, so ``lam <= c_curt dt/1000 +
+       a[t] + D`` and ``mu <= max(0, -(c_curt dt/1000 + b[t]))``.
+    4. Battery (relaxed): ``w[t]``, the value of a stored kWh, meets charge and
+       discharge stationarity at thresholds ``(nu[t] + g)/(eta_c dt)`` and ``eta_d
+       (nu[t] - g)/dt`` (``g`` the degradation cost per kW and period) as equalities or
+       one-sided inequalities, the SoC window as orderings ``w[t] <= w[t+1]`` or ``>=``,
+       and the final SoC as ``w[T] >= 0``. Projecting ``w`` onto ``J = [min(0,
+       thresholds), max(0, thresholds)]`` keeps all of them (a projection is monotone),
+       so ``w`` in ``J`` is optimal; then ``lam_soc, mu_soc, lam_final <= |J|`` and the
+       power sides follow from stationarity with ``nu`` in its range.
+    """
+    dt = m.period_hours
+    c_imp = np.array([pyo.value(m.import_price_per_mwh[t]) for t in m.PERIODS])
+    c_exp = np.array([pyo.value(m.export_price_per_mwh[t]) for t in m.PERIODS])
+    if (c_imp < c_exp).any() or not _connection_covers_devices(m, b, spec):
+        return ComponentMap()
+    demand = spec.demand_charge_per_kw
+    nu_lo = (c_exp + incentive[0]) * dt / 1000.0
+    nu_hi = (c_imp + incentive[1]) * dt / 1000.0 + demand
+    spread = (c_imp - c_exp) * dt / 1000.0 + demand
+    bounds = ComponentMap()
+    for t in m.PERIODS:
+        bounds[b.p_import_kw[t]] = DualBound(lower=spread[t], upper=0.0)
+        bounds[b.p_export_kw[t]] = DualBound(lower=spread[t], upper=0.0)
+        bounds[b.peak_import[t]] = DualBound(lower=demand, upper=demand)
+    bounds[b.p_peak_import_kw] = DualBound(lower=demand, upper=0.0)
+    if spec.pv is not None:
+        curtail = spec.pv.curtailment_cost_per_mwh * dt / 1000.0
+        for t in m.PERIODS:
+            bounds[b.pv.p_curtail_kw[t]] = DualBound(
+                lower=max(0.0, curtail + nu_hi[t]), upper=max(0.0, -(curtail + nu_lo[t]))
+            )
+    if spec.reactive.inverter_kva is not None:
+        bounds[b.q_inverter_kvar] = DualBound(lower=0.0, upper=0.0)
+        bounds[b.inverter_capability] = DualBound(lower=0.0, upper=0.0)
+    if spec.battery is not None:
+        bounds.update(_battery_bounds(b.battery, spec.battery, nu_lo, nu_hi, dt))
+    return bounds
+
+
+def _connection_covers_devices(m: pyo.ConcreteModel, b: pyo.Block, spec: HomeSpec) -> bool:
+    """Whether the import (export) limit covers the devices' largest draw (injection)."""
+    for t in m.PERIODS:
+        low, high = compute_bounds_on_expr(sum(p[t] for p in b.devices.values()))
+        if low is None or high is None:
+            return False
+        if -low > spec.import_limit_kw or high > spec.export_limit_kw:
+            return False
+    return True
+
+
+def _battery_bounds(
+    block: pyo.Block, spec: BatterySpec, nu_lo: np.ndarray, nu_hi: np.ndarray, dt: float
+) -> ComponentMap:
+    """A relaxed battery's multiplier bounds (step 4 of :func:`multiplier_bounds`)."""
+    g = spec.degradation_cost_per_mwh * dt / 1000.0
+    eta_c, eta_d = spec.eta_charge, spec.eta_discharge
+    nu = np.concatenate([nu_lo, nu_hi])
+    thresholds = np.concatenate([(nu + g) / (eta_c * dt), eta_d * (nu - g) / dt])
+    w_lo, w_hi = min(0.0, thresholds.min()), max(0.0, thresholds.max())
+    bounds = ComponentMap()
+    for k, t in enumerate(block.p_charge_kw):
+        bounds[block.p_charge_kw[t]] = DualBound(
+            lower=max(0.0, g + nu_hi[k] - dt * eta_c * w_lo),
+            upper=max(0.0, dt * eta_c * w_hi - nu_lo[k] - g),
+        )
+        bounds[block.p_discharge_kw[t]] = DualBound(
+            lower=max(0.0, g - nu_lo[k] + dt * w_hi / eta_d),
+            upper=max(0.0, nu_hi[k] - g - dt * w_lo / eta_d),
+        )
+    bounds[block.soc_kwh] = DualBound(lower=w_hi - w_lo, upper=w_hi - w_lo)
+    bounds[block.soc_final] = DualBound(lower=w_hi - w_lo, upper=w_hi - w_lo)
+    return bounds
 
 
 def _add_portfolio(m: pyo.ConcreteModel, penalty_per_mwh: float, penalty_per_mvarh: float) -> None:

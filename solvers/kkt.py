@@ -25,12 +25,16 @@ leader/follower split and the dual map need the row-by-row bookkeeping anyway.
 Where the big-Ms come from: ``M_primal`` is the upper bound of the slack over the
 variables' bounds, tightened by Pyomo's FBBT (``pyomo.contrib.fbbt``) over the whole
 model when the bounds alone give none; every such M is valid for any feasible point of
-the single-level model. A multiplier has no primal source of bounds, so ``M_dual`` comes
-from ``big_m``. Where no finite M exists and none is given, :class:`KKTError` names the
-constraint. :func:`verify` re-solves each follower at the leader's decision and lists
-the multipliers and slacks sitting at their M (a sign an M was too small); a too-small
-M that cuts off a leader decision far from the solution found is invisible to it, and
-to any check at one point (see :func:`verify`).
+the single-level model. A multiplier has no primal source of bounds: ``M_dual`` comes
+from ``dual_bounds`` (per side, derived by the caller from the follower's economics, e.g.
+:func:`gridmarkets.models.aggregator.multiplier_bounds`) or else from ``big_m``. A side
+whose ``M_dual`` is 0 keeps its primal constraint but no binary: its multiplier is fixed
+at 0 (valid when dropping the side never changes the follower's optimal value, so some
+optimal dual has it at 0). Where no finite M exists and none is given,
+:class:`KKTError` names the constraint. :func:`verify` re-solves each follower at the
+leader's decision and lists the multipliers and slacks sitting at their M (a sign an M
+was too small); a too-small M that cuts off a leader decision far from the solution
+found is invisible to it, and to any check at one point (see :func:`verify`).
 
 Dual map: ``follower.dual[c]`` is an expression equal to ``d(cost)/d(rhs)`` of follower
 constraint ``c``, in the sign convention of :meth:`gridmarkets.solvers.Solution.dual`
@@ -59,6 +63,19 @@ BigM = float | Mapping[Any, float | tuple[float, float]] | None
 AT_BOUND_TOL = 1e-6
 
 
+@dataclass(frozen=True)
+class DualBound:
+    """Bounds on the multipliers of a constraint's or variable's two sides.
+
+    ``lower``: of its ``>=`` side (or lower bound), ``upper``: of its ``<=`` side (or upper
+    bound), in follower cost per unit of the row; None: not given (``big_m`` applies);
+    0: the side's multiplier is fixed at 0 and it gets no binary.
+    """
+
+    lower: float | None = None
+    upper: float | None = None
+
+
 class KKTError(InputError):
     """A follower cannot be reformulated: not an LP, an unknown leader var, no big-M."""
 
@@ -79,6 +96,7 @@ class Side:
     m_primal: float | None = None
     m_dual: float | None = None
     m_primal_given: bool = False
+    m_dual_derived: bool = False
     binary: VarData | None = None
 
 
@@ -124,6 +142,7 @@ def reformulate(
     upper_vars: Iterable[Any] | None = None,
     method: Method = "bigm",
     big_m: BigM = None,
+    dual_bounds: Mapping[Any, DualBound] | None = None,
 ) -> Follower | list[Follower]:
     """Replace each follower's objective by its KKT conditions, in place.
 
@@ -143,6 +162,9 @@ def reformulate(
         a number (both sides) or ``(M_primal, M_dual)``; a given value overrides the one
         derived from bounds. Scalar components are not hashable: key a mapping that
         names them with a ``pyomo.common.collections.ComponentMap``.
+    dual_bounds : ``{constraint or var (data or indexed parent): DualBound}`` (a
+        ``ComponentMap``): ``M_dual`` of each side, overriding ``big_m``'s; valid when
+        some optimal dual of the follower lies within them for every leader decision.
 
     Returns
     -------
@@ -162,7 +184,7 @@ def reformulate(
     bounds = _SlackBounds(model)
     try:
         for follower in followers:
-            _write(follower, method, big_m, bounds)
+            _write(follower, method, _MBounds(big_m, dual_bounds), bounds)
     finally:
         bounds.restore()
     model._gridmarkets_kkt = getattr(model, "_gridmarkets_kkt", []) + followers
@@ -180,6 +202,8 @@ class FollowerCheck:
     optimum : its optimal cost re-solved alone with the leader's decision fixed.
     gap : ``value - optimum`` (>= 0 up to tolerance; > 0: not a follower optimum).
     at_bound : labels of sides whose multiplier or given slack M is reached.
+    at_derived_bound : labels of sides whose multiplier is at its ``dual_bounds`` value
+        (proven valid: information, not a warning).
     """
 
     name: str
@@ -187,6 +211,7 @@ class FollowerCheck:
     optimum: float
     gap: float
     at_bound: list[str]
+    at_derived_bound: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -208,9 +233,12 @@ def verify(model: pyo.Block, lower=None, *, tol: float = 1e-6) -> list[FollowerC
       a given ``M_primal`` too small can (``slack <= M_primal`` removed the follower's
       better responses), and so can solver tolerances. Ms derived from bounds or FBBT
       hold for every feasible point and remove nothing.
-    - ``at_bound``: the multipliers at their ``M_dual`` and the slacks at a given
+    - ``at_bound``: the multipliers at a ``big_m`` ``M_dual`` and the slacks at a given
       ``M_primal``. An M that is reached restricts the single-level model at this
-      point; a larger one may let the leader do better.
+      point; a larger one may let the leader do better. A multiplier at its
+      ``dual_bounds`` value is not listed: those bounds are the caller's proof that some
+      optimal dual lies within them, and a tight one is reached wherever the dual is
+      at its extreme (e.g. a home exporting values energy at the export price).
 
     What it cannot see: a too-small M also removes every *other* leader decision whose
     follower needs a multiplier above ``M_dual`` (or a slack above a given
@@ -402,29 +430,63 @@ class _SlackBounds:
             self.saved = None
 
 
+@dataclass
+class _MBounds:
+    """The Ms given for a side: ``big_m`` (both Ms) and ``dual_bounds`` (M_dual per side)."""
+
+    big_m: BigM
+    dual_bounds: Mapping[Any, DualBound] | None
+
+    def given(self, component, sense: str) -> tuple[float | None, float | None]:
+        """(M_primal, M_dual) given for one side of a constraint or variable, if any."""
+        m_primal, m_dual = _given_m(self.big_m, component)
+        derived = _lookup(self.dual_bounds, component)
+        side = None if derived is None else getattr(derived, sense)
+        return m_primal, m_dual if side is None else float(side)
+
+    def derived(self, component, sense: str) -> bool:
+        """Whether ``dual_bounds`` gives this side's M_dual."""
+        derived = _lookup(self.dual_bounds, component)
+        return derived is not None and getattr(derived, sense) is not None
+
+    def fallback_primal(self) -> float | None:
+        big_m = self.big_m
+        return float(big_m) if big_m is not None and not isinstance(big_m, Mapping) else None
+
+
+def _lookup(mapping: Mapping | None, component) -> Any:
+    """The value a mapping gives a component or, failing that, its indexed parent."""
+    if not mapping:
+        return None
+    for key in (component, component.parent_component()):
+        if isinstance(mapping, ComponentMap):
+            if key in mapping:
+                return mapping[key]
+            continue
+        for k, value in mapping.items():
+            if k is key:
+                return value
+    return None
+
+
 def _given_m(big_m: BigM, component) -> tuple[float | None, float | None]:
     """(M_primal, M_dual) the user gave for a constraint or variable, if any."""
     if big_m is None:
         return None, None
     if not isinstance(big_m, Mapping):
         return None, float(big_m)
-    for key in (component, component.parent_component()):
-        for k, value in big_m.items():
-            if k is key:
-                if isinstance(value, tuple):
-                    return float(value[0]), float(value[1])
-                return float(value), float(value)
-    return None, None
-
-
-def _fallback_primal(big_m: BigM) -> float | None:
-    return float(big_m) if big_m is not None and not isinstance(big_m, Mapping) else None
+    value = _lookup(big_m, component)
+    if value is None:
+        return None, None
+    if isinstance(value, tuple):
+        return float(value[0]), float(value[1])
+    return float(value), float(value)
 
 
 # --- writing the conditions ---------------------------------------------------------
 
 
-def _write(follower: Follower, method: str, big_m: BigM, bounds: _SlackBounds) -> None:
+def _write(follower: Follower, method: str, big_m: _MBounds, bounds: _SlackBounds) -> None:
     b = follower.block
     b.kkt = pyo.Block(doc=f"KKT conditions of follower {b.name} ({method})")
     k = b.kkt
@@ -510,18 +572,23 @@ def _side(follower, label, component, sense, slack) -> VarData:
     return multiplier
 
 
-def _add_bigm(follower: Follower, big_m: BigM, bounds: _SlackBounds) -> None:
+def _add_bigm(follower: Follower, big_m: _MBounds, bounds: _SlackBounds) -> None:
     k = follower.block.kkt
     k.active_side = pyo.VarList(domain=pyo.Binary, doc="u = 1: multiplier may be > 0")
     k.multiplier_bigm = pyo.ConstraintList(doc="lam <= M_dual u")
     k.slack_bigm = pyo.ConstraintList(doc="slack <= M_primal (1 - u)")
     for side in follower.sides:
-        m_primal, m_dual = _given_m(big_m, side.component)
+        m_primal, m_dual = big_m.given(side.component, side.sense)
         side.m_primal_given = m_primal is not None
+        side.m_dual_derived = big_m.derived(side.component, side.sense)
+        if m_dual == 0.0:  # some optimal dual has it at 0: no complementarity to write
+            side.m_dual = 0.0
+            side.multiplier.fix(0.0)
+            continue
         if m_primal is None:
             m_primal = bounds.upper(side.slack)
             if m_primal is None:
-                m_primal = _fallback_primal(big_m)
+                m_primal = big_m.fallback_primal()
                 side.m_primal_given = m_primal is not None
         if m_primal is None:
             raise KKTError(
@@ -544,14 +611,19 @@ def _add_bigm(follower: Follower, big_m: BigM, bounds: _SlackBounds) -> None:
         k.slack_bigm.add(side.slack <= m_primal * (1 - side.binary))
 
 
-def _add_strong_duality(follower: Follower, big_m: BigM, bounds: _SlackBounds) -> None:
+def _add_strong_duality(follower: Follower, big_m: _MBounds, bounds: _SlackBounds) -> None:
     """cost <= dual objective, with binary-leader products linearised exactly."""
     k = follower.block.kkt
     k.product = pyo.VarList(doc="w = x z for a binary leader x (McCormick, exact)")
     k.product_envelope = pyo.ConstraintList(
         doc="zL x <= w <= zU x;  z - zU (1 - x) <= w <= z - zL (1 - x)"
     )
-    given = ComponentMap((s.multiplier, _given_m(big_m, s.component)[1]) for s in follower.sides)
+    given = ComponentMap(
+        (s.multiplier, big_m.given(s.component, s.sense)[1]) for s in follower.sides
+    )
+    for side in follower.sides:  # some optimal dual has it at 0 (see dual_bounds)
+        if given[side.multiplier] == 0.0:
+            side.multiplier.fix(0.0)
     bounds_of = ComponentMap((y, (0.0, m)) for y, m in given.items())
     primal = _linearise(follower, follower.cost, bounds_of, bounds)
     dual = _linearise(follower, follower.dual_objective, bounds_of, bounds)
@@ -623,7 +695,7 @@ def _check(follower: Follower, tol: float) -> FollowerCheck:
     from gridmarkets.solvers.highs import solve
 
     value = float(pyo.value(follower.cost))
-    at_bound = _sides_at_bound(follower, tol)
+    at_bound, at_derived = _sides_at_bound(follower, tol)
     snapshot = ComponentMap((v, v.value) for v in follower.block.component_data_objects(pyo.Var))
     leader_fixed = [x for x in follower.leader_variables if not x.fixed]
     kkt = follower.block.kkt
@@ -645,7 +717,7 @@ def _check(follower: Follower, tol: float) -> FollowerCheck:
             x.unfix()
         for v, val in snapshot.items():
             v.set_value(val, skip_validation=True)
-    return FollowerCheck(follower.block.name, value, optimum, value - optimum, at_bound)
+    return FollowerCheck(follower.block.name, value, optimum, value - optimum, at_bound, at_derived)
 
 
 def _solve_box(follower: Follower) -> None:
@@ -658,13 +730,15 @@ def _solve_box(follower: Follower) -> None:
         y.set_value(bound)
 
 
-def _sides_at_bound(follower: Follower, tol: float) -> list[str]:
-    flagged = []
+def _sides_at_bound(follower: Follower, tol: float) -> tuple[list[str], list[str]]:
+    """(sides at a given M, sides whose multiplier is at its derived bound)."""
+    flagged, derived = [], []
     for side in follower.sides:
         lam = side.multiplier.value or 0.0
-        if side.m_dual is not None and lam >= side.m_dual * (1 - tol) and side.m_dual > 0:
-            flagged.append(f"{side.label}: multiplier {lam:g} at M_dual {side.m_dual:g}")
+        if side.m_dual is not None and side.m_dual > 0 and lam >= side.m_dual * (1 - tol):
+            label = f"{side.label}: multiplier {lam:g} at M_dual {side.m_dual:g}"
+            (derived if side.m_dual_derived else flagged).append(label)
         slack = pyo.value(side.slack)
         if side.m_primal_given and side.m_primal and slack >= side.m_primal * (1 - tol):
             flagged.append(f"{side.label}: slack {slack:g} at given M_primal {side.m_primal:g}")
-    return flagged
+    return flagged, derived

@@ -321,8 +321,9 @@ def _solved(m):
 
 
 def test_too_small_big_m_is_caught_by_verify(solved):
-    # multipliers here are prices of kWh (~0.3-0.5 currency); M = 0.4 cuts the optimum off
-    m = bilevel(big_m=0.4)
+    # multipliers here are prices of kWh (~0.3-0.5 currency); a given M = 0.4 (no derived
+    # bounds) cuts the optimum off
+    m = bilevel(big_m=0.4, derive_big_m=False)
     result = aggregator.results(m, solve(m))
     assert result.kpis["leader_cost"] > solved[2].kpis["leader_cost"] + 1e-3
     assert result.kpis["multipliers_at_big_m"] > 0
