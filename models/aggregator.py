@@ -59,12 +59,13 @@ from pydantic import Field, PositiveFloat, model_validator
 from pyomo.common.collections import ComponentMap
 from pyomo.contrib.fbbt.fbbt import compute_bounds_on_expr
 
-from gridmarkets.errors import InputError
+from gridmarkets.errors import InputError, NoSolutionError
 from gridmarkets.models import assets, prosumer
 from gridmarkets.models.assets import BatterySpec, PVSpec
 from gridmarkets.models.prosumer import PricesSpec, ProsumerSpec
 from gridmarkets.results import Result
-from gridmarkets.solvers import Solution, kkt, record_build_time, solve
+from gridmarkets.solvers import Solution, compile_model, kkt, record_build_time, solve
+from gridmarkets.solvers.highs import solve_compiled
 from gridmarkets.solvers.kkt import DualBound
 from gridmarkets.specs.base import Spec
 
@@ -195,6 +196,7 @@ def build(
     m.PERIODS = pyo.RangeSet(0, periods - 1, doc="periods")
     m.PROSUMERS = pyo.Set(initialize=list(homes), doc="homes")
     m.specs, m.mode, m.period_hours, m.control = homes, "grid", period_hours, control
+    m.prices_spec, m.incentive_spec, m.fairness_weight = prices, incentive, fairness_weight
     m.handles = None  # the network's handles, set by attach_grid on a network
     m.standalone_cost, baseline = _standalone(homes, prices, periods, period_hours)
     m.baseline_kw = pyo.Param(
@@ -653,10 +655,184 @@ def _add_full_control_cost(m: pyo.ConcreteModel) -> None:
     )
 
 
+# --- a start: the homes' best responses at a candidate incentive ------------------------
+
+
+class Responses:
+    """The homes' own EMS at any incentive schedule: their best responses, one LP.
+
+    The prosumer model of the homes with the incentive folded into the tariff (a home's
+    ``cost - income`` is its cost at ``c_imp + pi`` and ``c_exp + pi``, less the
+    constant ``pi baseline``), compiled to HiGHS arrays once; a new incentive changes
+    only the import and export columns' costs, by ``+-pi[t] dt/1000``. The homes are
+    separable, so the LP's optimum is every home's optimum.
+    """
+
+    def __init__(self, m: pyo.ConcreteModel):
+        self.m = m
+        self.ems = ems = prosumer.build(
+            m.specs, m.prices_spec, periods=len(m.PERIODS), period_hours=m.period_hours
+        )
+        self.form = compile_model(ems)
+        self.base_cost = np.array(self.form.lp.col_cost_, dtype=float)
+        column = {id(v): k for k, v in enumerate(self.form.columns)}
+        self.columns = {
+            name: np.array(
+                [
+                    [column[id(getattr(ems.home[h], name)[t])] for t in ems.PERIODS]
+                    for h in ems.PROSUMERS
+                ]
+            )
+            for name in ("p_import_kw", "p_export_kw")
+        }
+        self.baseline = np.array([[m.baseline_kw[h, t] for t in m.PERIODS] for h in m.PROSUMERS])
+        self.standalone = np.array([m.standalone_cost[h] for h in m.PROSUMERS])
+        self.q_fixed = np.array(
+            [sum(pyo.value(m.home[h].q_load_kvar[t]) for h in m.PROSUMERS) for t in m.PERIODS]
+        )
+        self.pairs = [
+            (v, m.home[h].find_component(v.getname(fully_qualified=True, relative_to=ems.home[h])))
+            for h in m.PROSUMERS
+            for v in ems.home[h].component_data_objects(pyo.Var)
+        ]
+
+    def respond(self, pi_per_mwh: np.ndarray) -> float:
+        """Solve the homes at incentive ``pi[t]``; return the leader's cost of that response.
+
+        The cost is the leader's objective at the homes' responses with the inverters'
+        reactive power at 0: incentives paid, deviation penalties and fairness spread.
+        """
+        dt = self.m.period_hours / 1000.0
+        cost = self.base_cost.copy()
+        shift = np.broadcast_to(pi_per_mwh * dt, self.columns["p_import_kw"].shape)
+        cost[self.columns["p_import_kw"]] += shift
+        cost[self.columns["p_export_kw"]] -= shift
+        self.form.lp.col_cost_ = cost
+        solve_compiled(self.ems, self.form, 0.0, {})
+        x = np.array([v.value for v in self.form.columns])
+        net = x[self.columns["p_export_kw"]] - x[self.columns["p_import_kw"]]
+        income = (net - self.baseline) @ pi_per_mwh * dt
+        own = np.array([pyo.value(self.ems.home[h].cost) for h in self.ems.PROSUMERS])
+        gain = self.standalone - own + income  # cost at the tariff, as in the model's gain
+        spread = float(gain.max() - gain.min())
+        return (
+            float(income.sum())
+            + self._deviation_cost(net.sum(axis=0))
+            + self.m.fairness_weight * spread
+        )
+
+    def _deviation_cost(self, p_kw: np.ndarray) -> float:
+        m = self.m
+        for t in m.COMMITTED:
+            m.deviation_up_kw[t].set_value(max(p_kw[t] - m.commitment_kw[t], 0.0))
+            m.deviation_down_kw[t].set_value(max(m.commitment_kw[t] - p_kw[t], 0.0))
+        for t in m.COMMITTED_Q:
+            q = -self.q_fixed[t]
+            m.deviation_up_kvar[t].set_value(max(q - m.commitment_kvar[t], 0.0))
+            m.deviation_down_kvar[t].set_value(max(m.commitment_kvar[t] - q, 0.0))
+        return float(pyo.value(m.deviation_cost))
+
+    def load(self) -> None:
+        """Copy the last responses into the aggregator's homes (inverters' q at 0)."""
+        for source, target in self.pairs:
+            target.set_value(source.value, skip_validation=True)
+        for h in self.m.PROSUMERS:
+            if hasattr(self.m.home[h], "q_inverter_kvar"):
+                for v in self.m.home[h].q_inverter_kvar.values():
+                    v.set_value(0.0)
+
+
+def search_incentive(m: pyo.ConcreteModel, seconds: float) -> tuple[dict, float]:
+    """A good incentive per group by the homes' best responses, within ``seconds``.
+
+    Groups that cover no committed period keep the incentive nearest 0; the others try
+    every candidate (the menu of levels, else 11 values from the lowest to the highest
+    incentive) together, then one group at a time, keeping the cheapest response.
+
+    Returns
+    -------
+    (incentive by group, the leader's cost of the homes' responses to it).
+    """
+    deadline = time.perf_counter() + seconds
+    responses = m.responses = getattr(m, "responses", None) or Responses(m)
+    spec = m.incentive_spec
+    low, high = incentive_range(spec)
+    grid = np.unique(spec.levels if spec.levels is not None else np.linspace(low, high, 11))
+    committed = set(m.COMMITTED) | set(m.COMMITTED_Q)
+    active = [g for g in m.GROUPS if any(m.group_of[t] == g and t in committed for t in m.PERIODS)]
+    start = float(grid[np.argmin(np.abs(grid))])
+    best = dict.fromkeys(m.GROUPS, start)
+
+    def cost(choice: dict) -> float:
+        return responses.respond(np.array([choice[m.group_of[t]] for t in m.PERIODS]))
+
+    best_cost = cost(best)
+    moves = [(tuple(active), v) for v in grid] + [((g,), v) for g in active for v in grid]
+    for groups, value in moves:
+        if time.perf_counter() > deadline:
+            break
+        trial = {**best, **dict.fromkeys(groups, float(value))}
+        trial_cost = cost(trial)
+        if trial_cost < best_cost:
+            best, best_cost = trial, trial_cost
+    return best, best_cost
+
+
+def set_start(
+    m: pyo.ConcreteModel, incentive: Mapping[Any, float], time_limit: float | None = None
+) -> bool:
+    """Give every variable of the model a value: a bilevel-feasible point at ``incentive``.
+
+    The homes respond with their own optimum (:class:`Responses`); each side's binary
+    is 1 where its slack is 0; with the incentive and the binaries fixed, one LP finds
+    the leader's best point among the homes' responses with that pattern of tight
+    sides, multipliers included (valid bounds admit an optimal dual). ``solve(...,
+    warm_start=True)`` then hands HiGHS a complete start.
+
+    Returns
+    -------
+    Whether the LP found the point (False: the model's values are a partial start).
+    """
+    responses = m.responses = getattr(m, "responses", None) or Responses(m)
+    responses.respond(np.array([incentive[m.group_of[t]] for t in m.PERIODS]))
+    responses.load()
+    fixed = _set_incentive(m, incentive)
+    for follower in m.followers:
+        for side in follower.sides:
+            if side.binary is not None:
+                side.binary.set_value(int(pyo.value(side.slack) <= 1e-9))
+                fixed.append(side.binary)
+    for v in fixed:
+        v.fix()
+    try:
+        solve(m, time_limit=time_limit)
+        return True
+    except NoSolutionError:
+        return False
+    finally:
+        for v in fixed:
+            v.unfix()
+
+
+def _set_incentive(m: pyo.ConcreteModel, incentive: Mapping[Any, float]) -> list:
+    """Set the leader's incentive variables; return them."""
+    if m.incentive_spec.levels is None:
+        for g in m.GROUPS:
+            m.group_incentive_per_mwh[g].set_value(incentive[g])
+        return list(m.group_incentive_per_mwh.values())
+    levels = list(m.incentive_spec.levels)
+    for g in m.GROUPS:
+        for k in m.LEVELS:
+            m.level_chosen[g, k].set_value(int(levels[k] == incentive[g]))
+    return list(m.level_chosen.values())
+
+
 # --- results ----------------------------------------------------------------------------
 
 
-def results(model: pyo.ConcreteModel, solution: Solution) -> Result:
+def results(
+    model: pyo.ConcreteModel, solution: Solution, *, time_limit: float | None = None
+) -> Result:
     """Tables and KPIs of a solved aggregator model, with the followers verified.
 
     Tables
@@ -666,19 +842,23 @@ def results(model: pyo.ConcreteModel, solution: Solution) -> Result:
         q_net_kvar, deviation_kvar (NaN commitment and deviation where none).
     power : prosumer, period, import_kw, export_kw, p_net_kw, q_kvar.
     prosumers : prosumer, standalone_cost, cost, incentive_paid, gain.
-    verify : prosumer, value, optimum, gap, at_bound — each home re-solved alone at the
-        incentives found (bilevel only).
+    verify : prosumer, value, optimum, gap, at_bound, checked — each home re-solved
+        alone at the incentives found (bilevel only); ``checked`` False where
+        ``time_limit`` (seconds for the re-solves) came first.
+
+    KPIs include the solver's ``mip_gap`` and ``time_limit_hit`` (1 when HiGHS stopped
+    at its time limit, the gap then being what it reached).
     """
     m = model
-    checks = kkt.verify(m) if m.followers else []
+    checks = kkt.verify(m, time_limit=time_limit) if m.followers else []
     tables = {
         "incentives": _incentive_table(m),
         "portfolio": _portfolio_table(m),
         "power": _power_table(m),
         "prosumers": _prosumer_table(m),
         "verify": pd.DataFrame(
-            [(c.name, c.value, c.optimum, c.gap, "; ".join(c.at_bound)) for c in checks],
-            columns=["prosumer", "value", "optimum", "gap", "at_bound"],
+            [(c.name, c.value, c.optimum, c.gap, "; ".join(c.at_bound), c.checked) for c in checks],
+            columns=["prosumer", "value", "optimum", "gap", "at_bound", "checked"],
         ),
     }
     kpis = {
@@ -689,8 +869,12 @@ def results(model: pyo.ConcreteModel, solution: Solution) -> Result:
         "deviation_kvarh": float(
             tables["portfolio"]["deviation_kvar"].abs().sum() * m.period_hours
         ),
-        "max_follower_gap": max((abs(c.gap) for c in checks), default=0.0),
+        "max_follower_gap": max((abs(c.gap) for c in checks if c.checked), default=0.0),
+        "followers_unchecked": int(sum(not c.checked for c in checks)),
         "multipliers_at_big_m": int(sum(len(c.at_bound) for c in checks)),
+        "multipliers_at_derived_bound": int(sum(len(c.at_derived_bound) for c in checks)),
+        "mip_gap": float(solution.gap),
+        "time_limit_hit": int(solution.status == "time_limit"),
     }
     return Result("aggregator", tables, kpis, solution)
 
@@ -753,17 +937,62 @@ def schedule(
     solve_options: Mapping[str, Any] | None = None,
     **build_options: Any,
 ) -> Result:
-    """Build, solve and report in one call: :func:`build`, then :func:`results`.
-
-    The MILP starts from the zero incentive (the leader's variables are initialised
-    there and HiGHS completes the homes' part): every home keeping its baseline is
-    feasible, so the search has an incumbent from the start.
+    """Build, solve and report in one call: :func:`build`, :func:`solve_bilevel`,
+    :func:`results`.
 
     ``build_options`` are :func:`build`'s keyword arguments; ``solve_options`` are
-    :func:`gridmarkets.solvers.solve`'s.
+    :func:`solve_bilevel`'s. A ``time_limit`` covers everything after the build: the
+    start, HiGHS, its pricing LP and the homes' re-solves (see :func:`solve_bilevel`).
     """
     model = build(prosumers, prices, commitment_kw, **build_options)
-    return results(model, solve(model, **{"warm_start": True, **dict(solve_options or {})}))
+    options = dict(solve_options or {})
+    started = time.perf_counter()
+    solution = solve_bilevel(model, **options)
+    limit = options.get("time_limit")
+    left = None if limit is None else max(limit - (time.perf_counter() - started), 0.0)
+    return results(model, solution, time_limit=left)
+
+
+VERIFY_SHARE = 0.1  # of the time limit kept for the homes' re-solves (verify)
+SEARCH_SHARE = 0.25  # of the time limit at most spent searching the start's incentive
+
+
+def solve_bilevel(
+    model: pyo.ConcreteModel,
+    *,
+    time_limit: float | None = None,
+    start: bool = True,
+    **solve_options: Any,
+) -> Solution:
+    """Solve an aggregator model, from a bilevel-feasible start found by the homes' LPs.
+
+    With ``start`` (bilevel models): :func:`search_incentive` tries incentives on the
+    homes' own EMS (their best responses, one LP per candidate) and :func:`set_start`
+    turns the best into a complete MIP start (every variable valued, so HiGHS need not
+    complete it); HiGHS then proves the gap from there. Without one, or when the start
+    LP fails (e.g. a grid limit the responses break), HiGHS starts cold.
+
+    Time: ``time_limit`` (seconds) bounds the search (at most ``SEARCH_SHARE`` of it),
+    the start LP, HiGHS and its pricing LP together, keeping ``VERIFY_SHARE`` for
+    :func:`results`' re-solves; each stage gets the time left. Stages that cannot be
+    interrupted (one homes' LP, the model's translation) can overrun it by their own
+    duration: about a second at 40 homes x 24 periods.
+
+    ``solve_options`` are :func:`gridmarkets.solvers.solve`'s (``mip_gap``, ``threads``,
+    ``options``).
+    """
+    deadline = math.inf if time_limit is None else time.perf_counter() + time_limit
+    reserve = 0.0 if time_limit is None else VERIFY_SHARE * time_limit
+
+    def left() -> float | None:
+        return None if time_limit is None else max(deadline - time.perf_counter() - reserve, 0.1)
+
+    warm = False
+    if start and model.followers:
+        budget = math.inf if time_limit is None else SEARCH_SHARE * time_limit
+        incentive, _ = search_incentive(model, budget)
+        warm = set_start(model, incentive, time_limit=left())
+    return solve(model, time_limit=left(), warm_start=warm, **solve_options)
 
 
 def level_grid(levels: Sequence[float], periods: int) -> np.ndarray:

@@ -742,9 +742,10 @@ def _row_duals(form: StandardForm, highs: highspy.Highs) -> Callable[[], dict[in
     return by_constraint
 
 
-def _milp_duals(form: StandardForm, x: np.ndarray, rule: str, options) -> dict[int, float]:
+def _milp_duals(form: StandardForm, x: np.ndarray, rule: str, options) -> Any:
     """Price a MILP by an LP: its integers fixed at the solution (``fixed_integer``) or
-    relaxed (``convex_hull``); re-solve and read the duals."""
+    relaxed (``convex_hull``); re-solve and read the duals (None: the LP reached the
+    time limit, which covers MILP and pricing together)."""
     lp = form.lp
     lower = np.array(lp.col_lower_, dtype=float)
     upper = np.array(lp.col_upper_, dtype=float)
@@ -759,9 +760,19 @@ def _milp_duals(form: StandardForm, x: np.ndarray, rule: str, options) -> dict[i
     )
     highs.changeColsBounds(len(x), np.arange(len(x), dtype=np.int32), lower, upper)
     highs.run()
-    if highs.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+    status = highs.getModelStatus()
+    if status == highspy.HighsModelStatus.kTimeLimit:
+        return None  # the time limit covers the pricing too: the MILP stays unpriced
+    if status != highspy.HighsModelStatus.kOptimal:
         raise InfeasibleError(f"the {rule} LP used to price the MILP did not solve")
     return _row_duals(form, highs)
+
+
+def _time_left(options: dict[str, Any], spent: float) -> dict[str, Any]:
+    """``options`` with the time limit cut by the seconds already spent (at least 0.1 s)."""
+    if "time_limit" not in options:
+        return options
+    return {**options, "time_limit": max(float(options["time_limit"]) - spent, 0.1)}
 
 
 def _raise_for_status(model, form: StandardForm, highs: highspy.Highs, status, options) -> None:
@@ -876,8 +887,8 @@ def solve_compiled(
         bound, gap = float(info.mip_dual_bound), float(info.mip_gap)
         rule = getattr(model, MILP_PRICES_ATTR, "fixed_integer")
         duals_from = {"fixed_integer": "fixed_integer_lp", "convex_hull": "relaxed_lp"}[rule]
-        duals_from = duals_from if optimal else None
-        duals = _milp_duals(form, x, rule, options) if optimal else {}
+        duals = _milp_duals(form, x, rule, _time_left(options, solve_seconds)) if optimal else None
+        duals_from = duals_from if duals is not None else None
     else:
         bound, gap, duals_from = objective, 0.0, "lp" if form.hessian is None else "qp"
         duals = _row_duals(form, highs)
@@ -897,5 +908,5 @@ def solve_compiled(
         n_constraints=form.n_constraints,
         n_nonzeros=form.n_nonzeros,
         highs_version=highs.version(),
-        _duals=duals,
+        _duals=duals or {},
     )

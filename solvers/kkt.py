@@ -44,6 +44,7 @@ constraint ``c``, in the sign convention of :meth:`gridmarkets.solvers.Solution.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -204,6 +205,8 @@ class FollowerCheck:
     at_bound : labels of sides whose multiplier or given slack M is reached.
     at_derived_bound : labels of sides whose multiplier is at its ``dual_bounds`` value
         (proven valid: information, not a warning).
+    checked : False when :func:`verify`'s time limit came before this follower's
+        re-solve (``optimum`` and ``gap`` are then NaN).
     """
 
     name: str
@@ -212,13 +215,20 @@ class FollowerCheck:
     gap: float
     at_bound: list[str]
     at_derived_bound: list[str] = field(default_factory=list)
+    checked: bool = True
 
     @property
     def ok(self) -> bool:
-        return abs(self.gap) <= 1e-6 * max(1.0, abs(self.optimum)) and not self.at_bound
+        return (
+            self.checked
+            and abs(self.gap) <= 1e-6 * max(1.0, abs(self.optimum))
+            and not self.at_bound
+        )
 
 
-def verify(model: pyo.Block, lower=None, *, tol: float = 1e-6) -> list[FollowerCheck]:
+def verify(
+    model: pyo.Block, lower=None, *, tol: float = 1e-6, time_limit: float | None = None
+) -> list[FollowerCheck]:
     """Check a solved single-level model against each follower re-solved alone.
 
     The leader's values are fixed, each follower's original objective is restored and
@@ -257,13 +267,16 @@ def verify(model: pyo.Block, lower=None, *, tol: float = 1e-6) -> list[FollowerC
     model : a model reformulated by :func:`reformulate` and solved.
     lower : a follower block or list of blocks (default: every reformulated follower).
     tol : relative tolerance for "at its bound".
+    time_limit : seconds for all re-solves; followers not reached in time are returned
+        with ``checked=False`` (their bound checks still made).
 
     Returns
     -------
     One :class:`FollowerCheck` per follower.
     """
     followers = _followers_of(model, lower)
-    return [_check(f, tol) for f in followers]
+    deadline = math.inf if time_limit is None else time.perf_counter() + time_limit
+    return [_check(f, tol, time.perf_counter() < deadline) for f in followers]
 
 
 def bilinear_cost(follower: Follower) -> Any:
@@ -690,12 +703,15 @@ def _followers_of(model: pyo.Block, lower) -> list[Follower]:
     return [by_block[id(b)] for b in blocks]
 
 
-def _check(follower: Follower, tol: float) -> FollowerCheck:
+def _check(follower: Follower, tol: float, resolve: bool = True) -> FollowerCheck:
     """Re-solve one follower with the leader fixed; compare costs; list sides at M."""
     from gridmarkets.solvers.highs import solve
 
     value = float(pyo.value(follower.cost))
     at_bound, at_derived = _sides_at_bound(follower, tol)
+    if not resolve:
+        name = follower.block.name
+        return FollowerCheck(name, value, math.nan, math.nan, at_bound, at_derived, False)
     snapshot = ComponentMap((v, v.value) for v in follower.block.component_data_objects(pyo.Var))
     leader_fixed = [x for x in follower.leader_variables if not x.fixed]
     kkt = follower.block.kkt
