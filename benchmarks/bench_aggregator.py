@@ -3,7 +3,9 @@
 Portfolios from :func:`gridmarkets.models.aggregator.example_portfolio` (evening-peaked
 loads, PV on two homes in three, a relaxed battery on every other, a time-of-use tariff,
 an evening commitment to export 1 kW per home), fairness weight 0.05, deviation penalty
-1000 currency/MWh, multipliers bounded by 1.5 currency per kW and period. Five forms:
+1000 currency/MWh. The multipliers' big-Ms are derived per side from each home's tariff,
+incentive range and devices (:func:`gridmarkets.models.aggregator.multiplier_bounds`;
+``big_m=1.5`` is only the fallback, unused here). Five forms:
 
 - ``bigm``: a continuous incentive per period in [0, 250] currency/MWh, KKT with big-M
   (the default configuration: ``IncentiveSpec()`` is continuous, ``method="bigm"``);
@@ -13,23 +15,31 @@ an evening commitment to export 1 kW per home), fairness weight 0.05, deviation 
   22:00-06:00, day, evening peak 17:00-21:00) instead of per period;
 - ``full control``: the single-level comparison (an LP).
 
-Solved to a 1 % MIP gap with a time limit (quick 10 s, full 60 s), starting from the
-zero incentive (``warm_start=True``: the leader's variables start at zero and HiGHS
-completes the homes' part); ``max gap`` is the largest follower gap
-:func:`gridmarkets.solvers.kkt.verify` found (0 when every home's response is optimal),
-``at M`` the multipliers it found at their big-M. Quick mode: 3 x 4 and 5 x 8; full:
-3 x 4, then 5 to 40 homes x 24 periods and 20 homes x 12 and 48.
+Solved by :func:`gridmarkets.models.aggregator.solve_bilevel` to a 1 % MIP gap with a
+time limit (quick 10 s, full 60 s) that covers everything after the build: the
+incentive search on the homes' own EMS, the complete MIP start, HiGHS, its pricing LP
+and verify's re-solves (``after_build_s``; ``total_s`` adds the build). ``max gap`` is
+the largest follower gap :func:`gridmarkets.solvers.kkt.verify` found (0 when every
+home's response is optimal), ``at M`` the multipliers it found at a given big-M (none
+is given here), ``at derived`` those at their derived bound (valid bounds, reached where
+they are tight: information, not a warning), ``unchecked`` the homes verify had no time
+left for. Quick mode: 3 x 4 and 5 x 8; full: 3 x 4, then 5 to 40 homes x 24 periods and
+20 homes x 12 and 48.
 
-What it shows (full mode, 60 s limit): the default continuous form reaches 1 % up to 20
-x 24 (7 s) and 20 x 48 (36 s), not 40 x 24 (6.2 % at 60 s). Incentive levels per
-period stay the weak form: without the start big-M found no incumbent from 5 x 24 on;
-with it, 1.4 % on 5 x 24 and 12-13 % on 10 and 20 x 24 at the limit, still none on 40
-x 24 and 20 x 48 (HiGHS does not complete the start in time); strong duality stalls at
-2-11 %. The same levels per tariff group (18 leader binaries instead of 144) reach 1 %
-with strong duality on every size (20 x 24 in 9 s, 40 x 24 in 25 s). The primal Ms
-come from variable bounds and FBBT. (20 x 12 ends before the evening commitment: cost
-0, where a relative gap means nothing.) Times past the limit include the fixed-integer
-LP that prices the MILP and verify's re-solve of every home.
+What it shows (full mode, 60 s limit): one run on a busy machine (2 cores, load average
+8-10 throughout: builds took about 3x their quiet times). The default continuous form
+reaches 1 % on every size: 40 x 24 at 0.78 % in 15.5 s (10.2 s after the build; HiGHS
+1.9 s, ending at its root node from the start's 261.6), 20 x 48 in 16.9 s; before the
+derived bounds and the start it stopped at 6.2 % after 60 s (95.7 s of wall time).
+Every home's response verified optimal (``max gap`` <= 4e-15), no multiplier at a given
+big-M; the derived bounds drop about 40 % of the binaries (5,106 vs 8,350 at 40 x 24:
+the connection's upper limits and, without a demand charge, the peak's sides get none). Incentive
+levels per period now find incumbents everywhere: 1 % up to 20 x 24 and 20 x 48, 1.3 %
+(big-M) and 1.4 % (strong duality) on 40 x 24 at the limit, where they had none (big-M)
+or 6.5 % before; groups with strong duality 1.4 % on 40 x 24 at the limit here (0.85 %
+in 25 s on the earlier quiet run: the bound, not the incumbent, is what is left). Runs
+at the limit end within it (``after_build_s`` 55.8-57.4 s). (3 x 4 and 20 x 12 cost
+about 0, where a relative gap means nothing.)
 """
 
 from __future__ import annotations

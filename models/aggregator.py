@@ -687,7 +687,7 @@ class Responses:
         }
         self.baseline = np.array([[m.baseline_kw[h, t] for t in m.PERIODS] for h in m.PROSUMERS])
         self.standalone = np.array([m.standalone_cost[h] for h in m.PROSUMERS])
-        self.q_fixed = np.array(
+        self.q_load_kvar = np.array(
             [sum(pyo.value(m.home[h].q_load_kvar[t]) for h in m.PROSUMERS) for t in m.PERIODS]
         )
         self.pairs = [
@@ -727,7 +727,7 @@ class Responses:
             m.deviation_up_kw[t].set_value(max(p_kw[t] - m.commitment_kw[t], 0.0))
             m.deviation_down_kw[t].set_value(max(m.commitment_kw[t] - p_kw[t], 0.0))
         for t in m.COMMITTED_Q:
-            q = -self.q_fixed[t]
+            q = -self.q_load_kvar[t]  # the loads' draw; inverters at 0
             m.deviation_up_kvar[t].set_value(max(q - m.commitment_kvar[t], 0.0))
             m.deviation_down_kvar[t].set_value(max(m.commitment_kvar[t] - q, 0.0))
         return float(pyo.value(m.deviation_cost))
@@ -742,6 +742,13 @@ class Responses:
                     v.set_value(0.0)
 
 
+def _responses(m: pyo.ConcreteModel) -> Responses:
+    """The model's :class:`Responses`, built on first use."""
+    if getattr(m, "responses", None) is None:
+        m.responses = Responses(m)
+    return m.responses
+
+
 def search_incentive(m: pyo.ConcreteModel, seconds: float) -> tuple[dict, float]:
     """A good incentive per group by the homes' best responses, within ``seconds``.
 
@@ -754,7 +761,7 @@ def search_incentive(m: pyo.ConcreteModel, seconds: float) -> tuple[dict, float]
     (incentive by group, the leader's cost of the homes' responses to it).
     """
     deadline = time.perf_counter() + seconds
-    responses = m.responses = getattr(m, "responses", None) or Responses(m)
+    responses = _responses(m)
     spec = m.incentive_spec
     low, high = incentive_range(spec)
     grid = np.unique(spec.levels if spec.levels is not None else np.linspace(low, high, 11))
@@ -793,7 +800,7 @@ def set_start(
     -------
     Whether the LP found the point (False: the model's values are a partial start).
     """
-    responses = m.responses = getattr(m, "responses", None) or Responses(m)
+    responses = _responses(m)
     responses.respond(np.array([incentive[m.group_of[t]] for t in m.PERIODS]))
     responses.load()
     fixed = _set_incentive(m, incentive)

@@ -105,9 +105,20 @@ def check_within(bound: DualBound, reduced_or_row: float, what: str) -> None:
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(homes_and_tariff())
 def test_every_highs_dual_of_a_home_lies_within_its_derived_bound(case):
+    """At the leader's optimal incentive (the bilevel solved with the derived bounds) and
+    at a random one in the range, each home's LP solved alone by HiGHS has every
+    multiplier of a bounded side within its bound."""
     homes, prices, incentive, pi = case
     spec = aggregator.IncentiveSpec(min_per_mwh=incentive[0], max_per_mwh=incentive[1])
-    m = aggregator.build(homes, prices, [0.0] * PERIODS, periods=PERIODS, incentive=spec)
+    commitment = [-2.0, float("nan"), 3.0, float("nan")]
+    m = aggregator.build(homes, prices, commitment, periods=PERIODS, incentive=spec)
+    solve(m)
+    optimal = [pyo.value(m.incentive_per_mwh[t]) for t in m.PERIODS]
+    for at in (optimal, pi):
+        assert_duals_within_bounds(m, homes, prices, incentive, np.clip(at, *incentive))
+
+
+def assert_duals_within_bounds(m, homes, prices, incentive, pi) -> None:
     ems = home_lp(homes, prices, pi)
     reduced, rows = highs_duals(ems)
     checked = 0
