@@ -40,13 +40,15 @@ def homes_and_tariff(draw):
             )
         battery = None
         if draw(st.booleans()):
-            capacity = 2 + 8 * draw(floats)
+            capacity, power, eta = 2 + 8 * draw(floats), 0.5 + 3 * draw(floats), 0.8
+            initial = capacity * draw(floats)
+            reach = 0.9 * eta * power * PERIODS  # kWh the battery can gain: final feasible
             battery = BatterySpec(
                 capacity_kwh=capacity,
-                p_charge_max_kw=0.5 + 3 * draw(floats),
-                soc_initial_kwh=capacity * draw(floats),
-                soc_final_kwh=capacity * draw(floats),
-                eta_charge=0.8 + 0.2 * draw(floats),
+                p_charge_max_kw=power,
+                soc_initial_kwh=initial,
+                soc_final_kwh=float(np.clip(initial + reach * (2 * draw(floats) - 1), 0, capacity)),
+                eta_charge=eta + 0.2 * draw(floats),
                 eta_discharge=0.8 + 0.2 * draw(floats),
                 degradation_cost_per_mwh=20 * draw(floats),
                 relaxed=True,
