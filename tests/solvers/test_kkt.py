@@ -8,7 +8,7 @@ from pyomo.common.collections import ComponentMap
 from test_kkt_literature import PROBLEMS, build
 
 from gridmarkets.solvers import solve
-from gridmarkets.solvers.kkt import KKTError, bilinear_cost, reformulate, verify
+from gridmarkets.solvers.kkt import DualBound, KKTError, bilinear_cost, reformulate, verify
 
 pytestmark = pytest.mark.solve
 
@@ -178,3 +178,26 @@ def test_bilinear_cost_linearises_a_price_times_quantity():
     assert solve(m).objective == pytest.approx(40)
     assert pyo.value(m.p) * pyo.value(m.buyer.q) == pytest.approx(40)
     assert verify(m)[0].ok
+
+
+def test_dual_bounds_per_side_fix_redundant_multipliers_and_list_tight_ones_apart():
+    # y = max(x, 2 - x) lies in [1, 4]: y's bounds (-10, 10) never bind, so bounds 0 on
+    # their multipliers are valid (no binary); stationarity 1 = lam_x + lam_mirror makes
+    # 1 a valid and tight bound on the rows' multipliers, reached at the optimum x = 4
+    m = kinked()
+    bounds = ComponentMap(
+        [
+            (m.f.above_x, DualBound(lower=1.0)),
+            (m.f.above_mirror, DualBound(lower=1.0)),
+            (m.f.y, DualBound(lower=0.0, upper=0.0)),
+        ]
+    )
+    follower = reformulate(m, m.f, big_m=100, dual_bounds=bounds)
+    solution = solve(m)
+    assert solution.n_binaries == 2  # the two rows; y's bound sides have none
+    assert pyo.value(m.x) == pytest.approx(4) and pyo.value(m.f.y) == pytest.approx(4)
+    assert solution.objective == pytest.approx(-4 + 0.5 * max(4, 2 - 4))  # closed form
+    assert all(s.multiplier.fixed for s in follower.sides if s.component is m.f.y)
+    check = verify(m)[0]
+    assert check.ok and not check.at_bound
+    assert len(check.at_derived_bound) == 1 and "above_x" in check.at_derived_bound[0]
