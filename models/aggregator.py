@@ -36,7 +36,10 @@ Lower level (each home ``h``): ``min cost_h(y) - income[h]`` over its devices â€
 prosumer model's ``add_home`` plus its inverter's capability. :func:`gridmarkets.solvers
 .kkt.reformulate` replaces each home's problem by its KKT conditions; ``income[h]``
 (leader price x follower quantity) and ``cost[h]`` are linear through the follower's
-strong duality (:func:`gridmarkets.solvers.kkt.bilinear_cost`). :func:`results`
+strong duality (:func:`gridmarkets.solvers.kkt.bilinear_cost`); the multipliers' big-Ms
+are derived from each home's tariff, incentive range and devices
+(:func:`multiplier_bounds`), and :func:`solve_bilevel` starts HiGHS from the homes' best
+responses to a searched incentive (:func:`search_incentive`, :func:`set_start`). :func:`results`
 re-solves every home at the incentives found (:func:`gridmarkets.solvers.kkt.verify`)
 and reports the gaps.
 
