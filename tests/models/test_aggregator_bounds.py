@@ -3,6 +3,7 @@ its start from the homes' best responses, and its time limit."""
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import highspy
@@ -11,6 +12,7 @@ import pyomo.environ as pyo
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_aggregator import LEVELS, Reference, bilevel
 
 from gridmarkets.models import aggregator, prosumer
 from gridmarkets.models.assets import BatterySpec, PVSpec
@@ -207,3 +209,15 @@ def test_a_tiny_time_limit_is_kept_and_reported():
     assert 0 < result.kpis["mip_gap"] < np.inf  # an incumbent (the start) and a bound
     assert result.kpis["mip_gap"] == pytest.approx(result.solution.gap)
     assert result.solution.objective >= result.solution.best_bound
+
+
+def test_solve_bilevel_from_its_start_reaches_the_brute_force_optimum():
+    """The three homes of test_aggregator, levels per period: solve_bilevel (search,
+    start, HiGHS) ends at the best of all 3^4 incentive schedules, each priced by the
+    homes' own EMS and the leader's best response among their optima."""
+    m = bilevel()
+    solution = aggregator.solve_bilevel(m)
+    baseline = {k: pyo.value(v) for k, v in m.baseline_kw.items()}
+    reference = Reference(baseline, m.standalone_cost)
+    best = min(reference.leader_cost(schedule) for schedule in itertools.product(LEVELS, repeat=4))
+    assert solution.objective == pytest.approx(best, abs=1e-6)
