@@ -532,6 +532,8 @@ class _Columns:
     def add(self, variables: np.ndarray) -> np.ndarray:
         """Positions of market variables (each distinct VarData numbered once, new ones
         after those already numbered)."""
+        if not len(variables):
+            return np.zeros(0, dtype=np.int64)
         ids = np.fromiter(map(id, variables), dtype=np.int64, count=len(variables))
         _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
         self.variables = np.concatenate([self.variables, variables[first]])
