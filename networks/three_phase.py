@@ -868,7 +868,10 @@ class ThreePhaseACCheck:
         |V2| / |V1|), pvur_percent_linear and pvur_percent_ac (max_phi |V_phi - V_avg|
         / V_avg, the quantity ``max_unbalance_pu`` limits).
     branches : branch, phase, period, from_bus, to_bus, kind, element, p_kw_linear,
-        p_kw_ac (at the sending end), loading_percent_linear, loading_percent_ac.
+        p_kw_ac, q_kvar_linear, q_kvar_ac (at the sending end; the AC one at the
+        terminal, so with a line's charging, unlike the linear series flow),
+        loading_percent_linear, loading_percent_ac, loss_kw_ac (pandapower's per-phase
+        losses; LinDist3Flow is lossless).
     """
 
     buses: pd.DataFrame
@@ -981,7 +984,8 @@ def run_ac_3ph(feeder: Feeder, p_kw: np.ndarray, q_kvar: np.ndarray) -> dict[str
     Returns
     -------
     dict of arrays: vm_pu (buses x 3 x periods), vuf_percent (buses x periods), and per
-    branch at the sending end p_kw and loading_percent (branches x 3 x periods).
+    branch (branches x 3 x periods) p_kw and q_kvar at the sending end, loading_percent
+    and loss_kw.
     """
     import pandapower as pp
 
@@ -992,7 +996,7 @@ def run_ac_3ph(feeder: Feeder, p_kw: np.ndarray, q_kvar: np.ndarray) -> dict[str
     below = feeder.position(at)
     n_t = p_kw.shape[2]
     out = {"vm_pu": np.empty((len(buses), 3, n_t)), "vuf_percent": np.empty((len(buses), n_t))}
-    for name in ("p_kw", "loading_percent"):
+    for name in ("p_kw", "q_kvar", "loading_percent", "loss_kw"):
         out[name] = np.empty((len(feeder.branches), 3, n_t))
     for t in track(range(n_t), f"three-phase AC power flow of {feeder.name}"):
         for k, phase in enumerate(PHASES):
@@ -1028,15 +1032,17 @@ def _read_3ph(feeder: Feeder, net, out: dict, t: int) -> None:
     for kind, table in (("line", net.res_line_3ph), ("trafo", net.res_trafo_3ph)):
         rows = np.flatnonzero(kinds == kind)
         result = table.loc[br["element"].to_numpy()[rows]]
-        out["p_kw"][rows, :, t] = _sending_kw(feeder, net, kind, rows, result)
+        out["p_kw"][rows, :, t] = _sending(feeder, net, kind, rows, result, "p_{}_{}_mw")
+        out["q_kvar"][rows, :, t] = _sending(feeder, net, kind, rows, result, "q_{}_{}_mvar")
         loading = result[[f"loading_{p}_percent" for p in PHASES]].to_numpy()
         out["loading_percent"][rows, :, t] = loading
+        out["loss_kw"][rows, :, t] = result[[f"pl_{p}_mw" for p in PHASES]].to_numpy() * 1000.0
 
 
-def _sending_kw(feeder: Feeder, net, kind: str, rows: np.ndarray, result) -> np.ndarray:
-    """Per-phase active power into each branch at its feeder sending end (kW). For a
-    transformer, what its LV side delivers: a Dyn's HV phases carry mixed LV phases."""
-    column = "p_{}_{}_mw"
+def _sending(feeder: Feeder, net, kind: str, rows: np.ndarray, result, column: str) -> np.ndarray:
+    """Per-phase power (``column``: "p_{phase}_{end}_mw" or the q one) into each branch
+    at its feeder sending end (kW or kvar). For a transformer, what its LV side
+    delivers: a Dyn's HV phases carry mixed LV phases."""
     if kind == "trafo":
         return -result[[column.format(p, "lv") for p in PHASES]].to_numpy() * 1000.0
     first = net.line.loc[result.index, "from_bus"].map(feeder.merged).to_numpy()
@@ -1093,8 +1099,11 @@ def _branch_table(feeder: Feeder, periods: list, linear: dict, ac: dict) -> pd.D
     columns = {
         "p_kw_linear": linear["p"] * base,
         "p_kw_ac": ac["p_kw"],
+        "q_kvar_linear": linear["q"] * base,
+        "q_kvar_ac": ac["q_kvar"],
         "loading_percent_linear": 100 * np.hypot(linear["p"], linear["q"]) * base / rating,
         "loading_percent_ac": ac["loading_percent"],
+        "loss_kw_ac": ac["loss_kw"],
     }
     table = _tidy(feeder, br.index, periods, columns, "branch")
     return table.join(br[["from_bus", "to_bus", "kind", "element"]], on="branch")
