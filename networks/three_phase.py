@@ -519,10 +519,9 @@ class _Columns:
         data: list = []
         for name, shape in shapes.items():
             if hasattr(block, name):
-                self.position[name] = np.arange(len(data), len(data) + math.prod(shape)).reshape(
-                    shape
-                )
+                start = len(data)
                 data += dense_values(getattr(block, name))
+                self.position[name] = np.arange(start, len(data)).reshape(shape)
         self.variables = objects(data)
 
     def __getitem__(self, name: str) -> np.ndarray:
