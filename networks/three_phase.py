@@ -54,7 +54,8 @@ from gridmarkets.log import track
 from gridmarkets.networks.feeder import Feeder, feeder_from_net, load, net_injections
 from gridmarkets.networks.handles import NetworkHandles, kept
 from gridmarkets.networks.lindistflow import _add_sets, branch_arrays, polygon_directions
-from gridmarkets.networks.rows import Rows, add_family, market_terms, var_array
+from gridmarkets.networks.rows import Rows, add_family, market_terms, objects
+from gridmarkets.solvers.arrays import ArrayConstraint, RowArrays, dense_values
 from gridmarkets.solvers.highs import gc_paused
 
 PHASES = ("a", "b", "c")
@@ -357,10 +358,12 @@ class ThreePhaseHandles(NetworkHandles):
     def phase_injection_values(self) -> tuple[np.ndarray, np.ndarray]:
         """Solved injections (kW, kvar) per phase, (buses x 3 x periods) in feeder order:
         what :func:`ac_check_3ph` takes through :func:`solve_linear_3ph` and ``run_ac_3ph``."""
-        return tuple(
-            phase_arrays(self.feeder, {k: pyo.value(e) for k, e in table.items()}, self.periods)
-            for table in (self.p_kw, self.q_kvar)
-        )
+        return tuple(self._phase_values(table) for table in (self.p_kw, self.q_kvar))
+
+    def _phase_values(self, table: Mapping | np.ndarray) -> np.ndarray:
+        if isinstance(table, np.ndarray):
+            return table.astype(float)
+        return phase_arrays(self.feeder, {k: pyo.value(e) for k, e in table.items()}, self.periods)
 
     def injection_values(self) -> tuple[np.ndarray, np.ndarray]:
         """Solved injections (kW, kvar) per bus, the phases added: (buses x periods)."""
@@ -405,8 +408,8 @@ class LinDist3Flow:
         block: pyo.Block,
         feeder: Feeder,
         periods: Sequence,
-        p_kw: Mapping,
-        q_kvar: Mapping,
+        p_kw: Mapping | np.ndarray,
+        q_kvar: Mapping | np.ndarray,
         *,
         period_hours: float = 1.0,
     ) -> ThreePhaseHandles:
@@ -421,7 +424,9 @@ class LinDist3Flow:
         p_kw, q_kvar : the market's injections into the grid in kW and kvar, keyed
             (bus, period) for balanced three-phase connections or (bus, phases, period);
             Pyomo expressions or numbers, or
-            :class:`~gridmarkets.networks.LinearInjections`; missing keys are 0.
+            :class:`~gridmarkets.networks.LinearInjections`; missing keys are 0. Or
+            fixed injections as a (buses x 3 x periods) array of numbers per phase in
+            feeder bus order (as :func:`phase_arrays` gives), read without a key.
         period_hours : length of a period, to convert duals to currency/MWh.
 
         Returns
@@ -435,11 +440,12 @@ class LinDist3Flow:
         _add_sets(block, feeder, periods, self.polygon_sides)  # LinDistFlow's, and phases
         block.PHASES = pyo.Set(initialize=PHASES, doc="phases a, b, c")
         _add_variables(block, feeder, self.upstream_reactive)
-        _add_balances(block, feeder, periods, p_kw, q_kvar)
-        v = _add_voltage(block, feeder)
+        columns = _Columns(block, feeder)
+        _add_balances(block, feeder, columns, p_kw, q_kvar)
+        v = _add_voltage(block, feeder, columns)
         if self.max_unbalance_pu is not None:
-            _add_unbalance(block, feeder, v, self.max_unbalance_pu)
-        polygon = _add_thermal(block, feeder, self.polygon_sides)
+            _add_unbalance(block, columns, v, self.max_unbalance_pu)
+        polygon = _add_thermal(block, feeder, columns, self.polygon_sides)
         return ThreePhaseHandles(
             formulation=self.name,
             feeder=feeder,
@@ -456,8 +462,8 @@ class LinDist3Flow:
             thermal_limit=block.thermal_limit,
             polygon=polygon,
             polygon_sides=self.polygon_sides,
-            p_kw=kept(p_kw),
-            q_kvar=kept(q_kvar),
+            p_kw=p_kw.copy() if isinstance(p_kw, np.ndarray) else kept(p_kw),
+            q_kvar=q_kvar.copy() if isinstance(q_kvar, np.ndarray) else kept(q_kvar),
             voltage_drop=block.voltage_drop,
             voltage_unbalance=getattr(block, "voltage_unbalance", None),
         )
@@ -494,36 +500,86 @@ def _add_variables(block, feeder: Feeder, upstream_reactive: bool) -> None:
         )
 
 
-def _add_balances(block, feeder: ThreePhaseFeeder, periods: list, p_kw, q_kvar) -> None:
-    n_bus, n_br, n_t = len(feeder.buses), len(feeder.branches), len(periods)
+class _Columns:
+    """LinDist3Flow's variables numbered once, each in index order (read sequentially),
+    so that families name their terms by integer position: no per-term look-up by index
+    or by identity. A market's variables are numbered after them as they come."""
+
+    def __init__(self, block, feeder: Feeder):
+        n_br, n_bus, n_t = len(feeder.branches), len(feeder.buses), len(block.PERIODS)
+        shapes = {
+            "p_flow_pu": (n_br, 3, n_t),
+            "q_flow_pu": (n_br, 3, n_t),
+            "v_sq_pu": (n_bus, 3, n_t),
+            "p_source_split_pu": (3, n_t),
+            "q_source_split_pu": (3, n_t),
+            "q_upstream_kvar": (n_t,),
+        }
+        self.position: dict[str, np.ndarray] = {}
+        data: list = []
+        for name, shape in shapes.items():
+            if hasattr(block, name):
+                start = len(data)
+                data += dense_values(getattr(block, name))
+                self.position[name] = np.arange(start, len(data)).reshape(shape)
+        self.variables = objects(data)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        """Positions of a network variable's data, shaped as its index."""
+        return self.position[name]
+
+    def add(self, variables: np.ndarray) -> np.ndarray:
+        """Positions of market variables (each distinct VarData numbered once, new ones
+        after those already numbered)."""
+        if not len(variables):
+            return np.zeros(0, dtype=np.int64)
+        ids = np.fromiter(map(id, variables), dtype=np.int64, count=len(variables))
+        _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+        self.variables = np.concatenate([self.variables, variables[first]])
+        return len(self.variables) - len(first) + inverse.ravel()
+
+
+def _add_rows(block, name: str, sets: tuple, rows: Rows, columns: _Columns, bounds, doc: str):
+    """``lower <= rows <= upper`` over ``sets`` as an :class:`ArrayConstraint`, the rows'
+    variables given as positions in ``columns``."""
+    lower, upper = (np.broadcast_to(b, (rows.n,)) - rows.constants for b in bounds)
+    arrays = RowArrays.from_columns(
+        rows.n, rows.rows, rows.coefs, rows.variables, columns.variables, lower, upper
+    )
+    block.add_component(name, ArrayConstraint(*sets, arrays=arrays, doc=doc))
+
+
+def _add_balances(block, feeder: ThreePhaseFeeder, columns: _Columns, p_kw, q_kvar) -> None:
+    n_bus, n_t = len(feeder.buses), len(block.PERIODS)
     balance = np.arange(n_bus * 3 * n_t).reshape(n_bus, 3, n_t)
     v0 = feeder.root_vm_pu**2
     shunts = feeder.buses[["g_pu", "b_pu"]].to_numpy()[:, :, None, None] * v0 * np.ones((1, 3, n_t))
-    up_q = getattr(block, "q_upstream_kvar", None)
+    sets = (block.BUSES, block.PHASES, block.PERIODS)
     families = (
-        ("active", block.p_flow_pu, p_kw, -shunts[:, 0], block.p_source_split_pu, None),
-        ("reactive", block.q_flow_pu, q_kvar, shunts[:, 1], block.q_source_split_pu, up_q),
+        ("active", "p", p_kw, -shunts[:, 0], None),
+        ("reactive", "q", q_kvar, shunts[:, 1], "q_upstream_kvar"),
     )
-    for name, flow, injections, shunt, split, upstream in families:
-        flows = var_array(flow, (n_br, 3, n_t))
-        parts, constants, extra = _market_parts(feeder, periods, injections, balance)
-        parts += [
+    for name, kind, injections, shunt, upstream in families:
+        flows = columns[f"{kind}_flow_pu"]
+        (rows, coefs, variables), constants, extra = _market_parts(
+            feeder, list(block.PERIODS), injections
+        )
+        parts = [
+            (balance[rows], coefs, columns.add(variables)),
             (balance[feeder.to_pos], 1.0, flows),
             (balance[feeder.from_pos], -1.0, flows),
-            (balance[0], 1.0, var_array(split, (3, n_t))),
+            (balance[0], 1.0, columns[f"{kind}_source_split_pu"]),
         ]
-        if upstream is not None:
-            parts.append((balance[0], 1 / feeder.s_base_kva, var_array(upstream, (n_t,))))  # thirds
-        add_family(
-            block,
-            f"{name}_power_balance",
-            (block.BUSES, block.PHASES, block.PERIODS),
-            Rows.of(balance.size, parts, constants + shunt.ravel()),
-            0.0,
-            0.0,
-            _BALANCE_DOCS[name],
-            extra,
-        )
+        if upstream in columns.position:
+            parts.append((balance[0], 1 / feeder.s_base_kva, columns[upstream]))  # thirds
+        family = Rows.of(balance.size, parts, constants.ravel() + shunt.ravel())
+        doc = _BALANCE_DOCS[name]
+        if extra is None:
+            _add_rows(block, f"{name}_power_balance", sets, family, columns, (0.0, 0.0), doc)
+            continue
+        family.variables = columns.variables[family.variables]
+        extra = _spread(extra, balance, (n_bus, len(CONNECTIONS), n_t))
+        add_family(block, f"{name}_power_balance", sets, family, 0.0, 0.0, doc, extra)
 
 
 _BALANCE_DOCS = {
@@ -534,12 +590,25 @@ _BALANCE_DOCS = {
 }
 
 
-def _market_parts(feeder: Feeder, periods: list, injections: Mapping, balance: np.ndarray):
-    """A market's injections as COO parts of the per-phase balances (pu per phase).
+def _market_parts(feeder: Feeder, periods: list, injections):
+    """A market's injections as terms of the per-phase balances (pu per phase).
 
-    Each key's terms are read once into a row per (bus, connection, period), then spread
-    over the connection's phases with its weights.
+    Returns (bus, phase, period) positions, coefficients and variables of the terms, the
+    constants (buses x 3 x periods), and the symbolic rests per (bus, connection,
+    period) or None. Keyed injections are read once into a row per (bus, connection,
+    period), then spread over the connection's phases with its weights; an array is
+    (buses x 3 x periods) numbers in kW (kvar) per phase.
     """
+    if isinstance(injections, np.ndarray):
+        expected = (len(feeder.buses), 3, len(periods))
+        if injections.shape != expected:
+            raise NetworkError(
+                f"injection array of shape {injections.shape}: expected (buses, phases, "
+                f"periods) = {expected}"
+            )
+        empty = np.zeros(0, dtype=np.int64)
+        terms = ((empty, empty, empty), empty.astype(float), objects([]))
+        return terms, injections.astype(float) * 3 / feeder.s_base_kva, None
     shape = (len(feeder.buses), len(CONNECTIONS), len(periods))
     row, column = _positions(feeder, periods)
 
@@ -553,14 +622,12 @@ def _market_parts(feeder: Feeder, periods: list, injections: Mapping, balance: n
         injections, pseudo_row, math.prod(shape), 3 / feeder.s_base_kva
     )
     bus, connection, t = np.unravel_index(rows, shape)
-    parts = []
-    for k in range(3):
-        on = WEIGHTS[connection, k] > 0
-        parts.append(
-            (balance[bus[on], k, t[on]], coefs[on] * WEIGHTS[connection[on], k], variables[on])
-        )
+    on = WEIGHTS[connection] > 0  # terms x phases
+    term, phase = np.nonzero(on)
+    at = (bus[term], phase, t[term])
+    weighted = coefs[term] * WEIGHTS[connection[term], phase]
     by_phase = np.einsum("jct,ck->jkt", constants.reshape(shape), WEIGHTS)
-    return parts, by_phase.ravel(), _spread(extra, balance, shape) if extra else None
+    return (at, weighted, variables[term]), by_phase, extra
 
 
 def _spread(extra: list, balance: np.ndarray, shape: tuple) -> list:
@@ -577,62 +644,62 @@ def _spread(extra: list, balance: np.ndarray, shape: tuple) -> list:
     return out
 
 
-def _add_voltage(block, feeder: ThreePhaseFeeder) -> np.ndarray:
+def _add_voltage(block, feeder: ThreePhaseFeeder, columns: _Columns) -> np.ndarray:
     n_br, n_t = len(feeder.branches), len(block.PERIODS)
-    v = var_array(block.v_sq_pu, (len(feeder.buses), 3, n_t))
+    v = columns["v_sq_pu"]
     drop = np.arange(n_br * 3 * n_t).reshape(n_br, 3, n_t)
     re_m, im_m = feeder.drop_matrices()
     n2 = feeder.branches["ratio"].to_numpy()[:, None, None] ** 2
     parts = [(drop, 1.0, v[feeder.to_pos]), (drop, -1 / n2, v[feeder.from_pos])]
-    for flow, matrix in ((block.p_flow_pu, re_m), (block.q_flow_pu, -im_m)):
-        flows = var_array(flow, (n_br, 3, n_t))
+    for flow, matrix in (("p_flow_pu", re_m), ("q_flow_pu", -im_m)):
+        flows = columns[flow]
         for psi in range(3):
             used = np.abs(matrix[:, :, psi]) > 0
             line, phase = np.nonzero(used)
             parts.append((drop[line, phase], matrix[line, phase, psi][:, None], flows[line, psi]))
-    add_family(
+    _add_rows(
         block,
         "voltage_drop",
         (block.BRANCHES, block.PHASES, block.PERIODS),
         Rows.of(drop.size, parts),
-        0.0,
-        0.0,
+        columns,
+        (0.0, 0.0),
         "v[j,phi,t] = v[i,phi,t]/n^2 - sum_psi (2 Re M[phi,psi] P[l,psi,t] - 2 Im M[phi,psi] "
         "Q[l,psi,t]),  M = Gamma o conj(Z)  (pu^2)",
     )
     below = v[feeder.to_pos]
     buses = feeder.buses.loc[feeder.order[1:]]
     lower, upper = (np.repeat(buses[c].to_numpy() ** 2, 3 * n_t) for c in ("vmin_pu", "vmax_pu"))
-    add_family(
+    _add_rows(
         block,
         "voltage_limit",
         (block.BUSES_BELOW_ROOT, block.PHASES, block.PERIODS),
         Rows.of(below.size, [(np.arange(below.size), 1.0, below.ravel())]),
-        lower,
-        upper,
+        columns,
+        (lower, upper),
         "vmin_pu[j]^2 <= v[j,phi,t] <= vmax_pu[j]^2  (pu^2)",
     )
     return below
 
 
-def _add_unbalance(block, feeder: Feeder, v: np.ndarray, limit: float) -> None:
-    """``|v_phi - mean_psi v_psi| <= 2 limit`` at every bus below the root (``v`` in
-    ``feeder.order[1:]`` order)."""
+def _add_unbalance(block, columns: _Columns, v: np.ndarray, limit: float) -> None:
+    """``|v_phi - mean_psi v_psi| <= 2 limit`` at every bus below the root (``v``: the
+    squared voltages' positions in ``columns``, in ``feeder.order[1:]`` order)."""
     index = np.arange(v.size).reshape(v.shape)
     parts = [(index, 1.0, v)]
     parts += [(index, -1 / 3, v[:, [psi], :]) for psi in range(3)]
-    add_family(
+    _add_rows(
         block,
         "voltage_unbalance",
         (block.BUSES_BELOW_ROOT, block.PHASES, block.PERIODS),
         Rows.of(v.size, parts),
-        -2 * limit,
-        2 * limit,
+        columns,
+        (-2 * limit, 2 * limit),
         "-2 d <= v[j,phi,t] - (1/3) sum_psi v[j,psi,t] <= 2 d  (pu^2): |V_phi - V_avg| <= d",
     )
 
 
-def _add_thermal(block, feeder: Feeder, sides: int) -> np.ndarray:
+def _add_thermal(block, feeder: Feeder, columns: _Columns, sides: int) -> np.ndarray:
     directions = polygon_directions(sides)
     br = feeder.branches
     n_t = len(block.PERIODS)
@@ -640,20 +707,20 @@ def _add_thermal(block, feeder: Feeder, sides: int) -> np.ndarray:
     shape = (len(rated), 3, len(directions), n_t)
     index = np.arange(math.prod(shape)).reshape(shape)
     parts = []
-    for k, flow in enumerate((block.p_flow_pu, block.q_flow_pu)):
+    for k, flow in enumerate(("p_flow_pu", "q_flow_pu")):
         used = directions[:, k] != 0
-        flows = var_array(flow, (len(br), 3, n_t))[rated][:, :, None, :]
+        flows = columns[flow][rated][:, :, None, :]
         parts.append((index[:, :, used], directions[used, k][None, None, :, None], flows))
     # per phase: (rating/3) / (S/3) in per-phase pu
     cap = br["rating_kva"].to_numpy()[rated] / feeder.s_base_kva * math.cos(math.pi / sides)
     cap = np.broadcast_to(cap[:, None, None, None], shape).ravel()
-    add_family(
+    _add_rows(
         block,
         "thermal_limit",
         (block.RATED_BRANCHES, block.PHASES, block.DIRECTIONS, block.PERIODS),
         Rows.of(index.size, parts),
-        -cap,
-        cap,
+        columns,
+        (-cap, cap),
         "-S_l/3 cos(pi/N) <= cos(2 pi k/N) P[l,phi,t] + sin(2 pi k/N) Q[l,phi,t] <= "
         "S_l/3 cos(pi/N)  (pu per phase): each phase's polygon inscribed in its circle",
     )
@@ -800,7 +867,10 @@ class ThreePhaseACCheck:
         |V2| / |V1|), pvur_percent_linear and pvur_percent_ac (max_phi |V_phi - V_avg|
         / V_avg, the quantity ``max_unbalance_pu`` limits).
     branches : branch, phase, period, from_bus, to_bus, kind, element, p_kw_linear,
-        p_kw_ac (at the sending end), loading_percent_linear, loading_percent_ac.
+        p_kw_ac, q_kvar_linear, q_kvar_ac (at the sending end; the AC one at the
+        terminal, so with a line's charging, unlike the linear series flow),
+        loading_percent_linear, loading_percent_ac, loss_kw_ac (pandapower's per-phase
+        losses; LinDist3Flow is lossless).
     """
 
     buses: pd.DataFrame
@@ -913,7 +983,8 @@ def run_ac_3ph(feeder: Feeder, p_kw: np.ndarray, q_kvar: np.ndarray) -> dict[str
     Returns
     -------
     dict of arrays: vm_pu (buses x 3 x periods), vuf_percent (buses x periods), and per
-    branch at the sending end p_kw and loading_percent (branches x 3 x periods).
+    branch (branches x 3 x periods) p_kw and q_kvar at the sending end, loading_percent
+    and loss_kw.
     """
     import pandapower as pp
 
@@ -924,7 +995,7 @@ def run_ac_3ph(feeder: Feeder, p_kw: np.ndarray, q_kvar: np.ndarray) -> dict[str
     below = feeder.position(at)
     n_t = p_kw.shape[2]
     out = {"vm_pu": np.empty((len(buses), 3, n_t)), "vuf_percent": np.empty((len(buses), n_t))}
-    for name in ("p_kw", "loading_percent"):
+    for name in ("p_kw", "q_kvar", "loading_percent", "loss_kw"):
         out[name] = np.empty((len(feeder.branches), 3, n_t))
     for t in track(range(n_t), f"three-phase AC power flow of {feeder.name}"):
         for k, phase in enumerate(PHASES):
@@ -960,15 +1031,17 @@ def _read_3ph(feeder: Feeder, net, out: dict, t: int) -> None:
     for kind, table in (("line", net.res_line_3ph), ("trafo", net.res_trafo_3ph)):
         rows = np.flatnonzero(kinds == kind)
         result = table.loc[br["element"].to_numpy()[rows]]
-        out["p_kw"][rows, :, t] = _sending_kw(feeder, net, kind, rows, result)
+        out["p_kw"][rows, :, t] = _sending(feeder, net, kind, rows, result, "p_{}_{}_mw")
+        out["q_kvar"][rows, :, t] = _sending(feeder, net, kind, rows, result, "q_{}_{}_mvar")
         loading = result[[f"loading_{p}_percent" for p in PHASES]].to_numpy()
         out["loading_percent"][rows, :, t] = loading
+        out["loss_kw"][rows, :, t] = result[[f"pl_{p}_mw" for p in PHASES]].to_numpy() * 1000.0
 
 
-def _sending_kw(feeder: Feeder, net, kind: str, rows: np.ndarray, result) -> np.ndarray:
-    """Per-phase active power into each branch at its feeder sending end (kW). For a
-    transformer, what its LV side delivers: a Dyn's HV phases carry mixed LV phases."""
-    column = "p_{}_{}_mw"
+def _sending(feeder: Feeder, net, kind: str, rows: np.ndarray, result, column: str) -> np.ndarray:
+    """Per-phase power (``column``: "p_{phase}_{end}_mw" or the q one) into each branch
+    at its feeder sending end (kW or kvar). For a transformer, what its LV side
+    delivers: a Dyn's HV phases carry mixed LV phases."""
     if kind == "trafo":
         return -result[[column.format(p, "lv") for p in PHASES]].to_numpy() * 1000.0
     first = net.line.loc[result.index, "from_bus"].map(feeder.merged).to_numpy()
@@ -1025,8 +1098,11 @@ def _branch_table(feeder: Feeder, periods: list, linear: dict, ac: dict) -> pd.D
     columns = {
         "p_kw_linear": linear["p"] * base,
         "p_kw_ac": ac["p_kw"],
+        "q_kvar_linear": linear["q"] * base,
+        "q_kvar_ac": ac["q_kvar"],
         "loading_percent_linear": 100 * np.hypot(linear["p"], linear["q"]) * base / rating,
         "loading_percent_ac": ac["loading_percent"],
+        "loss_kw_ac": ac["loss_kw"],
     }
     table = _tidy(feeder, br.index, periods, columns, "branch")
     return table.join(br[["from_bus", "to_bus", "kind", "element"]], on="branch")

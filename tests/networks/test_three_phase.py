@@ -93,6 +93,38 @@ def test_ac_check_3ph_reproduces_runpp_3ph_of_the_nets_own_elements(european):
 
 
 @pytest.mark.unit
+def test_ac_check_3ph_branch_reactive_flows_and_losses_are_runpp_3phs(european):
+    """q per phase at the sending end (whichever end of the line that is) and the
+    per-phase losses of every line and the transformer are runpp_3ph's of the untouched
+    net."""
+    check = ac_check_3ph(european)
+    net = copy.deepcopy(european.net)
+    pp.runpp_3ph(net, numba=False)
+    lines = check.branches[check.branches["kind"] == "line"]
+    q_ac = lines.pivot(index="element", columns="phase", values="q_kvar_ac")
+    forward = (
+        net.line.loc[q_ac.index, "from_bus"].map(european.merged).to_numpy()
+        == (
+            lines.drop_duplicates("element").set_index("element").loc[q_ac.index, "from_bus"]
+        ).to_numpy()
+    )
+    columns = {end: [f"q_{phase}_{end}_mvar" for phase in PHASES] for end in ("from", "to")}
+    sending = np.where(
+        forward[:, None],
+        net.res_line_3ph.loc[q_ac.index, columns["from"]].to_numpy(),
+        net.res_line_3ph.loc[q_ac.index, columns["to"]].to_numpy(),
+    )
+    np.testing.assert_allclose(q_ac.to_numpy(), sending * 1000, atol=1e-4)
+    assert np.abs(q_ac.to_numpy()).max() > 1  # reactive flows to compare
+    for kind, result in (("line", net.res_line_3ph), ("trafo", net.res_trafo_3ph)):
+        rows = check.branches[check.branches["kind"] == kind]
+        loss = rows.pivot(index="element", columns="phase", values="loss_kw_ac")
+        expected = result.loc[loss.index, [f"pl_{phase}_mw" for phase in PHASES]].to_numpy()
+        np.testing.assert_allclose(loss.to_numpy(), expected * 1000, atol=1e-6)
+    assert check.branches["loss_kw_ac"].sum() > 1  # the feeder has losses to read
+
+
+@pytest.mark.unit
 @pytest.mark.parametrize("vector_group", ["Dyn", "YNyn"])
 def test_single_phase_load_at_the_transformer_matches_runpp_3ph(vector_group):
     """15 kW on phase a right at the tapped transformer's LV bus: the zero sequence the
