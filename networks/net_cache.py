@@ -33,7 +33,7 @@ from gridmarkets.errors import NetworkError
 CACHE_ENV = "GRIDMARKETS_CACHE_DIR"
 """Environment variable: the cache folder, or ``off`` to read every net afresh."""
 
-FORMAT = 2
+FORMAT = 3
 """The entry layout's version (part of the key)."""
 
 VERSIONED = ("simbench", "pandapower", "gridmarkets")
@@ -115,14 +115,25 @@ def _read_entry(paths: dict[str, Path], key: dict):
 def _write_entry(paths: dict[str, Path], key: dict, net) -> None:
     """Store the net: tables as pandapower JSON, profiles as .npz, the manifest last.
 
-    Empty tables are left out (pandapower's reader creates them as an empty net has
-    them), which halves the time to read the entry."""
+    Empty tables exactly as an empty net has them are left out (pandapower's reader
+    creates them so), which halves the time to read the entry."""
     import pandapower as pp
+
+    empty_net = pp.create_empty_network()
+
+    def as_in_empty_net(key: str, value) -> bool:
+        default = empty_net.get(key)
+        return (
+            isinstance(value, pd.DataFrame)
+            and value.empty
+            and isinstance(default, pd.DataFrame)
+            and value.dtypes.equals(default.dtypes)
+        )
 
     kept = {
         key: value
         for key, value in net.items()
-        if key != "profiles" and not (isinstance(value, pd.DataFrame) and value.empty)
+        if key != "profiles" and not as_in_empty_net(key, value)
     }
     text = pp.to_json(pp.pandapowerNet(kept))
     _atomic_write(paths["npz"], lambda f: _write_profiles(f, net.get("profiles") or {}))

@@ -63,6 +63,9 @@ def test_simbench_second_load_skips_the_parse_and_equals_a_fresh_one(cache, monk
     pd.testing.assert_frame_equal(
         feeder_profiles(cached, **window), feeder_profiles(fresh, **window)
     )
+    tables = [key for key, value in fresh.net.items() if isinstance(value, pd.DataFrame)]
+    for table in tables:  # empty ones too: SimBench's have a profile column
+        assert cached.net[table].dtypes.equals(fresh.net[table].dtypes), table
     raw_cached, raw_fresh = cached.net["profiles"], fresh.net["profiles"]
     assert raw_cached.keys() == raw_fresh.keys()
     for table in raw_fresh:
