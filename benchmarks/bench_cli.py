@@ -25,6 +25,16 @@ one for the AC check) are 48 % of the run, 71 % of that pandapower writing its r
 tables after each period; loading the feeder 18 % (mostly pandapower's import; reading
 the cached net 6 %); importing the pipeline (Pyomo, pandas, SciPy, pydantic) 16 %;
 HiGHS's two solves 6 %.
+
+The AC check's accelerator (``networks/ac_check.py`` ``AC_OPTIONS``) was chosen by a
+one-off measurement of ``run_ac`` on 96 periods of June SimBench profiles, each option in
+a fresh process, its first call (with the accelerator's import or compilation) then a
+second, at load average 5-9: on `1-LV-rural1--0-sw` (the quick start's feeder) plain
+runpp 4.0 / 4.5 s, lightsim2grid with recycling 1.8 / 1.4 s, lightsim2grid and numba with
+recycling 4.2 / 1.0 s, numba with recycling 9.9 / 3.0 s, recycling alone 4.6 / 4.1 s; on
+`1-MV-urban--0-sw` plain 18.1 / 14.5 s, lightsim2grid 7.9 / 6.8 s, lightsim2grid and
+numba 6.4 / 5.1 s. Every option within 2e-10 of plain runpp. lightsim2grid without
+numba wins where a process runs one day (numba compiles in every new process).
 """
 
 from __future__ import annotations
