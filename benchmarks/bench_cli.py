@@ -18,7 +18,9 @@ is the goal). A first, untimed quick start fills the network cache.
 Measured in one quick run on the busy 2-core machine (load average 7.4-8.7):
 `gridmarkets --help` 0.28 s (0.09 s of CPU); the quick start on a warm cache 21.3 s
 (7.3 s of CPU), 4.0x its budget of 5.3 s: the goal (at most 1) is not met; 20.0 s
-without plots (3.8x). Before the network cache and the accelerated AC check the same
+without plots (3.8x). A spot check at load average 3 (three runs by hand, not this
+table): 9.3-9.7 s (6.2 s of CPU) against a budget of 2 x (1.0 s bare imports + 0.4 s)
+= 2.8 s, 3.3x. Before the network cache and the accelerated AC check the same
 command took 11.0 s of CPU (load average 2). What is left (cProfile of one warm run):
 the three sweeps of 96 AC power flows (two for the loss iteration's operating points,
 one for the AC check) are 48 % of the run, 71 % of that pandapower writing its result
