@@ -19,14 +19,30 @@ from gridmarkets.networks.lindistflow import (
     solve_linear,
 )
 
+AC_OPTIONS = {"lightsim2grid": True, "numba": False}
+"""pandapower's accelerators for :func:`run_ac`, chosen by measurement
+(``benchmarks/RESULTS.md``): lightsim2grid's Newton-Raphson, and after the first period the
+time-series runner's recycling of the admittance matrices (:data:`RECYCLE`: only the
+buses' P and Q change). Not numba: compiling pandapower's functions in every new process
+costs more than it saves over a day's periods."""
 
-def run_ac(feeder: Feeder, p_pu: np.ndarray, q_pu: np.ndarray) -> dict[str, np.ndarray]:
+RECYCLE = {"bus_pq": True, "trafo": False, "gen": False}
+
+
+def run_ac(
+    feeder: Feeder, p_pu: np.ndarray, q_pu: np.ndarray, *, accelerated: bool = True
+) -> dict[str, np.ndarray]:
     """Run pandapower's AC power flow once per period (columns) of the injections.
 
     The net's own injections (every table :func:`~gridmarkets.networks.net_injections`
     reads, asymmetric loads and motors included) are switched off and one static
     generator per bus carries the injection; the external grid is the slack, so the
     root's entry is ignored.
+
+    Parameters
+    ----------
+    accelerated : with :data:`AC_OPTIONS` and :data:`RECYCLE` (the same answers to
+        pandapower's tolerance); False: plain ``runpp`` in every period.
 
     Returns
     -------
@@ -41,55 +57,77 @@ def run_ac(feeder: Feeder, p_pu: np.ndarray, q_pu: np.ndarray) -> dict[str, np.n
             net[table]["in_service"] = False
     buses = feeder.buses.index.to_numpy()
     sgens = pp.create_sgens(net, buses, p_mw=0.0, q_mvar=0.0)
+    at_root = (buses == feeder.root)[:, None]
     scale = feeder.s_base_kva / 1000.0
-    periods = p_pu.shape[1]
-    out = {name: np.empty((len(buses), periods)) for name in ("vm_pu",)}
-    for name in ("p_pu", "q_pu", "loading_percent", "loss_kw"):
-        out[name] = np.empty((len(feeder.branches), periods))
-    out["losses_kw"] = np.empty(periods)
-    for t in track(range(periods), f"AC power flow of {feeder.name}"):
-        net.sgen.loc[sgens, "p_mw"] = np.where(buses == feeder.root, 0.0, p_pu[:, t] * scale)
-        net.sgen.loc[sgens, "q_mvar"] = np.where(buses == feeder.root, 0.0, q_pu[:, t] * scale)
+    p_mw, q_mvar = (np.where(at_root, 0.0, x * scale) for x in (p_pu, q_pu))
+    options = AC_OPTIONS if accelerated else {"lightsim2grid": False, "numba": False}
+    reader = _PeriodReader(feeder, net)
+    out = reader.empty(p_pu.shape[1])
+    for t in track(range(p_pu.shape[1]), f"AC power flow of {feeder.name}"):
+        net.sgen.loc[sgens, "p_mw"] = p_mw[:, t]
+        net.sgen.loc[sgens, "q_mvar"] = q_mvar[:, t]
+        recycle = RECYCLE if accelerated and t else None
         try:
-            pp.runpp(net, init="auto" if t == 0 else "results", numba=False)
+            pp.runpp(net, init="auto" if t == 0 else "results", recycle=recycle, **options)
         except pp.LoadflowNotConverged as err:
             raise NetworkError(
                 f"AC power flow of {feeder.name} did not converge in period {t}"
             ) from err
-        _read_period(feeder, net, out, t)
+        reader.read(net, out, t)
     return out
 
 
-def _read_period(feeder: Feeder, net, out: dict, t: int) -> None:
-    br = feeder.branches
-    vm = net.res_bus.loc[feeder.buses.index, "vm_pu"].to_numpy()
-    out["vm_pu"][:, t] = vm
-    scale = 1000.0 / feeder.s_base_kva
-    for kind, table, ends in (
-        ("line", net.res_line, ("from_bus", "p_from_mw", "q_from_mvar", "p_to_mw", "q_to_mvar")),
-        ("trafo", net.res_trafo, ("hv_bus", "p_hv_mw", "q_hv_mvar", "p_lv_mw", "q_lv_mvar")),
-    ):
-        rows = np.flatnonzero(br["kind"].to_numpy() == kind)
-        if not len(rows):
-            continue
-        element = br["element"].to_numpy()[rows]
-        res = table.loc[element]
-        first = (
-            getattr(net, kind).loc[element, ends[0]].map(feeder.merged).to_numpy()
-            == br["from_bus"].to_numpy()[rows]
-        )
-        p = np.where(first, res[ends[1]], res[ends[3]]) * scale
-        q = np.where(first, res[ends[2]], res[ends[4]]) * scale
-        # the sending end's half of the pi model's shunt is the feeder's bus shunt
-        v_sq = vm[feeder.from_pos[rows]] ** 2
-        out["p_pu"][rows, t] = p - br["g_pu"].to_numpy()[rows] / 2 * v_sq
-        out["q_pu"][rows, t] = q + br["b_pu"].to_numpy()[rows] / 2 * v_sq
-        out["loading_percent"][rows, t] = res["loading_percent"].to_numpy()
-        out["loss_kw"][rows, t] = res["pl_mw"].to_numpy() * 1000.0
-    lines = br.loc[br["kind"] == "line", "element"]
-    trafos = br.loc[br["kind"] == "trafo", "element"]
-    losses = net.res_line.loc[lines, "pl_mw"].sum() + net.res_trafo.loc[trafos, "pl_mw"].sum()
-    out["losses_kw"][t] = losses * 1000.0
+class _PeriodReader:
+    """Reads one period's results from the net's result tables into the output arrays,
+    with the rows, ends and shunts of every branch looked up once."""
+
+    def __init__(self, feeder: Feeder, net) -> None:
+        br = feeder.branches
+        self.bus_rows = net.bus.index.get_indexer(feeder.buses.index)
+        self.kinds = []
+        for kind, ends in (
+            ("line", ("from_bus", "p_from_mw", "q_from_mvar", "p_to_mw", "q_to_mvar")),
+            ("trafo", ("hv_bus", "p_hv_mw", "q_hv_mvar", "p_lv_mw", "q_lv_mvar")),
+        ):
+            rows = np.flatnonzero(br["kind"].to_numpy() == kind)
+            element = br["element"].to_numpy()[rows]
+            first = (
+                net[kind].loc[element, ends[0]].map(feeder.merged).to_numpy()
+                == br["from_bus"].to_numpy()[rows]
+            )
+            self.kinds.append(
+                (f"res_{kind}", rows, net[kind].index.get_indexer(element), first, ends[1:])
+            )
+        self.from_pos = feeder.from_pos
+        self.half_g = br["g_pu"].to_numpy() / 2
+        self.half_b = br["b_pu"].to_numpy() / 2
+        self.scale = 1000.0 / feeder.s_base_kva
+        self.sizes = (len(feeder.buses), len(br))
+
+    def empty(self, periods: int) -> dict[str, np.ndarray]:
+        buses, branches = self.sizes
+        out = {"vm_pu": np.empty((buses, periods)), "losses_kw": np.empty(periods)}
+        for name in ("p_pu", "q_pu", "loading_percent", "loss_kw"):
+            out[name] = np.empty((branches, periods))
+        return out
+
+    def read(self, net, out: dict[str, np.ndarray], t: int) -> None:
+        vm = net.res_bus["vm_pu"].to_numpy()[self.bus_rows]
+        out["vm_pu"][:, t] = vm
+        for table, rows, positions, first, (p_from, q_from, p_to, q_to) in self.kinds:
+            if not len(rows):
+                continue
+            res = net[table]
+            column = {c: res[c].to_numpy()[positions] for c in (p_from, q_from, p_to, q_to)}
+            p = np.where(first, column[p_from], column[p_to]) * self.scale
+            q = np.where(first, column[q_from], column[q_to]) * self.scale
+            # the sending end's half of the pi model's shunt is the feeder's bus shunt
+            v_sq = vm[self.from_pos[rows]] ** 2
+            out["p_pu"][rows, t] = p - self.half_g[rows] * v_sq
+            out["q_pu"][rows, t] = q + self.half_b[rows] * v_sq
+            out["loading_percent"][rows, t] = res["loading_percent"].to_numpy()[positions]
+            out["loss_kw"][rows, t] = res["pl_mw"].to_numpy()[positions] * 1000.0
+        out["losses_kw"][t] = out["loss_kw"][:, t].sum()
 
 
 def operating_point(feeder: Feeder, p_kw, q_kvar) -> OperatingPoint:

@@ -280,7 +280,9 @@ def _guess_source(name: str) -> str:
 
 
 def _read_net(source: str, locator: str):
-    import pandapower.networks as pn
+    """The net and its name; SimBench and built-in nets through the disk cache
+    (:mod:`gridmarkets.networks.net_cache`)."""
+    from gridmarkets.networks.net_cache import cached_net
 
     if source == "file":
         return read_net_json(locator), Path(locator).stem
@@ -288,12 +290,19 @@ def _read_net(source: str, locator: str):
         name = ALIASES.get(locator, locator)
         if name not in BUILTINS:
             raise _unknown(locator, "network.name")
-        return getattr(pn, name)(), name
+        return cached_net(source, name, lambda: _builtin_net(name)), name
     import simbench
 
     if locator not in simbench.collect_all_simbench_codes():
         raise _unknown(locator, "network.code")
-    return simbench.get_simbench_net(locator), locator
+    return cached_net(source, locator, lambda: simbench.get_simbench_net(locator)), locator
+
+
+def _builtin_net(name: str):
+    """A fresh copy of one of pandapower's :data:`BUILTINS`."""
+    import pandapower.networks as pn
+
+    return getattr(pn, name)()
 
 
 def read_net_json(path: str | Path):
