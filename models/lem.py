@@ -1090,7 +1090,7 @@ def _at_bounds(accepted: pd.Series, offered: pd.Series) -> tuple[pd.Series, pd.S
 
 def _accepted_table(m) -> pd.DataFrame:
     table = m.bids
-    accepted = np.array([pyo.value(m.accepted_kw[b]) for b in table.index])
+    accepted = np.array([v.value for v in m.accepted_kw.values()], dtype=float)
     q_per_kw = reactive_ratio(table)
     phase = {"phase": _block_phases(m)} if "phase" in table or _three_phase(m) else {}
     return pd.DataFrame(

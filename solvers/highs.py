@@ -930,15 +930,18 @@ def solve_apart(model: pyo.Block, workers: int | None = None) -> None:
     setattr(model, SOLVE_APART_ATTR, max(1, int(workers or os.cpu_count() or 1)))
 
 
-def independent_parts(form: StandardForm) -> list[tuple[np.ndarray, np.ndarray]]:
+def independent_parts(
+    form: StandardForm, a: sp.csc_array | None = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """(columns, rows) of each independent part of ``form``, in order of first column.
 
     Parts are the connected components of the graph whose nodes are the rows and the
     columns, with an edge for every nonzero of A and of the Hessian. Components without
     a row (a free-standing column) or without a column (a row of constants) are put
-    together in one last part, so that none of them costs a solve of its own.
+    together in one last part, so that none of them costs a solve of its own. ``a``:
+    the form's matrix, when the caller has it already.
     """
-    a = _a_matrix(form).tocoo()
+    a = (_a_matrix(form) if a is None else a).tocoo()
     m, n = a.shape
     if not (m and n):
         return [(np.arange(n), np.arange(m))]
@@ -978,8 +981,9 @@ def _a_matrix(form: StandardForm) -> sp.csc_array:
     )
 
 
-def _part_forms(form: StandardForm, pieces: list) -> list[StandardForm]:
-    """The LP (QP) of each part: its columns and rows of ``form``, without the offset.
+def _part_forms(form: StandardForm, a: sp.csc_array, pieces: list) -> Iterator[StandardForm]:
+    """The LP (QP) of each part, one by one: its columns and rows of ``form`` (matrix
+    ``a``), without the offset.
 
     A with the parts' columns and rows side by side is block diagonal, so each part's
     columns are a contiguous run of its compressed columns (rows renumbered)."""
@@ -987,7 +991,7 @@ def _part_forms(form: StandardForm, pieces: list) -> list[StandardForm]:
     rows = np.concatenate([r for _, r in pieces])
     renumber = np.empty(len(rows), dtype=np.int64)
     renumber[rows] = np.arange(len(rows))
-    a = _a_matrix(form)[:, cols]
+    a = a[:, cols]
     a = sp.csc_array((a.data, renumber[a.indices], a.indptr), shape=a.shape)
     a.sort_indices()
     hessian = None if form.hessian is None else sp.csc_array(form.hessian[cols][:, cols])
@@ -996,7 +1000,6 @@ def _part_forms(form: StandardForm, pieces: list) -> list[StandardForm]:
     lp = form.lp
     cost, lower, upper = (np.asarray(v)[cols] for v in (lp.col_cost_, lp.col_lower_, lp.col_upper_))
     row_lower, row_upper = (np.asarray(v)[rows] for v in (lp.row_lower_, lp.row_upper_))
-    forms = []
     for k in range(len(pieces)):
         c, r = slice(col_start[k], col_start[k + 1]), slice(row_start[k], row_start[k + 1])
         first, last = a.indptr[c.start], a.indptr[c.stop]
@@ -1011,10 +1014,9 @@ def _part_forms(form: StandardForm, pieces: list) -> list[StandardForm]:
         part.sense_ = lp.sense_
         q = None if hessian is None else sp.csc_array(hessian[c][:, c])
         integer = np.zeros(part.num_col_, dtype=bool)
-        forms.append(
-            StandardForm(part, [], [], integer, form.maximize, 0.0, part.num_row_, last - first, q)
+        yield StandardForm(
+            part, [], [], integer, form.maximize, 0.0, part.num_row_, last - first, q
         )
-    return forms
 
 
 def _solve_part(part: StandardForm, options: dict[str, Any]):
@@ -1041,20 +1043,21 @@ def solve_parts(
     from concurrent.futures import ThreadPoolExecutor
 
     started = time.perf_counter()
-    pieces = independent_parts(form)
-    forms = _part_forms(form, pieces)
+    a = _a_matrix(form)
+    pieces = independent_parts(form, a)
     one_thread = {"threads": 1, **options}
+    x, row_dual = np.zeros(form.lp.num_col_), np.zeros(form.lp.num_row_)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        solved = list(pool.map(_solve_part, forms, itertools.repeat(one_thread)))
-    if not all(optimal for optimal, _, _ in solved):
-        return solve_compiled(model, form, translate_seconds, options)
-    x = np.zeros(form.lp.num_col_)
-    row_dual = np.zeros(form.lp.num_row_)
-    for (cols, rows), (_, x_part, dual_part) in zip(pieces, solved, strict=True):
-        x[cols], row_dual[rows] = x_part, dual_part
+        # each part is solving while the next is cut, and loaded while the rest solve
+        futures = [pool.submit(_solve_part, f, one_thread) for f in _part_forms(form, a, pieces)]
+        for (cols, rows), future in zip(pieces, futures, strict=True):
+            optimal, x[cols], row_dual[rows] = future.result()
+            if not optimal:
+                pool.shutdown(cancel_futures=True)
+                return solve_compiled(model, form, translate_seconds, options)
+            for k, value in zip(cols.tolist(), x[cols].tolist(), strict=True):
+                form.columns[k].set_value(value, skip_validation=True)
     solve_seconds = time.perf_counter() - started
-    for var, value in zip(form.columns, x.tolist(), strict=True):
-        var.set_value(value, skip_validation=True)
     objective = form.objective_value(x)
     return Solution(
         status="optimal",
