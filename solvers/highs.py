@@ -917,12 +917,12 @@ def solve_apart(model: pyo.Block, workers: int | None = None) -> None:
 
     The parts are the connected components of the constraint matrix and the Hessian
     (:func:`independent_parts`): for a market that nothing links across time, its
-    periods. Each is handed to HiGHS as an LP (or QP) of its own, ``workers`` at a time
-    (default: one per core) on threads, which run at once because HiGHS releases
-    Python's GIL while it solves (benchmarks/bench_lem.py measures it). Each part runs
-    on one HiGHS thread unless the options say otherwise: HiGHS's task scheduler costs
-    more than a period's LP (measured on a 300-participant feeder period: 7 ms a solve
-    with the default threads, 0.4 ms with one). The point and
+    periods. Each is handed to HiGHS as an LP (or QP) of its own: the parts are split
+    into ``workers`` runs of consecutive parts (default: one per core), each run solved
+    by one HiGHS instance on a thread of its own -- the threads run at once because
+    HiGHS releases Python's GIL while it solves -- and an LP part shaped as the one
+    before starts from that one's optimal basis. Each instance uses one HiGHS thread
+    unless the options say otherwise (the workers already fill the cores). The point and
     the duals are those of a solve of the whole model wherever they are unique; the
     Solution's ``parts`` says how many LPs were solved. A model with integer
     variables is solved whole.
@@ -989,7 +989,7 @@ def _part_forms(form: StandardForm, a: sp.csc_array, pieces: list) -> Iterator[S
     columns are a contiguous run of its compressed columns (rows renumbered)."""
     cols = np.concatenate([c for c, _ in pieces])
     rows = np.concatenate([r for _, r in pieces])
-    renumber = np.empty(len(rows), dtype=np.int64)
+    renumber = np.empty(a.shape[0], dtype=np.int64)
     renumber[rows] = np.arange(len(rows))
     a = a[:, cols]
     a = sp.csc_array((a.data, renumber[a.indices], a.indptr), shape=a.shape)
@@ -1019,15 +1019,37 @@ def _part_forms(form: StandardForm, a: sp.csc_array, pieces: list) -> Iterator[S
         )
 
 
-def _solve_part(part: StandardForm, options: dict[str, Any]):
-    """(optimal, point, row duals in HiGHS's sign) of one part."""
-    highs = _run(part, options)
-    optimal = highs.getModelStatus() == highspy.HighsModelStatus.kOptimal or (
-        highs.getModelStatus() == highspy.HighsModelStatus.kModelEmpty and not part.lp.num_col_
-    )
-    solution = highs.getSolution()
-    x = np.asarray(solution.col_value, dtype=float) + qp_column_shift(part)
-    return optimal, x, np.asarray(solution.row_dual, dtype=float)
+def _solve_chain(form: StandardForm, a: sp.csc_array, pieces: list, options: dict) -> list:
+    """(optimal, point, row duals in HiGHS's sign) of each of these parts, solved one
+    after the other by one HiGHS instance. An LP part shaped as the one before starts
+    from that one's optimal basis (the periods of a market share their network, so
+    its basis is a good start: half the time of a cold solve on the LEM's feeder
+    periods, benchmarks/bench_lem.py); a QP starts cold."""
+    highs = _new_highs(options)
+    solved, basis, shape = [], None, None
+    for part in _part_forms(form, a, pieces):
+        if highs.passModel(_highs_model(part)) == highspy.HighsStatus.kError:
+            return [*solved, (False, None, None)]
+        shift = qp_column_shift(part)
+        if shift.any():
+            _shift_columns(part, highs, shift)
+        if basis is not None and shape == (part.lp.num_row_, part.lp.num_col_):
+            highs.setBasis(basis)
+        highs.run()
+        status = highs.getModelStatus()
+        optimal = status == highspy.HighsModelStatus.kOptimal or (
+            status == highspy.HighsModelStatus.kModelEmpty and not part.lp.num_col_
+        )
+        solution = highs.getSolution()
+        x = np.asarray(solution.col_value, dtype=float) + shift
+        solved.append((optimal, x, np.asarray(solution.row_dual, dtype=float)))
+        if not optimal:
+            return solved
+        warm = part.hessian is None and highs.getBasis().valid
+        basis, shape = (
+            (highs.getBasis(), (part.lp.num_row_, part.lp.num_col_)) if warm else (None, None)
+        )
+    return solved
 
 
 def solve_parts(
@@ -1046,17 +1068,24 @@ def solve_parts(
     a = _a_matrix(form)
     pieces = independent_parts(form, a)
     one_thread = {"threads": 1, **options}
+    if form.hessian is not None:
+        one_thread = {**QP_OPTIONS, **one_thread}
     x, row_dual = np.zeros(form.lp.num_col_), np.zeros(form.lp.num_row_)
+    chains = [c for c in np.array_split(np.arange(len(pieces)), workers) if len(c)]
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        # each part is solving while the next is cut, and loaded while the rest solve
-        futures = [pool.submit(_solve_part, f, one_thread) for f in _part_forms(form, a, pieces)]
-        for (cols, rows), future in zip(pieces, futures, strict=True):
-            optimal, x[cols], row_dual[rows] = future.result()
-            if not optimal:
-                pool.shutdown(cancel_futures=True)
-                return solve_compiled(model, form, translate_seconds, options)
-            for k, value in zip(cols.tolist(), x[cols].tolist(), strict=True):
-                form.columns[k].set_value(value, skip_validation=True)
+        futures = [
+            pool.submit(_solve_chain, form, a, [pieces[k] for k in chain], one_thread)
+            for chain in chains
+        ]
+        for chain, future in zip(chains, futures, strict=True):  # loaded while others solve
+            for k, (optimal, x_part, dual_part) in zip(chain, future.result(), strict=False):
+                if not optimal:
+                    pool.shutdown(cancel_futures=True)
+                    return solve_compiled(model, form, translate_seconds, options)
+                cols, rows = pieces[k]
+                x[cols], row_dual[rows] = x_part, dual_part
+                for column, value in zip(cols.tolist(), x_part.tolist(), strict=True):
+                    form.columns[column].set_value(value, skip_validation=True)
     solve_seconds = time.perf_counter() - started
     objective = form.objective_value(x)
     return Solution(

@@ -246,3 +246,53 @@ def test_a_users_constraint_linking_periods_keeps_them_in_one_lp():
     assert apart.solution.parts == 1
     assert apart.kpis["social_welfare"] == pytest.approx(whole.kpis["social_welfare"], rel=1e-12)
     assert apart.upstream["import_kw"].sum() == pytest.approx(12.0)
+
+
+def shipped(name: str, **changes):
+    from gridmarkets.case import read_yaml, shipped_cases_dir, validate
+
+    return validate(read_yaml(shipped_cases_dir() / f"{name}.yaml") | changes)
+
+
+def test_the_case_field_decompose_reaches_the_clearing():
+    """``decompose`` in a case file: the shipped copper-plate market (4 periods, blocks
+    only) is solved as 4 LPs by default and as one with ``none``, to the same welfare;
+    the shipped storage market is solved whole and refuses ``periods``, naming its
+    first battery."""
+    from gridmarkets import pipeline
+
+    apart = pipeline.run_case(shipped("lem_copperplate"), {})
+    whole = pipeline.run_case(shipped("lem_copperplate", decompose="none"), {})
+    assert (apart.solution.parts, whole.solution.parts) == (4, 1)
+    assert apart.kpis["social_welfare"] == pytest.approx(whole.kpis["social_welfare"], rel=1e-9)
+    assert pipeline.run_case(shipped("lem_storage"), {}).solution.parts == 1
+    with pytest.raises(InputError, match="'community_battery' \\(storage: its state of charge"):
+        pipeline.run_case(shipped("lem_storage", decompose="periods"), {})
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**16), islanded=st.booleans())
+def test_quadratic_curves_periods_apart_clear_as_the_whole_qp(seed, islanded):
+    """Curves make each period a QP: solved apart, the welfare, the curves' quantities
+    and the prices are the whole QP's (its optimum is unique: every curve has a > 0)."""
+    bids, upstream = random_market(seed, 3, None, islanded)
+    rng = np.random.default_rng(seed + 1)
+    n = 6
+    curves = pd.DataFrame(
+        {
+            "participant": [f"c{k % 2}" for k in range(n)],
+            "side": ["sell", "buy"] * (n // 2),
+            "period": np.repeat([0, 1, 2], 2),
+            "a": rng.uniform(0.5, 3.0, n),
+            "b": rng.uniform(20, 200, n),
+            "p_max_kw": rng.uniform(5, 50, n),
+        }
+    )
+    kwargs = {"curves": curves, "upstream": upstream}
+    whole = lem.clear(bids, decompose="none", **kwargs)
+    apart = lem.clear(bids, **kwargs)
+    assert (whole.solution.parts, apart.solution.parts) == (1, 3)
+    assert apart.kpis["social_welfare"] == pytest.approx(whole.kpis["social_welfare"], rel=1e-9)
+    got, want = (r.tables["accepted_curves"]["accepted_kw"] for r in (apart, whole))
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)  # to the QP solver's tolerances
+    np.testing.assert_allclose(apart.prices["price"], whole.prices["price"], rtol=1e-6)
