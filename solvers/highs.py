@@ -236,7 +236,8 @@ class Solution:
         if isinstance(constraint, IndexedConstraint):
             keys = list(constraint.keys())
             duals = self._dual_map()
-            values = [duals.get(id(data), 0.0) for data in constraint.values()]
+            ids = map(id, constraint.values())
+            values = np.fromiter(map(duals.get, ids, itertools.repeat(0.0)), float, len(keys))
             index = pd.MultiIndex.from_tuples(keys) if keys and isinstance(keys[0], tuple) else keys
             return pd.Series(values, index=index, name=constraint.name)
         if not isinstance(constraint, ConstraintData):
