@@ -1024,8 +1024,9 @@ def _solve_chain(form: StandardForm, a: sp.csc_array, pieces: list, options: dic
     """(optimal, point, row duals in HiGHS's sign) of each of these parts, solved one
     after the other by one HiGHS instance. An LP part shaped as the one before starts
     from that one's optimal basis (the periods of a market share their network, so
-    its basis is a good start: half the time of a cold solve on the LEM's feeder
-    periods, benchmarks/bench_lem.py); a QP starts cold."""
+    its basis is a good start: measured on the LEM's periods on SimBench's
+    1-MV-urban--0-sw, 9 ms a period against 20 ms cold with 1,000 participants, 6.4
+    against 12.9 ms with 100); a QP starts cold."""
     highs = _new_highs(options)
     solved, basis, shape = [], None, None
     for part in _part_forms(form, a, pieces):
