@@ -926,7 +926,9 @@ def solve_apart(model: pyo.Block, workers: int | None = None) -> None:
     unless the options say otherwise (the workers already fill the cores). The point and
     the duals are those of a solve of the whole model wherever they are unique; the
     Solution's ``parts`` says how many LPs were solved. A model with integer
-    variables is solved whole.
+    variables is solved whole. :func:`solve`'s options apply to each part (a time limit
+    is each part's); a part that does not solve to optimality sends the whole model to
+    :func:`solve_compiled`, which reports it as a solve of the whole would.
     """
     setattr(model, SOLVE_APART_ATTR, max(1, int(workers or os.cpu_count() or 1)))
 

@@ -296,3 +296,28 @@ def test_quadratic_curves_periods_apart_clear_as_the_whole_qp(seed, islanded):
     got, want = (r.tables["accepted_curves"]["accepted_kw"] for r in (apart, whole))
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)  # to the QP solver's tolerances
     np.testing.assert_allclose(apart.prices["price"], whole.prices["price"], rtol=1e-6)
+
+
+def test_an_infeasible_period_is_reported_as_the_whole_lp_reports_it():
+    """A must-run seller (a curve with p_min_kw 30) in period 1 of an islanded market
+    whose only buyer there takes 15 kW: that period's LP is infeasible, and the periods
+    solved apart raise the whole LP's InfeasibleError, with its diagnosis."""
+    from gridmarkets.errors import InfeasibleError
+
+    curves = pd.DataFrame(
+        {
+            "participant": ["gen"],
+            "side": ["sell"],
+            "period": [1],
+            "a": [1.0],
+            "b": [10.0],
+            "p_min_kw": [30.0],
+            "p_max_kw": [40.0],
+        }
+    )
+    errors = []
+    for decompose in ("none", "periods"):
+        with pytest.raises(InfeasibleError) as caught:
+            lem.clear(two_period_bids(), curves=curves, decompose=decompose)
+        errors.append(str(caught.value))
+    assert errors[0] == errors[1]
