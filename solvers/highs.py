@@ -845,10 +845,23 @@ def solve(
     merged = highs_options(time_limit, mip_gap, threads, options)
     if hasattr(model, OBJECTIVE_SCALE_ATTR):
         merged = {"user_objective_scale": getattr(model, OBJECTIVE_SCALE_ATTR), **merged}
+    return solve_as_marked(model, form, translate, merged, warm_start)
+
+
+def solve_as_marked(
+    model: pyo.Block,
+    form: StandardForm,
+    translate_seconds: float,
+    options: dict[str, Any],
+    warm_start: bool = False,
+) -> Solution:
+    """:func:`solve_parts` when the model is marked by :func:`solve_apart` and has no
+    integer variables, else :func:`solve_compiled`: the one choice every path that
+    solves a compiled model makes, so that it answers as :func:`solve` does."""
     workers = getattr(model, SOLVE_APART_ATTR, None)
     if workers is not None and not form.is_mip:
-        return solve_parts(model, form, translate, merged, workers)
-    return solve_compiled(model, form, translate, merged, warm_start)
+        return solve_parts(model, form, translate_seconds, options, workers)
+    return solve_compiled(model, form, translate_seconds, options, warm_start)
 
 
 def solve_compiled(
