@@ -321,3 +321,26 @@ def test_an_infeasible_period_is_reported_as_the_whole_lp_reports_it():
             lem.clear(two_period_bids(), curves=curves, decompose=decompose)
         errors.append(str(caught.value))
     assert errors[0] == errors[1]
+
+
+def test_a_device_bid_links_periods_only_with_devices_that_do():
+    """A home with only its load and PV is a market of independent periods (solved
+    apart, as the whole LP); with a battery it links them, and ``periods`` names it."""
+    from gridmarkets.models.assets import BatterySpec, PVSpec
+    from gridmarkets.models.participants import DeviceBid
+    from gridmarkets.models.prosumer import ProsumerSpec
+
+    home = ProsumerSpec(load_kw=[1.0, 2.0], pv=PVSpec(profile_kw=[3.0, 3.0]))
+    pv_home = DeviceBid(participant="home", home=home)
+    whole = lem.clear(two_period_bids(), participants=[pv_home], decompose="none")
+    apart = lem.clear(two_period_bids(), participants=[pv_home])
+    assert (whole.solution.parts, apart.solution.parts) == (1, 2)
+    assert apart.kpis["social_welfare"] == pytest.approx(whole.kpis["social_welfare"], rel=1e-9)
+    pd.testing.assert_frame_equal(
+        apart.tables["best_responses"], whole.tables["best_responses"], rtol=1e-9
+    )
+    battery = BatterySpec(capacity_kwh=4.0, p_charge_max_kw=2.0)
+    with_battery = DeviceBid(participant="home", home=home.model_copy(update={"battery": battery}))
+    assert lem.clear(two_period_bids(), participants=[with_battery]).solution.parts == 1
+    with pytest.raises(InputError, match=r"'home' \(device: home.battery\)"):
+        lem.build(two_period_bids(), participants=[with_battery], decompose="periods")
