@@ -86,14 +86,17 @@ bid with a battery, EV, appliance, heat pump or demand charge, and no integer bl
 and by default (``decompose="auto"``) :func:`~gridmarkets.solvers.solve` solves each
 period's LP on its own, in parallel (:func:`~gridmarkets.solvers.highs.solve_apart`;
 the parts are the connected components of the compiled LP, so a user's ``extra``
-constraint that links periods keeps them together). The point and every dual are those
-of one LP, so the tables, prices and certificates are made from them as for the whole
-LP: the same optimum; where the solution is not unique (a tie of bid prices, a
-degenerate dual) the same rules pick the reported values: a period's uniform price is
+constraint that links periods keeps them together). The period LPs' points and duals
+together are an optimal point and dual of the whole LP, loaded into the same model, so
+the tables, prices and certificates are made as for the whole LP: the same optimum,
+and where it is unique the same quantities and prices. Where the dual is not unique
+the reported prices follow the same rules on both paths: a period's uniform price is
 its supporting interval's midpoint (or finite end), read from the cleared quantities,
-whichever of the two solves produced them. ``decompose="periods"`` demands it (an
-InputError names what links the periods), ``"none"`` solves the whole LP.
-``solution.parts`` is the number of LPs solved.
+so it is the same whichever solve found them; on a feeder the nodal prices are the LP
+duals (an optimal dual of either solve; tests/models/test_lem_periods.py bounds them by
+finite differences). ``decompose="periods"`` demands it (an InputError names what links
+the periods), ``"none"`` solves the whole LP. ``solution.parts`` is the number of LPs
+solved.
 
 Certificates (KPIs): ``min_gain``, the smallest participant gain against not trading
 (surplus plus uplift), and ``individually_rational`` when it is at least minus
