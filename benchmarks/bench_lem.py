@@ -11,10 +11,20 @@ sides); linopy, which has no ranged rows, writes each side as its own row, the w
 linopy user does, and fixes the root's squared voltage by bounds where the others
 leave it out.
 ``*_s`` columns are gridmarkets' build, translate (Pyomo -> HiGHS arrays) and HiGHS
-seconds; ``ratio_gridmarkets`` and ``ratio_linopy`` divide each total wall time by
-the raw-highspy total measured in the same run, and ``vs_linopy`` divides
-gridmarkets' total by linopy's. Peak memory (Python allocations, MiB) comes from a
-second, traced run. All three must reach the same welfare (checked).
+seconds of the whole LP (``decompose="none"``); ``ratio_gridmarkets`` and
+``ratio_linopy`` divide each total wall time by the raw-highspy total measured in the
+same run, and ``vs_linopy`` divides gridmarkets' total by linopy's. Peak memory
+(Python allocations, MiB) comes from a second, traced run. All three must reach the
+same welfare (checked).
+
+``clear_s`` is ``lem.clear()`` as a user calls it, everything from the bids to the
+Result (tables, prices, certificates), with its default ``decompose="auto"``: the
+market's periods solved apart on one thread per core (``clear_build_s``,
+``clear_translate_s``, ``clear_highs_s`` -- cutting the parts, HiGHS on them and
+loading the point -- and ``clear_results_s``); ``clear_serial_s`` the same with one
+worker, which measures what the threads gain. ``ratio_clear`` divides ``clear_s`` by
+the raw-highspy total of the whole LP, ``clear_vs_linopy`` by linopy's. Its welfare
+must be raw highspy's to 1e-9 relative (checked).
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ from gridmarkets.models import lem
 from gridmarkets.networks import Feeder, load
 from gridmarkets.networks.lindistflow import polygon_directions
 from gridmarkets.solvers import solve
+from gridmarkets.solvers.highs import solve_apart
 
 IMPORT_PRICE, EXPORT_PRICE, CAPACITY_KW = 200.0, 20.0, 5000.0
 FEEDER = "1-MV-urban--0-sw"
@@ -68,7 +79,7 @@ def feeder_bids(feeder: Feeder, participants: int, periods: int, seed: int = 0) 
 def with_gridmarkets(bids: pd.DataFrame, feeder: Feeder | None) -> dict:
     started = time.perf_counter()
     upstream = lem.Upstream(IMPORT_PRICE, EXPORT_PRICE, CAPACITY_KW)
-    m = lem.build(bids, upstream=upstream, network=feeder)
+    m = lem.build(bids, upstream=upstream, network=feeder, decompose="none")
     solution = solve(m)
     return {
         "welfare": solution.objective,
@@ -79,6 +90,29 @@ def with_gridmarkets(bids: pd.DataFrame, feeder: Feeder | None) -> dict:
         "variables": solution.n_variables,
         "constraints": solution.n_constraints,
         "nonzeros": solution.n_nonzeros,
+    }
+
+
+def with_clear(bids: pd.DataFrame, feeder: Feeder | None, workers: int | None = None) -> dict:
+    """``lem.clear()`` from the bids to the Result, by its steps (``workers`` threads
+    for the periods; None: its default, one per core)."""
+    started = time.perf_counter()
+    upstream = lem.Upstream(IMPORT_PRICE, EXPORT_PRICE, CAPACITY_KW)
+    m = lem.build(bids, upstream=upstream, network=feeder)
+    if workers is not None:
+        solve_apart(m, workers)
+    solution = solve(m)
+    solved = time.perf_counter()
+    result = lem.results(m, solution)
+    done = time.perf_counter()
+    return {
+        "welfare": result.kpis["social_welfare"],
+        "parts": solution.parts,
+        "build_s": solution.build_seconds,
+        "translate_s": solution.translate_seconds,
+        "highs_s": solution.solve_seconds,
+        "results_s": done - solved,
+        "total_s": done - started,
     }
 
 
@@ -341,9 +375,14 @@ def compare(bids: pd.DataFrame, feeder: Feeder | None) -> dict:
     ours, ours_mb = measure(with_gridmarkets, bids, feeder)
     raw, raw_mb = measure(with_highspy, bids, feeder)
     lin, lin_mb = measure(with_linopy, bids, feeder)
+    clear, clear_mb = measure(with_clear, bids, feeder)
+    gc.collect()
+    serial = with_clear(bids, feeder, workers=1)
     for name, other in (("highspy", raw), ("linopy", lin)):
         if not np.isclose(other["welfare"], ours["welfare"], rtol=1e-6, atol=1e-6):
             raise AssertionError(f"{name} welfare {other['welfare']} != {ours['welfare']}")
+    if not np.isclose(clear["welfare"], raw["welfare"], rtol=1e-9, atol=0):
+        raise AssertionError(f"clear() welfare {clear['welfare']} != highspy {raw['welfare']}")
     return {
         "network": "copperplate" if feeder is None else "lindistflow",
         "participants": bids["participant"].nunique(),
@@ -359,6 +398,13 @@ def compare(bids: pd.DataFrame, feeder: Feeder | None) -> dict:
         "ratio_gridmarkets": ours["total_s"] / raw["total_s"],
         "ratio_linopy": lin["total_s"] / raw["total_s"],
         "vs_linopy": ours["total_s"] / lin["total_s"],
+        "clear_parts": clear["parts"],
+        **{f"clear_{k}": clear[k] for k in ("build_s", "translate_s", "highs_s", "results_s")},
+        "clear_s": clear["total_s"],
+        "clear_serial_s": serial["total_s"],
+        "clear_peak_mib": clear_mb,
+        "ratio_clear": clear["total_s"] / raw["total_s"],
+        "clear_vs_linopy": clear["total_s"] / lin["total_s"],
     }
 
 
@@ -381,6 +427,7 @@ def plot(rows: list[dict], path: Path) -> None:
     for network, part in table.groupby("network"):
         x = part["participants"] * part["periods"]
         series[f"gridmarkets, {network}"] = (x, part["total_s"])
+        series[f"gridmarkets clear(), periods apart, {network}"] = (x, part["clear_s"])
         series[f"raw highspy, {network}"] = (x, part["highspy_total_s"])
         series[f"linopy, {network}"] = (x, part["linopy_total_s"])
     scaling_plot(series, "bids (participants x periods)", "total seconds", path)

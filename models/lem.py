@@ -80,6 +80,24 @@ against not trading where it can, else against that best response (its only
 alternative). ``participants_best_response`` is 1 when every lost opportunity is within
 a millionth of the participant's best profit (at least 1e-6 currency).
 
+Periods apart. When nothing links the periods -- no storage, flexible load or device
+bid with a battery, EV, appliance, heat pump or demand charge, and no integer block
+(:func:`period_coupling`) -- the clearing is one LP (or QP) per period side by side,
+and by default (``decompose="auto"``) :func:`~gridmarkets.solvers.solve` solves each
+period's LP on its own, in parallel (:func:`~gridmarkets.solvers.highs.solve_apart`;
+the parts are the connected components of the compiled LP, so a user's ``extra``
+constraint that links periods keeps them together). The period LPs' points and duals
+together are an optimal point and dual of the whole LP, loaded into the same model, so
+the tables, prices and certificates are made as for the whole LP: the same optimum,
+and where it is unique the same quantities and prices. Where the dual is not unique
+the reported prices follow the same rules on both paths: a period's uniform price is
+its supporting interval's midpoint (or finite end), read from the cleared quantities,
+so it is the same whichever solve found them; on a feeder the nodal prices are the LP
+duals (an optimal dual of either solve; tests/models/test_lem_periods.py bounds them by
+finite differences). ``decompose="periods"`` demands it (an InputError names what links
+the periods), ``"none"`` solves the whole LP. ``solution.parts`` is the number of LPs
+solved.
+
 Certificates (KPIs): ``min_gain``, the smallest participant gain against not trading
 (surplus plus uplift), and ``individually_rational`` when it is at least minus
 ``gain_tolerance`` (a millionth of the market's stake, sum |price| q dt);
@@ -105,7 +123,10 @@ from pyomo.core.expr.numeric_expr import LinearExpression, MonomialTermExpressio
 from gridmarkets.errors import InputError
 from gridmarkets.inputs import plain
 from gridmarkets.models.participants import (
+    DeviceBid,
+    FlexibleLoad,
     Participant,
+    StorageBid,
     add_participants,
     best_response,
     curvatures,
@@ -126,7 +147,7 @@ from gridmarkets.solvers import (
     scale_objective_by,
     solve,
 )
-from gridmarkets.solvers.highs import gc_paused
+from gridmarkets.solvers.highs import gc_paused, solve_apart
 
 BID_COLUMNS = ["participant", "side", "quantity_kw", "price", "period", "block", "bus"]
 OPTIONAL_COLUMNS = ["indivisible", "min_acceptance", "q_kvar", "power_factor", "phase"]
@@ -138,6 +159,7 @@ _REL_TOL = 1e-6  # a block is at a bound within a millionth of its quantity ...
 _NOISE_KW = 1e-9  # ... and, when the solver resolves it, within its values' noise
 _RESOLUTION_KW = 1e-7  # HiGHS's primal feasibility tolerance: smaller blocks are unresolved
 _ROUNDING = 1e-14  # a few units of double rounding, relative
+DECOMPOSE = ("auto", "periods", "none")
 
 
 @dataclass(frozen=True)
@@ -339,6 +361,7 @@ def build(
     extra: Callable[[pyo.ConcreteModel], None] | None = None,
     participants: Sequence[Participant | dict] | None = None,
     periods: Sequence[int] | None = None,
+    decompose: Literal["auto", "periods", "none"] = "auto",
 ) -> pyo.ConcreteModel:
     """Build the social-welfare clearing as a Pyomo model.
 
@@ -366,6 +389,11 @@ def build(
         device bids, as specs or dicts with a ``kind``. None: none.
     periods : the market's periods (default: those of the bids and curves); needed
         when only participants define the horizon.
+    decompose : how :func:`~gridmarkets.solvers.solve` solves the market (module
+        docstring, Periods apart): "periods", each period as an LP of its own, in
+        parallel (an InputError names the participant and field that link periods, or
+        the integer blocks); "none", one LP; "auto" (default), "periods" when nothing
+        links the periods and the market is continuous, else "none".
     """
     started = time.perf_counter()
     table = prepare_bids(pd.DataFrame(columns=BID_COLUMNS[:4]) if bids is None else bids)
@@ -400,6 +428,7 @@ def build(
     )
     _add_welfare(m, table)
     price_milp_by(m, "convex_hull")
+    _choose_decomposition(m, decompose)
     if len(curve_table) or specs:
         a = np.concatenate([curve_table["a"].to_numpy(float), curvatures(specs)])
         scale_objective_by(m, objective_scale(a, period_hours))
@@ -407,6 +436,45 @@ def build(
         extra(m)
     record_build_time(m, time.perf_counter() - started)
     return m
+
+
+def period_coupling(m) -> str | None:
+    """What makes the market more than its periods side by side, read from its inputs:
+    the first participant whose own model links periods, named with the field that
+    does (storage's state of charge, a flexible load's energy budget, a device bid's
+    battery, EV, appliances, heat pump or demand charge), or the integer blocks (a
+    MILP, solved whole); None when its periods are independent LPs (or QPs)."""
+    for spec in m.participant_specs:
+        if isinstance(spec, StorageBid):
+            return f"participant {spec.participant!r} (storage: its state of charge soc_kwh)"
+        if isinstance(spec, FlexibleLoad):
+            return f"participant {spec.participant!r} (flexible_load: its budget energy_kwh)"
+        if isinstance(spec, DeviceBid):
+            home = spec.home
+            linking = [f for f in ("battery", "ev", "heat_pump") if getattr(home, f) is not None]
+            linking += ["appliances"] * bool(home.appliances)
+            linking += ["demand_charge_per_kw"] * bool(home.demand_charge_per_kw)
+            if linking:
+                return f"participant {spec.participant!r} (device: home.{linking[0]})"
+    if hasattr(m, "INTEGER_BIDS"):
+        first = m.bids.loc[list(m.INTEGER_BIDS)[0]]
+        return (
+            f"bids row {first.name} (participant {first['participant']!r}: indivisible or "
+            f"min_acceptance, {len(m.INTEGER_BIDS)} integer block(s): a MILP, solved whole)"
+        )
+    return None
+
+
+def _choose_decomposition(m, decompose: str) -> None:
+    """Mark the market to be solved period by period (:func:`~gridmarkets.solvers.
+    highs.solve_apart`) as ``decompose`` says (:func:`build`)."""
+    if decompose not in DECOMPOSE:
+        raise InputError(f"decompose: {decompose!r} is not one of {', '.join(DECOMPOSE)}")
+    coupling = period_coupling(m) if decompose != "none" else None
+    if decompose == "periods" and coupling is not None:
+        raise InputError(f"decompose: 'periods' refused, {coupling} links the periods")
+    if decompose != "none" and coupling is None and len(m.PERIODS) > 1:
+        solve_apart(m)
 
 
 def _market_periods(periods, table, curves, specs) -> list[int]:
@@ -1025,7 +1093,7 @@ def _at_bounds(accepted: pd.Series, offered: pd.Series) -> tuple[pd.Series, pd.S
 
 def _accepted_table(m) -> pd.DataFrame:
     table = m.bids
-    accepted = np.array([pyo.value(m.accepted_kw[b]) for b in table.index])
+    accepted = np.array([v.value for v in m.accepted_kw.values()], dtype=float)
     q_per_kw = reactive_ratio(table)
     phase = {"phase": _block_phases(m)} if "phase" in table or _three_phase(m) else {}
     return pd.DataFrame(
@@ -1311,7 +1379,9 @@ def clear(
     solve_options: dict[str, Any] | None = None,
     **build_options: Any,
 ) -> Result:
-    """Build, solve and report a market clearing in one call (see :func:`build`)."""
+    """Build, solve and report a market clearing in one call (see :func:`build`, whose
+    options include ``decompose``: the periods solved apart, by default when nothing
+    links them)."""
     _check_pricing(pricing, curves, build_options.get("participants"))
     m = build(bids, curves=curves, upstream=upstream, network=network, **build_options)
     solution = solve(m, **(solve_options or {}))

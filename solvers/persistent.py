@@ -15,8 +15,9 @@ lands on another optimal vertex than a cold solve, so a sweep's rows would depen
 the order its scenarios reach a worker (benchmarks/bench_batch.py).
 
 Results, errors and diagnoses are those of :func:`~gridmarkets.solvers.highs.solve`
-(both end in :func:`~gridmarkets.solvers.highs.solve_compiled`), so a scenario reads
-the same whichever path it took.
+(both end in :func:`~gridmarkets.solvers.highs.solve_as_marked`: a model marked by
+:func:`~gridmarkets.solvers.highs.solve_apart` is solved by its independent parts on
+either path), so a scenario reads the same whichever path it took.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from gridmarkets.solvers.highs import (
     compile_model,
     highs_options,
     linear_pairs,
-    solve_compiled,
+    solve_as_marked,
 )
 
 _FIXED = operator.attrgetter("fixed")
@@ -92,7 +93,7 @@ class PersistentLP:
         self._refresh()
         refresh = time.perf_counter() - started
         merged = highs_options(time_limit, mip_gap, threads, options)
-        return solve_compiled(self.model, self.form, refresh, merged)
+        return solve_as_marked(self.model, self.form, refresh, merged)
 
     def _refresh(self) -> None:
         """Copy the objective's coefficients and the variables' bounds into the arrays."""

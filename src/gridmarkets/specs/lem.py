@@ -159,6 +159,13 @@ class CaseSpec(CaseBase, OwnModelSections):
     profile_bids: ProfileBidsSpec | None = None
     indivisible: bool = False
     min_acceptance: float | None = Field(None, gt=0, le=1)
+    decompose: Literal["auto", "periods", "none"] = Field(
+        "auto",
+        description="solve the periods as LPs of their own, in parallel: 'auto' when "
+        "nothing links them (no storage, flexible load, device bid with storage or "
+        "shiftable devices, integer block), 'periods' (refused, naming what links "
+        "them, when something does) or 'none' (one LP)",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> CaseSpec:
@@ -303,6 +310,7 @@ def _build_options(case: CaseSpec) -> dict[str, Any]:
         "period_hours": case.horizon.period_hours,
         "indivisible": case.indivisible,
         "min_acceptance": case.min_acceptance,
+        "decompose": case.decompose,
     }
     own = case.own_models()
     if own:  # only then: a block market builds as before
