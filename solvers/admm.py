@@ -44,6 +44,7 @@ central model); their balance multipliers are the duals of its balances.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,10 +56,6 @@ import scipy.sparse as sp
 from gridmarkets.errors import InputError
 from gridmarkets.log import track
 from gridmarkets.solvers.highs import compile_model, highs_options, solve_compiled
-
-_BISECTIONS = 80
-_WARM = 0.5  # currency/MWh either side of the previous multiplier
-_MU_TOL = 1e-9  # currency/MWh
 
 
 class ModelAgent:
@@ -269,94 +266,233 @@ def _soft(w: np.ndarray, sell: np.ndarray, buy: np.ndarray) -> np.ndarray:
     return np.maximum(w - sell, 0.0) + np.minimum(w + buy, 0.0)
 
 
-class _LocalSolver:
-    """The agents' exact local steps, vectorised over every (agent, period) unit."""
+@dataclass
+class LocalPart:
+    """What a group of agents needs for its own steps, and nothing else (picklable).
 
-    def __init__(self, problem: ExchangeProblem):
-        self.p = problem
-        t = np.arange(problem.n_periods)
-        self.pair_unit = problem.pair_from[:, None] * problem.n_periods + t[None, :]
-        self.unlimited = ~np.isfinite(problem.item_quantity_kw)
-        self.finite_q = np.where(self.unlimited, 0.0, problem.item_quantity_kw)
-        self.sign = np.where(problem.item_supply, -1.0, 1.0)  # contribution to g when taken
-        self.sell_cost, self.buy_cost = problem.pair_cost, problem.pair_buy_cost
+    ``rows`` are the group's trading pairs (those its agents sell on) and ``items`` its
+    closed-form agents' items, as positions in the :class:`ExchangeProblem`. A *local
+    unit* is one closed-form agent of the group in one period, numbered ``position in
+    closed * n_periods + period``; ``row_unit`` (per closed row: rows whose owner is
+    not a model agent) and ``item_unit`` are its number.
+    """
 
-    def _trades(self, mu: np.ndarray, a: np.ndarray, rho: float) -> np.ndarray:
-        w = rho * a - mu[self.pair_unit]
-        return _soft(w, self.sell_cost, self.buy_cost) / (self.p.quadratic + rho)
+    n_periods: int
+    agents: np.ndarray
+    closed: np.ndarray
+    rows: np.ndarray
+    closed_rows: np.ndarray
+    row_unit: np.ndarray
+    sell_cost: np.ndarray
+    buy_cost: np.ndarray
+    items: np.ndarray
+    item_unit: np.ndarray
+    item_supply: np.ndarray
+    item_threshold: np.ndarray
+    item_quantity_kw: np.ndarray
+    quadratic: float
+    model_agents: dict[int, ModelAgent]
 
-    def _items(self, mu: np.ndarray) -> np.ndarray:
-        """Balance contribution of the items strictly decided at ``mu`` (per unit)."""
-        p = self.p
-        m = mu[p.item_unit]
-        taken = np.where(p.item_supply, m > p.item_threshold, m < p.item_threshold)
-        return np.bincount(p.item_unit, self.sign * self.finite_q * taken, p.n_units)
+    @classmethod
+    def of(cls, problem: ExchangeProblem, agents) -> LocalPart:
+        """The part of ``problem`` that the ``agents`` hold."""
+        n_t = problem.n_periods
+        agents = np.unique(np.asarray(agents, dtype=int))
+        closed = np.array([a for a in agents if a not in problem.model_agents], dtype=int)
+        local = np.full(problem.n_agents, -1)
+        local[closed] = np.arange(closed.size)
+        rows = np.flatnonzero(np.isin(problem.pair_from, agents))
+        closed_rows = local[problem.pair_from[rows]] >= 0
+        mine = rows[closed_rows]
+        items = np.flatnonzero(np.isin(problem.item_unit // n_t, closed))
+        item_agent, item_period = np.divmod(problem.item_unit[items], n_t)
+        return cls(
+            n_periods=n_t,
+            agents=agents,
+            closed=closed,
+            rows=rows,
+            closed_rows=closed_rows,
+            row_unit=local[problem.pair_from[mine]],
+            sell_cost=problem.pair_cost[mine],
+            buy_cost=problem.pair_buy_cost[mine],
+            items=items,
+            item_unit=local[item_agent] * n_t + item_period,
+            item_supply=problem.item_supply[items],
+            item_threshold=problem.item_threshold[items],
+            item_quantity_kw=problem.item_quantity_kw[items],
+            quadratic=problem.quadratic,
+            model_agents={int(a): problem.model_agents[a] for a in agents if a not in closed},
+        )
 
-    def _balance(self, mu, a, rho) -> np.ndarray:
-        x = self._trades(mu, a, rho)
-        return np.bincount(self.pair_unit.ravel(), x.ravel(), self.p.n_units) + self._items(mu)
 
-    def _bracket(self, a: np.ndarray, rho: float) -> tuple[np.ndarray, np.ndarray]:
-        p, n = self.p, self.p.n_units
-        w = rho * a
-        lo = np.full(n, np.inf)
-        hi = np.full(n, -np.inf)
-        np.minimum.at(lo, self.pair_unit.ravel(), (w - self.sell_cost).ravel())
-        np.maximum.at(hi, self.pair_unit.ravel(), (w + self.buy_cost).ravel())
-        np.minimum.at(lo, p.item_unit, p.item_threshold)
-        np.maximum.at(hi, p.item_unit, p.item_threshold)
-        lo = np.where(np.isfinite(lo), lo - 1.0, 0.0)
-        hi = np.where(np.isfinite(hi), hi + 1.0, 0.0)
-        for supply, bound in ((True, hi), (False, lo)):  # an unlimited grid caps mu
-            mask = self.unlimited & (p.item_supply == supply)
-            reducer = np.minimum if supply else np.maximum
-            reducer.at(bound, p.item_unit[mask], p.item_threshold[mask])
-        return lo, hi
+class ClosedFormStep:
+    """The exact local steps of closed-form agents, vectorised over their units.
 
-    def solve(
-        self, a: np.ndarray, rho: float, guess: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Trades (pairs x periods), taken items and balance multipliers per unit.
+    For a balance multiplier ``mu`` every trade is a soft threshold of ``rho a - mu``
+    and every item is whole or nothing, so the balance ``g(mu) = sum_j x_j(mu) +
+    demand(mu) - supply(mu)`` (kW) is non-increasing and piecewise linear in ``mu``,
+    with kinks at ``rho a_j - s_j`` and ``rho a_j + b_j`` (a trade starts / stops being
+    zero) and downward jumps of ``quantity`` at item thresholds. The step sorts every
+    unit's breakpoints (one padded row per unit), accumulates ``g``'s intercept, slope
+    and jumps along them (cumulative sums), and finds the root exactly: the first
+    breakpoint where ``g`` from the right is <= 0 is the root when ``g`` from its left
+    is >= 0 (a jump or kink crosses zero), else the root is the zero of the linear
+    piece before it, ``mu = -intercept / slope``. Unlimited items (an uncapped grid)
+    count as infinite jumps. Items exactly at ``mu`` then share what closes the balance.
+    """
 
-        ``guess`` (the previous multipliers) narrows the bisection's bracket where it
-        still brackets the root.
-        """
-        p = self.p
-        lo, hi = self._bracket(a, rho)
-        if guess is not None:
-            near_lo, near_hi = np.maximum(lo, guess - _WARM), np.minimum(hi, guess + _WARM)
-            ok = (self._balance(near_lo, a, rho) >= 0) & (self._balance(near_hi, a, rho) <= 0)
-            lo, hi = np.where(ok, near_lo, lo), np.where(ok, near_hi, hi)
-        for _ in range(_BISECTIONS):
-            if np.max(hi - lo, initial=0.0) <= _MU_TOL:
-                break
-            mid = 0.5 * (lo + hi)
-            positive = self._balance(mid, a, rho) > 0
-            lo, hi = np.where(positive, mid, lo), np.where(positive, hi, mid)
-        mu = 0.5 * (lo + hi)
-        x = self._trades(mu, a, rho)
-        m = mu[p.item_unit]
-        tol = 1e-9 * (1.0 + np.abs(m)) + (hi - lo)[p.item_unit]
-        flex = np.abs(p.item_threshold - m) <= tol
-        firm = np.where(p.item_supply, m > p.item_threshold, m < p.item_threshold) & ~flex
+    def __init__(self, part: LocalPart):
+        self.part = part
+        n_t = part.n_periods
+        self.n_units = n_units = part.closed.size * n_t
+        t = np.arange(n_t)
+        self.pair_unit = (part.row_unit[:, None] * n_t + t[None, :]).ravel()
+        units = np.concatenate([self.pair_unit, self.pair_unit, part.item_unit])
+        counts = np.bincount(units, minlength=n_units)
+        self.width = int(counts.max(initial=0)) + 1  # at least one padding slot per unit
+        order = np.argsort(units, kind="stable")
+        start = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        slot = np.empty(units.size, dtype=np.int64)
+        slot[order] = units[order] * self.width + np.arange(units.size) - start[units[order]]
+        n_pairs = self.pair_unit.size
+        self.sell_slot, self.buy_slot = slot[:n_pairs], slot[n_pairs : 2 * n_pairs]
+        self.item_slot = slot[2 * n_pairs :]
+        self.unlimited = ~np.isfinite(part.item_quantity_kw)
+        self.finite_q = np.where(self.unlimited, 0.0, part.item_quantity_kw)
+        self.sign = np.where(part.item_supply, -1.0, 1.0)  # contribution to g when taken
+        demand = ~part.item_supply
+        self.base_jump = np.bincount(part.item_unit, self.finite_q * demand, n_units)
+        self.base_infinite = np.bincount(part.item_unit, self.unlimited & demand, n_units)
+        self.pairs_per_unit = np.bincount(self.pair_unit, minlength=n_units)
+
+    def _layout(self, v_sell, v_buy, c):
+        """Breakpoints and what ``g`` gains at each: value, intercept, slope, +inf, -inf."""
+        part, size = self.part, self.n_units * self.width
+        value = np.full(size, np.inf)
+        d_intercept, d_slope = np.zeros(size), np.zeros(size)
+        d_plus, d_minus = np.zeros(size), np.zeros(size)
+        value[self.sell_slot], value[self.buy_slot] = v_sell, v_buy
+        d_intercept[self.sell_slot], d_intercept[self.buy_slot] = -c * v_sell, c * v_buy
+        d_slope[self.sell_slot], d_slope[self.buy_slot] = c, -c
+        value[self.item_slot] = part.item_threshold
+        d_intercept[self.item_slot] = -self.finite_q
+        d_plus[self.item_slot] = -1.0 * (self.unlimited & ~part.item_supply)
+        d_minus[self.item_slot] = self.unlimited & part.item_supply
+        shape = (self.n_units, self.width)
+        return [a.reshape(shape) for a in (value, d_intercept, d_slope, d_plus, d_minus)]
+
+    def root(self, target_kw: np.ndarray, rho: float) -> np.ndarray:
+        """Every unit's balance multiplier ``mu`` (currency/MWh) for targets ``a``."""
+        part, c = self.part, 1.0 / (self.part.quadratic + rho)
+        w = (rho * target_kw).ravel()
+        v_sell, v_buy = w - part.sell_cost.ravel(), w + part.buy_cost.ravel()
+        value, *steps = self._layout(v_sell, v_buy, c)
+        order = np.argsort(value, axis=1, kind="stable")
+        value = np.take_along_axis(value, order, axis=1)
+        base = [
+            np.bincount(self.pair_unit, c * v_sell, self.n_units) + self.base_jump,
+            -c * self.pairs_per_unit,
+            self.base_infinite.astype(float),
+            np.zeros(self.n_units),
+        ]
+        state = [
+            b[:, None] + np.cumsum(np.take_along_axis(s, order, axis=1), axis=1)
+            for b, s in zip(base, steps, strict=True)
+        ]
+        right = np.where(np.isfinite(value), _g(*state, value), -np.inf)
+        k = np.argmax(right <= 0, axis=1)[:, None]
+        before = [
+            np.where(k > 0, np.take_along_axis(s, np.maximum(k - 1, 0), axis=1), b[:, None])[:, 0]
+            for b, s in zip(base, state, strict=True)
+        ]
+        at = np.take_along_axis(value, k, axis=1)[:, 0]
+        intercept, slope = before[0], before[1]
+        left = np.where(np.isfinite(at), _g(*before, at), np.where(slope < 0, -np.inf, intercept))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mu = np.where(left >= 0, at, -intercept / slope)
+        return np.where(np.isfinite(mu), mu, 0.0)  # a unit with nothing to decide: 0
+
+    def step(self, target_kw: np.ndarray, rho: float):
+        """Trades (rows x periods), taken items and multipliers (units)."""
+        part = self.part
+        mu = self.root(target_kw, rho)
+        w = rho * target_kw - mu[self.pair_unit].reshape(target_kw.shape)
+        x = _soft(w, part.sell_cost, part.buy_cost) / (part.quadratic + rho)
+        m = mu[part.item_unit]
+        flex = part.item_threshold == m
+        firm = np.where(part.item_supply, m > part.item_threshold, m < part.item_threshold)
         taken = np.where(firm, self.finite_q, 0.0)
-        residual = np.bincount(self.pair_unit.ravel(), x.ravel(), p.n_units)
-        residual += np.bincount(p.item_unit, self.sign * taken, p.n_units)
+        residual = np.bincount(self.pair_unit, x.ravel(), self.n_units)
+        residual += np.bincount(part.item_unit, self.sign * taken, self.n_units)
         taken += self._fill(flex, residual)
         return x, taken, mu
 
     def _fill(self, flex: np.ndarray, residual: np.ndarray) -> np.ndarray:
         """Share each unit's residual among its flexible items on the side that closes it."""
-        p = self.p
-        need = residual[p.item_unit]  # > 0: supply must rise (or demand fall)
-        useful = flex & np.where(p.item_supply, need > 0, need < 0)
+        part, n = self.part, self.n_units
+        need = residual[part.item_unit]  # > 0: supply must rise (or demand fall)
+        useful = flex & np.where(part.item_supply, need > 0, need < 0)
         unlimited = useful & self.unlimited
-        has_unlimited = np.bincount(p.item_unit, unlimited, p.n_units) > 0
+        has_unlimited = np.bincount(part.item_unit, unlimited, n) > 0
         room = np.where(useful & ~self.unlimited, self.finite_q, 0.0)
-        total = np.bincount(p.item_unit, room, p.n_units)
-        share = np.where(total[p.item_unit] > 0, room / np.maximum(total[p.item_unit], 1e-300), 0)
-        amount = np.minimum(np.abs(need), total[p.item_unit]) * share
-        return np.where(has_unlimited[p.item_unit], np.where(unlimited, np.abs(need), 0), amount)
+        total = np.bincount(part.item_unit, room, n)[part.item_unit]
+        share = np.where(total > 0, room / np.maximum(total, 1e-300), 0.0)
+        amount = np.minimum(np.abs(need), total) * share
+        return np.where(has_unlimited[part.item_unit], np.where(unlimited, np.abs(need), 0), amount)
+
+
+def _g(intercept, slope, plus, minus, mu):
+    """The balance from a piece's state: infinite where an unlimited item is active."""
+    with np.errstate(invalid="ignore"):
+        finite = intercept + slope * mu
+    return np.where(plus > 0, np.inf, np.where(minus > 0, -np.inf, finite))
+
+
+class PeerGroup:
+    """A group of agents stepping on their own: the unit a DSO would place on a machine.
+
+    It holds only its :class:`LocalPart` (its agents' items, its trading pairs' costs,
+    its model agents) and exchanges with the coordinator only arrays: it receives its
+    rows of ``z - u`` and ``rho`` and returns its trades, taken items and multipliers.
+    As a Dask actor (:func:`dask_groups`) each group lives on a worker.
+    """
+
+    def __init__(self, part: LocalPart):
+        self.part = part
+        self.closed = ClosedFormStep(part)
+
+    def step(self, target_kw: np.ndarray, rho: float):
+        """This group's trades (its rows x periods), taken items and multipliers
+        (its agents x periods, model agents included)."""
+        part, n_t = self.part, self.part.n_periods
+        x = np.zeros_like(target_kw)
+        x[part.closed_rows], taken, mu_closed = self.closed.step(target_kw[part.closed_rows], rho)
+        mu = np.zeros((part.agents.size, n_t))
+        mu[np.isin(part.agents, part.closed)] = mu_closed.reshape(-1, n_t)
+        for agent, model in part.model_agents.items():
+            at = np.searchsorted(part.rows, model.rows)
+            x[at], mu[np.searchsorted(part.agents, agent)] = model.step(target_kw[at], rho)
+        return x, taken, mu
+
+
+def dask_groups(client: Any, parts: list[LocalPart]) -> list[Any]:
+    """One Dask actor per part (:class:`PeerGroup`), created on the cluster's workers.
+
+    Each actor keeps its part on its worker; every iteration the coordinator sends it
+    only its rows of ``z - u`` and ``rho`` and receives its trades, taken items and
+    multipliers.
+    """
+    return [client.submit(PeerGroup, part, actor=True).result() for part in parts]
+
+
+def _step_all(groups: list[Any], parts: list[LocalPart], target: np.ndarray, rho: float, out):
+    """Every group's step; actors' calls are all sent before any answer is awaited."""
+    x, taken, mu = out
+    calls = [g.step(target[part.rows], rho) for g, part in zip(groups, parts, strict=True)]
+    for call, part in zip(calls, parts, strict=True):
+        x[part.rows], taken[part.items], mu[part.agents] = (
+            call.result() if hasattr(call, "result") else call
+        )
 
 
 def consensus_admm(
@@ -367,7 +503,10 @@ def consensus_admm(
     eps_abs: float = 1e-6,
     eps_rel: float = 1e-6,
     adapt_rho: bool = True,
+    max_rho_changes: int = 30,
     relaxation: float = 1.6,
+    groups: Sequence[Sequence[int]] | None = None,
+    client: Any = None,
 ) -> ADMMResult:
     """Solve an :class:`ExchangeProblem` by consensus ADMM (see the module docstring).
 
@@ -376,35 +515,44 @@ def consensus_admm(
     problem : the agents' local problems and their trading pairs.
     rho : initial penalty ((currency/MWh)/kW).
     max_iterations : stop here when not converged (``converged=False``).
-    eps_abs, eps_rel : Boyd's stopping tolerances: stop when
-        ``||x - z|| <= eps_abs sqrt(n) + eps_rel max(||x||, ||z||)`` and
-        ``rho ||z - z_prev|| <= eps_abs sqrt(n) + eps_rel ||rho u||``. Tight by default:
-        an LP's welfare is flat along cycles of trades whose preference costs nearly
-        cancel, so trades settle long after welfare does (on 100 peers, ``1e-5`` stopped
-        with trades up to 5 % of the largest trade away from the LP's, welfare within 1e-5).
-    adapt_rho : residual balancing (double or halve ``rho`` when one residual exceeds
-        ten times the other, rescaling ``u``).
+    eps_abs, eps_rel : the stopping tolerances (Boyd et al. 2011, section 3.3.1): stop
+        when ``||x - z|| <= eps_abs sqrt(n) + eps_rel max(||x||, ||z||)`` (kW) and
+        ``rho ||z - z_prev|| <= eps_abs sqrt(n) + eps_rel ||rho u||`` (currency/MWh),
+        ``n`` the number of trades. An LP's welfare is flat along cycles of trades whose
+        preference costs nearly cancel, so trades settle long after welfare does.
+    adapt_rho : residual balancing (Boyd et al. 2011, section 3.4.1, with mu = 10 and
+        tau = 2): every 10 iterations, double ``rho`` when the primal residual exceeds
+        ten times the dual one, halve it in the reverse case, rescaling ``u``.
+    max_rho_changes : residual balancing stops after this many changes. ADMM converges
+        for any fixed ``rho`` > 0 (Boyd et al. 2011, section 3.2), and the convergence
+        proof carries over to a varying ``rho`` once it stays fixed after finitely
+        many iterations (section 3.4.1), which this bound guarantees.
     relaxation : over-relaxation ``alpha`` in [1, 2) (Boyd et al. 2011, section 3.4.3):
         the exchange and price steps use ``alpha x + (1 - alpha) z``.
+    groups : a partition of the agents: each group steps on its own
+        (:class:`PeerGroup`); None: one group of all.
+    client : a ``dask.distributed.Client``: each group is a Dask actor on its workers
+        (:func:`dask_groups`), the coordinator here exchanging arrays with them; the
+        iterates are those of the in-process run.
 
     Returns
     -------
     ADMMResult
     """
     started = time.perf_counter()
-    local = _LocalSolver(problem)
+    parts = [LocalPart.of(problem, g) for g in (groups or [range(problem.n_agents)])]
+    _check_partition(problem, parts)
+    steppers = dask_groups(client, parts) if client is not None else [PeerGroup(p) for p in parts]
     shape = (len(problem.pair_from), problem.n_periods)
     z, u = np.zeros(shape), np.zeros(shape)
+    x, taken = np.zeros(shape), np.zeros(len(problem.item_unit))
+    mu = np.zeros((problem.n_agents, problem.n_periods))
     rev = problem.reverse
     sqrt_n = np.sqrt(max(z.size, 1))
     rows: list[dict[str, float]] = []
-    converged = False
-    x = taken = mu = None
+    converged, changes = False, 0
     for k in track(range(1, max_iterations + 1), "ADMM iterations (at most)"):
-        x, taken, mu = local.solve(z - u, rho, mu)
-        for agent, model in problem.model_agents.items():
-            units = slice(agent * problem.n_periods, (agent + 1) * problem.n_periods)
-            x[model.rows], mu[units] = model.step((z - u)[model.rows], rho)
+        _step_all(steppers, parts, z - u, rho, (x, taken, mu))
         relaxed = relaxation * x + (1.0 - relaxation) * z
         z_new = 0.5 * (relaxed - relaxed[rev])
         u = u + 0.5 * (relaxed + relaxed[rev])
@@ -426,19 +574,24 @@ def consensus_admm(
         if primal <= primal_tol and dual <= dual_tol:
             converged = True
             break
-        if adapt_rho and k % 10 == 0:
-            if primal > 10 * dual:
-                rho, u = 2 * rho, u / 2
-            elif dual > 10 * primal:
-                rho, u = rho / 2, 2 * u
+        if adapt_rho and changes < max_rho_changes and k % 10 == 0:
+            scale = 2.0 if primal > 10 * dual else 0.5 if dual > 10 * primal else 1.0
+            if scale != 1.0:
+                rho, u, changes = rho * scale, u / scale, changes + 1
     return ADMMResult(
         trade_kw=z,
-        proposal_kw=x,
+        proposal_kw=x.copy(),
         price=-rho * u,
         taken_kw=taken,
-        balance_price=mu.reshape(problem.n_agents, problem.n_periods),
+        balance_price=mu,
         log=pd.DataFrame(rows),
         converged=converged,
         iterations=len(rows),
         seconds=time.perf_counter() - started,
     )
+
+
+def _check_partition(problem: ExchangeProblem, parts: list[LocalPart]) -> None:
+    owned = np.concatenate([p.agents for p in parts])
+    if owned.size != problem.n_agents or set(owned.tolist()) != set(range(problem.n_agents)):
+        raise InputError("ADMM groups: every agent must be in exactly one group")
