@@ -216,12 +216,31 @@ class ExchangeProblem:
                 raise InputError(f"ADMM {name}: negative costs")
         if self.quadratic < 0:
             raise InputError("ADMM quadratic term: must not be negative")
+        self._check_unlimited()
         self.pair_cost = _per_period(self.pair_cost, shape)
         self.pair_buy_cost = _per_period(buy, shape)
         for agent, model in self.model_agents.items():
             rows = np.flatnonzero(self.pair_from == agent)
             model.attach(rows, self.pair_cost[rows], self.pair_buy_cost[rows], self.quadratic)
         self.reverse = np.array([position[(b, a)] for a, b in position], dtype=int)
+
+    def _check_unlimited(self) -> None:
+        """An unlimited supply below an unlimited demand of the same unit is an
+        unbounded arbitrage (buy from one, sell to the other without end)."""
+        unlimited = ~np.isfinite(self.item_quantity_kw)
+        for supply, reduce, fill in ((True, np.minimum, np.inf), (False, np.maximum, -np.inf)):
+            mask = unlimited & (self.item_supply == supply)
+            bound = np.full(self.n_units, fill)
+            reduce.at(bound, self.item_unit[mask], self.item_threshold[mask])
+            if supply:
+                cheapest = bound
+        unit = np.flatnonzero(bound > cheapest)
+        if unit.size:
+            agent, period = divmod(int(unit[0]), self.n_periods)
+            raise InputError(
+                f"ADMM items: agent {agent}, period position {period}: an unlimited supply "
+                "is priced below an unlimited demand (unbounded)"
+            )
 
     @property
     def n_units(self) -> int:
@@ -363,51 +382,51 @@ class ClosedFormStep:
         demand = ~part.item_supply
         self.base_jump = np.bincount(part.item_unit, self.finite_q * demand, n_units)
         self.base_infinite = np.bincount(part.item_unit, self.unlimited & demand, n_units)
+        self.base_infinite = self.base_infinite.astype(float)
         self.pairs_per_unit = np.bincount(self.pair_unit, minlength=n_units)
 
     def _layout(self, v_sell, v_buy, c):
-        """Breakpoints and what ``g`` gains at each: value, intercept, slope, +inf, -inf."""
+        """Breakpoints and what ``g`` gains at each (intercept, slope, infinite count)."""
         part, size = self.part, self.n_units * self.width
         value = np.full(size, np.inf)
-        d_intercept, d_slope = np.zeros(size), np.zeros(size)
-        d_plus, d_minus = np.zeros(size), np.zeros(size)
+        gain = np.zeros((3, size))
         value[self.sell_slot], value[self.buy_slot] = v_sell, v_buy
-        d_intercept[self.sell_slot], d_intercept[self.buy_slot] = -c * v_sell, c * v_buy
-        d_slope[self.sell_slot], d_slope[self.buy_slot] = c, -c
+        gain[0, self.sell_slot], gain[0, self.buy_slot] = -c * v_sell, c * v_buy
+        gain[1, self.sell_slot], gain[1, self.buy_slot] = c, -c
         value[self.item_slot] = part.item_threshold
-        d_intercept[self.item_slot] = -self.finite_q
-        d_plus[self.item_slot] = -1.0 * (self.unlimited & ~part.item_supply)
-        d_minus[self.item_slot] = self.unlimited & part.item_supply
-        shape = (self.n_units, self.width)
-        return [a.reshape(shape) for a in (value, d_intercept, d_slope, d_plus, d_minus)]
+        gain[0, self.item_slot] = -self.finite_q
+        gain[2, self.item_slot] = -1.0 * self.unlimited
+        return value.reshape(self.n_units, self.width), gain
 
     def root(self, target_kw: np.ndarray, rho: float) -> np.ndarray:
-        """Every unit's balance multiplier ``mu`` (currency/MWh) for targets ``a``."""
+        """Every unit's balance multiplier ``mu`` (currency/MWh) for targets ``a``.
+
+        The state of ``g`` on a piece is its intercept, slope and infinite count (the
+        unlimited demand still taken minus the unlimited supply already taken: > 0,
+        ``g = +inf``; < 0, ``g = -inf``).
+        """
         part, c = self.part, 1.0 / (self.part.quadratic + rho)
         w = (rho * target_kw).ravel()
         v_sell, v_buy = w - part.sell_cost.ravel(), w + part.buy_cost.ravel()
-        value, *steps = self._layout(v_sell, v_buy, c)
+        value, gain = self._layout(v_sell, v_buy, c)
         order = np.argsort(value, axis=1, kind="stable")
         value = np.take_along_axis(value, order, axis=1)
-        base = [
-            np.bincount(self.pair_unit, c * v_sell, self.n_units) + self.base_jump,
-            -c * self.pairs_per_unit,
-            self.base_infinite.astype(float),
-            np.zeros(self.n_units),
-        ]
-        state = [
-            b[:, None] + np.cumsum(np.take_along_axis(s, order, axis=1), axis=1)
-            for b, s in zip(base, steps, strict=True)
-        ]
-        right = np.where(np.isfinite(value), _g(*state, value), -np.inf)
-        k = np.argmax(right <= 0, axis=1)[:, None]
-        before = [
-            np.where(k > 0, np.take_along_axis(s, np.maximum(k - 1, 0), axis=1), b[:, None])[:, 0]
-            for b, s in zip(base, state, strict=True)
-        ]
-        at = np.take_along_axis(value, k, axis=1)[:, 0]
+        flat = order + (np.arange(self.n_units) * self.width)[:, None]
+        base = np.stack(
+            [
+                np.bincount(self.pair_unit, c * v_sell, self.n_units) + self.base_jump,
+                -c * self.pairs_per_unit,
+                self.base_infinite,
+            ]
+        )[:, :, None]
+        state = base + np.cumsum(gain[:, flat], axis=2)
+        right = np.where(np.isfinite(value), _g(state, value), -np.inf)
+        k = np.argmax(right <= 0, axis=1)
+        rows = np.arange(self.n_units)
+        before = np.where(k > 0, state[:, rows, np.maximum(k - 1, 0)], base[:, :, 0])
+        at = value[rows, k]
         intercept, slope = before[0], before[1]
-        left = np.where(np.isfinite(at), _g(*before, at), np.where(slope < 0, -np.inf, intercept))
+        left = np.where(np.isfinite(at), _g(before, at), np.where(slope < 0, -np.inf, intercept))
         with np.errstate(divide="ignore", invalid="ignore"):
             mu = np.where(left >= 0, at, -intercept / slope)
         return np.where(np.isfinite(mu), mu, 0.0)  # a unit with nothing to decide: 0
@@ -441,11 +460,11 @@ class ClosedFormStep:
         return np.where(has_unlimited[part.item_unit], np.where(unlimited, np.abs(need), 0), amount)
 
 
-def _g(intercept, slope, plus, minus, mu):
-    """The balance from a piece's state: infinite where an unlimited item is active."""
+def _g(state: np.ndarray, mu: np.ndarray) -> np.ndarray:
+    """The balance at ``mu`` on a piece of state (intercept, slope, infinite count)."""
     with np.errstate(invalid="ignore"):
-        finite = intercept + slope * mu
-    return np.where(plus > 0, np.inf, np.where(minus > 0, -np.inf, finite))
+        finite = state[0] + state[1] * mu
+    return np.where(state[2] > 0, np.inf, np.where(state[2] < 0, -np.inf, finite))
 
 
 class PeerGroup:
@@ -556,10 +575,10 @@ def consensus_admm(
         relaxed = relaxation * x + (1.0 - relaxation) * z
         z_new = 0.5 * (relaxed - relaxed[rev])
         u = u + 0.5 * (relaxed + relaxed[rev])
-        primal = float(np.linalg.norm(x - z_new))
-        dual = rho * float(np.linalg.norm(z_new - z))
-        primal_tol = eps_abs * sqrt_n + eps_rel * max(np.linalg.norm(x), np.linalg.norm(z_new))
-        dual_tol = eps_abs * sqrt_n + eps_rel * rho * float(np.linalg.norm(u))
+        primal = _norm(x - z_new)
+        dual = rho * _norm(z_new - z)
+        primal_tol = eps_abs * sqrt_n + eps_rel * max(_norm(x), _norm(z_new))
+        dual_tol = eps_abs * sqrt_n + eps_rel * rho * _norm(u)
         rows.append(
             {
                 "iteration": k,
@@ -575,7 +594,8 @@ def consensus_admm(
             converged = True
             break
         if adapt_rho and changes < max_rho_changes and k % 10 == 0:
-            scale = 2.0 if primal > 10 * dual else 0.5 if dual > 10 * primal else 1.0
+            ratio = (primal / primal_tol) / (dual / dual_tol)
+            scale = 2.0 if ratio > 10 else 0.5 if ratio < 0.1 else 1.0
             if scale != 1.0:
                 rho, u, changes = rho * scale, u / scale, changes + 1
     return ADMMResult(
@@ -589,6 +609,11 @@ def consensus_admm(
         iterations=len(rows),
         seconds=time.perf_counter() - started,
     )
+
+
+def _norm(a: np.ndarray) -> float:
+    """Euclidean norm without BLAS (whose threads stall on a busy machine)."""
+    return float(np.sqrt(np.einsum("ij,ij->", a, a)))
 
 
 def _check_partition(problem: ExchangeProblem, parts: list[LocalPart]) -> None:
