@@ -1,0 +1,196 @@
+"""The closed-form local step against the local problem minimised independently, and the
+distributed run (Dask actors) against the in-process one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scipy.optimize import minimize_scalar
+
+from gridmarkets.errors import InputError
+from gridmarkets.models import p2p
+from gridmarkets.models.lem import Upstream
+from gridmarkets.solvers.admm import (
+    ClosedFormStep,
+    ExchangeProblem,
+    LocalPart,
+    consensus_admm,
+)
+
+
+def random_problem(rng: np.random.Generator, unlimited: bool) -> ExchangeProblem:
+    """2-4 agents on a complete graph, 1-2 periods, 0-3 items per unit; integer prices and
+    costs (so breakpoints tie), and with ``unlimited`` an uncapped grid per unit."""
+    n, n_t = int(rng.integers(2, 5)), int(rng.integers(1, 3))
+    pairs = [(a, b) for a in range(n) for b in range(n) if a != b]
+    units, supply, threshold, quantity = [], [], [], []
+    for unit in range(n * n_t):
+        for _ in range(int(rng.integers(0, 4))):
+            units.append(unit)
+            supply.append(bool(rng.integers(0, 2)))
+            threshold.append(float(rng.integers(0, 12)))
+            quantity.append(float(rng.integers(1, 6)))
+        if unlimited:
+            export = float(rng.integers(0, 6))
+            units += [unit, unit]
+            supply += [True, False]
+            threshold += [export + float(rng.integers(0, 6)), export]
+            quantity += [np.inf, np.inf]
+    costs = rng.integers(0, 4, (len(pairs), n_t)).astype(float)
+    return ExchangeProblem(
+        n_agents=n,
+        n_periods=n_t,
+        item_unit=np.array(units, dtype=int),
+        item_supply=np.array(supply, dtype=bool),
+        item_threshold=np.array(threshold),
+        item_quantity_kw=np.array(quantity),
+        pair_from=np.array([a for a, _ in pairs]),
+        pair_to=np.array([b for _, b in pairs]),
+        pair_cost=costs,
+        pair_buy_cost=rng.integers(0, 4, (len(pairs), n_t)).astype(float),
+        quadratic=float(rng.choice([0.0, 0.5])),
+    )
+
+
+def trade_term(x: float, sell: float, buy: float, gamma: float, rho: float, a: float) -> float:
+    return sell * max(x, 0) + buy * max(-x, 0) + gamma / 2 * x**2 + rho / 2 * (x - a) ** 2
+
+
+def dual_value(mu: float, terms: list, items: list) -> float:
+    """min over the unit's trades and items of its objective plus ``mu * balance``: each
+    trade's by a bounded scalar minimisation, each item's at 0 or its quantity."""
+    value = 0.0
+    for sell, buy, gamma, rho, a in terms:
+        lo, hi = -abs(a) - abs(mu) - 50, abs(a) + abs(mu) + 50
+        found = minimize_scalar(
+            lambda x: trade_term(x, sell, buy, gamma, rho, a) + mu * x,  # noqa: B023
+            bounds=(lo, hi),
+            method="bounded",
+            options={"xatol": 1e-10},
+        )
+        value += found.fun
+    for is_supply, threshold, quantity in items:
+        coef = (threshold - mu) if is_supply else (mu - threshold)
+        value += min(0.0, coef * quantity) if np.isfinite(quantity) else min(0.0, coef) * 1e9
+    return value
+
+
+def finite_dual(items: list) -> tuple[float, float]:
+    """Where the dual function is finite: an unlimited supply caps mu, an unlimited
+    demand floors it."""
+    low, high = -100.0, 100.0
+    for is_supply, threshold, quantity in items:
+        if not np.isfinite(quantity):
+            low, high = (low, min(high, threshold)) if is_supply else (max(low, threshold), high)
+    return low, high
+
+
+@pytest.mark.unit
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), unlimited=st.booleans())
+def test_closed_form_step_solves_the_local_problem(seed, unlimited):
+    # every unit's step is feasible (balance, item bounds) and its objective equals the
+    # maximum over mu of the dual function, each part of it minimised by scipy
+    # (weak duality: no feasible point does better); mu is that maximiser
+    rng = np.random.default_rng(seed)
+    problem = random_problem(rng, unlimited)
+    rho = float(rng.choice([0.5, 1.0, 5.0]))
+    target = rng.integers(-6, 7, (len(problem.pair_from), problem.n_periods)).astype(float)
+    step = ClosedFormStep(LocalPart.of(problem, range(problem.n_agents)))
+    x, taken, mu = step.step(target, rho)
+    assert np.all(taken >= -1e-12) and np.all(taken <= problem.item_quantity_kw + 1e-12)
+    n_t = problem.n_periods
+    for unit in range(problem.n_units):
+        agent, t = divmod(unit, n_t)
+        rows = np.flatnonzero(problem.pair_from == agent)
+        mine = np.flatnonzero(problem.item_unit == unit)
+        sign = np.where(problem.item_supply[mine], 1.0, -1.0)
+        assert sign @ taken[mine] == pytest.approx(x[rows, t].sum(), abs=1e-9)
+        terms = [
+            (
+                problem.pair_cost[r, t],
+                problem.pair_buy_cost[r, t],
+                problem.quadratic,
+                rho,
+                target[r, t],
+            )
+            for r in rows
+        ]
+        items = [
+            (problem.item_supply[i], problem.item_threshold[i], problem.item_quantity_kw[i])
+            for i in mine
+        ]
+        primal = sum(trade_term(x[r, t], *term) for r, term in zip(rows, terms, strict=True))
+        primal += float(sign @ (problem.item_threshold[mine] * taken[mine]))
+        bounds = finite_dual(items)
+        found = minimize_scalar(
+            lambda m: -dual_value(m, terms, items),  # noqa: B023
+            bounds=bounds,
+            method="bounded",
+            options={"xatol": 1e-10},
+        )
+        best = max(-found.fun, *(dual_value(m, terms, items) for m in bounds))  # concave
+        assert primal == pytest.approx(best, abs=1e-6)
+        assert dual_value(mu[unit], terms, items) == pytest.approx(best, abs=1e-6)
+
+
+@pytest.mark.unit
+def test_unlimited_supply_below_unlimited_demand_is_refused_naming_the_agent():
+    with pytest.raises(InputError, match="agent 1, period position 0"):
+        ExchangeProblem(
+            n_agents=2,
+            n_periods=1,
+            item_unit=np.array([1, 1]),
+            item_supply=np.array([True, False]),
+            item_threshold=np.array([20.0, 30.0]),
+            item_quantity_kw=np.array([np.inf, np.inf]),
+            pair_from=np.array([0, 1]),
+            pair_to=np.array([1, 0]),
+            pair_cost=np.array([0.0, 0.0]),
+        )
+
+
+def small_market(seed: int, n: int = 6, periods: int = 2):
+    rng = np.random.default_rng(seed)
+    who = np.repeat(np.arange(n), periods)
+    sell = who % 2 == 0
+    bids = p2p.pd.DataFrame(
+        {
+            "participant": [f"p{i}" for i in who],
+            "side": np.where(sell, "sell", "buy"),
+            "quantity_kw": rng.uniform(1, 10, who.size),
+            "price": np.where(sell, rng.uniform(0, 150, who.size), rng.uniform(50, 300, who.size)),
+            "period": np.tile(np.arange(periods), n),
+        }
+    )
+    peers = [f"p{i}" for i in range(n)]
+    prefs = [(a, b, rng.uniform(1, 20)) for a in peers for b in peers if a != b]
+    return bids, p2p.pd.DataFrame(prefs, columns=["peer", "partner", "cost"])
+
+
+@pytest.mark.solve
+def test_dask_actors_return_the_in_process_iterates():
+    # three groups of two peers, each a Dask actor holding its own part; the
+    # coordinator exchanges only z - u and the groups' steps; same run as in process
+    distributed = pytest.importorskip("distributed")
+    bids, prefs = small_market(3)
+    market = p2p.prepare(bids, upstream=Upstream(250.0, 30.0), preferences=prefs)
+    problem = p2p.exchange_problem(market)
+    options = {"rho": 5.0, "max_iterations": 300}
+    here = consensus_admm(problem, **options)
+    with distributed.Client(processes=False, n_workers=2, threads_per_worker=1) as client:
+        there = consensus_admm(problem, groups=[[0, 1], [2, 3], [4, 5]], client=client, **options)
+    assert there.iterations == here.iterations == 300
+    for name in ("trade_kw", "proposal_kw", "price", "taken_kw", "balance_price"):
+        np.testing.assert_allclose(getattr(there, name), getattr(here, name), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(there.log["rho"], here.log["rho"], rtol=0, atol=0)
+
+
+@pytest.mark.unit
+def test_groups_must_partition_the_agents():
+    bids, prefs = small_market(4, n=4, periods=1)
+    problem = p2p.exchange_problem(p2p.prepare(bids, preferences=prefs))
+    with pytest.raises(InputError, match="exactly one group"):
+        consensus_admm(problem, groups=[[0, 1], [1, 2, 3]], max_iterations=1)
