@@ -106,6 +106,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import pyomo.environ as pyo
+from pyomo.core.expr.numeric_expr import LinearExpression, MonomialTermExpression
 
 from gridmarkets.errors import InfeasibleError, InputError
 from gridmarkets.inputs import plain
@@ -116,6 +117,7 @@ from gridmarkets.models.participants import (
     curvatures,
     objective_scale,
 )
+from gridmarkets.networks.rows import Rows, add_family, var_array
 from gridmarkets.results import Result
 from gridmarkets.solvers import Solution, record_build_time, scale_objective_by, solve
 
@@ -639,24 +641,45 @@ def _add_upstream(m, market: Market) -> None:
 
 
 def _add_trades(m, market: Market) -> None:
+    """Both sides' trades, and reciprocity as one array family (4 terms a row)."""
     m.sell_kw = pyo.Var(
         m.PAIRS, m.PERIODS, bounds=(0, None), doc="what i sells to j, i's side: >= 0  (kW)"
     )
     m.buy_kw = pyo.Var(
         m.PAIRS, m.PERIODS, bounds=(0, None), doc="what i buys from j, i's side: >= 0  (kW)"
     )
-    m.trade_kw = pyo.Expression(
-        m.PAIRS,
-        m.PERIODS,
-        rule=lambda m, i, j, t: m.sell_kw[i, j, t] - m.buy_kw[i, j, t],
-        doc="trade[i,j,t] = sell[i,j,t] - buy[i,j,t]: net sold by i to j  (kW)",
+    n_t = len(market.periods)
+    sell, buy = _trade_arrays(m, market)
+    position = {pair: p for p, pair in enumerate(market.pairs)}
+    mine = np.array([position[e] for e in market.edges], dtype=np.int64)
+    theirs = np.array([position[(j, i)] for i, j in market.edges], dtype=np.int64)
+    row = np.arange(len(mine) * n_t).reshape(len(mine), n_t)
+    rows = Rows.of(
+        row.size,
+        [(row, 1.0, sell[mine]), (row, -1.0, buy[mine]), (row, 1.0, sell[theirs])]
+        + [(row, -1.0, buy[theirs])],
     )
-    m.reciprocity = pyo.Constraint(
-        m.EDGES,
-        m.PERIODS,
-        rule=lambda m, i, j, t: m.trade_kw[i, j, t] + m.trade_kw[j, i, t] == 0,
-        doc="trade[i,j,t] + trade[j,i,t] = 0  (kW); dual: bilateral price of (i, j)",
+    m.EDGE_PERIODS = pyo.Set(
+        initialize=[(i, j, t) for i, j in market.edges for t in market.periods],
+        dimen=3,
+        doc="trading edges (i, j) in each period t",
     )
+    add_family(
+        m,
+        "reciprocity",
+        (m.EDGE_PERIODS,),
+        rows,
+        0.0,
+        0.0,
+        doc="trade[i,j,t] + trade[j,i,t] = 0 with trade = sell_kw - buy_kw  (kW); dual: "
+        "bilateral price of (i, j)",
+    )
+
+
+def _trade_arrays(m, market: Market) -> tuple[np.ndarray, np.ndarray]:
+    """``sell_kw`` and ``buy_kw`` as (pairs x periods) object arrays."""
+    shape = (len(market.pairs), len(market.periods))
+    return var_array(m.sell_kw, shape), var_array(m.buy_kw, shape)
 
 
 def _add_net(m, market: Market) -> None:
@@ -713,20 +736,37 @@ def _grid_kw(m, market: Market, i: str, t) -> Any:
 
 
 def _add_balances(m, market: Market) -> None:
-    partners: dict[str, list[str]] = {a: [] for a in market.agents}
-    for i, j in market.pairs:
-        partners[i].append(j)
-
-    def balance(m, i, t):
-        sold = sum(m.trade_kw[i, j, t] for j in partners[i])
-        return m.net_kw[i, t] + _grid_kw(m, market, i, t) - sold == 0
-
-    m.energy_balance = pyo.Constraint(
-        m.AGENTS,
-        m.PERIODS,
-        rule=balance,
-        doc="net[i,t] + import[i,t] - export[i,t] - sum_j trade[i,j,t] = 0  (kW); "
-        "dual: the agent's marginal value of energy",
+    """Every agent's energy balance, one array family: row ``agent * periods + t``."""
+    n_t, agent = len(market.periods), {a: k for k, a in enumerate(market.agents)}
+    period = {t: k for k, t in enumerate(market.periods)}
+    table = market.bids
+    at = table["participant"].map(agent).to_numpy() * n_t + table["period"].map(period).to_numpy()
+    parts = [(at, np.where(table["side"] == "sell", 1.0, -1.0), var_array(m.accepted_kw, at.shape))]
+    peer_rows = np.array([agent[i] for i in market.peers], dtype=np.int64)[:, None] * n_t
+    peer_rows = peer_rows + np.arange(n_t)[None, :]
+    names = list(market.participants)
+    if names:
+        rows = np.array([agent[i] for i in names])[:, None] * n_t + np.arange(n_t)[None, :]
+        parts.append((rows, 1.0, var_array(m.participant_kw, rows.shape)))
+    if market.upstream is not None:
+        shape = peer_rows.shape
+        parts += [
+            (peer_rows, 1.0, var_array(m.import_kw, shape)),
+            (peer_rows, -1.0, var_array(m.export_kw, shape)),
+        ]
+    sell, buy = _trade_arrays(m, market)
+    owner = np.array([agent[i] for i, _ in market.pairs], dtype=np.int64)
+    trade_rows = owner[:, None] * n_t + np.arange(n_t)[None, :]
+    parts += [(trade_rows, -1.0, sell), (trade_rows, 1.0, buy)]
+    add_family(
+        m,
+        "energy_balance",
+        (m.AGENTS, m.PERIODS),
+        Rows.of(len(market.agents) * n_t, parts),
+        0.0,
+        0.0,
+        doc="net[i,t] + import[i,t] - export[i,t] - sum_j (sell[i,j,t] - buy[i,j,t]) = 0  "
+        "(kW); dual: the agent's marginal value of energy",
     )
 
 
@@ -866,16 +906,21 @@ def own_model(
     return m, injection, own_welfare(m, own)
 
 
+def _trade_cost(m, market: Market) -> LinearExpression:
+    """``sum (sell_cost sell_kw + buy_cost buy_kw) dt`` (currency) from arrays."""
+    per_kw = market.period_hours / 1000.0
+    sell, buy = _trade_arrays(m, market)
+    coefs = np.concatenate([market.sell_cost.ravel(), market.buy_cost.ravel()]) * per_kw
+    variables = np.concatenate([sell.ravel(), buy.ravel()])
+    keep = coefs > 0
+    terms = zip(coefs[keep].tolist(), variables[keep].tolist(), strict=True)
+    return LinearExpression(list(map(MonomialTermExpression, terms)))
+
+
 def _add_welfare(m, market: Market) -> None:
     per_kw = market.period_hours / 1000.0
-    sell, buy = market.sell_cost, market.buy_cost
     welfare = own_welfare(m, market)
-    welfare -= sum(
-        per_kw * (sell[p, k] * m.sell_kw[i, j, t] + buy[p, k] * m.buy_kw[i, j, t])
-        for p, (i, j) in enumerate(market.pairs)
-        for k, t in enumerate(market.periods)
-        if sell[p, k] > 0 or buy[p, k] > 0
-    )
+    welfare -= _trade_cost(m, market)
     if market.quadratic > 0:
         welfare -= sum(
             per_kw * market.quadratic / 2 * (m.sell_kw[i, j, t] ** 2 + m.buy_kw[i, j, t] ** 2)
@@ -943,20 +988,14 @@ def central_outcome(m: pyo.ConcreteModel, solution: Solution) -> Outcome:
     imp = exp = np.zeros((len(market.peers), len(periods)))
     if market.upstream is not None:
         imp, exp = per_peer(m.import_kw), per_peer(m.export_kw)
-    trade = np.array(
-        [
-            [m.sell_kw[i, j, t].value - m.buy_kw[i, j, t].value for t in periods]
-            for i, j in market.pairs
-        ]
+    shape = (len(market.pairs), len(periods))
+    trade = np.subtract(
+        *(np.fromiter((v.value for v in var.values()), float) for var in (m.sell_kw, m.buy_kw))
     )
-    edge_price = {
-        (i, j): [per_mwh * solution.dual(m.reciprocity[i, j, t]) for t in periods]
-        for i, j in market.edges
-    }
-    price = np.array([edge_price.get((i, j), edge_price.get((j, i))) for i, j in market.pairs])
-    balance = np.array(
-        [[per_mwh * solution.dual(m.energy_balance[a, t]) for t in periods] for a in market.agents]
-    )
+    edge_price = per_mwh * solution.dual(m.reciprocity).to_numpy().reshape(len(market.edges), -1)
+    row = {e: k for k, e in enumerate(market.edges)}
+    price = edge_price[[row.get((i, j), row.get((j, i))) for i, j in market.pairs]]
+    balance = per_mwh * solution.dual(m.energy_balance).to_numpy()
     shape = (len(market.pairs), len(periods))
     return Outcome(
         accepted,
