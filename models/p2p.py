@@ -425,30 +425,41 @@ def _preference_costs(pairs, periods, preferences: pd.DataFrame | None) -> np.nd
     unknown = set(preferences.columns) - {"peer", "partner", "cost", "period"}
     if unknown:
         raise InputError(f"preferences: unknown column(s) {sorted(unknown)}")
-    row_of, column_of = {p: k for k, p in enumerate(pairs)}, {t: k for k, t in enumerate(periods)}
     table = preferences.reset_index(drop=True)
+    keys = pd.MultiIndex.from_arrays([table["peer"].astype(str), table["partner"].astype(str)])
+    row = pd.MultiIndex.from_tuples(pairs).get_indexer(keys) if pairs else np.full(len(keys), -1)
+    _first_bad(row < 0, lambda k: f"{keys[k][0]!r} does not trade with {keys[k][1]!r}")
+    value = table["cost"].to_numpy(dtype=float)
+    _first_bad(
+        ~(np.isfinite(value) & (value >= 0)), lambda k: f"cost {plain(value[k])} must be >= 0"
+    )
     period = table["period"] if "period" in table else pd.Series(np.nan, index=table.index)
-    seen: dict[tuple, int] = {}
-    for k, row in table.iterrows():
-        key = (str(row["peer"]), str(row["partner"]))
-        if key not in row_of:
-            raise InputError(f"preferences row {k}: {key[0]!r} does not trade with {key[1]!r}")
-        if not (np.isfinite(row["cost"]) and row["cost"] >= 0):
-            raise InputError(f"preferences row {k}: cost {plain(row['cost'])} must be >= 0")
-        t = None if pd.isna(period[k]) else float(period[k])
-        if t is not None and t not in column_of:
-            raise InputError(f"preferences row {k}: period {t:g} is not a period of the bids")
-        t = None if t is None else int(t)
-        if (key, t) in seen:
-            raise InputError(
-                f"preferences row {k}: repeats row {seen[key, t]} ({key[0]}, "
-                f"{key[1]}, period {'all' if t is None else t})"
-            )
-        seen[key, t] = k
-    for (key, t), k in sorted(seen.items(), key=lambda item: item[0][1] is not None):
-        columns = slice(None) if t is None else column_of[t]
-        cost[row_of[key], columns] = float(table.at[k, "cost"])
+    period = pd.to_numeric(period).to_numpy(dtype=float)
+    every = np.isnan(period)
+    column = pd.Index(np.asarray(periods, dtype=float)).get_indexer(np.where(every, 0, period))
+    column = np.where(every, -1, column)
+    _first_bad(~every & (column < 0), lambda k: f"period {period[k]:g} is not a period of the bids")
+    seen = pd.DataFrame({"row": row, "column": column})
+    repeated = seen.duplicated(keep=False)
+    if repeated.any():
+        k = int(np.flatnonzero(seen.duplicated())[0])
+        first = int(
+            np.flatnonzero(repeated & (seen["row"] == row[k]) & (seen["column"] == column[k]))[0]
+        )
+        when = "all" if every[k] else f"{period[k]:g}"
+        raise InputError(
+            f"preferences row {k}: repeats row {first} ({keys[k][0]}, {keys[k][1]}, period {when})"
+        )
+    cost[row[every]] = value[every][:, None]  # a row without a period: every period ...
+    cost[row[~every], column[~every]] = value[~every]  # ... that no row of its own sets
     return cost
+
+
+def _first_bad(bad: np.ndarray, message: Callable[[int], str]) -> None:
+    """An error naming the first flagged preferences row."""
+    if bad.any():
+        k = int(np.flatnonzero(bad)[0])
+        raise InputError(f"preferences row {k}: {message(k)}")
 
 
 def _boundary_costs(pairs, community_of: dict[str, Any], boundary_costs: pd.DataFrame | None):
@@ -677,9 +688,12 @@ def _add_trades(m, market: Market) -> None:
 
 
 def _trade_arrays(m, market: Market) -> tuple[np.ndarray, np.ndarray]:
-    """``sell_kw`` and ``buy_kw`` as (pairs x periods) object arrays."""
-    shape = (len(market.pairs), len(market.periods))
-    return var_array(m.sell_kw, shape), var_array(m.buy_kw, shape)
+    """``sell_kw`` and ``buy_kw`` as (pairs x periods) object arrays (read once, kept as
+    ``m.trade_vars``)."""
+    if not hasattr(m, "trade_vars"):
+        shape = (len(market.pairs), len(market.periods))
+        m.trade_vars = (var_array(m.sell_kw, shape), var_array(m.buy_kw, shape))
+    return m.trade_vars
 
 
 def _add_net(m, market: Market) -> None:
