@@ -1543,7 +1543,8 @@ def clear_admm(bids: pd.DataFrame, *, admm: dict[str, Any] | None = None, **opti
     ----------
     bids : as for :func:`build`.
     admm : options of :func:`gridmarkets.solvers.admm.consensus_admm` (rho,
-        max_iterations, eps_abs, eps_rel, adapt_rho).
+        max_iterations, eps_abs, eps_rel, adapt_rho, max_rho_changes, groups, client,
+        time_limit, ...).
     options : the market options of :func:`build` except ``network`` and
         ``formulation`` (ADMM clears without the network; check it with
         :func:`dso_check`).

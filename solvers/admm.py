@@ -526,6 +526,7 @@ def consensus_admm(
     relaxation: float = 1.6,
     groups: Sequence[Sequence[int]] | None = None,
     client: Any = None,
+    time_limit: float | None = None,
 ) -> ADMMResult:
     """Solve an :class:`ExchangeProblem` by consensus ADMM (see the module docstring).
 
@@ -553,6 +554,7 @@ def consensus_admm(
     client : a ``dask.distributed.Client``: each group is a Dask actor on its workers
         (:func:`dask_groups`), the coordinator here exchanging arrays with them; the
         iterates are those of the in-process run.
+    time_limit : stop after this many seconds when not converged (``converged=False``).
 
     Returns
     -------
@@ -592,6 +594,8 @@ def consensus_admm(
         z = z_new
         if primal <= primal_tol and dual <= dual_tol:
             converged = True
+            break
+        if time_limit is not None and time.perf_counter() - started > time_limit:
             break
         if adapt_rho and changes < max_rho_changes and k % 10 == 0:
             ratio = (primal / primal_tol) / (dual / dual_tol)

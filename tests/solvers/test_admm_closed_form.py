@@ -194,3 +194,36 @@ def test_groups_must_partition_the_agents():
     problem = p2p.exchange_problem(p2p.prepare(bids, preferences=prefs))
     with pytest.raises(InputError, match="exactly one group"):
         consensus_admm(problem, groups=[[0, 1], [1, 2, 3]], max_iterations=1)
+
+
+@pytest.mark.solve
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(2, 6),
+    periods=st.integers(1, 2),
+    capped=st.booleans(),
+)
+def test_admm_converges_to_its_tolerance_and_matches_the_central_lp(seed, n, periods, capped):
+    # random block markets with distinct preference costs (unique LP trades), a grid
+    # capped or not: ADMM stops on its own residual test, at the central LP's welfare
+    # (HiGHS, the independent reference) and trades
+    bids, prefs = small_market(seed, n, periods)
+    upstream = Upstream(250.0, 30.0, capacity_kw=5.0 if capped else None)
+    central = p2p.clear(bids, upstream=upstream, preferences=prefs)
+    admm = p2p.clear(
+        bids,
+        upstream=upstream,
+        preferences=prefs,
+        method="admm",
+        admm={"rho": 5.0, "max_iterations": 20000},
+    )
+    assert admm.kpis["converged"] == 1.0
+    log = admm.tables["admm_log"].iloc[-1]
+    assert log["primal_residual"] <= log["primal_tolerance"]
+    assert log["dual_residual"] <= log["dual_tolerance"]
+    welfare = central.kpis["social_welfare"]
+    assert admm.kpis["social_welfare"] == pytest.approx(welfare, rel=1e-4, abs=1e-6)
+    both = central.trades.merge(admm.trades, on=["seller", "buyer", "period"], how="outer")
+    error = (both["traded_kw_x"].fillna(0) - both["traded_kw_y"].fillna(0)).abs().max()
+    assert error <= 0.01 * max(central.trades["traded_kw"].max(), 1.0)
