@@ -24,15 +24,24 @@ IEEE TPWRS 34(2) 2019) copies every trade into a consensus variable ``z`` with
 
 (with over-relaxation, ``alpha x + (1 - alpha) z^k`` in place of ``x`` in the last two)
 
-Each agent's step is solved exactly in closed form: for a multiplier ``mu`` of its
-energy balance every trade is a soft threshold, ``x_ij = (max(w - s_ij, 0) + min(w +
-b_ij, 0)) / (gamma + rho)`` with ``w = rho a_ij - mu``, and every item is taken when
-its threshold is on the right side of ``mu``; the balance is monotone in ``mu``,
-found by bisection for all agents and periods at once (numpy), and items whose
+Each agent's step is solved exactly in closed form (:class:`ClosedFormStep`): for a
+multiplier ``mu`` of its energy balance every trade is a soft threshold, ``x_ij =
+(max(w - s_ij, 0) + min(w + b_ij, 0)) / (gamma + rho)`` with ``w = rho a_ij - mu``,
+and every item is taken when its threshold is on the right side of ``mu``; the balance
+is a non-increasing piecewise-linear function of ``mu`` whose root is found exactly by
+sorting its breakpoints (all agents and periods at once, numpy), and items whose
 threshold is ``mu`` close the balance. The bilateral price of the trade i -> j is
 ``-rho u_ij`` (currency/MWh); ``z`` is reciprocal exactly, and the stopping test is
 Boyd's on the primal residual ``||x - z||`` and the dual residual ``rho ||z^{k+1} -
-z^k||``, with residual balancing of ``rho``.
+z^k||``, with a bounded number of residual-balancing changes of ``rho``.
+
+Distribution: the agents are split into groups (:class:`PeerGroup`, one peer each at
+the finest), each holding only its own data (:class:`LocalPart`). Per iteration the
+coordinator sends every group its rows of ``z - u`` and ``rho`` and receives its
+trades, taken items and multipliers; the exchange and price steps are the
+coordinator's. With a ``dask.distributed`` client the groups are Dask actors on the
+cluster's workers (a DSO's machines, or one per aggregator), and the run is the same
+as in one process.
 
 Agents whose own problem is not a set of steps -- quadratic costs, storage, an energy
 budget coupling their periods -- are :class:`ModelAgent`: their own decisions are a
