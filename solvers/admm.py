@@ -167,6 +167,55 @@ class ModelAgent:
 
 
 @dataclass
+class Curves:
+    """Quadratic curves in closed-form agents' own problems, one entry per unit.
+
+    A supply curve costs ``a p^2 + b p`` and a demand curve is worth ``b p - a p^2``
+    ((currency/MWh) kW) for ``p_min <= p <= p_max`` (kW); at a balance multiplier
+    ``mu`` a supply curve gives ``p = clip((mu - b) / 2a, p_min, p_max)`` and a demand
+    curve takes ``p = clip((b - mu) / 2a, p_min, p_max)``: two kinks each in the
+    balance, ``mu = b + 2a p_min`` and ``b + 2a p_max`` (supply) or ``b - 2a p_max``
+    and ``b - 2a p_min`` (demand). ``a > 0`` (a flat curve is a block).
+    """
+
+    unit: np.ndarray
+    supply: np.ndarray
+    a: np.ndarray
+    b: np.ndarray
+    p_min_kw: np.ndarray
+    p_max_kw: np.ndarray
+
+    @classmethod
+    def none(cls) -> Curves:
+        empty = np.zeros(0)
+        return cls(np.zeros(0, dtype=int), np.zeros(0, dtype=bool), empty, empty, empty, empty)
+
+    def __post_init__(self) -> None:
+        if (np.asarray(self.a) <= 0).any():
+            raise InputError("ADMM curves: a must be > 0 (a flat curve is a block item)")
+        if (np.asarray(self.p_max_kw) < np.asarray(self.p_min_kw)).any():
+            raise InputError("ADMM curves: p_max_kw below p_min_kw")
+
+    def take(self, rows: np.ndarray, unit: np.ndarray) -> Curves:
+        """The entries ``rows``, renumbered to ``unit``."""
+        return Curves(
+            unit, *(getattr(self, n)[rows] for n in ("supply", "a", "b", "p_min_kw", "p_max_kw"))
+        )
+
+    def kinks(self) -> tuple[np.ndarray, np.ndarray]:
+        """The two kinks of every curve in the balance (currency/MWh), ascending."""
+        two_a = 2 * self.a
+        low = np.where(self.supply, self.b + two_a * self.p_min_kw, self.b - two_a * self.p_max_kw)
+        high = np.where(self.supply, self.b + two_a * self.p_max_kw, self.b - two_a * self.p_min_kw)
+        return low, high
+
+    def power_kw(self, mu: np.ndarray) -> np.ndarray:
+        """Each curve's output or consumption at its unit's multiplier (kW)."""
+        free = np.where(self.supply, mu - self.b, self.b - mu) / (2 * self.a)
+        return np.clip(free, self.p_min_kw, self.p_max_kw)
+
+
+@dataclass
 class ExchangeProblem:
     """Every agent's local problem as flat arrays (see the module docstring).
 
@@ -189,6 +238,7 @@ class ExchangeProblem:
         ``pair_to``; None: ``pair_cost``.
     model_agents : agents (by number) stepped by their own model instead of the closed
         form; their items, if any, are ignored.
+    curves : quadratic curves (:class:`Curves`) of closed-form agents, or None.
     quadratic : ``gamma``: the strictly convex trade term ((currency/MWh)/kW, >= 0).
     """
 
@@ -204,6 +254,7 @@ class ExchangeProblem:
     quadratic: float = 0.0
     pair_buy_cost: np.ndarray | None = None
     model_agents: dict[int, ModelAgent] = field(default_factory=dict)
+    curves: Curves | None = None
     reverse: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -226,6 +277,8 @@ class ExchangeProblem:
         if self.quadratic < 0:
             raise InputError("ADMM quadratic term: must not be negative")
         self._check_unlimited()
+        if self.curves is None:
+            self.curves = Curves.none()
         self.pair_cost = _per_period(self.pair_cost, shape)
         self.pair_buy_cost = _per_period(buy, shape)
         for agent, model in self.model_agents.items():
@@ -267,6 +320,7 @@ class ADMMResult:
     proposal_kw : (pairs x periods) the agents' last own proposals ``x``.
     price : (pairs x periods) bilateral prices ``-rho u`` (currency/MWh).
     taken_kw : (items,) the items' taken quantities at the last local step.
+    curve_kw : (curves,) the curves' output or consumption at the last local step.
     balance_price : (agents x periods) each agent's balance multiplier (currency/MWh).
     log : one row per iteration: iteration, primal_residual, dual_residual,
         primal_tolerance, dual_tolerance, rho (kW, kW-scaled and (currency/MWh)/kW).
@@ -277,6 +331,7 @@ class ADMMResult:
     proposal_kw: np.ndarray
     price: np.ndarray
     taken_kw: np.ndarray
+    curve_kw: np.ndarray
     balance_price: np.ndarray
     log: pd.DataFrame
     converged: bool
@@ -320,6 +375,8 @@ class LocalPart:
     item_quantity_kw: np.ndarray
     quadratic: float
     model_agents: dict[int, ModelAgent]
+    curve_rows: np.ndarray
+    curves: Curves
 
     @classmethod
     def of(cls, problem: ExchangeProblem, agents) -> LocalPart:
@@ -334,6 +391,8 @@ class LocalPart:
         mine = rows[closed_rows]
         items = np.flatnonzero(np.isin(problem.item_unit // n_t, closed))
         item_agent, item_period = np.divmod(problem.item_unit[items], n_t)
+        curve_rows = np.flatnonzero(np.isin(problem.curves.unit // n_t, closed))
+        curve_agent, curve_period = np.divmod(problem.curves.unit[curve_rows], n_t)
         return cls(
             n_periods=n_t,
             agents=agents,
@@ -350,6 +409,8 @@ class LocalPart:
             item_quantity_kw=problem.item_quantity_kw[items],
             quadratic=problem.quadratic,
             model_agents={int(a): problem.model_agents[a] for a in agents if a not in closed},
+            curve_rows=curve_rows,
+            curves=problem.curves.take(curve_rows, local[curve_agent] * n_t + curve_period),
         )
 
 
@@ -375,7 +436,10 @@ class ClosedFormStep:
         self.n_units = n_units = part.closed.size * n_t
         t = np.arange(n_t)
         self.pair_unit = (part.row_unit[:, None] * n_t + t[None, :]).ravel()
-        units = np.concatenate([self.pair_unit, self.pair_unit, part.item_unit])
+        curves = part.curves
+        units = np.concatenate(
+            [self.pair_unit, self.pair_unit, part.item_unit, curves.unit, curves.unit]
+        )
         counts = np.bincount(units, minlength=n_units)
         self.width = int(counts.max(initial=0)) + 1  # at least one padding slot per unit
         order = np.argsort(units, kind="stable")
@@ -384,12 +448,18 @@ class ClosedFormStep:
         slot[order] = units[order] * self.width + np.arange(units.size) - start[units[order]]
         n_pairs = self.pair_unit.size
         self.sell_slot, self.buy_slot = slot[:n_pairs], slot[n_pairs : 2 * n_pairs]
-        self.item_slot = slot[2 * n_pairs :]
+        self.item_slot, curve_slot = np.split(slot[2 * n_pairs :], [part.item_unit.size])
+        self.curve_low_slot, self.curve_high_slot = np.split(curve_slot, 2)
+        # a curve's balance term: constant below its low kink and above its high one,
+        # b/2a - mu/2a between (supply -p, demand +p)
+        self.curve_low = np.where(curves.supply, -curves.p_min_kw, curves.p_max_kw)
+        self.curve_high = np.where(curves.supply, -curves.p_max_kw, curves.p_min_kw)
         self.unlimited = ~np.isfinite(part.item_quantity_kw)
         self.finite_q = np.where(self.unlimited, 0.0, part.item_quantity_kw)
         self.sign = np.where(part.item_supply, -1.0, 1.0)  # contribution to g when taken
         demand = ~part.item_supply
         self.base_jump = np.bincount(part.item_unit, self.finite_q * demand, n_units)
+        self.base_jump += np.bincount(curves.unit, self.curve_low, n_units)
         self.base_infinite = np.bincount(part.item_unit, self.unlimited & demand, n_units)
         self.base_infinite = self.base_infinite.astype(float)
         self.pairs_per_unit = np.bincount(self.pair_unit, minlength=n_units)
@@ -405,6 +475,13 @@ class ClosedFormStep:
         value[self.item_slot] = part.item_threshold
         gain[0, self.item_slot] = -self.finite_q
         gain[2, self.item_slot] = -1.0 * self.unlimited
+        curves = part.curves
+        value[self.curve_low_slot], value[self.curve_high_slot] = curves.kinks()
+        free = curves.b / (2 * curves.a)
+        gain[0, self.curve_low_slot] = free - self.curve_low
+        gain[0, self.curve_high_slot] = self.curve_high - free
+        gain[1, self.curve_low_slot] = -1 / (2 * curves.a)
+        gain[1, self.curve_high_slot] = 1 / (2 * curves.a)
         return value.reshape(self.n_units, self.width), gain
 
     def root(self, target_kw: np.ndarray, rho: float) -> np.ndarray:
@@ -441,7 +518,7 @@ class ClosedFormStep:
         return np.where(np.isfinite(mu), mu, 0.0)  # a unit with nothing to decide: 0
 
     def step(self, target_kw: np.ndarray, rho: float):
-        """Trades (rows x periods), taken items and multipliers (units)."""
+        """Trades (rows x periods), taken items, multipliers (units) and curves' power."""
         part = self.part
         mu = self.root(target_kw, rho)
         w = rho * target_kw - mu[self.pair_unit].reshape(target_kw.shape)
@@ -452,8 +529,11 @@ class ClosedFormStep:
         taken = np.where(firm, self.finite_q, 0.0)
         residual = np.bincount(self.pair_unit, x.ravel(), self.n_units)
         residual += np.bincount(part.item_unit, self.sign * taken, self.n_units)
+        curve_kw = part.curves.power_kw(mu[part.curves.unit])
+        curve_sign = np.where(part.curves.supply, -1.0, 1.0)
+        residual += np.bincount(part.curves.unit, curve_sign * curve_kw, self.n_units)
         taken += self._fill(flex, residual)
-        return x, taken, mu
+        return x, taken, mu, curve_kw
 
     def _fill(self, flex: np.ndarray, residual: np.ndarray) -> np.ndarray:
         """Share each unit's residual among its flexible items on the side that closes it."""
@@ -490,17 +570,18 @@ class PeerGroup:
         self.closed = ClosedFormStep(part)
 
     def step(self, target_kw: np.ndarray, rho: float):
-        """This group's trades (its rows x periods), taken items and multipliers
-        (its agents x periods, model agents included)."""
+        """This group's trades (its rows x periods), taken items, multipliers (its
+        agents x periods, model agents included) and curves' power (kW)."""
         part, n_t = self.part, self.part.n_periods
         x = np.zeros_like(target_kw)
-        x[part.closed_rows], taken, mu_closed = self.closed.step(target_kw[part.closed_rows], rho)
+        step = self.closed.step(target_kw[part.closed_rows], rho)
+        x[part.closed_rows], taken, mu_closed, curve_kw = step
         mu = np.zeros((part.agents.size, n_t))
         mu[np.isin(part.agents, part.closed)] = mu_closed.reshape(-1, n_t)
         for agent, model in part.model_agents.items():
             at = np.searchsorted(part.rows, model.rows)
             x[at], mu[np.searchsorted(part.agents, agent)] = model.step(target_kw[at], rho)
-        return x, taken, mu
+        return x, taken, mu, curve_kw
 
 
 def dask_groups(client: Any, parts: list[LocalPart]) -> list[Any]:
@@ -515,10 +596,10 @@ def dask_groups(client: Any, parts: list[LocalPart]) -> list[Any]:
 
 def _step_all(groups: list[Any], parts: list[LocalPart], target: np.ndarray, rho: float, out):
     """Every group's step; actors' calls are all sent before any answer is awaited."""
-    x, taken, mu = out
+    x, taken, mu, curve_kw = out
     calls = [g.step(target[part.rows], rho) for g, part in zip(groups, parts, strict=True)]
     for call, part in zip(calls, parts, strict=True):
-        x[part.rows], taken[part.items], mu[part.agents] = (
+        x[part.rows], taken[part.items], mu[part.agents], curve_kw[part.curve_rows] = (
             call.result() if hasattr(call, "result") else call
         )
 
@@ -577,12 +658,13 @@ def consensus_admm(
     z, u = np.zeros(shape), np.zeros(shape)
     x, taken = np.zeros(shape), np.zeros(len(problem.item_unit))
     mu = np.zeros((problem.n_agents, problem.n_periods))
+    curve_kw = np.zeros(len(problem.curves.unit))
     rev = problem.reverse
     sqrt_n = np.sqrt(max(z.size, 1))
     rows: list[dict[str, float]] = []
     converged, changes = False, 0
     for k in track(range(1, max_iterations + 1), "ADMM iterations (at most)"):
-        _step_all(steppers, parts, z - u, rho, (x, taken, mu))
+        _step_all(steppers, parts, z - u, rho, (x, taken, mu, curve_kw))
         relaxed = relaxation * x + (1.0 - relaxation) * z
         z_new = 0.5 * (relaxed - relaxed[rev])
         u = u + 0.5 * (relaxed + relaxed[rev])
@@ -616,6 +698,7 @@ def consensus_admm(
         proposal_kw=x.copy(),
         price=-rho * u,
         taken_kw=taken,
+        curve_kw=curve_kw,
         balance_price=mu,
         log=pd.DataFrame(rows),
         converged=converged,

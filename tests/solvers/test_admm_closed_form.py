@@ -14,6 +14,7 @@ from gridmarkets.models import p2p
 from gridmarkets.models.lem import Upstream
 from gridmarkets.solvers.admm import (
     ClosedFormStep,
+    Curves,
     ExchangeProblem,
     LocalPart,
     consensus_admm,
@@ -21,8 +22,9 @@ from gridmarkets.solvers.admm import (
 
 
 def random_problem(rng: np.random.Generator, unlimited: bool) -> ExchangeProblem:
-    """2-4 agents on a complete graph, 1-2 periods, 0-3 items per unit; integer prices and
-    costs (so breakpoints tie), and with ``unlimited`` an uncapped grid per unit."""
+    """2-4 agents on a complete graph, 1-2 periods, 0-3 items per unit, a quadratic curve
+    in about half the units; integer prices and costs (so breakpoints tie), and with
+    ``unlimited`` an uncapped grid per unit."""
     n, n_t = int(rng.integers(2, 5)), int(rng.integers(1, 3))
     pairs = [(a, b) for a in range(n) for b in range(n) if a != b]
     units, supply, threshold, quantity = [], [], [], []
@@ -39,6 +41,16 @@ def random_problem(rng: np.random.Generator, unlimited: bool) -> ExchangeProblem
             threshold += [export + float(rng.integers(0, 6)), export]
             quantity += [np.inf, np.inf]
     costs = rng.integers(0, 4, (len(pairs), n_t)).astype(float)
+    curve_unit = np.flatnonzero(rng.random(n * n_t) < 0.5)
+    low = rng.integers(0, 3, curve_unit.size).astype(float)
+    curves = Curves(
+        unit=curve_unit,
+        supply=rng.random(curve_unit.size) < 0.5,
+        a=rng.choice([0.25, 1.0, 2.0], curve_unit.size),
+        b=rng.integers(0, 12, curve_unit.size).astype(float),
+        p_min_kw=low,
+        p_max_kw=low + rng.integers(0, 5, curve_unit.size),
+    )
     return ExchangeProblem(
         n_agents=n,
         n_periods=n_t,
@@ -51,17 +63,32 @@ def random_problem(rng: np.random.Generator, unlimited: bool) -> ExchangeProblem
         pair_cost=costs,
         pair_buy_cost=rng.integers(0, 4, (len(pairs), n_t)).astype(float),
         quadratic=float(rng.choice([0.0, 0.5])),
+        curves=curves,
     )
+
+
+def curve_term(p: float, supply: bool, a: float, b: float) -> float:
+    """A supply curve's cost, or minus a demand curve's utility ((currency/MWh) kW)."""
+    return a * p**2 + b * p if supply else a * p**2 - b * p
 
 
 def trade_term(x: float, sell: float, buy: float, gamma: float, rho: float, a: float) -> float:
     return sell * max(x, 0) + buy * max(-x, 0) + gamma / 2 * x**2 + rho / 2 * (x - a) ** 2
 
 
-def dual_value(mu: float, terms: list, items: list) -> float:
-    """min over the unit's trades and items of its objective plus ``mu * balance``: each
-    trade's by a bounded scalar minimisation, each item's at 0 or its quantity."""
+def dual_value(mu: float, terms: list, items: list, curves: list = ()) -> float:
+    """min over the unit's trades, items and curves of its objective plus ``mu *
+    balance``: each trade's and curve's by a bounded scalar minimisation (and a curve's
+    bounds), each item's at 0 or its quantity."""
     value = 0.0
+    for supply, a, b, low, high in curves:
+        sign = -1.0 if supply else 1.0  # supply -p, demand +p in the balance
+
+        def term(p, supply=supply, a=a, b=b, sign=sign):
+            return curve_term(p, supply, a, b) + mu * sign * p
+
+        found = minimize_scalar(term, bounds=(low, high), method="bounded") if high > low else None
+        value += min(term(low), term(high), found.fun if found else np.inf)
     for sell, buy, gamma, rho, a in terms:
         lo, hi = -abs(a) - abs(mu) - 50, abs(a) + abs(mu) + 50
         found = minimize_scalar(
@@ -91,7 +118,8 @@ def finite_dual(items: list) -> tuple[float, float]:
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**32 - 1), unlimited=st.booleans())
 def test_closed_form_step_solves_the_local_problem(seed, unlimited):
-    # every unit's step is feasible (balance, item bounds) and its objective equals the
+    # blocks, quadratic curves, trades (with their proximal terms): every unit's step
+    # is feasible (balance, item and curve bounds) and its objective equals the
     # maximum over mu of the dual function, each part of it minimised by scipy
     # (weak duality: no feasible point does better); mu is that maximiser
     rng = np.random.default_rng(seed)
@@ -99,7 +127,9 @@ def test_closed_form_step_solves_the_local_problem(seed, unlimited):
     rho = float(rng.choice([0.5, 1.0, 5.0]))
     target = rng.integers(-6, 7, (len(problem.pair_from), problem.n_periods)).astype(float)
     step = ClosedFormStep(LocalPart.of(problem, range(problem.n_agents)))
-    x, taken, mu = step.step(target, rho)
+    x, taken, mu, curve_kw = step.step(target, rho)
+    curves = problem.curves
+    assert np.all(curve_kw >= curves.p_min_kw - 1e-12) and np.all(curve_kw <= curves.p_max_kw)
     assert np.all(taken >= -1e-12) and np.all(taken <= problem.item_quantity_kw + 1e-12)
     n_t = problem.n_periods
     for unit in range(problem.n_units):
@@ -107,7 +137,14 @@ def test_closed_form_step_solves_the_local_problem(seed, unlimited):
         rows = np.flatnonzero(problem.pair_from == agent)
         mine = np.flatnonzero(problem.item_unit == unit)
         sign = np.where(problem.item_supply[mine], 1.0, -1.0)
-        assert sign @ taken[mine] == pytest.approx(x[rows, t].sum(), abs=1e-9)
+        own = np.flatnonzero(curves.unit == unit)
+        curve_sign = np.where(curves.supply[own], 1.0, -1.0)
+        supplied = sign @ taken[mine] + curve_sign @ curve_kw[own]
+        assert supplied == pytest.approx(x[rows, t].sum(), abs=1e-9)
+        unit_curves = [
+            (curves.supply[c], curves.a[c], curves.b[c], curves.p_min_kw[c], curves.p_max_kw[c])
+            for c in own
+        ]
         terms = [
             (
                 problem.pair_cost[r, t],
@@ -124,16 +161,19 @@ def test_closed_form_step_solves_the_local_problem(seed, unlimited):
         ]
         primal = sum(trade_term(x[r, t], *term) for r, term in zip(rows, terms, strict=True))
         primal += float(sign @ (problem.item_threshold[mine] * taken[mine]))
+        primal += sum(
+            curve_term(curve_kw[c], *spec[:3]) for c, spec in zip(own, unit_curves, strict=True)
+        )
         bounds = finite_dual(items)
         found = minimize_scalar(
-            lambda m: -dual_value(m, terms, items),  # noqa: B023
+            lambda m: -dual_value(m, terms, items, unit_curves),  # noqa: B023
             bounds=bounds,
             method="bounded",
             options={"xatol": 1e-10},
         )
-        best = max(-found.fun, *(dual_value(m, terms, items) for m in bounds))  # concave
+        best = max(-found.fun, *(dual_value(m, terms, items, unit_curves) for m in bounds))
         assert primal == pytest.approx(best, abs=1e-6)
-        assert dual_value(mu[unit], terms, items) == pytest.approx(best, abs=1e-6)
+        assert dual_value(mu[unit], terms, items, unit_curves) == pytest.approx(best, abs=1e-6)
 
 
 @pytest.mark.unit
