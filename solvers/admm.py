@@ -458,7 +458,7 @@ class ClosedFormStep:
         self.finite_q = np.where(self.unlimited, 0.0, part.item_quantity_kw)
         self.sign = np.where(part.item_supply, -1.0, 1.0)  # contribution to g when taken
         demand = ~part.item_supply
-        self.base_jump = np.bincount(part.item_unit, self.finite_q * demand, n_units)
+        self.base_jump = np.bincount(part.item_unit, self.finite_q * demand, n_units).astype(float)
         self.base_jump += np.bincount(curves.unit, self.curve_low, n_units)
         self.base_infinite = np.bincount(part.item_unit, self.unlimited & demand, n_units)
         self.base_infinite = self.base_infinite.astype(float)
@@ -613,7 +613,7 @@ def consensus_admm(
     eps_rel: float = 1e-6,
     adapt_rho: bool = True,
     max_rho_changes: int = 30,
-    relaxation: float = 1.6,
+    relaxation: float = 1.0,
     groups: Sequence[Sequence[int]] | None = None,
     client: Any = None,
     time_limit: float | None = None,
@@ -638,7 +638,10 @@ def consensus_admm(
         proof carries over to a varying ``rho`` once it stays fixed after finitely
         many iterations (section 3.4.1), which this bound guarantees.
     relaxation : over-relaxation ``alpha`` in [1, 2) (Boyd et al. 2011, section 3.4.3):
-        the exchange and price steps use ``alpha x + (1 - alpha) z``.
+        the exchange and price steps use ``alpha x + (1 - alpha) z``. 1 (none) by
+        default: with 1.6 and residual balancing a 6-peer market settled into constant
+        residuals above its tolerance (rho = 160) for 20,000 iterations, while each
+        local step was exact; with 1 it converged in about 1,100.
     groups : a partition of the agents: each group steps on its own
         (:class:`PeerGroup`); None: one group of all.
     client : a ``dask.distributed.Client``: each group is a Dask actor on its workers

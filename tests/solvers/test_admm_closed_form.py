@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from scipy.optimize import minimize_scalar
 
@@ -244,6 +244,7 @@ def test_groups_must_partition_the_agents():
     periods=st.integers(1, 2),
     capped=st.booleans(),
 )
+@example(seed=750052, n=6, periods=1, capped=False)  # cycled with over-relaxation 1.6
 def test_admm_converges_to_its_tolerance_and_matches_the_central_lp(seed, n, periods, capped):
     # random block markets with distinct preference costs (unique LP trades), a grid
     # capped or not: ADMM stops on its own residual test, at the central LP's welfare
@@ -265,5 +266,6 @@ def test_admm_converges_to_its_tolerance_and_matches_the_central_lp(seed, n, per
     welfare = central.kpis["social_welfare"]
     assert admm.kpis["social_welfare"] == pytest.approx(welfare, rel=1e-4, abs=1e-6)
     both = central.trades.merge(admm.trades, on=["seller", "buyer", "period"], how="outer")
-    error = (both["traded_kw_x"].fillna(0) - both["traded_kw_y"].fillna(0)).abs().max()
-    assert error <= 0.01 * max(central.trades["traded_kw"].max(), 1.0)
+    error = (both["traded_kw_x"].fillna(0) - both["traded_kw_y"].fillna(0)).abs().to_numpy()
+    largest = central.trades["traded_kw"].to_numpy(dtype=float)
+    assert np.max(error, initial=0.0) <= 0.01 * max(np.max(largest, initial=0.0), 1.0)
