@@ -112,10 +112,13 @@ from gridmarkets.errors import InfeasibleError, InputError
 from gridmarkets.inputs import plain
 from gridmarkets.models.lem import BID_COLUMNS, Upstream, prepare_bids, reactive_ratio
 from gridmarkets.models.participants import (
+    CurveBid,
     Participant,
     add_participant,
     curvatures,
+    curve_welfare,
     objective_scale,
+    per_period,
 )
 from gridmarkets.networks.rows import Rows, add_family, var_array
 from gridmarkets.results import Result
@@ -1467,8 +1470,11 @@ def exchange_problem(market: Market):
             supply.append(np.full(grid_units.size, is_supply))
             thresholds.append(np.tile(tariff, len(market.peers)))
             quantities.append(np.full(grid_units.size, float(cap)))
+    closed = _closed_form_curves(market)
     models = {
-        index[p]: ModelAgent(*own_model(market, p), market.period_hours) for p in market.model_peers
+        index[p]: ModelAgent(*own_model(market, p), market.period_hours)
+        for p in market.model_peers
+        if p not in closed
     }
     return ExchangeProblem(
         n_agents=len(market.agents),
@@ -1483,6 +1489,39 @@ def exchange_problem(market: Market):
         pair_buy_cost=market.buy_cost,
         quadratic=market.quadratic,
         model_agents=models,
+        curves=_curves(market, closed, index),
+    )
+
+
+def _closed_form_curves(market: Market) -> list[str]:
+    """Peers whose own model is a quadratic curve with ``a > 0`` in every period and no
+    budget: ADMM steps them in closed form (a flat curve is a block: they keep a model)."""
+    budgeted = set(market.budgets["participant"])
+    return [
+        peer
+        for peer, spec in market.participants.items()
+        if isinstance(spec, CurveBid)
+        and peer not in budgeted
+        and (per_period(spec.a, market.periods, f"{peer}.a") > 0).all()
+    ]
+
+
+def _curves(market: Market, peers: list[str], index: dict[str, int]):
+    """The curves of ``peers`` as :class:`~gridmarkets.solvers.admm.Curves`, one entry
+    per peer and period."""
+    from gridmarkets.solvers.admm import Curves
+
+    n_t, specs = len(market.periods), [market.participants[p] for p in peers]
+    values = {
+        name: np.concatenate(
+            [per_period(getattr(s, name), market.periods, name) for s in specs] or [[]]
+        )
+        for name in ("a", "b", "p_min_kw", "p_max_kw")
+    }
+    return Curves(
+        unit=np.array([index[p] * n_t + k for p in peers for k in range(n_t)], dtype=int),
+        supply=np.repeat([s.side == "sell" for s in specs], n_t).astype(bool),
+        **values,
     )
 
 
@@ -1515,6 +1554,14 @@ def admm_outcome(market: Market, problem, run) -> Outcome:
             exp[k] = [m.export_kw[peer, t].value for t in market.periods]
         values = budget_values(m, model.solution, scale=market.period_hours)
         budget_value[m.market.budgets.index] = values
+    for k, peer in enumerate(_closed_form_curves(market)):
+        spec, row = market.participants[peer], names.index(peer)
+        p_kw = run.curve_kw[k * n_t : (k + 1) * n_t]
+        participant_kw[row] = p_kw if spec.side == "sell" else -p_kw
+        a, b = (per_period(getattr(spec, n), market.periods, n) for n in ("a", "b"))
+        participant_welfare[row] = pyo.value(
+            curve_welfare(spec.side, a, b, p_kw.tolist(), market.period_hours)
+        )
     node = np.zeros((len(market.agents), n_t))  # ADMM clears without a network
     return Outcome(
         taken[:n_bids],
