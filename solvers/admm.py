@@ -692,7 +692,7 @@ def consensus_admm(
         if time_limit is not None and time.perf_counter() - started > time_limit:
             break
         if adapt_rho and changes < max_rho_changes and k % 10 == 0:
-            ratio = (primal / primal_tol) / (dual / dual_tol)
+            ratio = primal * dual_tol / max(dual * primal_tol, 1e-300)
             scale = 2.0 if ratio > 10 else 0.5 if ratio < 0.1 else 1.0
             if scale != 1.0:
                 rho, u, changes = rho * scale, u / scale, changes + 1

@@ -220,7 +220,9 @@ def test_dask_actors_return_the_in_process_iterates():
     problem = p2p.exchange_problem(market)
     options = {"rho": 5.0, "max_iterations": 300}
     here = consensus_admm(problem, **options)
-    with distributed.Client(processes=False, n_workers=2, threads_per_worker=1) as client:
+    with distributed.Client(
+        processes=False, n_workers=2, threads_per_worker=1, dashboard_address=None
+    ) as client:
         there = consensus_admm(problem, groups=[[0, 1], [2, 3], [4, 5]], client=client, **options)
     assert there.iterations == here.iterations == 300
     for name in ("trade_kw", "proposal_kw", "price", "taken_kw", "balance_price"):
