@@ -642,8 +642,9 @@ def consensus_admm(
         default: with 1.6 and residual balancing a 6-peer market settled into constant
         residuals above its tolerance (rho = 160) for 20,000 iterations, while each
         local step was exact; with 1 it converged in about 1,100.
-    groups : a partition of the agents: each group steps on its own
-        (:class:`PeerGroup`); None: one group of all.
+    groups : a partition of the agents (by number; in a P2P market the positions in
+        ``Market.agents``): each group steps on its own (:class:`PeerGroup`); None: one
+        group of all.
     client : a ``dask.distributed.Client``: each group is a Dask actor on its workers
         (:func:`dask_groups`), the coordinator here exchanging arrays with them; the
         iterates are those of the in-process run.
