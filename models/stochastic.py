@@ -59,6 +59,7 @@ __all__ = [
     "first_stage_values",
     "risk_measure",
     "solve_two_stage",
+    "stochastic_tables",
     "value_kpis",
 ]
 
@@ -360,6 +361,19 @@ def solve_two_stage(
     kpis = value_kpis(scenarios.probability, rp, ws, eev, risk, held_out)
     first = pd.DataFrame({"rp": x_rp, "eev": x_eev}).rename_axis("decision")
     return TwoStageSolution(model, solution, first, costs, held_out, kpis)
+
+
+def stochastic_tables(solved: TwoStageSolution) -> dict[str, pd.DataFrame]:
+    """The tables every stochastic result has: ``kpis`` (one row), ``scenarios`` (per
+    scenario: probability and the rp, ws and eev costs) and, with held-out scenarios,
+    ``out_of_sample`` (probability, rp and eev costs)."""
+    tables = {
+        "kpis": pd.DataFrame([solved.kpis]),
+        "scenarios": solved.costs.reset_index(),
+    }
+    if solved.out_of_sample is not None:
+        tables["out_of_sample"] = solved.out_of_sample.reset_index()
+    return tables
 
 
 def _solve_alone(problem: TwoStage, model: pyo.ConcreteModel, options: dict) -> np.ndarray:
