@@ -1163,8 +1163,7 @@ def two_stage(
         raise InputError("scenarios: a two-stage prosumer minimises cost (objective: cost)")
     periods = build_options.get("periods", 24)
     dt = build_options.get("period_hours", 1.0)
-    up = assets.profile_values(imbalance.up_per_mwh, periods, dt, "scenarios.imbalance_up")
-    down = assets.profile_values(imbalance.down_per_mwh, periods, dt, "scenarios.imbalance_down")
+    up, down = imbalance_values(imbalance, periods, dt)
 
     def scenario(profile: pd.DataFrame) -> pyo.ConcreteModel:
         return build(
@@ -1207,20 +1206,20 @@ def scenario_homes(
 
 
 def add_imbalance(m: pyo.Block, up_per_mwh: np.ndarray, down_per_mwh: np.ndarray) -> None:
-    """Day-ahead exchange (first stage), deviations and their settlement, per home.
+    """Every home's day-ahead exchange and imbalance settlement (:func:`add_day_ahead`
+    on its meter) and the scenario's cost ``m.two_stage_cost``: their sum."""
+    add_imbalance_prices(m, up_per_mwh, down_per_mwh)
+    for b in m.home.values():
+        add_day_ahead(b, m, b.p_import_kw, b.p_export_kw, b.cost - b.energy_cost)
+    m.two_stage_cost = pyo.Expression(
+        expr=sum(b.settled_cost for b in m.home.values()),
+        doc="sum_h settled cost[h]  (currency)",
+    )
 
-    The home's meter (``p_import_kw``, ``p_export_kw``) follows the day-ahead schedule
-    up to the deviations::
 
-        p_import[t] - p_export[t] - (p_da_import[t] - p_da_export[t])
-            = p_short[t] - p_surplus[t]                                   (kW)
-
-    and the scenario's cost is the home's cost with the energy bill replaced by the
-    day-ahead bill at the tariff plus the imbalance settlement::
-
-        cost = cost_home - energy_cost + sum_t (c_import p_da_import - c_export p_da_export
-               + c_up p_short - c_down p_surplus) dt / 1000                (currency)
-    """
+def add_imbalance_prices(m: pyo.Block, up_per_mwh: np.ndarray, down_per_mwh: np.ndarray) -> None:
+    """``m.imbalance_up_per_mwh`` and ``m.imbalance_down_per_mwh``, checked against the
+    tariff: up >= import price, down <= export price (else deviating pays)."""
     buy, sell = m.import_price_per_mwh, m.export_price_per_mwh
     for t in m.PERIODS:
         if up_per_mwh[t] < pyo.value(buy[t]) - 1e-9 or down_per_mwh[t] > pyo.value(sell[t]) + 1e-9:
@@ -1229,31 +1228,42 @@ def add_imbalance(m: pyo.Block, up_per_mwh: np.ndarray, down_per_mwh: np.ndarray
                 f"import price and down {down_per_mwh[t]:g} at most the export price, or "
                 "trading the deviation would pay without limit"
             )
-    m.imbalance_up_per_mwh = pyo.Param(m.PERIODS, initialize=dict(enumerate(up_per_mwh)))
-    m.imbalance_down_per_mwh = pyo.Param(m.PERIODS, initialize=dict(enumerate(down_per_mwh)))
-    for b in m.home.values():
-        _add_home_imbalance(b, m)
-    m.two_stage_cost = pyo.Expression(
-        expr=sum(b.settled_cost for b in m.home.values()),
-        doc="sum_h settled cost[h]  (currency)",
+    m.imbalance_up_per_mwh = pyo.Param(
+        m.PERIODS, initialize=dict(enumerate(up_per_mwh)), doc="price of a shortfall (/MWh)"
+    )
+    m.imbalance_down_per_mwh = pyo.Param(
+        m.PERIODS, initialize=dict(enumerate(down_per_mwh)), doc="price of a surplus (/MWh)"
     )
 
 
-def _add_home_imbalance(b: pyo.Block, m: pyo.Block) -> None:
+def add_day_ahead(b: pyo.Block, m: pyo.Block, import_kw, export_kw, other_cost) -> None:
+    """A meter's day-ahead schedule (first stage), its deviations and their settlement.
+
+    The meter (``import_kw``, ``export_kw``) follows the day-ahead schedule up to the
+    deviations::
+
+        p_import[t] - p_export[t] - (p_da_import[t] - p_da_export[t])
+            = p_short[t] - p_surplus[t]                                   (kW)
+
+    and its cost (``b.settled_cost``) is ``other_cost`` (all but the energy bill) plus
+    the day-ahead bill at the tariff and the imbalance settlement::
+
+        settled = other + sum_t (c_import p_da_import - c_export p_da_export
+                  + c_up p_short - c_down p_surplus) dt / 1000             (currency)
+    """
+    first = next(iter(m.PERIODS))
     b.p_day_ahead_import_kw = pyo.Var(
-        m.PERIODS, bounds=(0.0, b.p_import_kw[0].ub), doc="day-ahead import (kW, first stage)"
+        m.PERIODS, bounds=(0.0, import_kw[first].ub), doc="day-ahead import (kW, first stage)"
     )
     b.p_day_ahead_export_kw = pyo.Var(
-        m.PERIODS, bounds=(0.0, b.p_export_kw[0].ub), doc="day-ahead export (kW, first stage)"
+        m.PERIODS, bounds=(0.0, export_kw[first].ub), doc="day-ahead export (kW, first stage)"
     )
     b.p_short_kw = pyo.Var(m.PERIODS, bounds=(0.0, None), doc="import above schedule (kW)")
     b.p_surplus_kw = pyo.Var(m.PERIODS, bounds=(0.0, None), doc="import below schedule (kW)")
     b.deviation = pyo.Constraint(
         m.PERIODS,
         rule=lambda b, t: (
-            b.p_import_kw[t]
-            - b.p_export_kw[t]
-            - (b.p_day_ahead_import_kw[t] - b.p_day_ahead_export_kw[t])
+            import_kw[t] - export_kw[t] - (b.p_day_ahead_import_kw[t] - b.p_day_ahead_export_kw[t])
             == b.p_short_kw[t] - b.p_surplus_kw[t]
         ),
         doc="p_import - p_export - (p_da_import - p_da_export) = p_short - p_surplus  (kW)",
@@ -1275,8 +1285,8 @@ def _add_home_imbalance(b: pyo.Block, m: pyo.Block) -> None:
         doc="sum_t (c_up p_short - c_down p_surplus) dt / 1000  (currency)",
     )
     b.settled_cost = pyo.Expression(
-        expr=b.cost - b.energy_cost + b.day_ahead_cost + b.imbalance_cost,
-        doc="cost - energy_cost + day-ahead cost + imbalance cost  (currency)",
+        expr=other_cost + b.day_ahead_cost + b.imbalance_cost,
+        doc="cost but the energy bill + day-ahead cost + imbalance cost  (currency)",
     )
 
 
@@ -1326,19 +1336,30 @@ def schedule_stochastic(
         solve_options=solve_options,
     )
     tables = stochastic_tables(solved)
-    tables["day_ahead"] = _day_ahead_table(solved, homes, build_options["periods"])
+    keys = {"prosumer": list(homes)}
+    tables["day_ahead"] = day_ahead_table(solved.first_stage, keys, build_options["periods"])
     tables["grid"] = _scenario_grid_tables(solved, scenarios)
     return Result("prosumer_stochastic", tables, dict(solved.kpis), solved.solution)
 
 
-def _day_ahead_table(solved: TwoStageSolution, homes: Mapping[str, Any], periods: int):
-    index = pd.MultiIndex.from_product(
-        [list(homes), ["import_kw", "export_kw"], range(periods)],
-        names=["prosumer", "side", "period"],
-    )
-    table = solved.first_stage.set_index(index).unstack("side")
+def day_ahead_table(first_stage: pd.DataFrame, keys: Mapping[str, list], periods: int):
+    """The first stage of :func:`add_day_ahead` meters as a table: the ``keys`` columns
+    (e.g. prosumer), period, and per solution (rp, eev) the import and export (kW).
+    ``first_stage`` rows run over the keys, then import and export, then periods."""
+    names = [*keys, "side", "period"]
+    levels = [*keys.values(), ["import_kw", "export_kw"], range(periods)]
+    table = first_stage.set_index(pd.MultiIndex.from_product(levels, names=names))
+    table = table.unstack("side")
     table.columns = [f"{solution}_{side}" for solution, side in table.columns]
     return table.reset_index()
+
+
+def imbalance_values(imbalance: ImbalanceSpec, periods: int, dt: float) -> tuple:
+    """The imbalance prices as arrays (currency/MWh), one value per period."""
+    return (
+        assets.profile_values(imbalance.up_per_mwh, periods, dt, "scenarios.imbalance_up"),
+        assets.profile_values(imbalance.down_per_mwh, periods, dt, "scenarios.imbalance_down"),
+    )
 
 
 def _scenario_grid_tables(solved: TwoStageSolution, scenarios: Scenarios) -> pd.DataFrame:
