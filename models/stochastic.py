@@ -28,9 +28,10 @@ Pyomo model), the list of its first-stage variables and its cost. From it:
   WS <= RP <= EEV: the measure is monotone in each scenario's cost, WS's costs are
   each scenario's least, and the expected-value first stage is one RP could choose.
 
-The extensive form is the reference; decomposition (progressive hedging in mpi-sppy)
-is not used: benchmarks/bench_stochastic.py measures where the extensive form stops
-being quick enough (RESULTS.md "Stochastic").
+The extensive form is the reference. Decomposition by progressive hedging (mpi-sppy)
+was measured on a 5-home community with 8 scenarios and not adopted: one process took
+20-30 times the extensive form's time without converging (README, "Uncertainty");
+benchmarks/bench_stochastic.py measures where the extensive form stops scaling.
 """
 
 from __future__ import annotations
