@@ -33,14 +33,18 @@ from gridmarkets.models.stochastic import Risk
 from gridmarkets.scenarios import Scenarios
 from gridmarkets.specs.base import Spec
 
-KINDS = ("load_kw", "pv_kw")
+MAX_SCENARIOS = 10_000
+"""Most scenarios a case may ask for (deciding, or held out): each is at least one solve,
+and the extensive form holds one copy of the model per deciding scenario."""
 
 
 class ScenariosSpec(Spec):
     """Where the scenarios come from, how many, the imbalance prices and the risk."""
 
     source: Literal["forecast", "simbench", "csv"] = "forecast"
-    n: PositiveInt = Field(20, description="scenarios that decide (simbench: days)")
+    n: PositiveInt = Field(
+        20, le=MAX_SCENARIOS, description="scenarios that decide (simbench: days)"
+    )
     reduce_to: PositiveInt | None = Field(None, description="representatives kept (k-means)")
     seed: int = Field(0, description="seed of the errors and the reduction")
     std_kw: dict[Literal["load_kw", "pv_kw"], NonNegativeFloat] = Field(
@@ -54,7 +58,9 @@ class ScenariosSpec(Spec):
     imbalance: ImbalanceSpec
     cvar_weight: NonNegativeFloat = Field(0.0, description="weight of the CVaR term")
     cvar_alpha: float = Field(0.95, ge=0.0, lt=1.0, description="CVaR level")
-    out_of_sample: NonNegativeInt = Field(0, description="held-out scenarios evaluated")
+    out_of_sample: NonNegativeInt = Field(
+        0, le=MAX_SCENARIOS, description="held-out scenarios evaluated"
+    )
 
     @model_validator(mode="after")
     def _source_fields(self) -> ScenariosSpec:
