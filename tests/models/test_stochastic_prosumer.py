@@ -132,3 +132,26 @@ def test_an_unknown_scenario_profile_is_named():
             ImbalanceSpec(up_per_mwh=150.0),
             periods=2,
         )
+
+
+@pytest.mark.slow
+def test_dask_worker_processes_evaluate_as_this_process_does():
+    """The problem travels to worker processes (cloudpickle) and comes back the same."""
+    distributed = pytest.importorskip("distributed")
+    from gridmarkets.models.prosumer import two_stage
+    from gridmarkets.models.stochastic import evaluate
+
+    rng = np.random.default_rng(1)
+    home = _home(4, rng)
+    problem = two_stage(
+        {"h": home},
+        PricesSpec(import_price=200.0, export_price=50.0),
+        ImbalanceSpec(up_per_mwh=400.0, down_per_mwh=10.0),
+        periods=4,
+    )
+    scenarios = Scenarios.from_array(rng.uniform(0, 4, (5, 4, 2)), ["load_kw", "pv_kw"])
+    first = np.full(8, 0.5)
+    local = evaluate(problem, scenarios, first)
+    with distributed.Client(n_workers=2, threads_per_worker=1, dashboard_address=None) as client:
+        remote = evaluate(problem, scenarios, first, client=client)
+    pd.testing.assert_series_equal(local, remote, rtol=1e-9)
