@@ -1,0 +1,412 @@
+"""The aggregator under uncertainty: a two-stage stochastic bilevel problem.
+
+The aggregator of :mod:`gridmarkets.models.aggregator` decides before it knows its
+homes' PV and load. Its decisions split in two stages:
+
+- first stage, once for all scenarios: the incentive ``pi[g]`` per tariff group and,
+  when it is offered a commitment (``offer``), the committed net injection ``C[t]``;
+- second stage, per scenario ``s`` (its own loads and PV): each home's response to the
+  incentive (its own EMS, replaced by its KKT conditions; one follower per home and
+  scenario) and the deviations from the commitment, with their penalties.
+
+Extensive form (minimising, currency)::
+
+    - sum_t r[t] C[t] dt/1000                          commitment paid (offer only)
+    + sum_s p_s cost_s                                 expected second-stage cost
+    + w_cvar CVaR_alpha(cost_s)                        optional risk term
+    cost_s = sum_h income[s,h] + c_dev sum_t |dev[s,t]| dt/1000 + w_fair spread[s]
+
+with ``cost_s`` the deterministic aggregator's leader cost on scenario ``s``
+(:func:`gridmarkets.models.aggregator.build` builds the same blocks once), every home
+paid on its net injection above its own stand-alone baseline *in that scenario*. With
+one scenario of probability 1 and a fixed commitment, it is the deterministic model.
+
+:func:`kpis` adds the wait-and-see cost (each scenario decided on its own), the
+expected-value solution's expected cost (first stage decided on the mean scenario,
+evaluated on every scenario), EVPI, VSS and an out-of-sample evaluation of the first
+stage on scenarios not used to decide.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import pyomo.environ as pyo
+from pydantic import Field, model_validator
+
+from gridmarkets.errors import InputError
+from gridmarkets.models import aggregator, assets, prosumer
+from gridmarkets.models.aggregator import Control, HomeSpec, IncentiveSpec
+from gridmarkets.models.prosumer import PricesSpec, ProsumerSpec
+from gridmarkets.results import Result
+from gridmarkets.solvers import Solution, kkt, record_build_time, solve
+from gridmarkets.specs.base import Spec
+
+if TYPE_CHECKING:
+    from gridmarkets.scenarios import Scenarios
+
+SCENARIO_PROFILES = ("load_kw", "pv_kw")  # per home: "<home>.load_kw", "<home>.pv_kw"
+
+
+class CommitmentOfferSpec(Spec):
+    """A commitment the aggregator may sell: it chooses the committed net injection
+    ``C[t]`` (kW, into the grid) and is paid ``price_per_mwh`` for it."""
+
+    price_per_mwh: assets.Profile | list[float] = Field(
+        description="payment per MWh committed, per period (currency/MWh); NaN: no "
+        "commitment offered in that period"
+    )
+    min_kw: float = Field(0.0, description="least commitment (kW)")
+    max_kw: float = Field(10.0, description="largest commitment (kW)")
+    levels: list[float] | None = Field(
+        None, description="a menu of commitment levels (kW); one is chosen per period"
+    )
+
+    @model_validator(mode="after")
+    def _order(self) -> CommitmentOfferSpec:
+        if self.levels is None and self.min_kw > self.max_kw:
+            raise ValueError(f"min_kw: {self.min_kw} is above max_kw")
+        if self.levels is not None and not self.levels:
+            raise ValueError("levels: give at least one level")
+        return self
+
+
+# --- build ------------------------------------------------------------------------------
+
+
+def build(
+    prosumers: Mapping[str, ProsumerSpec] | Sequence[ProsumerSpec],
+    prices: PricesSpec,
+    scenarios: Scenarios,
+    *,
+    commitment_kw: assets.Profile | None = None,
+    commitment_kvar: assets.Profile | None = None,
+    offer: CommitmentOfferSpec | None = None,
+    periods: int = 24,
+    period_hours: float = 1.0,
+    control: Control = "incentive",
+    incentive: IncentiveSpec | None = None,
+    deviation_penalty_per_mwh: float = 500.0,
+    reactive_penalty_per_mvarh: float | None = None,
+    fairness_weight: float = 0.0,
+    method: kkt.Method = "bigm",
+    big_m: float = 10.0,
+    first_stage: Mapping[str, Mapping[int, float]] | None = None,
+) -> pyo.ConcreteModel:
+    """Build the extensive form of the stochastic aggregator (a MILP when bilevel).
+
+    Parameters
+    ----------
+    prosumers, prices, commitment_kw, commitment_kvar, periods, period_hours, control,
+    incentive, deviation_penalty_per_mwh, reactive_penalty_per_mvarh, fairness_weight,
+    method, big_m : as :func:`gridmarkets.models.aggregator.build` (no network).
+    scenarios : a :class:`gridmarkets.scenarios.Scenarios` whose profiles are
+        ``<home>.load_kw`` and ``<home>.pv_kw``; a home's profile the scenarios do not
+        give stays the spec's.
+    offer : a commitment to choose (first stage), in the periods its price covers; a
+        period may have a fixed ``commitment_kw`` or an offer, not both.
+    first_stage : fix the first stage at these values (``{"incentive_per_mwh": {t: v},
+        "commitment_kw": {t: v}}``, as :func:`first_stage` returns): the scenarios'
+        recourse to a given decision.
+
+    Returns
+    -------
+    The model: ``model.scenario[s]`` (each scenario's homes, portfolio and
+    ``cost``), the first stage (``model.incentive_per_mwh``, ``model.offer_kw``),
+    ``model.expected_cost`` (the objective) and ``model.followers``.
+    """
+    started = time.perf_counter()
+    incentive = incentive or IncentiveSpec()
+    homes = prosumer.as_mapping(prosumers)
+    _check_scenarios(scenarios, homes, periods)
+    m = pyo.ConcreteModel(name="stochastic_aggregator")
+    m.PERIODS = pyo.RangeSet(0, periods - 1, doc="periods")
+    m.period_hours, m.control = period_hours, control
+    m.SCENARIOS = pyo.Set(initialize=list(scenarios.names()), doc="scenarios")
+    m.probability = pyo.Param(
+        m.SCENARIOS,
+        initialize={s: float(scenarios.probability[s]) for s in m.SCENARIOS},
+        doc="probability of each scenario",
+    )
+    nan = np.nan if commitment_kw is None else commitment_kw
+    aggregator._add_commitment(m, nan, commitment_kvar)
+    _add_offer(m, offer)
+    if control == "incentive":
+        aggregator._add_incentive(m, incentive)
+    m.scenario = pyo.Block(m.SCENARIOS, doc="one scenario's homes, portfolio and cost")
+    penalty_q = (
+        deviation_penalty_per_mwh
+        if reactive_penalty_per_mvarh is None
+        else reactive_penalty_per_mvarh
+    )
+    for s in m.SCENARIOS:
+        specs = scenario_homes(homes, scenarios.profile(s), periods, period_hours)
+        _add_scenario(m, m.scenario[s], specs, prices, deviation_penalty_per_mwh, penalty_q)
+    _add_costs(m, method, big_m, fairness_weight)
+    if first_stage is not None:
+        _fix_first_stage(m, first_stage)
+    record_build_time(m, time.perf_counter() - started)
+    return m
+
+
+def _check_scenarios(scenarios: Scenarios, homes: Mapping[str, ProsumerSpec], n: int) -> None:
+    if scenarios.periods() != n:
+        raise InputError(f"scenarios: {scenarios.periods()} periods for {n} in the horizon")
+    known = {f"{h}.{p}" for h in homes for p in SCENARIO_PROFILES}
+    unknown = [c for c in scenarios.values.columns if c not in known]
+    if unknown:
+        raise InputError(
+            f"scenarios: profile {unknown[0]!r} is not a home's load_kw or pv_kw "
+            f"(homes: {', '.join(homes)})"
+        )
+    for h, spec in homes.items():
+        if spec.pv is None and f"{h}.pv_kw" in scenarios.values.columns:
+            raise InputError(f"scenarios: profile '{h}.pv_kw' but prosumers.{h} has no pv")
+
+
+def scenario_homes(
+    homes: Mapping[str, ProsumerSpec], profile: pd.DataFrame, periods: int, period_hours: float
+) -> dict[str, HomeSpec]:
+    """The homes of one scenario: each spec with the scenario's load and PV profiles,
+    checked as the aggregator's followers (see :func:`aggregator.build`)."""
+    specs = {}
+    for h, spec in homes.items():
+        update = {}
+        if f"{h}.load_kw" in profile:
+            update["load_kw"] = [float(v) for v in profile[f"{h}.load_kw"]]
+        if f"{h}.pv_kw" in profile:
+            pv = [float(v) for v in profile[f"{h}.pv_kw"]]
+            update["pv"] = spec.pv.model_copy(update={"profile_kw": pv})
+        specs[h] = spec.model_copy(update=update)
+    return aggregator._followers_specs(specs, periods, period_hours)
+
+
+def _add_offer(m: pyo.ConcreteModel, offer: CommitmentOfferSpec | None) -> None:
+    """The first-stage commitment C[t] and its payment, in the periods the offer covers."""
+    n, dt = len(m.PERIODS), m.period_hours
+    price = np.full(n, np.nan) if offer is None else _offer_prices(offer, n, dt)
+    both = [t for t in m.COMMITTED if np.isfinite(price[t])]
+    if both:
+        raise InputError(
+            f"offer.price_per_mwh: period {both[0]} already has a fixed commitment_kw; "
+            "give NaN there"
+        )
+    m.OFFERED = pyo.Set(
+        initialize=[t for t in range(n) if np.isfinite(price[t])],
+        doc="periods whose commitment is chosen (first stage)",
+    )
+    m.offer_price_per_mwh = pyo.Param(
+        m.OFFERED, initialize={t: price[t] for t in m.OFFERED}, doc="currency/MWh"
+    )
+    if offer is not None and offer.levels is not None:
+        m.OFFER_LEVELS = pyo.Set(initialize=range(len(offer.levels)), doc="commitment levels")
+        m.offer_level_chosen = pyo.Var(
+            m.OFFERED, m.OFFER_LEVELS, domain=pyo.Binary, doc="z[t,k]: level k chosen in t"
+        )
+        m.one_offer_level = pyo.Constraint(
+            m.OFFERED,
+            rule=lambda m, t: sum(m.offer_level_chosen[t, k] for k in m.OFFER_LEVELS) == 1,
+            doc="sum_k z[t,k] = 1",
+        )
+        m.offer_kw = pyo.Expression(
+            m.OFFERED,
+            rule=lambda m, t: sum(
+                offer.levels[k] * m.offer_level_chosen[t, k] for k in m.OFFER_LEVELS
+            ),
+            doc="C[t] = sum_k level[k] z[t,k]  (kW)",
+        )
+    else:
+        bounds = (0.0, 0.0) if offer is None else (offer.min_kw, offer.max_kw)
+        m.offer_kw = pyo.Var(
+            m.OFFERED, bounds=bounds, initialize=0.0, doc="commitment: C_min <= C[t] <= C_max (kW)"
+        )
+    m.offer_revenue = pyo.Expression(
+        expr=sum(m.offer_price_per_mwh[t] * m.offer_kw[t] for t in m.OFFERED) * dt / 1000.0,
+        doc="sum_t r[t] C[t] dt / 1000  (currency)",
+    )
+
+
+def _offer_prices(offer: CommitmentOfferSpec, n: int, dt: float) -> np.ndarray:
+    price = offer.price_per_mwh
+    if isinstance(price, list):
+        price = [np.nan if v is None else v for v in price]
+    return assets.profile_values(price, n, dt, "offer.price_per_mwh")
+
+
+def _add_scenario(
+    m: pyo.ConcreteModel,
+    b: pyo.Block,
+    homes: dict[str, HomeSpec],
+    prices: PricesSpec,
+    penalty_per_mwh: float,
+    penalty_per_mvarh: float,
+) -> None:
+    """One scenario's second stage on block ``b``, built as the deterministic model's
+    with the first stage (incentive, commitment) read from ``m``."""
+    n, dt = len(m.PERIODS), m.period_hours
+    b.PERIODS = pyo.RangeSet(0, n - 1, doc="periods")
+    b.PROSUMERS = pyo.Set(initialize=list(homes), doc="homes")
+    b.specs, b.mode, b.period_hours, b.control = homes, "grid", dt, m.control
+    b.standalone_cost, baseline = aggregator._standalone(homes, prices, n, dt)
+    b.baseline_kw = pyo.Param(
+        b.PROSUMERS, b.PERIODS, initialize=baseline, doc="stand-alone net injection (kW)"
+    )
+    prosumer.add_prices(b, prices, "grid")
+    b.COMMITTED = pyo.Set(initialize=sorted([*m.COMMITTED, *m.OFFERED]), doc="committed P")
+    b.commitment_kw = pyo.Expression(
+        b.COMMITTED,
+        rule=lambda b, t: m.commitment_kw[t] if t in m.COMMITTED else m.offer_kw[t],
+        doc="committed P: fixed or chosen in the first stage (kW)",
+    )
+    b.COMMITTED_Q = pyo.Set(initialize=list(m.COMMITTED_Q), doc="committed Q")
+    b.commitment_kvar = pyo.Expression(
+        b.COMMITTED_Q, rule=lambda b, t: m.commitment_kvar[t], doc="committed Q (kvar)"
+    )
+    if m.control == "incentive":
+        b.incentive_per_mwh = pyo.Expression(
+            b.PERIODS, rule=lambda b, t: m.incentive_per_mwh[t], doc="first-stage pi[t]"
+        )
+    b.home = pyo.Block(b.PROSUMERS, doc="one home: devices, connection, balance, cost")
+    for h, spec in homes.items():
+        aggregator._add_follower(b, b.home[h], spec)
+    aggregator._add_portfolio(b, penalty_per_mwh, penalty_per_mvarh)
+
+
+def _add_costs(m: pyo.ConcreteModel, method: kkt.Method, big_m: float, fairness: float) -> None:
+    """The followers' KKT conditions (all scenarios at once), each scenario's cost and
+    the expected cost."""
+    blocks = [m.scenario[s].home[h] for s in m.SCENARIOS for h in m.scenario[s].PROSUMERS]
+    if m.control == "incentive":
+        m.followers = kkt.reformulate(m, blocks, method=method, big_m=big_m) if blocks else []
+    else:
+        m.followers = []
+    at = 0
+    for s in m.SCENARIOS:
+        b = m.scenario[s]
+        if m.control == "incentive":
+            b.followers = m.followers[at : at + len(b.PROSUMERS)]
+            at += len(b.PROSUMERS)
+            b.cost = pyo.Expression(
+                expr=aggregator._bilevel_cost_terms(b, fairness),
+                doc="cost_s = sum_h income[h] + deviation cost + w_fair spread  (currency)",
+            )
+        else:
+            b.followers = []
+            b.cost = pyo.Expression(
+                expr=aggregator._full_control_cost_terms(b),
+                doc="cost_s = sum_h (cost[h] - standalone[h]) + deviation cost  (currency)",
+            )
+    m.expected_cost = pyo.Objective(
+        expr=-m.offer_revenue + sum(m.probability[s] * m.scenario[s].cost for s in m.SCENARIOS),
+        doc="- sum_t r[t] C[t] dt/1000 + sum_s p_s cost_s  (currency)",
+    )
+
+
+# --- first stage --------------------------------------------------------------------------
+
+
+def first_stage(m: pyo.ConcreteModel) -> dict[str, dict[int, float]]:
+    """The solved first stage: ``incentive_per_mwh`` and ``commitment_kw`` (offered
+    periods) per period."""
+    incentive = (
+        {t: float(pyo.value(m.incentive_per_mwh[t])) for t in m.PERIODS}
+        if m.control == "incentive"
+        else {}
+    )
+    return {
+        "incentive_per_mwh": incentive,
+        "commitment_kw": {t: float(pyo.value(m.offer_kw[t])) for t in m.OFFERED},
+    }
+
+
+def _fix_first_stage(m: pyo.ConcreteModel, values: Mapping[str, Mapping[int, float]]) -> None:
+    incentive = values.get("incentive_per_mwh", {})
+    commitment = values.get("commitment_kw", {})
+    if m.control == "incentive" and set(incentive) != set(m.PERIODS):
+        raise InputError("first_stage.incentive_per_mwh: give one value per period")
+    if set(commitment) != set(m.OFFERED):
+        raise InputError("first_stage.commitment_kw: give one value per offered period")
+    m.first_stage_incentive = pyo.Constraint(
+        list(incentive) if m.control == "incentive" else [],
+        rule=lambda m, t: m.incentive_per_mwh[t] == incentive[t],
+        doc="pi[t] = the given first stage  (currency/MWh)",
+    )
+    m.first_stage_commitment = pyo.Constraint(
+        list(m.OFFERED),
+        rule=lambda m, t: m.offer_kw[t] == commitment[t],
+        doc="C[t] = the given first stage  (kW)",
+    )
+
+
+# --- results ----------------------------------------------------------------------------
+
+
+def results(model: pyo.ConcreteModel, solution: Solution) -> Result:
+    """Tables and KPIs of a solved stochastic aggregator, with the followers verified.
+
+    Tables
+    ------
+    first_stage : period, incentive_per_mwh (NaN under full control), commitment_kw
+        (fixed or chosen; NaN where none).
+    scenarios : scenario, probability, cost (the second-stage cost).
+    portfolio, power, prosumers : the deterministic aggregator's tables
+        (:func:`gridmarkets.models.aggregator.results`) with a ``scenario`` column.
+    verify : scenario, prosumer, value, optimum, gap, at_bound — each home re-solved
+        alone in its scenario at the incentives found (bilevel only).
+    """
+    m = model
+    checks = [
+        (s, h, check)
+        for s in m.SCENARIOS
+        if m.scenario[s].followers
+        for h, check in zip(
+            m.scenario[s].PROSUMERS, kkt.verify(m, [f.block for f in m.scenario[s].followers])
+        )
+    ]
+    tables = {
+        "first_stage": _first_stage_table(m),
+        "scenarios": pd.DataFrame(
+            [(s, m.probability[s], float(pyo.value(m.scenario[s].cost))) for s in m.SCENARIOS],
+            columns=["scenario", "probability", "cost"],
+        ),
+        "portfolio": _per_scenario(m, aggregator._portfolio_table),
+        "power": _per_scenario(m, aggregator._power_table),
+        "prosumers": _per_scenario(m, aggregator._prosumer_table),
+        "verify": pd.DataFrame(
+            [(s, h, c.value, c.optimum, c.gap, "; ".join(c.at_bound)) for s, h, c in checks],
+            columns=["scenario", "prosumer", "value", "optimum", "gap", "at_bound"],
+        ),
+    }
+    kpis = {
+        "objective": float(pyo.value(m.expected_cost)),
+        "commitment_revenue": float(pyo.value(m.offer_revenue)),
+        "expected_cost": float(tables["scenarios"].eval("probability * cost").sum()),
+        "max_follower_gap": max((abs(c.gap) for _, _, c in checks), default=0.0),
+        "multipliers_at_big_m": int(sum(len(c.at_bound) for _, _, c in checks)),
+    }
+    return Result("stochastic_aggregator", tables, kpis, solution)
+
+
+def _per_scenario(m: pyo.ConcreteModel, table) -> pd.DataFrame:
+    frames = [table(m.scenario[s]).assign(scenario=s) for s in m.SCENARIOS]
+    frame = pd.concat(frames, ignore_index=True)
+    return frame[["scenario", *[c for c in frame.columns if c != "scenario"]]]
+
+
+def _first_stage_table(m: pyo.ConcreteModel) -> pd.DataFrame:
+    values = first_stage(m)
+    rows = []
+    for t in m.PERIODS:
+        fixed = pyo.value(m.commitment_kw[t]) if t in m.COMMITTED else np.nan
+        rows.append(
+            (
+                t,
+                values["incentive_per_mwh"].get(t, np.nan),
+                values["commitment_kw"].get(t, fixed),
+            )
+        )
+    return pd.DataFrame(rows, columns=["period", "incentive_per_mwh", "commitment_kw"])
