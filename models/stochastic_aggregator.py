@@ -44,7 +44,7 @@ from gridmarkets.models.aggregator import Control, HomeSpec, IncentiveSpec
 from gridmarkets.models.prosumer import PricesSpec, ProsumerSpec
 from gridmarkets.results import Result
 from gridmarkets.solvers import Solution, kkt, record_build_time, solve
-from gridmarkets.specs.base import Spec
+from gridmarkets.specs.base import NumberOrNaN, Spec
 
 if TYPE_CHECKING:
     from gridmarkets.scenarios import Scenarios
@@ -56,7 +56,7 @@ class CommitmentOfferSpec(Spec):
     """A commitment the aggregator may sell: it chooses the committed net injection
     ``C[t]`` (kW, into the grid) and is paid ``price_per_mwh`` for it."""
 
-    price_per_mwh: assets.Profile | list[float] = Field(
+    price_per_mwh: assets.Profile | list[NumberOrNaN] = Field(
         description="payment per MWh committed, per period (currency/MWh); NaN: no "
         "commitment offered in that period"
     )
@@ -81,7 +81,7 @@ class CommitmentOfferSpec(Spec):
 def build(
     prosumers: Mapping[str, ProsumerSpec] | Sequence[ProsumerSpec],
     prices: PricesSpec,
-    scenarios: Scenarios,
+    profile: pd.DataFrame | None = None,
     *,
     commitment_kw: assets.Profile | None = None,
     commitment_kvar: assets.Profile | None = None,
@@ -95,90 +95,78 @@ def build(
     fairness_weight: float = 0.0,
     method: kkt.Method = "bigm",
     big_m: float = 10.0,
-    first_stage: Mapping[str, Mapping[int, float]] | None = None,
 ) -> pyo.ConcreteModel:
-    """Build the extensive form of the stochastic aggregator (a MILP when bilevel).
+    """Build one scenario's aggregator model: the first stage and its recourse.
+
+    :func:`two_stage` hands it to :mod:`gridmarkets.models.stochastic`, which ties the
+    scenarios' first stages together in the extensive form.
 
     Parameters
     ----------
     prosumers, prices, commitment_kw, commitment_kvar, periods, period_hours, control,
     incentive, deviation_penalty_per_mwh, reactive_penalty_per_mvarh, fairness_weight,
     method, big_m : as :func:`gridmarkets.models.aggregator.build` (no network).
-    scenarios : a :class:`gridmarkets.scenarios.Scenarios` whose profiles are
-        ``<home>.load_kw`` and ``<home>.pv_kw``; a home's profile the scenarios do not
-        give stays the spec's.
+    profile : the scenario's period x profile table, columns ``<home>.load_kw`` and
+        ``<home>.pv_kw`` (None: the specs' own profiles); a home's profile the table
+        does not give stays the spec's.
     offer : a commitment to choose (first stage), in the periods its price covers; a
         period may have a fixed ``commitment_kw`` or an offer, not both.
-    first_stage : fix the first stage at these values (``{"incentive_per_mwh": {t: v},
-        "commitment_kw": {t: v}}``, as :func:`first_stage` returns): the scenarios'
-        recourse to a given decision.
 
     Returns
     -------
-    The model: ``model.scenario[s]`` (each scenario's homes, portfolio and
-    ``cost``), the first stage (``model.incentive_per_mwh``, ``model.offer_kw``),
-    ``model.expected_cost`` (the objective) and ``model.followers``.
+    The model: the first stage (``model.incentive_per_mwh``, ``model.offer_kw``,
+    ``model.offer_revenue``), ``model.recourse`` (the homes as followers, the portfolio
+    and the deviations: the deterministic aggregator's blocks), ``model.cost`` and the
+    objective ``model.total_cost``.
     """
     started = time.perf_counter()
-    incentive = incentive or IncentiveSpec()
     homes = prosumer.as_mapping(prosumers)
-    _check_scenarios(scenarios, homes, periods)
+    specs = scenario_homes(homes, profile, periods, period_hours)
     m = pyo.ConcreteModel(name="stochastic_aggregator")
     m.PERIODS = pyo.RangeSet(0, periods - 1, doc="periods")
     m.period_hours, m.control = period_hours, control
-    m.SCENARIOS = pyo.Set(initialize=list(scenarios.names()), doc="scenarios")
-    m.probability = pyo.Param(
-        m.SCENARIOS,
-        initialize={s: float(scenarios.probability[s]) for s in m.SCENARIOS},
-        doc="probability of each scenario",
-    )
-    nan = np.nan if commitment_kw is None else commitment_kw
-    aggregator._add_commitment(m, nan, commitment_kvar)
+    aggregator._add_commitment(m, np.nan if commitment_kw is None else commitment_kw, commitment_kvar)
     _add_offer(m, offer)
     if control == "incentive":
-        aggregator._add_incentive(m, incentive)
-    m.scenario = pyo.Block(m.SCENARIOS, doc="one scenario's homes, portfolio and cost")
+        aggregator._add_incentive(m, incentive or IncentiveSpec())
+    m.recourse = pyo.Block(doc="the scenario's homes, portfolio and deviations")
     penalty_q = (
         deviation_penalty_per_mwh
         if reactive_penalty_per_mvarh is None
         else reactive_penalty_per_mvarh
     )
-    for s in m.SCENARIOS:
-        specs = scenario_homes(homes, scenarios.profile(s), periods, period_hours)
-        _add_scenario(m, m.scenario[s], specs, prices, deviation_penalty_per_mwh, penalty_q)
-    _add_costs(m, method, big_m, fairness_weight)
-    if first_stage is not None:
-        _fix_first_stage(m, first_stage)
+    _add_recourse(m, m.recourse, specs, prices, deviation_penalty_per_mwh, penalty_q)
+    _add_cost(m, method, big_m, fairness_weight)
     record_build_time(m, time.perf_counter() - started)
     return m
 
 
-def _check_scenarios(scenarios: Scenarios, homes: Mapping[str, ProsumerSpec], n: int) -> None:
-    if scenarios.periods() != n:
-        raise InputError(f"scenarios: {scenarios.periods()} periods for {n} in the horizon")
+def scenario_homes(
+    homes: Mapping[str, ProsumerSpec],
+    profile: pd.DataFrame | None,
+    periods: int,
+    period_hours: float,
+) -> dict[str, HomeSpec]:
+    """The homes of one scenario: each spec with the scenario's load and PV profiles,
+    checked as the aggregator's followers (see :func:`aggregator.build`)."""
+    profile = pd.DataFrame() if profile is None else profile
     known = {f"{h}.{p}" for h in homes for p in SCENARIO_PROFILES}
-    unknown = [c for c in scenarios.values.columns if c not in known]
+    unknown = [c for c in profile.columns if c not in known]
     if unknown:
         raise InputError(
             f"scenarios: profile {unknown[0]!r} is not a home's load_kw or pv_kw "
             f"(homes: {', '.join(homes)})"
         )
-    for h, spec in homes.items():
-        if spec.pv is None and f"{h}.pv_kw" in scenarios.values.columns:
-            raise InputError(f"scenarios: profile '{h}.pv_kw' but prosumers.{h} has no pv")
-
-
-def scenario_homes(
-    homes: Mapping[str, ProsumerSpec], profile: pd.DataFrame, periods: int, period_hours: float
-) -> dict[str, HomeSpec]:
-    """The homes of one scenario: each spec with the scenario's load and PV profiles,
-    checked as the aggregator's followers (see :func:`aggregator.build`)."""
+    if len(profile.columns) and len(profile) != periods:
+        raise InputError(f"scenarios: {len(profile)} periods for {periods} in the horizon")
     specs = {}
     for h, spec in homes.items():
         update = {}
         if f"{h}.load_kw" in profile:
             update["load_kw"] = [float(v) for v in profile[f"{h}.load_kw"]]
         if f"{h}.pv_kw" in profile:
+            if spec.pv is None:
+                raise InputError(f"scenarios: profile '{h}.pv_kw' but prosumers.{h} has no pv")
             pv = [float(v) for v in profile[f"{h}.pv_kw"]]
             update["pv"] = spec.pv.model_copy(update={"profile_kw": pv})
         specs[h] = spec.model_copy(update=update)
@@ -188,7 +176,11 @@ def scenario_homes(
 def _add_offer(m: pyo.ConcreteModel, offer: CommitmentOfferSpec | None) -> None:
     """The first-stage commitment C[t] and its payment, in the periods the offer covers."""
     n, dt = len(m.PERIODS), m.period_hours
-    price = np.full(n, np.nan) if offer is None else _offer_prices(offer, n, dt)
+    price = (
+        np.full(n, np.nan)
+        if offer is None
+        else assets.profile_values(offer.price_per_mwh, n, dt, "offer.price_per_mwh")
+    )
     both = [t for t in m.COMMITTED if np.isfinite(price[t])]
     if both:
         raise InputError(
@@ -226,18 +218,11 @@ def _add_offer(m: pyo.ConcreteModel, offer: CommitmentOfferSpec | None) -> None:
         )
     m.offer_revenue = pyo.Expression(
         expr=sum(m.offer_price_per_mwh[t] * m.offer_kw[t] for t in m.OFFERED) * dt / 1000.0,
-        doc="sum_t r[t] C[t] dt / 1000  (currency)",
+        doc="sum_t r[t] C[t] dt / 1000  (currency; a committed import pays)",
     )
 
 
-def _offer_prices(offer: CommitmentOfferSpec, n: int, dt: float) -> np.ndarray:
-    price = offer.price_per_mwh
-    if isinstance(price, list):
-        price = [np.nan if v is None else v for v in price]
-    return assets.profile_values(price, n, dt, "offer.price_per_mwh")
-
-
-def _add_scenario(
+def _add_recourse(
     m: pyo.ConcreteModel,
     b: pyo.Block,
     homes: dict[str, HomeSpec],
@@ -245,8 +230,8 @@ def _add_scenario(
     penalty_per_mwh: float,
     penalty_per_mvarh: float,
 ) -> None:
-    """One scenario's second stage on block ``b``, built as the deterministic model's
-    with the first stage (incentive, commitment) read from ``m``."""
+    """The second stage on block ``b``, built as the deterministic model's with the
+    first stage (incentive, commitment) read from ``m``."""
     n, dt = len(m.PERIODS), m.period_hours
     b.PERIODS = pyo.RangeSet(0, n - 1, doc="periods")
     b.PROSUMERS = pyo.Set(initialize=list(homes), doc="homes")
@@ -276,69 +261,48 @@ def _add_scenario(
     aggregator._add_portfolio(b, penalty_per_mwh, penalty_per_mvarh)
 
 
-def _add_costs(m: pyo.ConcreteModel, method: kkt.Method, big_m: float, fairness: float) -> None:
-    """The followers' KKT conditions (all scenarios at once), each scenario's cost and
-    the expected cost."""
-    blocks = [m.scenario[s].home[h] for s in m.SCENARIOS for h in m.scenario[s].PROSUMERS]
+def _add_cost(m: pyo.ConcreteModel, method: kkt.Method, big_m: float, fairness: float) -> None:
+    """The followers' KKT conditions, the recourse cost and the scenario's total cost."""
+    b = m.recourse
     if m.control == "incentive":
-        m.followers = kkt.reformulate(m, blocks, method=method, big_m=big_m) if blocks else []
+        b.followers = kkt.reformulate(
+            m, [b.home[h] for h in b.PROSUMERS], method=method, big_m=big_m
+        )
+        b.cost = pyo.Expression(
+            expr=aggregator._bilevel_cost_terms(b, fairness),
+            doc="sum_h income[h] + deviation cost + w_fair (gain_max - gain_min)  (currency)",
+        )
     else:
-        m.followers = []
-    at = 0
-    for s in m.SCENARIOS:
-        b = m.scenario[s]
-        if m.control == "incentive":
-            b.followers = m.followers[at : at + len(b.PROSUMERS)]
-            at += len(b.PROSUMERS)
-            b.cost = pyo.Expression(
-                expr=aggregator._bilevel_cost_terms(b, fairness),
-                doc="cost_s = sum_h income[h] + deviation cost + w_fair spread  (currency)",
-            )
-        else:
-            b.followers = []
-            b.cost = pyo.Expression(
-                expr=aggregator._full_control_cost_terms(b),
-                doc="cost_s = sum_h (cost[h] - standalone[h]) + deviation cost  (currency)",
-            )
-    m.expected_cost = pyo.Objective(
-        expr=-m.offer_revenue + sum(m.probability[s] * m.scenario[s].cost for s in m.SCENARIOS),
-        doc="- sum_t r[t] C[t] dt/1000 + sum_s p_s cost_s  (currency)",
+        b.followers = []
+        b.cost = pyo.Expression(
+            expr=aggregator._full_control_cost_terms(b),
+            doc="sum_h (cost[h] - standalone[h]) + deviation cost  (currency)",
+        )
+    m.cost = pyo.Expression(
+        expr=b.cost - m.offer_revenue,
+        doc="cost = recourse cost - sum_t r[t] C[t] dt/1000  (currency)",
     )
+    m.total_cost = pyo.Objective(expr=m.cost, doc="min cost  (currency)")
 
 
-# --- first stage --------------------------------------------------------------------------
+def first_stage_vars(m: pyo.Block) -> list[Any]:
+    """The first-stage variables of a model (or of its block in the extensive form):
+    the Vars declared on it directly — the incentive (per group, or its level
+    binaries) and the chosen commitment; every second-stage Var lives in ``recourse``."""
+    return list(m.component_data_objects(pyo.Var, descend_into=False))
 
 
-def first_stage(m: pyo.ConcreteModel) -> dict[str, dict[int, float]]:
-    """The solved first stage: ``incentive_per_mwh`` and ``commitment_kw`` (offered
-    periods) per period."""
-    incentive = (
-        {t: float(pyo.value(m.incentive_per_mwh[t])) for t in m.PERIODS}
-        if m.control == "incentive"
-        else {}
-    )
-    return {
-        "incentive_per_mwh": incentive,
-        "commitment_kw": {t: float(pyo.value(m.offer_kw[t])) for t in m.OFFERED},
-    }
-
-
-def _fix_first_stage(m: pyo.ConcreteModel, values: Mapping[str, Mapping[int, float]]) -> None:
-    incentive = values.get("incentive_per_mwh", {})
-    commitment = values.get("commitment_kw", {})
-    if m.control == "incentive" and set(incentive) != set(m.PERIODS):
-        raise InputError("first_stage.incentive_per_mwh: give one value per period")
-    if set(commitment) != set(m.OFFERED):
-        raise InputError("first_stage.commitment_kw: give one value per offered period")
-    m.first_stage_incentive = pyo.Constraint(
-        list(incentive) if m.control == "incentive" else [],
-        rule=lambda m, t: m.incentive_per_mwh[t] == incentive[t],
-        doc="pi[t] = the given first stage  (currency/MWh)",
-    )
-    m.first_stage_commitment = pyo.Constraint(
-        list(m.OFFERED),
-        rule=lambda m, t: m.offer_kw[t] == commitment[t],
-        doc="C[t] = the given first stage  (kW)",
+def two_stage(
+    prosumers: Mapping[str, ProsumerSpec] | Sequence[ProsumerSpec],
+    prices: PricesSpec,
+    **build_options: Any,
+) -> TwoStage:
+    """The stochastic aggregator as a :class:`~gridmarkets.models.stochastic.TwoStage`:
+    :func:`build` per scenario profile, :func:`first_stage_vars`, ``model.cost``."""
+    return TwoStage(
+        build=partial(build, prosumers, prices, **build_options),
+        first_stage=first_stage_vars,
+        cost=lambda m: m.cost,
     )
 
 
@@ -410,3 +374,47 @@ def _first_stage_table(m: pyo.ConcreteModel) -> pd.DataFrame:
             )
         )
     return pd.DataFrame(rows, columns=["period", "incentive_per_mwh", "commitment_kw"])
+
+
+# --- solving and the value of information ------------------------------------------------
+
+
+def solved(
+    prosumers: Mapping[str, ProsumerSpec] | Sequence[ProsumerSpec],
+    prices: PricesSpec,
+    scenarios: Scenarios,
+    first_stage: Mapping[str, Mapping[int, float]] | None = None,
+    *,
+    solve_options: Mapping[str, Any] | None = None,
+    **build_options: Any,
+) -> tuple[pyo.ConcreteModel, Solution]:
+    """:func:`build` and solve (from the zero incentive, ``warm_start``)."""
+    model = build(prosumers, prices, scenarios, first_stage=first_stage, **build_options)
+    return model, solve(model, **{"warm_start": True, **dict(solve_options or {})})
+
+
+def schedule(
+    prosumers: Mapping[str, ProsumerSpec] | Sequence[ProsumerSpec],
+    prices: PricesSpec,
+    scenarios: Scenarios,
+    *,
+    held_out: Scenarios | None = None,
+    solve_options: Mapping[str, Any] | None = None,
+    **build_options: Any,
+) -> Result:
+    """Build, solve and report, with the value-of-information KPIs (:func:`kpis`).
+
+    ``build_options`` are :func:`build`'s keyword arguments; ``solve_options`` are
+    :func:`gridmarkets.solvers.solve`'s; ``held_out``: scenarios for the out-of-sample
+    evaluation (not used to decide).
+    """
+
+    def run(scen: Scenarios, fixed=None) -> tuple[pyo.ConcreteModel, Solution]:
+        return solved(
+            prosumers, prices, scen, fixed, solve_options=solve_options, **build_options
+        )
+
+    model, solution = run(scenarios)
+    result = results(model, solution)
+    result.kpis.update(kpis(run, scenarios, model, held_out))
+    return result
