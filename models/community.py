@@ -75,7 +75,9 @@ from gridmarkets.log import track
 from gridmarkets.models import allocation, assets, prosumer
 from gridmarkets.models.assets import BatterySpec, Phase, Profile, PVSpec
 from gridmarkets.models.prosumer import PricesSpec, ProsumerSpec
+from gridmarkets.models.stochastic import Risk, TwoStage, solve_two_stage, stochastic_tables
 from gridmarkets.results import Result
+from gridmarkets.scenarios import Scenarios
 from gridmarkets.solvers import Solution, record_build_time, solve
 from gridmarkets.specs.base import Spec
 
@@ -917,3 +919,131 @@ def sample_community(
 
 
 CSV = "simbench_rural1_household.csv"
+
+
+# --- two-stage under uncertainty (scenarios) --------------------------------------------
+
+
+def two_stage(
+    members: Mapping[str, ProsumerSpec],
+    shared: Mapping[str, SharedAssetSpec] | None,
+    prices: PricesSpec,
+    imbalance: prosumer.ImbalanceSpec,
+    **build_options: Any,
+) -> TwoStage:
+    """The community as a two-stage problem: its exchange at the point of connection
+    day-ahead (first stage), everything inside it in real time.
+
+    First stage, per period: the community's day-ahead import and export, settled at
+    the tariff. Second stage, per scenario: the members' devices and the shared assets
+    as :func:`build` schedules them for the scenario's profiles, the deviation of the
+    connection's exchange from the day-ahead schedule settled at the imbalance prices
+    (:func:`~gridmarkets.models.prosumer.add_day_ahead` on the connection).
+
+    Scenario profiles: ``<member>.load_kw``, ``<member>.pv_kw`` and ``<asset>.pv_kw``
+    (a shared asset's available PV power, kW). ``build_options`` are :func:`build`'s
+    (grid mode, objective cost).
+    """
+    if build_options.get("mode", "grid") != "grid":
+        raise InputError("scenarios: a two-stage community is grid-connected (mode: grid)")
+    if build_options.get("objective", "cost") != "cost":
+        raise InputError("scenarios: a two-stage community minimises cost (objective: cost)")
+    if build_options.get("coalition") is not None:
+        raise InputError("scenarios: a two-stage community schedules all its members")
+    shared = dict(shared or {})
+    up, down = prosumer.imbalance_values(
+        imbalance, build_options.get("periods", 24), build_options.get("period_hours", 1.0)
+    )
+
+    def scenario(profile: pd.DataFrame) -> pyo.ConcreteModel:
+        own = [c for c in profile.columns if c.rpartition(".")[0] in shared]
+        return build(
+            prosumer.scenario_homes(members, profile.drop(columns=own), "members"),
+            _scenario_shared(shared, profile[own]),
+            prices,
+            extra=lambda m: _add_imbalance(m, up, down),
+            **build_options,
+        )
+
+    return TwoStage(scenario, _day_ahead_variables, lambda m: m.settled_cost)
+
+
+def _scenario_shared(
+    shared: Mapping[str, SharedAssetSpec], profile: pd.DataFrame
+) -> dict[str, SharedAssetSpec]:
+    """Shared assets with a scenario's ``<asset>.pv_kw`` as their available PV power."""
+    out = dict(shared)
+    for column in profile.columns:
+        asset, _, kind = column.rpartition(".")
+        if kind != "pv_kw" or shared[asset].pv is None:
+            raise InputError(f"scenarios: profile {column!r}: shared.{asset} has no PV for it")
+        pv = shared[asset].pv.model_copy(update={"profile_kw": [float(v) for v in profile[column]]})
+        out[asset] = shared[asset].model_copy(update={"pv": pv})
+    return out
+
+
+def _add_imbalance(m: pyo.ConcreteModel, up: np.ndarray, down: np.ndarray) -> None:
+    """The connection's day-ahead schedule and imbalance settlement: ``m.settled_cost``."""
+    prosumer.add_imbalance_prices(m, up, down)
+    prosumer.add_day_ahead(m, m, m.p_grid_import_kw, m.p_grid_export_kw, m.cost - m.grid_cost)
+
+
+def _day_ahead_variables(m: pyo.Block) -> list:
+    return [*m.p_day_ahead_import_kw.values(), *m.p_day_ahead_export_kw.values()]
+
+
+def schedule_stochastic(
+    members: Mapping[str, ProsumerSpec],
+    shared: Mapping[str, SharedAssetSpec] | None,
+    prices: PricesSpec,
+    scenarios: Scenarios,
+    imbalance: prosumer.ImbalanceSpec,
+    *,
+    risk: Risk | None = None,
+    out_of_sample: Scenarios | None = None,
+    client: Any = None,
+    solve_options: Mapping[str, Any] | None = None,
+    **build_options: Any,
+) -> Result:
+    """Schedule the community's exchange day-ahead against scenarios (:func:`two_stage`).
+
+    Returns
+    -------
+    Result ("community_stochastic") with the tables of
+    :func:`~gridmarkets.models.stochastic.stochastic_tables`, ``day_ahead`` (period,
+    the stochastic and expected-value day-ahead import and export, kW) and
+    ``exchange`` (scenario, period, grid_import_kw, grid_export_kw, short_kw,
+    surplus_kw, shared_kw: the stochastic solution in every scenario).
+    """
+    build_options.setdefault("periods", scenarios.periods())
+    problem = two_stage(members, shared, prices, imbalance, **build_options)
+    solved = solve_two_stage(
+        problem,
+        scenarios,
+        risk,
+        out_of_sample=out_of_sample,
+        client=client,
+        solve_options=solve_options,
+    )
+    tables = stochastic_tables(solved)
+    tables["day_ahead"] = prosumer.day_ahead_table(solved.first_stage, {}, build_options["periods"])
+    tables["exchange"] = _scenario_exchange(solved.model, scenarios.names())
+    return Result("community_stochastic", tables, dict(solved.kpis), solved.solution)
+
+
+def _scenario_exchange(model: pyo.ConcreteModel, names: list[str]) -> pd.DataFrame:
+    rows = [
+        {
+            "scenario": s,
+            "period": t,
+            "grid_import_kw": _value(b.p_grid_import_kw[t]),
+            "grid_export_kw": _value(b.p_grid_export_kw[t]),
+            "short_kw": _value(b.p_short_kw[t]),
+            "surplus_kw": _value(b.p_surplus_kw[t]),
+            "shared_kw": sum(_value(a.p_net_kw[t]) for a in b.shared.values()),
+        }
+        for s in names
+        for b in [model.scenario[s]]
+        for t in b.PERIODS
+    ]
+    return pd.DataFrame(rows)

@@ -71,7 +71,15 @@ from gridmarkets.models.assets import (
     PVSpec,
     StaySpec,
 )
+from gridmarkets.models.stochastic import (
+    Risk,
+    TwoStage,
+    TwoStageSolution,
+    solve_two_stage,
+    stochastic_tables,
+)
 from gridmarkets.results import Result
+from gridmarkets.scenarios import Scenarios
 from gridmarkets.solvers import Solution, record_build_time, solve
 from gridmarkets.specs.base import Spec
 
@@ -1113,3 +1121,256 @@ def _rolling_table(log, forecast: pd.DataFrame, actual: pd.DataFrame) -> pd.Data
         table[f"{col}_forecast"] = forecast[col].to_numpy()
         table[f"{col}_actual"] = actual[col].to_numpy()
     return table
+
+
+# --- two-stage under uncertainty (scenarios) --------------------------------------------
+
+
+class ImbalanceSpec(Spec):
+    """Real-time prices of deviations from the day-ahead exchange, currency per MWh.
+
+    ``up``: paid per MWh imported beyond (or exported short of) the day-ahead schedule,
+    at least the import price; ``down``: received per MWh imported short of (or
+    exported beyond) it, at most the export price.
+    """
+
+    up_per_mwh: Profile = Field(description="price of a shortfall (currency/MWh)")
+    down_per_mwh: Profile = Field(0.0, description="price of a surplus (currency/MWh)")
+
+
+def two_stage(
+    prosumers: ProsumerSpec | Mapping[str, ProsumerSpec] | Sequence[ProsumerSpec],
+    prices: PricesSpec,
+    imbalance: ImbalanceSpec,
+    **build_options: Any,
+) -> TwoStage:
+    """The home(s) as a two-stage problem (:class:`~gridmarkets.models.stochastic.TwoStage`).
+
+    First stage, per home and period: the day-ahead import and export
+    (``p_day_ahead_import_kw``, ``p_day_ahead_export_kw``), settled at the tariff.
+    Second stage, per scenario: the devices as :func:`build` schedules them (the
+    real-time recourse), for the scenario's profiles, and the deviation from the
+    day-ahead schedule settled at the imbalance prices (:func:`add_imbalance`).
+
+    Scenario profiles: ``<home>.load_kw`` and ``<home>.pv_kw`` (available PV power,
+    kW) replace the home's ``load_kw`` and ``pv.profile_kw``; with one home ``load_kw``
+    and ``pv_kw`` do too. ``build_options`` are :func:`build`'s (no network, grid mode).
+    """
+    homes = as_mapping(prosumers)
+    if build_options.get("network") is not None or build_options.get("mode", "grid") != "grid":
+        raise InputError("scenarios: a two-stage prosumer is grid-connected and has no network")
+    if build_options.get("objective", "cost") != "cost":
+        raise InputError("scenarios: a two-stage prosumer minimises cost (objective: cost)")
+    periods = build_options.get("periods", 24)
+    dt = build_options.get("period_hours", 1.0)
+    up, down = imbalance_values(imbalance, periods, dt)
+
+    def scenario(profile: pd.DataFrame) -> pyo.ConcreteModel:
+        return build(
+            scenario_homes(homes, profile, "prosumers"),
+            prices,
+            extra=lambda m: add_imbalance(m, up, down),
+            **build_options,
+        )
+
+    return TwoStage(scenario, day_ahead_variables, lambda m: m.two_stage_cost)
+
+
+def scenario_homes(
+    homes: Mapping[str, ProsumerSpec], profile: pd.DataFrame, path: str
+) -> dict[str, ProsumerSpec]:
+    """The homes with a scenario's ``<home>.load_kw`` and ``<home>.pv_kw`` columns in
+    place of their profiles (with one home, also plain ``load_kw`` and ``pv_kw``)."""
+    columns = {}
+    for column in profile.columns:
+        home, _, kind = column.rpartition(".")
+        if not home and len(homes) == 1:
+            home = next(iter(homes))
+        if home not in homes or kind not in ("load_kw", "pv_kw"):
+            raise InputError(
+                f"scenarios: profile {column!r} is not <{path} id>.load_kw or .pv_kw "
+                f"(ids: {', '.join(homes)})"
+            )
+        if kind == "pv_kw" and homes[home].pv is None:
+            raise InputError(f"scenarios: profile {column!r}: {path}.{home} has no PV")
+        columns.setdefault(home, {})[kind] = [float(v) for v in profile[column]]
+    out = dict(homes)
+    for home, values in columns.items():
+        update: dict[str, Any] = {}
+        if "load_kw" in values:
+            update["load_kw"] = values["load_kw"]
+        if "pv_kw" in values:
+            update["pv"] = homes[home].pv.model_copy(update={"profile_kw": values["pv_kw"]})
+        out[home] = homes[home].model_copy(update=update)
+    return out
+
+
+def add_imbalance(m: pyo.Block, up_per_mwh: np.ndarray, down_per_mwh: np.ndarray) -> None:
+    """Every home's day-ahead exchange and imbalance settlement (:func:`add_day_ahead`
+    on its meter) and the scenario's cost ``m.two_stage_cost``: their sum."""
+    add_imbalance_prices(m, up_per_mwh, down_per_mwh)
+    for b in m.home.values():
+        add_day_ahead(b, m, b.p_import_kw, b.p_export_kw, b.cost - b.energy_cost)
+    m.two_stage_cost = pyo.Expression(
+        expr=sum(b.settled_cost for b in m.home.values()),
+        doc="sum_h settled cost[h]  (currency)",
+    )
+
+
+def add_imbalance_prices(m: pyo.Block, up_per_mwh: np.ndarray, down_per_mwh: np.ndarray) -> None:
+    """``m.imbalance_up_per_mwh`` and ``m.imbalance_down_per_mwh``, checked against the
+    tariff: up >= import price, down <= export price (else deviating pays)."""
+    buy, sell = m.import_price_per_mwh, m.export_price_per_mwh
+    for t in m.PERIODS:
+        if up_per_mwh[t] < pyo.value(buy[t]) - 1e-9 or down_per_mwh[t] > pyo.value(sell[t]) + 1e-9:
+            raise InputError(
+                f"scenarios.imbalance: period {t}: up {up_per_mwh[t]:g} must be at least the "
+                f"import price and down {down_per_mwh[t]:g} at most the export price, or "
+                "trading the deviation would pay without limit"
+            )
+    m.imbalance_up_per_mwh = pyo.Param(
+        m.PERIODS, initialize=dict(enumerate(up_per_mwh)), doc="price of a shortfall (/MWh)"
+    )
+    m.imbalance_down_per_mwh = pyo.Param(
+        m.PERIODS, initialize=dict(enumerate(down_per_mwh)), doc="price of a surplus (/MWh)"
+    )
+
+
+def add_day_ahead(b: pyo.Block, m: pyo.Block, import_kw, export_kw, other_cost) -> None:
+    """A meter's day-ahead schedule (first stage), its deviations and their settlement.
+
+    The meter (``import_kw``, ``export_kw``) follows the day-ahead schedule up to the
+    deviations::
+
+        p_import[t] - p_export[t] - (p_da_import[t] - p_da_export[t])
+            = p_short[t] - p_surplus[t]                                   (kW)
+
+    and its cost (``b.settled_cost``) is ``other_cost`` (all but the energy bill) plus
+    the day-ahead bill at the tariff and the imbalance settlement::
+
+        settled = other + sum_t (c_import p_da_import - c_export p_da_export
+                  + c_up p_short - c_down p_surplus) dt / 1000             (currency)
+    """
+    first = next(iter(m.PERIODS))
+    b.p_day_ahead_import_kw = pyo.Var(
+        m.PERIODS, bounds=(0.0, import_kw[first].ub), doc="day-ahead import (kW, first stage)"
+    )
+    b.p_day_ahead_export_kw = pyo.Var(
+        m.PERIODS, bounds=(0.0, export_kw[first].ub), doc="day-ahead export (kW, first stage)"
+    )
+    b.p_short_kw = pyo.Var(m.PERIODS, bounds=(0.0, None), doc="import above schedule (kW)")
+    b.p_surplus_kw = pyo.Var(m.PERIODS, bounds=(0.0, None), doc="import below schedule (kW)")
+    b.deviation = pyo.Constraint(
+        m.PERIODS,
+        rule=lambda b, t: (
+            import_kw[t] - export_kw[t] - (b.p_day_ahead_import_kw[t] - b.p_day_ahead_export_kw[t])
+            == b.p_short_kw[t] - b.p_surplus_kw[t]
+        ),
+        doc="p_import - p_export - (p_da_import - p_da_export) = p_short - p_surplus  (kW)",
+    )
+    b.day_ahead_cost = pyo.Expression(
+        expr=tariff_cost(m, b.p_day_ahead_import_kw, b.p_day_ahead_export_kw),
+        doc="sum_t (c_import p_da_import - c_export p_da_export) dt / 1000  (currency)",
+    )
+    b.imbalance_cost = pyo.Expression(
+        expr=sum(
+            (
+                m.imbalance_up_per_mwh[t] * b.p_short_kw[t]
+                - m.imbalance_down_per_mwh[t] * b.p_surplus_kw[t]
+            )
+            * m.period_hours
+            / 1000.0
+            for t in m.PERIODS
+        ),
+        doc="sum_t (c_up p_short - c_down p_surplus) dt / 1000  (currency)",
+    )
+    b.settled_cost = pyo.Expression(
+        expr=other_cost + b.day_ahead_cost + b.imbalance_cost,
+        doc="cost but the energy bill + day-ahead cost + imbalance cost  (currency)",
+    )
+
+
+def day_ahead_variables(m: pyo.Block) -> list:
+    """The first stage of :func:`two_stage`: every home's day-ahead import and export."""
+    return [
+        v
+        for b in m.home.values()
+        for var in (b.p_day_ahead_import_kw, b.p_day_ahead_export_kw)
+        for v in var.values()
+    ]
+
+
+def schedule_stochastic(
+    prosumers: ProsumerSpec | Mapping[str, ProsumerSpec] | Sequence[ProsumerSpec],
+    prices: PricesSpec,
+    scenarios: Scenarios,
+    imbalance: ImbalanceSpec,
+    *,
+    risk: Risk | None = None,
+    out_of_sample: Scenarios | None = None,
+    client: Any = None,
+    solve_options: Mapping[str, Any] | None = None,
+    **build_options: Any,
+) -> Result:
+    """Schedule the home(s) day-ahead against scenarios (:func:`two_stage`) and report.
+
+    Returns
+    -------
+    Result ("prosumer_stochastic") with tables ``kpis`` (one row:
+    :func:`~gridmarkets.models.stochastic.value_kpis`), ``scenarios`` (per scenario:
+    probability, cost of the stochastic (rp), wait-and-see (ws) and expected-value (eev)
+    solutions), ``day_ahead`` (home, period, the stochastic and the expected-value
+    day-ahead import and export, kW), ``grid`` (:func:`results`'s grid table of every
+    scenario of the stochastic solution, with a scenario column and the deviations),
+    and ``out_of_sample`` when held-out scenarios are given.
+    """
+    homes = as_mapping(prosumers)
+    build_options.setdefault("periods", scenarios.periods())
+    problem = two_stage(homes, prices, imbalance, **build_options)
+    solved = solve_two_stage(
+        problem,
+        scenarios,
+        risk,
+        out_of_sample=out_of_sample,
+        client=client,
+        solve_options=solve_options,
+    )
+    tables = stochastic_tables(solved)
+    keys = {"prosumer": list(homes)}
+    tables["day_ahead"] = day_ahead_table(solved.first_stage, keys, build_options["periods"])
+    tables["grid"] = _scenario_grid_tables(solved, scenarios)
+    return Result("prosumer_stochastic", tables, dict(solved.kpis), solved.solution)
+
+
+def day_ahead_table(first_stage: pd.DataFrame, keys: Mapping[str, list], periods: int):
+    """The first stage of :func:`add_day_ahead` meters as a table: the ``keys`` columns
+    (e.g. prosumer), period, and per solution (rp, eev) the import and export (kW).
+    ``first_stage`` rows run over the keys, then import and export, then periods."""
+    names = [*keys, "side", "period"]
+    levels = [*keys.values(), ["import_kw", "export_kw"], range(periods)]
+    table = first_stage.set_index(pd.MultiIndex.from_product(levels, names=names))
+    table = table.unstack("side")
+    table.columns = [f"{solution}_{side}" for solution, side in table.columns]
+    return table.reset_index()
+
+
+def imbalance_values(imbalance: ImbalanceSpec, periods: int, dt: float) -> tuple:
+    """The imbalance prices as arrays (currency/MWh), one value per period."""
+    return (
+        assets.profile_values(imbalance.up_per_mwh, periods, dt, "scenarios.imbalance_up"),
+        assets.profile_values(imbalance.down_per_mwh, periods, dt, "scenarios.imbalance_down"),
+    )
+
+
+def _scenario_grid_tables(solved: TwoStageSolution, scenarios: Scenarios) -> pd.DataFrame:
+    frames = []
+    for s in scenarios.names():
+        block = solved.model.scenario[s]
+        grid = _grid_table(block, solved.solution)
+        if "marginal_price" in grid:  # the extensive form's dual carries p_s
+            grid["marginal_price"] /= float(scenarios.probability[s])
+        short = [_value(b.p_short_kw[t]) for b in block.home.values() for t in block.PERIODS]
+        surplus = [_value(b.p_surplus_kw[t]) for b in block.home.values() for t in block.PERIODS]
+        frames.append(grid.assign(short_kw=short, surplus_kw=surplus).assign(scenario=s))
+    table = pd.concat(frames, ignore_index=True)
+    return table[["scenario", *table.columns[:-1]]]
