@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -42,12 +43,17 @@ from gridmarkets.errors import InputError
 from gridmarkets.models import aggregator, assets, prosumer
 from gridmarkets.models.aggregator import Control, HomeSpec, IncentiveSpec
 from gridmarkets.models.prosumer import PricesSpec, ProsumerSpec
+from gridmarkets.models.stochastic import (
+    Risk,
+    TwoStage,
+    TwoStageSolution,
+    solve_two_stage,
+    stochastic_tables,
+)
 from gridmarkets.results import Result
-from gridmarkets.solvers import Solution, kkt, record_build_time, solve
+from gridmarkets.scenarios import Scenarios
+from gridmarkets.solvers import kkt, record_build_time
 from gridmarkets.specs.base import NumberOrNaN, Spec
-
-if TYPE_CHECKING:
-    from gridmarkets.scenarios import Scenarios
 
 SCENARIO_PROFILES = ("load_kw", "pv_kw")  # per home: "<home>.load_kw", "<home>.pv_kw"
 
@@ -125,7 +131,9 @@ def build(
     m = pyo.ConcreteModel(name="stochastic_aggregator")
     m.PERIODS = pyo.RangeSet(0, periods - 1, doc="periods")
     m.period_hours, m.control = period_hours, control
-    aggregator._add_commitment(m, np.nan if commitment_kw is None else commitment_kw, commitment_kvar)
+    aggregator._add_commitment(
+        m, np.nan if commitment_kw is None else commitment_kw, commitment_kvar
+    )
     _add_offer(m, offer)
     if control == "incentive":
         aggregator._add_incentive(m, incentive or IncentiveSpec())
@@ -306,91 +314,7 @@ def two_stage(
     )
 
 
-# --- results ----------------------------------------------------------------------------
-
-
-def results(model: pyo.ConcreteModel, solution: Solution) -> Result:
-    """Tables and KPIs of a solved stochastic aggregator, with the followers verified.
-
-    Tables
-    ------
-    first_stage : period, incentive_per_mwh (NaN under full control), commitment_kw
-        (fixed or chosen; NaN where none).
-    scenarios : scenario, probability, cost (the second-stage cost).
-    portfolio, power, prosumers : the deterministic aggregator's tables
-        (:func:`gridmarkets.models.aggregator.results`) with a ``scenario`` column.
-    verify : scenario, prosumer, value, optimum, gap, at_bound — each home re-solved
-        alone in its scenario at the incentives found (bilevel only).
-    """
-    m = model
-    checks = [
-        (s, h, check)
-        for s in m.SCENARIOS
-        if m.scenario[s].followers
-        for h, check in zip(
-            m.scenario[s].PROSUMERS, kkt.verify(m, [f.block for f in m.scenario[s].followers])
-        )
-    ]
-    tables = {
-        "first_stage": _first_stage_table(m),
-        "scenarios": pd.DataFrame(
-            [(s, m.probability[s], float(pyo.value(m.scenario[s].cost))) for s in m.SCENARIOS],
-            columns=["scenario", "probability", "cost"],
-        ),
-        "portfolio": _per_scenario(m, aggregator._portfolio_table),
-        "power": _per_scenario(m, aggregator._power_table),
-        "prosumers": _per_scenario(m, aggregator._prosumer_table),
-        "verify": pd.DataFrame(
-            [(s, h, c.value, c.optimum, c.gap, "; ".join(c.at_bound)) for s, h, c in checks],
-            columns=["scenario", "prosumer", "value", "optimum", "gap", "at_bound"],
-        ),
-    }
-    kpis = {
-        "objective": float(pyo.value(m.expected_cost)),
-        "commitment_revenue": float(pyo.value(m.offer_revenue)),
-        "expected_cost": float(tables["scenarios"].eval("probability * cost").sum()),
-        "max_follower_gap": max((abs(c.gap) for _, _, c in checks), default=0.0),
-        "multipliers_at_big_m": int(sum(len(c.at_bound) for _, _, c in checks)),
-    }
-    return Result("stochastic_aggregator", tables, kpis, solution)
-
-
-def _per_scenario(m: pyo.ConcreteModel, table) -> pd.DataFrame:
-    frames = [table(m.scenario[s]).assign(scenario=s) for s in m.SCENARIOS]
-    frame = pd.concat(frames, ignore_index=True)
-    return frame[["scenario", *[c for c in frame.columns if c != "scenario"]]]
-
-
-def _first_stage_table(m: pyo.ConcreteModel) -> pd.DataFrame:
-    values = first_stage(m)
-    rows = []
-    for t in m.PERIODS:
-        fixed = pyo.value(m.commitment_kw[t]) if t in m.COMMITTED else np.nan
-        rows.append(
-            (
-                t,
-                values["incentive_per_mwh"].get(t, np.nan),
-                values["commitment_kw"].get(t, fixed),
-            )
-        )
-    return pd.DataFrame(rows, columns=["period", "incentive_per_mwh", "commitment_kw"])
-
-
-# --- solving and the value of information ------------------------------------------------
-
-
-def solved(
-    prosumers: Mapping[str, ProsumerSpec] | Sequence[ProsumerSpec],
-    prices: PricesSpec,
-    scenarios: Scenarios,
-    first_stage: Mapping[str, Mapping[int, float]] | None = None,
-    *,
-    solve_options: Mapping[str, Any] | None = None,
-    **build_options: Any,
-) -> tuple[pyo.ConcreteModel, Solution]:
-    """:func:`build` and solve (from the zero incentive, ``warm_start``)."""
-    model = build(prosumers, prices, scenarios, first_stage=first_stage, **build_options)
-    return model, solve(model, **{"warm_start": True, **dict(solve_options or {})})
+# --- solve and report -------------------------------------------------------------------
 
 
 def schedule(
@@ -398,23 +322,93 @@ def schedule(
     prices: PricesSpec,
     scenarios: Scenarios,
     *,
-    held_out: Scenarios | None = None,
+    risk: Risk | None = None,
+    out_of_sample: Scenarios | None = None,
+    client: Any = None,
     solve_options: Mapping[str, Any] | None = None,
     **build_options: Any,
 ) -> Result:
-    """Build, solve and report, with the value-of-information KPIs (:func:`kpis`).
+    """Solve the extensive form and report it with its value KPIs.
 
-    ``build_options`` are :func:`build`'s keyword arguments; ``solve_options`` are
-    :func:`gridmarkets.solvers.solve`'s; ``held_out``: scenarios for the out-of-sample
-    evaluation (not used to decide).
+    :func:`gridmarkets.models.stochastic.solve_two_stage` on :func:`two_stage`: the
+    stochastic solution (RP), wait-and-see (WS), the expected-value solution's
+    expected cost (EEV), EVPI, VSS, CVaR and, given ``out_of_sample`` scenarios, both
+    first stages evaluated there (``client``: a Dask client for those solves).
+
+    ``build_options`` are :func:`build`'s keyword arguments (but ``profile``);
+    ``solve_options`` are :func:`gridmarkets.solvers.solve`'s. The MILPs start from
+    the zero incentive (``warm_start``), where every home keeping its baseline is
+    feasible.
     """
+    problem = two_stage(prosumers, prices, **build_options)
+    options = {"warm_start": True, **dict(solve_options or {})}
+    solved = solve_two_stage(
+        problem,
+        scenarios,
+        risk,
+        out_of_sample=out_of_sample,
+        client=client,
+        solve_options=options,
+    )
+    return results(solved)
 
-    def run(scen: Scenarios, fixed=None) -> tuple[pyo.ConcreteModel, Solution]:
-        return solved(
-            prosumers, prices, scen, fixed, solve_options=solve_options, **build_options
+
+def results(solved: TwoStageSolution) -> Result:
+    """Tables and KPIs of a solved stochastic aggregator, with the followers verified.
+
+    Tables
+    ------
+    kpis, scenarios, out_of_sample : :func:`gridmarkets.models.stochastic.stochastic_tables`.
+    first_stage : period, incentive_per_mwh (NaN under full control), commitment_kw
+        (fixed or chosen; NaN where none), of the stochastic solution.
+    portfolio, power, prosumers : the deterministic aggregator's tables
+        (:func:`gridmarkets.models.aggregator.results`), per scenario.
+    verify : scenario, prosumer, value, optimum, gap, at_bound — each home re-solved
+        alone in its scenario at the incentives found (bilevel only).
+    """
+    m = solved.model
+    blocks = {s: m.scenario[s] for s in m.SCENARIOS}
+    checks = [
+        (s, h, check)
+        for s, b in blocks.items()
+        if b.recourse.followers
+        for h, check in zip(
+            b.recourse.PROSUMERS,
+            kkt.verify(b, [f.block for f in b.recourse.followers]),
+            strict=True,
         )
+    ]
+    tables = {
+        **stochastic_tables(solved),
+        "first_stage": _first_stage_table(next(iter(blocks.values()))),
+        "portfolio": _per_scenario(blocks, aggregator._portfolio_table),
+        "power": _per_scenario(blocks, aggregator._power_table),
+        "prosumers": _per_scenario(blocks, aggregator._prosumer_table),
+        "verify": pd.DataFrame(
+            [(s, h, c.value, c.optimum, c.gap, "; ".join(c.at_bound)) for s, h, c in checks],
+            columns=["scenario", "prosumer", "value", "optimum", "gap", "at_bound"],
+        ),
+    }
+    kpis = {
+        **solved.kpis,
+        "max_follower_gap": max((abs(c.gap) for _, _, c in checks), default=0.0),
+        "multipliers_at_big_m": int(sum(len(c.at_bound) for _, _, c in checks)),
+    }
+    return Result("aggregator", tables, kpis, solved.solution)
 
-    model, solution = run(scenarios)
-    result = results(model, solution)
-    result.kpis.update(kpis(run, scenarios, model, held_out))
-    return result
+
+def _per_scenario(blocks: Mapping[str, pyo.Block], table) -> pd.DataFrame:
+    frames = [table(b.recourse).assign(scenario=s) for s, b in blocks.items()]
+    frame = pd.concat(frames, ignore_index=True)
+    return frame[["scenario", *[c for c in frame.columns if c != "scenario"]]]
+
+
+def _first_stage_table(m: pyo.Block) -> pd.DataFrame:
+    rows = []
+    for t in m.PERIODS:
+        incentive = pyo.value(m.incentive_per_mwh[t]) if m.control == "incentive" else np.nan
+        committed = (
+            m.commitment_kw[t] if t in m.COMMITTED else m.offer_kw[t] if t in m.OFFERED else np.nan
+        )
+        rows.append((t, float(incentive), float(pyo.value(committed))))
+    return pd.DataFrame(rows, columns=["period", "incentive_per_mwh", "commitment_kw"])
