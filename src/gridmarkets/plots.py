@@ -508,6 +508,70 @@ def accepted_plot(result: Result, path: Path) -> None:
     save_figure(fig, path)
 
 
+@styled
+def scenario_cost_plot(result: Result, path: Path) -> None:
+    """A stochastic result's costs: per scenario for the stochastic (rp), wait-and-see
+    (ws) and expected-value (eev) solutions, and out of sample the distribution of
+    the rp and eev first stages' costs."""
+    held_out = result.tables.get("out_of_sample")
+    fig, axes = figure(1, 2 if held_out is not None else 1, size=(10, 3.8), squeeze=False)
+    costs = result.tables["scenarios"].sort_values("rp")
+    for column, marker in (("ws", "v"), ("rp", "o"), ("eev", "^")):
+        axes[0, 0].plot(range(len(costs)), costs[column], marker, label=column)
+    axes[0, 0].set_xlabel("scenario (by stochastic cost)")
+    axes[0, 0].set_ylabel(unit_label("cost", result.currency, "scenarios"))
+    axes[0, 0].set_title("in sample")
+    axes[0, 0].legend()
+    if held_out is not None:
+        for column in ("rp", "eev"):
+            order = held_out.sort_values(column)
+            axes[0, 1].step(
+                order[column], order["probability"].cumsum(), where="post", label=column
+            )
+        axes[0, 1].set_xlabel(unit_label("cost", result.currency, "out_of_sample"))
+        axes[0, 1].set_ylabel("cumulative probability")
+        axes[0, 1].set_title("out of sample")
+        axes[0, 1].legend()
+    save_figure(fig, path)
+
+
+@styled
+def day_ahead_plot(result: Result, path: Path) -> None:
+    """The day-ahead net import (import - export, summed over meters) of the stochastic
+    and the expected-value solutions."""
+    table = result.tables["day_ahead"]
+    net = table.groupby("period")[
+        ["rp_import_kw", "rp_export_kw", "eev_import_kw", "eev_export_kw"]
+    ].sum()
+    frame = table.drop_duplicates("period").sort_values("period")
+    fig, ax = figure()
+    step(
+        ax,
+        frame,
+        (net["rp_import_kw"] - net["rp_export_kw"]).reindex(frame["period"]),
+        label="stochastic",
+    )
+    step(
+        ax,
+        frame,
+        (net["eev_import_kw"] - net["eev_export_kw"]).reindex(frame["period"]),
+        ls="--",
+        label="expected value",
+    )
+    ax.axhline(0, color="black", lw=0.6)
+    ax.set_ylabel("day-ahead net import (kW)")
+    set_time_axis(ax, frame)
+    ax.set_title("day-ahead commitment")
+    outside_legend(ax)
+    save_figure(fig, path)
+
+
+STOCHASTIC_PLOTS: dict[str, tuple[str, Plot]] = {
+    "scenario_costs": ("scenarios", scenario_cost_plot),
+    "day_ahead": ("day_ahead", day_ahead_plot),
+}
+
+
 #: Each model's plots: file stem -> (the table it draws, the function).
 MODEL_PLOTS: dict[str, dict[str, tuple[str, Plot]]] = {
     "lem": {
@@ -531,6 +595,8 @@ MODEL_PLOTS: dict[str, dict[str, tuple[str, Plot]]] = {
     },
     "p2p": {"trades": ("injections", p2p_trade_plot), "prices": ("grid_prices", p2p_price_plot)},
     "flexibility": {"accepted": ("accepted", accepted_plot)},
+    "prosumer_stochastic": STOCHASTIC_PLOTS,
+    "community_stochastic": STOCHASTIC_PLOTS,
 }
 
 

@@ -17,6 +17,7 @@ from gridmarkets.models.community import (
     SharedAssetSpec,
     build,
     results,
+    schedule_stochastic,
     shares_of,
     split,
 )
@@ -25,6 +26,7 @@ from gridmarkets.results import Result
 from gridmarkets.specs.adapter import LOSS_MODES, Built, grid_checks, three_phase
 from gridmarkets.specs.base import CaseBase, Spec
 from gridmarkets.specs.prosumer import check_phases
+from gridmarkets.specs.scenarios import ScenariosSpec, case_scenarios, check_two_stage
 
 
 class AllocationSpec(Spec):
@@ -57,12 +59,19 @@ class CaseSpec(CaseBase):
     members: dict[str, ProsumerSpec] = Field(min_length=1)
     shared: dict[str, SharedAssetSpec] = Field(default_factory=dict)
     allocation: AllocationSpec | None = Field(None, description="split the cost (optional)")
+    scenarios: ScenariosSpec | None = Field(
+        None, description="decide the connection's day-ahead exchange against scenarios"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> CaseSpec:
         n = self.horizon.periods
         if self.mode == "grid" and self.prices is None:
             raise ValueError("prices: required when mode is 'grid'")
+        if self.scenarios is not None:
+            check_two_stage(self, ("allocation", "network"))
+            if self.scenarios.source == "simbench":
+                raise ValueError("scenarios.source: 'simbench' is for prosumer cases")
         for name in ("import_price", "export_price"):
             value = getattr(self.prices, name) if self.prices else None
             if isinstance(value, list) and len(value) != n:
@@ -120,6 +129,8 @@ class CommunityAdapter:
         return LOSS_MODES if single and case.allocation is None else ("none",)
 
     def build(self, case: CaseSpec, feeder, formulation) -> Built:
+        if case.scenarios is not None:
+            return Built(run=partial(run_stochastic, case))
         if three_phase(case):  # the model's own LinDist3Flow, as its coalitions get it
             formulation = None
         options = case_options(case, feeder, formulation)
@@ -173,3 +184,25 @@ def _proportional_weights(case: CaseSpec, result: Result, rule: str) -> dict[str
         shares = [shares_of(a.owners, everyone) for a in case.shared.values()]
         return {i: float(np.mean([s[i] for s in shares])) for i in everyone}
     return dict.fromkeys(case.members, 1.0)
+
+
+def run_stochastic(case: CaseSpec, solve_options: dict[str, Any]) -> Result:
+    """A case with ``scenarios:``: the community's day-ahead exchange decided against
+    the scenarios (:func:`schedule_stochastic`), the KPIs of its value as tables."""
+    spec = case.scenarios
+    shared_pv = {a: s.pv.profile_kw for a, s in case.shared.items() if s.pv is not None}
+    deciding, held_out = case_scenarios(spec, case.members, case.horizon, shared_pv=shared_pv)
+    options = case_options(case)
+    for name in ("network", "formulation", "timestamps"):
+        options.pop(name)
+    return schedule_stochastic(
+        case.members,
+        case.shared,
+        case.prices,
+        deciding,
+        spec.imbalance,
+        risk=spec.risk(),
+        out_of_sample=held_out,
+        solve_options=solve_options,
+        **options,
+    )

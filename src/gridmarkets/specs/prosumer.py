@@ -23,6 +23,7 @@ from gridmarkets.models.prosumer import (
     results,
     rolling_horizon,
     schedule,
+    schedule_stochastic,
 )
 from gridmarkets.pipeline import check_summary
 from gridmarkets.results import Result
@@ -35,6 +36,7 @@ from gridmarkets.specs.adapter import (
     three_phase,
 )
 from gridmarkets.specs.base import CaseBase, Spec
+from gridmarkets.specs.scenarios import ScenariosSpec, case_scenarios, check_two_stage
 
 
 class RollingSpec(Spec):
@@ -69,6 +71,9 @@ class CaseSpec(CaseBase):
     rolling: RollingSpec | None = Field(
         None, description="operate the (single, grid-connected) home model-predictively"
     )
+    scenarios: ScenariosSpec | None = Field(
+        None, description="decide the day-ahead exchange against scenarios (two-stage)"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> CaseSpec:
@@ -81,6 +86,8 @@ class CaseSpec(CaseBase):
                 raise ValueError("rolling.forecast_pv_kw: required for a home with PV")
         if self.mode == "grid" and self.prices is None:
             raise ValueError("prices: required when mode is 'grid'")
+        if self.scenarios is not None:
+            check_two_stage(self, ("rolling", "coordination"))
         if self.prices is not None:
             for name in ("import_price", "export_price"):
                 value = getattr(self.prices, name)
@@ -152,6 +159,8 @@ class ProsumerAdapter:
     def build(self, case: CaseSpec, feeder, formulation) -> Built:
         if case.rolling is not None:
             return Built(run=partial(run_rolling, case))
+        if case.scenarios is not None:
+            return Built(run=partial(run_stochastic, case, feeder))
         homes = case.prosumers
         if feeder is None:
             m = build(homes, case.prices, **case_options(case))
@@ -164,7 +173,7 @@ class ProsumerAdapter:
         return Built(m, partial(results, m), grid_checks(m.handles), grid=m.handles)
 
     def finish(self, case: CaseSpec, result: Result, feeder, solve_options: dict) -> None:
-        if feeder is None or case.coordination == "none":
+        if feeder is None or case.coordination == "none" or case.scenarios is not None:
             return
         homes = resolve_feeder_profiles(case.prosumers, feeder, case.horizon)
         alone = schedule(homes, case.prices, solve_options=solve_options, **case_options(case))
@@ -213,3 +222,25 @@ def run_rolling(case: CaseSpec, solve_options: dict[str, Any]) -> Result:
         if "prosumer" in table:
             table["prosumer"] = pid
     return result
+
+
+def run_stochastic(case: CaseSpec, feeder, solve_options: dict[str, Any]) -> Result:
+    """A case with ``scenarios:``: its homes' day-ahead exchange decided against the
+    scenarios (:func:`schedule_stochastic`), the KPIs of its value as tables."""
+    homes = case.prosumers
+    if feeder is not None:
+        homes = resolve_feeder_profiles(homes, feeder, case.horizon)
+    spec = case.scenarios
+    deciding, held_out = case_scenarios(spec, homes, case.horizon, feeder, case.prosumers)
+    options = case_options(case)
+    options.pop("timestamps")
+    return schedule_stochastic(
+        homes,
+        case.prices,
+        deciding,
+        spec.imbalance,
+        risk=spec.risk(),
+        out_of_sample=held_out,
+        solve_options=solve_options,
+        **options,
+    )
