@@ -394,7 +394,7 @@ def results(solved: TwoStageSolution) -> Result:
         "max_follower_gap": max((abs(c.gap) for _, _, c in checks), default=0.0),
         "multipliers_at_big_m": int(sum(len(c.at_bound) for _, _, c in checks)),
     }
-    return Result("aggregator", tables, kpis, solved.solution)
+    return Result("aggregator_stochastic", tables, kpis, solved.solution)
 
 
 def _per_scenario(blocks: Mapping[str, pyo.Block], table) -> pd.DataFrame:

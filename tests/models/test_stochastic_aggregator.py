@@ -146,8 +146,7 @@ def _scenario_leader_cost(homes, prices, incentive, commitment, baseline) -> flo
     return float(pyo.value(m.leader))
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("method", ["strong_duality", "bigm"])
+@pytest.mark.parametrize("method", ["strong_duality", pytest.param("bigm", marks=pytest.mark.slow)])
 def test_stochastic_bilevel_agrees_with_brute_force_over_the_leaders_menu(method):
     homes, prices, scenarios = _small_portfolio()
     price_per_mwh = [300.0, 450.0]  # paid per committed MWh (a committed import pays)
