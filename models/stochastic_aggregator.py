@@ -9,22 +9,23 @@ homes' PV and load. Its decisions split in two stages:
   incentive (its own EMS, replaced by its KKT conditions; one follower per home and
   scenario) and the deviations from the commitment, with their penalties.
 
-Extensive form (minimising, currency)::
+Each scenario's model (:func:`build`) holds the first stage on the model itself and
+the second stage in ``model.recourse``, built by the deterministic aggregator's own
+block builders (:mod:`gridmarkets.models.aggregator`). Its cost (minimising, currency)::
 
-    - sum_t r[t] C[t] dt/1000                          commitment paid (offer only)
-    + sum_s p_s cost_s                                 expected second-stage cost
-    + w_cvar CVaR_alpha(cost_s)                        optional risk term
     cost_s = sum_h income[s,h] + c_dev sum_t |dev[s,t]| dt/1000 + w_fair spread[s]
+             - sum_t r[t] C[t] dt/1000                       (commitment paid; offer only)
 
-with ``cost_s`` the deterministic aggregator's leader cost on scenario ``s``
-(:func:`gridmarkets.models.aggregator.build` builds the same blocks once), every home
-paid on its net injection above its own stand-alone baseline *in that scenario*. With
-one scenario of probability 1 and a fixed commitment, it is the deterministic model.
+every home paid on its net injection above its own stand-alone baseline *in that
+scenario*. :func:`two_stage` hands it to :mod:`gridmarkets.models.stochastic`, whose
+extensive form ties the scenarios' first stages together (non-anticipativity) and
+minimises ``sum_s p_s cost_s + w CVaR_alpha(cost)``; :func:`schedule` adds the
+wait-and-see cost, the expected-value solution's (first stage decided on the mean
+scenario, evaluated on every scenario), EVPI, VSS and an out-of-sample evaluation on
+scenarios not used to decide. With one scenario of probability 1 and a fixed
+commitment it is the deterministic aggregator (objective and incentives).
 
-:func:`kpis` adds the wait-and-see cost (each scenario decided on its own), the
-expected-value solution's expected cost (first stage decided on the mean scenario,
-evaluated on every scenario), EVPI, VSS and an out-of-sample evaluation of the first
-stage on scenarios not used to decide.
+No network: the stochastic aggregator has no grid limits (a case with both is refused).
 """
 
 from __future__ import annotations

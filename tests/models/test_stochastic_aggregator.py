@@ -18,7 +18,7 @@ from gridmarkets.models import stochastic_aggregator as sa
 from gridmarkets.models.aggregator import IncentiveSpec
 from gridmarkets.models.assets import BatterySpec, PVSpec
 from gridmarkets.models.prosumer import PricesSpec, ProsumerSpec
-from gridmarkets.models.stochastic import extensive_form
+from gridmarkets.models.stochastic import Risk, extensive_form
 from gridmarkets.scenarios import Scenarios
 from gridmarkets.solvers import solve
 
@@ -224,8 +224,6 @@ def _random_instance(seed: int, n_scenarios: int):
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.integers(0, 2**31), st.integers(2, 3), st.sampled_from([0.0, 0.5]))
 def test_wait_and_see_below_stochastic_below_expected_value_solution(seed, n, cvar_weight):
-    from gridmarkets.models.stochastic import Risk
-
     homes, prices, scenarios, offer = _random_instance(seed, n)
     result = sa.schedule(
         homes,
@@ -246,6 +244,19 @@ def test_wait_and_see_below_stochastic_below_expected_value_solution(seed, n, cv
     assert k["vss"] >= -tol
     costs = result.tables["scenarios"]
     assert (costs["ws"] <= costs["rp"] + tol).all()  # each scenario's own best first stage
+    p, rp = costs["probability"].to_numpy(), costs["rp"].to_numpy()
+    assert k["objective"] == pytest.approx(
+        p @ rp + cvar_weight * _tail_mean(rp, p, 0.5), rel=1e-7, abs=1e-7
+    )
+
+
+def _tail_mean(costs: np.ndarray, p: np.ndarray, alpha: float) -> float:
+    """CVaR by sorting: the mean cost over the worst 1 - alpha of the probability."""
+    left, total = 1.0 - alpha, 0.0
+    for k in np.argsort(-costs):
+        take = min(p[k], left)
+        total, left = total + take * costs[k], left - take
+    return total / (1.0 - alpha)
 
 
 # --- bad input --------------------------------------------------------------------------
