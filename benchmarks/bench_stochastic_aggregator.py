@@ -16,6 +16,15 @@ Rows ``scaling``: the same case's extensive form alone (build, then solve to a 1
 gap) against the number of scenarios (quick: 6, 12, 24; full: also 48 and 96), with
 its size; every scenario adds three followers' KKT blocks (strong duality) and the
 first stage is shared.
+
+What it shows (quick mode, 2 cores at load average 8.1 -> 6.7 during the run): on
+the shipped case the stochastic first stage's held-out mean cost is 5.21 against 5.38
+for the expected-value one (gain 0.166, paired standard error 0.197 over the 30
+held-out scenarios: smaller than the noise of so few scenarios, not a significant
+difference); in sample VSS 0.73 and EVPI 1.34 (RP 4.25, WS 2.91, EEV 4.98). The
+extensive form grows linearly in size with the scenarios (about 320 variables and 12
+binaries each); its solve time grows faster than the scenarios (2.0, 6.9, 14.9 s for
+6, 12, 24 under that load).
 """
 
 from __future__ import annotations
