@@ -311,8 +311,13 @@ def two_stage(
     return TwoStage(
         build=partial(build, prosumers, prices, **build_options),
         first_stage=first_stage_vars,
-        cost=lambda m: m.cost,
+        cost=scenario_cost,
     )
+
+
+def scenario_cost(m: pyo.Block) -> Any:
+    """One scenario's cost: ``model.cost`` (a module function, so that Dask pickles it)."""
+    return m.cost
 
 
 # --- solve and report -------------------------------------------------------------------
