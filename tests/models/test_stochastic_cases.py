@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import timedelta
 
 import numpy as np
 import pytest
@@ -112,3 +113,28 @@ def test_a_scenario_file_with_the_wrong_horizon_is_refused(tmp_path):
     )
     with pytest.raises(InputError, match="5 periods per scenario, the horizon has 24"):
         pipeline.run_case(load_case(path))
+
+
+@pytest.mark.slow
+def test_simbench_scenarios_are_the_homes_feeder_profiles_of_neighbouring_days():
+    from gridmarkets.case import read_yaml, validate
+    from gridmarkets.models.prosumer import resolve_feeder_profiles
+    from gridmarkets.specs.scenarios import case_scenarios
+
+    data = read_yaml(CASES / "prosumer_feeder.yaml")
+    data["scenarios"] = {"source": "simbench", "n": 3, "imbalance": {"up_per_mwh": 600}}
+    case = validate(data)
+    feeder = pipeline.load_feeder(case)
+    deciding, held_out = case_scenarios(case.scenarios, case.prosumers, case.horizon, feeder)
+    assert deciding.names() == ["d-1", "d+0", "d+1"] and held_out is None
+    for name, days in (("d-1", -1), ("d+0", 0), ("d+1", 1)):
+        horizon = case.horizon.model_copy(
+            update={"start": case.horizon.start + timedelta(days=days)}
+        )
+        homes = resolve_feeder_profiles(case.prosumers, feeder, horizon)
+        for pid, home in homes.items():
+            got = deciding.profile(name)[f"{pid}.load_kw"].to_numpy()
+            assert got == pytest.approx(home.load_kw, abs=1e-9)
+    result = pipeline.run_case(case)
+    k = result.kpis
+    assert k["ws"] <= k["objective"] + 1e-6 <= k["eev"] + 2e-6
