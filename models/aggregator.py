@@ -606,6 +606,15 @@ def _add_network(
 
 
 def _add_bilevel_cost(m: pyo.ConcreteModel, fairness_weight: float) -> None:
+    m.leader_cost = pyo.Objective(
+        expr=_bilevel_cost_terms(m, fairness_weight),
+        doc="sum_h income[h] + deviation cost + w_fair (gain_max - gain_min)  (currency)",
+    )
+
+
+def _bilevel_cost_terms(m: pyo.Block, fairness_weight: float):
+    """The leader's cost on block ``m`` (the model, or one scenario of the stochastic
+    aggregator): payments, gains and their spread; returns the cost expression."""
     followers = dict(zip(m.PROSUMERS, m.followers, strict=True))
     m.incentive_paid = pyo.Expression(
         m.PROSUMERS,
@@ -638,24 +647,29 @@ def _add_bilevel_cost(m: pyo.ConcreteModel, fairness_weight: float) -> None:
     m.gain_above_min = pyo.Constraint(
         m.PROSUMERS, rule=lambda m, h: m.gain[h] >= m.gain_min, doc="gain[h] >= gain_min"
     )
-    m.leader_cost = pyo.Objective(
-        expr=sum(m.incentive_paid.values())
+    return (
+        sum(m.incentive_paid.values())
         + m.deviation_cost
-        + fairness_weight * (m.gain_max - m.gain_min),
-        doc="sum_h income[h] + deviation cost + w_fair (gain_max - gain_min)  (currency)",
+        + fairness_weight * (m.gain_max - m.gain_min)
     )
 
 
 def _add_full_control_cost(m: pyo.ConcreteModel) -> None:
+    m.leader_cost = pyo.Objective(
+        expr=_full_control_cost_terms(m),
+        doc="sum_h (cost[h] - standalone[h]) + deviation cost  (currency)",
+    )
+
+
+def _full_control_cost_terms(m: pyo.Block):
+    """The aggregator's cost under full control on block ``m``: compensations plus the
+    deviation cost; returns the cost expression."""
     m.incentive_paid = pyo.Expression(
         m.PROSUMERS,
         rule=lambda m, h: m.home[h].cost - m.standalone_cost[h],
         doc="compensation[h] = cost[h] - standalone[h]  (currency)",
     )
-    m.leader_cost = pyo.Objective(
-        expr=sum(m.incentive_paid.values()) + m.deviation_cost,
-        doc="sum_h (cost[h] - standalone[h]) + deviation cost  (currency)",
-    )
+    return sum(m.incentive_paid.values()) + m.deviation_cost
 
 
 # --- a start: the homes' best responses at a candidate incentive ------------------------

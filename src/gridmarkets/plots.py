@@ -597,6 +597,7 @@ MODEL_PLOTS: dict[str, dict[str, tuple[str, Plot]]] = {
     "flexibility": {"accepted": ("accepted", accepted_plot)},
     "prosumer_stochastic": STOCHASTIC_PLOTS,
     "community_stochastic": STOCHASTIC_PLOTS,
+    "aggregator_stochastic": {"scenario_costs": ("scenarios", scenario_cost_plot)},
 }
 
 

@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, NonNegativeFloat, PositiveFloat, model_validator
 
 from gridmarkets.models import assets, prosumer
 from gridmarkets.models.aggregator import Control, HomeSpec, IncentiveSpec, build, results
 from gridmarkets.models.prosumer import PricesSpec
+from gridmarkets.models.stochastic_aggregator import CommitmentOfferSpec, schedule
 from gridmarkets.results import Result
 from gridmarkets.specs.adapter import Built, grid_checks, no_checks
 from gridmarkets.specs.base import CaseBase, NumberOrNaN
 from gridmarkets.specs.prosumer import check_phases
+from gridmarkets.specs.scenarios import ScenariosSpec, case_scenarios
+
+
+class AggregatorScenariosSpec(ScenariosSpec):
+    """The scenarios of an aggregator case: its homes' load and PV. Deviations from the
+    commitment cost ``deviation_penalty_per_mwh``; there are no imbalance prices."""
+
+    imbalance: None = Field(
+        None, description="not for aggregator cases: deviation_penalty_per_mwh prices them"
+    )
 
 
 class CaseSpec(CaseBase):
@@ -23,7 +34,9 @@ class CaseSpec(CaseBase):
     control: Control = "incentive"
     method: Literal["bigm", "strong_duality"] = "bigm"
     prices: PricesSpec
-    commitment_kw: assets.Profile = Field(description="committed net injection (kW)")
+    commitment_kw: assets.Profile | list[NumberOrNaN] | None = Field(
+        None, description="committed net injection (kW); NaN: none (required without offer)"
+    )
     commitment_kvar: assets.Profile | list[NumberOrNaN] | None = Field(
         None, description="committed reactive injection (kvar); null or NaN: none"
     )
@@ -35,10 +48,25 @@ class CaseSpec(CaseBase):
     fairness_weight: NonNegativeFloat = 0.0
     big_m: PositiveFloat = Field(10.0, description="bound on the followers' multipliers")
     prosumers: dict[str, HomeSpec] = Field(min_length=1)
+    offer: CommitmentOfferSpec | None = Field(
+        None, description="a commitment to choose, paid per MWh (first stage; scenarios only)"
+    )
+    scenarios: AggregatorScenariosSpec | None = Field(
+        None, description="decide the incentive (and offered commitment) against scenarios"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> CaseSpec:
         n = self.horizon.periods
+        if self.commitment_kw is None and self.offer is None:
+            raise ValueError("commitment_kw: required (or an offer, with scenarios)")
+        if self.scenarios is not None:
+            if self.network is not None:
+                raise ValueError("scenarios: the stochastic aggregator has no network limits")
+            if self.scenarios.source == "simbench":
+                raise ValueError("scenarios.source: 'simbench' is for prosumer cases")
+        elif self.offer is not None:
+            raise ValueError("offer: needs scenarios: (the commitment is chosen against them)")
         for name in ("commitment_kw", "commitment_kvar"):
             values = getattr(self, name)
             if isinstance(values, list) and len(values) != n:
@@ -69,6 +97,8 @@ class AggregatorAdapter:
         return ("none", "linear") if case.network is not None else ("none",)
 
     def build(self, case: CaseSpec, feeder, formulation) -> Built:
+        if case.scenarios is not None:
+            return Built(run=partial(run_stochastic, case))
         m = build(
             case.prosumers,
             case.prices,
@@ -95,3 +125,31 @@ class AggregatorAdapter:
 
 
 ADAPTER = AggregatorAdapter()
+
+
+def run_stochastic(case: CaseSpec, solve_options: dict[str, Any]) -> Result:
+    """A case with ``scenarios:``: the incentive and the offered commitment decided
+    against the homes' scenarios (:func:`gridmarkets.models.stochastic_aggregator
+    .schedule`), with the KPIs of their value."""
+    spec = case.scenarios
+    deciding, held_out = case_scenarios(spec, case.prosumers, case.horizon)
+    return schedule(
+        case.prosumers,
+        case.prices,
+        deciding,
+        risk=spec.risk(),
+        out_of_sample=held_out,
+        solve_options=solve_options,
+        commitment_kw=case.commitment_kw,
+        commitment_kvar=case.commitment_kvar,
+        offer=case.offer,
+        periods=case.horizon.periods,
+        period_hours=case.horizon.period_hours,
+        control=case.control,
+        incentive=case.incentive,
+        deviation_penalty_per_mwh=case.deviation_penalty_per_mwh,
+        reactive_penalty_per_mvarh=case.reactive_penalty_per_mvarh,
+        fairness_weight=case.fairness_weight,
+        method=case.method,
+        big_m=case.big_m,
+    )
