@@ -140,9 +140,11 @@ def test_relaxing_the_named_import_limit_makes_the_aggregator_case_solve(tmp_pat
 
 
 def test_a_followers_big_m_too_small_names_big_m_without_periods(tmp_path):
-    """A multiplier bound of 0.01 cannot hold the homes' KKT conditions; the KKT rows
-    are numbered, not by period, so no period is claimed for them."""
-    run = gridmarkets("solve", AGGREGATOR, "--set", "big_m=0.01", "--out", tmp_path)
+    """A multiplier bound of 0.01, given for every multiplier (no derived bounds), cannot
+    hold the homes' KKT conditions; the KKT rows are numbered, not by period, so no
+    period is claimed for them."""
+    given = ("--set", "big_m=0.01", "--set", "derive_big_m=false")
+    run = gridmarkets("solve", AGGREGATOR, *given, "--out", tmp_path)
     assert_explained(run)
     line = line_of(run.stderr, "big_m")
     assert "multiplier_bigm [" in line and "period" not in line

@@ -46,7 +46,12 @@ class CaseSpec(CaseBase):
         None, description="cost of a Mvarh off the reactive commitment (default: the MWh one)"
     )
     fairness_weight: NonNegativeFloat = 0.0
-    big_m: PositiveFloat = Field(10.0, description="bound on the followers' multipliers")
+    big_m: PositiveFloat = Field(
+        10.0, description="bound on the followers' multipliers where none is derived"
+    )
+    derive_big_m: bool = Field(
+        True, description="bound the multipliers by the homes' prices and devices where derivable"
+    )
     prosumers: dict[str, HomeSpec] = Field(min_length=1)
     offer: CommitmentOfferSpec | None = Field(
         None, description="a commitment to choose, paid per MWh (first stage; scenarios only)"
@@ -115,6 +120,7 @@ class AggregatorAdapter:
             formulation=formulation,
             method=case.method,
             big_m=case.big_m,
+            derive_big_m=case.derive_big_m,
         )
         checks = no_checks if feeder is None else grid_checks(m.handles)
         grid = None if feeder is None else m.handles
