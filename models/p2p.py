@@ -106,21 +106,16 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import pyomo.environ as pyo
-from pyomo.core.expr.numeric_expr import LinearExpression, MonomialTermExpression
 
 from gridmarkets.errors import InfeasibleError, InputError
 from gridmarkets.inputs import plain
 from gridmarkets.models.lem import BID_COLUMNS, Upstream, prepare_bids, reactive_ratio
 from gridmarkets.models.participants import (
-    CurveBid,
     Participant,
     add_participant,
     curvatures,
-    curve_welfare,
     objective_scale,
-    per_period,
 )
-from gridmarkets.networks.rows import Rows, add_family, var_array
 from gridmarkets.results import Result
 from gridmarkets.solvers import Solution, record_build_time, scale_objective_by, solve
 
@@ -428,41 +423,30 @@ def _preference_costs(pairs, periods, preferences: pd.DataFrame | None) -> np.nd
     unknown = set(preferences.columns) - {"peer", "partner", "cost", "period"}
     if unknown:
         raise InputError(f"preferences: unknown column(s) {sorted(unknown)}")
+    row_of, column_of = {p: k for k, p in enumerate(pairs)}, {t: k for k, t in enumerate(periods)}
     table = preferences.reset_index(drop=True)
-    keys = pd.MultiIndex.from_arrays([table["peer"].astype(str), table["partner"].astype(str)])
-    row = pd.MultiIndex.from_tuples(pairs).get_indexer(keys) if pairs else np.full(len(keys), -1)
-    _first_bad(row < 0, lambda k: f"{keys[k][0]!r} does not trade with {keys[k][1]!r}")
-    value = table["cost"].to_numpy(dtype=float)
-    _first_bad(
-        ~(np.isfinite(value) & (value >= 0)), lambda k: f"cost {plain(value[k])} must be >= 0"
-    )
     period = table["period"] if "period" in table else pd.Series(np.nan, index=table.index)
-    period = pd.to_numeric(period).to_numpy(dtype=float)
-    every = np.isnan(period)
-    column = pd.Index(np.asarray(periods, dtype=float)).get_indexer(np.where(every, 0, period))
-    column = np.where(every, -1, column)
-    _first_bad(~every & (column < 0), lambda k: f"period {period[k]:g} is not a period of the bids")
-    seen = pd.DataFrame({"row": row, "column": column})
-    repeated = seen.duplicated(keep=False)
-    if repeated.any():
-        k = int(np.flatnonzero(seen.duplicated())[0])
-        first = int(
-            np.flatnonzero(repeated & (seen["row"] == row[k]) & (seen["column"] == column[k]))[0]
-        )
-        when = "all" if every[k] else f"{period[k]:g}"
-        raise InputError(
-            f"preferences row {k}: repeats row {first} ({keys[k][0]}, {keys[k][1]}, period {when})"
-        )
-    cost[row[every]] = value[every][:, None]  # a row without a period: every period ...
-    cost[row[~every], column[~every]] = value[~every]  # ... that no row of its own sets
+    seen: dict[tuple, int] = {}
+    for k, row in table.iterrows():
+        key = (str(row["peer"]), str(row["partner"]))
+        if key not in row_of:
+            raise InputError(f"preferences row {k}: {key[0]!r} does not trade with {key[1]!r}")
+        if not (np.isfinite(row["cost"]) and row["cost"] >= 0):
+            raise InputError(f"preferences row {k}: cost {plain(row['cost'])} must be >= 0")
+        t = None if pd.isna(period[k]) else float(period[k])
+        if t is not None and t not in column_of:
+            raise InputError(f"preferences row {k}: period {t:g} is not a period of the bids")
+        t = None if t is None else int(t)
+        if (key, t) in seen:
+            raise InputError(
+                f"preferences row {k}: repeats row {seen[key, t]} ({key[0]}, "
+                f"{key[1]}, period {'all' if t is None else t})"
+            )
+        seen[key, t] = k
+    for (key, t), k in sorted(seen.items(), key=lambda item: item[0][1] is not None):
+        columns = slice(None) if t is None else column_of[t]
+        cost[row_of[key], columns] = float(table.at[k, "cost"])
     return cost
-
-
-def _first_bad(bad: np.ndarray, message: Callable[[int], str]) -> None:
-    """An error naming the first flagged preferences row."""
-    if bad.any():
-        k = int(np.flatnonzero(bad)[0])
-        raise InputError(f"preferences row {k}: {message(k)}")
 
 
 def _boundary_costs(pairs, community_of: dict[str, Any], boundary_costs: pd.DataFrame | None):
@@ -655,48 +639,24 @@ def _add_upstream(m, market: Market) -> None:
 
 
 def _add_trades(m, market: Market) -> None:
-    """Both sides' trades, and reciprocity as one array family (4 terms a row)."""
     m.sell_kw = pyo.Var(
         m.PAIRS, m.PERIODS, bounds=(0, None), doc="what i sells to j, i's side: >= 0  (kW)"
     )
     m.buy_kw = pyo.Var(
         m.PAIRS, m.PERIODS, bounds=(0, None), doc="what i buys from j, i's side: >= 0  (kW)"
     )
-    n_t = len(market.periods)
-    sell, buy = _trade_arrays(m, market)
-    position = {pair: p for p, pair in enumerate(market.pairs)}
-    mine = np.array([position[e] for e in market.edges], dtype=np.int64)
-    theirs = np.array([position[(j, i)] for i, j in market.edges], dtype=np.int64)
-    row = np.arange(len(mine) * n_t).reshape(len(mine), n_t)
-    rows = Rows.of(
-        row.size,
-        [(row, 1.0, sell[mine]), (row, -1.0, buy[mine]), (row, 1.0, sell[theirs])]
-        + [(row, -1.0, buy[theirs])],
+    m.trade_kw = pyo.Expression(
+        m.PAIRS,
+        m.PERIODS,
+        rule=lambda m, i, j, t: m.sell_kw[i, j, t] - m.buy_kw[i, j, t],
+        doc="trade[i,j,t] = sell[i,j,t] - buy[i,j,t]: net sold by i to j  (kW)",
     )
-    m.EDGE_PERIODS = pyo.Set(
-        initialize=[(i, j, t) for i, j in market.edges for t in market.periods],
-        dimen=3,
-        doc="trading edges (i, j) in each period t",
+    m.reciprocity = pyo.Constraint(
+        m.EDGES,
+        m.PERIODS,
+        rule=lambda m, i, j, t: m.trade_kw[i, j, t] + m.trade_kw[j, i, t] == 0,
+        doc="trade[i,j,t] + trade[j,i,t] = 0  (kW); dual: bilateral price of (i, j)",
     )
-    add_family(
-        m,
-        "reciprocity",
-        (m.EDGE_PERIODS,),
-        rows,
-        0.0,
-        0.0,
-        doc="trade[i,j,t] + trade[j,i,t] = 0 with trade = sell_kw - buy_kw  (kW); dual: "
-        "bilateral price of (i, j)",
-    )
-
-
-def _trade_arrays(m, market: Market) -> tuple[np.ndarray, np.ndarray]:
-    """``sell_kw`` and ``buy_kw`` as (pairs x periods) object arrays (read once, kept as
-    ``m.trade_vars``)."""
-    if not hasattr(m, "trade_vars"):
-        shape = (len(market.pairs), len(market.periods))
-        m.trade_vars = (var_array(m.sell_kw, shape), var_array(m.buy_kw, shape))
-    return m.trade_vars
 
 
 def _add_net(m, market: Market) -> None:
@@ -753,37 +713,20 @@ def _grid_kw(m, market: Market, i: str, t) -> Any:
 
 
 def _add_balances(m, market: Market) -> None:
-    """Every agent's energy balance, one array family: row ``agent * periods + t``."""
-    n_t, agent = len(market.periods), {a: k for k, a in enumerate(market.agents)}
-    period = {t: k for k, t in enumerate(market.periods)}
-    table = market.bids
-    at = table["participant"].map(agent).to_numpy() * n_t + table["period"].map(period).to_numpy()
-    parts = [(at, np.where(table["side"] == "sell", 1.0, -1.0), var_array(m.accepted_kw, at.shape))]
-    peer_rows = np.array([agent[i] for i in market.peers], dtype=np.int64)[:, None] * n_t
-    peer_rows = peer_rows + np.arange(n_t)[None, :]
-    names = list(market.participants)
-    if names:
-        rows = np.array([agent[i] for i in names])[:, None] * n_t + np.arange(n_t)[None, :]
-        parts.append((rows, 1.0, var_array(m.participant_kw, rows.shape)))
-    if market.upstream is not None:
-        shape = peer_rows.shape
-        parts += [
-            (peer_rows, 1.0, var_array(m.import_kw, shape)),
-            (peer_rows, -1.0, var_array(m.export_kw, shape)),
-        ]
-    sell, buy = _trade_arrays(m, market)
-    owner = np.array([agent[i] for i, _ in market.pairs], dtype=np.int64)
-    trade_rows = owner[:, None] * n_t + np.arange(n_t)[None, :]
-    parts += [(trade_rows, -1.0, sell), (trade_rows, 1.0, buy)]
-    add_family(
-        m,
-        "energy_balance",
-        (m.AGENTS, m.PERIODS),
-        Rows.of(len(market.agents) * n_t, parts),
-        0.0,
-        0.0,
-        doc="net[i,t] + import[i,t] - export[i,t] - sum_j (sell[i,j,t] - buy[i,j,t]) = 0  "
-        "(kW); dual: the agent's marginal value of energy",
+    partners: dict[str, list[str]] = {a: [] for a in market.agents}
+    for i, j in market.pairs:
+        partners[i].append(j)
+
+    def balance(m, i, t):
+        sold = sum(m.trade_kw[i, j, t] for j in partners[i])
+        return m.net_kw[i, t] + _grid_kw(m, market, i, t) - sold == 0
+
+    m.energy_balance = pyo.Constraint(
+        m.AGENTS,
+        m.PERIODS,
+        rule=balance,
+        doc="net[i,t] + import[i,t] - export[i,t] - sum_j trade[i,j,t] = 0  (kW); "
+        "dual: the agent's marginal value of energy",
     )
 
 
@@ -923,21 +866,16 @@ def own_model(
     return m, injection, own_welfare(m, own)
 
 
-def _trade_cost(m, market: Market) -> LinearExpression:
-    """``sum (sell_cost sell_kw + buy_cost buy_kw) dt`` (currency) from arrays."""
-    per_kw = market.period_hours / 1000.0
-    sell, buy = _trade_arrays(m, market)
-    coefs = np.concatenate([market.sell_cost.ravel(), market.buy_cost.ravel()]) * per_kw
-    variables = np.concatenate([sell.ravel(), buy.ravel()])
-    keep = coefs > 0
-    terms = zip(coefs[keep].tolist(), variables[keep].tolist(), strict=True)
-    return LinearExpression(list(map(MonomialTermExpression, terms)))
-
-
 def _add_welfare(m, market: Market) -> None:
     per_kw = market.period_hours / 1000.0
+    sell, buy = market.sell_cost, market.buy_cost
     welfare = own_welfare(m, market)
-    welfare -= _trade_cost(m, market)
+    welfare -= sum(
+        per_kw * (sell[p, k] * m.sell_kw[i, j, t] + buy[p, k] * m.buy_kw[i, j, t])
+        for p, (i, j) in enumerate(market.pairs)
+        for k, t in enumerate(market.periods)
+        if sell[p, k] > 0 or buy[p, k] > 0
+    )
     if market.quadratic > 0:
         welfare -= sum(
             per_kw * market.quadratic / 2 * (m.sell_kw[i, j, t] ** 2 + m.buy_kw[i, j, t] ** 2)
@@ -1005,14 +943,20 @@ def central_outcome(m: pyo.ConcreteModel, solution: Solution) -> Outcome:
     imp = exp = np.zeros((len(market.peers), len(periods)))
     if market.upstream is not None:
         imp, exp = per_peer(m.import_kw), per_peer(m.export_kw)
-    shape = (len(market.pairs), len(periods))
-    trade = np.subtract(
-        *(np.fromiter((v.value for v in var.values()), float) for var in (m.sell_kw, m.buy_kw))
+    trade = np.array(
+        [
+            [m.sell_kw[i, j, t].value - m.buy_kw[i, j, t].value for t in periods]
+            for i, j in market.pairs
+        ]
     )
-    edge_price = per_mwh * solution.dual(m.reciprocity).to_numpy().reshape(len(market.edges), -1)
-    row = {e: k for k, e in enumerate(market.edges)}
-    price = edge_price[[row.get((i, j), row.get((j, i))) for i, j in market.pairs]]
-    balance = per_mwh * solution.dual(m.energy_balance).to_numpy()
+    edge_price = {
+        (i, j): [per_mwh * solution.dual(m.reciprocity[i, j, t]) for t in periods]
+        for i, j in market.edges
+    }
+    price = np.array([edge_price.get((i, j), edge_price.get((j, i))) for i, j in market.pairs])
+    balance = np.array(
+        [[per_mwh * solution.dual(m.energy_balance[a, t]) for t in periods] for a in market.agents]
+    )
     shape = (len(market.pairs), len(periods))
     return Outcome(
         accepted,
@@ -1470,11 +1414,8 @@ def exchange_problem(market: Market):
             supply.append(np.full(grid_units.size, is_supply))
             thresholds.append(np.tile(tariff, len(market.peers)))
             quantities.append(np.full(grid_units.size, float(cap)))
-    closed = _closed_form_curves(market)
     models = {
-        index[p]: ModelAgent(*own_model(market, p), market.period_hours)
-        for p in market.model_peers
-        if p not in closed
+        index[p]: ModelAgent(*own_model(market, p), market.period_hours) for p in market.model_peers
     }
     return ExchangeProblem(
         n_agents=len(market.agents),
@@ -1489,39 +1430,6 @@ def exchange_problem(market: Market):
         pair_buy_cost=market.buy_cost,
         quadratic=market.quadratic,
         model_agents=models,
-        curves=_curves(market, closed, index),
-    )
-
-
-def _closed_form_curves(market: Market) -> list[str]:
-    """Peers whose own model is a quadratic curve with ``a > 0`` in every period and no
-    budget: ADMM steps them in closed form (a flat curve is a block: they keep a model)."""
-    budgeted = set(market.budgets["participant"])
-    return [
-        peer
-        for peer, spec in market.participants.items()
-        if isinstance(spec, CurveBid)
-        and peer not in budgeted
-        and (per_period(spec.a, market.periods, f"{peer}.a") > 0).all()
-    ]
-
-
-def _curves(market: Market, peers: list[str], index: dict[str, int]):
-    """The curves of ``peers`` as :class:`~gridmarkets.solvers.admm.Curves`, one entry
-    per peer and period."""
-    from gridmarkets.solvers.admm import Curves
-
-    n_t, specs = len(market.periods), [market.participants[p] for p in peers]
-    values = {
-        name: np.concatenate(
-            [per_period(getattr(s, name), market.periods, name) for s in specs] or [[]]
-        )
-        for name in ("a", "b", "p_min_kw", "p_max_kw")
-    }
-    return Curves(
-        unit=np.array([index[p] * n_t + k for p in peers for k in range(n_t)], dtype=int),
-        supply=np.repeat([s.side == "sell" for s in specs], n_t).astype(bool),
-        **values,
     )
 
 
@@ -1554,14 +1462,6 @@ def admm_outcome(market: Market, problem, run) -> Outcome:
             exp[k] = [m.export_kw[peer, t].value for t in market.periods]
         values = budget_values(m, model.solution, scale=market.period_hours)
         budget_value[m.market.budgets.index] = values
-    for k, peer in enumerate(_closed_form_curves(market)):
-        spec, row = market.participants[peer], names.index(peer)
-        p_kw = run.curve_kw[k * n_t : (k + 1) * n_t]
-        participant_kw[row] = p_kw if spec.side == "sell" else -p_kw
-        a, b = (per_period(getattr(spec, n), market.periods, n) for n in ("a", "b"))
-        participant_welfare[row] = pyo.value(
-            curve_welfare(spec.side, a, b, p_kw.tolist(), market.period_hours)
-        )
     node = np.zeros((len(market.agents), n_t))  # ADMM clears without a network
     return Outcome(
         taken[:n_bids],
@@ -1590,8 +1490,7 @@ def clear_admm(bids: pd.DataFrame, *, admm: dict[str, Any] | None = None, **opti
     ----------
     bids : as for :func:`build`.
     admm : options of :func:`gridmarkets.solvers.admm.consensus_admm` (rho,
-        max_iterations, eps_abs, eps_rel, adapt_rho, max_rho_changes, groups, client,
-        time_limit, ...).
+        max_iterations, eps_abs, eps_rel, adapt_rho).
     options : the market options of :func:`build` except ``network`` and
         ``formulation`` (ADMM clears without the network; check it with
         :func:`dso_check`).
