@@ -78,6 +78,16 @@ if TYPE_CHECKING:
 Control = Literal["incentive", "full"]
 
 
+def check_range_or_levels(spec: Spec, low: str, high: str) -> None:
+    """A leader's choice is a range (``low`` <= ``high``) or a non-empty menu ``levels``;
+    raise ValueError naming the field otherwise."""
+    levels = spec.levels
+    if levels is None and getattr(spec, low) > getattr(spec, high):
+        raise ValueError(f"{low}: {getattr(spec, low)} is above {high}")
+    if levels is not None and not levels:
+        raise ValueError("levels: give at least one level")
+
+
 class IncentiveSpec(Spec):
     """The incentive the aggregator may offer, currency/MWh of net injection."""
 
@@ -94,10 +104,7 @@ class IncentiveSpec(Spec):
 
     @model_validator(mode="after")
     def _order(self) -> IncentiveSpec:
-        if self.levels is None and self.min_per_mwh > self.max_per_mwh:
-            raise ValueError(f"min_per_mwh: {self.min_per_mwh} is above max_per_mwh")
-        if self.levels is not None and not self.levels:
-            raise ValueError("levels: give at least one level")
+        check_range_or_levels(self, "min_per_mwh", "max_per_mwh")
         return self
 
 

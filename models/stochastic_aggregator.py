@@ -75,10 +75,7 @@ class CommitmentOfferSpec(Spec):
 
     @model_validator(mode="after")
     def _order(self) -> CommitmentOfferSpec:
-        if self.levels is None and self.min_kw > self.max_kw:
-            raise ValueError(f"min_kw: {self.min_kw} is above max_kw")
-        if self.levels is not None and not self.levels:
-            raise ValueError("levels: give at least one level")
+        aggregator.check_range_or_levels(self, "min_kw", "max_kw")
         return self
 
 

@@ -21,23 +21,12 @@ from gridmarkets.models.prosumer import PricesSpec, ProsumerSpec
 from gridmarkets.models.stochastic import Risk, extensive_form
 from gridmarkets.scenarios import Scenarios
 from gridmarkets.solvers import solve
+from gridmarkets.specs.aggregator import leader_options
 
 pytestmark = pytest.mark.solve
 
 EXACT = {"mip_gap": 1e-9}  # the value identities hold at optimality: close the MIP gap
 THREE_HOMES = "data/cases/aggregator_three_homes.yaml"
-
-
-def _case_options(case) -> dict:
-    return {
-        "periods": case.horizon.periods,
-        "period_hours": case.horizon.period_hours,
-        "incentive": case.incentive,
-        "deviation_penalty_per_mwh": case.deviation_penalty_per_mwh,
-        "fairness_weight": case.fairness_weight,
-        "method": case.method,
-        "big_m": case.big_m,
-    }
 
 
 def _own_profiles(homes: dict[str, ProsumerSpec]) -> pd.DataFrame:
@@ -49,7 +38,7 @@ def _own_profiles(homes: dict[str, ProsumerSpec]) -> pd.DataFrame:
 @pytest.mark.parametrize("control", ["incentive", "full"])
 def test_one_scenario_of_probability_one_is_the_deterministic_aggregator(control):
     case = load_case(THREE_HOMES)
-    options = _case_options(case) | {"control": control}
+    options = leader_options(case) | {"control": control}
     problem = sa.two_stage(case.prosumers, case.prices, commitment_kw=case.commitment_kw, **options)
     model = extensive_form(problem, Scenarios.deterministic(_own_profiles(case.prosumers)))
     solve(model, warm_start=True, **EXACT)

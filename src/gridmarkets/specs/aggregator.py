@@ -108,19 +108,10 @@ class AggregatorAdapter:
             case.prosumers,
             case.prices,
             case.commitment_kw,
-            commitment_kvar=case.commitment_kvar,
-            periods=case.horizon.periods,
-            period_hours=case.horizon.period_hours,
-            control=case.control,
-            incentive=case.incentive,
-            deviation_penalty_per_mwh=case.deviation_penalty_per_mwh,
-            reactive_penalty_per_mvarh=case.reactive_penalty_per_mvarh,
-            fairness_weight=case.fairness_weight,
             network=feeder,
             formulation=formulation,
-            method=case.method,
-            big_m=case.big_m,
             derive_big_m=case.derive_big_m,
+            **leader_options(case),
         )
         checks = no_checks if feeder is None else grid_checks(m.handles)
         grid = None if feeder is None else m.handles
@@ -147,15 +138,23 @@ def run_stochastic(case: CaseSpec, solve_options: dict[str, Any]) -> Result:
         out_of_sample=held_out,
         solve_options=solve_options,
         commitment_kw=case.commitment_kw,
-        commitment_kvar=case.commitment_kvar,
         offer=case.offer,
-        periods=case.horizon.periods,
-        period_hours=case.horizon.period_hours,
-        control=case.control,
-        incentive=case.incentive,
-        deviation_penalty_per_mwh=case.deviation_penalty_per_mwh,
-        reactive_penalty_per_mvarh=case.reactive_penalty_per_mvarh,
-        fairness_weight=case.fairness_weight,
-        method=case.method,
-        big_m=case.big_m,
+        **leader_options(case),
     )
+
+
+def leader_options(case: CaseSpec) -> dict[str, Any]:
+    """The case's leader and KKT options, as both the deterministic and the stochastic
+    aggregator take them."""
+    return {
+        "commitment_kvar": case.commitment_kvar,
+        "periods": case.horizon.periods,
+        "period_hours": case.horizon.period_hours,
+        "control": case.control,
+        "incentive": case.incentive,
+        "deviation_penalty_per_mwh": case.deviation_penalty_per_mwh,
+        "reactive_penalty_per_mvarh": case.reactive_penalty_per_mvarh,
+        "fairness_weight": case.fairness_weight,
+        "method": case.method,
+        "big_m": case.big_m,
+    }
